@@ -1,0 +1,85 @@
+"""create_app(): the table of contents of the service."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from app import config as app_config
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=False)
+    app.config.from_mapping(app_config.load(overrides))
+    register_logging(app)
+    register_extensions(app)
+    register_http(app)
+    register_blueprints(app)
+    register_admin(app)
+    register_cli(app)
+    return app
+
+
+def register_logging(app: Flask) -> None:
+    from app.http import RequestIdFilter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger("app")
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
+def register_extensions(app: Flask) -> None:
+    from app import models  # noqa: F401  (every table in the metadata, for migrations)
+    from app.auth.jwt import register_jwt
+    from app.extensions import api, db, jwt, limiter, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app_config.INSTANCE_DIR.parent / "migrations"))
+    jwt.init_app(app)
+    register_jwt(jwt)
+    limiter.init_app(app)
+    api.init_app(app, spec_kwargs={"servers": [{"url": "/"}]})
+
+
+def register_http(app: Flask) -> None:
+    from app.http import register_http as register
+
+    register(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from app.auth.routes import blp as auth
+    from app.carbon.routes import blp as carbon
+    from app.common import ErrorEnvelopeSchema
+    from app.extensions import api
+    from app.ledger.routes import blp as ledger
+    from app.ops import blp as ops
+    from app.ops import docs_assets
+    from app.people.routes import blp as people
+    from app.sorting.routes import blp as sorting
+
+    api.spec.components.schema("ErrorEnvelope", schema=ErrorEnvelopeSchema)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    for blueprint in (auth, people, carbon, ledger, sorting):
+        api.register_blueprint(blueprint)
+    app.register_blueprint(ops)
+    app.register_blueprint(docs_assets)
+
+
+def register_admin(app: Flask) -> None:
+    from admin import bp
+
+    app.register_blueprint(bp)
+
+
+def register_cli(app: Flask) -> None:
+    from app.cli import register
+
+    register(app)

@@ -1,0 +1,154 @@
+"""Who is calling, and may they? Guards load the caller once per request into `g.actor`."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from dataclasses import dataclass, field
+from functools import wraps
+
+import sqlalchemy as sa
+from flask import g
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
+
+from app.auth.models import RevokedSession
+from app.db import db
+from app.errors import AccountFrozen, AppError, Forbidden, TokenRevoked, Unauthorized
+from app.people.models import STAFF_ROLES, Resident, Staff
+
+RESIDENT = "resident"
+STAFF = STAFF_ROLES
+ANYONE_LOGGED_IN = (RESIDENT, *STAFF_ROLES)
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: str  # resident | staff | device
+    id: int
+    role: str
+    community_id: int | None = None
+    organization_id: int | None = None
+    store_ids: frozenset[int] = field(default_factory=frozenset)
+    collection_point_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def identity(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def require_role(self, *roles: str) -> None:
+        if self.role not in roles:
+            raise Forbidden()
+
+    def require_community(self, community_id: int | None) -> None:
+        """Admins act anywhere; a worker only in its own community."""
+        if not self.is_admin and (community_id is None or community_id != self.community_id):
+            raise Forbidden("只能操作本社区的数据")
+
+    def require_organization(self, organization_id: int | None) -> None:
+        if not self.is_admin and (organization_id is None or organization_id != self.organization_id):
+            raise Forbidden("只能操作本单位的数据")
+
+    def require_collection_point(self, point_id: int) -> None:
+        if not self.is_admin and point_id not in self.collection_point_ids:
+            raise Forbidden("您不是该回收点的工作人员")
+
+
+def identity_for(kind: str, obj_id: int) -> str:
+    return f"{kind}:{obj_id}"
+
+
+def _parse_identity(sub: str) -> tuple[str, int]:
+    kind, _, raw_id = sub.partition(":")
+    if kind not in {"resident", "staff"} or not raw_id.isdigit():
+        raise Unauthorized("登录凭证无效")
+    return kind, int(raw_id)
+
+
+def actor_for_staff(staff: Staff) -> Actor:
+    return Actor(
+        kind="staff",
+        id=staff.id,
+        role=staff.role,
+        community_id=staff.community_id,
+        organization_id=staff.organization_id,
+        store_ids=frozenset(staff.store_ids),
+        collection_point_ids=frozenset(staff.collection_point_ids),
+    )
+
+
+def load_actor(claims: dict) -> Actor:
+    kind, obj_id = _parse_identity(claims["sub"])
+    revoked = db.session.scalar(sa.select(sa.exists().where(RevokedSession.sid == claims.get("sid"))))
+    if revoked:
+        raise TokenRevoked()
+    if kind == "resident":
+        resident = db.session.get(Resident, obj_id)
+        if resident is None or resident.status == "closed":
+            raise Unauthorized("账户不存在或已注销")
+        if resident.status == "frozen":
+            raise AccountFrozen()
+        return Actor(kind="resident", id=resident.id, role=RESIDENT, community_id=resident.community_id)
+    staff = db.session.get(Staff, obj_id)
+    if staff is None or not staff.active:
+        raise Unauthorized("账户不存在或已停用")
+    return actor_for_staff(staff)
+
+
+def current_actor() -> Actor:
+    actor = g.get("actor")
+    if actor is None:
+        raise Unauthorized()
+    return actor
+
+
+def authenticate(*roles: str, refresh: bool = False) -> Actor:
+    verify_jwt_in_request(refresh=refresh)
+    actor = load_actor(get_jwt())
+    if roles and actor.role not in roles:
+        raise Forbidden()
+    g.actor = actor
+    return actor
+
+
+def error_docs(*errors: type[AppError]):
+    """Document the error codes a view can answer with, merged per status, in the OpenAPI document."""
+
+    def decorator(func):
+        apidoc = deepcopy(getattr(func, "_apidoc", {}))
+        responses = apidoc.setdefault("manual_doc", {}).setdefault("responses", {})
+        for error in errors:
+            entry = responses.setdefault(
+                str(error.status),
+                {
+                    "description": "",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+                },
+            )
+            codes = [c for c in entry["description"].split(", ") if c]
+            if error.code not in codes:
+                codes.append(error.code)
+            entry["description"] = ", ".join(codes)
+        func._apidoc = apidoc
+        return func
+
+    return decorator
+
+
+def login_required(*roles: str, refresh: bool = False):
+    """Require a valid bearer token and, if given, one of `roles` ('resident' or a staff role)."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            authenticate(*roles, refresh=refresh)
+            return view(*args, **kwargs)
+
+        wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
+        wrapper._apidoc.setdefault("manual_doc", {})["security"] = [{"bearerAuth": []}]
+        documented = [Unauthorized, TokenRevoked, AccountFrozen] + ([Forbidden] if roles else [])
+        return error_docs(*documented)(wrapper)
+
+    return decorator

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from flask import request
+from flask_smorest import Blueprint
+
+from app.auth import service
+from app.auth.guards import error_docs, login_required
+from app.auth.schemas import (
+    AccessTokenSchema,
+    ResidentTokensSchema,
+    StaffLoginSchema,
+    StaffTokensSchema,
+    WeChatLoginSchema,
+)
+from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
+from app.extensions import limiter
+
+blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
+
+
+def _username_key() -> str:
+    body = request.get_json(silent=True)
+    username = body.get("username") if isinstance(body, dict) else None
+    return f"login-user:{str(username or '')[:64].lower()}"
+
+
+@blp.route("/wechat", methods=["POST"])
+@error_docs(InvalidCredentials, AccountFrozen, RateLimited, UpstreamError, UpstreamUnavailable)
+@blp.arguments(WeChatLoginSchema)
+@blp.response(200, ResidentTokensSchema)
+def wechat_login(body):
+    """Resident login with a wx.login() code; the resident is created on first login."""
+    return service.login_resident(body["code"])
+
+
+@blp.route("/login", methods=["POST"])
+@limiter.limit("60 per minute")
+@limiter.limit("5 per 15 minutes", key_func=_username_key, deduct_when=lambda r: r.status_code == 401)
+@error_docs(InvalidCredentials, RateLimited)
+@blp.arguments(StaffLoginSchema)
+@blp.response(200, StaffTokensSchema)
+def staff_login(body):
+    """Staff login with username and password."""
+    return service.login_staff(body["username"], body["password"])
+
+
+@blp.route("/refresh", methods=["POST"])
+@login_required(refresh=True)
+@blp.response(200, AccessTokenSchema)
+def refresh():
+    """Exchange a refresh token (as the bearer) for a new access token."""
+    return service.refresh()
+
+
+@blp.route("/logout", methods=["POST"])
+@login_required()
+@blp.response(204)
+def logout():
+    """Revoke this session: the access token and its refresh token both stop working."""
+    service.logout()

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from app.common import StrictSchema
+from app.people.schemas import ResidentSchema, StaffSchema
+
+
+class WeChatLoginSchema(StrictSchema):
+    code = fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+class StaffLoginSchema(StrictSchema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
+
+
+class ResidentTokensSchema(StrictSchema):
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    resident = fields.Nested(ResidentSchema, required=True)
+
+
+class StaffTokensSchema(StrictSchema):
+    access_token = fields.String(required=True)
+    refresh_token = fields.String(required=True)
+    staff = fields.Nested(StaffSchema, required=True)
+
+
+class AccessTokenSchema(StrictSchema):
+    access_token = fields.String(required=True)

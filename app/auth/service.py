@@ -1,0 +1,76 @@
+"""Logins, tokens and logout."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+from flask_jwt_extended import create_access_token, create_refresh_token, get_jwt
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.auth.guards import identity_for
+from app.auth.models import RevokedSession
+from app.auth.wechat import make_client
+from app.clock import utcnow
+from app.db import commit, db
+from app.errors import AccountFrozen, InvalidCredentials
+from app.people.models import Resident, Staff
+from app.people.service import resident_for_openid
+
+# Checked against when the username is unknown, so both paths cost one hash.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+def _tokens(identity: str, role: str) -> dict[str, str]:
+    sid = str(uuid.uuid4())
+    claims = {"sid": sid, "role": role}
+    return {
+        "access_token": create_access_token(identity, additional_claims=claims),
+        "refresh_token": create_refresh_token(identity, additional_claims=claims),
+    }
+
+
+def wechat_client():
+    cfg = current_app.config
+    return make_client(
+        cfg["WECHAT_MODE"], cfg["WECHAT_API_BASE"], cfg["WECHAT_APPID"], cfg["WECHAT_SECRET"], cfg["WECHAT_TIMEOUT"]
+    )
+
+
+def login_resident(code: str) -> dict[str, Any]:
+    session = wechat_client().code2session(code)
+    resident = resident_for_openid(session.openid, session.unionid)
+    if resident.status == "frozen":
+        db.session.rollback()
+        raise AccountFrozen()
+    commit()
+    return {**_tokens(identity_for("resident", resident.id), "resident"), "resident": resident}
+
+
+def login_staff(username: str, password: str) -> dict[str, Any]:
+    staff = db.session.scalar(sa.select(Staff).where(Staff.username == username))
+    valid = check_password_hash(staff.password_hash if staff else _DUMMY_HASH, password)
+    if staff is None or not valid or not staff.active:
+        raise InvalidCredentials()
+    return {**_tokens(identity_for("staff", staff.id), staff.role), "staff": staff}
+
+
+def refresh() -> dict[str, str]:
+    claims = get_jwt()
+    extra = {"sid": claims["sid"], "role": claims.get("role")}
+    return {"access_token": create_access_token(claims["sub"], additional_claims=extra)}
+
+
+def logout() -> None:
+    """Revokes the session: the access token presented and the refresh token issued with it."""
+    claims = get_jwt()
+    if db.session.get(RevokedSession, claims["sid"]) is None:
+        refresh_ttl = current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
+        db.session.add(RevokedSession(sid=claims["sid"], expires_at=utcnow() + refresh_ttl))
+    commit()
+
+
+def resident_by_id(resident_id: int) -> Resident | None:
+    return db.session.get(Resident, resident_id)

@@ -1,0 +1,18 @@
+"""Printed by `make run` before gunicorn starts: where things are and how to log in."""
+
+from app.seeding import demo_logins
+
+
+def main() -> None:
+    base = "http://127.0.0.1:5000"
+    print(f"\n  API docs:  {base}/api/v1/docs   (OpenAPI: {base}/api/v1/openapi.json)")
+    print(f"  Admin:     {base}/admin/")
+    print(f"  Health:    {base}/healthz\n")
+    print("  Demo staff logins (POST /api/v1/auth/login, or the admin site):")
+    for login in demo_logins():
+        print(f"    {login['role']:<10} {login['username']:<14} {login['password']}")
+    print('  Demo residents: POST /api/v1/auth/wechat with {"code": "stub:demo-resident-1"}\n')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+from app.auth.guards import current_actor, error_docs, login_required
+from app.carbon import service
+from app.carbon.schemas import RulePublishSchema, RuleQuerySchema, RuleSchema
+from app.errors import NotFound
+
+blp = Blueprint("carbon", __name__, url_prefix="/api/v1", description="碳减排方法学与积分规则")
+
+
+@blp.route("/rules", methods=["GET"])
+@blp.arguments(RuleQuerySchema, location="query")
+@blp.response(200, RuleSchema(many=True))
+def list_rules(query):
+    """The methodology in force now: factors, fixed points and daily caps, with their sources."""
+    return service.rules_in_force(prefix=query["prefix"])
+
+
+@blp.route("/rules", methods=["POST"])
+@login_required("admin")
+@error_docs(NotFound)
+@blp.arguments(RulePublishSchema)
+@blp.response(201, RuleSchema)
+def publish_rule(body):
+    """Publish a new version of a rule (admin). Past entries keep the version they used."""
+    body = dict(body)
+    return service.publish_rule(current_actor(), body.pop("activity"), body, body.pop("effective_from"))

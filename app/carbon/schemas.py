@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from marshmallow import fields, validate
+
+from app.carbon.models import UNITS
+from app.common import StrictSchema
+
+
+class RuleSchema(StrictSchema):
+    id = fields.Integer()
+    activity = fields.String()
+    title = fields.String()
+    unit = fields.String()
+    co2e_g_per_unit = fields.Decimal(as_string=False, places=3)
+    points = fields.Integer(allow_none=True)
+    daily_cap_points = fields.Integer(allow_none=True)
+    daily_total_exempt = fields.Boolean()
+    version = fields.Integer()
+    source = fields.String()
+    valid_from = fields.AwareDateTime()
+    valid_to = fields.AwareDateTime(allow_none=True)
+
+
+class RuleQuerySchema(StrictSchema):
+    prefix = fields.String(load_default=None, validate=validate.Length(max=32))
+
+
+class RulePublishSchema(StrictSchema):
+    activity = fields.String(
+        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[a-z_]+:[a-z_]+$")]
+    )
+    title = fields.String(validate=validate.Length(max=64))
+    unit = fields.String(validate=validate.OneOf(UNITS))
+    co2e_g_per_unit = fields.Decimal(places=3, validate=validate.Range(min=0, max=10_000_000))
+    points = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
+    daily_cap_points = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
+    daily_total_exempt = fields.Boolean()
+    source = fields.String(required=True, validate=validate.Length(min=2, max=500))
+    effective_from = fields.AwareDateTime(load_default=None)

@@ -1,0 +1,135 @@
+"""The methodology in force, new rule versions, and the cap charges a posting carries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from app.audit import service as audit
+from app.carbon.methodology import CapCharge
+from app.carbon.models import DAILY_TOTAL, Rule
+from app.clock import utcnow
+from app.db import commit, db
+from app.errors import NotFound, field_error
+
+_CACHE_TTL_S = 10.0
+_cache_lock = threading.Lock()
+_cache: dict[str, Any] = {"loaded_at": None, "rules": {}}
+
+RULE_FIELDS = ("title", "unit", "co2e_g_per_unit", "points", "daily_cap_points", "daily_total_exempt", "source")
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache["loaded_at"] = None
+
+
+def _all_rules() -> dict[str, list[dict[str, Any]]]:
+    """Every version of every rule, cached briefly: rules change rarely and are read on every posting."""
+    now = time.monotonic()
+    with _cache_lock:
+        loaded_at = _cache["loaded_at"]
+        if loaded_at is not None and now - loaded_at < _CACHE_TTL_S:
+            return _cache["rules"]
+    by_activity: dict[str, list[dict[str, Any]]] = {}
+    for rule in db.session.scalars(sa.select(Rule).order_by(Rule.activity, Rule.version)):
+        by_activity.setdefault(rule.activity, []).append(
+            {c: getattr(rule, c) for c in ("id", "activity", "version", "valid_from", "valid_to", *RULE_FIELDS)}
+        )
+    with _cache_lock:
+        _cache["rules"], _cache["loaded_at"] = by_activity, now
+    return by_activity
+
+
+class RuleView:
+    """A detached, read-only rule snapshot from the cache."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.__dict__.update(data)
+
+    def in_force(self, at: datetime) -> bool:
+        return self.valid_from <= at and (self.valid_to is None or at < self.valid_to)
+
+
+def rule_in_force(activity: str, at: datetime | None = None) -> RuleView | None:
+    at = at or utcnow()
+    for data in reversed(_all_rules().get(activity, [])):
+        view = RuleView(data)
+        if view.in_force(at):
+            return view
+    return None
+
+
+def require_rule(activity: str, field: str = "category", at: datetime | None = None) -> RuleView:
+    rule = rule_in_force(activity, at)
+    if rule is None:
+        raise field_error(field, f"没有适用的积分规则：{activity}")
+    return rule
+
+
+def rules_in_force(at: datetime | None = None, prefix: str | None = None) -> list[RuleView]:
+    at = at or utcnow()
+    found = []
+    for activity in sorted(_all_rules()):
+        if prefix and not activity.startswith(prefix):
+            continue
+        rule = rule_in_force(activity, at)
+        if rule is not None:
+            found.append(rule)
+    return found
+
+
+def cap_charges(lines: list[tuple[RuleView, int]], at: datetime | None = None) -> list[CapCharge]:
+    """Per-activity counters for each line, plus the daily total unless every rule is exempt."""
+    per_activity: dict[str, tuple[RuleView, int]] = {}
+    for rule, points in lines:
+        previous = per_activity.get(rule.activity, (rule, 0))[1]
+        per_activity[rule.activity] = (rule, previous + points)
+    charges = [
+        CapCharge(rule.activity, points, rule.daily_cap_points, rule.title or rule.activity)
+        for rule, points in per_activity.values()
+    ]
+    counted = sum(points for rule, points in per_activity.values() if not rule.daily_total_exempt)
+    total_rule = rule_in_force(DAILY_TOTAL, at)
+    if counted and total_rule is not None:
+        charges.append(CapCharge(DAILY_TOTAL, counted, total_rule.daily_cap_points, "每日总积分"))
+    return charges
+
+
+def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: datetime | None = None) -> Rule:
+    """A new version of a rule, in force from `effective_from`; the current version ends there."""
+    actor.require_role("admin")
+    now = utcnow()
+    effective_from = effective_from or now
+    if effective_from < now:
+        raise field_error("effective_from", "生效时间不能早于当前时间")
+    current = db.session.scalar(
+        sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1).with_for_update()
+    )
+    if current is None and "unit" not in changes:
+        raise NotFound(f"规则 {activity} 不存在")
+    fields = {f: getattr(current, f) for f in RULE_FIELDS} if current else {}
+    fields.update({k: v for k, v in changes.items() if k in RULE_FIELDS})
+    if current is not None:
+        if current.valid_from >= effective_from:
+            raise field_error("effective_from", "生效时间必须晚于当前版本的生效时间")
+        current.valid_to = effective_from
+    rule = Rule(
+        activity=activity,
+        version=(current.version + 1) if current else 1,
+        valid_from=effective_from,
+        created_by=actor.id,
+        **fields,
+    )
+    rule.co2e_g_per_unit = Decimal(rule.co2e_g_per_unit or 0)
+    db.session.add(rule)
+    db.session.flush()
+    audit.record(actor, "rule.publish", "rule", rule.id, {"activity": activity, "version": rule.version})
+    commit()
+    clear_cache()
+    return rule

@@ -1,0 +1,110 @@
+"""flask seed | staff | points | ledger | devices: thin commands over the services."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup
+
+from app.clock import local_midnight, utcnow
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(seed)
+    app.cli.add_command(staff)
+    app.cli.add_command(points)
+    app.cli.add_command(ledger)
+    app.cli.add_command(devices)
+
+
+@click.command("seed")
+@click.option("--demo", is_flag=True, help="Also add demo staff, residents, points and stores.")
+def seed(demo: bool) -> None:
+    """Load reference data (communities, alliance members, methodology). Safe to run again."""
+    from app import seeding
+
+    click.echo(f"reference: {seeding.seed_reference()}")
+    if demo:
+        click.echo(f"demo: {seeding.seed_demo()}")
+
+
+staff = AppGroup("staff", help="Staff accounts.")
+
+
+@staff.command("create")
+@click.option("--username", required=True)
+@click.option("--password", required=True)
+@click.option("--role", required=True, type=click.Choice(["collector", "merchant", "alliance", "worker", "admin"]))
+@click.option("--display-name", default="")
+@click.option("--community-id", type=int)
+@click.option("--organization-id", type=int)
+@click.option("--store-id", "store_ids", type=int, multiple=True)
+@click.option("--collection-point-id", "collection_point_ids", type=int, multiple=True)
+def staff_create(**options) -> None:
+    """Create a staff account (as the system, with the same rules as POST /staff)."""
+    from app.auth.guards import Actor
+    from app.errors import AppError
+    from app.people import service
+    from app.people.schemas import StaffCreateSchema
+
+    body = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if v not in (None, ())}
+    try:
+        created = service.create_staff(Actor(kind="system", id=0, role="admin"), StaffCreateSchema().load(body))
+    except AppError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.message} {exc.details or ''}") from exc
+    except Exception as exc:
+        if exc.__class__.__name__ == "ValidationError":
+            raise click.ClickException(str(exc)) from exc
+        raise
+    click.echo(f"created staff {created.id} {created.username} ({created.role})")
+
+
+points = AppGroup("points", help="Scheduled points jobs.")
+
+
+@points.command("expire")
+@click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), help="Local date to run as (default: now).")
+def points_expire(as_of: datetime | None) -> None:
+    """Expire points earned in year Y at the end of year Y+1, oldest first. Running twice changes nothing."""
+    from app.ledger.service import expire_points
+
+    moment = (
+        local_midnight(date(as_of.year, as_of.month, as_of.day), current_app.config["TIMEZONE"]) if as_of else utcnow()
+    )
+    click.echo(f"expired: {expire_points(moment)}")
+
+
+ledger = AppGroup("ledger", help="Ledger audit.")
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Recompute every hash chain and balance; exit 1 and name the first bad entry on failure."""
+    import time
+
+    from app.ledger.verify import verify_ledger
+
+    started = time.perf_counter()
+    report = verify_ledger()
+    elapsed = time.perf_counter() - started
+    rate = report.entries / elapsed if elapsed else 0
+    click.echo(f"checked {report.entries} entries in {report.accounts} accounts in {elapsed:.2f}s ({rate:,.0f}/s)")
+    if not report.ok:
+        click.echo(f"FAILED: first bad entry {report.first_bad_entry}", err=True)
+        for problem in report.problems[:20]:
+            click.echo(f"  {problem}", err=True)
+        raise SystemExit(1)
+    click.echo("OK: every chain and balance verifies")
+
+
+devices = AppGroup("devices", help="Smart-bin devices.")
+
+
+@devices.command("prune-signatures")
+def devices_prune() -> None:
+    """Forget device signatures older than the replay window."""
+    from app.sorting.service import prune_device_signatures
+
+    click.echo(f"pruned {prune_device_signatures()} signatures")

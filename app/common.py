@@ -1,0 +1,80 @@
+"""Schemas and helpers shared by every domain package: the error envelope, cursor pages."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import marshmallow as ma
+import sqlalchemy as sa
+from marshmallow import fields, validate
+
+from app.db import db
+from app.errors import field_error
+
+MAX_LIMIT = 100
+
+
+class StrictSchema(ma.Schema):
+    """Unknown fields are errors, never silently dropped."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+
+class ErrorBodySchema(ma.Schema):
+    code = fields.String(required=True, metadata={"example": "validation_error"})
+    message = fields.String(required=True, metadata={"example": "提交的内容有误"})
+    details = fields.Dict(metadata={"example": {"fields": {"weight_g": ["必须大于 0"]}}})
+
+
+class ErrorEnvelopeSchema(ma.Schema):
+    error = fields.Nested(ErrorBodySchema, required=True)
+
+
+class PageArgsSchema(ma.Schema):
+    cursor = fields.String(load_default=None)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_LIMIT))
+
+
+def page_schema(item_schema: type[ma.Schema], name: str) -> type[ma.Schema]:
+    return ma.Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item_schema), required=True),
+            "next": fields.String(allow_none=True, required=True),
+        },
+        name=name,
+    )
+
+
+def encode_cursor(value: Any) -> str:
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise field_error("cursor", "分页游标无效") from exc
+
+
+def keyset_page(stmt: sa.Select, key: sa.ColumnElement, cursor: str | None, limit: int, *, desc: bool = True):
+    """One page ordered by a unique integer key, without OFFSET: cost does not grow with depth."""
+    after = decode_cursor(cursor)
+    if after is not None:
+        if not isinstance(after, int):
+            raise field_error("cursor", "分页游标无效")
+        stmt = stmt.where(key < after if desc else key > after)
+    stmt = stmt.order_by(key.desc() if desc else key.asc()).limit(limit + 1)
+    rows = list(db.session.scalars(stmt))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(getattr(rows[-1], key.key))
+    return {"items": rows, "next": next_cursor}

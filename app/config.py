@@ -1,0 +1,162 @@
+"""The only place that reads the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+
+DEV_SECRET = "dev-secret-change-me"
+DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
+DEV_QR_SECRET = "dev-qr-secret-change-me"
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or invalid; the app refuses to start."""
+
+
+def database_url(raw: str | None) -> str:
+    """Normalise DATABASE_URL: the usual postgres forms map to the installed psycopg 3 driver."""
+    if not raw:
+        INSTANCE_DIR.mkdir(exist_ok=True)
+        return f"sqlite:///{INSTANCE_DIR / 'tanpuhui.db'}"
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass
+class Settings:
+    env: str
+    database_url: str
+    secret_key: str
+    jwt_secret_key: str
+    qr_secret: str
+    timezone: str
+    wechat_mode: str
+    wechat_appid: str
+    wechat_secret: str
+    wechat_api_base: str
+    wechat_timeout: float
+    redis_url: str | None
+    ratelimit_enabled: bool
+    public_base_url: str
+    access_minutes: int
+    refresh_days: int
+    points_per_kg_co2e: int
+    expiry_years: int
+    member_code_ttl_s: int
+    device_clock_skew_s: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        e = os.environ if environ is None else environ
+        env = e.get("APP_ENV", "development")
+        return cls(
+            env=env,
+            database_url=database_url(e.get("DATABASE_URL")),
+            secret_key=e.get("SECRET_KEY", DEV_SECRET),
+            jwt_secret_key=e.get("JWT_SECRET_KEY", DEV_JWT_SECRET),
+            qr_secret=e.get("QR_SECRET", DEV_QR_SECRET),
+            timezone=e.get("TIMEZONE", "Asia/Shanghai"),
+            wechat_mode=e.get("WECHAT_MODE", "real" if env == "production" else "stub"),
+            wechat_appid=e.get("WECHAT_APPID", ""),
+            wechat_secret=e.get("WECHAT_SECRET", ""),
+            wechat_api_base=e.get("WECHAT_API_BASE", "https://api.weixin.qq.com").rstrip("/"),
+            wechat_timeout=float(e.get("WECHAT_TIMEOUT", "5")),
+            redis_url=e.get("REDIS_URL") or None,
+            ratelimit_enabled=_bool(e.get("RATELIMIT_ENABLED"), True),
+            public_base_url=e.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
+            access_minutes=int(e.get("ACCESS_TOKEN_MINUTES", "15")),
+            refresh_days=int(e.get("REFRESH_TOKEN_DAYS", "30")),
+            points_per_kg_co2e=int(e.get("POINTS_PER_KG_CO2E", "10")),
+            expiry_years=int(e.get("POINTS_EXPIRY_YEARS", "1")),
+            member_code_ttl_s=int(e.get("MEMBER_CODE_TTL_SECONDS", "120")),
+            device_clock_skew_s=int(e.get("DEVICE_CLOCK_SKEW_SECONDS", "300")),
+        )
+
+    def validate(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except Exception as exc:
+            raise ConfigError(f"TIMEZONE {self.timezone!r} is not a known zone") from exc
+        if self.wechat_mode not in {"stub", "real"}:
+            raise ConfigError("WECHAT_MODE must be 'stub' or 'real'")
+        if self.env != "production":
+            return
+        defaults = {
+            "SECRET_KEY": self.secret_key == DEV_SECRET,
+            "JWT_SECRET_KEY": self.jwt_secret_key == DEV_JWT_SECRET,
+            "QR_SECRET": self.qr_secret == DEV_QR_SECRET,
+        }
+        left = [name for name, is_default in defaults.items() if is_default]
+        if left:
+            raise ConfigError(f"production refuses default secrets: {', '.join(left)}")
+        if self.wechat_mode != "real":
+            raise ConfigError("production refuses WECHAT_MODE=stub")
+        if not (self.wechat_appid and self.wechat_secret):
+            raise ConfigError("production needs WECHAT_APPID and WECHAT_SECRET")
+
+    def flask_config(self) -> dict[str, Any]:
+        engine_options: dict[str, Any] = {"pool_pre_ping": True}
+        if self.database_url.startswith("postgresql"):
+            engine_options |= {"pool_size": 10, "max_overflow": 40}
+        return {
+            "APP_ENV": self.env,
+            "SECRET_KEY": self.secret_key,
+            "SQLALCHEMY_DATABASE_URI": self.database_url,
+            "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+            "MAX_CONTENT_LENGTH": 64 * 1024,
+            "JSON_SORT_KEYS": False,
+            "JWT_SECRET_KEY": self.jwt_secret_key,
+            "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=self.access_minutes),
+            "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=self.refresh_days),
+            "JWT_TOKEN_LOCATION": ["headers"],
+            "JWT_ERROR_MESSAGE_KEY": "message",
+            "RATELIMIT_ENABLED": self.ratelimit_enabled,
+            "RATELIMIT_STORAGE_URI": self.redis_url or "memory://",
+            "RATELIMIT_HEADERS_ENABLED": True,
+            "RATELIMIT_KEY_PREFIX": "tph",
+            "API_TITLE": "上海湾区高新区 碳普惠积分 API",
+            "API_VERSION": "v1",
+            "OPENAPI_VERSION": "3.0.3",
+            "OPENAPI_URL_PREFIX": "/api/v1",
+            "OPENAPI_JSON_PATH": "openapi.json",
+            "OPENAPI_SWAGGER_UI_PATH": "docs",
+            "OPENAPI_SWAGGER_UI_URL": "/api/v1/docs/static/",
+            "TIMEZONE": self.timezone,
+            "QR_SECRET": self.qr_secret,
+            "PUBLIC_BASE_URL": self.public_base_url,
+            "WECHAT_MODE": self.wechat_mode,
+            "WECHAT_APPID": self.wechat_appid,
+            "WECHAT_SECRET": self.wechat_secret,
+            "WECHAT_API_BASE": self.wechat_api_base,
+            "WECHAT_TIMEOUT": self.wechat_timeout,
+            "REDIS_URL": self.redis_url,
+            "POINTS_PER_KG_CO2E": self.points_per_kg_co2e,
+            "POINTS_EXPIRY_YEARS": self.expiry_years,
+            "MEMBER_CODE_TTL_SECONDS": self.member_code_ttl_s,
+            "DEVICE_CLOCK_SKEW_SECONDS": self.device_clock_skew_s,
+        } | self.extra
+
+
+def load(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    settings = Settings.from_env(environ)
+    settings.validate()
+    config = settings.flask_config()
+    if overrides:
+        config.update(overrides)
+    return config

@@ -1,0 +1,122 @@
+"""Request ids, the JSON error envelope for every failure, and request-shape checks."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from flask import Flask, g, has_request_context, jsonify, request
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from app.db import db
+from app.errors import AppError, BadRequest, InternalError, envelope
+
+log = logging.getLogger("app.http")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+HTTP_CODES = {
+    400: ("bad_request", "请求格式错误"),
+    401: ("unauthorized", "请先登录"),
+    403: ("forbidden", "没有权限执行此操作"),
+    404: ("not_found", "资源不存在"),
+    405: ("method_not_allowed", "不支持该请求方法"),
+    409: ("duplicate", "记录已存在"),
+    413: ("payload_too_large", "请求内容过大（上限 64 KiB）"),
+    415: ("bad_request", "请求必须是 JSON"),
+    422: ("validation_error", "提交的内容有误"),
+    429: ("rate_limited", "操作太频繁，请稍后再试"),
+}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def error_response(code: str, message: str, status: int, details=None, headers=None):
+    response = jsonify(envelope(code, message, details))
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _validation_fields(messages) -> dict:
+    """webargs nests errors by location ({"json": {...}}); the envelope lists them by field."""
+    fields: dict = {}
+    if isinstance(messages, dict):
+        for location, errors in messages.items():
+            if isinstance(errors, dict):
+                fields.update(errors)
+            else:
+                fields[location] = errors
+    return fields
+
+
+def handle_http_exception(error: HTTPException):
+    status = error.code or 500
+    if status >= 500:
+        return handle_unexpected(error)
+    code, message = HTTP_CODES.get(status, ("bad_request", error.description or "请求无效"))
+    data = getattr(error, "data", None) or {}
+    details: dict = {}
+    headers = dict(data.get("headers") or {})
+    if status == 422 and "messages" in data:
+        details = {"fields": _validation_fields(data["messages"])}
+    elif status == 400 and "messages" in data:
+        message = "请求体不是有效的 JSON"
+    if status == 429:
+        limit = getattr(error, "limit", None)
+        if limit is not None:
+            headers.setdefault("Retry-After", str(limit.limit.get_expiry()))
+    return error_response(code, message, status, details, headers)
+
+
+def handle_app_error(error: AppError):
+    db.session.rollback()
+    if error.status >= 500:
+        log.error("app error %s: %s", error.code, error.message)
+    return error_response(error.code, error.message, error.status, error.details, error.headers)
+
+
+def handle_unexpected(error: Exception):
+    db.session.rollback()
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(InternalError.code, InternalError.message, 500, {"request_id": g.get("request_id")})
+
+
+class AppApi(Api):
+    """flask-smorest Api whose own error handler speaks the project envelope."""
+
+    def handle_http_exception(self, error):
+        return handle_http_exception(error)
+
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get("X-Request-Id", "")
+    g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _require_json_body():
+    if request.method in {"POST", "PUT", "PATCH"} and request.path.startswith("/api/"):
+        has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
+        if has_body and not request.is_json:
+            raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
+
+
+def _add_request_id(response):
+    response.headers["X-Request-Id"] = g.get("request_id", "-")
+    return response
+
+
+def register_http(app: Flask) -> None:
+    app.before_request(_assign_request_id)
+    app.before_request(_require_json_body)
+    app.after_request(_add_request_id)
+    app.register_error_handler(AppError, handle_app_error)
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.clock import utcnow
+from app.db import db
+
+KINDS = ("earn", "spend", "refund", "expire", "adjust", "reverse")
+GENESIS_HASH = "0" * 64
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Account(db.Model):
+    """A resident's points account. Only ledger.service changes it, always together with an entry."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (sa.CheckConstraint("balance >= 0", name="balance_non_negative"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"), unique=True)
+    balance: Mapped[int] = mapped_column(default=0)
+    lifetime_earned: Mapped[int] = mapped_column(default=0)
+    co2e_g: Mapped[int] = mapped_column(sa.BigInteger, default=0)
+    last_seq: Mapped[int] = mapped_column(default=0)
+    last_hash: Mapped[str] = mapped_column(sa.String(64), default=GENESIS_HASH)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LedgerEntry(db.Model):
+    """Append-only. Never updated or deleted; a correction is a reversing entry."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        sa.UniqueConstraint("account_id", "seq"),
+        sa.UniqueConstraint("account_id", "kind", "ref_type", "ref_id"),
+        sa.CheckConstraint(sa.column("kind").in_(KINDS), name="kind"),
+        sa.CheckConstraint("balance_after >= 0", name="balance_after_non_negative"),
+        sa.CheckConstraint("delta <> 0", name="delta_non_zero"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"))
+    seq: Mapped[int]
+    delta: Mapped[int]
+    balance_after: Mapped[int]
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    source: Mapped[str] = mapped_column(sa.String(32))
+    activity: Mapped[str | None] = mapped_column(sa.String(64))
+    rule_id: Mapped[int | None] = mapped_column(sa.ForeignKey("rules.id"))
+    co2e_g: Mapped[int] = mapped_column(default=0)
+    ref_type: Mapped[str] = mapped_column(sa.String(32))
+    ref_id: Mapped[str] = mapped_column(sa.String(64))
+    memo: Mapped[str | None] = mapped_column(sa.String(200))
+    actor_type: Mapped[str] = mapped_column(sa.String(16))
+    actor_id: Mapped[int | None]
+    reverses_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("ledger_entries.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class DailyEarning(db.Model):
+    """Points counted per resident, local day and activity (or the daily total), for caps."""
+
+    __tablename__ = "daily_earnings"
+
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), primary_key=True)
+    day: Mapped[date] = mapped_column(primary_key=True)
+    activity: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    points: Mapped[int] = mapped_column(default=0)
+
+
+class PointLot(db.Model):
+    """Points credited per local calendar year: expiry consumes the oldest lots first."""
+
+    __tablename__ = "point_lots"
+
+    account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), primary_key=True)
+    year: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    credited: Mapped[int] = mapped_column(default=0)

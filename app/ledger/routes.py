@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+
+from app.auth.guards import RESIDENT, current_actor, error_docs, login_required
+from app.common import PageArgsSchema, page_schema
+from app.errors import InsufficientPoints, InvalidState, NotFound
+from app.idempotency.service import idempotent
+from app.ledger import service
+from app.ledger.schemas import AdjustmentSchema, EntrySchema, ReversalSchema
+
+blp = Blueprint("ledger", __name__, url_prefix="/api/v1", description="积分账本")
+
+EntryPage = page_schema(EntrySchema, "EntryPage")
+
+
+@blp.route("/me/ledger", methods=["GET"])
+@login_required(RESIDENT)
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, EntryPage)
+def my_ledger(query):
+    """The resident's own entries, newest first, cursor-paginated."""
+    return service.ledger_page(current_actor().id, query["cursor"], query["limit"])
+
+
+@blp.route("/residents/<int:resident_id>/adjustments", methods=["POST"])
+@login_required("admin")
+@idempotent
+@error_docs(NotFound, InsufficientPoints)
+@blp.arguments(AdjustmentSchema)
+@blp.response(201, EntrySchema)
+def adjust(body, resident_id):
+    """Grant (positive) or claw back (negative) points by hand, with a mandatory reason. Audited."""
+    return service.adjust(current_actor(), resident_id, body["delta"], body["reason"])
+
+
+@blp.route("/ledger/entries/<int:entry_id>/reverse", methods=["POST"])
+@login_required("admin")
+@idempotent
+@error_docs(NotFound, InvalidState, InsufficientPoints)
+@blp.arguments(ReversalSchema)
+@blp.response(201, EntrySchema)
+def reverse(body, entry_id):
+    """Cancel an entry with its exact opposite, with a reason. Audited."""
+    return service.reverse_entry(current_actor(), entry_id, body["reason"])

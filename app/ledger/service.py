@@ -1,0 +1,273 @@
+"""The only code that moves points: `post` and `reverse`, and what is built on them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app
+
+from app.audit import service as audit
+from app.carbon.methodology import CapCharge
+from app.clock import local_day, local_midnight, utcnow
+from app.common import keyset_page
+from app.db import commit, db
+from app.errors import CapReached, InsufficientPoints, InvalidState, NotFound, field_error
+from app.ledger.chain import TOKEN, canonical, link, micros
+from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
+
+CREDIT_KINDS = ("earn", "refund", "adjust", "reverse")
+
+
+def _tz() -> str:
+    return current_app.config["TIMEZONE"]
+
+
+def open_account(resident_id: int) -> Account:
+    account = Account(resident_id=resident_id)
+    db.session.add(account)
+    db.session.flush()
+    return account
+
+
+def _lock_account(resident_id: int) -> Account:
+    # populate_existing: a lock is only as good as a fresh read, even if the session holds a copy.
+    account = db.session.scalar(
+        sa.select(Account)
+        .where(Account.resident_id == resident_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if account is None:
+        raise NotFound("积分账户不存在")
+    return account
+
+
+def _charge_caps(account: Account, day: date, charges: Sequence[CapCharge]) -> None:
+    """Check every cap first, then count: a rejected posting leaves every counter as it was."""
+    counters = []
+    for charge in charges:
+        counter = db.session.get(DailyEarning, (account.id, day, charge.key))
+        used = counter.points if counter else 0
+        if charge.limit is not None and used + charge.amount > charge.limit:
+            raise CapReached(
+                f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
+                details={"cap": charge.limit, "used": used, "activity": charge.key},
+            )
+        counters.append((counter, charge))
+    for counter, charge in counters:
+        if counter is None:
+            db.session.add(DailyEarning(account_id=account.id, day=day, activity=charge.key, points=charge.amount))
+        else:
+            counter.points += charge.amount
+
+
+def post(
+    resident_id: int,
+    delta: int,
+    *,
+    kind: str,
+    source: str,
+    ref_type: str,
+    ref_id: Any,
+    actor_type: str,
+    actor_id: int | None,
+    activity: str | None = None,
+    rule_id: int | None = None,
+    co2e_g: int = 0,
+    memo: str | None = None,
+    reverses_id: int | None = None,
+    caps: Sequence[CapCharge] = (),
+) -> LedgerEntry:
+    """Append one entry to the resident's chain. The caller's use case commits."""
+    ref_id = str(ref_id)
+    for name, value in (("kind", kind), ("source", source), ("ref_type", ref_type), ("ref_id", ref_id),
+                        ("activity", activity or ""), ("actor_type", actor_type)):  # fmt: skip
+        if not TOKEN.match(value):
+            raise ValueError(f"{name} {value!r} is not a ledger token")
+    if delta == 0:
+        raise ValueError("a ledger entry moves a non-zero number of points")
+    now = utcnow()
+    account = _lock_account(resident_id)
+    if account.balance + delta < 0:
+        raise InsufficientPoints(
+            f"积分不足：当前余额 {account.balance}，需要 {-delta}",
+            details={"balance": account.balance, "required": -delta},
+        )
+    if caps:
+        _charge_caps(account, local_day(now, _tz()), caps)
+    seq, balance_after = account.last_seq + 1, account.balance + delta
+    entry = LedgerEntry(
+        account_id=account.id, seq=seq, delta=delta, balance_after=balance_after, kind=kind, source=source,
+        activity=activity, rule_id=rule_id, co2e_g=co2e_g, ref_type=ref_type, ref_id=ref_id, memo=memo,
+        actor_type=actor_type, actor_id=actor_id, reverses_id=reverses_id, created_at=now,
+    )  # fmt: skip
+    entry.hash = link(
+        account.last_hash,
+        canonical(account.id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g,
+                  ref_type, ref_id, actor_type, actor_id, reverses_id, micros(now), memo),
+    )  # fmt: skip
+    db.session.add(entry)
+    account.balance, account.last_seq, account.last_hash = balance_after, seq, entry.hash
+    account.co2e_g += co2e_g
+    if kind == "earn":
+        account.lifetime_earned += delta
+    if delta > 0:
+        year = local_day(now, _tz()).year
+        lot = db.session.get(PointLot, (account.id, year))
+        if lot is None:
+            db.session.add(PointLot(account_id=account.id, year=year, credited=delta))
+        else:
+            lot.credited += delta
+    db.session.flush()
+    return entry
+
+
+def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_type: str,
+            actor_id: int | None, memo: str) -> LedgerEntry:  # fmt: skip
+    """Undo an entry with its exact opposite. One reversal per entry is a unique constraint."""
+    if entry.kind in ("reverse", "refund", "expire"):
+        raise InvalidState("该记录不能被冲正")
+    if db.session.scalar(sa.select(sa.exists().where(LedgerEntry.reverses_id == entry.id))):
+        raise InvalidState("该记录已被冲正")
+    resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
+    return post(
+        resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
+        actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,
+        co2e_g=-entry.co2e_g, memo=memo, reverses_id=entry.id,
+    )  # fmt: skip
+
+
+# Admin use cases
+
+
+def adjust(actor, resident_id: int, delta: int, reason: str) -> LedgerEntry:
+    """Grant or claw back points by hand. Audited, and an ordinary entry in the chain."""
+    actor.require_role("admin")
+    if delta == 0:
+        raise field_error("delta", "调整积分不能为 0")
+    ref = uuid.uuid4().hex
+    entry = post(
+        resident_id, delta, kind="adjust", source="admin", ref_type="adjustment", ref_id=ref,
+        actor_type=actor.kind, actor_id=actor.id, memo=reason,
+    )  # fmt: skip
+    audit.record(actor, "ledger.adjust", "resident", resident_id, {"delta": delta, "reason": reason, "entry": ref})
+    commit()
+    return entry
+
+
+def reverse_entry(actor, entry_id: int, reason: str) -> LedgerEntry:
+    actor.require_role("admin")
+    entry = db.session.get(LedgerEntry, entry_id)
+    if entry is None:
+        raise NotFound("积分记录不存在")
+    result = reverse(
+        entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
+        actor_id=actor.id, memo=reason,
+    )  # fmt: skip
+    audit.record(actor, "ledger.reverse", "ledger_entry", entry.id, {"reason": reason})
+    commit()
+    return result
+
+
+# Resident views
+
+
+def account_of(resident_id: int) -> Account:
+    account = db.session.scalar(sa.select(Account).where(Account.resident_id == resident_id))
+    if account is None:
+        raise NotFound("积分账户不存在")
+    return account
+
+
+def expiry_moment(year: int) -> datetime:
+    """Points earned in `year` expire when local year + 1 + POINTS_EXPIRY_YEARS begins."""
+    years = current_app.config["POINTS_EXPIRY_YEARS"]
+    return local_midnight(date(year + 1 + years, 1, 1), _tz())
+
+
+def _lots(account: Account) -> list[tuple[int, int]]:
+    rows = db.session.execute(
+        sa.select(PointLot.year, PointLot.credited).where(PointLot.account_id == account.id).order_by(PointLot.year)
+    )
+    return [(year, credited) for year, credited in rows]
+
+
+def _remaining_by_year(account: Account, lots: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Debits consume the oldest lots first: what is left of each year's points."""
+    debited = sum(credited for _, credited in lots) - account.balance
+    remaining = []
+    for year, credited in lots:
+        used = min(credited, max(debited, 0))
+        debited -= used
+        remaining.append((year, credited - used))
+    return remaining
+
+
+def next_expiry(account: Account) -> tuple[int, datetime | None]:
+    for year, left in _remaining_by_year(account, _lots(account)):
+        if left > 0:
+            return left, expiry_moment(year)
+    return 0, None
+
+
+def profile(resident_id: int) -> dict[str, Any]:
+    from app.people.models import Resident
+
+    resident = db.session.get(Resident, resident_id)
+    account = account_of(resident_id)
+    expiring_points, expiring_at = next_expiry(account)
+    return {
+        "id": resident.id,
+        "nickname": resident.nickname,
+        "community_id": resident.community_id,
+        "balance": account.balance,
+        "co2e_g": account.co2e_g,
+        "lifetime_earned": account.lifetime_earned,
+        "expiring_points": expiring_points,
+        "expiring_at": expiring_at,
+    }
+
+
+def ledger_page(resident_id: int, cursor: str | None, limit: int) -> dict[str, Any]:
+    account = account_of(resident_id)
+    stmt = sa.select(LedgerEntry).where(LedgerEntry.account_id == account.id)
+    return keyset_page(stmt, LedgerEntry.seq, cursor, limit)
+
+
+# Scheduled job
+
+
+def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
+    """Write `expire` entries for every lot whose expiry moment is at or before `as_of`. Idempotent:
+    a second run finds nothing left to expire, and (account, year) is unique among expire entries."""
+    years = current_app.config["POINTS_EXPIRY_YEARS"]
+    last_due_year = local_day(as_of, _tz()).year - 1 - years
+    account_ids = list(
+        db.session.scalars(
+            sa.select(PointLot.account_id)
+            .where(PointLot.year <= last_due_year)
+            .distinct()
+            .order_by(PointLot.account_id)
+        )
+    )
+    written = points = 0
+    for index, account_id in enumerate(account_ids, start=1):
+        resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == account_id))
+        account = _lock_account(resident_id)
+        for year, left in _remaining_by_year(account, _lots(account)):
+            if year > last_due_year or left <= 0:
+                continue
+            amount = min(left, account.balance)
+            post(
+                resident_id, -amount, kind="expire", source="expiry", ref_type="expiry", ref_id=year,
+                actor_type="system", actor_id=None, memo=f"{year}年获得的积分已到期",
+            )  # fmt: skip
+            written, points = written + 1, points + amount
+        if index % batch == 0:
+            db.session.commit()
+    db.session.commit()
+    return {"accounts": len(account_ids), "entries": written, "points": points}

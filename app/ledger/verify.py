@@ -1,0 +1,126 @@
+"""Recompute every hash chain and balance. Streams the entries in (account, seq) order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from app.db import db
+from app.ledger.chain import canonical, link, micros
+from app.ledger.models import GENESIS_HASH
+
+ENTRY_COLUMNS = (
+    "id, account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type, ref_id, "
+    "actor_type, actor_id, reverses_id, created_at, memo, hash"
+)
+
+
+@dataclass
+class Report:
+    entries: int = 0
+    accounts: int = 0
+    problems: list[str] = field(default_factory=list)
+    first_bad_entry: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def fail(self, message: str, entry_id: int | None = None) -> None:
+        if entry_id is not None and self.first_bad_entry is None:
+            self.first_bad_entry = entry_id
+        self.problems.append(message)
+
+
+@dataclass
+class _Chain:
+    account_id: int
+    seq: int = 0
+    balance: int = 0
+    earned: int = 0
+    co2e_g: int = 0
+    hash: str = GENESIS_HASH
+    deltas: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+
+def _close(chain: _Chain, accounts: dict[int, tuple], report: Report) -> None:
+    stored = accounts.pop(chain.account_id, None)
+    if stored is None:
+        report.fail(f"account {chain.account_id}: entries exist but the account does not")
+        return
+    balance, earned, co2e_g, last_seq, last_hash = stored
+    if (balance, earned, co2e_g, last_seq, last_hash) != (
+        chain.balance,
+        chain.earned,
+        chain.co2e_g,
+        chain.seq,
+        chain.hash,
+    ):
+        report.fail(
+            f"account {chain.account_id}: stored balance={balance} lifetime={earned} co2e_g={co2e_g} "
+            f"seq={last_seq} differ from the entries (balance={chain.balance} lifetime={chain.earned} "
+            f"co2e_g={chain.co2e_g} seq={chain.seq}) or the last hash does not match"
+        )
+
+
+def _check(chain: _Chain, row, report: Report) -> None:
+    (entry_id, account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type,
+     ref_id, actor_type, actor_id, reverses_id, created_at, memo, stored_hash) = row  # fmt: skip
+    where = f"entry {entry_id} (account {account_id}, seq {seq})"
+    if seq != chain.seq + 1:
+        report.fail(f"{where}: sequence gap after {chain.seq}", entry_id)
+    if balance_after != chain.balance + delta or balance_after < 0:
+        report.fail(f"{where}: balance_after {balance_after} != {chain.balance} + {delta}", entry_id)
+    expected = link(
+        chain.hash,
+        canonical(account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type,
+                  ref_id, actor_type, actor_id, reverses_id, micros(created_at), memo),
+    )  # fmt: skip
+    if expected != stored_hash:
+        report.fail(f"{where}: hash mismatch, the entry or its predecessor was altered", entry_id)
+    if kind == "spend" and (delta >= 0 or ref_type != "redemption"):
+        report.fail(f"{where}: a spend must be negative and reference its redemption", entry_id)
+    if kind in ("refund", "reverse"):
+        target = chain.deltas.get(reverses_id)
+        wanted_kind = ("spend",) if kind == "refund" else ("earn", "spend", "adjust")
+        if target is None or target[0] not in wanted_kind or target[1] != -delta:
+            report.fail(f"{where}: {kind} does not undo an earlier {'/'.join(wanted_kind)} of this account", entry_id)
+    chain.deltas[entry_id] = (kind, delta)
+    chain.seq, chain.balance, chain.hash = seq, balance_after, stored_hash
+    chain.co2e_g += co2e_g
+    if kind == "earn":
+        chain.earned += delta
+
+
+def verify_ledger(chunk: int = 20000) -> Report:
+    report = Report()
+    connection = db.session.connection()
+    accounts = {
+        row[0]: tuple(row[1:])
+        for row in connection.execute(
+            sa.text("SELECT id, balance, lifetime_earned, co2e_g, last_seq, last_hash FROM accounts")
+        )
+    }
+    report.accounts = len(accounts)
+    result = connection.execution_options(yield_per=chunk).execute(
+        sa.text(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY account_id, seq").columns(  # noqa: S608
+            created_at=db.metadata.tables["ledger_entries"].c.created_at.type
+        )
+    )
+    chain: _Chain | None = None
+    count = 0
+    for row in result:
+        count += 1
+        if chain is None or row[1] != chain.account_id:
+            if chain is not None:
+                _close(chain, accounts, report)
+            chain = _Chain(row[1])
+        _check(chain, row, report)
+    if chain is not None:
+        _close(chain, accounts, report)
+    for account_id, (balance, earned, co2e_g, last_seq, last_hash) in accounts.items():
+        if (balance, earned, co2e_g, last_seq, last_hash) != (0, 0, 0, 0, GENESIS_HASH):
+            report.fail(f"account {account_id}: no entries, yet balance={balance} seq={last_seq}")
+    report.entries = count
+    return report

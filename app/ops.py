@@ -1,0 +1,44 @@
+"""Liveness, readiness, the offline API docs assets, and the landing page behind poster QR codes."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import swagger_ui_bundle
+from flask import Blueprint, jsonify, render_template_string, send_from_directory
+
+from app.db import db
+from app.http import error_response
+
+blp = Blueprint("ops", __name__)
+docs_assets = Blueprint("docs_assets", __name__)
+
+_LANDING = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>绿色积分</title>
+<body style="font-family:sans-serif;text-align:center;padding:3em 1em">
+<h2>请使用微信扫一扫</h2><p>打开"湾区绿色积分"小程序扫描此二维码即可打卡积分。</p></body></html>"""
+
+
+@blp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@blp.get("/readyz")
+def readyz():
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError:
+        db.session.rollback()
+        return error_response("not_ready", "数据库不可用", 503)
+    return jsonify(status="ok", database="ok")
+
+
+@blp.get("/q/<token>")
+def poster_landing(token: str):
+    """A poster QR opened outside the mini-program lands here."""
+    return render_template_string(_LANDING)
+
+
+@docs_assets.get("/api/v1/docs/static/<path:filename>")
+def swagger_assets(filename: str):
+    return send_from_directory(swagger_ui_bundle.swagger_ui_path, filename)

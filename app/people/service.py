@@ -1,0 +1,258 @@
+"""Residents, staff, communities and alliance organisations: the rules and the one commit per use case."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from werkzeug.security import generate_password_hash
+
+from app.audit import service as audit
+from app.auth.guards import Actor
+from app.common import keyset_page
+from app.db import commit, db
+from app.errors import Duplicate, Forbidden, NotFound, field_error
+from app.exchange.models import Store
+from app.people.models import Community, Organization, Resident, Staff
+from app.sorting.models import CollectionPoint
+
+ALLIANCE_MAY_CREATE = ("merchant", "alliance")
+
+
+def get_or_404(model, obj_id: int, message: str = "资源不存在"):
+    obj = db.session.get(model, obj_id)
+    if obj is None:
+        raise NotFound(message)
+    return obj
+
+
+def _require_exists(model, obj_id: int | None, field: str, message: str) -> None:
+    if obj_id is not None and db.session.get(model, obj_id) is None:
+        raise field_error(field, message)
+
+
+def _insert_unique(obj, message: str):
+    """Insert one row whose natural key is unique; a clash becomes 409 duplicate, not a 500."""
+    db.session.add(obj)
+    try:
+        with db.session.begin_nested():
+            db.session.flush()
+    except IntegrityError as exc:
+        raise Duplicate(message) from exc
+    return obj
+
+
+# Communities and organisations
+
+
+def list_communities() -> list[Community]:
+    return list(db.session.scalars(sa.select(Community).order_by(Community.id)))
+
+
+def create_community(actor: Actor, data: dict[str, Any]) -> Community:
+    actor.require_role("admin")
+    community = _insert_unique(Community(**data), "社区名称或编码已存在")
+    audit.record(actor, "community.create", "community", community.id, data)
+    commit()
+    return community
+
+
+def list_organizations(community_id: int | None = None, kind: str | None = None) -> list[Organization]:
+    stmt = sa.select(Organization).order_by(Organization.id)
+    if community_id is not None:
+        stmt = stmt.where(Organization.community_id == community_id)
+    if kind is not None:
+        stmt = stmt.where(Organization.kind == kind)
+    return list(db.session.scalars(stmt))
+
+
+def create_organization(actor: Actor, data: dict[str, Any]) -> Organization:
+    actor.require_role("admin")
+    _require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
+    org = _insert_unique(Organization(**data), "该成员单位已存在")
+    audit.record(actor, "organization.create", "organization", org.id, data)
+    commit()
+    return org
+
+
+# Staff
+
+
+def _scoped_rows(model, ids: list[int], field: str, label: str) -> list:
+    ids = sorted(set(ids))
+    rows = list(db.session.scalars(sa.select(model).where(model.id.in_(ids)))) if ids else []
+    if len(rows) != len(ids):
+        missing = sorted(set(ids) - {r.id for r in rows})
+        raise field_error(field, f"{label}不存在：{', '.join(map(str, missing))}")
+    return rows
+
+
+def _check_role_scope(role: str, data: dict[str, Any], stores: list[Store], points: list) -> None:
+    required = {
+        "worker": ("community_id", "社区工作者必须指定所属社区"),
+        "alliance": ("organization_id", "联盟成员必须指定所属单位"),
+    }
+    if role in required:
+        field, message = required[role]
+        if data.get(field) is None:
+            raise field_error(field, message)
+    if role == "merchant" and not stores:
+        raise field_error("store_ids", "店员必须至少关联一个兑换点")
+    if role == "collector" and not points:
+        raise field_error("collection_point_ids", "回收员必须至少关联一个回收点")
+    if role != "merchant" and stores:
+        raise field_error("store_ids", "只有店员可以关联兑换点")
+    if role != "collector" and points:
+        raise field_error("collection_point_ids", "只有回收员可以关联回收点")
+
+
+def _check_alliance_grant(actor: Actor, data: dict[str, Any], stores: list[Store]) -> None:
+    """An alliance member creates staff only for its own organisation and its own stores."""
+    if actor.is_admin:
+        return
+    if data["role"] not in ALLIANCE_MAY_CREATE:
+        raise Forbidden("联盟成员只能创建本单位的店员或联盟账号")
+    if data.get("organization_id") is None:
+        data["organization_id"] = actor.organization_id
+    actor.require_organization(data["organization_id"])
+    if any(store.organization_id != actor.organization_id for store in stores):
+        raise Forbidden("只能关联本单位的兑换点")
+
+
+def create_staff(actor: Actor, data: dict[str, Any]) -> Staff:
+    actor.require_role("admin", "alliance")
+    data = dict(data)
+    stores = _scoped_rows(Store, data.pop("store_ids", []), "store_ids", "兑换点")
+    points = _scoped_rows(CollectionPoint, data.pop("collection_point_ids", []), "collection_point_ids", "回收点")
+    _check_alliance_grant(actor, data, stores)
+    _check_role_scope(data["role"], data, stores, points)
+    _require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
+    _require_exists(Organization, data.get("organization_id"), "organization_id", "单位不存在")
+    staff = Staff(
+        username=data["username"],
+        password_hash=generate_password_hash(data["password"]),
+        display_name=data.get("display_name") or "",
+        role=data["role"],
+        community_id=data.get("community_id"),
+        organization_id=data.get("organization_id"),
+        stores=stores,
+        collection_points=points,
+    )
+    _insert_unique(staff, "用户名已被使用")
+    audit.record(actor, "staff.create", "staff", staff.id, {"username": staff.username, "role": staff.role})
+    commit()
+    return staff
+
+
+def _visible_staff(actor: Actor, staff: Staff) -> None:
+    if actor.is_admin or actor.id == staff.id:
+        return
+    if actor.role == "alliance" and staff.organization_id == actor.organization_id:
+        return
+    raise NotFound("工作人员不存在")
+
+
+def list_staff(actor: Actor, cursor: str | None, limit: int) -> dict[str, Any]:
+    actor.require_role("admin", "alliance")
+    stmt = sa.select(Staff)
+    if not actor.is_admin:
+        stmt = stmt.where(Staff.organization_id == actor.organization_id)
+    return keyset_page(stmt, Staff.id, cursor, limit)
+
+
+def get_staff(actor: Actor, staff_id: int) -> Staff:
+    staff = get_or_404(Staff, staff_id, "工作人员不存在")
+    _visible_staff(actor, staff)
+    return staff
+
+
+def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
+    actor.require_role("admin", "alliance")
+    staff = get_staff(actor, staff_id)
+    if not actor.is_admin and staff.role not in ALLIANCE_MAY_CREATE:
+        raise Forbidden()
+    if "store_ids" in data:
+        stores = _scoped_rows(Store, data["store_ids"], "store_ids", "兑换点")
+        _check_alliance_grant(actor, {"role": staff.role, "organization_id": staff.organization_id}, stores)
+        _check_role_scope(staff.role, {}, stores, staff.collection_points)
+        staff.stores = stores
+    if "collection_point_ids" in data:
+        actor.require_role("admin")
+        points = _scoped_rows(CollectionPoint, data["collection_point_ids"], "collection_point_ids", "回收点")
+        _check_role_scope(staff.role, {}, staff.stores, points)
+        staff.collection_points = points
+    if "password" in data:
+        staff.password_hash = generate_password_hash(data["password"])
+    for key in ("display_name", "active"):
+        if key in data:
+            setattr(staff, key, data[key])
+    audit.record(actor, "staff.update", "staff", staff.id, {k: v for k, v in data.items() if k != "password"})
+    commit()
+    return staff
+
+
+# Residents
+
+
+def resident_for_openid(openid: str, unionid: str | None) -> Resident:
+    """First login creates the resident and its points account; a concurrent first login reuses it."""
+    from app.ledger.service import open_account
+
+    stmt = sa.select(Resident).where(Resident.openid == openid)
+    resident = db.session.scalar(stmt)
+    if resident is not None:
+        return resident
+    resident = Resident(openid=openid, unionid=unionid, nickname=f"居民{openid[-4:]}")
+    try:
+        with db.session.begin_nested():
+            db.session.add(resident)
+            db.session.flush()
+            open_account(resident.id)
+    except IntegrityError:
+        resident = db.session.scalars(stmt).one()
+    return resident
+
+
+def update_me(actor: Actor, data: dict[str, Any]) -> Resident:
+    resident = get_or_404(Resident, actor.id)
+    if "community_id" in data:
+        _require_exists(Community, data["community_id"], "community_id", "社区不存在")
+    for key, value in data.items():
+        setattr(resident, key, value)
+    commit()
+    return resident
+
+
+def _resident_in_scope(actor: Actor, resident: Resident) -> None:
+    if actor.is_admin:
+        return
+    if actor.role == "worker" and resident.community_id == actor.community_id:
+        return
+    raise NotFound("居民不存在")
+
+
+def list_residents(actor: Actor, community_id: int | None, status: str | None, cursor, limit) -> dict:
+    actor.require_role("admin", "worker")
+    if not actor.is_admin:
+        if community_id not in (None, actor.community_id):
+            raise Forbidden("只能查看本社区的居民")
+        community_id = actor.community_id
+    stmt = sa.select(Resident).where(Resident.status != "closed")
+    if community_id is not None:
+        stmt = stmt.where(Resident.community_id == community_id)
+    if status is not None:
+        stmt = stmt.where(Resident.status == status)
+    return keyset_page(stmt, Resident.id, cursor, limit)
+
+
+def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> Resident:
+    actor.require_role("admin", "worker")
+    resident = get_or_404(Resident, resident_id, "居民不存在")
+    _resident_in_scope(actor, resident)
+    if resident.status == "closed":
+        raise NotFound("居民不存在")
+    previous, resident.status = resident.status, status
+    audit.record(actor, f"resident.{status}", "resident", resident.id, {"from": previous, "reason": reason})
+    commit()
+    return resident

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import secrets
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.clock import utcnow
+from app.db import Timestamped, db
+from app.ledger.models import BigId
+
+POINT_KINDS = ("station", "smart_bin", "recycling_service_point")
+CATEGORIES = ("paper", "cardboard", "plastic", "metal", "aluminium", "glass", "textile", "ewaste")
+
+
+def new_secret() -> str:
+    return secrets.token_hex(16)
+
+
+class CollectionPoint(Timestamped, db.Model):
+    """A 定时定点 station, smart bin or 惠民回收服务点. Its poster QR is signed with `qr_secret`."""
+
+    __tablename__ = "collection_points"
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("kind").in_(POINT_KINDS), name="kind"),
+        sa.CheckConstraint("geofence_m IS NULL OR geofence_m > 0", name="geofence_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(128))
+    community_id: Mapped[int] = mapped_column(sa.ForeignKey("communities.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    address: Mapped[str] = mapped_column(sa.String(256), default="")
+    lat: Mapped[float | None]
+    lng: Mapped[float | None]
+    geofence_m: Mapped[int | None]
+    categories: Mapped[list[str]] = mapped_column(sa.JSON, default=lambda: list(CATEGORIES))
+    qr_secret: Mapped[str] = mapped_column(sa.String(64), default=new_secret)
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class Checkin(db.Model):
+    """A sorting check-in: once per resident, point and local day, enforced by the database."""
+
+    __tablename__ = "checkins"
+    __table_args__ = (sa.UniqueConstraint("resident_id", "collection_point_id", "day"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"), index=True)
+    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
+    day: Mapped[date]
+    lat: Mapped[float | None]
+    lng: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Device(Timestamped, db.Model):
+    """A smart bin. It signs each request with its secret (HMAC)."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
+    secret: Mapped[str] = mapped_column(sa.String(64), default=new_secret)
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class DeviceSignature(db.Model):
+    """Signatures already used, so a captured request cannot be replayed inside the clock window."""
+
+    __tablename__ = "device_signatures"
+
+    signature: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    device_id: Mapped[int] = mapped_column(sa.ForeignKey("devices.id"))
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Deposit(db.Model):
+    """Weighed recyclables credited to a resident, by a collector or a smart bin."""
+
+    __tablename__ = "deposits"
+    __table_args__ = (sa.CheckConstraint("(collector_id IS NULL) <> (device_id IS NULL)", name="one_recorder"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"), index=True)
+    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
+    collector_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+    device_id: Mapped[int | None] = mapped_column(sa.ForeignKey("devices.id"))
+    points: Mapped[int]
+    co2e_g: Mapped[int]
+    weight_g: Mapped[int]
+    entry_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("ledger_entries.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    items = relationship("DepositItem", lazy="selectin", order_by="DepositItem.id")
+
+
+class DepositItem(db.Model):
+    __tablename__ = "deposit_items"
+    __table_args__ = (sa.CheckConstraint("weight_g > 0", name="weight_positive"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    deposit_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("deposits.id"), index=True)
+    category: Mapped[str] = mapped_column(sa.String(32))
+    weight_g: Mapped[int]
+    co2e_g: Mapped[int]
+    points: Mapped[int]
+    rule_id: Mapped[int] = mapped_column(sa.ForeignKey("rules.id"))

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+from copy import deepcopy
+from functools import wraps
+
+from flask import Response, request
+from flask_smorest import Blueprint
+
+from app import qr
+from app.auth.guards import RESIDENT, current_actor, error_docs, login_required
+from app.common import page_schema
+from app.errors import (
+    AccountFrozen,
+    AlreadyClaimed,
+    CapReached,
+    Duplicate,
+    InvalidQr,
+    NotFound,
+    QrExpired,
+    TooFar,
+    Unauthorized,
+)
+from app.idempotency.service import idempotent
+from app.sorting import service
+from app.sorting.schemas import (
+    CollectionPointSchema,
+    CollectionPointUpdateSchema,
+    DepositCreateSchema,
+    DepositSchema,
+    DeviceCreateSchema,
+    DeviceSchema,
+    DeviceWithSecretSchema,
+    MemberCodeSchema,
+    PointQuerySchema,
+    PosterSchema,
+    ScanResultSchema,
+    ScanSchema,
+)
+
+blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾分类：回收点、扫码打卡与称重投递")
+
+PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
+DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached)
+IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+SVG = {"image/svg+xml": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def _image(data: bytes, mimetype: str) -> Response:
+    response = Response(data, mimetype=mimetype)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def device_required(view):
+    """Smart bins authenticate with an HMAC signature instead of a bearer token."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        service.authenticate_device(request.headers, request.method, request.path, request.get_data())
+        return view(*args, **kwargs)
+
+    wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
+    manual = wrapper._apidoc.setdefault("manual_doc", {})
+    manual["parameters"] = [
+        *manual.get("parameters", []),
+        *(
+            {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
+            for name, text in (
+                ("X-Device-Id", "设备编号（登记时返回的 id）"),
+                ("X-Timestamp", "Unix 秒；与服务器时间相差不得超过 5 分钟"),
+                ("X-Signature", "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))"),
+            )
+        ),
+    ]
+    return error_docs(Unauthorized, Duplicate)(wrapper)
+
+
+@blp.route("/collection-points", methods=["GET"])
+@blp.arguments(PointQuerySchema, location="query")
+@blp.response(200, PointPage)
+def list_points(query):
+    """Active collection points; `near=lat,lng` sorts by distance."""
+    return service.list_points(**query)
+
+
+@blp.route("/collection-points", methods=["POST"])
+@login_required("admin", "worker")
+@blp.arguments(CollectionPointSchema)
+@blp.response(201, CollectionPointSchema)
+def create_point(body):
+    """Create a collection point (admin; a worker in its own community)."""
+    return service.create_point(current_actor(), body)
+
+
+@blp.route("/collection-points/<int:point_id>", methods=["GET"])
+@error_docs(NotFound)
+@blp.response(200, CollectionPointSchema)
+def get_point(point_id):
+    """One collection point."""
+    return service.get_point(point_id)
+
+
+@blp.route("/collection-points/<int:point_id>", methods=["PATCH"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.arguments(CollectionPointUpdateSchema)
+@blp.response(200, CollectionPointSchema)
+def update_point(body, point_id):
+    """Change a collection point (admin; a worker in its own community)."""
+    return service.update_point(current_actor(), point_id, body)
+
+
+@blp.route("/collection-points/<int:point_id>", methods=["DELETE"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.response(204)
+def delete_point(point_id):
+    """Retire a collection point: its posters stop working; its history stays."""
+    service.deactivate_point(current_actor(), point_id)
+
+
+@blp.route("/collection-points/<int:point_id>/qr", methods=["GET"])
+@login_required("admin", "worker", "collector")
+@error_docs(NotFound)
+@blp.response(200, PosterSchema)
+def point_qr(point_id):
+    """The poster's signed token and the URL its QR encodes (staff in scope)."""
+    return service.poster(current_actor(), point_id)
+
+
+@blp.route("/collection-points/<int:point_id>/qr.png", methods=["GET"])
+@login_required("admin", "worker", "collector")
+@error_docs(NotFound)
+@blp.response(200, content_type="image/png")
+def point_qr_png(point_id):
+    """The poster QR as PNG."""
+    return _image(qr.to_png(service.poster(current_actor(), point_id)["url"]), "image/png")
+
+
+@blp.route("/collection-points/<int:point_id>/qr.svg", methods=["GET"])
+@login_required("admin", "worker", "collector")
+@error_docs(NotFound)
+@blp.response(200, content_type="image/svg+xml")
+def point_qr_svg(point_id):
+    """The poster QR as SVG, for print."""
+    return _image(qr.to_svg(service.poster(current_actor(), point_id)["url"]), "image/svg+xml")
+
+
+@blp.route("/collection-points/<int:point_id>/qr/rotate", methods=["POST"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.response(200, PosterSchema)
+def rotate_point_qr(point_id):
+    """Issue a new poster secret: every poster printed before stops working."""
+    return service.rotate_poster(current_actor(), point_id)
+
+
+@blp.route("/me/member-code", methods=["GET"])
+@login_required(RESIDENT)
+@blp.response(200, MemberCodeSchema)
+def my_member_code():
+    """A short-lived signed code (about 2 minutes) that staff scan."""
+    return service.member_code(current_actor().id)
+
+
+@blp.route("/me/member-code.png", methods=["GET"])
+@login_required(RESIDENT)
+@blp.response(200, content_type="image/png")
+def my_member_code_png():
+    """The member code as a QR image."""
+    return _image(qr.to_png(service.member_code(current_actor().id)["token"]), "image/png")
+
+
+@blp.route("/scans", methods=["POST"])
+@login_required(RESIDENT)
+@idempotent
+@error_docs(InvalidQr, QrExpired, AlreadyClaimed, CapReached, TooFar)
+@blp.arguments(ScanSchema)
+@blp.response(201, ScanResultSchema)
+def scan(body):
+    """Scan a collection point poster: the daily sorting check-in."""
+    return service.scan(current_actor(), body["token"], body["lat"], body["lng"])
+
+
+@blp.route("/deposits", methods=["POST"])
+@login_required("collector")
+@idempotent
+@error_docs(*DEPOSIT_ERRORS)
+@blp.arguments(DepositCreateSchema)
+@blp.response(201, DepositSchema)
+def create_deposit(body):
+    """A collector records weighed recyclables against a resident's member code."""
+    return service.record_deposit(current_actor(), body)
+
+
+@blp.route("/deposits/<int:deposit_id>", methods=["GET"])
+@login_required()
+@error_docs(NotFound)
+@blp.response(200, DepositSchema)
+def get_deposit(deposit_id):
+    """One deposit: its resident, the collector's point, or the community's staff."""
+    return service.get_deposit(current_actor(), deposit_id)
+
+
+@blp.route("/devices/deposits", methods=["POST"])
+@device_required
+@idempotent
+@error_docs(*DEPOSIT_ERRORS)
+@blp.arguments(DepositCreateSchema)
+@blp.response(201, DepositSchema)
+def device_deposit(body):
+    """A smart bin records a deposit, HMAC-signed."""
+    return service.record_device_deposit(service.current_device(), body)
+
+
+@blp.route("/devices", methods=["POST"])
+@login_required("admin", "worker")
+@error_docs(Duplicate, NotFound)
+@blp.arguments(DeviceCreateSchema)
+@blp.response(201, DeviceWithSecretSchema)
+def register_device(body):
+    """Register a smart bin at a point. The secret is shown only in this response."""
+    return service.register_device(current_actor(), body)
+
+
+@blp.route("/collection-points/<int:point_id>/devices", methods=["GET"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.response(200, DeviceSchema(many=True))
+def list_devices(point_id):
+    """The smart bins registered at a point."""
+    return service.list_devices(current_actor(), point_id)

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from app.common import StrictSchema
+from app.sorting.models import CATEGORIES, POINT_KINDS
+
+MAX_LINE_G = 200_000
+MAX_LINES = 20
+
+
+class CollectionPointSchema(StrictSchema):
+    id = fields.Integer(dump_only=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    community_id = fields.Integer(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
+    address = fields.String(load_default="", validate=validate.Length(max=256))
+    lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
+    lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
+    geofence_m = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
+    categories = fields.List(
+        fields.String(validate=validate.OneOf(CATEGORIES)),
+        load_default=lambda: list(CATEGORIES),
+        validate=validate.Length(min=1, max=len(CATEGORIES)),
+    )
+    active = fields.Boolean(dump_only=True)
+    distance_m = fields.Integer(dump_only=True, allow_none=True)
+
+    @validates_schema
+    def _position_pairs(self, data, **kwargs):
+        if (data.get("lat") is None) != (data.get("lng") is None):
+            raise ValidationError("纬度和经度必须同时提供", "lat")
+        if data.get("geofence_m") is not None and data.get("lat") is None:
+            raise ValidationError("设置电子围栏需要先提供回收点位置", "geofence_m")
+
+
+class CollectionPointUpdateSchema(CollectionPointSchema):
+    class Meta:
+        partial = True
+
+    name = fields.String(validate=validate.Length(min=1, max=128))
+    community_id = fields.Integer()
+    kind = fields.String(validate=validate.OneOf(POINT_KINDS))
+    address = fields.String(validate=validate.Length(max=256))
+    lat = fields.Float(allow_none=True, validate=validate.Range(min=-90, max=90))
+    lng = fields.Float(allow_none=True, validate=validate.Range(min=-180, max=180))
+    geofence_m = fields.Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
+    categories = fields.List(
+        fields.String(validate=validate.OneOf(CATEGORIES)), validate=validate.Length(min=1, max=len(CATEGORIES))
+    )
+    active = fields.Boolean()
+
+    @validates_schema
+    def _position_pairs(self, data, **kwargs):
+        if ("lat" in data) != ("lng" in data):
+            raise ValidationError("纬度和经度必须同时修改", "lat")
+
+
+class PointQuerySchema(StrictSchema):
+    community_id = fields.Integer(load_default=None)
+    near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
+    cursor = fields.String(load_default=None)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class PosterSchema(StrictSchema):
+    token = fields.String(required=True)
+    url = fields.String(required=True)
+
+
+class MemberCodeSchema(StrictSchema):
+    token = fields.String(required=True)
+    expires_at = fields.AwareDateTime(required=True)
+
+
+class ScanSchema(StrictSchema):
+    token = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
+    lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
+
+    @validates_schema
+    def _position_pairs(self, data, **kwargs):
+        if (data.get("lat") is None) != (data.get("lng") is None):
+            raise ValidationError("纬度和经度必须同时提供", "lat")
+
+
+class ScanResultSchema(StrictSchema):
+    kind = fields.String(required=True, metadata={"example": "checkin"})
+    points = fields.Integer(required=True)
+    co2e_g = fields.Integer(required=True)
+    balance = fields.Integer(required=True)
+    entry_id = fields.Integer(required=True)
+    collection_point_id = fields.Integer()
+    day = fields.Date()
+
+
+class DepositLineSchema(StrictSchema):
+    category = fields.String(required=True, validate=validate.OneOf(CATEGORIES))
+    weight_g = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_LINE_G, error="重量必须在 1 克到 200 千克之间"),
+    )
+
+
+class DepositCreateSchema(StrictSchema):
+    member_code = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    collection_point_id = fields.Integer(required=True)
+    items = fields.List(
+        fields.Nested(DepositLineSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_LINES, error="每次投递 1 到 20 行"),
+    )
+
+
+class DepositItemSchema(StrictSchema):
+    category = fields.String()
+    weight_g = fields.Integer()
+    co2e_g = fields.Integer()
+    points = fields.Integer()
+    rule_id = fields.Integer()
+
+
+class DepositSchema(StrictSchema):
+    id = fields.Integer()
+    resident_id = fields.Integer()
+    collection_point_id = fields.Integer()
+    collector_id = fields.Integer(allow_none=True)
+    device_id = fields.Integer(allow_none=True)
+    points = fields.Integer()
+    co2e_g = fields.Integer()
+    weight_g = fields.Integer()
+    entry_id = fields.Integer()
+    items = fields.List(fields.Nested(DepositItemSchema))
+    created_at = fields.AwareDateTime()
+
+
+class DeviceCreateSchema(StrictSchema):
+    code = fields.String(
+        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.-]+$")]
+    )
+    collection_point_id = fields.Integer(required=True)
+
+
+class DeviceSchema(StrictSchema):
+    id = fields.Integer()
+    code = fields.String()
+    collection_point_id = fields.Integer()
+    active = fields.Boolean()
+    created_at = fields.AwareDateTime()
+
+
+class DeviceWithSecretSchema(DeviceSchema):
+    secret = fields.String(metadata={"description": "只在登记时返回一次，用于 HMAC 签名"})

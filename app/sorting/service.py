@@ -1,0 +1,396 @@
+"""Collection points, poster QR codes, member codes, check-ins and weighed deposits."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from flask import current_app, g
+from sqlalchemy.exc import IntegrityError
+
+from app import qr
+from app.audit import service as audit
+from app.auth.guards import Actor
+from app.carbon import service as carbon
+from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
+from app.clock import local_day, utcnow
+from app.common import decode_cursor, encode_cursor, keyset_page
+from app.db import commit, db
+from app.errors import (
+    AccountFrozen,
+    AlreadyClaimed,
+    Duplicate,
+    Forbidden,
+    InvalidQr,
+    NotFound,
+    QrExpired,
+    TooFar,
+    Unauthorized,
+    field_error,
+)
+from app.ledger import service as ledger
+from app.people.models import Resident
+from app.sorting.models import (
+    Checkin,
+    CollectionPoint,
+    Deposit,
+    DepositItem,
+    Device,
+    DeviceSignature,
+    new_secret,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKIN_ACTIVITY = "checkin:sorting"
+EARTH_RADIUS_M = 6_371_000
+
+
+def _config(name: str):
+    return current_app.config[name]
+
+
+def _qr_key(*parts: str) -> bytes:
+    return qr.derive_key(_config("QR_SECRET"), *parts)
+
+
+def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    """Great-circle distance (haversine)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lng2 - lng1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(a))
+
+
+# Collection points
+
+
+def get_point(point_id: int) -> CollectionPoint:
+    point = db.session.get(CollectionPoint, point_id)
+    if point is None:
+        raise NotFound("回收点不存在")
+    return point
+
+
+def _require_manager(actor: Actor, point_community_id: int) -> None:
+    actor.require_role("admin", "worker")
+    actor.require_community(point_community_id)
+
+
+def _require_staff_in_scope(actor: Actor, point: CollectionPoint) -> None:
+    if actor.role == "collector":
+        actor.require_collection_point(point.id)
+    else:
+        _require_manager(actor, point.community_id)
+
+
+def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
+    _require_manager(actor, data["community_id"])
+    from app.people.models import Community
+
+    if db.session.get(Community, data["community_id"]) is None:
+        raise field_error("community_id", "社区不存在")
+    point = CollectionPoint(**data)
+    db.session.add(point)
+    db.session.flush()
+    audit.record(actor, "collection_point.create", "collection_point", point.id, {"name": point.name})
+    commit()
+    return point
+
+
+def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> CollectionPoint:
+    point = get_point(point_id)
+    _require_manager(actor, point.community_id)
+    if "community_id" in data:
+        _require_manager(actor, data["community_id"])
+    for key, value in data.items():
+        setattr(point, key, value)
+    if point.geofence_m is not None and point.lat is None:
+        raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
+    audit.record(actor, "collection_point.update", "collection_point", point.id, data)
+    commit()
+    return point
+
+
+def deactivate_point(actor: Actor, point_id: int) -> None:
+    point = get_point(point_id)
+    _require_manager(actor, point.community_id)
+    point.active = False
+    audit.record(actor, "collection_point.deactivate", "collection_point", point.id)
+    commit()
+
+
+def _parse_near(near: str) -> tuple[float, float]:
+    lat, lng = (float(part) for part in near.split(","))
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+        raise field_error("near", "坐标超出范围")
+    return lat, lng
+
+
+def list_points(community_id: int | None, near: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    stmt = sa.select(CollectionPoint).where(CollectionPoint.active.is_(True))
+    if community_id is not None:
+        stmt = stmt.where(CollectionPoint.community_id == community_id)
+    if near is None:
+        page = keyset_page(stmt, CollectionPoint.id, cursor, limit, desc=False)
+        for point in page["items"]:
+            point.distance_m = None
+        return page
+    lat, lng = _parse_near(near)
+    located = list(db.session.scalars(stmt.where(CollectionPoint.lat.is_not(None))))
+    for point in located:
+        point.distance_m = round(distance_m(lat, lng, point.lat, point.lng))
+    located.sort(key=lambda p: (p.distance_m, p.id))
+    start = decode_cursor(cursor) or 0
+    if not isinstance(start, int) or start < 0:
+        raise field_error("cursor", "分页游标无效")
+    items = located[start : start + limit]
+    more = start + limit < len(located)
+    return {"items": items, "next": encode_cursor(start + limit) if more else None}
+
+
+def poster(actor: Actor, point_id: int) -> dict[str, str]:
+    point = get_point(point_id)
+    _require_staff_in_scope(actor, point)
+    token = qr.static_token(qr.POINT, point.id, _qr_key("point", point.qr_secret))
+    return {"token": token, "url": f"{_config('PUBLIC_BASE_URL')}/q/{token}"}
+
+
+def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
+    """A new secret revokes every poster printed so far."""
+    point = get_point(point_id)
+    _require_manager(actor, point.community_id)
+    point.qr_secret = new_secret()
+    audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
+    commit()
+    return poster(actor, point_id)
+
+
+# Member codes
+
+
+def member_code(resident_id: int) -> dict[str, Any]:
+    token, expires_at = qr.member_code(
+        resident_id, _qr_key("member"), utcnow(), ttl_s=_config("MEMBER_CODE_TTL_SECONDS")
+    )
+    return {"token": token, "expires_at": expires_at}
+
+
+def _resident_from_member_code(code: str) -> Resident:
+    try:
+        resident_id = qr.verify_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
+    except qr.ExpiredToken as exc:
+        raise QrExpired("会员码已过期，请让居民刷新后重试") from exc
+    except qr.QRError as exc:
+        raise InvalidQr("无效的会员码") from exc
+    resident = db.session.get(Resident, resident_id)
+    if resident is None or resident.status == "closed":
+        raise InvalidQr("会员码对应的账户不存在")
+    if resident.status == "frozen":
+        raise AccountFrozen("该居民账户已冻结")
+    return resident
+
+
+# Check-ins
+
+
+def _point_from_poster(token: str) -> CollectionPoint:
+    try:
+        raw = qr.extract_token(token)
+        header = qr.peek(raw)
+        if header.kind != qr.POINT:
+            raise qr.InvalidToken("not a collection point poster")
+        point = db.session.get(CollectionPoint, header.object_id)
+        if point is None:
+            raise qr.InvalidToken("unknown point")
+        qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
+    except qr.ExpiredToken as exc:
+        raise QrExpired() from exc
+    except qr.QRError as exc:
+        raise InvalidQr() from exc
+    if not point.active:
+        raise InvalidQr("该回收点已停用")
+    return point
+
+
+def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict[str, Any]:
+    point = _point_from_poster(token)
+    if point.geofence_m and lat is not None and point.lat is not None:
+        away = distance_m(lat, lng, point.lat, point.lng)
+        if away > point.geofence_m:
+            raise TooFar(details={"distance_m": round(away), "geofence_m": point.geofence_m})
+    now = utcnow()
+    day = local_day(now, _config("TIMEZONE"))
+    rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
+    checkin = Checkin(resident_id=actor.id, collection_point_id=point.id, day=day, lat=lat, lng=lng, created_at=now)
+    db.session.add(checkin)
+    try:
+        db.session.flush()
+    except IntegrityError as exc:
+        raise AlreadyClaimed("今天已在该回收点打卡，明天再来吧") from exc
+    entry = ledger.post(
+        actor.id, rule.points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id,
+        ref_type="checkin", ref_id=checkin.id, actor_type="resident", actor_id=actor.id,
+        memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, rule.points)], now),
+    )  # fmt: skip
+    commit()
+    return {
+        "kind": "checkin",
+        "points": entry.delta,
+        "co2e_g": entry.co2e_g,
+        "balance": entry.balance_after,
+        "entry_id": entry.id,
+        "collection_point_id": point.id,
+        "day": day,
+    }
+
+
+# Weighed deposits
+
+
+def _record_deposit(point: CollectionPoint, data: dict[str, Any], *, collector: Actor | None, device: Device | None):
+    if not point.active:
+        raise field_error("collection_point_id", "该回收点已停用")
+    resident = _resident_from_member_code(data["member_code"])
+    refused = sorted({line["category"] for line in data["items"]} - set(point.categories))
+    if refused:
+        raise field_error("items", f"该回收点不收：{', '.join(refused)}")
+    now = utcnow()
+    rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
+    exact = [
+        grams(rule.co2e_g_per_unit, Decimal(line["weight_g"]) / 1000)
+        for rule, line in zip(rules, data["items"], strict=True)
+    ]
+    total_exact = sum(exact, Decimal(0))
+    points = points_for_grams(total_exact, _config("POINTS_PER_KG_CO2E"))
+    co2e_g = round_half_up(total_exact)
+    line_points, line_grams = allocate(points, exact), allocate(co2e_g, exact)
+    deposit = Deposit(
+        resident_id=resident.id, collection_point_id=point.id, points=points, co2e_g=co2e_g,
+        weight_g=sum(line["weight_g"] for line in data["items"]), created_at=now,
+        collector_id=collector.id if collector else None, device_id=device.id if device else None,
+    )  # fmt: skip
+    deposit.items = [
+        DepositItem(category=line["category"], weight_g=line["weight_g"], co2e_g=cg, points=lp, rule_id=rule.id)
+        for line, rule, lp, cg in zip(data["items"], rules, line_points, line_grams, strict=True)
+    ]
+    db.session.add(deposit)
+    db.session.flush()
+    if points > 0:
+        single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
+        recorder = ("staff", collector.id) if collector else ("device", device.id)
+        entry = ledger.post(
+            resident.id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
+            co2e_g=co2e_g, ref_type="deposit", ref_id=deposit.id, actor_type=recorder[0], actor_id=recorder[1],
+            memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
+        )  # fmt: skip
+        deposit.entry_id = entry.id
+    commit()
+    return deposit
+
+
+def record_deposit(actor: Actor, data: dict[str, Any]) -> Deposit:
+    actor.require_role("collector")
+    point = db.session.get(CollectionPoint, data["collection_point_id"])
+    if point is None:
+        raise field_error("collection_point_id", "回收点不存在")
+    actor.require_collection_point(point.id)
+    return _record_deposit(point, data, collector=actor, device=None)
+
+
+def record_device_deposit(device: Device, data: dict[str, Any]) -> Deposit:
+    if data["collection_point_id"] != device.collection_point_id:
+        raise Forbidden("设备只能为其所在的回收点记录投递")
+    return _record_deposit(get_point(device.collection_point_id), data, collector=None, device=device)
+
+
+def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
+    deposit = db.session.get(Deposit, deposit_id)
+    if deposit is None:
+        raise NotFound("投递记录不存在")
+    if actor.kind == "resident":
+        if deposit.resident_id != actor.id:
+            raise NotFound("投递记录不存在")
+    elif actor.role == "collector":
+        actor.require_collection_point(deposit.collection_point_id)
+    else:
+        _require_manager(actor, get_point(deposit.collection_point_id).community_id)
+    return deposit
+
+
+# Smart-bin devices
+
+
+def register_device(actor: Actor, data: dict[str, Any]) -> Device:
+    point = get_point(data["collection_point_id"])
+    _require_manager(actor, point.community_id)
+    device = Device(code=data["code"], collection_point_id=point.id)
+    db.session.add(device)
+    try:
+        with db.session.begin_nested():
+            db.session.flush()
+    except IntegrityError as exc:
+        raise Duplicate("设备编号已存在") from exc
+    audit.record(actor, "device.register", "device", device.id, {"code": device.code, "point": point.id})
+    commit()
+    return device
+
+
+def list_devices(actor: Actor, point_id: int) -> list[Device]:
+    point = get_point(point_id)
+    _require_manager(actor, point.community_id)
+    return list(db.session.scalars(sa.select(Device).where(Device.collection_point_id == point.id).order_by(Device.id)))
+
+
+def device_signature(secret: str, method: str, path: str, timestamp: str, body: bytes) -> str:
+    """HMAC-SHA256 over method, path, timestamp and the body's SHA-256, hex encoded."""
+    message = f"{method.upper()}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}"
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
+    """Verify the device's signature and timestamp, and burn the signature so it cannot be replayed."""
+    raw_id, timestamp, signature = (headers.get(h, "") for h in ("X-Device-Id", "X-Timestamp", "X-Signature"))
+    if not (raw_id.isdigit() and timestamp.isdigit() and len(signature) == 64):
+        raise Unauthorized("缺少或无效的设备签名头")
+    device = db.session.get(Device, int(raw_id))
+    if device is None or not device.active:
+        log.warning("device request from unknown or inactive device %s", raw_id)
+        raise Unauthorized("设备未登记或已停用")
+    skew = abs((utcnow() - datetime.fromtimestamp(int(timestamp), tz=utcnow().tzinfo)).total_seconds())
+    if skew > _config("DEVICE_CLOCK_SKEW_SECONDS"):
+        log.warning("device %s timestamp off by %.0f s", device.id, skew)
+        raise Unauthorized("设备时间与服务器相差过大，请校准时间")
+    expected = device_signature(device.secret, method, path, timestamp, body)
+    if not hmac.compare_digest(expected, signature.lower()):
+        log.warning("bad signature from device %s", device.id)
+        raise Unauthorized("设备签名无效")
+    db.session.add(DeviceSignature(signature=signature.lower(), device_id=device.id, seen_at=utcnow()))
+    try:
+        db.session.flush()
+    except IntegrityError as exc:
+        log.warning("replayed signature from device %s", device.id)
+        raise Duplicate("重复的设备请求") from exc
+    actor = Actor(
+        kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})
+    )
+    g.actor, g.device = actor, device
+    return actor
+
+
+def current_device() -> Device:
+    return g.device
+
+
+def prune_device_signatures() -> int:
+    """Signatures older than the clock window can never be accepted again, so they need not be kept."""
+    cutoff = utcnow() - timedelta(seconds=2 * _config("DEVICE_CLOCK_SKEW_SECONDS"))
+    deleted = db.session.execute(sa.delete(DeviceSignature).where(DeviceSignature.seen_at < cutoff)).rowcount
+    commit()
+    return deleted

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlalchemy as sa
+
+from app import clock as app_clock
+from app import create_app
+from app.carbon import service as carbon
+from app.config import database_url
+from app.db import db
+from app.seeding import seed_reference
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+PG = bool(os.environ.get("DATABASE_URL"))
+
+
+def _worker_database(tmp_path_factory, worker: str) -> str:
+    raw = os.environ.get("DATABASE_URL")
+    if not raw:
+        return f"sqlite:///{tmp_path_factory.getbasetemp() / f'test-{worker}.db'}"
+    url = sa.engine.make_url(database_url(raw))
+    name = f"{url.database}_{worker}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def database_uri(tmp_path_factory, worker_id) -> str:
+    return _worker_database(tmp_path_factory, worker_id)
+
+
+@pytest.fixture(scope="session")
+def app(database_uri):
+    app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": database_uri,
+            "RATELIMIT_ENABLED": False,
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 20, "max_overflow": 60} if PG else {},
+        }
+    )
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+def _wipe() -> None:
+    tables = [t.name for t in reversed(db.metadata.sorted_tables)]
+    if db.engine.dialect.name == "postgresql":
+        db.session.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    else:
+        for name in tables:
+            db.session.execute(sa.text(f"DELETE FROM {name}"))
+    db.session.commit()
+
+
+@pytest.fixture(autouse=True)
+def clock():
+    frozen = app_clock.FrozenClock(datetime(2026, 6, 15, 10, 0, tzinfo=SHANGHAI))
+    app_clock.set_clock(frozen)
+    yield frozen
+    app_clock.set_clock(None)
+
+
+@pytest.fixture
+def db_session(app):
+    with app.app_context():
+        _wipe()
+        carbon.clear_cache()
+        seed_reference()
+        yield db.session
+        db.session.remove()
+
+
+@dataclass
+class Caller:
+    """A logged-in caller of the API in tests."""
+
+    token: str
+    id: int
+    refresh: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class ApiClient:
+    def __init__(self, client):
+        self.client = client
+
+    def request(self, method: str, path: str, *, as_: Caller | None = None, headers=None, **kwargs):
+        headers = dict(headers or {})
+        if as_ is not None:
+            headers.update(as_.auth)
+        url = path
+        if not url.startswith(("/api", "/healthz", "/readyz", "/q/", "/admin")):
+            url = "/api/v1" + url
+        return self.client.open(url, method=method, headers=headers, **kwargs)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def patch(self, path, **kw):
+        return self.request("PATCH", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def resident(self, openid: str | None = None, community_code: str | None = None) -> Caller:
+        openid = openid or f"o-{uuid.uuid4().hex[:12]}"
+        response = self.post("/auth/wechat", json={"code": f"stub:{openid}"})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        caller = Caller(body["access_token"], body["resident"]["id"], body["refresh_token"])
+        if community_code:
+            from app.people.models import Community
+
+            community = db.session.scalar(sa.select(Community).filter_by(code=community_code))
+            assert self.patch("/me", as_=caller, json={"community_id": community.id}).status_code == 200
+        return caller
+
+    def staff(self, role: str, **scope) -> Caller:
+        from app.auth.guards import Actor
+        from app.people import service
+
+        username = f"{role}-{uuid.uuid4().hex[:8]}"
+        data = {"username": username, "password": "password-123", "role": role, **scope}
+        data.setdefault("store_ids", [])
+        data.setdefault("collection_point_ids", [])
+        staff = service.create_staff(Actor(kind="system", id=0, role="admin"), data)
+        response = self.post("/auth/login", json={"username": username, "password": "password-123"})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        return Caller(body["access_token"], staff.id, body["refresh_token"])
+
+
+@pytest.fixture
+def api(app, db_session):
+    return ApiClient(app.test_client())
+
+
+def community_id(code: str) -> int:
+    from app.people.models import Community
+
+    return db.session.scalar(sa.select(Community.id).filter_by(code=code))
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    body = response.get_json()
+    assert response.status_code == status, (response.status_code, body)
+    assert body["error"]["code"] == code, body
+    assert body["error"]["message"]
+    return body["error"]

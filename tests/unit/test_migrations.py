@@ -1,0 +1,45 @@
+"""`flask db upgrade` on an empty database must give exactly the schema the models describe."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from flask_migrate import upgrade
+
+from app import create_app
+from app.config import database_url
+from app.db import db
+
+
+@pytest.fixture
+def empty_database(tmp_path, worker_id):
+    raw = os.environ.get("DATABASE_URL")
+    if not raw:
+        yield f"sqlite:///{tmp_path / 'migrated.db'}"
+        return
+    url = sa.engine.make_url(database_url(raw))
+    name = f"{url.database}_migrations_{worker_id}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_upgrade_head_matches_models(empty_database):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata)
+        tables = set(sa.inspect(db.engine).get_table_names())
+        db.engine.dispose()
+    assert diff == []
+    assert {"ledger_entries", "accounts", "checkins", "idempotency_keys", "alembic_version"} <= tables
