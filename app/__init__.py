@@ -29,9 +29,9 @@ def register_logging(app: Flask) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger("app")
-    if not root.handlers:
+    root.setLevel(logging.INFO)
+    if not root.handlers and not app.testing:
         root.addHandler(handler)
-        root.setLevel(logging.INFO)
         root.propagate = False
 
 
