@@ -103,11 +103,12 @@ def verify_ledger(chunk: int = 20000) -> Report:
         )
     }
     report.accounts = len(accounts)
-    result = connection.execution_options(yield_per=chunk).execute(
-        sa.text(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY account_id, seq").columns(  # noqa: S608
-            created_at=db.metadata.tables["ledger_entries"].c.created_at.type
-        )
+    entries = (
+        sa.text(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY account_id, seq")  # noqa: S608
+        .columns(created_at=db.metadata.tables["ledger_entries"].c.created_at.type)
+        .execution_options(yield_per=chunk)
     )
+    result = connection.execute(entries)
     chain: _Chain | None = None
     count = 0
     for row in result:

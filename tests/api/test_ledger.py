@@ -1,0 +1,235 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+import sqlalchemy as sa
+
+from app.carbon.methodology import CapCharge
+from app.db import db
+from app.ledger import service as ledger
+from app.ledger.models import Account, LedgerEntry
+from app.ledger.verify import verify_ledger
+from tests.conftest import SHANGHAI, assert_error
+
+
+def earn(resident_id: int, points: int, ref: str, caps=()):
+    entry = ledger.post(
+        resident_id, points, kind="earn", source="test", activity="test:earn", ref_type="test", ref_id=ref,
+        actor_type="system", actor_id=None, caps=caps,
+    )  # fmt: skip
+    db.session.commit()
+    return entry
+
+
+def spend(resident_id: int, points: int, ref: str):
+    entry = ledger.post(
+        resident_id, -points, kind="spend", source="exchange", ref_type="redemption", ref_id=ref,
+        actor_type="resident", actor_id=resident_id,
+    )  # fmt: skip
+    db.session.commit()
+    return entry
+
+
+def test_post_moves_balance_and_chains(api):
+    me = api.resident()
+    first = earn(me.id, 30, "a")
+    second = spend(me.id, 12, "r1")
+    assert (first.seq, first.balance_after) == (1, 30)
+    assert (second.seq, second.balance_after) == (2, 18)
+    account = db.session.scalar(sa.select(Account).filter_by(resident_id=me.id))
+    assert account.balance == 18
+    assert account.lifetime_earned == 30
+    assert account.last_hash == second.hash != first.hash
+    assert verify_ledger().ok
+
+
+def test_overspend_is_refused_and_writes_nothing(api):
+    me = api.resident()
+    earn(me.id, 5, "a")
+    response = api.post(
+        f"/residents/{me.id}/adjustments", as_=api.staff("admin"), json={"delta": -6, "reason": "测试扣减"}
+    )
+    error = assert_error(response, 409, "insufficient_points")
+    assert error["details"] == {"balance": 5, "required": 6}
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+
+
+def test_me_shows_balance_and_ledger_newest_first_with_cursor(api):
+    me = api.resident()
+    for i in range(25):
+        earn(me.id, i + 1, f"e{i}")
+    body = api.get("/me", as_=me).get_json()
+    assert body["balance"] == sum(range(1, 26))
+    assert body["lifetime_earned"] == body["balance"]
+    page = api.get("/me/ledger?limit=10", as_=me).get_json()
+    assert [e["delta"] for e in page["items"]] == list(range(25, 15, -1))
+    seen = [e["id"] for e in page["items"]]
+    while page["next"]:
+        page = api.get(f"/me/ledger?limit=10&cursor={page['next']}", as_=me).get_json()
+        seen += [e["id"] for e in page["items"]]
+    assert len(seen) == len(set(seen)) == 25
+    assert_error(api.get("/me/ledger?cursor=!!!", as_=me), 422, "validation_error")
+    assert_error(api.get("/me/ledger?limit=101", as_=me), 422, "validation_error")
+
+
+def test_a_resident_never_reads_another_ledger(api):
+    alice, bob = api.resident(), api.resident()
+    earn(alice.id, 7, "a")
+    assert api.get("/me/ledger", as_=bob).get_json()["items"] == []
+    assert api.get("/me", as_=bob).get_json()["balance"] == 0
+    assert_error(api.get("/me/ledger", as_=api.staff("admin")), 403, "forbidden")
+    assert_error(api.get("/me/ledger"), 401, "unauthorized")
+
+
+def test_admin_adjustment_is_an_audited_entry(api):
+    from app.audit.models import AuditEvent
+
+    me, admin = api.resident(), api.staff("admin")
+    response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 40, "reason": "活动补发"})
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert (body["kind"], body["source"], body["delta"], body["memo"]) == ("adjust", "admin", 40, "活动补发")
+    event = db.session.scalar(sa.select(AuditEvent).filter_by(action="ledger.adjust"))
+    assert event.actor_id == admin.id
+    assert event.details["reason"] == "活动补发"
+    assert_error(api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 5}), 422, "validation_error")
+    assert_error(
+        api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 0, "reason": "零"}),
+        422,
+        "validation_error",
+    )
+    worker = api.staff("worker", community_id=1)
+    assert_error(
+        api.post(f"/residents/{me.id}/adjustments", as_=worker, json={"delta": 5, "reason": "x y"}), 403, "forbidden"
+    )
+    assert_error(
+        api.post("/residents/999999/adjustments", as_=admin, json={"delta": 5, "reason": "不存在"}), 404, "not_found"
+    )
+
+
+def test_reverse_once_with_reason(api):
+    me, admin = api.resident(), api.staff("admin")
+    entry = earn(me.id, 20, "a")
+    response = api.post(f"/ledger/entries/{entry.id}/reverse", as_=admin, json={"reason": "重复发放"})
+    assert response.status_code == 201
+    assert response.get_json()["delta"] == -20
+    again = api.post(f"/ledger/entries/{entry.id}/reverse", as_=admin, json={"reason": "重复发放"})
+    assert_error(again, 409, "invalid_state")
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+    report = verify_ledger()
+    assert report.ok, report.problems
+
+
+def test_reversing_an_earn_already_spent_is_refused(api):
+    me, admin = api.resident(), api.staff("admin")
+    entry = earn(me.id, 20, "a")
+    spend(me.id, 15, "r")
+    response = api.post(f"/ledger/entries/{entry.id}/reverse", as_=admin, json={"reason": "撤销"})
+    assert_error(response, 409, "insufficient_points")
+
+
+def test_idempotent_adjustment_replays_and_conflicts(api):
+    me, admin = api.resident(), api.staff("admin")
+    headers = {"Idempotency-Key": "adj-1"}
+    body = {"delta": 15, "reason": "补发"}
+    first = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    second = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.get_json() == second.get_json()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert api.get("/me", as_=me).get_json()["balance"] == 15
+    other = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={**body, "delta": 16}, headers=headers)
+    assert_error(other, 409, "idempotency_conflict")
+    too_long = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers={"Idempotency-Key": "k" * 65})
+    assert_error(too_long, 422, "validation_error")
+
+
+def test_failed_request_is_not_stored_under_its_key(api):
+    me, admin = api.resident(), api.staff("admin")
+    headers = {"Idempotency-Key": "retry-me"}
+    body = {"delta": -10, "reason": "扣减"}
+    assert_error(
+        api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers), 409, "insufficient_points"
+    )
+    earn(me.id, 10, "a")
+    retry = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    assert retry.status_code == 201
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+
+
+def test_caps_count_the_local_day_not_the_utc_day(api, clock):
+    me = api.resident()
+    cap = [CapCharge("test:earn", 10, 10, "测试")]
+    clock.set(datetime(2026, 6, 15, 23, 59, tzinfo=SHANGHAI))
+    earn(me.id, 10, "late", caps=cap)
+    clock.set(datetime(2026, 6, 16, 0, 1, tzinfo=SHANGHAI))  # same UTC date (2026-06-15), next local day
+    earn(me.id, 10, "early", caps=cap)
+    with pytest.raises(Exception) as refused:
+        earn(me.id, 1, "more", caps=[CapCharge("test:earn", 1, 10, "测试")])
+    db.session.rollback()
+    assert refused.value.code == "cap_reached"
+    assert "10" in refused.value.message
+    assert api.get("/me", as_=me).get_json()["balance"] == 20
+
+
+def test_expiry_oldest_first_and_idempotent(api, app, clock):
+    me = api.resident()
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 100, "y2025")
+    clock.set(datetime(2026, 2, 1, 12, tzinfo=SHANGHAI))
+    spend(me.id, 30, "r1")  # consumes 2025 points first
+    earn(me.id, 50, "y2026")
+    body = api.get("/me", as_=me).get_json()
+    assert body["expiring_points"] == 70
+    assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"  # 2027-01-01 00:00 Shanghai
+    runner = app.test_cli_runner()
+    assert "'entries': 0" in runner.invoke(args=["points", "expire", "--as-of", "2026-12-31"]).output
+    result = runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"])
+    assert result.exit_code == 0
+    assert "'entries': 1" in result.output
+    assert "'points': 70" in result.output
+    again = runner.invoke(args=["points", "expire", "--as-of", "2027-01-02"])
+    assert "'entries': 0" in again.output
+    clock.set(datetime(2027, 1, 2, tzinfo=SHANGHAI))
+    body = api.get("/me", as_=me).get_json()
+    assert body["balance"] == 50
+    assert body["expiring_points"] == 50
+    assert body["expiring_at"] == "2027-12-31T16:00:00+00:00"
+    kinds = [e["kind"] for e in api.get("/me/ledger", as_=me).get_json()["items"]]
+    assert kinds == ["expire", "earn", "spend", "earn"]
+    assert verify_ledger().ok
+
+
+def test_verify_names_the_altered_entry(api, app):
+    alice, bob = api.resident(), api.resident()
+    earn(alice.id, 10, "a")
+    target = earn(bob.id, 20, "b")
+    earn(bob.id, 5, "c")
+    runner = app.test_cli_runner()
+    ok = runner.invoke(args=["ledger", "verify"])
+    assert ok.exit_code == 0, ok.output
+    assert "checked 3 entries" in ok.output
+    db.session.execute(sa.text("UPDATE ledger_entries SET delta = delta + 100 WHERE id = :id"), {"id": target.id})
+    db.session.commit()
+    bad = runner.invoke(args=["ledger", "verify"])
+    assert bad.exit_code == 1
+    assert f"first bad entry {target.id}" in bad.output
+
+
+def test_verify_catches_a_balance_edited_without_an_entry(api):
+    me = api.resident()
+    earn(me.id, 10, "a")
+    db.session.execute(sa.text("UPDATE accounts SET balance = 999 WHERE resident_id = :id"), {"id": me.id})
+    db.session.commit()
+    report = verify_ledger()
+    assert not report.ok
+    assert "stored balance=999" in report.problems[0]
+
+
+def test_balance_check_constraint_holds_in_the_database(api):
+    me = api.resident()
+    with pytest.raises(sa.exc.IntegrityError):
+        db.session.execute(sa.text("UPDATE accounts SET balance = -1 WHERE resident_id = :id"), {"id": me.id})
+        db.session.flush()
+    db.session.rollback()

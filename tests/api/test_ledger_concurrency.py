@@ -1,0 +1,69 @@
+"""Races that only a real server shows: run against PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from app.db import db
+from app.ledger.models import LedgerEntry
+from app.ledger.verify import verify_ledger
+from tests.conftest import PG
+
+pytestmark = [
+    pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL"),
+    pytest.mark.xdist_group("pg_concurrency"),
+]
+
+THREADS = 50
+
+
+def _race(app, calls):
+    barrier = threading.Barrier(len(calls))
+
+    def run(call):
+        client = app.test_client()
+        barrier.wait()
+        return call(client)
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_fifty_replays_of_one_key_credit_once(api, app):
+    me, admin = api.resident(), api.staff("admin")
+    headers = {**admin.auth, "Idempotency-Key": "same-key"}
+    body = {"delta": 25, "reason": "并发补发"}
+    path = f"/api/v1/residents/{me.id}/adjustments"
+    responses = _race(app, [lambda c: c.post(path, json=body, headers=headers)] * THREADS)
+    assert [r.status_code for r in responses] == [201] * THREADS
+    assert len({r.get_data() for r in responses}) == 1
+    db.session.expire_all()
+    assert api.get("/me", as_=me).get_json()["balance"] == 25
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+
+
+def test_fifty_spends_from_a_balance_that_covers_five(api, app):
+    me, admin = api.resident(), api.staff("admin")
+    assert (
+        api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 50, "reason": "初始"}).status_code == 201
+    )
+    path = f"/api/v1/residents/{me.id}/adjustments"
+
+    def spend(i):
+        return lambda c: c.post(
+            path, json={"delta": -10, "reason": f"扣减{i}"}, headers={**admin.auth, "Idempotency-Key": f"k{i}"}
+        )
+
+    responses = _race(app, [spend(i) for i in range(THREADS)])
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) == 5
+    assert statuses.count(409) == THREADS - 5
+    assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"insufficient_points"}
+    db.session.expire_all()
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+    report = verify_ledger()
+    assert report.ok, report.problems

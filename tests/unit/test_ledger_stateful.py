@@ -1,0 +1,140 @@
+"""Random earn, spend, refund, expire and adjust operations; every ledger invariant holds after each step."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from app import clock as app_clock
+from app.db import db
+from app.errors import AppError
+from app.ledger import service as ledger
+from app.ledger.models import Account, LedgerEntry, PointLot
+from app.ledger.verify import verify_ledger
+from app.people.service import resident_for_openid
+from tests.conftest import SHANGHAI
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """A model of one resident's points next to the real ledger."""
+
+    def __init__(self):
+        super().__init__()
+        self.clock = app_clock.FrozenClock(datetime(2025, 1, 10, 9, tzinfo=SHANGHAI))
+        app_clock.set_clock(self.clock)
+        self.expected_balance = 0
+        self.earned = 0
+        self.spends: dict[int, int] = {}  # open spend entry id -> points
+
+    @initialize()
+    def open(self):
+        self.resident_id = resident_for_openid(f"h-{uuid.uuid4().hex}", None).id
+        db.session.commit()
+
+    def _post(self, delta: int, kind: str, **kw):
+        try:
+            entry = ledger.post(
+                self.resident_id, delta, kind=kind, ref_id=uuid.uuid4().hex, actor_type="system", actor_id=None, **kw
+            )
+        except AppError as exc:
+            db.session.rollback()
+            assert exc.code == "insufficient_points"
+            assert self.expected_balance + delta < 0
+            return None
+        db.session.commit()
+        self.expected_balance += delta
+        return entry
+
+    @rule(points=st.integers(min_value=1, max_value=500))
+    def earn(self, points):
+        if self._post(points, "earn", source="sorting", ref_type="deposit"):
+            self.earned += points
+
+    @rule(points=st.integers(min_value=1, max_value=600))
+    def spend(self, points):
+        entry = self._post(-points, "spend", source="exchange", ref_type="redemption")
+        if entry:
+            self.spends[entry.id] = points
+
+    @precondition(lambda self: self.spends)
+    @rule(data=st.data())
+    def refund(self, data):
+        entry_id = data.draw(st.sampled_from(sorted(self.spends)))
+        spend_entry = db.session.get(LedgerEntry, entry_id)
+        ledger.reverse(
+            spend_entry, kind="refund", ref_type="redemption", ref_id=spend_entry.ref_id,
+            actor_type="system", actor_id=None, memo="取消兑换",
+        )  # fmt: skip
+        db.session.commit()
+        self.expected_balance += self.spends.pop(entry_id)
+
+    @rule(delta=st.integers(min_value=-300, max_value=300).filter(bool))
+    def adjust(self, delta):
+        self._post(delta, "adjust", source="admin", ref_type="adjustment", memo="人工调整")
+
+    @rule(days=st.integers(min_value=1, max_value=400))
+    def time_passes(self, days):
+        self.clock.advance(days=days)
+
+    @rule()
+    def expire(self):
+        before = self.expected_balance
+        ledger.expire_points(self.clock.now)
+        account = db.session.scalar(sa.select(Account).filter_by(resident_id=self.resident_id))
+        assert account.balance <= before
+        self.expected_balance = account.balance
+        # Nothing survives past its expiry moment.
+        for year, left in ledger._remaining_by_year(account, ledger._lots(account)):
+            if ledger.expiry_moment(year) <= self.clock.now:
+                assert left == 0, (year, left)
+        # Running the job twice changes nothing the second time.
+        assert ledger.expire_points(self.clock.now)["entries"] == 0
+
+    @invariant()
+    def ledger_invariants(self):
+        if not hasattr(self, "resident_id"):
+            return
+        account = db.session.scalar(sa.select(Account).filter_by(resident_id=self.resident_id))
+        entries = list(
+            db.session.scalars(sa.select(LedgerEntry).filter_by(account_id=account.id).order_by(LedgerEntry.seq))
+        )
+        assert account.balance == self.expected_balance == sum(e.delta for e in entries)
+        assert account.balance >= 0
+        running = 0
+        for seq, entry in enumerate(entries, start=1):
+            running += entry.delta
+            assert (entry.seq, entry.balance_after) == (seq, running)
+        assert account.lifetime_earned == self.earned
+        lots = db.session.scalar(sa.select(sa.func.sum(PointLot.credited)).filter_by(account_id=account.id)) or 0
+        assert lots == sum(e.delta for e in entries if e.delta > 0)
+        report = verify_ledger()
+        assert report.ok, report.problems
+
+    def teardown(self):
+        app_clock.set_clock(None)
+
+
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.NonInteractiveExampleWarning")
+def test_ledger_state_machine(db_session):
+    run_state_machine_as_test(
+        LedgerMachine,
+        settings=settings(
+            max_examples=25,
+            stateful_step_count=25,
+            deadline=timedelta(seconds=5),
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+        ),
+    )

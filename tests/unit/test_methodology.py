@@ -1,0 +1,43 @@
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
+
+
+def test_round_half_up_not_bankers():
+    assert round_half_up(Decimal("2.5")) == 3
+    assert round_half_up(Decimal("3.5")) == 4
+    assert round_half_up(Decimal("2.4999")) == 2
+
+
+def test_points_rounded_once_on_the_whole_deposit():
+    lines = [grams(Decimal(1760), Decimal("0.03")), grams(Decimal(1370), Decimal("0.03"))]
+    # Per line: 52.8 g → 0.528 pt → 1, 41.1 g → 0.411 pt → 0; on the whole: 93.9 g → 0.939 → 1.
+    assert [points_for_grams(g, 10) for g in lines] == [1, 0]
+    assert points_for_grams(sum(lines), 10) == 1
+    three = [grams(Decimal(1760), Decimal("0.03"))] * 3
+    assert sum(points_for_grams(g, 10) for g in three) == 3
+    assert points_for_grams(sum(three), 10) == 2  # 158.4 g → 1.584 → 2
+
+
+def test_rate_is_configurable():
+    assert points_for_grams(Decimal(1000), 10) == 10
+    assert points_for_grams(Decimal(1000), 25) == 25
+
+
+@given(
+    st.integers(min_value=0, max_value=10_000),
+    st.lists(st.decimals(min_value=0, max_value=10_000, places=3), min_size=1, max_size=20),
+)
+def test_allocate_sums_exactly_and_is_fair(total, weights):
+    shares = allocate(total, weights)
+    assert len(shares) == len(weights)
+    if sum(weights) == 0:
+        assert shares == [0] * len(weights)
+        return
+    assert sum(shares) == total
+    whole = sum(weights)
+    for share, weight in zip(shares, weights, strict=True):
+        assert abs(share - total * weight / whole) < 1
