@@ -7,6 +7,7 @@ import sqlalchemy as sa
 
 from app.carbon.methodology import CapCharge
 from app.db import db
+from app.errors import CapReached
 from app.ledger import service as ledger
 from app.ledger.models import Account, LedgerEntry
 from app.ledger.verify import verify_ledger
@@ -165,7 +166,7 @@ def test_caps_count_the_local_day_not_the_utc_day(api, clock):
     earn(me.id, 10, "late", caps=cap)
     clock.set(datetime(2026, 6, 16, 0, 1, tzinfo=SHANGHAI))  # same UTC date (2026-06-15), next local day
     earn(me.id, 10, "early", caps=cap)
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(CapReached) as refused:
         earn(me.id, 1, "more", caps=[CapCharge("test:earn", 1, 10, "测试")])
     db.session.rollback()
     assert refused.value.code == "cap_reached"
@@ -231,5 +232,4 @@ def test_balance_check_constraint_holds_in_the_database(api):
     me = api.resident()
     with pytest.raises(sa.exc.IntegrityError):
         db.session.execute(sa.text("UPDATE accounts SET balance = -1 WHERE resident_id = :id"), {"id": me.id})
-        db.session.flush()
     db.session.rollback()

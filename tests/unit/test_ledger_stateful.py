@@ -51,12 +51,14 @@ class LedgerMachine(RuleBasedStateMachine):
             )
         except AppError as exc:
             db.session.rollback()
-            assert exc.code == "insufficient_points"
-            assert self.expected_balance + delta < 0
-            return None
-        db.session.commit()
-        self.expected_balance += delta
-        return entry
+            refused = exc.code
+        else:
+            db.session.commit()
+            self.expected_balance += delta
+            return entry
+        assert refused == "insufficient_points"
+        assert self.expected_balance + delta < 0
+        return None
 
     @rule(points=st.integers(min_value=1, max_value=500))
     def earn(self, points):
