@@ -120,7 +120,6 @@ class Settings:
             "SQLALCHEMY_DATABASE_URI": self.database_url,
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
             "MAX_CONTENT_LENGTH": 64 * 1024,
-            "JSON_SORT_KEYS": False,
             "JWT_SECRET_KEY": self.jwt_secret_key,
             "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=self.access_minutes),
             "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=self.refresh_days),

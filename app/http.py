@@ -114,6 +114,8 @@ def _add_request_id(response):
 
 
 def register_http(app: Flask) -> None:
+    app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
+    app.json.sort_keys = False
     app.before_request(_assign_request_id)
     app.before_request(_require_json_body)
     app.after_request(_add_request_id)

@@ -124,8 +124,7 @@ def get_me():
 @blp.response(200, MeSchema)
 def update_me(body):
     """Change the nickname or the community."""
-    service.update_me(current_actor(), body)
-    return ledger.profile(current_actor().id)
+    return service.update_me(current_actor(), body)
 
 
 @blp.route("/residents", methods=["GET"])

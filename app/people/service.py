@@ -214,14 +214,17 @@ def resident_for_openid(openid: str, unionid: str | None) -> Resident:
     return resident
 
 
-def update_me(actor: Actor, data: dict[str, Any]) -> Resident:
+def update_me(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
+    """Change the resident's own profile; answers with the same view as GET /me."""
+    from app.ledger.service import profile
+
     resident = get_or_404(Resident, actor.id)
     if "community_id" in data:
         _require_exists(Community, data["community_id"], "community_id", "社区不存在")
     for key, value in data.items():
         setattr(resident, key, value)
     commit()
-    return resident
+    return profile(resident.id)
 
 
 def _resident_in_scope(actor: Actor, resident: Resident) -> None:
