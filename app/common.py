@@ -11,6 +11,7 @@ import marshmallow as ma
 import sqlalchemy as sa
 from marshmallow import fields, validate
 
+import app.i18n  # noqa: F401  (zh-CN validation messages before any schema is defined)
 from app.db import db
 from app.errors import field_error
 

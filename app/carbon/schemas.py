@@ -11,7 +11,7 @@ class RuleSchema(StrictSchema):
     activity = fields.String()
     title = fields.String()
     unit = fields.String()
-    co2e_g_per_unit = fields.Decimal(as_string=False, places=3)
+    co2e_g_per_unit = fields.Float()
     points = fields.Integer(allow_none=True)
     daily_cap_points = fields.Integer(allow_none=True)
     daily_total_exempt = fields.Boolean()

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from tests.conftest import SHANGHAI, assert_error
+
+
+def test_rules_in_force_are_public_and_cited(api):
+    rules = {r["activity"]: r for r in api.get("/rules").get_json()}
+    assert rules["sorting:paper"]["co2e_g_per_unit"] == 1760
+    assert rules["sorting:paper"]["source"].startswith("EPA WARM v15")
+    assert rules["checkin:sorting"]["points"] == 5
+    assert rules["checkin:sorting"]["daily_cap_points"] == 10
+    assert rules["daily:total"]["daily_cap_points"] == 500
+    assert rules["tradein:refrigerator"]["daily_total_exempt"] is True
+    assert "PLACEHOLDER" in rules["sorting:textile"]["source"]
+    only = api.get("/rules?prefix=tradein:").get_json()
+    assert {r["activity"] for r in only} == {
+        "tradein:refrigerator", "tradein:air_conditioner", "tradein:washing_machine", "tradein:television", "tradein:phone",
+    }  # fmt: skip
+
+
+def test_new_version_supersedes_and_old_entries_keep_theirs(api, clock):
+    admin, collector_point = api.staff("admin"), 1
+    del collector_point
+    me = api.resident()
+    # Earn under version 1 through a check-in, then publish version 2 with more points.
+    point = api.post(
+        "/collection-points", as_=admin, json={"name": "测试点", "community_id": 1, "kind": "station"}
+    ).get_json()
+    url = api.get(f"/collection-points/{point['id']}/qr", as_=admin).get_json()["url"]
+    first = api.post("/scans", as_=me, json={"token": url}).get_json()
+    v1 = next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")
+    response = api.post(
+        "/rules", as_=admin, json={"activity": "checkin:sorting", "points": 8, "source": "经发办 2026 年调整"}
+    )
+    assert response.status_code == 201, response.get_json()
+    v2 = response.get_json()
+    assert (v2["version"], v2["points"], v2["daily_cap_points"]) == (2, 8, 10)
+    in_force = next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")
+    assert in_force["id"] == v2["id"]
+    clock.advance(days=1)
+    second = api.post("/scans", as_=me, json={"token": url}).get_json()
+    assert second["points"] == 8
+    entries = {e["id"]: e for e in api.get("/me/ledger", as_=me).get_json()["items"]}
+    assert entries[first["entry_id"]]["rule_id"] == v1["id"]
+    assert entries[second["entry_id"]]["rule_id"] == v2["id"]
+
+
+def test_future_version_waits_for_its_start(api, clock):
+    admin = api.staff("admin")
+    start = (clock.now + timedelta(days=10)).astimezone(SHANGHAI).isoformat()
+    body = {"activity": "sorting:glass", "co2e_g_per_unit": "300", "source": "新因子", "effective_from": start}
+    assert api.post("/rules", as_=admin, json=body).status_code == 201
+    glass = lambda: next(r for r in api.get("/rules").get_json() if r["activity"] == "sorting:glass")  # noqa: E731
+    assert glass()["version"] == 1
+    clock.advance(days=11)
+    from app.carbon.service import clear_cache
+
+    clear_cache()
+    assert glass()["version"] == 2
+
+
+def test_publishing_rules_is_admin_only_and_validated(api):
+    worker = api.staff("worker", community_id=1)
+    body = {"activity": "sorting:paper", "co2e_g_per_unit": "1800", "source": "经发办"}
+    assert_error(api.post("/rules", as_=worker, json=body), 403, "forbidden")
+    admin = api.staff("admin")
+    assert_error(api.post("/rules", as_=admin, json={**body, "co2e_g_per_unit": "-1"}), 422, "validation_error")
+    assert_error(api.post("/rules", as_=admin, json={**body, "activity": "Paper"}), 422, "validation_error")
+    assert_error(api.post("/rules", as_=admin, json={**body, "activity": "sorting:unknown"}), 404, "not_found")
+    past = datetime(2020, 1, 1, tzinfo=SHANGHAI).isoformat()
+    error = assert_error(api.post("/rules", as_=admin, json={**body, "effective_from": past}), 422, "validation_error")
+    assert "effective_from" in error["details"]["fields"]
