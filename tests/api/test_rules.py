@@ -16,8 +16,8 @@ def test_rules_in_force_are_public_and_cited(api):
     assert "PLACEHOLDER" in rules["sorting:textile"]["source"]
     only = api.get("/rules?prefix=tradein:").get_json()
     assert {r["activity"] for r in only} == {
-        "tradein:refrigerator", "tradein:air_conditioner", "tradein:washing_machine", "tradein:television", "tradein:phone",
-    }  # fmt: skip
+        f"tradein:{kind}" for kind in ("refrigerator", "air_conditioner", "washing_machine", "television", "phone")
+    }
 
 
 def test_new_version_supersedes_and_old_entries_keep_theirs(api, clock):
