@@ -81,16 +81,21 @@ def actor_for_staff(staff: Staff) -> Actor:
 
 def load_actor(claims: dict) -> Actor:
     kind, obj_id = _parse_identity(claims["sub"])
-    revoked = db.session.scalar(sa.select(sa.exists().where(RevokedSession.sid == claims.get("sid"))))
-    if revoked:
-        raise TokenRevoked()
+    revoked = sa.exists().where(RevokedSession.sid == claims.get("sid"))
     if kind == "resident":
-        resident = db.session.get(Resident, obj_id)
-        if resident is None or resident.status == "closed":
+        # One round trip on the hottest path: the resident's state and the session's revocation.
+        row = db.session.execute(
+            sa.select(Resident.status, Resident.community_id, revoked.label("revoked")).where(Resident.id == obj_id)
+        ).first()
+        if row is not None and row.revoked:
+            raise TokenRevoked()
+        if row is None or row.status == "closed":
             raise Unauthorized("账户不存在或已注销")
-        if resident.status == "frozen":
+        if row.status == "frozen":
             raise AccountFrozen()
-        return Actor(kind="resident", id=resident.id, role=RESIDENT, community_id=resident.community_id)
+        return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
+    if db.session.scalar(sa.select(revoked)):
+        raise TokenRevoked()
     staff = db.session.get(Staff, obj_id)
     if staff is None or not staff.active:
         raise Unauthorized("账户不存在或已停用")

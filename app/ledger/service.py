@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from app.audit import service as audit
 from app.carbon.methodology import CapCharge
@@ -46,23 +48,34 @@ def _lock_account(resident_id: int) -> Account:
     return account
 
 
+def _add_to(model, keys: dict[str, Any], column: str, amount: int) -> None:
+    """Add to a counter row in one statement, creating it if needed (the account lock orders the callers)."""
+    table = model.__table__
+    insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    stmt = insert(table).values(**keys, **{column: amount})
+    db.session.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_={column: table.c[column] + amount}))
+
+
 def _charge_caps(account: Account, day: date, charges: Sequence[CapCharge]) -> None:
     """Check every cap first, then count: a rejected posting leaves every counter as it was."""
-    counters = []
-    for charge in charges:
-        counter = db.session.get(DailyEarning, (account.id, day, charge.key))
-        used = counter.points if counter else 0
-        if charge.limit is not None and used + charge.amount > charge.limit:
-            raise CapReached(
-                f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
-                details={"cap": charge.limit, "used": used, "activity": charge.key},
+    used = dict(
+        db.session.execute(
+            sa.select(DailyEarning.activity, DailyEarning.points).where(
+                DailyEarning.account_id == account.id,
+                DailyEarning.day == day,
+                DailyEarning.activity.in_([charge.key for charge in charges]),
             )
-        counters.append((counter, charge))
-    for counter, charge in counters:
-        if counter is None:
-            db.session.add(DailyEarning(account_id=account.id, day=day, activity=charge.key, points=charge.amount))
-        else:
-            counter.points += charge.amount
+        ).all()
+    )
+    for charge in charges:
+        so_far = used.get(charge.key, 0)
+        if charge.limit is not None and so_far + charge.amount > charge.limit:
+            raise CapReached(
+                f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {so_far} 积分",
+                details={"cap": charge.limit, "used": so_far, "activity": charge.key},
+            )
+    for charge in charges:
+        _add_to(DailyEarning, {"account_id": account.id, "day": day, "activity": charge.key}, "points", charge.amount)
 
 
 def post(
@@ -116,12 +129,7 @@ def post(
     if kind == "earn":
         account.lifetime_earned += delta
     if delta > 0:
-        year = local_day(now, _tz()).year
-        lot = db.session.get(PointLot, (account.id, year))
-        if lot is None:
-            db.session.add(PointLot(account_id=account.id, year=year, credited=delta))
-        else:
-            lot.credited += delta
+        _add_to(PointLot, {"account_id": account.id, "year": local_day(now, _tz()).year}, "credited", delta)
     db.session.flush()
     return entry
 
