@@ -57,7 +57,6 @@ def register_http(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     from app.auth.routes import blp as auth
     from app.carbon.routes import blp as carbon
-    from app.common import ErrorEnvelopeSchema
     from app.extensions import api
     from app.ledger.routes import blp as ledger
     from app.ops import blp as ops
@@ -65,7 +64,6 @@ def register_blueprints(app: Flask) -> None:
     from app.people.routes import blp as people
     from app.sorting.routes import blp as sorting
 
-    api.spec.components.schema("ErrorEnvelope", schema=ErrorEnvelopeSchema)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     for blueprint in (auth, people, carbon, ledger, sorting):
         api.register_blueprint(blueprint)

@@ -31,10 +31,20 @@ def database_url(raw: str | None) -> str:
     return raw
 
 
-def _bool(value: str | None, default: bool) -> bool:
+def _bool(name: str, value: str | None, default: bool) -> bool:
     if value is None or value == "":
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    word = value.strip().lower()
+    if word not in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        raise ConfigError(f"{name} must be true or false, not {value!r}")
+    return word in {"1", "true", "yes", "on"}
+
+
+def _number(name: str, value: str, kind=int):
+    try:
+        return kind(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from exc
 
 
 @dataclass
@@ -76,16 +86,16 @@ class Settings:
             wechat_appid=e.get("WECHAT_APPID", ""),
             wechat_secret=e.get("WECHAT_SECRET", ""),
             wechat_api_base=e.get("WECHAT_API_BASE", "https://api.weixin.qq.com").rstrip("/"),
-            wechat_timeout=float(e.get("WECHAT_TIMEOUT", "5")),
+            wechat_timeout=_number("WECHAT_TIMEOUT", e.get("WECHAT_TIMEOUT", "5"), float),
             redis_url=e.get("REDIS_URL") or None,
-            ratelimit_enabled=_bool(e.get("RATELIMIT_ENABLED"), True),
+            ratelimit_enabled=_bool("RATELIMIT_ENABLED", e.get("RATELIMIT_ENABLED"), True),
             public_base_url=e.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
-            access_minutes=int(e.get("ACCESS_TOKEN_MINUTES", "15")),
-            refresh_days=int(e.get("REFRESH_TOKEN_DAYS", "30")),
-            points_per_kg_co2e=int(e.get("POINTS_PER_KG_CO2E", "10")),
-            expiry_years=int(e.get("POINTS_EXPIRY_YEARS", "1")),
-            member_code_ttl_s=int(e.get("MEMBER_CODE_TTL_SECONDS", "120")),
-            device_clock_skew_s=int(e.get("DEVICE_CLOCK_SKEW_SECONDS", "300")),
+            access_minutes=_number("ACCESS_TOKEN_MINUTES", e.get("ACCESS_TOKEN_MINUTES", "15")),
+            refresh_days=_number("REFRESH_TOKEN_DAYS", e.get("REFRESH_TOKEN_DAYS", "30")),
+            points_per_kg_co2e=_number("POINTS_PER_KG_CO2E", e.get("POINTS_PER_KG_CO2E", "10")),
+            expiry_years=_number("POINTS_EXPIRY_YEARS", e.get("POINTS_EXPIRY_YEARS", "1")),
+            member_code_ttl_s=_number("MEMBER_CODE_TTL_SECONDS", e.get("MEMBER_CODE_TTL_SECONDS", "120")),
+            device_clock_skew_s=_number("DEVICE_CLOCK_SKEW_SECONDS", e.get("DEVICE_CLOCK_SKEW_SECONDS", "300")),
         )
 
     def validate(self) -> None:

@@ -10,6 +10,7 @@ from flask import Flask, g, has_request_context, jsonify, request
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
+from app.common import ErrorEnvelopeSchema
 from app.db import db
 from app.errors import AppError, BadRequest, InternalError, envelope
 
@@ -64,7 +65,9 @@ def handle_http_exception(error: HTTPException):
     code, message = HTTP_CODES.get(status, ("bad_request", error.description or "请求无效"))
     data = getattr(error, "data", None) or {}
     details: dict = {}
-    headers = dict(data.get("headers") or {})
+    # Keep the exception's own headers (Allow on a 405, WWW-Authenticate…), but not its HTML content type.
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    headers.update(data.get("headers") or {})
     if status == 422 and "messages" in data:
         details = {"fields": _validation_fields(data["messages"])}
     elif status == 400 and "messages" in data:
@@ -90,7 +93,9 @@ def handle_unexpected(error: Exception):
 
 
 class AppApi(Api):
-    """flask-smorest Api whose own error handler speaks the project envelope."""
+    """flask-smorest Api whose error handler and documented error schema are the project envelope."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
 
     def handle_http_exception(self, error):
         return handle_http_exception(error)

@@ -12,7 +12,7 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.auth.models import RevokedSession
 from app.db import db
-from app.errors import AccountFrozen, AppError, Forbidden, TokenRevoked, Unauthorized
+from app.errors import AccountFrozen, AppError, Forbidden, TokenExpired, TokenRevoked, Unauthorized
 from app.people.models import STAFF_ROLES, Resident, Staff
 
 RESIDENT = "resident"
@@ -153,7 +153,7 @@ def login_required(*roles: str, refresh: bool = False):
 
         wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
         wrapper._apidoc.setdefault("manual_doc", {})["security"] = [{"bearerAuth": []}]
-        documented = [Unauthorized, TokenRevoked, AccountFrozen] + ([Forbidden] if roles else [])
+        documented = [Unauthorized, TokenExpired, TokenRevoked, AccountFrozen] + ([Forbidden] if roles else [])
         return error_docs(*documented)(wrapper)
 
     return decorator

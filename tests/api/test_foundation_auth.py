@@ -1,0 +1,581 @@
+"""Logins (WeChat stub and real, staff), tokens, refresh, logout, frozen accounts and login rate limits."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import sqlalchemy as sa
+from flask_jwt_extended import create_access_token, create_refresh_token
+from werkzeug.security import generate_password_hash
+
+from app import create_app
+from app.auth.models import RevokedSession
+from app.db import db
+from app.extensions import limiter
+from app.people.models import Resident, Staff
+from tests.conftest import ApiClient, assert_error, community_id
+
+PASSWORD = "password-123"
+FAST_HASH = "pbkdf2:sha256:1000"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap hashes keep these tests quick; checking still goes through werkzeug's real verifier."""
+    from app.auth import service as auth_service
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service, "generate_password_hash", lambda password: generate_password_hash(password, method=FAST_HASH)
+    )
+    monkeypatch.setattr(auth_service, "_DUMMY_HASH", generate_password_hash("not-a-real-password", method=FAST_HASH))
+
+
+def _count(model, **where) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**where))
+
+
+def _staff_login(api, username, password=PASSWORD):
+    return api.post("/auth/login", json={"username": username, "password": password})
+
+
+def _make_staff(api, role="admin", **scope):
+    """Creates a staff account directly and returns (username, staff id)."""
+    from app.auth.guards import Actor
+    from app.people import service
+
+    username = f"{role}-{uuid.uuid4().hex[:8]}"
+    data = {"username": username, "password": PASSWORD, "role": role, "store_ids": [], "collection_point_ids": []}
+    staff = service.create_staff(Actor(kind="system", id=0, role="admin"), {**data, **scope})
+    return username, staff.id
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- WeChat login, stub mode ----------------------------------------------------------------------------
+
+
+def test_wechat_stub_login_creates_the_resident_once(api):
+    first = api.post("/auth/wechat", json={"code": "stub:o-first-login"})
+    assert first.status_code == 200, first.get_json()
+    body = first.get_json()
+    assert set(body) == {"access_token", "refresh_token", "resident"}
+    assert body["access_token"] != body["refresh_token"]
+    resident = body["resident"]
+    assert {"id", "nickname", "community_id", "status"} <= set(resident)
+    assert resident["status"] == "active"
+    assert resident["community_id"] is None
+    assert resident["nickname"]
+
+    second = api.post("/auth/wechat", json={"code": "stub:o-first-login"})
+    assert second.status_code == 200
+    assert second.get_json()["resident"]["id"] == resident["id"]
+    assert second.get_json()["access_token"] != body["access_token"]
+    assert _count(Resident, openid="o-first-login") == 1
+
+    me = api.get("/me", headers=_bearer(body["access_token"]))
+    assert me.status_code == 200
+    assert me.get_json()["id"] == resident["id"]
+
+
+def test_two_openids_are_two_residents(api):
+    a = api.resident("o-alpha")
+    b = api.resident("o-beta")
+    assert a.id != b.id
+
+
+@pytest.mark.parametrize("code", ["o-123", "stub:", "stub:has space", "STUB:o-123", "stub:" + "x" * 65])
+def test_invalid_stub_code_is_invalid_credentials(api, code):
+    before = _count(Resident)
+    assert_error(api.post("/auth/wechat", json={"code": code}), 401, "invalid_credentials")
+    assert _count(Resident) == before
+
+
+# --- frozen residents -----------------------------------------------------------------------------------
+
+
+def _freeze(api, admin, resident_id, status="frozen"):
+    response = api.patch(f"/residents/{resident_id}", as_=admin, json={"status": status, "reason": "违规刷分调查"})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == status
+    return response
+
+
+def test_frozen_resident_is_refused_everywhere_and_unfreezing_restores(api):
+    admin = api.staff("admin")
+    resident = api.resident("o-frozen")
+    assert api.get("/me", as_=resident).status_code == 200
+
+    _freeze(api, admin, resident.id)
+    assert_error(api.get("/me", as_=resident), 403, "account_frozen")
+    assert_error(api.post("/auth/wechat", json={"code": "stub:o-frozen"}), 403, "account_frozen")
+    assert_error(api.post("/auth/refresh", headers=_bearer(resident.refresh)), 403, "account_frozen")
+    assert_error(api.patch("/me", as_=resident, json={"nickname": "改名"}), 403, "account_frozen")
+
+    _freeze(api, admin, resident.id, status="active")
+    assert api.get("/me", as_=resident).status_code == 200
+    assert api.post("/auth/wechat", json={"code": "stub:o-frozen"}).status_code == 200
+
+
+def test_freezing_needs_a_reason(api):
+    admin = api.staff("admin")
+    resident = api.resident()
+    response = api.patch(f"/residents/{resident.id}", as_=admin, json={"status": "frozen"})
+    assert "reason" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert api.get("/me", as_=resident).status_code == 200
+
+
+def test_residents_cannot_be_closed_through_the_status_endpoint(api):
+    admin = api.staff("admin")
+    resident = api.resident()
+    response = api.patch(f"/residents/{resident.id}", as_=admin, json={"status": "closed", "reason": "测试注销"})
+    assert "status" in assert_error(response, 422, "validation_error")["details"]["fields"]
+
+
+# --- staff login ----------------------------------------------------------------------------------------
+
+
+def test_staff_login_success(api):
+    username, staff_id = _make_staff(api, "admin")
+    response = _staff_login(api, username)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"access_token", "refresh_token", "staff"}
+    assert body["staff"]["id"] == staff_id
+    assert body["staff"]["username"] == username
+    assert body["staff"]["role"] == "admin"
+    assert "password" not in body["staff"]
+    assert "password_hash" not in body["staff"]
+
+    me = api.get("/staff/me", headers=_bearer(body["access_token"]))
+    assert me.status_code == 200
+    assert me.get_json()["id"] == staff_id
+
+
+def test_wrong_password_and_unknown_user_look_the_same(api):
+    username, _ = _make_staff(api, "worker", community_id=community_id("hengkang"))
+    wrong = assert_error(_staff_login(api, username, "not-the-password"), 401, "invalid_credentials")
+    unknown = assert_error(_staff_login(api, "nobody-here", PASSWORD), 401, "invalid_credentials")
+    assert wrong == unknown
+
+
+def test_username_is_matched_exactly(api):
+    username, _ = _make_staff(api, "admin")
+    assert_error(_staff_login(api, username.upper()), 401, "invalid_credentials")
+
+
+def test_inactive_staff_cannot_log_in_and_their_tokens_stop_working(api):
+    admin = api.staff("admin")
+    username, staff_id = _make_staff(api, "admin")
+    token = _staff_login(api, username).get_json()["access_token"]
+    assert api.get("/staff/me", headers=_bearer(token)).status_code == 200
+
+    response = api.patch(f"/staff/{staff_id}", as_=admin, json={"active": False})
+    assert response.status_code == 200
+    assert response.get_json()["active"] is False
+
+    assert_error(_staff_login(api, username), 401, "invalid_credentials")
+    assert_error(api.get("/staff/me", headers=_bearer(token)), 401, "unauthorized")
+
+    api.patch(f"/staff/{staff_id}", as_=admin, json={"active": True})
+    assert _staff_login(api, username).status_code == 200
+
+
+# --- refresh --------------------------------------------------------------------------------------------
+
+
+def test_refresh_gives_a_working_access_token(api):
+    resident = api.resident()
+    response = api.post("/auth/refresh", headers=_bearer(resident.refresh))
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"access_token"}
+    me = api.get("/me", headers=_bearer(body["access_token"]))
+    assert me.status_code == 200
+    assert me.get_json()["id"] == resident.id
+
+
+def test_refresh_for_staff_keeps_the_role(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    token = api.post("/auth/refresh", headers=_bearer(worker.refresh)).get_json()["access_token"]
+    me = api.get("/staff/me", headers=_bearer(token))
+    assert me.status_code == 200
+    assert me.get_json()["role"] == "worker"
+    # still a worker: admin-only routes stay closed
+    assert_error(api.post("/communities", headers=_bearer(token), json={"name": "x", "code": "x"}), 403, "forbidden")
+
+
+def test_refresh_with_an_access_token_is_refused(api):
+    resident = api.resident()
+    assert_error(api.post("/auth/refresh", as_=resident), 401, "unauthorized")
+
+
+def test_a_refresh_token_is_not_an_access_token(api):
+    resident = api.resident()
+    assert_error(api.get("/me", headers=_bearer(resident.refresh)), 401, "unauthorized")
+
+
+def test_refresh_without_a_token_is_unauthorized(api):
+    assert_error(api.post("/auth/refresh"), 401, "unauthorized")
+
+
+# --- logout ---------------------------------------------------------------------------------------------
+
+
+def test_logout_revokes_the_session_but_not_other_sessions(api):
+    session_a = api.resident("o-two-phones")
+    session_b = api.resident("o-two-phones")
+    assert session_a.id == session_b.id
+
+    response = api.post("/auth/logout", as_=session_a)
+    assert response.status_code == 204
+    assert response.get_data() == b""
+
+    assert_error(api.get("/me", as_=session_a), 401, "token_revoked")
+    assert_error(api.post("/auth/refresh", headers=_bearer(session_a.refresh)), 401, "token_revoked")
+    assert_error(api.post("/auth/logout", as_=session_a), 401, "token_revoked")
+
+    assert api.get("/me", as_=session_b).status_code == 200
+    assert api.post("/auth/refresh", headers=_bearer(session_b.refresh)).status_code == 200
+    assert _count(RevokedSession) == 1
+
+
+def test_an_access_token_refreshed_before_logout_is_revoked_too(api):
+    resident = api.resident()
+    refreshed = api.post("/auth/refresh", headers=_bearer(resident.refresh)).get_json()["access_token"]
+    assert api.post("/auth/logout", as_=resident).status_code == 204
+    assert_error(api.get("/me", headers=_bearer(refreshed)), 401, "token_revoked")
+
+
+def test_staff_logout(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    assert api.post("/auth/logout", as_=worker).status_code == 204
+    assert_error(api.get("/staff/me", as_=worker), 401, "token_revoked")
+    assert_error(api.post("/auth/refresh", headers=_bearer(worker.refresh)), 401, "token_revoked")
+
+
+def test_logout_needs_an_access_token(api):
+    resident = api.resident()
+    assert_error(api.post("/auth/logout"), 401, "unauthorized")
+    assert_error(api.post("/auth/logout", headers=_bearer(resident.refresh)), 401, "unauthorized")
+    assert api.get("/me", as_=resident).status_code == 200
+
+
+# --- bad tokens -----------------------------------------------------------------------------------------
+
+
+def test_expired_access_token_is_token_expired(api, app):
+    resident = api.resident()
+    with app.app_context():
+        token = create_access_token(
+            f"resident:{resident.id}",
+            additional_claims={"sid": str(uuid.uuid4()), "role": "resident"},
+            expires_delta=timedelta(seconds=-1),
+        )
+    assert_error(api.get("/me", headers=_bearer(token)), 401, "token_expired")
+
+
+def test_expired_refresh_token_is_token_expired(api, app):
+    resident = api.resident()
+    with app.app_context():
+        token = create_refresh_token(
+            f"resident:{resident.id}",
+            additional_claims={"sid": str(uuid.uuid4()), "role": "resident"},
+            expires_delta=timedelta(seconds=-1),
+        )
+    assert_error(api.post("/auth/refresh", headers=_bearer(token)), 401, "token_expired")
+
+
+def test_a_token_signed_with_another_key_is_unauthorized(api, app):
+    resident = api.resident()
+    other = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "JWT_SECRET_KEY": "some-other-secret-0123456789abcdef-xyz",
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    with other.app_context():
+        token = create_access_token(f"resident:{resident.id}", additional_claims={"sid": "x", "role": "resident"})
+        db.engine.dispose()
+    assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer garbage"},
+        {"Authorization": "Bearer a.b.c"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Basic YWRtaW46YWRtaW4="},
+        {"Authorization": "garbage"},
+    ],
+    ids=["garbage", "three-parts", "empty", "basic", "no-scheme"],
+)
+def test_garbage_token_is_unauthorized(app, headers):
+    api = ApiClient(app.test_client())
+    assert_error(api.get("/me", headers=headers), 401, "unauthorized")
+
+
+def test_missing_token_is_unauthorized(api):
+    error = assert_error(api.get("/me"), 401, "unauthorized")
+    assert error["details"] == {}
+    assert_error(api.get("/staff/me"), 401, "unauthorized")
+    assert_error(api.post("/communities", json={"name": "x", "code": "x"}), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("sub", ["admin:1", "resident:abc", "resident:999999", "staff:999999", "nobody"])
+def test_a_validly_signed_token_for_no_one_is_unauthorized(api, app, sub):
+    with app.app_context():
+        token = create_access_token(sub, additional_claims={"sid": str(uuid.uuid4()), "role": "resident"})
+    assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
+
+
+def test_a_resident_token_never_passes_as_staff(api):
+    resident = api.resident()
+    assert_error(api.get("/staff/me", as_=resident), 403, "forbidden")
+    assert_error(api.get("/staff", as_=resident), 403, "forbidden")
+
+
+# --- WeChat login, real mode against a fake code2session --------------------------------------------------
+
+
+class _FakeWeChat:
+    def __init__(self):
+        self.codes: list[str] = []
+        self.release = threading.Event()
+        self.base = ""
+
+
+def _handler(fake: _FakeWeChat):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format, *args):
+            pass
+
+        def _send(self, status, body: bytes, content_type="application/json"):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            url = urlsplit(self.path)
+            query = parse_qs(url.query)
+            code = query.get("js_code", [""])[0]
+            fake.codes.append(code)
+            try:
+                if url.path != "/sns/jscode2session" or query.get("appid") != ["wx1"] or query.get("secret") != ["s"]:
+                    self._send(400, b'{"errcode": 40013, "errmsg": "invalid appid"}')
+                elif code.startswith("ok-"):
+                    body = {"openid": f"wx-{code[3:]}", "session_key": "sk", "unionid": "u-1"}
+                    self._send(200, json.dumps(body).encode(), "text/plain")
+                elif code == "bad":
+                    self._send(200, b'{"errcode": 40029, "errmsg": "invalid code"}')
+                elif code == "html":
+                    self._send(200, b"<html>gateway</html>", "text/html")
+                elif code == "slow":
+                    fake.release.wait(5)
+                    self._send(200, b"{}")
+                else:
+                    self._send(404, b"unknown test code", "text/plain")
+            except OSError:
+                pass
+
+    return Handler
+
+
+@pytest.fixture
+def fake_wechat() -> Iterator[_FakeWeChat]:
+    fake = _FakeWeChat()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    server.daemon_threads = True
+    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        fake.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=2)
+
+
+@pytest.fixture
+def real_app(app, db_session, fake_wechat):
+    db_session.commit()  # the outer session must not hold SQLite's write lock
+    real = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "WECHAT_MODE": "real",
+            "WECHAT_API_BASE": fake_wechat.base,
+            "WECHAT_APPID": "wx1",
+            "WECHAT_SECRET": "s",
+            "WECHAT_TIMEOUT": 0.3,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    yield real
+    with real.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def _residents_with_openid(real_app, openid: str) -> list[int]:
+    with real_app.app_context():
+        return list(db.session.scalars(sa.select(Resident.id).filter_by(openid=openid)))
+
+
+def test_real_wechat_login_creates_the_resident(real_app, fake_wechat):
+    client = real_app.test_client()
+    response = client.post("/api/v1/auth/wechat", json={"code": "ok-alice"})
+    assert response.status_code == 200, response.get_json()
+    resident_id = response.get_json()["resident"]["id"]
+    assert _residents_with_openid(real_app, "wx-alice") == [resident_id]
+
+    again = client.post("/api/v1/auth/wechat", json={"code": "ok-alice"})
+    assert again.get_json()["resident"]["id"] == resident_id
+    assert _residents_with_openid(real_app, "wx-alice") == [resident_id]
+    assert fake_wechat.codes == ["ok-alice", "ok-alice"]
+
+    token = response.get_json()["access_token"]
+    me = client.get("/api/v1/me", headers=_bearer(token))
+    assert me.status_code == 200
+    assert me.get_json()["id"] == resident_id
+
+
+def test_real_wechat_invalid_code_is_invalid_credentials(real_app):
+    response = real_app.test_client().post("/api/v1/auth/wechat", json={"code": "bad"})
+    error = assert_error(response, 401, "invalid_credentials")
+    assert error["details"] == {"errcode": 40029}
+
+
+def test_real_wechat_non_json_answer_is_upstream_error(real_app):
+    response = real_app.test_client().post("/api/v1/auth/wechat", json={"code": "html"})
+    assert_error(response, 502, "upstream_error")
+
+
+def test_real_wechat_slow_answer_is_upstream_unavailable(real_app):
+    response = real_app.test_client().post("/api/v1/auth/wechat", json={"code": "slow"})
+    assert_error(response, 503, "upstream_unavailable")
+
+
+def test_real_mode_does_not_accept_stub_codes(real_app, fake_wechat):
+    response = real_app.test_client().post("/api/v1/auth/wechat", json={"code": "stub:o-sneaky"})
+    assert response.status_code != 200
+    assert response.get_json()["error"]["code"] in {"invalid_credentials", "upstream_error"}
+    assert fake_wechat.codes == ["stub:o-sneaky"]
+    assert _residents_with_openid(real_app, "o-sneaky") == []
+
+
+def test_real_mode_failure_creates_no_resident(real_app):
+    with real_app.app_context():
+        before = db.session.scalar(sa.select(sa.func.count()).select_from(Resident))
+    for code in ("bad", "html"):
+        assert real_app.test_client().post("/api/v1/auth/wechat", json={"code": code}).status_code >= 400
+    with real_app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Resident)) == before
+
+
+# --- login rate limits ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def limited(app, db_session):
+    """An app with rate limits on (memory storage). The Limiter is one module-level object, so its
+    on/off switch and storage are put back afterwards for the session app."""
+    was_enabled = limiter.enabled
+    db_session.commit()
+    limited_app = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": "memory://",
+        }
+    )
+    limiter.reset()
+    yield limited_app
+    limiter.reset()
+    limiter.enabled = was_enabled
+    with limited_app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def _login(client, username, password=PASSWORD):
+    return client.post("/api/v1/auth/login", json={"username": username, "password": password})
+
+
+def _limited_staff(limited_app, name: str) -> str:
+    with limited_app.app_context():
+        db.session.add(
+            Staff(username=name, password_hash=generate_password_hash(PASSWORD, method=FAST_HASH), role="admin")
+        )
+        db.session.commit()
+    return name
+
+
+def test_five_failed_logins_lock_the_username(limited):
+    client = limited.test_client()
+    username = _limited_staff(limited, "locked.user")
+    for _ in range(5):
+        assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
+
+    response = _login(client, username)
+    assert_error(response, 429, "rate_limited")
+    retry_after = int(response.headers["Retry-After"])
+    assert 0 < retry_after <= 15 * 60
+    assert "X-Request-Id" in response.headers
+
+    # A different username from the same address is not locked.
+    other = _limited_staff(limited, "other.user")
+    assert _login(client, other).status_code == 200
+
+
+def test_the_lock_ignores_username_case(limited):
+    client = limited.test_client()
+    for _ in range(5):
+        _login(client, "Case.User", "wrong-password")
+    assert_error(_login(client, "case.user", "wrong-password"), 429, "rate_limited")
+
+
+def test_successful_logins_do_not_count_towards_the_lock(limited):
+    client = limited.test_client()
+    username = _limited_staff(limited, "busy.user")
+    for _ in range(4):
+        assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
+    for _ in range(3):
+        assert _login(client, username).status_code == 200
+    # the fifth failure still answers 401, and only then is the username locked
+    assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
+    assert_error(_login(client, username), 429, "rate_limited")
+
+
+def test_validation_errors_do_not_count_towards_the_lock(limited):
+    client = limited.test_client()
+    username = _limited_staff(limited, "typo.user")
+    for _ in range(6):
+        response = client.post("/api/v1/auth/login", json={"username": username, "password": ""})
+        assert_error(response, 422, "validation_error")
+    assert _login(client, username).status_code == 200
+
+
+def test_rate_limits_can_be_switched_off(api):
+    """The session app runs with RATELIMIT_ENABLED=False: many failures never lock."""
+    username, _ = _make_staff(api, "admin")
+    for _ in range(6):
+        assert_error(_staff_login(api, username, "wrong-password"), 401, "invalid_credentials")
+    assert _staff_login(api, username).status_code == 200

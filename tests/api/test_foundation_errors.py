@@ -1,0 +1,438 @@
+"""The error envelope, request ids, request-shape checks and the served OpenAPI document."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.security import generate_password_hash
+
+from app import create_app
+from app.db import db
+from app.people.models import Community
+from tests.conftest import ApiClient, assert_error
+
+HEX_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap hashes for the staff these tests log in as; checking still uses werkzeug's verifier."""
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service,
+        "generate_password_hash",
+        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
+    )
+
+
+def assert_envelope(response, status: int, code: str) -> dict:
+    """The exact envelope shape: one `error` key holding code, message and details, nothing else."""
+    body = response.get_json()
+    assert response.status_code == status, (response.status_code, body)
+    assert response.content_type.startswith("application/json")
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    assert isinstance(body["error"]["details"], dict)
+    return body["error"]
+
+
+@pytest.fixture
+def bare(app):
+    """The API without a database reset, for requests that neither read nor write data."""
+    return ApiClient(app.test_client())
+
+
+@pytest.fixture
+def fresh_app(app, db_session):
+    """A second app on the same database as the session app; its engine is closed afterwards."""
+    made = []
+
+    def make(**overrides):
+        config = {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "RATELIMIT_ENABLED": False,
+            **overrides,
+        }
+        new = create_app(config)
+        made.append(new)
+        return new
+
+    # The outer session must not hold SQLite's write lock while the other app writes.
+    db_session.commit()
+    yield make
+    for new in made:
+        with new.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+# --- the envelope for framework errors -------------------------------------------------------------------
+
+
+def test_unknown_path_is_not_found(bare):
+    error = assert_envelope(bare.get("/api/v1/no-such-thing"), 404, "not_found")
+    assert error["details"] == {}
+
+
+def test_unknown_id_is_not_found(api):
+    admin = api.staff("admin")
+    assert_envelope(api.get("/staff/999999", as_=admin), 404, "not_found")
+
+
+def test_wrong_method_is_method_not_allowed_with_allow_header(bare):
+    response = bare.delete("/communities")
+    assert_envelope(response, 405, "method_not_allowed")
+    allowed = {m.strip() for m in response.headers.get("Allow", "").split(",")}
+    assert {"GET", "POST"} <= allowed
+
+
+def test_body_over_64_kib_is_payload_too_large(bare):
+    response = bare.post(
+        "/auth/wechat", data=b'{"code": "' + b"x" * (64 * 1024) + b'"}', content_type="application/json"
+    )
+    assert_envelope(response, 413, "payload_too_large")
+
+
+def test_body_under_the_limit_is_not_rejected_for_size(bare):
+    # 60 KiB is allowed through to validation (the code is too long for the schema).
+    response = bare.post("/auth/wechat", json={"code": "x" * (60 * 1024)})
+    error = assert_envelope(response, 422, "validation_error")
+    assert "code" in error["details"]["fields"]
+
+
+@pytest.mark.parametrize("raw", ['{"code": ', "not json", "{'code': 'stub:a'}", '{"code": "stub:a"}}'])
+def test_malformed_json_is_bad_request(bare, raw):
+    response = bare.post("/auth/wechat", data=raw, content_type="application/json")
+    assert_envelope(response, 400, "bad_request")
+
+
+def test_malformed_json_on_an_authenticated_patch_is_bad_request(api):
+    me = api.resident()
+    response = api.patch("/me", as_=me, data="{nickname:", content_type="application/json")
+    assert_envelope(response, 400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("content_type", "data"),
+    [
+        ("text/plain", '{"code": "stub:a"}'),
+        ("application/x-www-form-urlencoded", "code=stub%3Aa"),
+        ("application/xml", "<code>stub:a</code>"),
+    ],
+)
+def test_wrong_content_type_is_bad_request(bare, content_type, data):
+    response = bare.post("/auth/wechat", data=data, content_type=content_type)
+    error = assert_envelope(response, 400, "bad_request")
+    assert "JSON" in error["message"]
+
+
+def test_json_with_charset_is_accepted(api):
+    response = api.post(
+        "/auth/wechat", data='{"code": "stub:charset-ok"}', content_type="application/json; charset=utf-8"
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+def test_unknown_field_is_a_validation_error(bare):
+    response = bare.post("/auth/wechat", json={"code": "stub:a", "is_admin": True})
+    error = assert_envelope(response, 422, "validation_error")
+    assert list(error["details"]["fields"]) == ["is_admin"]
+    assert error["details"]["fields"]["is_admin"]
+
+
+def test_unknown_field_on_an_admin_create_is_a_validation_error_and_nothing_is_created(api):
+    admin = api.staff("admin")
+    response = api.post("/communities", as_=admin, json={"name": "新社区", "code": "new", "mayor": "x"})
+    error = assert_envelope(response, 422, "validation_error")
+    assert "mayor" in error["details"]["fields"]
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Community).filter_by(code="new")) == 0
+
+
+def test_field_errors_are_listed_per_field(bare):
+    response = bare.post("/auth/login", json={})
+    error = assert_envelope(response, 422, "validation_error")
+    fields = error["details"]["fields"]
+    assert set(fields) == {"username", "password"}
+    assert all(isinstance(messages, list) and messages for messages in fields.values())
+
+
+def test_field_errors_from_values(api):
+    admin = api.staff("admin")
+    response = api.post("/communities", as_=admin, json={"name": "", "code": "has space"})
+    fields = assert_envelope(response, 422, "validation_error")["details"]["fields"]
+    assert set(fields) == {"name", "code"}
+
+
+def test_query_string_errors_are_listed_per_field(api):
+    admin = api.staff("admin")
+    response = api.get("/residents?limit=1000", as_=admin)
+    fields = assert_envelope(response, 422, "validation_error")["details"]["fields"]
+    assert "limit" in fields
+
+
+def test_a_json_array_body_is_a_validation_error(bare):
+    response = bare.post("/auth/wechat", json=["stub:a"])
+    assert_envelope(response, 422, "validation_error")
+
+
+def test_service_errors_use_the_envelope(bare):
+    error = assert_envelope(bare.post("/auth/wechat", json={"code": "no-stub-prefix"}), 401, "invalid_credentials")
+    assert error["details"] == {}
+
+
+# --- 500: rolled back, logged with the request id -------------------------------------------------------
+
+
+def test_unexpected_error_is_internal_error_and_rolls_back(fresh_app, caplog):
+    boom_app = fresh_app()
+
+    @boom_app.post("/api/v1/_test/boom")
+    def boom():
+        db.session.add(Community(code="halfwritten", name="写了一半的社区"))
+        db.session.flush()
+        raise RuntimeError("kaboom")
+
+    response = boom_app.test_client().post("/api/v1/_test/boom", json={})
+    error = assert_envelope(response, 500, "internal_error")
+    assert "kaboom" not in response.get_data(as_text=True)
+    request_id = response.headers["X-Request-Id"]
+    assert HEX_ID.match(request_id)
+    assert error["details"]["request_id"] == request_id
+    assert any(r.levelname == "ERROR" and "/api/v1/_test/boom" in r.getMessage() for r in caplog.records)
+
+    with boom_app.app_context():
+        count = db.session.scalar(sa.select(sa.func.count()).select_from(Community).filter_by(code="halfwritten"))
+    assert count == 0
+
+
+def test_unexpected_error_echoes_the_callers_request_id(fresh_app):
+    boom_app = fresh_app()
+
+    @boom_app.get("/api/v1/_test/boom")
+    def boom():
+        raise RuntimeError("kaboom")
+
+    response = boom_app.test_client().get("/api/v1/_test/boom", headers={"X-Request-Id": "trace-0001-abcd"})
+    error = assert_envelope(response, 500, "internal_error")
+    assert response.headers["X-Request-Id"] == "trace-0001-abcd"
+    assert error["details"]["request_id"] == "trace-0001-abcd"
+
+
+# --- request ids ----------------------------------------------------------------------------------------
+
+
+def _requests(api, admin, resident):
+    return {
+        "healthz": api.get("/healthz"),
+        "list": api.get("/communities"),
+        "created": api.post("/communities", as_=admin, json={"name": "请求编号社区", "code": "rid"}),
+        "not_found": api.get("/api/v1/nope"),
+        "method": api.delete("/communities"),
+        "too_large": api.post("/auth/wechat", data=b"x" * (65 * 1024), content_type="application/json"),
+        "bad_json": api.post("/auth/wechat", data="{", content_type="application/json"),
+        "unauthorized": api.get("/me"),
+        "forbidden": api.post("/communities", as_=resident, json={"name": "x", "code": "x"}),
+        "docs": api.get("/api/v1/docs"),
+        "logout": api.post("/auth/logout", as_=resident),
+    }
+
+
+def test_every_response_carries_a_request_id(api):
+    admin, resident = api.staff("admin"), api.resident()
+    responses = _requests(api, admin, resident)
+    assert {name: r.status_code for name, r in responses.items()} == {
+        "healthz": 200,
+        "list": 200,
+        "created": 201,
+        "not_found": 404,
+        "method": 405,
+        "too_large": 413,
+        "bad_json": 400,
+        "unauthorized": 401,
+        "forbidden": 403,
+        "docs": 200,
+        "logout": 204,
+    }
+    ids = [r.headers.get("X-Request-Id", "") for r in responses.values()]
+    assert all(HEX_ID.match(i) for i in ids), ids
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("incoming", ["abcdefgh", "req-2026.06.15_0001", "A" * 64])
+def test_a_sane_incoming_request_id_is_echoed(bare, incoming):
+    response = bare.get("/communities", headers={"X-Request-Id": incoming})
+    assert response.headers["X-Request-Id"] == incoming
+    response = bare.get("/api/v1/nope", headers={"X-Request-Id": incoming})
+    assert response.headers["X-Request-Id"] == incoming
+
+
+@pytest.mark.parametrize("incoming", ["short", "has spaces in it", "<script>alert(1)</script>", "A" * 65, "x;y=z12345"])
+def test_an_insane_incoming_request_id_is_replaced(bare, incoming):
+    response = bare.get("/communities", headers={"X-Request-Id": incoming})
+    assert HEX_ID.match(response.headers["X-Request-Id"])
+
+
+# --- OpenAPI and docs -----------------------------------------------------------------------------------
+
+FOUNDATION_PATHS = [
+    "/api/v1/auth/wechat",
+    "/api/v1/auth/login",
+    "/api/v1/auth/refresh",
+    "/api/v1/auth/logout",
+    "/api/v1/me",
+    "/api/v1/communities",
+    "/api/v1/organizations",
+    "/api/v1/staff",
+    "/api/v1/staff/me",
+    "/api/v1/staff/{staff_id}",
+    "/api/v1/residents",
+    "/api/v1/residents/{resident_id}",
+]
+
+PROTECTED = [
+    ("/api/v1/auth/refresh", "post"),
+    ("/api/v1/auth/logout", "post"),
+    ("/api/v1/me", "get"),
+    ("/api/v1/me", "patch"),
+    ("/api/v1/communities", "post"),
+    ("/api/v1/organizations", "post"),
+    ("/api/v1/staff", "get"),
+    ("/api/v1/staff", "post"),
+    ("/api/v1/staff/me", "get"),
+    ("/api/v1/staff/{staff_id}", "get"),
+    ("/api/v1/staff/{staff_id}", "patch"),
+    ("/api/v1/residents", "get"),
+    ("/api/v1/residents/{resident_id}", "patch"),
+]
+
+PUBLIC = [
+    ("/api/v1/auth/wechat", "post"),
+    ("/api/v1/auth/login", "post"),
+    ("/api/v1/communities", "get"),
+    ("/api/v1/organizations", "get"),
+]
+
+
+@pytest.fixture(scope="module")
+def spec(app):
+    response = app.test_client().get("/api/v1/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def _resolve(spec, node):
+    while "$ref" in node:
+        section, _, name = node["$ref"].removeprefix("#/").partition("/")
+        kind, _, name = name.partition("/")
+        node = spec[section][kind][name]
+    return node
+
+
+def _error_codes(spec, path, method, status) -> set[str]:
+    response = _resolve(spec, spec["paths"][path][method]["responses"][str(status)])
+    return {c.strip() for c in response["description"].split(",")}
+
+
+def test_openapi_lists_the_foundation_paths(spec):
+    assert spec["openapi"].startswith("3.")
+    missing = [p for p in FOUNDATION_PATHS if p not in spec["paths"]]
+    assert missing == []
+    assert set(spec["paths"]["/api/v1/communities"]) >= {"get", "post"}
+    assert set(spec["paths"]["/api/v1/me"]) >= {"get", "patch"}
+
+
+def test_openapi_declares_bearer_auth(spec):
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+    }
+
+
+@pytest.mark.parametrize(("path", "method"), PROTECTED)
+def test_protected_operations_use_bearer_auth_and_document_401(spec, path, method):
+    operation = spec["paths"][path][method]
+    assert operation.get("security") == [{"bearerAuth": []}]
+    assert {"unauthorized", "token_expired", "token_revoked"} <= _error_codes(spec, path, method, 401)
+
+
+@pytest.mark.parametrize(("path", "method"), PUBLIC)
+def test_public_operations_need_no_bearer(spec, path, method):
+    assert not spec["paths"][path][method].get("security")
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "code"),
+    [
+        ("/api/v1/auth/wechat", "post", 401, "invalid_credentials"),
+        ("/api/v1/auth/wechat", "post", 403, "account_frozen"),
+        ("/api/v1/auth/wechat", "post", 502, "upstream_error"),
+        ("/api/v1/auth/wechat", "post", 503, "upstream_unavailable"),
+        ("/api/v1/auth/login", "post", 401, "invalid_credentials"),
+        ("/api/v1/auth/login", "post", 429, "rate_limited"),
+        ("/api/v1/communities", "post", 403, "forbidden"),
+        ("/api/v1/communities", "post", 409, "duplicate"),
+        ("/api/v1/organizations", "post", 409, "duplicate"),
+        ("/api/v1/staff", "post", 409, "duplicate"),
+        ("/api/v1/me", "get", 403, "account_frozen"),
+        ("/api/v1/staff/{staff_id}", "get", 404, "not_found"),
+    ],
+)
+def test_error_responses_are_documented_with_the_envelope(spec, path, method, status, code):
+    response = _resolve(spec, spec["paths"][path][method]["responses"][str(status)])
+    assert code in {c.strip() for c in response["description"].split(",")}
+    schema = _resolve(spec, response["content"]["application/json"]["schema"])
+    assert schema is spec["components"]["schemas"]["ErrorEnvelope"]
+    body = _resolve(spec, schema["properties"]["error"])
+    assert {"code", "message", "details"} <= set(body["properties"])
+
+
+def test_request_bodies_are_documented(spec):
+    login = spec["paths"]["/api/v1/auth/login"]["post"]
+    schema = _resolve(spec, login["requestBody"]["content"]["application/json"]["schema"])
+    assert set(schema["required"]) == {"username", "password"}
+    staff = _resolve(
+        spec, spec["paths"]["/api/v1/staff"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    )
+    assert {"username", "password", "role", "community_id", "organization_id", "store_ids"} <= set(staff["properties"])
+
+
+def test_validation_and_default_error_responses_use_the_envelope(spec):
+    operation = spec["paths"]["/api/v1/auth/login"]["post"]
+    for status in ("422", "default"):
+        response = _resolve(spec, operation["responses"][status])
+        schema = _resolve(spec, response["content"]["application/json"]["schema"])
+        assert schema is spec["components"]["schemas"]["ErrorEnvelope"], status
+
+
+def test_docs_page_and_its_assets_are_served(bare):
+    page = bare.get("/api/v1/docs")
+    assert page.status_code == 200
+    assert page.content_type.startswith("text/html")
+    html = page.get_data(as_text=True)
+    assert "/api/v1/openapi.json" in html
+    assert "/api/v1/docs/static/swagger-ui-bundle.js" in html
+
+    asset = bare.get("/api/v1/docs/static/swagger-ui-bundle.js")
+    assert asset.status_code == 200
+    assert len(asset.get_data()) > 10_000
+    assert "javascript" in asset.content_type
+
+
+def test_unknown_docs_asset_is_not_found(bare):
+    assert_error(bare.get("/api/v1/docs/static/no-such-file.js"), 404, "not_found")
+
+
+def test_a_second_app_leaves_the_session_app_working(fresh_app, api):
+    """A second app (as the WeChat and rate-limit tests build) leaves the session app's routes working."""
+    other = fresh_app()
+    assert other.test_client().get("/api/v1/communities").status_code == 200
+    assert api.get("/communities").status_code == 200
+    assert api.get("/api/v1/openapi.json").status_code == 200

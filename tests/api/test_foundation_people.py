@@ -1,0 +1,520 @@
+"""Communities, organisations, staff and residents, and the scopes that fence every role."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.security import generate_password_hash
+
+from app.db import db
+from app.exchange.models import Store
+from app.people.models import Community, Organization, Staff
+from tests.conftest import assert_error, community_id
+
+PASSWORD = "password-123"
+FAST_HASH = "pbkdf2:sha256:1000"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap hashes keep these tests quick; checking still goes through werkzeug's real verifier."""
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service, "generate_password_hash", lambda password: generate_password_hash(password, method=FAST_HASH)
+    )
+
+
+def org_id(name: str) -> int:
+    return db.session.scalar(sa.select(Organization.id).filter_by(name=name))
+
+
+def make_store(name: str, organization_id: int, community: str | None = None) -> int:
+    store = Store(
+        name=name, organization_id=organization_id, community_id=community_id(community) if community else None
+    )
+    db.session.add(store)
+    db.session.commit()
+    return store.id
+
+
+def make_point(api, admin, name: str, community: str = "hengkang") -> int:
+    response = api.post(
+        "/collection-points", as_=admin, json={"name": name, "community_id": community_id(community), "kind": "station"}
+    )
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]
+
+
+@pytest.fixture
+def world(api):
+    """Two alliance organisations with one store each, and an admin."""
+    cafe, shops = org_id("科学咖啡社"), org_id("鑫海湾沿街商铺联合会")
+    return {
+        "admin": api.staff("admin"),
+        "cafe": cafe,
+        "shops": shops,
+        "cafe_store": make_store("咖啡社兑换点", cafe, "hengkang"),
+        "shops_store": make_store("沿街兑换点", shops, "xinhaiwan"),
+    }
+
+
+def _staff_body(username: str, role: str, **scope):
+    return {"username": username, "password": PASSWORD, "role": role, **scope}
+
+
+# --- communities ----------------------------------------------------------------------------------------
+
+
+def test_communities_are_public(api):
+    response = api.get("/communities")
+    assert response.status_code == 200
+    items = response.get_json()
+    assert {c["code"] for c in items} == {"hengkang", "xinhaiwan"}
+    assert all(set(c) == {"id", "code", "name"} for c in items)
+    assert {c["name"] for c in items} == {"恒康社区", "鑫海湾"}
+
+
+def test_admin_creates_a_community(api):
+    admin = api.staff("admin")
+    response = api.post("/communities", as_=admin, json={"name": "新港社区", "code": "xingang"})
+    assert response.status_code == 201, response.get_json()
+    created = response.get_json()
+    assert created["code"] == "xingang"
+    assert isinstance(created["id"], int)
+    assert created in api.get("/communities").get_json()
+
+
+@pytest.mark.parametrize("role", ["worker", "alliance", "merchant"])
+def test_only_admins_create_communities(api, role, world):
+    scope = {
+        "worker": {"community_id": community_id("hengkang")},
+        "alliance": {"organization_id": world["cafe"]},
+        "merchant": {"store_ids": [world["cafe_store"]]},
+    }[role]
+    caller = api.staff(role, **scope)
+    assert_error(api.post("/communities", as_=caller, json={"name": "越权社区", "code": "sneaky"}), 403, "forbidden")
+    assert db.session.scalar(sa.select(Community).filter_by(code="sneaky")) is None
+
+
+def test_residents_and_anonymous_cannot_create_communities(api):
+    resident = api.resident()
+    assert_error(api.post("/communities", as_=resident, json={"name": "越权", "code": "r"}), 403, "forbidden")
+    assert_error(api.post("/communities", json={"name": "匿名", "code": "anon"}), 401, "unauthorized")
+    assert len(api.get("/communities").get_json()) == 2
+
+
+@pytest.mark.parametrize("body", [{"name": "另一个恒康", "code": "hengkang"}, {"name": "恒康社区", "code": "hk2"}])
+def test_duplicate_community_is_409(api, body):
+    admin = api.staff("admin")
+    assert_error(api.post("/communities", as_=admin, json=body), 409, "duplicate")
+    assert len(api.get("/communities").get_json()) == 2
+    # the failed insert left the session usable
+    assert api.post("/communities", as_=admin, json={"name": "后来的社区", "code": "later"}).status_code == 201
+
+
+# --- organisations --------------------------------------------------------------------------------------
+
+
+def test_organizations_are_public_and_filterable(api):
+    everything = api.get("/organizations")
+    assert everything.status_code == 200
+    assert len(everything.get_json()) >= 10
+    shops = api.get("/organizations?kind=shop").get_json()
+    assert shops
+    assert {o["kind"] for o in shops} == {"shop"}
+    hengkang = api.get(f"/organizations?community_id={community_id('hengkang')}").get_json()
+    assert hengkang
+    assert {o["community_id"] for o in hengkang} == {community_id("hengkang")}
+
+
+def test_admin_creates_an_organization(api):
+    admin = api.staff("admin")
+    body = {"name": "湾区绿色科技公司", "kind": "enterprise", "community_id": community_id("xinhaiwan")}
+    response = api.post("/organizations", as_=admin, json=body)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json() == {"id": response.get_json()["id"], **body}
+    assert_error(api.post("/organizations", as_=admin, json=body), 409, "duplicate")
+
+
+def test_organization_without_community_is_allowed(api):
+    admin = api.staff("admin")
+    response = api.post("/organizations", as_=admin, json={"name": "区级单位", "kind": "government"})
+    assert response.status_code == 201
+    assert response.get_json()["community_id"] is None
+
+
+def test_organization_bad_kind_is_422(api):
+    admin = api.staff("admin")
+    response = api.post("/organizations", as_=admin, json={"name": "奇怪单位", "kind": "cartel"})
+    assert "kind" in assert_error(response, 422, "validation_error")["details"]["fields"]
+
+
+def test_organization_unknown_community_is_422(api):
+    admin = api.staff("admin")
+    response = api.post("/organizations", as_=admin, json={"name": "无社区单位", "kind": "shop", "community_id": 99999})
+    assert "community_id" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert db.session.scalar(sa.select(Organization).filter_by(name="无社区单位")) is None
+
+
+def test_only_admins_create_organizations(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    resident = api.resident()
+    body = {"name": "越权单位", "kind": "shop"}
+    assert_error(api.post("/organizations", as_=worker, json=body), 403, "forbidden")
+    assert_error(api.post("/organizations", as_=resident, json=body), 403, "forbidden")
+    assert_error(api.post("/organizations", json=body), 401, "unauthorized")
+
+
+# --- staff: admin ---------------------------------------------------------------------------------------
+
+
+def test_admin_creates_every_role_with_its_scope(api, world):
+    admin = world["admin"]
+    point = make_point(api, admin, "恒康测试投放点")
+    bodies = {
+        "admin": {},
+        "worker": {"community_id": community_id("hengkang")},
+        "alliance": {"organization_id": world["cafe"]},
+        "merchant": {"store_ids": [world["cafe_store"]], "organization_id": world["cafe"]},
+        "collector": {"collection_point_ids": [point], "community_id": community_id("hengkang")},
+    }
+    for role, scope in bodies.items():
+        username = f"new.{role}"
+        response = api.post("/staff", as_=admin, json=_staff_body(username, role, **scope))
+        assert response.status_code == 201, (role, response.get_json())
+        created = response.get_json()
+        assert created["role"] == role
+        assert created["username"] == username
+        assert created["active"] is True
+        assert "password" not in created
+        assert created["store_ids"] == scope.get("store_ids", [])
+        assert created["collection_point_ids"] == scope.get("collection_point_ids", [])
+        assert created["community_id"] == scope.get("community_id")
+        assert created["organization_id"] == scope.get("organization_id")
+
+        login = api.post("/auth/login", json={"username": username, "password": PASSWORD})
+        assert login.status_code == 200, (role, login.get_json())
+        assert login.get_json()["staff"]["id"] == created["id"]
+
+
+@pytest.mark.parametrize(
+    ("role", "scope", "field"),
+    [
+        ("worker", {}, "community_id"),
+        ("alliance", {}, "organization_id"),
+        ("merchant", {}, "store_ids"),
+        ("collector", {}, "collection_point_ids"),
+        ("merchant", {"store_ids": [987654]}, "store_ids"),
+        ("collector", {"collection_point_ids": [987654]}, "collection_point_ids"),
+        ("worker", {"community_id": 987654}, "community_id"),
+        ("alliance", {"organization_id": 987654}, "organization_id"),
+        ("worker", {"community_id": "HENGKANG", "store_ids": "STORE"}, "store_ids"),
+        ("cashier", {}, "role"),
+    ],
+    ids=[
+        "worker-no-community",
+        "alliance-no-org",
+        "merchant-no-store",
+        "collector-no-point",
+        "unknown-store",
+        "unknown-point",
+        "unknown-community",
+        "unknown-org",
+        "store-for-worker",
+        "bad-role",
+    ],
+)
+def test_admin_staff_scope_validation(api, world, role, scope, field):
+    scope = {
+        key: (community_id("hengkang") if value == "HENGKANG" else [world["cafe_store"]] if value == "STORE" else value)
+        for key, value in scope.items()
+    }
+    response = api.post("/staff", as_=world["admin"], json=_staff_body("invalid.one", role, **scope))
+    fields = assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert field in fields, fields
+    assert db.session.scalar(sa.select(Staff).filter_by(username="invalid.one")) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"username": "ab", "password": PASSWORD, "role": "admin"}, "username"),
+        ({"username": "has space", "password": PASSWORD, "role": "admin"}, "username"),
+        ({"username": "shortpw", "password": "1234567", "role": "admin"}, "password"),
+        ({"username": "nopw", "role": "admin"}, "password"),
+        ({"username": "extra", "password": PASSWORD, "role": "admin", "is_root": True}, "is_root"),
+    ],
+)
+def test_staff_body_validation(api, body, field):
+    admin = api.staff("admin")
+    fields = assert_error(api.post("/staff", as_=admin, json=body), 422, "validation_error")["details"]["fields"]
+    assert field in fields
+
+
+def test_duplicate_username_is_409(api):
+    admin = api.staff("admin")
+    assert api.post("/staff", as_=admin, json=_staff_body("same.name", "admin")).status_code == 201
+    assert_error(api.post("/staff", as_=admin, json=_staff_body("same.name", "admin")), 409, "duplicate")
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Staff).filter_by(username="same.name")) == 1
+
+
+# --- staff: alliance ------------------------------------------------------------------------------------
+
+
+def test_alliance_creates_a_merchant_for_its_own_store(api, world):
+    alliance = api.staff("alliance", organization_id=world["cafe"])
+    response = api.post(
+        "/staff", as_=alliance, json=_staff_body("cafe.clerk", "merchant", store_ids=[world["cafe_store"]])
+    )
+    assert response.status_code == 201, response.get_json()
+    created = response.get_json()
+    assert created["organization_id"] == world["cafe"]
+    assert created["store_ids"] == [world["cafe_store"]]
+    assert api.post("/auth/login", json={"username": "cafe.clerk", "password": PASSWORD}).status_code == 200
+
+
+def test_alliance_creates_an_alliance_account_of_its_own_org(api, world):
+    alliance = api.staff("alliance", organization_id=world["cafe"])
+    response = api.post("/staff", as_=alliance, json=_staff_body("cafe.boss", "alliance"))
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["organization_id"] == world["cafe"]
+
+
+@pytest.mark.parametrize(
+    "case", ["other-store", "admin", "worker", "collector", "other-org", "other-org-alliance", "mixed-stores"]
+)
+def test_alliance_cannot_grant_outside_its_organisation(api, world, case):
+    alliance = api.staff("alliance", organization_id=world["cafe"])
+    body = {
+        "other-store": _staff_body("x.clerk", "merchant", store_ids=[world["shops_store"]]),
+        "admin": _staff_body("x.admin", "admin"),
+        "worker": _staff_body("x.worker", "worker", community_id=community_id("hengkang")),
+        "collector": _staff_body("x.collector", "collector", collection_point_ids=[]),
+        "other-org": _staff_body(
+            "x.clerk", "merchant", store_ids=[world["shops_store"]], organization_id=world["shops"]
+        ),
+        "other-org-alliance": _staff_body("x.boss", "alliance", organization_id=world["shops"]),
+        "mixed-stores": _staff_body("x.clerk", "merchant", store_ids=[world["cafe_store"], world["shops_store"]]),
+    }[case]
+    before = db.session.scalar(sa.select(sa.func.count()).select_from(Staff))
+    assert_error(api.post("/staff", as_=alliance, json=body), 403, "forbidden")
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Staff)) == before
+
+
+@pytest.mark.parametrize("role", ["merchant", "worker", "collector"])
+def test_other_staff_cannot_create_staff(api, world, role):
+    admin = world["admin"]
+    scope = {
+        "merchant": {"store_ids": [world["cafe_store"]]},
+        "worker": {"community_id": community_id("hengkang")},
+        "collector": {"collection_point_ids": [make_point(api, admin, "权限测试点")]},
+    }[role]
+    caller = api.staff(role, **scope)
+    body = _staff_body("by.staff", "merchant", store_ids=[world["cafe_store"]])
+    assert_error(api.post("/staff", as_=caller, json=body), 403, "forbidden")
+    assert_error(api.get("/staff", as_=caller), 403, "forbidden")
+
+
+def test_residents_cannot_create_staff(api, world):
+    resident = api.resident()
+    assert_error(api.post("/staff", as_=resident, json=_staff_body("by.res", "admin")), 403, "forbidden")
+
+
+def test_alliance_lists_only_its_own_organisation(api, world):
+    cafe_boss = api.staff("alliance", organization_id=world["cafe"])
+    cafe_clerk = api.staff("merchant", store_ids=[world["cafe_store"]], organization_id=world["cafe"])
+    shops_boss = api.staff("alliance", organization_id=world["shops"])
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+
+    listed = api.get("/staff?limit=100", as_=cafe_boss)
+    assert listed.status_code == 200
+    ids = {s["id"] for s in listed.get_json()["items"]}
+    assert ids == {cafe_boss.id, cafe_clerk.id}
+    assert {s["organization_id"] for s in listed.get_json()["items"]} == {world["cafe"]}
+
+    everyone = {s["id"] for s in api.get("/staff?limit=100", as_=world["admin"]).get_json()["items"]}
+    assert {world["admin"].id, cafe_boss.id, cafe_clerk.id, shops_boss.id, worker.id} <= everyone
+
+    assert_error(api.get(f"/staff/{shops_boss.id}", as_=cafe_boss), 404, "not_found")
+    assert api.get(f"/staff/{cafe_clerk.id}", as_=cafe_boss).status_code == 200
+
+
+def test_staff_list_pages(api):
+    admin = api.staff("admin")
+    for i in range(3):
+        api.staff("admin", display_name=f"第{i}位")
+    first = api.get("/staff?limit=2", as_=admin).get_json()
+    assert len(first["items"]) == 2
+    assert first["next"]
+    second = api.get(f"/staff?limit=2&cursor={first['next']}", as_=admin).get_json()
+    assert len(second["items"]) == 2
+    assert second["next"] is None
+    assert not {s["id"] for s in first["items"]} & {s["id"] for s in second["items"]}
+    assert_error(api.get("/staff?limit=101", as_=admin), 422, "validation_error")
+    assert_error(api.get("/staff?cursor=%%%", as_=admin), 422, "validation_error")
+
+
+def test_alliance_cannot_reassign_a_merchant_to_another_orgs_store(api, world):
+    cafe_boss = api.staff("alliance", organization_id=world["cafe"])
+    clerk = api.staff("merchant", store_ids=[world["cafe_store"]], organization_id=world["cafe"])
+    response = api.patch(f"/staff/{clerk.id}", as_=cafe_boss, json={"store_ids": [world["shops_store"]]})
+    assert_error(response, 403, "forbidden")
+    assert api.get(f"/staff/{clerk.id}", as_=cafe_boss).get_json()["store_ids"] == [world["cafe_store"]]
+
+
+# --- /me and /staff/me ----------------------------------------------------------------------------------
+
+ME_FIELDS = {
+    "id",
+    "nickname",
+    "community_id",
+    "balance",
+    "co2e_g",
+    "lifetime_earned",
+    "expiring_points",
+    "expiring_at",
+}
+
+
+def test_get_me_has_the_contract_fields(api):
+    resident = api.resident()
+    me = api.get("/me", as_=resident)
+    assert me.status_code == 200
+    body = me.get_json()
+    assert set(body) >= ME_FIELDS
+    assert body["id"] == resident.id
+    assert (body["balance"], body["co2e_g"], body["lifetime_earned"], body["expiring_points"]) == (0, 0, 0, 0)
+    assert body["expiring_at"] is None
+
+
+def test_patch_me_changes_nickname_and_community(api):
+    resident = api.resident()
+    hengkang = community_id("hengkang")
+    response = api.patch("/me", as_=resident, json={"nickname": "绿色小王", "community_id": hengkang})
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert set(body) >= ME_FIELDS
+    assert (body["nickname"], body["community_id"]) == ("绿色小王", hengkang)
+    assert api.get("/me", as_=resident).get_json() == body
+
+    only_nick = api.patch("/me", as_=resident, json={"nickname": "小王"}).get_json()
+    assert (only_nick["nickname"], only_nick["community_id"]) == ("小王", hengkang)
+
+
+def test_patch_me_unknown_community_is_422(api):
+    resident = api.resident(community_code="hengkang")
+    response = api.patch("/me", as_=resident, json={"community_id": 987654})
+    assert "community_id" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert api.get("/me", as_=resident).get_json()["community_id"] == community_id("hengkang")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"balance": 1000}, "balance"),
+        ({"nickname": "小王", "openid": "o-steal"}, "openid"),
+        ({"nickname": ""}, "nickname"),
+        ({"nickname": "长" * 33}, "nickname"),
+        ({"community_id": "hengkang"}, "community_id"),
+    ],
+)
+def test_patch_me_rejects_bad_or_unknown_fields(api, body, field):
+    resident = api.resident()
+    before = api.get("/me", as_=resident).get_json()
+    fields = assert_error(api.patch("/me", as_=resident, json=body), 422, "validation_error")["details"]["fields"]
+    assert field in fields
+    assert api.get("/me", as_=resident).get_json() == before
+
+
+def test_staff_calling_me_is_forbidden(api):
+    admin = api.staff("admin")
+    assert_error(api.get("/me", as_=admin), 403, "forbidden")
+    assert_error(api.patch("/me", as_=admin, json={"nickname": "管理员"}), 403, "forbidden")
+
+
+def test_staff_me_for_every_role(api, world):
+    admin = world["admin"]
+    callers = {
+        "admin": admin,
+        "worker": api.staff("worker", community_id=community_id("xinhaiwan")),
+        "alliance": api.staff("alliance", organization_id=world["shops"]),
+        "merchant": api.staff("merchant", store_ids=[world["shops_store"]]),
+        "collector": api.staff("collector", collection_point_ids=[make_point(api, admin, "个人信息测试点")]),
+    }
+    for role, caller in callers.items():
+        response = api.get("/staff/me", as_=caller)
+        assert response.status_code == 200, (role, response.get_json())
+        body = response.get_json()
+        assert (body["id"], body["role"]) == (caller.id, role)
+    assert api.get("/staff/me", as_=callers["merchant"]).get_json()["store_ids"] == [world["shops_store"]]
+    assert api.get("/staff/me", as_=callers["worker"]).get_json()["community_id"] == community_id("xinhaiwan")
+
+
+# --- residents and community scope ----------------------------------------------------------------------
+
+
+def test_worker_sees_only_its_own_community(api):
+    admin = api.staff("admin")
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    home = [api.resident(community_code="hengkang").id for _ in range(2)]
+    away = api.resident(community_code="xinhaiwan").id
+    nowhere = api.resident().id
+
+    listed = api.get("/residents?limit=100", as_=worker)
+    assert listed.status_code == 200
+    assert {r["id"] for r in listed.get_json()["items"]} == set(home)
+
+    assert_error(api.get(f"/residents?community_id={community_id('xinhaiwan')}", as_=worker), 403, "forbidden")
+    same = api.get(f"/residents?community_id={community_id('hengkang')}", as_=worker).get_json()
+    assert {r["id"] for r in same["items"]} == set(home)
+
+    everyone = {r["id"] for r in api.get("/residents?limit=100", as_=admin).get_json()["items"]}
+    assert everyone >= {*home, away, nowhere}
+
+
+def test_residents_list_is_staff_only(api, world):
+    resident = api.resident()
+    alliance = api.staff("alliance", organization_id=world["cafe"])
+    assert_error(api.get("/residents", as_=resident), 403, "forbidden")
+    assert_error(api.get("/residents", as_=alliance), 403, "forbidden")
+    assert_error(api.get("/residents"), 401, "unauthorized")
+
+
+def test_worker_freezes_only_residents_of_its_community(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    away = api.resident(community_code="xinhaiwan")
+    home = api.resident(community_code="hengkang")
+    body = {"status": "frozen", "reason": "多次违规投放"}
+
+    assert_error(api.patch(f"/residents/{away.id}", as_=worker, json=body), 404, "not_found")
+    assert api.get("/me", as_=away).status_code == 200
+
+    response = api.patch(f"/residents/{home.id}", as_=worker, json=body)
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "frozen"
+    assert_error(api.get("/me", as_=home), 403, "account_frozen")
+
+    frozen = api.get("/residents?status=frozen", as_=worker).get_json()["items"]
+    assert [r["id"] for r in frozen] == [home.id]
+
+
+def test_freezing_an_unknown_resident_is_404(api):
+    admin = api.staff("admin")
+    assert_error(
+        api.patch("/residents/987654", as_=admin, json={"status": "frozen", "reason": "不存在"}), 404, "not_found"
+    )
+
+
+def test_worker_creates_collection_points_only_in_its_community(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    away = {"name": "鑫海湾越权投放点", "community_id": community_id("xinhaiwan"), "kind": "station"}
+    assert_error(api.post("/collection-points", as_=worker, json=away), 403, "forbidden")
+
+    home = {"name": "恒康新投放点", "community_id": community_id("hengkang"), "kind": "station"}
+    response = api.post("/collection-points", as_=worker, json=home)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["community_id"] == community_id("hengkang")
+    names = {p["name"] for p in api.get("/collection-points?limit=100").get_json()["items"]}
+    assert "恒康新投放点" in names
+    assert "鑫海湾越权投放点" not in names

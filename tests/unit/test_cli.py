@@ -1,0 +1,214 @@
+"""flask seed and flask staff create, through Click's test runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.carbon.models import Rule
+from app.db import db
+from app.exchange.models import Store
+from app.people.models import Community, Organization, Resident, Staff
+from app.sorting.models import CollectionPoint, Device
+from tests.conftest import _wipe, community_id
+
+SEEDS = Path(__file__).resolve().parents[2] / "seeds"
+REFERENCE = (Community, Organization, Rule)
+DEMO = (Store, CollectionPoint, Device, Staff, Resident)
+
+
+def _count(model, **where) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**where))
+
+
+def _counts(models) -> dict[str, int]:
+    return {model.__tablename__: _count(model) for model in models}
+
+
+def _seed_file(name: str):
+    return json.loads((SEEDS / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap hashes keep the demo seed quick; verification still uses werkzeug's real checker."""
+    from app import seeding
+    from app.people import service
+
+    def fast(password):
+        return generate_password_hash(password, method="pbkdf2:sha256:1000")
+
+    monkeypatch.setattr(seeding, "generate_password_hash", fast)
+    monkeypatch.setattr(service, "generate_password_hash", fast)
+
+
+@pytest.fixture
+def runner(app, db_session):
+    return app.test_cli_runner()
+
+
+def _invoke(runner, *args):
+    result = runner.invoke(args=list(args))
+    db.session.rollback()  # a failed command may leave the shared session mid-transaction
+    return result
+
+
+# --- seed -----------------------------------------------------------------------------------------------
+
+
+def test_seed_creates_reference_rows_once(runner):
+    _wipe()
+    assert _counts(REFERENCE) == {"communities": 0, "organizations": 0, "rules": 0}
+
+    first = _invoke(runner, "seed")
+    assert first.exit_code == 0, first.output
+    expected = {
+        "communities": len(_seed_file("communities.json")),
+        "organizations": len(_seed_file("organizations.json")),
+        "rules": len(_seed_file("rules.json")["rules"]),
+    }
+    assert _counts(REFERENCE) == expected
+    assert f"reference: {expected}" in first.output
+
+    second = _invoke(runner, "seed")
+    assert second.exit_code == 0, second.output
+    assert "reference: {'communities': 0, 'organizations': 0, 'rules': 0}" in second.output
+    assert _counts(REFERENCE) == expected
+    assert "demo:" not in second.output
+    assert _counts(DEMO)["stores"] == 0
+
+
+def test_seed_links_organisations_to_their_community(runner):
+    assert _invoke(runner, "seed").exit_code == 0
+    for row in _seed_file("organizations.json"):
+        org = db.session.scalar(sa.select(Organization).filter_by(name=row["name"]))
+        assert org.kind == row["kind"]
+        expected = community_id(row["community"]) if row["community"] else None
+        assert org.community_id == expected, row["name"]
+
+
+def test_seed_demo_is_idempotent(runner):
+    first = _invoke(runner, "seed", "--demo")
+    assert first.exit_code == 0, first.output
+    demo = _seed_file("demo.json")
+    after_first = _counts(DEMO)
+    assert after_first == {
+        "stores": len(demo["stores"]),
+        "collection_points": len(demo["collection_points"]),
+        "devices": len(demo["devices"]),
+        "staff": len(demo["staff"]),
+        "residents": len(demo["residents"]),
+    }
+    reference = _counts(REFERENCE)
+
+    second = _invoke(runner, "seed", "--demo")
+    assert second.exit_code == 0, second.output
+    assert "demo: {'stores': 0, 'collection_points': 0, 'devices': 0, 'staff': 0, 'residents': 0}" in second.output
+    assert _counts(DEMO) == after_first
+    assert _counts(REFERENCE) == reference
+
+
+def test_seed_demo_staff_have_their_scopes_and_passwords(runner):
+    assert _invoke(runner, "seed", "--demo").exit_code == 0
+    for row in _seed_file("demo.json")["staff"]:
+        staff = db.session.scalar(sa.select(Staff).filter_by(username=row["username"]))
+        assert staff.role == row["role"]
+        assert check_password_hash(staff.password_hash, row["password"])
+        assert len(staff.stores) == len(row.get("stores", []))
+        assert len(staff.collection_points) == len(row.get("collection_points", []))
+        if row.get("community"):
+            assert staff.community_id == community_id(row["community"])
+
+
+# --- staff create ---------------------------------------------------------------------------------------
+
+
+def test_staff_create_worker(runner):
+    hengkang = community_id("hengkang")
+    result = _invoke(
+        runner,
+        *("staff", "create", "--username", "u.worker", "--password", "pppppppp"),
+        *("--role", "worker", "--community-id", str(hengkang)),
+    )
+    assert result.exit_code == 0, result.output
+    staff = db.session.scalar(sa.select(Staff).filter_by(username="u.worker"))
+    assert staff is not None
+    assert (staff.role, staff.community_id, staff.active) == ("worker", hengkang, True)
+    assert check_password_hash(staff.password_hash, "pppppppp")
+    assert f"created staff {staff.id} u.worker (worker)" in result.output
+
+
+def test_staff_create_admin_needs_no_scope(runner):
+    result = _invoke(runner, "staff", "create", "--username", "u.admin", "--password", "pppppppp", "--role", "admin")
+    assert result.exit_code == 0, result.output
+    assert _count(Staff, username="u.admin", role="admin") == 1
+
+
+def test_staff_create_merchant_with_stores(runner):
+    org = db.session.scalar(sa.select(Organization.id).filter_by(name="科学咖啡社"))
+    stores = [Store(name=f"命令行兑换点{i}", organization_id=org) for i in range(2)]
+    db.session.add_all(stores)
+    db.session.commit()
+    store_ids = sorted(s.id for s in stores)
+    result = _invoke(
+        runner,
+        *("staff", "create", "--username", "u.clerk", "--password", "pppppppp", "--role", "merchant"),
+        *("--store-id", str(store_ids[0]), "--store-id", str(store_ids[1])),
+    )
+    assert result.exit_code == 0, result.output
+    staff = db.session.scalar(sa.select(Staff).filter_by(username="u.clerk"))
+    assert staff.store_ids == store_ids
+
+
+def test_staff_create_bad_role_fails(runner):
+    result = _invoke(runner, "staff", "create", "--username", "u.bad", "--password", "pppppppp", "--role", "boss")
+    assert result.exit_code != 0
+    assert "--role" in result.output
+    assert "boss" in result.output
+    assert _count(Staff, username="u.bad") == 0
+
+
+def test_staff_create_worker_without_community_fails(runner):
+    result = _invoke(runner, "staff", "create", "--username", "u.lost", "--password", "pppppppp", "--role", "worker")
+    assert result.exit_code != 0
+    assert "validation_error" in result.output
+    assert "community_id" in result.output
+    assert _count(Staff, username="u.lost") == 0
+
+
+def test_staff_create_unknown_community_fails(runner):
+    result = _invoke(
+        runner,
+        *("staff", "create", "--username", "u.nowhere", "--password", "pppppppp"),
+        *("--role", "worker", "--community-id", "987654"),
+    )
+    assert result.exit_code != 0
+    assert "community_id" in result.output
+    assert _count(Staff, username="u.nowhere") == 0
+
+
+def test_staff_create_short_password_fails(runner):
+    result = _invoke(runner, "staff", "create", "--username", "u.short", "--password", "short", "--role", "admin")
+    assert result.exit_code != 0
+    assert "password" in result.output
+    assert _count(Staff, username="u.short") == 0
+
+
+def test_staff_create_duplicate_username_fails(runner):
+    args = ("staff", "create", "--username", "u.twice", "--password", "pppppppp", "--role", "admin")
+    assert _invoke(runner, *args).exit_code == 0
+    again = _invoke(runner, *args)
+    assert again.exit_code != 0
+    assert "duplicate" in again.output
+    assert _count(Staff, username="u.twice") == 1
+
+
+def test_staff_create_missing_options_fail(runner):
+    result = _invoke(runner, "staff", "create", "--username", "u.nopw", "--role", "admin")
+    assert result.exit_code != 0
+    assert "--password" in result.output
+    assert _count(Staff, username="u.nopw") == 0

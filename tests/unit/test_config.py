@@ -1,0 +1,177 @@
+"""app.config: the environment, parsed and checked, with no Flask app needed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from app import config
+from app.config import ConfigError, Settings, database_url, load
+
+PRODUCTION_SECRETS = {
+    "APP_ENV": "production",
+    "SECRET_KEY": "prod-secret-key",
+    "JWT_SECRET_KEY": "prod-jwt-secret-key-0123456789abcdef",
+    "QR_SECRET": "prod-qr-secret",
+    "WECHAT_APPID": "wx-prod",
+    "WECHAT_SECRET": "wx-prod-secret",
+}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("postgres://u:p@db:5432/points", "postgresql+psycopg://u:p@db:5432/points"),
+        ("postgresql://u@db/points", "postgresql+psycopg://u@db/points"),
+        ("postgresql://postgres@127.0.0.1:5432/test", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        ("postgresql+psycopg://u@db/points", "postgresql+psycopg://u@db/points"),
+        ("sqlite:////var/lib/points.db", "sqlite:////var/lib/points.db"),
+    ],
+)
+def test_database_url_normalises_postgres(raw, expected):
+    assert database_url(raw) == expected
+    assert Settings.from_env({"DATABASE_URL": raw}).database_url == expected
+
+
+@pytest.mark.parametrize("raw", [None, ""])
+def test_default_database_is_sqlite_under_instance(raw):
+    url = database_url(raw)
+    assert url == f"sqlite:///{config.INSTANCE_DIR / 'tanpuhui.db'}"
+    assert config.INSTANCE_DIR.name == "instance"
+    assert config.INSTANCE_DIR.is_dir()
+    assert Settings.from_env({}).database_url == url
+
+
+def test_defaults_outside_production():
+    settings = Settings.from_env({})
+    settings.validate()
+    assert settings.env == "development"
+    assert settings.wechat_mode == "stub"
+    assert settings.timezone == "Asia/Shanghai"
+    assert settings.ratelimit_enabled is True
+    assert settings.redis_url is None
+    flask = settings.flask_config()
+    assert flask["MAX_CONTENT_LENGTH"] == 64 * 1024
+    assert flask["JWT_ACCESS_TOKEN_EXPIRES"] == timedelta(minutes=15)
+    assert flask["JWT_REFRESH_TOKEN_EXPIRES"] == timedelta(days=30)
+    assert flask["RATELIMIT_STORAGE_URI"] == "memory://"
+    assert flask["WECHAT_API_BASE"] == "https://api.weixin.qq.com"
+
+
+def test_values_are_read_from_the_environment():
+    settings = Settings.from_env(
+        {
+            "ACCESS_TOKEN_MINUTES": "5",
+            "REFRESH_TOKEN_DAYS": "7",
+            "REDIS_URL": "redis://cache:6379/0",
+            "WECHAT_API_BASE": "http://fake-wechat:8080/",
+            "TIMEZONE": "UTC",
+        }
+    )
+    flask = settings.flask_config()
+    assert flask["JWT_ACCESS_TOKEN_EXPIRES"] == timedelta(minutes=5)
+    assert flask["JWT_REFRESH_TOKEN_EXPIRES"] == timedelta(days=7)
+    assert flask["RATELIMIT_STORAGE_URI"] == "redis://cache:6379/0"
+    assert flask["WECHAT_API_BASE"] == "http://fake-wechat:8080"
+    assert flask["TIMEZONE"] == "UTC"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("off", False),
+        ("true", True),
+        ("1", True),
+        (" YES ", True),
+        ("on", True),
+        ("", True),
+    ],
+)
+def test_ratelimit_enabled_is_parsed(raw, expected):
+    settings = Settings.from_env({"RATELIMIT_ENABLED": raw})
+    assert settings.ratelimit_enabled is expected
+    assert settings.flask_config()["RATELIMIT_ENABLED"] is expected
+
+
+def test_production_refuses_every_default_secret_by_name():
+    with pytest.raises(ConfigError) as excinfo:
+        load(environ={"APP_ENV": "production", "WECHAT_APPID": "wx", "WECHAT_SECRET": "s"})
+    message = str(excinfo.value)
+    for name in ("SECRET_KEY", "JWT_SECRET_KEY", "QR_SECRET"):
+        assert name in message
+
+
+@pytest.mark.parametrize("left_default", ["SECRET_KEY", "JWT_SECRET_KEY", "QR_SECRET"])
+def test_production_names_only_the_default_secret_left(left_default):
+    environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != left_default}
+    with pytest.raises(ConfigError) as excinfo:
+        load(environ=environ)
+    message = str(excinfo.value)
+    assert left_default in message
+    others = {"SECRET_KEY", "JWT_SECRET_KEY", "QR_SECRET"} - {left_default}
+    # JWT_SECRET_KEY contains SECRET_KEY, so look for whole names in the listed part only
+    listed = {name.strip() for name in message.split(":", 1)[1].split(",")}
+    assert listed == {left_default}
+    assert not others & listed
+
+
+def test_production_with_real_secrets_loads():
+    flask = load(environ=PRODUCTION_SECRETS)
+    assert flask["APP_ENV"] == "production"
+    assert flask["WECHAT_MODE"] == "real"
+    assert flask["SECRET_KEY"] == "prod-secret-key"
+
+
+def test_production_refuses_stub_mode():
+    with pytest.raises(ConfigError, match="stub"):
+        load(environ={**PRODUCTION_SECRETS, "WECHAT_MODE": "stub"})
+
+
+def test_production_needs_wechat_credentials():
+    environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != "WECHAT_SECRET"}
+    with pytest.raises(ConfigError, match="WECHAT_APPID and WECHAT_SECRET"):
+        load(environ=environ)
+
+
+@pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "Asia/Shanghai2", "../etc/passwd", ""])
+def test_bad_timezone_is_refused(zone):
+    with pytest.raises(ConfigError, match="TIMEZONE"):
+        load(environ={"TIMEZONE": zone})
+
+
+@pytest.mark.parametrize("mode", ["prod", "Stub", "fake"])
+def test_unknown_wechat_mode_is_refused(mode):
+    with pytest.raises(ConfigError, match="WECHAT_MODE"):
+        load(environ={"WECHAT_MODE": mode})
+
+
+def test_overrides_win_over_the_environment():
+    flask = load({"RATELIMIT_ENABLED": True, "TESTING": True}, environ={"RATELIMIT_ENABLED": "false"})
+    assert flask["RATELIMIT_ENABLED"] is True
+    assert flask["TESTING"] is True
+
+
+def test_postgres_gets_a_bigger_pool_than_sqlite():
+    pg = Settings.from_env({"DATABASE_URL": "postgres://u@db/points"}).flask_config()
+    sqlite = Settings.from_env({"DATABASE_URL": "sqlite:///x.db"}).flask_config()
+    assert pg["SQLALCHEMY_ENGINE_OPTIONS"]["pool_size"] >= 10
+    assert "pool_size" not in sqlite["SQLALCHEMY_ENGINE_OPTIONS"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ACCESS_TOKEN_MINUTES", "fifteen"), ("WECHAT_TIMEOUT", "5s"), ("POINTS_PER_KG_CO2E", "1.5")],
+)
+def test_a_bad_number_names_its_setting(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_an_unclear_switch_is_refused_not_guessed():
+    with pytest.raises(ConfigError, match="RATELIMIT_ENABLED"):
+        Settings.from_env({"RATELIMIT_ENABLED": "enabled"})
