@@ -20,6 +20,7 @@ from app.db import commit, db
 from app.errors import CapReached, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
+from app.people.models import Resident
 
 CREDIT_KINDS = ("earn", "refund", "adjust", "reverse")
 
@@ -223,8 +224,6 @@ def next_expiry(account: Account) -> tuple[int, datetime | None]:
 
 
 def profile(resident_id: int) -> dict[str, Any]:
-    from app.people.models import Resident
-
     resident = db.session.get(Resident, resident_id)
     account = account_of(resident_id)
     expiring_points, expiring_at = next_expiry(account)

@@ -14,6 +14,7 @@ from app.common import keyset_page
 from app.db import commit, db
 from app.errors import Duplicate, Forbidden, NotFound, field_error
 from app.exchange.models import Store
+from app.ledger.service import open_account, profile
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting.models import CollectionPoint
 
@@ -197,8 +198,6 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
 
 def resident_for_openid(openid: str, unionid: str | None) -> Resident:
     """First login creates the resident and its points account; a concurrent first login reuses it."""
-    from app.ledger.service import open_account
-
     stmt = sa.select(Resident).where(Resident.openid == openid)
     resident = db.session.scalar(stmt)
     if resident is not None:
@@ -216,8 +215,6 @@ def resident_for_openid(openid: str, unionid: str | None) -> Resident:
 
 def update_me(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
     """Change the resident's own profile; answers with the same view as GET /me."""
-    from app.ledger.service import profile
-
     resident = get_or_404(Resident, actor.id)
     if "community_id" in data:
         _require_exists(Community, data["community_id"], "community_id", "社区不存在")
