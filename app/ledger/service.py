@@ -36,47 +36,44 @@ def open_account(resident_id: int) -> Account:
     return account
 
 
-def _lock_account(resident_id: int) -> Account:
-    # populate_existing: a lock is only as good as a fresh read, even if the session holds a copy.
-    account = db.session.scalar(
-        sa.select(Account)
+def _lock_account(resident_id: int):
+    """The account's chain head, locked until the caller's transaction ends (a row lock on PostgreSQL;
+    SQLite transactions already hold the write lock). Read with Core: a lock is only as good as a fresh read."""
+    account = db.session.execute(
+        sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
         .where(Account.resident_id == resident_id)
         .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    ).first()
     if account is None:
         raise NotFound("积分账户不存在")
     return account
 
 
-def _add_to(model, keys: dict[str, Any], column: str, amount: int) -> None:
-    """Add to a counter row in one statement, creating it if needed (the account lock orders the callers)."""
+def _upsert(model, keys: dict[str, Any], column: str, amount: int, limit: int | None = None):
+    """Add to a counter row in one statement, creating it if needed. With a limit, the row is only
+    changed while it stays within the limit; no row comes back when it would not."""
     table = model.__table__
     insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = insert(table).values(**keys, **{column: amount})
-    db.session.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_={column: table.c[column] + amount}))
+    within = None if limit is None else table.c[column] + amount <= limit
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={column: table.c[column] + amount}, where=within
+    ).returning(table.c[column])
+    return db.session.execute(stmt).first()
 
 
 def _charge_caps(account: Account, day: date, charges: Sequence[CapCharge]) -> None:
-    """Check every cap first, then count: a rejected posting leaves every counter as it was."""
-    used = dict(
-        db.session.execute(
-            sa.select(DailyEarning.activity, DailyEarning.points).where(
-                DailyEarning.account_id == account.id,
-                DailyEarning.day == day,
-                DailyEarning.activity.in_([charge.key for charge in charges]),
-            )
-        ).all()
-    )
+    """Count each charge against its daily counter; the first one over its cap refuses the whole posting
+    (the caller's transaction rolls back, so no counter keeps a partial charge)."""
     for charge in charges:
-        so_far = used.get(charge.key, 0)
-        if charge.limit is not None and so_far + charge.amount > charge.limit:
+        keys = {"account_id": account.id, "day": day, "activity": charge.key}
+        over = charge.limit is not None and charge.amount > charge.limit
+        if over or _upsert(DailyEarning, keys, "points", charge.amount, charge.limit) is None:
+            used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
             raise CapReached(
-                f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {so_far} 积分",
-                details={"cap": charge.limit, "used": so_far, "activity": charge.key},
+                f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
+                details={"cap": charge.limit, "used": used, "activity": charge.key},
             )
-    for charge in charges:
-        _add_to(DailyEarning, {"account_id": account.id, "day": day, "activity": charge.key}, "points", charge.amount)
 
 
 def post(
@@ -114,25 +111,34 @@ def post(
     if caps:
         _charge_caps(account, local_day(now, _tz()), caps)
     seq, balance_after = account.last_seq + 1, account.balance + delta
-    entry = LedgerEntry(
-        account_id=account.id, seq=seq, delta=delta, balance_after=balance_after, kind=kind, source=source,
-        activity=activity, rule_id=rule_id, co2e_g=co2e_g, ref_type=ref_type, ref_id=ref_id, memo=memo,
-        actor_type=actor_type, actor_id=actor_id, reverses_id=reverses_id, created_at=now,
-    )  # fmt: skip
-    entry.hash = link(
-        account.last_hash,
-        canonical(account.id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g,
-                  ref_type, ref_id, actor_type, actor_id, reverses_id, micros(now), memo),
-    )  # fmt: skip
-    db.session.add(entry)
-    account.balance, account.last_seq, account.last_hash = balance_after, seq, entry.hash
-    account.co2e_g += co2e_g
-    if kind == "earn":
-        account.lifetime_earned += delta
+    values = {
+        "account_id": account.id, "seq": seq, "delta": delta, "balance_after": balance_after, "kind": kind,
+        "source": source, "activity": activity, "rule_id": rule_id, "co2e_g": co2e_g, "ref_type": ref_type,
+        "ref_id": ref_id, "memo": memo, "actor_type": actor_type, "actor_id": actor_id, "reverses_id": reverses_id,
+        "created_at": now,
+        "hash": link(
+            account.last_hash,
+            canonical(account.id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g,
+                      ref_type, ref_id, actor_type, actor_id, reverses_id, micros(now), memo),
+        ),
+    }  # fmt: skip
+    # Core statements: this is the hottest write path, and the ORM unit of work adds nothing here.
+    entries, accounts = LedgerEntry.__table__, Account.__table__
+    entry_id = db.session.execute(entries.insert().values(values).returning(entries.c.id)).scalar_one()
+    db.session.execute(
+        accounts.update()
+        .where(accounts.c.id == account.id)
+        .values(
+            balance=balance_after,
+            last_seq=seq,
+            last_hash=values["hash"],
+            co2e_g=accounts.c.co2e_g + co2e_g,
+            lifetime_earned=accounts.c.lifetime_earned + (delta if kind == "earn" else 0),
+        )
+    )
     if delta > 0:
-        _add_to(PointLot, {"account_id": account.id, "year": local_day(now, _tz()).year}, "credited", delta)
-    db.session.flush()
-    return entry
+        _upsert(PointLot, {"account_id": account.id, "year": local_day(now, _tz()).year}, "credited", delta)
+    return LedgerEntry(id=entry_id, **values)
 
 
 def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_type: str,

@@ -109,6 +109,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def ledger_invariants(self):
         if not hasattr(self, "resident_id"):
             return
+        db.session.expire_all()
         account = db.session.scalar(sa.select(Account).filter_by(resident_id=self.resident_id))
         entries = list(
             db.session.scalars(sa.select(LedgerEntry).filter_by(account_id=account.id).order_by(LedgerEntry.seq))
