@@ -24,7 +24,7 @@ class CollectionPointSchema(StrictSchema):
         validate=validate.Length(min=1, max=len(CATEGORIES)),
     )
     active = fields.Boolean(dump_only=True)
-    distance_m = fields.Integer(dump_only=True, allow_none=True)
+    distance_m = fields.Integer(dump_only=True, allow_none=True, dump_default=None)
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):

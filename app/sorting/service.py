@@ -6,7 +6,8 @@ import hashlib
 import hmac
 import logging
 import math
-from datetime import datetime, timedelta
+import re
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -354,28 +355,36 @@ def device_signature(secret: str, method: str, path: str, timestamp: str, body: 
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
+_HEADER_ID = re.compile(r"[1-9][0-9]{0,17}")
+_HEADER_TS = re.compile(r"[0-9]{1,12}")
+_HEADER_SIG = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     """Verify the device's signature and timestamp, and burn the signature so it cannot be replayed."""
     raw_id, timestamp, signature = (headers.get(h, "") for h in ("X-Device-Id", "X-Timestamp", "X-Signature"))
-    if not (raw_id.isdigit() and timestamp.isdigit() and len(signature) == 64):
+    # ASCII digits of bounded length only (str.isdigit() accepts "²", which int() refuses, and a huge id
+    # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
+    if not (_HEADER_ID.fullmatch(raw_id) and _HEADER_TS.fullmatch(timestamp) and _HEADER_SIG.fullmatch(signature)):
         raise Unauthorized("缺少或无效的设备签名头")
     device = db.session.get(Device, int(raw_id))
     if device is None or not device.active:
         log.warning("device request from unknown or inactive device %s", raw_id)
         raise Unauthorized("设备未登记或已停用")
-    skew = abs((utcnow() - datetime.fromtimestamp(int(timestamp), tz=utcnow().tzinfo)).total_seconds())
+    device_id = device.id  # read before a failed flush expires the instance
+    skew = abs(utcnow().timestamp() - int(timestamp))
     if skew > _config("DEVICE_CLOCK_SKEW_SECONDS"):
-        log.warning("device %s timestamp off by %.0f s", device.id, skew)
+        log.warning("device %s timestamp off by %.0f s", device_id, skew)
         raise Unauthorized("设备时间与服务器相差过大，请校准时间")
     expected = device_signature(device.secret, method, path, timestamp, body)
     if not hmac.compare_digest(expected, signature.lower()):
-        log.warning("bad signature from device %s", device.id)
+        log.warning("bad signature from device %s", device_id)
         raise Unauthorized("设备签名无效")
-    db.session.add(DeviceSignature(signature=signature.lower(), device_id=device.id, seen_at=utcnow()))
+    db.session.add(DeviceSignature(signature=signature.lower(), device_id=device_id, seen_at=utcnow()))
     try:
         db.session.flush()
     except IntegrityError as exc:
-        log.warning("replayed signature from device %s", device.id)
+        log.warning("replayed signature from device %s", device_id)
         raise Duplicate("重复的设备请求") from exc
     actor = Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})

@@ -1,0 +1,422 @@
+"""Member codes and weighed deposits recorded by collectors (POST /deposits).
+
+Expected numbers are worked by hand from FACTORS.md: grams = Σ factor × kg, co2e_g = round_half_up(grams),
+points = round_half_up(grams × 10 / 1000), rounded once on the whole deposit."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from io import BytesIO
+
+import pytest
+import sqlalchemy as sa
+import zxingcpp
+from PIL import Image
+from werkzeug.security import generate_password_hash
+
+from app.db import db
+from app.ledger.models import LedgerEntry
+from app.sorting.models import Deposit, DepositItem
+from tests.conftest import SHANGHAI, assert_error, community_id
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service,
+        "generate_password_hash",
+        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
+    )
+
+
+def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
+    body = {"name": name, "community_id": community_id(community), "kind": "station", **extra}
+    response = api.post("/collection-points", as_=admin, json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]
+
+
+def member_code(api, resident) -> str:
+    response = api.get("/me/member-code", as_=resident)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["token"]
+
+
+def me(api, resident) -> dict:
+    response = api.get("/me", as_=resident)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def count(model) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def lines(*pairs) -> list[dict]:
+    return [{"category": category, "weight_g": weight} for category, weight in pairs]
+
+
+@pytest.fixture
+def world(api):
+    admin = api.staff("admin")
+    a = make_point(api, admin, "恒康甲站")
+    b = make_point(api, admin, "恒康乙站")
+    glass_only = make_point(api, admin, "玻璃站", categories=["glass"])
+    return {
+        "admin": admin,
+        "a": a,
+        "b": b,
+        "glass_only": glass_only,
+        "collector": api.staff("collector", collection_point_ids=[a]),
+        "resident": api.resident(),
+    }
+
+
+def deposit(api, world, items, *, point=None, collector=None, resident=None, code=None, headers=None):
+    code = code or member_code(api, resident or world["resident"])
+    body = {"member_code": code, "collection_point_id": point or world["a"], "items": items}
+    return api.post("/deposits", as_=collector or world["collector"], json=body, headers=headers)
+
+
+def deposit_ok(api, world, items, **kw) -> dict:
+    response = deposit(api, world, items, **kw)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+# --- member codes -------------------------------------------------------------------------------------------------
+
+
+def test_member_code_is_short_lived_and_signed(api, clock, world):
+    response = api.get("/me/member-code", as_=world["resident"])
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"token", "expires_at"}
+    assert datetime.fromisoformat(body["expires_at"]) == clock.now + timedelta(seconds=120)
+    assert body["token"].startswith("m1.")
+    # every request gives a fresh code
+    assert member_code(api, world["resident"]) != body["token"]
+    assert_error(api.get("/me/member-code"), 401, "unauthorized")
+    assert_error(api.get("/me/member-code", as_=world["collector"]), 403, "forbidden")
+
+
+def test_member_code_png_decodes_to_a_working_code(api, world):
+    response = api.get("/me/member-code.png", as_=world["resident"])
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert response.headers["Cache-Control"] == "no-store"
+    found = zxingcpp.read_barcodes(Image.open(BytesIO(response.get_data())))
+    assert len(found) == 1
+    code = found[0].text
+    assert code.startswith("m1.")
+    assert deposit_ok(api, world, lines(("paper", 1000)), code=code)["resident_id"] == world["resident"].id
+
+
+def test_member_code_expires_after_two_minutes(api, clock, world):
+    code = member_code(api, world["resident"])
+    clock.advance(seconds=119)
+    assert deposit_ok(api, world, lines(("paper", 1000)), code=code)["points"] == 18
+    clock.advance(seconds=2)  # 121 s after it was issued
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 410, "qr_expired")
+    assert me(api, world["resident"])["balance"] == 18
+    assert count(Deposit) == 1
+
+
+def test_expired_code_after_121_seconds(api, clock, world):
+    code = member_code(api, world["resident"])
+    clock.advance(seconds=121)
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 410, "qr_expired")
+    assert count(Deposit) == 0
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda c: c[:-1] + ("A" if c[-1] != "A" else "B"), id="signature"),
+        pytest.param(lambda c: c.replace(c.split(".")[2], str(int(c.split(".")[2]) + 3600), 1), id="longer-expiry"),
+        pytest.param(lambda c: "m1.999999." + ".".join(c.split(".")[2:]), id="other-resident"),
+        pytest.param(lambda c: "garbage", id="garbage"),
+        pytest.param(lambda c: c.replace("m1.", "p1.", 1), id="other-kind"),
+    ],
+)
+def test_tampered_member_code_is_invalid_qr(api, world, tamper):
+    code = member_code(api, world["resident"])
+    forged = tamper(code)
+    assert forged != code
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=forged), 422, "invalid_qr")
+    assert count(Deposit) == 0
+
+
+def test_poster_token_is_not_a_member_code(api, world):
+    poster = api.get(f"/collection-points/{world['a']}/qr", as_=world["admin"]).get_json()
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=poster["token"]), 422, "invalid_qr")
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=poster["url"]), 422, "invalid_qr")
+
+
+def test_frozen_residents_code_is_refused(api, world):
+    code = member_code(api, world["resident"])
+    response = api.patch(
+        f"/residents/{world['resident'].id}", as_=world["admin"], json={"status": "frozen", "reason": "测试冻结"}
+    )
+    assert response.status_code == 200, response.get_json()
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 403, "account_frozen")
+    assert count(Deposit) == 0
+
+
+# --- amounts -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("items", "co2e_g", "points", "per_line_rounding"),
+    [
+        # 250 g paper = 440 g, 1700 g glass = 442 g, 730 g plastic = 1000.1 g → 1882.1 g → 18.821 → 19 points.
+        # Rounding each line first would give 4 + 4 + 10 = 18.
+        (lines(("paper", 250), ("glass", 1700), ("plastic", 730)), 1882, 19, 18),
+        # 1250 g paper = 2200 g, 730 g plastic = 1000.1 g, 400 g glass = 104 g → 3304.1 g → 33.041 → 33 points.
+        (lines(("paper", 1250), ("plastic", 730), ("glass", 400)), 3304, 33, 33),
+        # 25 g textile = 50 g → 0.5 points → half up → 1 (banker's rounding would give 0).
+        (lines(("textile", 25)), 50, 1, 1),
+        # 100 g aluminium + 100 g ewaste + 100 g cardboard = 811 + 470 + 316 = 1597 g → 15.97 → 16.
+        (lines(("aluminium", 100), ("ewaste", 100), ("cardboard", 100)), 1597, 16, 16),
+        # 1 kg metal = 1830 g → 18.3 → 18.
+        (lines(("metal", 1000)), 1830, 18, 18),
+    ],
+)
+def test_points_are_rounded_once_on_the_whole_deposit(api, world, items, co2e_g, points, per_line_rounding):
+    body = deposit_ok(api, world, items)
+    assert (body["co2e_g"], body["points"]) == (co2e_g, points)
+    assert isinstance(body["id"], int)
+    assert body["resident_id"] == world["resident"].id
+    assert body["collection_point_id"] == world["a"]
+    assert body["collector_id"] == world["collector"].id
+    assert body["device_id"] is None
+    assert body["weight_g"] == sum(i["weight_g"] for i in items)
+    assert [(i["category"], i["weight_g"]) for i in body["items"]] == [(i["category"], i["weight_g"]) for i in items]
+    assert sum(i["points"] for i in body["items"]) == points
+    assert sum(i["co2e_g"] for i in body["items"]) == co2e_g
+    assert all(i["rule_id"] for i in body["items"])
+    naive = sum(round(i["weight_g"] * f / 1000 * 10 / 1000 + 1e-9) for i, f in _factors(items))
+    assert naive == per_line_rounding
+
+    profile = me(api, world["resident"])
+    assert (profile["balance"], profile["co2e_g"], profile["lifetime_earned"]) == (points, co2e_g, points)
+    entry = api.get("/me/ledger", as_=world["resident"]).get_json()["items"][0]
+    assert (entry["delta"], entry["kind"], entry["source"], entry["co2e_g"]) == (points, "earn", "sorting", co2e_g)
+    assert (entry["ref_type"], entry["ref_id"]) == ("deposit", str(body["id"]))
+    assert entry["id"] == body["entry_id"]
+
+
+FACTORS = {
+    "paper": 1760,
+    "cardboard": 3160,
+    "plastic": 1370,
+    "metal": 1830,
+    "aluminium": 8110,
+    "glass": 260,
+    "textile": 2000,
+    "ewaste": 4700,
+}
+
+
+def _factors(items):
+    return [(i, FACTORS[i["category"]]) for i in items]
+
+
+def test_mixed_deposit_allocates_line_points_by_grams(api, world):
+    body = deposit_ok(api, world, lines(("paper", 250), ("glass", 1700), ("plastic", 730)))
+    # 19 points over 440 : 442 : 1000.1 → shares 4.44, 4.46, 10.10 → floors 4, 4, 10 and the spare point
+    # goes to the largest remainder (glass).
+    assert [(i["category"], i["points"], i["co2e_g"]) for i in body["items"]] == [
+        ("paper", 4, 440),
+        ("glass", 5, 442),
+        ("plastic", 10, 1000),
+    ]
+    rows = db.session.scalars(sa.select(DepositItem).order_by(DepositItem.id)).all()
+    assert [(r.category, r.weight_g, r.points) for r in rows] == [
+        ("paper", 250, 4),
+        ("glass", 1700, 5),
+        ("plastic", 730, 10),
+    ]
+
+
+def test_a_deposit_worth_zero_points_is_recorded_without_an_entry(api, world):
+    body = deposit_ok(api, world, lines(("glass", 10)))  # 2.6 g → 3 g, 0.026 points → 0
+    assert (body["points"], body["co2e_g"], body["weight_g"]) == (0, 3, 10)
+    assert body.get("entry_id") is None
+    assert count(Deposit) == 1
+    assert count(LedgerEntry) == 0
+    assert me(api, world["resident"])["balance"] == 0
+    assert api.get("/me/ledger", as_=world["resident"]).get_json()["items"] == []
+
+
+def test_deposit_can_be_read_back_in_scope(api, world):
+    body = deposit_ok(api, world, lines(("paper", 1000)))
+    path = f"/deposits/{body['id']}"
+    assert api.get(path, as_=world["resident"]).get_json() == body
+    assert api.get(path, as_=world["collector"]).get_json()["id"] == body["id"]
+    assert api.get(path, as_=api.staff("worker", community_id=community_id("hengkang"))).status_code == 200
+    assert_error(api.get(path, as_=api.resident()), 404, "not_found")
+    other_collector = api.staff("collector", collection_point_ids=[world["b"]])
+    assert_error(api.get(path, as_=other_collector), 403, "forbidden")
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    assert_error(api.get(path, as_=outsider), 403, "forbidden")
+    assert_error(api.get("/deposits/999999", as_=world["admin"]), 404, "not_found")
+
+
+# --- who may record ------------------------------------------------------------------------------------------------
+
+
+def test_only_a_collector_of_the_point_records(api, world):
+    other_collector = api.staff("collector", collection_point_ids=[world["b"]])
+    assert_error(deposit(api, world, lines(("paper", 1000)), collector=other_collector), 403, "forbidden")
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    for caller in (worker, world["admin"], api.resident()):
+        assert_error(deposit(api, world, lines(("paper", 1000)), collector=caller), 403, "forbidden")
+    body = {"member_code": member_code(api, world["resident"]), "collection_point_id": world["a"]}
+    assert_error(api.post("/deposits", json={**body, "items": lines(("paper", 1000))}), 401, "unauthorized")
+    assert count(Deposit) == 0
+    assert me(api, world["resident"])["balance"] == 0
+    # the collector of point b records at point b
+    assert deposit_ok(api, world, lines(("paper", 1000)), point=world["b"], collector=other_collector)["points"] == 18
+
+
+def test_unknown_or_retired_point_is_a_validation_error(api, world):
+    error = assert_error(deposit(api, world, lines(("paper", 1000)), point=999999), 422, "validation_error")
+    assert "collection_point_id" in error["details"]["fields"]
+    assert api.delete(f"/collection-points/{world['a']}", as_=world["admin"]).status_code == 204
+    error = assert_error(deposit(api, world, lines(("paper", 1000))), 422, "validation_error")
+    assert "collection_point_id" in error["details"]["fields"]
+    assert count(Deposit) == 0
+
+
+# --- bounds --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        pytest.param(lines(("paper", 0)), id="zero"),
+        pytest.param(lines(("paper", -5)), id="negative"),
+        pytest.param(lines(("paper", 200_001)), id="over-200kg"),
+        pytest.param(lines(("paper", 1.5)), id="fraction"),
+        pytest.param(lines(("paper", "12")), id="string"),
+        pytest.param(lines(("paper", True)), id="bool"),
+        pytest.param(lines(("paper", None)), id="null"),
+        pytest.param([{"category": "paper"}], id="no-weight"),
+        pytest.param([{"category": "paper", "weight_g": 100, "kg": 0.1}], id="unknown-field"),
+        pytest.param(lines(*[("paper", 10)] * 21), id="21-lines"),
+        pytest.param([], id="no-lines"),
+        pytest.param(lines(("plutonium", 100)), id="unknown-category"),
+        pytest.param(lines(("sorting:paper", 100)), id="activity-not-category"),
+    ],
+)
+def test_bad_lines_are_validation_errors(api, world, items):
+    error = assert_error(deposit(api, world, items), 422, "validation_error")
+    assert "items" in error["details"]["fields"], error
+    assert count(Deposit) == 0
+    assert me(api, world["resident"])["balance"] == 0
+
+
+@pytest.mark.parametrize("missing", ["member_code", "collection_point_id", "items"])
+def test_missing_top_level_fields(api, world, missing):
+    body = {"member_code": member_code(api, world["resident"]), "collection_point_id": world["a"]}
+    body["items"] = lines(("paper", 100))
+    del body[missing]
+    error = assert_error(api.post("/deposits", as_=world["collector"], json=body), 422, "validation_error")
+    assert missing in error["details"]["fields"]
+
+
+def test_bounds_themselves_are_accepted(api, world):
+    assert deposit_ok(api, world, lines(*[("paper", 10)] * 20))["points"] == 4  # 20 × 17.6 g = 352 g → 3.52
+    assert deposit_ok(api, world, lines(("glass", 1)))["weight_g"] == 1
+    # a full 200 kg line is within the bounds; it is refused only by the daily cap
+    error = assert_error(deposit(api, world, lines(("glass", 200_000))), 409, "cap_reached")
+    assert error["details"]["cap"] == 200
+
+
+def test_category_the_point_does_not_take(api, world):
+    glass_collector = api.staff("collector", collection_point_ids=[world["glass_only"]])
+    kw = {"point": world["glass_only"], "collector": glass_collector}
+    error = assert_error(deposit(api, world, lines(("glass", 500), ("paper", 500)), **kw), 422, "validation_error")
+    assert "items" in error["details"]["fields"]
+    assert "paper" in str(error["details"]["fields"]["items"])
+    assert count(Deposit) == 0
+    assert deposit_ok(api, world, lines(("glass", 5000)), **kw)["points"] == 13  # 1300 g
+
+
+# --- caps ----------------------------------------------------------------------------------------------------------
+
+
+def test_per_category_daily_cap_refuses_and_writes_nothing(api, clock, world):
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176  # 17 600 g
+    error = assert_error(deposit(api, world, lines(("paper", 2000))), 409, "cap_reached")  # +35 → 211 > 200
+    assert "200" in error["message"]
+    assert (error["details"]["cap"], error["details"]["used"]) == (200, 176)
+    assert error["details"]["activity"] == "sorting:paper"
+    assert me(api, world["resident"])["balance"] == 176
+    assert count(Deposit) == 1
+    assert count(DepositItem) == 1
+    assert count(LedgerEntry) == 1
+    # other categories are counted apart
+    assert deposit_ok(api, world, lines(("plastic", 1000)))["points"] == 14  # 1370 g
+    # what still fits under the cap is accepted: +24 → exactly 200
+    assert deposit_ok(api, world, lines(("paper", 1364)))["points"] == 24  # 2400.64 g → 24.0064
+    assert_error(deposit(api, world, lines(("paper", 30))), 409, "cap_reached")  # 52.8 g → 1 point
+    # a new local day starts a new count
+    clock.set(datetime(2026, 6, 16, 0, 0, 1, tzinfo=SHANGHAI))
+    assert deposit_ok(api, world, lines(("paper", 2000)), code=member_code(api, world["resident"]))["points"] == 35
+
+
+def test_lines_of_one_category_share_its_cap(api, world):
+    # 6 kg + 6 kg paper = 21 120 g → 211 points, over the 200 cap although each line alone is not
+    error = assert_error(deposit(api, world, lines(("paper", 6000), ("paper", 6000))), 409, "cap_reached")
+    assert error["details"]["activity"] == "sorting:paper"
+    assert count(Deposit) == 0
+    assert deposit_ok(api, world, lines(("paper", 5000), ("paper", 5000)))["points"] == 176
+
+
+def test_daily_total_cap_across_categories(api, world):
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176  # 17 600 g
+    assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190  # 18 960 g
+    assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
+    error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
+    assert "500" in error["message"]
+    assert (error["details"]["cap"], error["details"]["used"]) == (500, 496)
+    assert me(api, world["resident"])["balance"] == 496
+    assert count(Deposit) == 3
+    assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 499
+    assert me(api, world["resident"])["balance"] == 499
+
+
+def test_daily_caps_are_per_resident(api, world):
+    assert deposit_ok(api, world, lines(("paper", 11_000)))["points"] == 194  # 19 360 g
+    neighbour = api.resident()
+    assert deposit_ok(api, world, lines(("paper", 11_000)), resident=neighbour)["points"] == 194
+
+
+# --- idempotency ---------------------------------------------------------------------------------------------------
+
+
+def test_idempotent_deposit_replays_and_credits_once(api, clock, world):
+    code = member_code(api, world["resident"])
+    items = lines(("paper", 1250), ("plastic", 730), ("glass", 400))
+    headers = {"Idempotency-Key": "dep-1"}
+    first = deposit(api, world, items, code=code, headers=headers)
+    assert first.status_code == 201, first.get_json()
+    # a retry after the member code has expired still gets the first answer
+    clock.advance(seconds=300)
+    second = deposit(api, world, items, code=code, headers=headers)
+    assert second.status_code == 201
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.get_json() == first.get_json()
+    assert me(api, world["resident"])["balance"] == 33
+    assert count(Deposit) == 1
+    assert count(LedgerEntry) == 1
+
+    changed = lines(("paper", 1250), ("plastic", 731), ("glass", 400))
+    assert_error(deposit(api, world, changed, code=code, headers=headers), 409, "idempotency_conflict")
+    assert me(api, world["resident"])["balance"] == 33
+    assert count(Deposit) == 1

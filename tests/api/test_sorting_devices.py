@@ -1,0 +1,365 @@
+"""Smart bins: registration, HMAC-signed deposits, the clock window and replay protection."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.security import generate_password_hash
+
+from app.clock import utcnow
+from app.db import db
+from app.ledger.models import LedgerEntry
+from app.sorting.models import Deposit, Device, DeviceSignature
+from app.sorting.service import device_signature
+from tests.conftest import PG, assert_error, community_id
+
+PATH = "/api/v1/devices/deposits"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service,
+        "generate_password_hash",
+        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
+    )
+
+
+def make_point(api, admin, name: str, community: str = "hengkang") -> int:
+    body = {"name": name, "community_id": community_id(community), "kind": "smart_bin"}
+    response = api.post("/collection-points", as_=admin, json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]
+
+
+def register(api, caller, point_id: int, code: str) -> dict:
+    response = api.post("/devices", as_=caller, json={"code": code, "collection_point_id": point_id})
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def member_code(api, resident) -> str:
+    response = api.get("/me/member-code", as_=resident)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["token"]
+
+
+def balance(api, resident) -> int:
+    response = api.get("/me", as_=resident)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["balance"]
+
+
+def count(model) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def signed(
+    device: dict,
+    body: dict | bytes,
+    *,
+    timestamp: int | None = None,
+    secret: str | None = None,
+    path: str = PATH,
+    method: str = "POST",
+) -> dict:
+    """Keyword arguments for client.post: the raw body and the three signature headers."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    ts = str(int(utcnow().timestamp()) if timestamp is None else timestamp)
+    signature = device_signature(secret or device["secret"], method, path, ts, raw)
+    headers = {"X-Device-Id": str(device["id"]), "X-Timestamp": ts, "X-Signature": signature}
+    return {"data": raw, "headers": headers, "content_type": "application/json"}
+
+
+@pytest.fixture
+def world(api):
+    admin = api.staff("admin")
+    a = make_point(api, admin, "恒康智能箱")
+    b = make_point(api, admin, "恒康乙箱")
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    return {
+        "admin": admin,
+        "worker": worker,
+        "a": a,
+        "b": b,
+        "device": register(api, worker, a, "BIN-A-001"),
+        "resident": api.resident(),
+    }
+
+
+def body_for(api, world, items=None, point=None) -> dict:
+    return {
+        "member_code": member_code(api, world["resident"]),
+        "collection_point_id": point or world["a"],
+        "items": items or [{"category": "plastic", "weight_g": 730}],  # 1000.1 g → 10 points
+    }
+
+
+# --- registration ----------------------------------------------------------------------------------------------
+
+
+def test_register_returns_the_secret_once(api, world):
+    device = world["device"]
+    assert isinstance(device["id"], int)
+    assert device["code"] == "BIN-A-001"
+    assert device["collection_point_id"] == world["a"]
+    assert device["active"] is True
+    assert len(device["secret"]) >= 32
+    second = register(api, world["admin"], world["a"], "BIN-A-002")
+    assert second["secret"] != device["secret"]
+
+    for caller in (world["admin"], world["worker"]):
+        response = api.get(f"/collection-points/{world['a']}/devices", as_=caller)
+        assert response.status_code == 200, response.get_json()
+        listed = response.get_json()
+        assert [d["id"] for d in listed] == [device["id"], second["id"]]
+        assert all("secret" not in d for d in listed)
+        assert device["secret"] not in response.get_data(as_text=True)
+    assert api.get(f"/collection-points/{world['b']}/devices", as_=world["admin"]).get_json() == []
+
+
+def test_registration_is_scoped(api, world):
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    body = {"code": "BIN-X", "collection_point_id": world["a"]}
+    assert_error(api.post("/devices", as_=outsider, json=body), 403, "forbidden")
+    assert_error(api.post("/devices", as_=collector, json=body), 403, "forbidden")
+    assert_error(api.post("/devices", as_=world["resident"], json=body), 403, "forbidden")
+    assert_error(api.post("/devices", json=body), 401, "unauthorized")
+    assert_error(api.get(f"/collection-points/{world['a']}/devices", as_=outsider), 403, "forbidden")
+    assert_error(api.get(f"/collection-points/{world['a']}/devices", as_=collector), 403, "forbidden")
+    assert count(Device) == 1
+
+
+def test_registration_is_validated(api, world):
+    assert_error(
+        api.post("/devices", as_=world["admin"], json={"code": "BIN-A-001", "collection_point_id": world["b"]}),
+        409,
+        "duplicate",
+    )
+    for code in ("ab", "有空格 的", "x" * 65):
+        body = {"code": code, "collection_point_id": world["a"]}
+        error = assert_error(api.post("/devices", as_=world["admin"], json=body), 422, "validation_error")
+        assert "code" in error["details"]["fields"]
+    body = {"code": "BIN-NOWHERE", "collection_point_id": 999999}
+    assert_error(api.post("/devices", as_=world["admin"], json=body), 404, "not_found")
+    assert count(Device) == 1
+    # the refused duplicate left the session usable
+    assert register(api, world["admin"], world["b"], "BIN-B-001")["collection_point_id"] == world["b"]
+
+
+# --- signed deposits ---------------------------------------------------------------------------------------------
+
+
+def test_signed_deposit_is_credited(api, world):
+    response = api.post(PATH, **signed(world["device"], body_for(api, world)))
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    assert body["device_id"] == world["device"]["id"]
+    assert body["collector_id"] is None
+    assert body["resident_id"] == world["resident"].id
+    assert (body["points"], body["co2e_g"], body["weight_g"]) == (10, 1000, 730)
+    assert balance(api, world["resident"]) == 10
+    entry = api.get("/me/ledger", as_=world["resident"]).get_json()["items"][0]
+    assert (entry["ref_type"], entry["ref_id"], entry["source"]) == ("deposit", str(body["id"]), "sorting")
+
+
+def test_bad_signature_is_unauthorized_and_logged(api, world, caplog):
+    body = body_for(api, world)
+    kwargs = signed(world["device"], body, secret="0" * 32)
+    with caplog.at_level(logging.WARNING, logger="app.sorting.service"):
+        assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert any(
+        r.name == "app.sorting.service" and r.levelno == logging.WARNING and "signature" in r.getMessage()
+        for r in caplog.records
+    ), caplog.records
+    assert count(Deposit) == 0
+    assert balance(api, world["resident"]) == 0
+
+
+def _with(**changes):
+    """Alter the signed headers: a value replaces a header, None drops it."""
+
+    def alter(kwargs):
+        headers = {**kwargs["headers"], **changes}
+        return {**kwargs, "headers": {k: v for k, v in headers.items() if v is not None}}
+
+    return alter
+
+
+def _timestamp_minus_one(kwargs):
+    return _with(**{"X-Timestamp": str(int(kwargs["headers"]["X-Timestamp"]) - 1)})(kwargs)
+
+
+@pytest.mark.parametrize(
+    "alter",
+    [
+        pytest.param(lambda kw: {**kw, "data": kw["data"].replace(b"730", b"930")}, id="body-changed"),
+        pytest.param(_timestamp_minus_one, id="timestamp-changed"),
+        pytest.param(_with(**{"X-Signature": "0" * 64}), id="zero-signature"),
+        pytest.param(_with(**{"X-Signature": "abc"}), id="short-signature"),
+        pytest.param(_with(**{"X-Signature": None}), id="no-signature"),
+        pytest.param(_with(**{"X-Timestamp": None}), id="no-timestamp"),
+        pytest.param(_with(**{"X-Device-Id": None}), id="no-device"),
+        pytest.param(_with(**{"X-Device-Id": "abc"}), id="device-not-a-number"),
+        pytest.param(_with(**{"X-Device-Id": "\xb2"}), id="superscript-device-id"),
+        pytest.param(_with(**{"X-Device-Id": "9" * 30}), id="huge-device-id"),
+        pytest.param(_with(**{"X-Timestamp": "-5"}), id="negative-timestamp"),
+        pytest.param(_with(**{"X-Timestamp": "\xb2"}), id="superscript-timestamp"),
+        pytest.param(_with(**{"X-Timestamp": "9" * 30}), id="huge-timestamp"),
+        pytest.param(_with(**{"X-Timestamp": "1781488800.5"}), id="fractional-timestamp"),
+        pytest.param(_with(**{"X-Signature": "g" * 64}), id="non-hex-signature"),
+        pytest.param(_with(**{"X-Signature": "\xe9" * 64}), id="latin1-signature"),
+    ],
+)
+def test_altered_requests_are_unauthorized(api, world, alter):
+    kwargs = alter(signed(world["device"], body_for(api, world)))
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert count(Deposit) == 0
+
+
+def test_signature_binds_the_path(api, world):
+    kwargs = signed(world["device"], body_for(api, world), path="/api/v1/deposits")
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    kwargs = signed(world["device"], body_for(api, world), method="PUT")
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert count(Deposit) == 0
+
+
+def test_clock_window_is_five_minutes(api, clock, world):
+    now = int(utcnow().timestamp())
+    for skew in (301, -301):
+        kwargs = signed(world["device"], body_for(api, world), timestamp=now + skew)
+        assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert count(Deposit) == 0
+    # a request signed 300 s ago (the device's clock lags) is still inside the window
+    kwargs = signed(world["device"], body_for(api, world), timestamp=now - 300)
+    assert api.post(PATH, **kwargs).status_code == 201
+    # and one signed now but delivered 301 s later is outside it
+    kwargs = signed(world["device"], body_for(api, world, items=[{"category": "paper", "weight_g": 1000}]))
+    clock.advance(seconds=301)
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert count(Deposit) == 1
+
+
+def test_replaying_a_signed_request_is_duplicate(api, world):
+    kwargs = signed(world["device"], body_for(api, world))
+    assert api.post(PATH, **kwargs).status_code == 201
+    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    assert balance(api, world["resident"]) == 10
+    assert count(Deposit) == 1
+    assert count(DeviceSignature) == 1
+    # the same body signed again a second later is a new request
+    later = signed(world["device"], json.loads(kwargs["data"]), timestamp=int(utcnow().timestamp()) + 1)
+    assert api.post(PATH, **later).status_code == 201
+    assert balance(api, world["resident"]) == 20
+
+
+def test_device_retry_re_signed_with_the_same_idempotency_key_credits_once(api, world):
+    body = body_for(api, world)
+    first = signed(world["device"], body)
+    first["headers"]["Idempotency-Key"] = "bin-a-0001"
+    response = api.post(PATH, **first)
+    assert response.status_code == 201, response.get_json()
+    # the bin lost the answer and retries: a fresh timestamp and signature, the same key and body
+    retry = signed(world["device"], body, timestamp=int(utcnow().timestamp()) + 2)
+    retry["headers"]["Idempotency-Key"] = "bin-a-0001"
+    again = api.post(PATH, **retry)
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == response.get_json()
+    assert balance(api, world["resident"]) == 10
+    assert count(Deposit) == 1
+
+
+def test_device_records_only_for_its_own_point(api, world):
+    kwargs = signed(world["device"], body_for(api, world, point=world["b"]))
+    assert_error(api.post(PATH, **kwargs), 403, "forbidden")
+    assert count(Deposit) == 0
+    assert balance(api, world["resident"]) == 0
+
+
+def test_unknown_and_inactive_devices_are_unauthorized(api, world):
+    ghost = {"id": 999999, "secret": world["device"]["secret"]}
+    assert_error(api.post(PATH, **signed(ghost, body_for(api, world))), 401, "unauthorized")
+    db.session.get(Device, world["device"]["id"]).active = False
+    db.session.commit()
+    assert_error(api.post(PATH, **signed(world["device"], body_for(api, world))), 401, "unauthorized")
+    assert count(Deposit) == 0
+
+
+def test_another_devices_secret_does_not_sign_for_this_one(api, world):
+    other = register(api, world["admin"], world["a"], "BIN-A-002")
+    kwargs = signed(world["device"], body_for(api, world), secret=other["secret"])
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert count(Deposit) == 0
+
+
+def test_bearer_tokens_do_not_replace_the_signature(api, world):
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    body = body_for(api, world)
+    assert_error(api.post(PATH, as_=collector, json=body), 401, "unauthorized")
+    assert_error(api.post(PATH, json=body), 401, "unauthorized")
+    assert count(Deposit) == 0
+
+
+def test_device_deposit_body_is_validated_like_a_collectors(api, world):
+    body = body_for(api, world, items=[{"category": "paper", "weight_g": 0}])
+    error = assert_error(api.post(PATH, **signed(world["device"], body)), 422, "validation_error")
+    assert "items" in error["details"]["fields"]
+    body = body_for(api, world)
+    body["member_code"] = body["member_code"][:-1] + ("A" if body["member_code"][-1] != "A" else "B")
+    assert_error(api.post(PATH, **signed(world["device"], body)), 422, "invalid_qr")
+    assert count(Deposit) == 0
+
+
+def test_device_deposits_share_the_daily_caps(api, world):
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    by_hand = {**body_for(api, world, items=[{"category": "paper", "weight_g": 10_000}])}
+    assert api.post("/deposits", as_=collector, json=by_hand).status_code == 201  # 176 points
+    body = body_for(api, world, items=[{"category": "paper", "weight_g": 2000}])  # +35 → over 200
+    assert_error(api.post(PATH, **signed(world["device"], body)), 409, "cap_reached")
+    assert balance(api, world["resident"]) == 176
+    assert count(Deposit) == 1
+
+
+def test_expired_member_code_through_a_device(api, clock, world):
+    body = body_for(api, world)
+    clock.advance(seconds=121)
+    assert_error(api.post(PATH, **signed(world["device"], body)), 410, "qr_expired")
+    assert count(Deposit) == 0
+
+
+# --- concurrency (PostgreSQL) --------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")
+@pytest.mark.xdist_group("pg_concurrency")
+def test_twenty_parallel_copies_of_one_signed_request_credit_once(api, app, world):
+    kwargs = signed(world["device"], body_for(api, world))
+    threads = 20
+    barrier = threading.Barrier(threads)
+
+    def run(_):
+        client = app.test_client()
+        barrier.wait()
+        return client.post(PATH, **kwargs)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        responses = list(pool.map(run, range(threads)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * (threads - 1), [r.get_json() for r in responses]
+    assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"duplicate"}
+    db.session.expire_all()
+    assert balance(api, world["resident"]) == 10
+    assert count(Deposit) == 1
+    assert count(LedgerEntry) == 1
+    assert count(DeviceSignature) == 1

@@ -1,0 +1,281 @@
+"""Collection points: who may create, change and retire them, validation, and the public listing."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from werkzeug.security import generate_password_hash
+
+from app.db import db
+from app.sorting.models import CATEGORIES, CollectionPoint
+from tests.conftest import assert_error, community_id
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service,
+        "generate_password_hash",
+        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
+    )
+
+
+def point_body(name: str = "恒康一号站", community: str = "hengkang", **extra) -> dict:
+    return {"name": name, "community_id": community_id(community), "kind": "station", **extra}
+
+
+def make_point(api, admin, name: str = "恒康一号站", community: str = "hengkang", **extra) -> dict:
+    response = api.post("/collection-points", as_=admin, json=point_body(name, community, **extra))
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def listed_ids(api, query: str = "") -> list[int]:
+    response = api.get(f"/collection-points{query}")
+    assert response.status_code == 200, response.get_json()
+    return [p["id"] for p in response.get_json()["items"]]
+
+
+def poster_token(api, caller, point_id: int) -> str:
+    response = api.get(f"/collection-points/{point_id}/qr", as_=caller)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["token"]
+
+
+def point_count() -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(CollectionPoint))
+
+
+@pytest.fixture
+def admin(api):
+    return api.staff("admin")
+
+
+@pytest.fixture
+def worker(api):
+    return api.staff("worker", community_id=community_id("hengkang"))
+
+
+# --- create ------------------------------------------------------------------------------------------------
+
+
+def test_admin_creates_a_point_with_defaults(api, admin):
+    response = api.post(
+        "/collection-points",
+        as_=admin,
+        json=point_body("鑫海湾智能箱", "xinhaiwan", kind="smart_bin", address="海湾路 8 号"),
+    )
+    assert response.status_code == 201, response.get_json()
+    point = response.get_json()
+    assert isinstance(point["id"], int)
+    assert point["name"] == "鑫海湾智能箱"
+    assert point["community_id"] == community_id("xinhaiwan")
+    assert point["kind"] == "smart_bin"
+    assert point["address"] == "海湾路 8 号"
+    assert point["active"] is True
+    assert (point["lat"], point["lng"], point["geofence_m"]) == (None, None, None)
+    assert point["categories"] == list(CATEGORIES)
+    assert "qr_secret" not in point
+    assert api.get(f"/collection-points/{point['id']}").get_json()["name"] == "鑫海湾智能箱"
+
+
+def test_worker_creates_points_only_in_its_own_community(api, worker):
+    response = api.post(
+        "/collection-points", as_=worker, json=point_body("恒康二号站", lat=31.2, lng=121.5, geofence_m=100)
+    )
+    assert response.status_code == 201, response.get_json()
+    assert (response.get_json()["lat"], response.get_json()["lng"], response.get_json()["geofence_m"]) == (
+        31.2,
+        121.5,
+        100,
+    )
+    before = point_count()
+    assert_error(api.post("/collection-points", as_=worker, json=point_body("越界站", "xinhaiwan")), 403, "forbidden")
+    assert point_count() == before
+
+
+def test_collectors_residents_and_anonymous_cannot_create_points(api, admin):
+    point = make_point(api, admin)
+    collector = api.staff("collector", collection_point_ids=[point["id"]])
+    resident = api.resident()
+    before = point_count()
+    assert_error(api.post("/collection-points", as_=collector, json=point_body("回收员的站")), 403, "forbidden")
+    assert_error(api.post("/collection-points", as_=resident, json=point_body("居民的站")), 403, "forbidden")
+    assert_error(api.post("/collection-points", json=point_body("匿名的站")), 401, "unauthorized")
+    assert point_count() == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"kind": "landfill"}, "kind"),
+        ({"lat": 31.2}, "lat"),
+        ({"lng": 121.5}, "lat"),
+        ({"geofence_m": 100}, "geofence_m"),
+        ({"lat": 91, "lng": 121.5}, "lat"),
+        ({"lat": 31.2, "lng": 121.5, "geofence_m": 0}, "geofence_m"),
+        ({"categories": ["paper", "plutonium"]}, "categories"),
+        ({"categories": []}, "categories"),
+        ({"name": ""}, "name"),
+        ({"colour": "green"}, "colour"),
+    ],
+)
+def test_invalid_points_are_validation_errors(api, admin, extra, field):
+    before = point_count()
+    error = assert_error(api.post("/collection-points", as_=admin, json=point_body(**extra)), 422, "validation_error")
+    assert field in error["details"]["fields"], error
+    assert point_count() == before
+
+
+def test_missing_fields_and_unknown_community(api, admin):
+    error = assert_error(api.post("/collection-points", as_=admin, json={"name": "x"}), 422, "validation_error")
+    assert {"community_id", "kind"} <= set(error["details"]["fields"])
+    body = {"name": "无处之站", "community_id": 999999, "kind": "station"}
+    error = assert_error(api.post("/collection-points", as_=admin, json=body), 422, "validation_error")
+    assert "community_id" in error["details"]["fields"]
+
+
+# --- list ----------------------------------------------------------------------------------------------------
+
+
+def test_list_filters_by_community(api, admin):
+    a = make_point(api, admin, "恒康甲")
+    b = make_point(api, admin, "恒康乙")
+    c = make_point(api, admin, "鑫海湾甲", "xinhaiwan")
+    assert listed_ids(api) == [a["id"], b["id"], c["id"]]
+    assert listed_ids(api, f"?community_id={community_id('hengkang')}") == [a["id"], b["id"]]
+    assert listed_ids(api, f"?community_id={community_id('xinhaiwan')}") == [c["id"]]
+    page = api.get("/collection-points?limit=2").get_json()
+    assert [p["id"] for p in page["items"]] == [a["id"], b["id"]]
+    assert page["next"]
+    rest = api.get(f"/collection-points?limit=2&cursor={page['next']}").get_json()
+    assert [p["id"] for p in rest["items"]] == [c["id"]]
+    assert rest["next"] is None
+
+
+def test_near_sorts_by_distance_and_reports_metres(api, admin):
+    # Along one meridian the haversine distance is R × Δφ: 0.002° ≈ 222 m, 0.01° ≈ 1112 m, 0.05° ≈ 5560 m.
+    far = make_point(api, admin, "远站", lat=31.05, lng=121.0)
+    near = make_point(api, admin, "近站", lat=31.002, lng=121.0)
+    middle = make_point(api, admin, "中站", "xinhaiwan", lat=31.01, lng=121.0)
+    make_point(api, admin, "无坐标站")
+    items = api.get("/collection-points?near=31.0,121.0").get_json()["items"]
+    assert [(p["id"], p["distance_m"]) for p in items] == [(near["id"], 222), (middle["id"], 1112), (far["id"], 5560)]
+
+    first = api.get("/collection-points?near=31.0,121.0&limit=2").get_json()
+    assert [p["id"] for p in first["items"]] == [near["id"], middle["id"]]
+    second = api.get(f"/collection-points?near=31.0,121.0&limit=2&cursor={first['next']}").get_json()
+    assert [p["id"] for p in second["items"]] == [far["id"]]
+    assert second["next"] is None
+
+    hengkang = api.get(f"/collection-points?near=31.0,121.0&community_id={community_id('hengkang')}").get_json()
+    assert [p["id"] for p in hengkang["items"]] == [near["id"], far["id"]]
+    # without near, no distance is claimed
+    assert {p["distance_m"] for p in api.get("/collection-points").get_json()["items"]} == {None}
+
+
+@pytest.mark.parametrize("near", ["31.0", "abc,def", "95.0,121.0", "31.0,181.0"])
+def test_bad_near_is_a_validation_error(api, near):
+    error = assert_error(api.get(f"/collection-points?near={near}"), 422, "validation_error")
+    assert "near" in error["details"]["fields"]
+
+
+@pytest.mark.parametrize(
+    "query", ["?cursor=garbage!", "?near=31.0,121.0&cursor=garbage!", "?near=31.0,121.0&cursor=LTE"]
+)
+def test_bad_cursor_is_a_validation_error(api, admin, query):
+    make_point(api, admin, "有坐标站", lat=31.0, lng=121.0)
+    error = assert_error(api.get(f"/collection-points{query}"), 422, "validation_error")
+    assert "cursor" in error["details"]["fields"]
+
+
+def test_unknown_point_is_404(api):
+    assert_error(api.get("/collection-points/999999"), 404, "not_found")
+
+
+# --- update --------------------------------------------------------------------------------------------------
+
+
+def test_admin_and_own_worker_patch_a_point(api, admin, worker):
+    point = make_point(api, admin)
+    response = api.patch(f"/collection-points/{point['id']}", as_=admin, json={"name": "恒康新站"})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["name"] == "恒康新站"
+    response = api.patch(
+        f"/collection-points/{point['id']}",
+        as_=worker,
+        json={"lat": 31.1, "lng": 121.2, "geofence_m": 150, "categories": ["paper", "glass"]},
+    )
+    assert response.status_code == 200, response.get_json()
+    updated = response.get_json()
+    assert (updated["lat"], updated["lng"], updated["geofence_m"]) == (31.1, 121.2, 150)
+    assert updated["categories"] == ["paper", "glass"]
+    assert updated["name"] == "恒康新站"
+    assert api.get(f"/collection-points/{point['id']}").get_json() == updated
+
+
+def test_patch_is_scoped_and_validated(api, admin, worker):
+    mine = make_point(api, admin)
+    theirs = make_point(api, admin, "鑫海湾站", "xinhaiwan")
+    assert_error(api.patch(f"/collection-points/{theirs['id']}", as_=worker, json={"name": "抢"}), 403, "forbidden")
+    moved = {"community_id": community_id("xinhaiwan")}
+    assert_error(api.patch(f"/collection-points/{mine['id']}", as_=worker, json=moved), 403, "forbidden")
+    resident = api.resident()
+    assert_error(api.patch(f"/collection-points/{mine['id']}", as_=resident, json={"name": "x"}), 403, "forbidden")
+    assert_error(api.patch(f"/collection-points/{mine['id']}", json={"name": "x"}), 401, "unauthorized")
+
+    error = assert_error(
+        api.patch(f"/collection-points/{mine['id']}", as_=admin, json={"lat": 31.0}), 422, "validation_error"
+    )
+    assert "lat" in error["details"]["fields"]
+    error = assert_error(
+        api.patch(f"/collection-points/{mine['id']}", as_=admin, json={"geofence_m": 100}), 422, "validation_error"
+    )
+    assert "geofence_m" in error["details"]["fields"]
+    error = assert_error(
+        api.patch(f"/collection-points/{mine['id']}", as_=admin, json={"kind": "x"}), 422, "validation_error"
+    )
+    assert "kind" in error["details"]["fields"]
+    assert_error(api.patch("/collection-points/999999", as_=admin, json={"name": "x"}), 404, "not_found")
+
+    fenced = make_point(api, admin, "围栏站", lat=31.0, lng=121.0, geofence_m=100)
+    unplace = {"lat": None, "lng": None}
+    error = assert_error(
+        api.patch(f"/collection-points/{fenced['id']}", as_=admin, json=unplace), 422, "validation_error"
+    )
+    assert "geofence_m" in error["details"]["fields"]
+    assert api.get(f"/collection-points/{fenced['id']}").get_json()["lat"] == 31.0
+
+    # nothing above changed the points
+    assert api.get(f"/collection-points/{mine['id']}").get_json()["name"] == mine["name"]
+    assert api.get(f"/collection-points/{mine['id']}").get_json()["geofence_m"] is None
+    assert api.get(f"/collection-points/{theirs['id']}").get_json()["name"] == theirs["name"]
+
+
+# --- retire --------------------------------------------------------------------------------------------------
+
+
+def test_delete_retires_the_point_and_its_posters(api, admin, worker):
+    point = make_point(api, admin)
+    other = make_point(api, admin, "恒康乙")
+    token = poster_token(api, admin, point["id"])
+    resident = api.resident()
+
+    assert_error(api.delete(f"/collection-points/{point['id']}", as_=resident), 403, "forbidden")
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    assert_error(api.delete(f"/collection-points/{point['id']}", as_=outsider), 403, "forbidden")
+    assert_error(api.delete(f"/collection-points/{point['id']}"), 401, "unauthorized")
+    assert point["id"] in listed_ids(api)
+
+    response = api.delete(f"/collection-points/{point['id']}", as_=worker)
+    assert response.status_code == 204
+    assert listed_ids(api) == [other["id"]]
+    assert listed_ids(api, f"?community_id={community_id('hengkang')}") == [other["id"]]
+    assert api.get(f"/collection-points/{point['id']}").get_json()["active"] is False
+
+    assert_error(api.post("/scans", as_=resident, json={"token": token}), 422, "invalid_qr")
+    assert api.get("/me", as_=resident).get_json()["balance"] == 0
+    assert_error(api.delete("/collection-points/999999", as_=admin), 404, "not_found")

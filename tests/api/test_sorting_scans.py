@@ -1,0 +1,417 @@
+"""Poster QR codes and the resident's daily sorting check-in (POST /scans)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from io import BytesIO
+
+import pytest
+import sqlalchemy as sa
+import zxingcpp
+from PIL import Image
+from werkzeug.security import generate_password_hash
+
+from app import qr
+from app.db import db
+from app.ledger.models import LedgerEntry
+from app.sorting.models import Checkin
+from tests.conftest import PG, SHANGHAI, assert_error, community_id
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service,
+        "generate_password_hash",
+        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
+    )
+
+
+def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
+    body = {"name": name, "community_id": community_id(community), "kind": "station", **extra}
+    response = api.post("/collection-points", as_=admin, json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["id"]
+
+
+def poster(api, caller, point_id: int) -> dict:
+    response = api.get(f"/collection-points/{point_id}/qr", as_=caller)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def decode_png(png: bytes) -> str:
+    found = zxingcpp.read_barcodes(Image.open(BytesIO(png)))
+    assert len(found) == 1
+    return found[0].text
+
+
+def balance(api, resident) -> int:
+    response = api.get("/me", as_=resident)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["balance"]
+
+
+def checkin_count() -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(Checkin))
+
+
+def scan(api, resident, token: str, **extra):
+    return api.post("/scans", as_=resident, json={"token": token, **extra})
+
+
+def scan_ok(api, resident, token: str, **extra) -> dict:
+    response = scan(api, resident, token, **extra)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+@pytest.fixture
+def world(api):
+    admin = api.staff("admin")
+    a = make_point(api, admin, "恒康甲站")
+    b = make_point(api, admin, "恒康乙站")
+    c = make_point(api, admin, "恒康丙站")
+    x = make_point(api, admin, "鑫海湾站", "xinhaiwan")
+    return {
+        "admin": admin,
+        "worker": api.staff("worker", community_id=community_id("hengkang")),
+        "a": a,
+        "b": b,
+        "c": c,
+        "x": x,
+        "tokens": {name: poster(api, admin, pid)["token"] for name, pid in (("a", a), ("b", b), ("c", c), ("x", x))},
+    }
+
+
+# --- poster QR -----------------------------------------------------------------------------------------------
+
+
+def test_poster_is_visible_to_staff_in_scope_only(api, app, world):
+    a = world["a"]
+    collector = api.staff("collector", collection_point_ids=[a])
+    expected = poster(api, world["admin"], a)
+    assert expected["url"] == f"{app.config['PUBLIC_BASE_URL']}/q/{expected['token']}"
+    assert poster(api, world["worker"], a) == expected
+    assert poster(api, collector, a) == expected
+
+    other_collector = api.staff("collector", collection_point_ids=[world["b"]])
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    for caller in (other_collector, outsider, api.resident()):
+        assert_error(api.get(f"/collection-points/{a}/qr", as_=caller), 403, "forbidden")
+        assert_error(api.get(f"/collection-points/{a}/qr.png", as_=caller), 403, "forbidden")
+        assert_error(api.get(f"/collection-points/{a}/qr.svg", as_=caller), 403, "forbidden")
+    assert_error(api.get(f"/collection-points/{a}/qr"), 401, "unauthorized")
+    assert_error(api.get("/collection-points/999999/qr", as_=world["admin"]), 404, "not_found")
+
+
+def test_poster_png_decodes_to_the_url_and_the_url_checks_in(api, world):
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    expected = poster(api, collector, world["a"])
+    response = api.get(f"/collection-points/{world['a']}/qr.png", as_=collector)
+    assert response.status_code == 200
+    assert response.mimetype == "image/png"
+    assert response.headers["Cache-Control"] == "no-store"
+    url = decode_png(response.get_data())
+    assert url == expected["url"]
+
+    resident = api.resident()
+    body = scan_ok(api, resident, url)
+    assert body["kind"] == "checkin"
+    assert body["points"] == 5
+    assert body["co2e_g"] == 0
+    assert body["balance"] == 5
+    assert body["collection_point_id"] == world["a"]
+    assert body["day"] == "2026-06-15"
+    assert balance(api, resident) == 5
+    entry = api.get("/me/ledger", as_=resident).get_json()["items"][0]
+    assert entry["id"] == body["entry_id"]
+    assert (entry["delta"], entry["kind"], entry["source"], entry["ref_type"]) == (5, "earn", "checkin", "checkin")
+
+
+def test_poster_svg_is_svg(api, world):
+    response = api.get(f"/collection-points/{world['a']}/qr.svg", as_=world["worker"])
+    assert response.status_code == 200
+    assert response.mimetype == "image/svg+xml"
+    text = response.get_data(as_text=True)
+    assert "<svg" in text
+    assert text.rstrip().endswith("</svg>")
+
+
+def test_rotating_revokes_old_posters(api, world):
+    old = world["tokens"]["a"]
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    assert_error(api.post(f"/collection-points/{world['a']}/qr/rotate", as_=collector), 403, "forbidden")
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    assert_error(api.post(f"/collection-points/{world['a']}/qr/rotate", as_=outsider), 403, "forbidden")
+    assert poster(api, world["admin"], world["a"])["token"] == old
+
+    response = api.post(f"/collection-points/{world['a']}/qr/rotate", as_=world["worker"])
+    assert response.status_code == 200, response.get_json()
+    new = response.get_json()["token"]
+    assert new != old
+    assert poster(api, collector, world["a"])["token"] == new
+
+    resident = api.resident()
+    assert_error(scan(api, resident, old), 422, "invalid_qr")
+    assert scan_ok(api, resident, new)["balance"] == 5
+    # other points' posters are untouched
+    assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
+
+
+def test_poster_url_opened_in_a_browser_lands_on_html(api, world):
+    response = api.get(f"/q/{world['tokens']['a']}")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    assert "<html" in response.get_data(as_text=True)
+
+
+# --- once per point per local day ------------------------------------------------------------------------------
+
+
+def test_same_point_twice_a_day_is_already_claimed(api, clock, world):
+    resident = api.resident()
+    scan_ok(api, resident, world["tokens"]["a"])
+    clock.advance(hours=5)
+    assert_error(scan(api, resident, world["tokens"]["a"]), 409, "already_claimed")
+    assert balance(api, resident) == 5
+    assert checkin_count() == 1
+    # another resident is not affected
+    assert scan_ok(api, api.resident(), world["tokens"]["a"])["balance"] == 5
+    # the next local day the same point counts again
+    clock.set(datetime(2026, 6, 16, 8, 0, tzinfo=SHANGHAI))
+    again = scan_ok(api, resident, world["tokens"]["a"])
+    assert (again["balance"], again["day"]) == (10, "2026-06-16")
+
+
+def test_local_midnight_splits_days_not_utc_midnight(api, clock, world):
+    resident = api.resident()
+    before, after = datetime(2026, 6, 15, 23, 59, tzinfo=SHANGHAI), datetime(2026, 6, 16, 0, 1, tzinfo=SHANGHAI)
+    assert before.astimezone(UTC).date() == after.astimezone(UTC).date()
+    clock.set(before)
+    assert scan_ok(api, resident, world["tokens"]["a"])["day"] == "2026-06-15"
+    clock.set(after)
+    assert scan_ok(api, resident, world["tokens"]["a"])["day"] == "2026-06-16"
+    assert balance(api, resident) == 10
+
+    # and the other way round: one local day across a UTC midnight is still one day
+    late, early = datetime(2026, 6, 17, 7, 59, tzinfo=SHANGHAI), datetime(2026, 6, 17, 8, 1, tzinfo=SHANGHAI)
+    assert late.astimezone(UTC).date() != early.astimezone(UTC).date()
+    clock.set(late)
+    scan_ok(api, resident, world["tokens"]["b"])
+    clock.set(early)
+    assert_error(scan(api, resident, world["tokens"]["b"]), 409, "already_claimed")
+    assert balance(api, resident) == 15
+
+
+def test_daily_checkin_cap_is_ten_points(api, clock, world):
+    resident = api.resident()
+    scan_ok(api, resident, world["tokens"]["a"])
+    assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
+    error = assert_error(scan(api, resident, world["tokens"]["c"]), 409, "cap_reached")
+    assert "10" in error["message"]
+    assert error["details"]["cap"] == 10
+    assert balance(api, resident) == 10
+    # the refused check-in left no row behind: trying again is still the cap, not already_claimed
+    assert_error(scan(api, resident, world["tokens"]["c"]), 409, "cap_reached")
+    assert checkin_count() == 2
+    clock.set(datetime(2026, 6, 16, 0, 0, tzinfo=SHANGHAI))
+    assert scan_ok(api, resident, world["tokens"]["c"])["balance"] == 15
+
+
+# --- geofence ----------------------------------------------------------------------------------------------------
+
+
+def test_geofence(api, world):
+    fenced = make_point(api, world["admin"], "围栏站", lat=31.2304, lng=121.4737, geofence_m=100)
+    token = poster(api, world["admin"], fenced)["token"]
+    resident = api.resident()
+    # 0.009° of latitude is about 1 km
+    error = assert_error(scan(api, resident, token, lat=31.2394, lng=121.4737), 403, "too_far")
+    assert error["details"]["geofence_m"] == 100
+    assert 990 <= error["details"]["distance_m"] <= 1010
+    assert balance(api, resident) == 0
+    assert checkin_count() == 0
+    # about 55 m away is inside the fence
+    assert scan_ok(api, resident, token, lat=31.2309, lng=121.4737)["balance"] == 5
+    # the position is optional: a scan without one is accepted
+    assert scan_ok(api, api.resident(), token)["balance"] == 5
+    # a half position is refused
+    error = assert_error(scan(api, api.resident(), token, lat=31.2304), 422, "validation_error")
+    assert "lat" in error["details"]["fields"]
+
+
+def test_position_without_a_fence_is_accepted(api, world):
+    placed = make_point(api, world["admin"], "无围栏站", lat=31.2304, lng=121.4737)
+    token = poster(api, world["admin"], placed)["token"]
+    assert scan_ok(api, api.resident(), token, lat=35.0, lng=120.0)["points"] == 5
+
+
+# --- forged tokens ------------------------------------------------------------------------------------------------
+
+
+def _flip(char: str) -> str:
+    return "A" if char != "A" else "B"
+
+
+def _flip_first_sig_char(token: str) -> str:
+    head, _, sig = token.rpartition(".")
+    return f"{head}.{_flip(sig[0])}{sig[1:]}"
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(lambda t, a: t[:-1] + _flip(t[-1]), id="last-sig-char"),
+        pytest.param(lambda t, a: _flip_first_sig_char(t), id="first-sig-char"),
+        pytest.param(lambda t, a: t.replace(f".{a['a']}.", f".{a['b']}."), id="other-point-id"),
+        pytest.param(lambda t, a: t.replace(f".{a['a']}.", ".987654."), id="nonexistent-point"),
+        pytest.param(lambda t, a: "p1.987654." + "A" * 22, id="forged-nonexistent"),
+        pytest.param(lambda t, a: t.replace("p1.", "p2.", 1), id="other-version"),
+        pytest.param(lambda t, a: t.replace("p1.", "e1.", 1), id="other-kind"),
+        pytest.param(lambda t, a: "garbage", id="garbage"),
+        pytest.param(lambda t, a: "https://evil.example/x/" + t, id="not-a-q-link"),
+        pytest.param(lambda t, a: t + ".extra", id="extra-field"),
+        pytest.param(lambda t, a: "p1.0" + t[2:], id="leading-zero"),
+        pytest.param(lambda t, a: "点" * 40, id="non-ascii"),
+    ],
+)
+def test_forged_tokens_are_invalid_qr(api, world, forge):
+    token = world["tokens"]["a"]
+    forged = forge(token, world)
+    assert forged != token
+    resident = api.resident()
+    assert_error(scan(api, resident, forged), 422, "invalid_qr")
+    assert balance(api, resident) == 0
+    assert checkin_count() == 0
+
+
+def test_member_code_is_not_a_poster(api, world):
+    resident = api.resident()
+    code = api.get("/me/member-code", as_=resident).get_json()["token"]
+    assert_error(scan(api, resident, code), 422, "invalid_qr")
+    # a well-formed poster for a real point, signed with a key the server does not use
+    wrong_key = qr.static_token(qr.POINT, world["b"], qr.derive_key("not-the-server-secret", "point", "x"))
+    assert_error(scan(api, resident, wrong_key), 422, "invalid_qr")
+    assert balance(api, resident) == 0
+
+
+@pytest.mark.parametrize("body", [{}, {"token": ""}, {"token": 42}, {"token": "x" * 513}, {"token": "t", "extra": 1}])
+def test_malformed_scan_bodies(api, body):
+    error = assert_error(api.post("/scans", as_=api.resident(), json=body), 422, "validation_error")
+    assert error["details"]["fields"]
+
+
+def test_staff_and_anonymous_cannot_scan(api, world):
+    token = world["tokens"]["a"]
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    for caller in (world["admin"], world["worker"], collector):
+        assert_error(api.post("/scans", as_=caller, json={"token": token}), 403, "forbidden")
+    assert_error(api.post("/scans", json={"token": token}), 401, "unauthorized")
+    assert checkin_count() == 0
+
+
+def test_frozen_resident_cannot_scan(api, world):
+    resident = api.resident()
+    response = api.patch(
+        f"/residents/{resident.id}", as_=world["admin"], json={"status": "frozen", "reason": "测试冻结"}
+    )
+    assert response.status_code == 200, response.get_json()
+    assert_error(scan(api, resident, world["tokens"]["a"]), 403, "account_frozen")
+    assert checkin_count() == 0
+
+
+# --- idempotency --------------------------------------------------------------------------------------------------
+
+
+def test_idempotent_scan_replays_and_credits_once(api, world):
+    resident = api.resident()
+    headers = {"Idempotency-Key": "scan-1"}
+    body = {"token": world["tokens"]["a"]}
+    first = api.post("/scans", as_=resident, json=body, headers=headers)
+    assert first.status_code == 201, first.get_json()
+    assert "Idempotent-Replayed" not in first.headers
+    second = api.post("/scans", as_=resident, json=body, headers=headers)
+    assert second.status_code == 201
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.get_json() == first.get_json()
+    assert balance(api, resident) == 5
+    assert checkin_count() == 1
+
+    other = {"token": world["tokens"]["b"]}
+    assert_error(api.post("/scans", as_=resident, json=other, headers=headers), 409, "idempotency_conflict")
+    assert balance(api, resident) == 5
+    # without the key a repeat is judged on its own: already claimed
+    assert_error(api.post("/scans", as_=resident, json=body), 409, "already_claimed")
+    # keys belong to their resident: the same key from someone else is a new request
+    neighbour = api.resident()
+    response = api.post("/scans", as_=neighbour, json=body, headers=headers)
+    assert response.status_code == 201
+    assert "Idempotent-Replayed" not in response.headers
+    assert balance(api, neighbour) == 5
+
+
+def test_a_failed_scan_is_not_stored_under_its_key(api, world):
+    resident = api.resident()
+    scan_ok(api, resident, world["tokens"]["a"])
+    headers = {"Idempotency-Key": "scan-after-claim"}
+    body = {"token": world["tokens"]["a"]}
+    assert_error(api.post("/scans", as_=resident, json=body, headers=headers), 409, "already_claimed")
+    assert_error(api.post("/scans", as_=resident, json=body, headers=headers), 409, "already_claimed")
+    assert balance(api, resident) == 5
+
+
+# --- concurrency (PostgreSQL) ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")
+@pytest.mark.xdist_group("pg_concurrency")
+def test_twenty_parallel_replays_of_one_scan_key_credit_once(api, app, world):
+    resident = api.resident()
+    headers = {**resident.auth, "Idempotency-Key": "rush-scan"}
+    body = {"token": world["tokens"]["a"]}
+    threads = 20
+    barrier = threading.Barrier(threads)
+
+    def run(_):
+        client = app.test_client()
+        barrier.wait()
+        return client.post("/api/v1/scans", json=body, headers=headers)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        responses = list(pool.map(run, range(threads)))
+    assert [r.status_code for r in responses] == [201] * threads, [r.get_json() for r in responses]
+    assert len({r.get_data() for r in responses}) == 1
+    assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
+    db.session.expire_all()
+    assert balance(api, resident) == 5
+    assert checkin_count() == 1
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+
+
+@pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")
+@pytest.mark.xdist_group("pg_concurrency")
+def test_twenty_parallel_scans_without_key_claim_once(api, app, world):
+    resident = api.resident()
+    body = {"token": world["tokens"]["a"]}
+    threads = 20
+    barrier = threading.Barrier(threads)
+
+    def run(_):
+        client = app.test_client()
+        barrier.wait()
+        return client.post("/api/v1/scans", json=body, headers=resident.auth)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        responses = list(pool.map(run, range(threads)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * (threads - 1), [r.get_json() for r in responses]
+    assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"already_claimed"}
+    db.session.expire_all()
+    assert balance(api, resident) == 5
+    assert checkin_count() == 1
