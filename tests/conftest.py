@@ -66,6 +66,23 @@ def _wipe() -> None:
     db.session.commit()
 
 
+FAST_HASH = "pbkdf2:sha256:1000"
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(monkeypatch):
+    """Cheap staff password hashes keep the suite quick; checking still goes through werkzeug's verifier."""
+    from werkzeug.security import generate_password_hash
+
+    from app.auth import service as auth_service
+    from app.people import service as people_service
+
+    monkeypatch.setattr(
+        people_service, "generate_password_hash", lambda password: generate_password_hash(password, method=FAST_HASH)
+    )
+    monkeypatch.setattr(auth_service, "_DUMMY_HASH", generate_password_hash("not-a-real-password", method=FAST_HASH))
+
+
 @pytest.fixture(autouse=True)
 def clock():
     frozen = app_clock.FrozenClock(datetime(2026, 6, 15, 10, 0, tzinfo=SHANGHAI))
@@ -134,6 +151,11 @@ class ApiClient:
             community = db.session.scalar(sa.select(Community).filter_by(code=community_code))
             assert self.patch("/me", as_=caller, json={"community_id": community.id}).status_code == 200
         return caller
+
+    def member_code(self, resident: Caller) -> str:
+        response = self.get("/me/member-code", as_=resident)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["token"]
 
     def staff(self, role: str, **scope) -> Caller:
         from app.auth.guards import Actor

@@ -20,22 +20,9 @@ from app.auth.models import RevokedSession
 from app.db import db
 from app.extensions import limiter
 from app.people.models import Resident, Staff
-from tests.conftest import ApiClient, assert_error, community_id
+from tests.conftest import FAST_HASH, ApiClient, assert_error, community_id
 
 PASSWORD = "password-123"
-FAST_HASH = "pbkdf2:sha256:1000"
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap hashes keep these tests quick; checking still goes through werkzeug's real verifier."""
-    from app.auth import service as auth_service
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service, "generate_password_hash", lambda password: generate_password_hash(password, method=FAST_HASH)
-    )
-    monkeypatch.setattr(auth_service, "_DUMMY_HASH", generate_password_hash("not-a-real-password", method=FAST_HASH))
 
 
 def _count(model, **where) -> int:

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.security import generate_password_hash
 
 from app import create_app
 from app.db import db
@@ -14,18 +13,6 @@ from app.people.models import Community
 from tests.conftest import ApiClient, assert_error
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap hashes for the staff these tests log in as; checking still uses werkzeug's verifier."""
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
 
 
 def assert_envelope(response, status: int, code: str) -> dict:

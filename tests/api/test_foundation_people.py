@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.security import generate_password_hash
 
 from app.db import db
 from app.exchange.models import Store
@@ -12,17 +11,6 @@ from app.people.models import Community, Organization, Staff
 from tests.conftest import assert_error, community_id
 
 PASSWORD = "password-123"
-FAST_HASH = "pbkdf2:sha256:1000"
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap hashes keep these tests quick; checking still goes through werkzeug's real verifier."""
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service, "generate_password_hash", lambda password: generate_password_hash(password, method=FAST_HASH)
-    )
 
 
 def org_id(name: str) -> int:

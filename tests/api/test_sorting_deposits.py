@@ -12,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 import zxingcpp
 from PIL import Image
-from werkzeug.security import generate_password_hash
 
 from app.db import db
 from app.ledger.models import LedgerEntry
@@ -20,29 +19,11 @@ from app.sorting.models import Deposit, DepositItem
 from tests.conftest import SHANGHAI, assert_error, community_id
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
-
-
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
     body = {"name": name, "community_id": community_id(community), "kind": "station", **extra}
     response = api.post("/collection-points", as_=admin, json=body)
     assert response.status_code == 201, response.get_json()
     return response.get_json()["id"]
-
-
-def member_code(api, resident) -> str:
-    response = api.get("/me/member-code", as_=resident)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["token"]
 
 
 def me(api, resident) -> dict:
@@ -76,7 +57,7 @@ def world(api):
 
 
 def deposit(api, world, items, *, point=None, collector=None, resident=None, code=None, headers=None):
-    code = code or member_code(api, resident or world["resident"])
+    code = code or api.member_code(resident or world["resident"])
     body = {"member_code": code, "collection_point_id": point or world["a"], "items": items}
     return api.post("/deposits", as_=collector or world["collector"], json=body, headers=headers)
 
@@ -98,7 +79,7 @@ def test_member_code_is_short_lived_and_signed(api, clock, world):
     assert datetime.fromisoformat(body["expires_at"]) == clock.now + timedelta(seconds=120)
     assert body["token"].startswith("m1.")
     # every request gives a fresh code
-    assert member_code(api, world["resident"]) != body["token"]
+    assert api.member_code(world["resident"]) != body["token"]
     assert_error(api.get("/me/member-code"), 401, "unauthorized")
     assert_error(api.get("/me/member-code", as_=world["collector"]), 403, "forbidden")
 
@@ -116,7 +97,7 @@ def test_member_code_png_decodes_to_a_working_code(api, world):
 
 
 def test_member_code_expires_after_two_minutes(api, clock, world):
-    code = member_code(api, world["resident"])
+    code = api.member_code(world["resident"])
     clock.advance(seconds=119)
     assert deposit_ok(api, world, lines(("paper", 1000)), code=code)["points"] == 18
     clock.advance(seconds=2)  # 121 s after it was issued
@@ -126,7 +107,7 @@ def test_member_code_expires_after_two_minutes(api, clock, world):
 
 
 def test_expired_code_after_121_seconds(api, clock, world):
-    code = member_code(api, world["resident"])
+    code = api.member_code(world["resident"])
     clock.advance(seconds=121)
     assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 410, "qr_expired")
     assert count(Deposit) == 0
@@ -143,7 +124,7 @@ def test_expired_code_after_121_seconds(api, clock, world):
     ],
 )
 def test_tampered_member_code_is_invalid_qr(api, world, tamper):
-    code = member_code(api, world["resident"])
+    code = api.member_code(world["resident"])
     forged = tamper(code)
     assert forged != code
     assert_error(deposit(api, world, lines(("paper", 1000)), code=forged), 422, "invalid_qr")
@@ -157,7 +138,7 @@ def test_poster_token_is_not_a_member_code(api, world):
 
 
 def test_frozen_residents_code_is_refused(api, world):
-    code = member_code(api, world["resident"])
+    code = api.member_code(world["resident"])
     response = api.patch(
         f"/residents/{world['resident'].id}", as_=world["admin"], json={"status": "frozen", "reason": "测试冻结"}
     )
@@ -275,7 +256,7 @@ def test_only_a_collector_of_the_point_records(api, world):
     worker = api.staff("worker", community_id=community_id("hengkang"))
     for caller in (worker, world["admin"], api.resident()):
         assert_error(deposit(api, world, lines(("paper", 1000)), collector=caller), 403, "forbidden")
-    body = {"member_code": member_code(api, world["resident"]), "collection_point_id": world["a"]}
+    body = {"member_code": api.member_code(world["resident"]), "collection_point_id": world["a"]}
     assert_error(api.post("/deposits", json={**body, "items": lines(("paper", 1000))}), 401, "unauthorized")
     assert count(Deposit) == 0
     assert me(api, world["resident"])["balance"] == 0
@@ -322,7 +303,7 @@ def test_bad_lines_are_validation_errors(api, world, items):
 
 @pytest.mark.parametrize("missing", ["member_code", "collection_point_id", "items"])
 def test_missing_top_level_fields(api, world, missing):
-    body = {"member_code": member_code(api, world["resident"]), "collection_point_id": world["a"]}
+    body = {"member_code": api.member_code(world["resident"]), "collection_point_id": world["a"]}
     body["items"] = lines(("paper", 100))
     del body[missing]
     error = assert_error(api.post("/deposits", as_=world["collector"], json=body), 422, "validation_error")
@@ -367,7 +348,7 @@ def test_per_category_daily_cap_refuses_and_writes_nothing(api, clock, world):
     assert_error(deposit(api, world, lines(("paper", 30))), 409, "cap_reached")  # 52.8 g → 1 point
     # a new local day starts a new count
     clock.set(datetime(2026, 6, 16, 0, 0, 1, tzinfo=SHANGHAI))
-    assert deposit_ok(api, world, lines(("paper", 2000)), code=member_code(api, world["resident"]))["points"] == 35
+    assert deposit_ok(api, world, lines(("paper", 2000)), code=api.member_code(world["resident"]))["points"] == 35
 
 
 def test_lines_of_one_category_share_its_cap(api, world):
@@ -401,7 +382,7 @@ def test_daily_caps_are_per_resident(api, world):
 
 
 def test_idempotent_deposit_replays_and_credits_once(api, clock, world):
-    code = member_code(api, world["resident"])
+    code = api.member_code(world["resident"])
     items = lines(("paper", 1250), ("plastic", 730), ("glass", 400))
     headers = {"Idempotency-Key": "dep-1"}
     first = deposit(api, world, items, code=code, headers=headers)

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.security import generate_password_hash
 
 from app.clock import utcnow
 from app.db import db
@@ -19,18 +18,6 @@ from app.sorting.service import device_signature
 from tests.conftest import PG, assert_error, community_id
 
 PATH = "/api/v1/devices/deposits"
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
 
 
 def make_point(api, admin, name: str, community: str = "hengkang") -> int:
@@ -44,12 +31,6 @@ def register(api, caller, point_id: int, code: str) -> dict:
     response = api.post("/devices", as_=caller, json={"code": code, "collection_point_id": point_id})
     assert response.status_code == 201, response.get_json()
     return response.get_json()
-
-
-def member_code(api, resident) -> str:
-    response = api.get("/me/member-code", as_=resident)
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["token"]
 
 
 def balance(api, resident) -> int:
@@ -97,7 +78,7 @@ def world(api):
 
 def body_for(api, world, items=None, point=None) -> dict:
     return {
-        "member_code": member_code(api, world["resident"]),
+        "member_code": api.member_code(world["resident"]),
         "collection_point_id": point or world["a"],
         "items": items or [{"category": "plastic", "weight_g": 730}],  # 1000.1 g → 10 points
     }

@@ -4,23 +4,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.security import generate_password_hash
 
 from app.db import db
 from app.sorting.models import CATEGORIES, CollectionPoint
 from tests.conftest import assert_error, community_id
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
 
 
 def point_body(name: str = "恒康一号站", community: str = "hengkang", **extra) -> dict:

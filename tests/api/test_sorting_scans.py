@@ -11,25 +11,12 @@ import pytest
 import sqlalchemy as sa
 import zxingcpp
 from PIL import Image
-from werkzeug.security import generate_password_hash
 
 from app import qr
 from app.db import db
 from app.ledger.models import LedgerEntry
 from app.sorting.models import Checkin
 from tests.conftest import PG, SHANGHAI, assert_error, community_id
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap staff password hashes keep these tests quick; login still checks through werkzeug."""
-    from app.people import service as people_service
-
-    monkeypatch.setattr(
-        people_service,
-        "generate_password_hash",
-        lambda password: generate_password_hash(password, method="pbkdf2:sha256:1000"),
-    )
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:

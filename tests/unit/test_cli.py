@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import check_password_hash
 
 from app.carbon.models import Rule
 from app.db import db
@@ -31,19 +31,6 @@ def _counts(models) -> dict[str, int]:
 
 def _seed_file(name: str):
     return json.loads((SEEDS / name).read_text(encoding="utf-8"))
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(monkeypatch):
-    """Cheap hashes keep the demo seed quick; verification still uses werkzeug's real checker."""
-    from app import seeding
-    from app.people import service
-
-    def fast(password):
-        return generate_password_hash(password, method="pbkdf2:sha256:1000")
-
-    monkeypatch.setattr(seeding, "generate_password_hash", fast)
-    monkeypatch.setattr(service, "generate_password_hash", fast)
 
 
 @pytest.fixture
