@@ -1,0 +1,49 @@
+"""Log in and log out."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+
+from admin import labels, security
+from admin.blueprint import bp
+from admin.forms import text
+from app.auth import service as auth
+from app.errors import InvalidCredentials
+from app.extensions import limiter
+
+
+def _username_key() -> str:
+    return f"admin-login-user:{text('username')[:64].lower()}"
+
+
+def _login_page(error: str | None = None, status: int = 200):
+    return render_template(
+        "admin/login.html", error=error, username=text("username"), next=request.values.get("next")
+    ), status
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit("60 per minute", methods=["POST"])
+@limiter.limit("5 per 15 minutes", methods=["POST"], key_func=_username_key, deduct_when=lambda r: r.status_code == 401)
+def login():
+    if request.method == "GET":
+        if security.current_staff() is not None:
+            return redirect(security.next_url())
+        return _login_page()
+    try:
+        staff = auth.login_staff(text("username"), request.form.get("password") or "")["staff"]
+    except InvalidCredentials as error:
+        return _login_page(error.message, error.status)
+    if staff.role not in security.ADMIN_ROLES:
+        role = labels.label(labels.ROLES, staff.role)
+        return _login_page(f"{role}账号不能登录管理后台，请使用小程序工作端", 403)
+    security.log_in(staff)
+    flash(f"欢迎，{staff.display_name or staff.username}", "success")
+    return redirect(security.next_url())
+
+
+@bp.route("/logout", methods=["POST"])
+def logout():
+    security.log_out()
+    flash("已退出登录", "success")
+    return redirect(url_for("admin.login"))

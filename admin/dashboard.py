@@ -1,0 +1,63 @@
+"""首页: a few counts, scoped to what the caller may see. Read-only."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import render_template
+
+from admin.blueprint import bp
+from admin.security import current_admin_actor
+from app.db import db
+from app.ledger.models import Account
+from app.people.models import Resident, Staff
+from app.sorting.models import CollectionPoint
+
+
+def _scalar(stmt) -> int:
+    return int(db.session.scalar(stmt) or 0)
+
+
+def _counts(actor) -> list[tuple[str, str, str]]:
+    """(label, value, note) cards. Ledger figures come from the accounts (one row per resident): the
+    number of entries is the sum of each chain's last sequence number, so this stays cheap at scale."""
+    community = actor.community_id if actor.role == "worker" else None
+    cards: list[tuple[str, str, str]] = []
+
+    residents = sa.select(sa.func.count()).select_from(Resident).where(Resident.status != "closed")
+    points = sa.select(sa.func.count()).select_from(CollectionPoint).where(CollectionPoint.active.is_(True))
+    staff = sa.select(sa.func.count()).select_from(Staff)
+    accounts = sa.select(
+        sa.func.coalesce(sa.func.sum(Account.last_seq), 0),
+        sa.func.coalesce(sa.func.sum(Account.lifetime_earned), 0),
+        sa.func.coalesce(sa.func.sum(Account.balance), 0),
+        sa.func.coalesce(sa.func.sum(Account.co2e_g), 0),
+    )
+    if community is not None:
+        residents = residents.where(Resident.community_id == community)
+        points = points.where(CollectionPoint.community_id == community)
+        staff = staff.where(Staff.community_id == community)
+        accounts = accounts.join(Resident, Resident.id == Account.resident_id).where(Resident.community_id == community)
+    if actor.role == "alliance":
+        staff = staff.where(Staff.organization_id == actor.organization_id)
+        return [
+            ("本单位工作人员", str(_scalar(staff)), "含店员与联盟账号"),
+            ("回收点", str(_scalar(points)), "全区在用"),
+        ]
+
+    frozen = residents.where(Resident.status == "frozen")
+    entries, earned, balance, co2e_g = db.session.execute(accounts).one()
+    scope = "本社区" if community is not None else "全区"
+    cards += [
+        ("居民", str(_scalar(residents)), f"{scope}，其中已冻结 {_scalar(frozen)} 人"),
+        ("工作人员", str(_scalar(staff)), scope),
+        ("回收点", str(_scalar(points)), f"{scope}在用"),
+        ("积分记录", str(int(entries)), f"{scope}账本条目"),
+        ("累计发放积分", str(int(earned)), f"{scope}，当前余额合计 {int(balance)}"),
+        ("累计减排", f"{int(co2e_g) / 1000:,.1f} kg", "CO₂e"),
+    ]
+    return cards
+
+
+@bp.get("/")
+def dashboard():
+    return render_template("admin/dashboard.html", cards=_counts(current_admin_actor()))

@@ -1,0 +1,88 @@
+"""From HTML forms to the dicts the services take, and back to the page when a service says no."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import marshmallow as ma
+from flask import request
+
+from app.db import db
+from app.errors import AppError, ValidationError
+
+
+def text(name: str) -> str:
+    return (request.form.get(name) or "").strip()
+
+
+def present(*names: str) -> dict[str, str]:
+    """The named fields that were filled in; blank fields are left out so schema defaults apply."""
+    return {name: text(name) for name in names if text(name)}
+
+
+def nullable(*names: str) -> dict[str, str | None]:
+    """The named fields, a blank one meaning "none" (for example: no daily cap)."""
+    return {name: text(name) or None for name in names}
+
+
+def many(name: str) -> list[str]:
+    return [value for value in request.form.getlist(name) if value.strip()]
+
+
+def load(schema: ma.Schema, data: dict[str, Any]) -> dict[str, Any]:
+    """Validate with the API's own schema, so the admin site accepts exactly what the API accepts."""
+    try:
+        return schema.load(data)
+    except ma.ValidationError as exc:
+        raise ValidationError(details={"fields": exc.normalized_messages()}) from exc
+
+
+def int_arg(name: str) -> int | None:
+    raw = request.args.get(name, "").strip()
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 12 else None
+
+
+def field_messages(error: AppError | None) -> list[tuple[str, str]]:
+    """(field, message) pairs from an error's details, flattened for display."""
+    from admin.labels import FIELDS
+
+    if error is None:
+        return []
+    found: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(prefix or str(key), inner)
+        elif isinstance(value, list | tuple):
+            for inner in value:
+                walk(prefix, inner)
+        else:
+            found.append((FIELDS.get(prefix, prefix), str(value)))
+
+    walk("", (error.details or {}).get("fields", {}))
+    return found
+
+
+def rerender_on_error(page: Callable[..., str]):
+    """A form POST that a service refuses shows its page again, with the message, the values typed and
+    the error's HTTP status. `page(error=..., **view_kwargs)` renders that page."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(**kwargs):
+            try:
+                return view(**kwargs)
+            except AppError as error:
+                db.session.rollback()
+                try:
+                    body = page(error=error, **kwargs)
+                except AppError:
+                    raise error from None
+                return body, error.status, dict(error.headers)
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,62 @@
+"""A resident's points (积分): profile, latest entries, manual adjustment; and the ledger check (账本校验)."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+
+from admin.blueprint import bp
+from admin.forms import load, present, rerender_on_error
+from admin.security import current_admin_actor
+from app.ledger import service as ledger
+from app.ledger.schemas import AdjustmentSchema
+from app.ledger.verify import verify_ledger
+from app.people import service as people
+from app.people.models import Resident
+
+PAGE_SIZE = 50
+SHOWN_PROBLEMS = 50
+
+
+def _resident_in_scope(resident_id: int) -> Resident:
+    """ledger.profile() and ledger_page() take no actor, so the scope check comes first, with the same
+    rule people.service applies to residents (admin: all; worker: own community; else "not found")."""
+    actor = current_admin_actor()
+    actor.require_role("admin", "worker")
+    resident = people.get_or_404(Resident, resident_id, "居民不存在")
+    people._resident_in_scope(actor, resident)
+    return resident
+
+
+def _resident_page(error=None, resident_id: int = 0) -> str:
+    resident = _resident_in_scope(resident_id)
+    return render_template(
+        "admin/resident.html",
+        resident=resident,
+        profile=ledger.profile(resident_id),
+        page=ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE),
+        form=request.form,
+        error=error,
+    )
+
+
+@bp.get("/residents/<int:resident_id>")
+def resident(resident_id: int):
+    return _resident_page(resident_id=resident_id)
+
+
+@bp.post("/residents/<int:resident_id>/adjustments")
+@rerender_on_error(_resident_page)
+def adjust(resident_id: int):
+    _resident_in_scope(resident_id)
+    data = load(AdjustmentSchema(), present("delta", "reason"))
+    entry = ledger.adjust(current_admin_actor(), resident_id, data["delta"], data["reason"])
+    flash(f"已调整 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
+    return redirect(url_for("admin.resident", resident_id=resident_id))
+
+
+@bp.route("/verify", methods=["GET", "POST"])
+def verify():
+    """Recomputing every chain reads the whole ledger, so it runs on an explicit POST, never on a GET."""
+    current_admin_actor().require_role("admin")
+    report = verify_ledger() if request.method == "POST" else None
+    return render_template("admin/verify.html", report=report, shown=SHOWN_PROBLEMS)

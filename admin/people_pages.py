@@ -1,0 +1,151 @@
+"""社区, 联盟单位, 工作人员 and 居民: lists and the forms that create or freeze, through people.service."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import flash, redirect, render_template, request, url_for
+
+from admin.blueprint import bp
+from admin.forms import int_arg, load, many, present, rerender_on_error
+from admin.security import current_admin_actor
+from app.db import db
+from app.exchange.models import Store
+from app.people import service as people
+from app.people.schemas import CommunitySchema, OrganizationSchema, ResidentUpdateSchema, StaffCreateSchema
+from app.sorting import service as sorting
+
+PAGE_SIZE = 50
+
+
+# 社区
+
+
+def _communities_page(error=None) -> str:
+    return render_template("admin/communities.html", communities=people.list_communities(), error=error)
+
+
+@bp.get("/communities")
+def communities():
+    return _communities_page()
+
+
+@bp.post("/communities")
+@rerender_on_error(_communities_page)
+def create_community():
+    data = load(CommunitySchema(), present("code", "name"))
+    community = people.create_community(current_admin_actor(), data)
+    flash(f"已创建社区「{community.name}」", "success")
+    return redirect(url_for("admin.communities"))
+
+
+# 联盟单位
+
+
+def _organizations_page(error=None) -> str:
+    return render_template(
+        "admin/organizations.html",
+        organizations=people.list_organizations(),
+        communities=people.list_communities(),
+        error=error,
+    )
+
+
+@bp.get("/organizations")
+def organizations():
+    return _organizations_page()
+
+
+@bp.post("/organizations")
+@rerender_on_error(_organizations_page)
+def create_organization():
+    data = load(OrganizationSchema(), present("name", "kind", "community_id"))
+    org = people.create_organization(current_admin_actor(), data)
+    flash(f"已添加联盟单位「{org.name}」", "success")
+    return redirect(url_for("admin.organizations"))
+
+
+# 工作人员
+
+
+def _store_choices(actor) -> list[Store]:
+    """Stores to pick for a merchant. There is no exchange service yet, so this is a read-only query,
+    limited to the caller's own organisation for alliance members (the staff service checks it again)."""
+    stmt = sa.select(Store).where(Store.active.is_(True)).order_by(Store.id)
+    if not actor.is_admin:
+        stmt = stmt.where(Store.organization_id == actor.organization_id)
+    return list(db.session.scalars(stmt))
+
+
+def _staff_page(error=None) -> str:
+    actor = current_admin_actor()
+    page = people.list_staff(actor, request.args.get("cursor") or None, PAGE_SIZE)
+    roles = ("admin", "worker", "alliance", "merchant", "collector") if actor.is_admin else people.ALLIANCE_MAY_CREATE
+    points = sorting.list_points(None, None, None, 1000)["items"] if actor.is_admin else []
+    return render_template(
+        "admin/staff.html",
+        page=page,
+        roles=roles,
+        communities=people.list_communities(),
+        organizations=people.list_organizations(),
+        stores=_store_choices(actor),
+        points=points,
+        form=request.form,
+        error=error,
+    )
+
+
+@bp.get("/staff")
+def staff():
+    return _staff_page()
+
+
+@bp.post("/staff")
+@rerender_on_error(_staff_page)
+def create_staff():
+    data = present("username", "password", "role", "display_name", "community_id", "organization_id")
+    data["password"] = request.form.get("password") or ""  # as typed: spaces are part of a password
+    data["store_ids"] = many("store_ids")
+    data["collection_point_ids"] = many("collection_point_ids")
+    created = people.create_staff(current_admin_actor(), load(StaffCreateSchema(), data))
+    flash(f"已创建账号「{created.username}」", "success")
+    return redirect(url_for("admin.staff"))
+
+
+# 居民
+
+
+def _resident_filters() -> dict:
+    status = request.args.get("status") or None
+    return {"community_id": int_arg("community_id"), "status": status if status in ("active", "frozen") else None}
+
+
+def _residents_page(error=None, **_ignored) -> str:
+    actor = current_admin_actor()
+    filters = _resident_filters()
+    page = people.list_residents(
+        actor, filters["community_id"], filters["status"], request.args.get("cursor") or None, PAGE_SIZE
+    )
+    return render_template(
+        "admin/residents.html",
+        page=page,
+        filters=filters,
+        communities=people.list_communities(),
+        form=request.form,
+        failed_id=request.view_args.get("resident_id") if error else None,
+        error=error,
+    )
+
+
+@bp.get("/residents")
+def residents():
+    return _residents_page()
+
+
+@bp.post("/residents/<int:resident_id>/status")
+@rerender_on_error(_residents_page)
+def set_resident_status(resident_id: int):
+    data = load(ResidentUpdateSchema(), present("status", "reason"))
+    resident = people.set_resident_status(current_admin_actor(), resident_id, data["status"], data["reason"])
+    verb = "冻结" if resident.status == "frozen" else "解冻"
+    flash(f"已{verb}居民「{resident.nickname or resident.id}」", "success")
+    return redirect(url_for("admin.residents", **{k: v for k, v in request.args.items() if k != "cursor"}))

@@ -1,0 +1,110 @@
+"""回收点: list, create, poster QR (PNG/SVG), poster rotation and smart-bin registration (sorting.service)."""
+
+from __future__ import annotations
+
+from flask import Response, flash, redirect, render_template, request, url_for
+
+from admin.blueprint import bp
+from admin.forms import int_arg, load, many, present, rerender_on_error, text
+from admin.security import current_admin_actor
+from app import qr
+from app.errors import field_error
+from app.people import service as people
+from app.sorting import service as sorting
+from app.sorting.models import CATEGORIES, POINT_KINDS
+from app.sorting.schemas import CollectionPointSchema, DeviceCreateSchema
+
+PAGE_SIZE = 50
+
+
+def _points_page(error=None) -> str:
+    actor = current_admin_actor()
+    actor.require_role("admin", "worker")
+    community_id = actor.community_id if actor.role == "worker" else int_arg("community_id")
+    page = sorting.list_points(community_id, None, request.args.get("cursor") or None, PAGE_SIZE)
+    return render_template(
+        "admin/points.html",
+        page=page,
+        community_id=community_id,
+        communities=people.list_communities(),
+        kinds=POINT_KINDS,
+        categories=CATEGORIES,
+        form=request.form,
+        error=error,
+    )
+
+
+@bp.get("/points")
+def points():
+    return _points_page()
+
+
+@bp.post("/points")
+@rerender_on_error(_points_page)
+def create_point():
+    actor = current_admin_actor()
+    data = present("name", "kind", "address", "lat", "lng", "geofence_m", "community_id")
+    if actor.role == "worker":
+        data["community_id"] = str(actor.community_id)
+    data["categories"] = many("categories")
+    if not data["categories"]:
+        raise field_error("categories", "请至少选择一个回收品类")
+    point = sorting.create_point(actor, load(CollectionPointSchema(), data))
+    flash(f"已创建回收点「{point.name}」", "success")
+    return redirect(url_for("admin.point", point_id=point.id))
+
+
+def _point_page(error=None, point_id: int = 0, device=None) -> str:
+    actor = current_admin_actor()
+    poster = sorting.poster(actor, point_id)  # checks the caller's scope over this point
+    return render_template(
+        "admin/point.html",
+        point=sorting.get_point(point_id),
+        poster=poster,
+        devices=sorting.list_devices(actor, point_id),
+        new_device=device,
+        form=request.form,
+        error=error,
+    )
+
+
+@bp.get("/points/<int:point_id>")
+def point(point_id: int):
+    return _point_page(point_id=point_id)
+
+
+def _image(data: bytes, mimetype: str, filename: str | None = None) -> Response:
+    response = Response(data, mimetype=mimetype)
+    if filename:
+        response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@bp.get("/points/<int:point_id>/qr.png")
+def point_qr_png(point_id: int):
+    return _image(qr.to_png(sorting.poster(current_admin_actor(), point_id)["url"]), "image/png")
+
+
+@bp.get("/points/<int:point_id>/qr.svg")
+def point_qr_svg(point_id: int):
+    url = sorting.poster(current_admin_actor(), point_id)["url"]
+    return _image(qr.to_svg(url), "image/svg+xml", f"collection-point-{point_id}.svg")
+
+
+@bp.post("/points/<int:point_id>/rotate")
+@rerender_on_error(_point_page)
+def rotate_poster(point_id: int):
+    if request.form.get("confirm") != "yes":
+        raise field_error("confirm", "请勾选确认：旧海报将立即失效")
+    sorting.rotate_poster(current_admin_actor(), point_id)
+    flash("已更换海报二维码，旧海报已失效，请打印新海报", "success")
+    return redirect(url_for("admin.point", point_id=point_id))
+
+
+@bp.post("/points/<int:point_id>/devices")
+@rerender_on_error(_point_page)
+def register_device(point_id: int):
+    """The device secret is shown on this response only: never stored in the session or a redirect."""
+    data = load(DeviceCreateSchema(), {"code": text("code"), "collection_point_id": point_id})
+    device = sorting.register_device(current_admin_actor(), data)
+    return _point_page(point_id=point_id, device=device), 201

@@ -1,0 +1,46 @@
+"""积分规则: the rules in force, and publishing a new version of one (carbon.service)."""
+
+from __future__ import annotations
+
+from flask import flash, redirect, render_template, request, url_for
+
+from admin.blueprint import bp
+from admin.forms import load, nullable, rerender_on_error, text
+from admin.security import current_admin_actor
+from app.carbon import service as carbon
+from app.carbon.schemas import RulePublishSchema
+from app.errors import NotFound
+
+
+@bp.get("/rules")
+def rules():
+    return render_template("admin/rules.html", rules=carbon.rules_in_force())
+
+
+def _publish_page(error=None) -> str:
+    current_admin_actor().require_role("admin")
+    activity = request.values.get("activity", "")
+    rule = carbon.rule_in_force(activity)
+    if rule is None:
+        raise NotFound(f"规则 {activity} 不存在或未生效")
+    return render_template("admin/rule_publish.html", rule=rule, form=request.form, error=error)
+
+
+@bp.get("/rules/publish")
+def publish_rule_form():
+    return _publish_page()
+
+
+@bp.post("/rules/publish")
+@rerender_on_error(_publish_page)
+def publish_rule():
+    """The form comes filled with the version in force; what is submitted becomes the next version.
+    A blank fixed-points or cap field means none (points from grams; no daily cap)."""
+    data = {"activity": text("activity"), "source": text("source"), "co2e_g_per_unit": text("co2e_g_per_unit")}
+    data.update(nullable("points", "daily_cap_points"))
+    body = load(RulePublishSchema(), data)
+    activity = body.pop("activity")
+    body.pop("effective_from", None)
+    rule = carbon.publish_rule(current_admin_actor(), activity, body)
+    flash(f"已发布「{rule.title or rule.activity}」第 {rule.version} 版，立即生效", "success")
+    return redirect(url_for("admin.rules"))

@@ -1,0 +1,121 @@
+"""Admin sessions: who is logged in, the CSRF token, cookie flags and response headers.
+
+The Flask session (a signed cookie) holds only the staff id and the CSRF token. Role and scope are
+reloaded from the database on every request, so a deactivated or re-scoped account takes effect at once."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+
+from flask import Flask, abort, flash, g, redirect, request, session, url_for
+from markupsafe import Markup, escape
+
+from app.auth.guards import Actor, actor_for_staff
+from app.db import db
+from app.people.models import Staff
+
+ADMIN_ROLES = ("admin", "worker", "alliance")
+STAFF_KEY = "admin_staff_id"
+CSRF_KEY = "admin_csrf"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Endpoints reachable without a login: the login form itself and the HTML 404.
+PUBLIC_ENDPOINTS = frozenset({"admin.login", "admin.not_found"})
+
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def configure_cookies(app: Flask) -> None:
+    """HttpOnly and SameSite=Lax on the session cookie; Secure when the site is served over HTTPS."""
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    if not app.config.get("SESSION_COOKIE_SAMESITE"):
+        app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    if app.config.get("APP_ENV") == "production" and str(app.config.get("PUBLIC_BASE_URL", "")).startswith("https:"):
+        app.config["SESSION_COOKIE_SECURE"] = True
+
+
+# CSRF
+
+
+def csrf_token() -> str:
+    token = session.get(CSRF_KEY)
+    if not token:
+        token = session[CSRF_KEY] = secrets.token_urlsafe(32)
+    return token
+
+
+def csrf_field() -> Markup:
+    return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, escape(csrf_token()))
+
+
+def csrf_valid() -> bool:
+    expected = session.get(CSRF_KEY)
+    given = request.form.get(CSRF_FIELD) or request.headers.get("X-CSRF-Token")
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode())
+
+
+# Session
+
+
+def log_in(staff: Staff) -> None:
+    """A fresh session (and a fresh CSRF token) at every login."""
+    session.clear()
+    session[STAFF_KEY] = staff.id
+    csrf_token()
+
+
+def log_out() -> None:
+    session.clear()
+
+
+def current_staff() -> Staff | None:
+    return g.get("admin_staff")
+
+
+def current_admin_actor() -> Actor:
+    return g.admin_actor
+
+
+def _safe_next(target: str | None) -> str | None:
+    """Only a path inside the admin site; never another host."""
+    if target and target.startswith("/admin/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return None
+
+
+def next_url() -> str:
+    return _safe_next(request.args.get("next") or request.form.get("next")) or url_for("admin.dashboard")
+
+
+def before_request():
+    if request.method in UNSAFE_METHODS and not csrf_valid():
+        abort(400, description="页面已过期或来源无效，请刷新页面后重试")
+    g.admin_staff = None
+    staff_id = session.get(STAFF_KEY)
+    if staff_id is not None:
+        staff = db.session.get(Staff, staff_id) if isinstance(staff_id, int) else None
+        if staff is None or not staff.active or staff.role not in ADMIN_ROLES:
+            log_out()
+            flash("账户已停用或无权使用管理后台，请联系平台管理员", "error")
+            return redirect(url_for("admin.login"))
+        g.admin_staff = staff
+        g.admin_actor = g.actor = actor_for_staff(staff)
+    if g.admin_staff is None and request.endpoint not in PUBLIC_ENDPOINTS:
+        target = request.full_path.rstrip("?") if request.method == "GET" else None
+        return redirect(url_for("admin.login", next=_safe_next(target)))
+    return None
+
+
+def after_request(response):
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response

@@ -1,0 +1,648 @@
+"""The server-rendered admin site: sessions, CSRF, scopes, and every page over the same services as the API."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from app.audit.models import AuditEvent
+from app.auth.guards import Actor
+from app.carbon.models import Rule
+from app.db import db
+from app.exchange.models import Store
+from app.ledger import service as ledger
+from app.people import service as people
+from app.people.models import Community, Organization, Resident, Staff
+from app.sorting import service as sorting
+from app.sorting.models import CollectionPoint, Device
+from tests.conftest import community_id
+
+PASSWORD = "password-123"
+SYSTEM = Actor(kind="system", id=0, role="admin")
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class Browser:
+    """A test client that behaves like a browser on the admin site: it keeps the session cookie and
+    sends the CSRF token from the last page it read."""
+
+    def __init__(self, client):
+        self.client = client
+        self.token: str | None = None
+
+    def _remember(self, response):
+        found = CSRF.search(response.get_data(as_text=True)) if response.mimetype == "text/html" else None
+        if found:
+            self.token = found.group(1)
+        return response
+
+    def get(self, path: str, **kwargs):
+        return self._remember(self.client.get(path, **kwargs))
+
+    def post(self, path: str, data: dict | None = None, *, csrf: bool = True, **kwargs):
+        data = dict(data or {})
+        if csrf:
+            if self.token is None:
+                self.get("/admin/login")
+            data.setdefault("csrf_token", self.token)
+        return self._remember(self.client.post(path, data=data, **kwargs))
+
+    def login(self, username: str, password: str = PASSWORD, **kwargs):
+        self.get("/admin/login")
+        response = self.post("/admin/login", {"username": username, "password": password}, **kwargs)
+        if response.status_code == 302:
+            self.get("/admin/")  # the login hands out a new CSRF token
+        return response
+
+
+def text(response) -> str:
+    return response.get_data(as_text=True)
+
+
+def username_of(caller) -> str:
+    return db.session.get(Staff, caller.id).username
+
+
+@pytest.fixture
+def browser(app, db_session):
+    return Browser(app.test_client())
+
+
+@pytest.fixture
+def admin(api):
+    return api.staff("admin", display_name="经发办管理员")
+
+
+@pytest.fixture
+def as_admin(browser, admin):
+    assert browser.login(username_of(admin)).status_code == 302
+    return browser
+
+
+@pytest.fixture
+def worker(api):
+    return api.staff("worker", community_id=community_id("hengkang"))
+
+
+@pytest.fixture
+def as_worker(browser, worker):
+    assert browser.login(username_of(worker)).status_code == 302
+    return browser
+
+
+def make_point(name: str = "恒康一号站", community: str = "hengkang") -> CollectionPoint:
+    return sorting.create_point(SYSTEM, {"name": name, "community_id": community_id(community), "kind": "station"})
+
+
+def balance_of(resident_id: int) -> int:
+    return ledger.profile(resident_id)["balance"]
+
+
+# --- login, logout, session -----------------------------------------------------------------------------------
+
+
+def test_login_page_sets_a_hardened_session_cookie(browser):
+    response = browser.get("/admin/login")
+    assert response.status_code == 200
+    assert "管理后台登录" in text(response)
+    assert browser.token
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+
+
+def test_login_success_lands_on_the_dashboard(browser, admin):
+    response = browser.login(username_of(admin))
+    assert response.status_code == 302
+    assert response.headers["Location"].endswith("/admin/")
+    page = browser.get("/admin/")
+    assert page.status_code == 200
+    assert "首页" in text(page)
+    assert "经发办管理员" in text(page)
+
+
+def test_wrong_password_rerenders_the_form_with_401(browser, admin):
+    response = browser.login(username_of(admin), "wrong-password")
+    assert response.status_code == 401
+    assert "用户名或密码错误" in text(response)
+    assert username_of(admin) in text(response)  # the username stays filled in
+    assert browser.get("/admin/").status_code == 302  # still not logged in
+
+
+def test_unknown_user_gets_the_same_answer(browser):
+    response = browser.login("nobody-here")
+    assert response.status_code == 401
+    assert "用户名或密码错误" in text(response)
+
+
+@pytest.mark.parametrize("role", ["merchant", "collector"])
+def test_resident_facing_staff_roles_are_refused(api, browser, role):
+    if role == "merchant":
+        org = db.session.scalar(sa.select(Organization).limit(1))
+        store = Store(name=f"绿色兑换超市-{uuid.uuid4().hex[:6]}", organization_id=org.id)
+        db.session.add(store)
+        db.session.commit()
+        caller = api.staff("merchant", store_ids=[store.id], organization_id=org.id)
+    else:
+        caller = api.staff("collector", collection_point_ids=[make_point().id])
+    response = browser.login(username_of(caller))
+    assert response.status_code == 403
+    assert "不能登录管理后台" in text(response)
+    assert browser.get("/admin/").status_code == 302
+
+
+def test_pages_need_a_login_and_come_back_after_it(browser, admin):
+    response = browser.get("/admin/residents?status=frozen")
+    assert response.status_code == 302
+    assert "/admin/login?next=" in response.headers["Location"]
+    browser.get(response.headers["Location"])
+    login = browser.post(
+        "/admin/login",
+        {"username": username_of(admin), "password": PASSWORD, "next": "/admin/residents?status=frozen"},
+    )
+    assert login.headers["Location"].endswith("/admin/residents?status=frozen")
+
+
+def test_next_never_leaves_the_admin_site(browser, admin):
+    browser.get("/admin/login")
+    login = browser.post(
+        "/admin/login", {"username": username_of(admin), "password": PASSWORD, "next": "//evil.example/"}
+    )
+    assert login.status_code == 302
+    assert login.headers["Location"].endswith("/admin/")
+
+
+def test_logout_ends_the_session(as_admin):
+    response = as_admin.post("/admin/logout")
+    assert response.status_code == 302
+    assert response.headers["Location"].endswith("/admin/login")
+    assert "已退出登录" in text(as_admin.get("/admin/login"))
+    assert as_admin.get("/admin/").status_code == 302
+
+
+def test_logout_is_post_only(as_admin):
+    assert as_admin.get("/admin/logout").status_code == 404
+    assert as_admin.get("/admin/").status_code == 200
+
+
+def test_a_deactivated_account_is_logged_out_on_its_next_request(as_admin, api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    as_admin.post("/admin/logout")
+    as_admin.login(username_of(worker))
+    assert as_admin.get("/admin/").status_code == 200
+    people.update_staff(SYSTEM, worker.id, {"active": False})
+    response = as_admin.get("/admin/")
+    assert response.status_code == 302
+    assert "账户已停用" in text(as_admin.get(response.headers["Location"]))
+
+
+def test_the_session_holds_only_the_staff_id_and_the_csrf_token(as_admin, admin):
+    with as_admin.client.session_transaction() as session:
+        assert set(session) <= {"admin_staff_id", "admin_csrf", "_flashes"}
+        assert session["admin_staff_id"] == admin.id
+
+
+# --- CSRF and HTML errors ----------------------------------------------------------------------------------------
+
+
+def test_post_without_csrf_token_is_refused(as_admin):
+    before = db.session.scalar(sa.select(sa.func.count()).select_from(Community))
+    response = as_admin.post("/admin/communities", {"code": "nocsrf", "name": "无令牌社区"}, csrf=False)
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert "页面已过期" in text(response)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Community)) == before
+
+
+def test_post_with_a_wrong_csrf_token_is_refused(as_admin):
+    response = as_admin.post("/admin/communities", {"code": "badcsrf", "name": "错误令牌", "csrf_token": "x" * 43})
+    assert response.status_code == 400
+
+
+def test_login_itself_needs_the_csrf_token(browser, admin):
+    response = browser.client.post("/admin/login", data={"username": username_of(admin), "password": PASSWORD})
+    assert response.status_code == 400
+    assert browser.get("/admin/").status_code == 302
+
+
+def test_unknown_admin_paths_are_html_404s(as_admin, browser):
+    response = as_admin.get("/admin/no-such-page")
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "页面不存在" in text(response)
+    assert as_admin.get("/admin/residents/abc").status_code == 404
+    assert as_admin.get("/admin/residents/999999").status_code == 404
+
+
+def test_api_404s_stay_json(api):
+    response = api.get("/api/v1/no-such-thing")
+    assert response.status_code == 404
+    assert response.is_json
+
+
+# --- every page ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scenery(api, admin):
+    resident = api.resident(community_code="hengkang")
+    point = make_point()
+    return {"resident": resident.id, "point": point.id}
+
+
+PAGES = [
+    ("/admin/", "累计发放积分"),
+    ("/admin/communities", "恒康社区"),
+    ("/admin/organizations", "经发办"),
+    ("/admin/staff", "新建账号"),
+    ("/admin/residents", "冻结"),
+    ("/admin/residents/{resident}", "当前余额"),
+    ("/admin/rules", "sorting:paper"),
+    ("/admin/rules/publish?activity=sorting:paper", "发布第 2 版"),
+    ("/admin/points", "恒康一号站"),
+    ("/admin/points/{point}", "打卡海报二维码"),
+    ("/admin/verify", "开始校验"),
+]
+
+
+@pytest.mark.parametrize(("path", "expected"), PAGES)
+def test_every_page_renders_for_admin(as_admin, scenery, path, expected):
+    response = as_admin.get(path.format(**scenery))
+    assert response.status_code == 200, text(response)
+    assert response.mimetype == "text/html"
+    body = text(response)
+    assert expected in body
+    assert 'lang="zh-CN"' in body
+    assert "账本校验" in body  # the admin's menu
+
+
+def test_worker_menu_and_dashboard_are_scoped(as_worker, api):
+    api.resident(community_code="hengkang")
+    api.resident(community_code="xinhaiwan")
+    api.resident(community_code="xinhaiwan")
+    body = text(as_worker.get("/admin/"))
+    assert "恒康社区" in body
+    cards = dict(re.findall(r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>', body))
+    assert cards["居民"] == "1"
+    assert "账本校验" not in body
+    assert "居民" in body
+
+
+def test_alliance_member_sees_its_own_staff_only(api, browser):
+    orgs = list(db.session.scalars(sa.select(Organization).order_by(Organization.id).limit(2)))
+    mine = api.staff("alliance", organization_id=orgs[0].id)
+    other = api.staff("alliance", organization_id=orgs[1].id)
+    browser.login(username_of(mine))
+    body = text(browser.get("/admin/staff"))
+    assert username_of(mine) in body
+    assert username_of(other) not in body
+    response = browser.post(
+        "/admin/staff", {"username": "sneaky-worker", "password": PASSWORD, "role": "worker", "community_id": "1"}
+    )
+    assert response.status_code == 403
+    assert "联盟成员只能创建本单位的店员或联盟账号" in text(response)
+    assert db.session.scalar(sa.select(Staff).filter_by(username="sneaky-worker")) is None
+
+
+def test_worker_cannot_open_admin_only_pages(as_worker):
+    for path in ("/admin/staff", "/admin/verify", "/admin/rules/publish?activity=sorting:paper"):
+        response = as_worker.get(path)
+        assert response.status_code == 403, path
+        assert "没有权限" in text(response)
+
+
+# --- communities, organisations, staff -----------------------------------------------------------------------
+
+
+def test_create_community_via_form(as_admin):
+    response = as_admin.post("/admin/communities", {"code": "haibin", "name": "海滨社区"})
+    assert response.status_code == 302
+    assert db.session.scalar(sa.select(Community).filter_by(code="haibin")).name == "海滨社区"
+    page = text(as_admin.get("/admin/communities"))
+    assert "已创建社区「海滨社区」" in page
+    event = db.session.scalar(sa.select(AuditEvent).filter_by(action="community.create"))
+    assert event.actor_type == "staff"
+
+
+def test_duplicate_community_rerenders_the_form_with_409(as_admin):
+    response = as_admin.post("/admin/communities", {"code": "hengkang2", "name": "恒康社区"})
+    assert response.status_code == 409
+    body = text(response)
+    assert "社区名称或编码已存在" in body
+    assert 'value="hengkang2"' in body  # what was typed stays in the form
+
+
+def test_invalid_community_code_shows_the_field_message(as_admin):
+    response = as_admin.post("/admin/communities", {"code": "空 格", "name": "测试社区"})
+    assert response.status_code == 422
+    assert "编码：格式不正确" in text(response)
+
+
+def test_worker_cannot_create_a_community(as_worker):
+    response = as_worker.post("/admin/communities", {"code": "x1", "name": "越权社区"})
+    assert response.status_code == 403
+    assert db.session.scalar(sa.select(Community).filter_by(code="x1")) is None
+
+
+def test_create_organization_via_form(as_admin):
+    response = as_admin.post(
+        "/admin/organizations",
+        {"name": "湾区绿色科技公司", "kind": "enterprise", "community_id": community_id("xinhaiwan")},
+    )
+    assert response.status_code == 302
+    org = db.session.scalar(sa.select(Organization).filter_by(name="湾区绿色科技公司"))
+    assert (org.kind, org.community_id) == ("enterprise", community_id("xinhaiwan"))
+    assert "企业" in text(as_admin.get("/admin/organizations"))
+
+
+def test_create_staff_via_form(as_admin, browser):
+    response = as_admin.post(
+        "/admin/staff",
+        {
+            "username": "hk-worker",
+            "password": "a-long-password",
+            "role": "worker",
+            "display_name": "恒康社工",
+            "community_id": community_id("hengkang"),
+        },
+    )
+    assert response.status_code == 302, text(response)
+    created = db.session.scalar(sa.select(Staff).filter_by(username="hk-worker"))
+    assert (created.role, created.community_id) == ("worker", community_id("hengkang"))
+    assert "恒康社工" in text(as_admin.get("/admin/staff"))
+
+
+def test_staff_form_reports_a_missing_scope(as_admin):
+    response = as_admin.post("/admin/staff", {"username": "no-scope", "password": "a-long-password", "role": "worker"})
+    assert response.status_code == 422
+    assert "社区工作者必须指定所属社区" in text(response)
+
+
+# --- residents ------------------------------------------------------------------------------------------------
+
+
+def test_worker_sees_only_own_community_residents(api, as_worker):
+    mine = api.resident(community_code="hengkang")
+    theirs = api.resident(community_code="xinhaiwan")
+    body = text(as_worker.get("/admin/residents"))
+    assert f'/admin/residents/{mine.id}"' in body
+    assert f'/admin/residents/{theirs.id}"' not in body
+    assert as_worker.get(f"/admin/residents?community_id={community_id('xinhaiwan')}").status_code == 403
+
+
+def test_worker_cannot_freeze_another_communitys_resident(api, as_worker):
+    theirs = api.resident(community_code="xinhaiwan")
+    response = as_worker.post(f"/admin/residents/{theirs.id}/status", {"status": "frozen", "reason": "违规刷分"})
+    assert response.status_code == 404
+    assert "居民不存在" in text(response)
+    assert db.session.get(Resident, theirs.id).status == "active"
+    assert as_worker.get(f"/admin/residents/{theirs.id}").status_code == 404
+
+
+def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, as_worker):
+    mine = api.resident(community_code="hengkang")
+    response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": "多次违规投放"})
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Resident, mine.id).status == "frozen"
+    assert "已冻结" in text(as_worker.get("/admin/residents"))
+    event = db.session.scalar(sa.select(AuditEvent).filter_by(action="resident.frozen"))
+    assert event.details["reason"] == "多次违规投放"
+    assert (
+        as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "active", "reason": "已整改"}).status_code
+        == 302
+    )
+    db.session.expire_all()
+    assert db.session.get(Resident, mine.id).status == "active"
+
+
+def test_freezing_needs_a_reason(api, as_admin):
+    resident = api.resident(community_code="hengkang")
+    response = as_admin.post(f"/admin/residents/{resident.id}/status", {"status": "frozen", "reason": ""})
+    assert response.status_code == 422
+    assert "原因" in text(response)
+    assert db.session.get(Resident, resident.id).status == "active"
+
+
+@pytest.mark.parametrize(
+    "query", ["community_id=%C2%B2", "community_id=abc", "status=closed", "community_id=99999999999999"]
+)
+def test_odd_filters_are_ignored_not_errors(as_admin, query):
+    assert as_admin.get(f"/admin/residents?{query}").status_code == 200
+    assert as_admin.get(f"/admin/points?{query}").status_code == 200
+
+
+def test_a_bad_cursor_is_a_friendly_422(as_admin):
+    response = as_admin.get("/admin/residents?cursor=%%%")
+    assert response.status_code == 422
+    assert "分页游标无效" in text(response)
+
+
+def test_admin_filters_residents_by_status(api, as_admin):
+    frozen = api.resident(community_code="hengkang")
+    active = api.resident(community_code="hengkang")
+    people.set_resident_status(SYSTEM, frozen.id, "frozen", "测试")
+    body = text(as_admin.get("/admin/residents?status=frozen"))
+    assert f'/admin/residents/{frozen.id}"' in body
+    assert f'/admin/residents/{active.id}"' not in body
+
+
+# --- points of a resident ---------------------------------------------------------------------------------------
+
+
+def test_adjustment_via_form_changes_the_balance_and_shows_the_entry(api, as_admin):
+    resident = api.resident(community_code="hengkang")
+    response = as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "30", "reason": "活动补发"})
+    assert response.status_code == 302
+    assert balance_of(resident.id) == 30
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    assert "已调整 +30 积分，当前余额 30" in page
+    assert "活动补发" in page
+    assert "人工调整" in page
+    assert '<div class="value">30</div>' in page
+
+
+def test_overdrawing_adjustment_is_refused_on_the_page(api, as_admin):
+    resident = api.resident(community_code="hengkang")
+    response = as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "-5", "reason": "扣回"})
+    assert response.status_code == 409
+    assert "积分不足" in text(response)
+    assert balance_of(resident.id) == 0
+
+
+def test_worker_sees_points_but_cannot_adjust(api, as_worker):
+    resident = api.resident(community_code="hengkang")
+    page = as_worker.get(f"/admin/residents/{resident.id}")
+    assert page.status_code == 200
+    assert "人工调整积分" not in text(page)
+    response = as_worker.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "10", "reason": "自己加分"})
+    assert response.status_code == 403
+    assert balance_of(resident.id) == 0
+
+
+# --- rules ---------------------------------------------------------------------------------------------------
+
+
+def test_rule_publish_creates_version_2(as_admin, clock):
+    response = as_admin.post(
+        "/admin/rules/publish",
+        {
+            "activity": "sorting:paper",
+            "co2e_g_per_unit": "1500.5",
+            "points": "",
+            "daily_cap_points": "80",
+            "source": "2026 年复核后的纸类回收因子",
+        },
+    )
+    assert response.status_code == 302, text(response)
+    versions = list(db.session.scalars(sa.select(Rule).filter_by(activity="sorting:paper").order_by(Rule.version)))
+    assert [r.version for r in versions] == [1, 2]
+    new = versions[1]
+    assert (str(new.co2e_g_per_unit), new.points, new.daily_cap_points) == ("1500.500", None, 80)
+    assert versions[0].valid_to == new.valid_from
+    page = text(as_admin.get("/admin/rules"))
+    assert "第 2 版" in page
+    assert "1500.5" in page
+
+
+def test_rule_publish_validates_through_the_api_schema(as_admin):
+    response = as_admin.post(
+        "/admin/rules/publish", {"activity": "sorting:paper", "co2e_g_per_unit": "abc", "source": "x"}
+    )
+    assert response.status_code == 422
+    body = text(response)
+    assert "减排量（克/单位）" in body
+    assert "依据来源" in body
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Rule).filter_by(activity="sorting:paper")) == 1
+
+
+def test_publishing_an_unknown_rule_is_a_404_page(as_admin):
+    assert as_admin.get("/admin/rules/publish?activity=nope:nothing").status_code == 404
+
+
+# --- collection points ---------------------------------------------------------------------------------------------
+
+
+def test_admin_creates_a_point_via_form(as_admin):
+    response = as_admin.post(
+        "/admin/points",
+        {
+            "name": "鑫海湾智能箱",
+            "community_id": community_id("xinhaiwan"),
+            "kind": "smart_bin",
+            "address": "海湾路 8 号",
+            "categories": ["paper", "plastic"],
+        },
+    )
+    assert response.status_code == 302, text(response)
+    point = db.session.scalar(sa.select(CollectionPoint).filter_by(name="鑫海湾智能箱"))
+    assert sorted(point.categories) == ["paper", "plastic"]
+    assert response.headers["Location"].endswith(f"/admin/points/{point.id}")
+
+
+def test_worker_creates_points_only_in_own_community(as_worker):
+    response = as_worker.post(
+        "/admin/points",
+        {"name": "恒康二号站", "community_id": community_id("xinhaiwan"), "kind": "station", "categories": ["glass"]},
+    )
+    assert response.status_code == 302, text(response)
+    point = db.session.scalar(sa.select(CollectionPoint).filter_by(name="恒康二号站"))
+    assert point.community_id == community_id("hengkang")
+
+
+def test_point_form_errors_keep_the_typed_values(as_admin):
+    response = as_admin.post(
+        "/admin/points",
+        {"name": "半截坐标站", "community_id": community_id("hengkang"), "kind": "station", "lat": "31.2"},
+    )
+    assert response.status_code == 422
+    body = text(response)
+    assert "回收品类：请至少选择一个回收品类" in body
+    assert 'value="半截坐标站"' in body
+    response = as_admin.post(
+        "/admin/points",
+        {
+            "name": "半截坐标站",
+            "community_id": community_id("hengkang"),
+            "kind": "station",
+            "lat": "31.2",
+            "categories": ["glass"],
+        },
+    )
+    assert response.status_code == 422
+    assert "纬度和经度必须同时提供" in text(response)
+    assert db.session.scalar(sa.select(CollectionPoint).filter_by(name="半截坐标站")) is None
+
+
+def test_poster_png_svg_and_rotation(as_admin):
+    point = make_point()
+    png = as_admin.get(f"/admin/points/{point.id}/qr.png")
+    assert png.status_code == 200
+    assert png.mimetype == "image/png"
+    assert png.data.startswith(b"\x89PNG\r\n\x1a\n")
+    svg = as_admin.get(f"/admin/points/{point.id}/qr.svg")
+    assert svg.mimetype == "image/svg+xml"
+    assert "attachment" in svg.headers["Content-Disposition"]
+    assert b"<svg" in svg.data
+    before = sorting.poster(SYSTEM, point.id)["url"]
+    assert before in text(as_admin.get(f"/admin/points/{point.id}"))
+    assert as_admin.post(f"/admin/points/{point.id}/rotate", {}).status_code == 422  # the confirmation box
+    assert sorting.poster(SYSTEM, point.id)["url"] == before
+    response = as_admin.post(f"/admin/points/{point.id}/rotate", {"confirm": "yes"})
+    assert response.status_code == 302
+    after = sorting.poster(SYSTEM, point.id)["url"]
+    assert after != before
+    assert after in text(as_admin.get(f"/admin/points/{point.id}"))
+
+
+def test_worker_cannot_see_another_communitys_poster(as_worker):
+    point = make_point("鑫海湾站", "xinhaiwan")
+    assert as_worker.get(f"/admin/points/{point.id}/qr.png").status_code == 403
+    page = as_worker.get(f"/admin/points/{point.id}")
+    assert page.status_code == 403
+    assert "只能操作本社区的数据" in text(page)
+    assert as_worker.post(f"/admin/points/{point.id}/rotate", {"confirm": "yes"}).status_code == 403
+
+
+def test_device_registration_shows_the_secret_once(as_admin):
+    point = make_point()
+    response = as_admin.post(f"/admin/points/{point.id}/devices", {"code": "bin-hk-001"})
+    assert response.status_code == 201
+    device = db.session.scalar(sa.select(Device).filter_by(code="bin-hk-001"))
+    assert device.secret in text(response)
+    assert "只显示这一次" in text(response)
+    later = text(as_admin.get(f"/admin/points/{point.id}"))
+    assert "bin-hk-001" in later
+    assert device.secret not in later
+    duplicate = as_admin.post(f"/admin/points/{point.id}/devices", {"code": "bin-hk-001"})
+    assert duplicate.status_code == 409
+    assert "设备编号已存在" in text(duplicate)
+
+
+# --- ledger verification ---------------------------------------------------------------------------------------
+
+
+def test_verify_page_shows_ok(api, as_admin):
+    resident = api.resident(community_code="hengkang")
+    ledger.adjust(SYSTEM, resident.id, 12, "测试")
+    assert "校验通过" not in text(as_admin.get("/admin/verify"))
+    response = as_admin.post("/admin/verify")
+    assert response.status_code == 200
+    body = text(response)
+    assert "校验通过" in body
+    assert "1 条记录" in body
+
+
+def test_verify_page_names_the_first_bad_entry(api, as_admin):
+    resident = api.resident(community_code="hengkang")
+    entry = ledger.adjust(SYSTEM, resident.id, 12, "测试")
+    db.session.execute(sa.text("UPDATE ledger_entries SET memo = 'tampered' WHERE id = :id"), {"id": entry.id})
+    db.session.commit()
+    body = text(as_admin.post("/admin/verify"))
+    assert "发现问题" in body
+    assert f"第一条异常记录 ID：<strong>{entry.id}</strong>" in body
