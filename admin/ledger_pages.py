@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
@@ -18,13 +20,8 @@ SHOWN_PROBLEMS = 50
 
 
 def _resident_in_scope(resident_id: int) -> Resident:
-    """ledger.profile() and ledger_page() take no actor, so the scope check comes first, with the same
-    rule people.service applies to residents (admin: all; worker: own community; else "not found")."""
-    actor = current_admin_actor()
-    actor.require_role("admin", "worker")
-    resident = people.get_or_404(Resident, resident_id, "居民不存在")
-    people._resident_in_scope(actor, resident)
-    return resident
+    """ledger.profile() and ledger_page() read any account, so the staff scope check comes first."""
+    return people.get_resident(current_admin_actor(), resident_id)
 
 
 def _resident_page(error=None, resident_id: int = 0) -> str:
@@ -35,6 +32,7 @@ def _resident_page(error=None, resident_id: int = 0) -> str:
         profile=ledger.profile(resident_id),
         page=ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE),
         form=request.form,
+        reference=request.form.get("reference") or uuid.uuid4().hex,
         error=error,
     )
 
@@ -49,7 +47,8 @@ def resident(resident_id: int):
 def adjust(resident_id: int):
     _resident_in_scope(resident_id)
     data = load(AdjustmentSchema(), present("delta", "reason"))
-    entry = ledger.adjust(current_admin_actor(), resident_id, data["delta"], data["reason"])
+    reference = request.form.get("reference") or None
+    entry = ledger.adjust(current_admin_actor(), resident_id, data["delta"], data["reason"], reference=reference)
     flash(f"已调整 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
     return redirect(url_for("admin.resident", resident_id=resident_id))
 

@@ -130,6 +130,8 @@ class Settings:
             "SQLALCHEMY_DATABASE_URI": self.database_url,
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
             "MAX_CONTENT_LENGTH": 64 * 1024,
+            # The admin site's signed session cookie is refused after this, even if someone copied it.
+            "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
             "JWT_SECRET_KEY": self.jwt_secret_key,
             "JWT_ACCESS_TOKEN_EXPIRES": timedelta(minutes=self.access_minutes),
             "JWT_REFRESH_TOKEN_EXPIRES": timedelta(days=self.refresh_days),

@@ -11,18 +11,17 @@ import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
 from app.db import commit, db
-from app.errors import CapReached, InsufficientPoints, InvalidState, NotFound, field_error
+from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
 from app.people.models import Resident
-
-CREDIT_KINDS = ("earn", "refund", "adjust", "reverse")
 
 
 def _tz() -> str:
@@ -159,16 +158,23 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
 # Admin use cases
 
 
-def adjust(actor, resident_id: int, delta: int, reason: str) -> LedgerEntry:
-    """Grant or claw back points by hand. Audited, and an ordinary entry in the chain."""
+def adjust(actor, resident_id: int, delta: int, reason: str, reference: str | None = None) -> LedgerEntry:
+    """Grant or claw back points by hand. Audited, and an ordinary entry in the chain. A caller-chosen
+    `reference` (a form's nonce) makes a double submission a 409 instead of a second adjustment."""
     actor.require_role("admin")
     if delta == 0:
         raise field_error("delta", "调整积分不能为 0")
-    ref = uuid.uuid4().hex
-    entry = post(
-        resident_id, delta, kind="adjust", source="admin", ref_type="adjustment", ref_id=ref,
-        actor_type=actor.kind, actor_id=actor.id, memo=reason,
-    )  # fmt: skip
+    if reference is not None and not (8 <= len(reference) <= 64 and TOKEN.match(reference)):
+        raise field_error("reference", "调整编号无效")
+    ref = reference or uuid.uuid4().hex
+    try:
+        with db.session.begin_nested():
+            entry = post(
+                resident_id, delta, kind="adjust", source="admin", ref_type="adjustment", ref_id=ref,
+                actor_type=actor.kind, actor_id=actor.id, memo=reason,
+            )  # fmt: skip
+    except IntegrityError as exc:
+        raise Duplicate("这笔调整已经提交过了") from exc
     audit.record(actor, "ledger.adjust", "resident", resident_id, {"delta": delta, "reason": reason, "entry": ref})
     commit()
     return entry

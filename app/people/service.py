@@ -232,6 +232,14 @@ def _resident_in_scope(actor: Actor, resident: Resident) -> None:
     raise NotFound("居民不存在")
 
 
+def get_resident(actor: Actor, resident_id: int) -> Resident:
+    """A resident as staff may see one: admins any, workers their own community's."""
+    actor.require_role("admin", "worker")
+    resident = get_or_404(Resident, resident_id, "居民不存在")
+    _resident_in_scope(actor, resident)
+    return resident
+
+
 def list_residents(actor: Actor, community_id: int | None, status: str | None, cursor, limit) -> dict:
     actor.require_role("admin", "worker")
     if not actor.is_admin:

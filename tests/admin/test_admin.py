@@ -467,6 +467,18 @@ def test_adjustment_via_form_changes_the_balance_and_shows_the_entry(api, as_adm
     assert '<div class="value">30</div>' in page
 
 
+def test_a_double_submitted_adjustment_form_applies_once(api, as_admin):
+    resident = api.resident(community_code="hengkang")
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    reference = re.search(r'name="reference" value="([0-9a-f]{32})"', page).group(1)
+    form = {"delta": "30", "reason": "活动补发", "reference": reference}
+    assert as_admin.post(f"/admin/residents/{resident.id}/adjustments", dict(form)).status_code == 302
+    again = as_admin.post(f"/admin/residents/{resident.id}/adjustments", dict(form))
+    assert again.status_code == 409
+    assert "已经提交过了" in text(again)
+    assert balance_of(resident.id) == 30
+
+
 def test_overdrawing_adjustment_is_refused_on_the_page(api, as_admin):
     resident = api.resident(community_code="hengkang")
     response = as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "-5", "reason": "扣回"})
