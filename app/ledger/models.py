@@ -62,7 +62,8 @@ class LedgerEntry(db.Model):
 
 
 class DailyEarning(db.Model):
-    """Points counted per resident, local day and activity (or the daily total), for caps."""
+    """Points counted per resident, local day and activity (or the daily total), for caps; `cap` is the
+    limit in force at the last charge, kept so the counter can refuse in the same statement that counts."""
 
     __tablename__ = "daily_earnings"
 
@@ -70,6 +71,7 @@ class DailyEarning(db.Model):
     day: Mapped[date] = mapped_column(primary_key=True)
     activity: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     points: Mapped[int] = mapped_column(default=0)
+    cap: Mapped[int | None]
 
 
 class PointLot(db.Model):

@@ -48,31 +48,48 @@ def _lock_account(resident_id: int):
     return account
 
 
-def _upsert(model, keys: dict[str, Any], column: str, amount: int, limit: int | None = None):
-    """Add to a counter row in one statement, creating it if needed. With a limit, the row is only
-    changed while it stays within the limit; no row comes back when it would not."""
-    table = model.__table__
-    insert = pg_insert if db.session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    stmt = insert(table).values(**keys, **{column: amount})
-    within = None if limit is None else table.c[column] + amount <= limit
-    stmt = stmt.on_conflict_do_update(
-        index_elements=list(keys), set_={column: table.c[column] + amount}, where=within
-    ).returning(table.c[column])
-    return db.session.execute(stmt).first()
+_statements: dict[tuple[str, str], sa.Executable] = {}
 
 
-def _charge_caps(account: Account, day: date, charges: Sequence[CapCharge]) -> None:
-    """Count each charge against its daily counter; the first one over its cap refuses the whole posting
-    (the caller's transaction rolls back, so no counter keeps a partial charge)."""
-    for charge in charges:
-        keys = {"account_id": account.id, "day": day, "activity": charge.key}
-        over = charge.limit is not None and charge.amount > charge.limit
-        if over or _upsert(DailyEarning, keys, "points", charge.amount, charge.limit) is None:
-            used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
-            raise CapReached(
-                f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
-                details={"cap": charge.limit, "used": used, "activity": charge.key},
+def _statement(name: str) -> sa.Executable:
+    """The two counter upserts, built once per dialect: they run on every posting."""
+    dialect = db.session.get_bind().dialect.name
+    key = (dialect, name)
+    if key not in _statements:
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        if name == "caps":
+            table = DailyEarning.__table__
+            stmt = insert(table)
+            # A counter only moves while it stays within its cap; a row that would not is not returned.
+            _statements[key] = stmt.on_conflict_do_update(
+                index_elements=["account_id", "day", "activity"],
+                set_={"points": table.c.points + stmt.excluded.points, "cap": stmt.excluded.cap},
+                where=stmt.excluded.cap.is_(None) | (table.c.points + stmt.excluded.points <= stmt.excluded.cap),
+            ).returning(table.c.activity)
+        else:
+            table = PointLot.__table__
+            stmt = insert(table)
+            _statements[key] = stmt.on_conflict_do_update(
+                index_elements=["account_id", "year"], set_={"credited": table.c.credited + stmt.excluded.credited}
             )
+    return _statements[key]
+
+
+def _charge_caps(account, day: date, charges: Sequence[CapCharge]) -> None:
+    """Count every charge against its daily counter in one statement. One over its cap refuses the whole
+    posting: the caller's transaction rolls back, so no counter keeps a partial charge."""
+    rows = [
+        {"account_id": account.id, "day": day, "activity": c.key, "points": c.amount, "cap": c.limit} for c in charges
+    ]
+    too_big = [c for c in charges if c.limit is not None and c.amount > c.limit]
+    counted = set() if too_big else set(db.session.execute(_statement("caps"), rows).scalars())
+    for charge in too_big or [c for c in charges if c.key not in counted]:
+        keys = {"account_id": account.id, "day": day, "activity": charge.key}
+        used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
+        raise CapReached(
+            f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
+            details={"cap": charge.limit, "used": used, "activity": charge.key},
+        )
 
 
 def post(
@@ -136,7 +153,8 @@ def post(
         )
     )
     if delta > 0:
-        _upsert(PointLot, {"account_id": account.id, "year": local_day(now, _tz()).year}, "credited", delta)
+        lot = {"account_id": account.id, "year": local_day(now, _tz()).year, "credited": delta}
+        db.session.execute(_statement("lots"), lot)
     return LedgerEntry(id=entry_id, **values)
 
 

@@ -72,8 +72,8 @@ class Staff(Timestamped, db.Model):
     organization_id: Mapped[int | None] = mapped_column(sa.ForeignKey("organizations.id"), index=True)
     active: Mapped[bool] = mapped_column(default=True)
 
-    stores = relationship("Store", secondary=staff_stores, lazy="selectin")
-    collection_points = relationship("CollectionPoint", secondary=staff_collection_points, lazy="selectin")
+    stores = relationship("Store", secondary=staff_stores)
+    collection_points = relationship("CollectionPoint", secondary=staff_collection_points)
 
     @property
     def store_ids(self) -> list[int]:

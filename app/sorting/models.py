@@ -91,10 +91,11 @@ class Deposit(db.Model):
     points: Mapped[int]
     co2e_g: Mapped[int]
     weight_g: Mapped[int]
-    entry_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("ledger_entries.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     items = relationship("DepositItem", lazy="selectin", order_by="DepositItem.id")
+    # Not stored: the ledger entry points at its deposit (ref_type "deposit"); services fill this in.
+    entry_id = None
 
 
 class DepositItem(db.Model):

@@ -36,6 +36,7 @@ from app.errors import (
     field_error,
 )
 from app.ledger import service as ledger
+from app.ledger.models import Account, LedgerEntry
 from app.people.models import Resident
 from app.sorting.models import (
     Checkin,
@@ -183,14 +184,14 @@ def member_code(resident_id: int) -> dict[str, Any]:
     return {"token": token, "expires_at": expires_at}
 
 
-def _resident_from_member_code(code: str) -> Resident:
+def _resident_from_member_code(code: str):
     try:
         resident_id = qr.verify_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
     except qr.ExpiredToken as exc:
         raise QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
         raise InvalidQr("无效的会员码") from exc
-    resident = db.session.get(Resident, resident_id)
+    resident = db.session.execute(sa.select(Resident.id, Resident.status).where(Resident.id == resident_id)).first()
     if resident is None or resident.status == "closed":
         raise InvalidQr("会员码对应的账户不存在")
     if resident.status == "frozen":
@@ -198,16 +199,24 @@ def _resident_from_member_code(code: str) -> Resident:
     return resident
 
 
-# Check-ins
+# Check-ins and deposits read a point on every request; a plain row is all they need.
+_POINT_COLUMNS = (
+    CollectionPoint.id, CollectionPoint.name, CollectionPoint.qr_secret, CollectionPoint.active,
+    CollectionPoint.categories, CollectionPoint.geofence_m, CollectionPoint.lat, CollectionPoint.lng,
+)  # fmt: skip
 
 
-def _point_from_poster(token: str) -> CollectionPoint:
+def _point_row(point_id: int):
+    return db.session.execute(sa.select(*_POINT_COLUMNS).where(CollectionPoint.id == point_id)).first()
+
+
+def _point_from_poster(token: str):
     try:
         raw = qr.extract_token(token)
         header = qr.peek(raw)
         if header.kind != qr.POINT:
             raise qr.InvalidToken("not a collection point poster")
-        point = db.session.get(CollectionPoint, header.object_id)
+        point = _point_row(header.object_id)
         if point is None:
             raise qr.InvalidToken("unknown point")
         qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
@@ -255,7 +264,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
 # Weighed deposits
 
 
-def _record_deposit(point: CollectionPoint, data: dict[str, Any], *, collector: Actor | None, device: Device | None):
+def _record_deposit(point, data: dict[str, Any], *, collector: Actor | None, device: Device | None):
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
     resident = _resident_from_member_code(data["member_code"])
@@ -291,14 +300,14 @@ def _record_deposit(point: CollectionPoint, data: dict[str, Any], *, collector: 
             co2e_g=co2e_g, ref_type="deposit", ref_id=deposit.id, actor_type=recorder[0], actor_id=recorder[1],
             memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
         )  # fmt: skip
-        deposit.entry_id = entry.id
     commit()
+    deposit.entry_id = entry.id if points > 0 else None
     return deposit
 
 
 def record_deposit(actor: Actor, data: dict[str, Any]) -> Deposit:
     actor.require_role("collector")
-    point = db.session.get(CollectionPoint, data["collection_point_id"])
+    point = _point_row(data["collection_point_id"])
     if point is None:
         raise field_error("collection_point_id", "回收点不存在")
     actor.require_collection_point(point.id)
@@ -308,7 +317,7 @@ def record_deposit(actor: Actor, data: dict[str, Any]) -> Deposit:
 def record_device_deposit(device: Device, data: dict[str, Any]) -> Deposit:
     if data["collection_point_id"] != device.collection_point_id:
         raise Forbidden("设备只能为其所在的回收点记录投递")
-    return _record_deposit(get_point(device.collection_point_id), data, collector=None, device=device)
+    return _record_deposit(_point_row(device.collection_point_id), data, collector=None, device=device)
 
 
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
@@ -322,6 +331,16 @@ def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
         actor.require_collection_point(deposit.collection_point_id)
     else:
         _require_manager(actor, get_point(deposit.collection_point_id).community_id)
+    deposit.entry_id = db.session.scalar(
+        sa.select(LedgerEntry.id)
+        .join(Account, Account.id == LedgerEntry.account_id)
+        .where(
+            Account.resident_id == deposit.resident_id,
+            LedgerEntry.kind == "earn",
+            LedgerEntry.ref_type == "deposit",
+            LedgerEntry.ref_id == str(deposit.id),
+        )
+    )
     return deposit
 
 

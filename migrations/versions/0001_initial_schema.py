@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 06:56:40.913487
+Create Date: 2026-11-25 08:16:10.148039
 
 """
 from alembic import op
@@ -200,9 +200,32 @@ def upgrade():
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('activity', sa.String(length=64), nullable=False),
     sa.Column('points', sa.Integer(), nullable=False),
+    sa.Column('cap', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_daily_earnings_account_id_accounts')),
     sa.PrimaryKeyConstraint('account_id', 'day', 'activity', name=op.f('pk_daily_earnings'))
     )
+    op.create_table('deposits',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('resident_id', sa.Integer(), nullable=False),
+    sa.Column('collection_point_id', sa.Integer(), nullable=False),
+    sa.Column('collector_id', sa.Integer(), nullable=True),
+    sa.Column('device_id', sa.Integer(), nullable=True),
+    sa.Column('points', sa.Integer(), nullable=False),
+    sa.Column('co2e_g', sa.Integer(), nullable=False),
+    sa.Column('weight_g', sa.Integer(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint('(collector_id IS NULL) <> (device_id IS NULL)', name=op.f('ck_deposits_one_recorder')),
+    sa.ForeignKeyConstraint(['collection_point_id'], ['collection_points.id'], name=op.f('fk_deposits_collection_point_id_collection_points')),
+    sa.ForeignKeyConstraint(['collector_id'], ['staff.id'], name=op.f('fk_deposits_collector_id_staff')),
+    sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_deposits_device_id_devices')),
+    sa.ForeignKeyConstraint(['resident_id'], ['residents.id'], name=op.f('fk_deposits_resident_id_residents')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_deposits'))
+    )
+    with op.batch_alter_table('deposits', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_deposits_collection_point_id'), ['collection_point_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_deposits_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_deposits_resident_id'), ['resident_id'], unique=False)
+
     op.create_table('device_signatures',
     sa.Column('signature', sa.String(length=64), nullable=False),
     sa.Column('device_id', sa.Integer(), nullable=False),
@@ -260,6 +283,22 @@ def upgrade():
     sa.ForeignKeyConstraint(['store_id'], ['stores.id'], name=op.f('fk_staff_stores_store_id_stores'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('staff_id', 'store_id', name=op.f('pk_staff_stores'))
     )
+    op.create_table('deposit_items',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('deposit_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('category', sa.String(length=32), nullable=False),
+    sa.Column('weight_g', sa.Integer(), nullable=False),
+    sa.Column('co2e_g', sa.Integer(), nullable=False),
+    sa.Column('points', sa.Integer(), nullable=False),
+    sa.Column('rule_id', sa.Integer(), nullable=False),
+    sa.CheckConstraint('weight_g > 0', name=op.f('ck_deposit_items_weight_positive')),
+    sa.ForeignKeyConstraint(['deposit_id'], ['deposits.id'], name=op.f('fk_deposit_items_deposit_id_deposits')),
+    sa.ForeignKeyConstraint(['rule_id'], ['rules.id'], name=op.f('fk_deposit_items_rule_id_rules')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_deposit_items'))
+    )
+    with op.batch_alter_table('deposit_items', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_deposit_items_deposit_id'), ['deposit_id'], unique=False)
+
     op.create_table('ledger_entries',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('account_id', sa.Integer(), nullable=False),
@@ -290,62 +329,16 @@ def upgrade():
     sa.UniqueConstraint('account_id', 'seq', name=op.f('uq_ledger_entries_account_id_seq')),
     sa.UniqueConstraint('reverses_id', name=op.f('uq_ledger_entries_reverses_id'))
     )
-    op.create_table('deposits',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('resident_id', sa.Integer(), nullable=False),
-    sa.Column('collection_point_id', sa.Integer(), nullable=False),
-    sa.Column('collector_id', sa.Integer(), nullable=True),
-    sa.Column('device_id', sa.Integer(), nullable=True),
-    sa.Column('points', sa.Integer(), nullable=False),
-    sa.Column('co2e_g', sa.Integer(), nullable=False),
-    sa.Column('weight_g', sa.Integer(), nullable=False),
-    sa.Column('entry_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.CheckConstraint('(collector_id IS NULL) <> (device_id IS NULL)', name=op.f('ck_deposits_one_recorder')),
-    sa.ForeignKeyConstraint(['collection_point_id'], ['collection_points.id'], name=op.f('fk_deposits_collection_point_id_collection_points')),
-    sa.ForeignKeyConstraint(['collector_id'], ['staff.id'], name=op.f('fk_deposits_collector_id_staff')),
-    sa.ForeignKeyConstraint(['device_id'], ['devices.id'], name=op.f('fk_deposits_device_id_devices')),
-    sa.ForeignKeyConstraint(['entry_id'], ['ledger_entries.id'], name=op.f('fk_deposits_entry_id_ledger_entries')),
-    sa.ForeignKeyConstraint(['resident_id'], ['residents.id'], name=op.f('fk_deposits_resident_id_residents')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_deposits'))
-    )
-    with op.batch_alter_table('deposits', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_deposits_collection_point_id'), ['collection_point_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_deposits_created_at'), ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_deposits_resident_id'), ['resident_id'], unique=False)
-
-    op.create_table('deposit_items',
-    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('deposit_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
-    sa.Column('category', sa.String(length=32), nullable=False),
-    sa.Column('weight_g', sa.Integer(), nullable=False),
-    sa.Column('co2e_g', sa.Integer(), nullable=False),
-    sa.Column('points', sa.Integer(), nullable=False),
-    sa.Column('rule_id', sa.Integer(), nullable=False),
-    sa.CheckConstraint('weight_g > 0', name=op.f('ck_deposit_items_weight_positive')),
-    sa.ForeignKeyConstraint(['deposit_id'], ['deposits.id'], name=op.f('fk_deposit_items_deposit_id_deposits')),
-    sa.ForeignKeyConstraint(['rule_id'], ['rules.id'], name=op.f('fk_deposit_items_rule_id_rules')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_deposit_items'))
-    )
-    with op.batch_alter_table('deposit_items', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_deposit_items_deposit_id'), ['deposit_id'], unique=False)
-
     # ### end Alembic commands ###
 
 
 def downgrade():
     # ### commands auto generated by Alembic - please adjust! ###
+    op.drop_table('ledger_entries')
     with op.batch_alter_table('deposit_items', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_deposit_items_deposit_id'))
 
     op.drop_table('deposit_items')
-    with op.batch_alter_table('deposits', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_deposits_resident_id'))
-        batch_op.drop_index(batch_op.f('ix_deposits_created_at'))
-        batch_op.drop_index(batch_op.f('ix_deposits_collection_point_id'))
-
-    op.drop_table('deposits')
-    op.drop_table('ledger_entries')
     op.drop_table('staff_stores')
     op.drop_table('staff_collection_points')
     with op.batch_alter_table('rules', schema=None) as batch_op:
@@ -357,6 +350,12 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_device_signatures_seen_at'))
 
     op.drop_table('device_signatures')
+    with op.batch_alter_table('deposits', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_deposits_resident_id'))
+        batch_op.drop_index(batch_op.f('ix_deposits_created_at'))
+        batch_op.drop_index(batch_op.f('ix_deposits_collection_point_id'))
+
+    op.drop_table('deposits')
     op.drop_table('daily_earnings')
     with op.batch_alter_table('stores', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_stores_organization_id'))
