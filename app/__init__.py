@@ -60,14 +60,14 @@ def register_blueprints(app: Flask) -> None:
     from app.extensions import api
     from app.ledger.routes import blp as ledger
     from app.ops import blp as ops
-    from app.ops import docs_assets
+    from app.ops import docs_assets, pages
     from app.people.routes import blp as people
     from app.sorting.routes import blp as sorting
 
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    for blueprint in (auth, people, carbon, ledger, sorting):
+    for blueprint in (auth, people, carbon, ledger, sorting, ops):
         api.register_blueprint(blueprint)
-    app.register_blueprint(ops)
+    app.register_blueprint(pages)
     app.register_blueprint(docs_assets)
 
 

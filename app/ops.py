@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import marshmallow as ma
 import sqlalchemy as sa
 import swagger_ui_bundle
-from flask import Blueprint, jsonify, render_template_string, send_from_directory
+from flask import Blueprint, render_template_string, send_from_directory
+from flask_smorest import Blueprint as ApiBlueprint
 
 from app.db import db
 from app.http import error_response
 
-blp = Blueprint("ops", __name__)
+blp = ApiBlueprint("ops", __name__, description="运维：存活与就绪检查")
+pages = Blueprint("pages", __name__)
 docs_assets = Blueprint("docs_assets", __name__)
+
+
+class HealthSchema(ma.Schema):
+    status = ma.fields.String(required=True, metadata={"example": "ok"})
+    database = ma.fields.String(metadata={"example": "ok"})
 
 _LANDING = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>绿色积分</title>
@@ -18,22 +26,27 @@ _LANDING = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
 <h2>请使用微信扫一扫</h2><p>打开"湾区绿色积分"小程序扫描此二维码即可打卡积分。</p></body></html>"""
 
 
-@blp.get("/healthz")
+@blp.route("/healthz", methods=["GET"])
+@blp.response(200, HealthSchema)
 def healthz():
-    return jsonify(status="ok")
+    """Liveness: the process answers."""
+    return {"status": "ok"}
 
 
-@blp.get("/readyz")
+@blp.route("/readyz", methods=["GET"])
+@blp.response(200, HealthSchema)
+@blp.alt_response(503, description="not_ready: the database does not answer")
 def readyz():
+    """Readiness: the database answers."""
     try:
         db.session.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError:
         db.session.rollback()
         return error_response("not_ready", "数据库不可用", 503)
-    return jsonify(status="ok", database="ok")
+    return {"status": "ok", "database": "ok"}
 
 
-@blp.get("/q/<token>")
+@pages.get("/q/<token>")
 def poster_landing(token: str):
     """A poster QR opened outside the mini-program lands here."""
     return render_template_string(_LANDING)

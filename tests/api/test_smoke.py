@@ -1,9 +1,28 @@
+import sqlalchemy as sa
+
+from app.db import db
 from tests.conftest import assert_error
 
 
 def test_health(api):
+    assert api.get("/healthz").get_json() == {"status": "ok"}
+    assert api.get("/readyz").get_json() == {"status": "ok", "database": "ok"}
+
+
+def test_not_ready_when_the_database_does_not_answer(api, monkeypatch):
+    def down(*args, **kwargs):
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(db.session, "execute", down)
+    error = assert_error(api.get("/readyz"), 503, "not_ready")
+    assert error["message"] == "数据库不可用"
     assert api.get("/healthz").status_code == 200
-    assert api.get("/readyz").get_json()["database"] == "ok"
+
+
+def test_operational_endpoints_are_documented(api):
+    paths = api.get("/api/v1/openapi.json").get_json()["paths"]
+    assert "503" in paths["/readyz"]["get"]["responses"]
+    assert "200" in paths["/healthz"]["get"]["responses"]
 
 
 def test_resident_login_and_me(api):
@@ -11,6 +30,12 @@ def test_resident_login_and_me(api):
     body = api.get("/me", as_=me).get_json()
     assert body["balance"] == 0
     assert body["expiring_at"] is None
+
+
+def test_poster_url_opened_outside_the_mini_program_lands_on_a_page(api):
+    response = api.get("/q/p1.1.whatever")
+    assert response.status_code == 200
+    assert "微信" in response.get_data(as_text=True)
 
 
 def test_unknown_path(api):
