@@ -20,6 +20,7 @@ class HealthSchema(ma.Schema):
     status = ma.fields.String(required=True, metadata={"example": "ok"})
     database = ma.fields.String(metadata={"example": "ok"})
 
+
 _LANDING = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>绿色积分</title>
 <body style="font-family:sans-serif;text-align:center;padding:3em 1em">
