@@ -56,14 +56,29 @@ def app(database_uri):
         db.engine.dispose()
 
 
+def without_append_only_guard(*statements: str, params: dict | None = None) -> None:
+    """Run statements the database refuses on ledger_entries (as someone with raw DB access would), then commit."""
+    from app.ledger.models import APPEND_ONLY_TRIGGERS, DROP_APPEND_ONLY_TRIGGERS
+
+    dialect = db.engine.dialect.name
+    if dialect == "postgresql":
+        db.session.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        for statement in statements:
+            db.session.execute(sa.text(statement), params or {})
+    else:
+        for statement in (*DROP_APPEND_ONLY_TRIGGERS[dialect], *statements, *APPEND_ONLY_TRIGGERS[dialect]):
+            db.session.execute(sa.text(statement), params if statement in statements else {})
+    db.session.commit()
+
+
 def _wipe() -> None:
     tables = [t.name for t in reversed(db.metadata.sorted_tables)]
     if db.engine.dialect.name == "postgresql":
+        # TRUNCATE does not fire the row triggers that keep ledger_entries append-only.
         db.session.execute(sa.text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        db.session.commit()
     else:
-        for name in tables:
-            db.session.execute(sa.text(f"DELETE FROM {name}"))
-    db.session.commit()
+        without_append_only_guard(*(f"DELETE FROM {name}" for name in tables))
 
 
 FAST_HASH = "pbkdf2:sha256:1000"

@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import sqlalchemy as sa
+from sqlalchemy import DDL, event
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.clock import utcnow
@@ -82,3 +83,29 @@ class PointLot(db.Model):
     account_id: Mapped[int] = mapped_column(sa.ForeignKey("accounts.id"), primary_key=True)
     year: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     credited: Mapped[int] = mapped_column(default=0)
+
+
+# The database itself refuses to change or remove an entry, whoever connects. The same statements are in
+# the initial migration; tests that simulate tampering have to take them off first.
+APPEND_ONLY_TRIGGERS = {
+    "postgresql": (
+        "CREATE OR REPLACE FUNCTION ledger_entries_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'ledger_entries is append-only'; END $$",
+        "CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entries "
+        "FOR EACH ROW EXECUTE FUNCTION ledger_entries_append_only()",
+    ),
+    "sqlite": (
+        "CREATE TRIGGER ledger_entries_no_update BEFORE UPDATE ON ledger_entries "
+        "BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END",
+        "CREATE TRIGGER ledger_entries_no_delete BEFORE DELETE ON ledger_entries "
+        "BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END",
+    ),
+}
+DROP_APPEND_ONLY_TRIGGERS = {
+    "postgresql": ("DROP TRIGGER IF EXISTS ledger_entries_append_only ON ledger_entries",),
+    "sqlite": ("DROP TRIGGER IF EXISTS ledger_entries_no_update", "DROP TRIGGER IF EXISTS ledger_entries_no_delete"),
+}
+
+for _dialect, _statements in APPEND_ONLY_TRIGGERS.items():
+    for _sql in _statements:
+        event.listen(LedgerEntry.__table__, "after_create", DDL(_sql).execute_if(dialect=_dialect))

@@ -18,7 +18,7 @@ from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
 from app.sorting.models import CollectionPoint, Device
-from tests.conftest import community_id
+from tests.conftest import community_id, without_append_only_guard
 
 PASSWORD = "password-123"
 SYSTEM = Actor(kind="system", id=0, role="admin")
@@ -653,7 +653,7 @@ def test_verify_page_shows_ok(api, as_admin):
 def test_verify_page_names_the_first_bad_entry(api, as_admin):
     resident = api.resident(community_code="hengkang")
     entry = ledger.adjust(SYSTEM, resident.id, 12, "测试")
-    db.session.execute(sa.text("UPDATE ledger_entries SET memo = 'tampered' WHERE id = :id"), {"id": entry.id})
+    without_append_only_guard("UPDATE ledger_entries SET memo = 'tampered' WHERE id = :id", params={"id": entry.id})
     db.session.commit()
     body = text(as_admin.post("/admin/verify"))
     assert "发现问题" in body

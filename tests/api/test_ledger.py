@@ -11,7 +11,7 @@ from app.errors import CapReached
 from app.ledger import service as ledger
 from app.ledger.models import Account, LedgerEntry
 from app.ledger.verify import verify_ledger
-from tests.conftest import SHANGHAI, assert_error
+from tests.conftest import SHANGHAI, assert_error, without_append_only_guard
 
 
 def earn(resident_id: int, points: int, ref: str, caps=()):
@@ -211,11 +211,22 @@ def test_verify_names_the_altered_entry(api, app):
     ok = runner.invoke(args=["ledger", "verify"])
     assert ok.exit_code == 0, ok.output
     assert "checked 3 entries" in ok.output
-    db.session.execute(sa.text("UPDATE ledger_entries SET delta = delta + 100 WHERE id = :id"), {"id": target.id})
-    db.session.commit()
+    without_append_only_guard("UPDATE ledger_entries SET delta = delta + 100 WHERE id = :id", params={"id": target.id})
     bad = runner.invoke(args=["ledger", "verify"])
     assert bad.exit_code == 1
     assert f"first bad entry {target.id}" in bad.output
+
+
+@pytest.mark.parametrize(
+    "statement", ["UPDATE ledger_entries SET delta = delta + 1", "DELETE FROM ledger_entries"], ids=["update", "delete"]
+)
+def test_the_database_refuses_to_change_or_remove_entries(api, statement):
+    me = api.resident()
+    earn(me.id, 10, "a")
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"):
+        db.session.execute(sa.text(statement))
+    db.session.rollback()
+    assert db.session.scalar(sa.select(LedgerEntry.delta)) == 10
 
 
 def test_verify_catches_a_balance_edited_without_an_entry(api):

@@ -40,6 +40,15 @@ def test_upgrade_head_matches_models(empty_database):
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), db.metadata)
         tables = set(sa.inspect(db.engine).get_table_names())
+        with db.engine.connect() as conn:
+            triggers = set(
+                conn.scalars(
+                    sa.text("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+                    if conn.dialect.name == "postgresql"
+                    else sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+                )
+            )
         db.engine.dispose()
     assert diff == []
     assert {"ledger_entries", "accounts", "checkins", "idempotency_keys", "alembic_version"} <= tables
+    assert triggers & {"ledger_entries_append_only", "ledger_entries_no_update"}, "ledger_entries must be append-only"
