@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from flask_jwt_extended import create_access_token, create_refresh_token, get_jwt
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.auth.guards import identity_for
@@ -68,7 +69,11 @@ def logout() -> None:
     claims = get_jwt()
     if db.session.get(RevokedSession, claims["sid"]) is None:
         refresh_ttl = current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
-        db.session.add(RevokedSession(sid=claims["sid"], expires_at=utcnow() + refresh_ttl))
+        try:
+            with db.session.begin_nested():
+                db.session.add(RevokedSession(sid=claims["sid"], expires_at=utcnow() + refresh_ttl))
+        except IntegrityError:
+            pass  # a concurrent logout of the same session already revoked it
     commit()
 
 

@@ -108,6 +108,7 @@ def post(
     memo: str | None = None,
     reverses_id: int | None = None,
     caps: Sequence[CapCharge] = (),
+    lifetime_delta: int | None = None,
 ) -> LedgerEntry:
     """Append one entry to the resident's chain. The caller's use case commits."""
     ref_id = str(ref_id)
@@ -149,7 +150,8 @@ def post(
             last_seq=seq,
             last_hash=values["hash"],
             co2e_g=accounts.c.co2e_g + co2e_g,
-            lifetime_earned=accounts.c.lifetime_earned + (delta if kind == "earn" else 0),
+            lifetime_earned=accounts.c.lifetime_earned
+            + (lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0),
         )
     )
     if delta > 0:
@@ -170,6 +172,7 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
         actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,
         co2e_g=-entry.co2e_g, memo=memo, reverses_id=entry.id,
+        lifetime_delta=-entry.delta if entry.kind == "earn" else 0,
     )  # fmt: skip
 
 
@@ -203,10 +206,14 @@ def reverse_entry(actor, entry_id: int, reason: str) -> LedgerEntry:
     entry = db.session.get(LedgerEntry, entry_id)
     if entry is None:
         raise NotFound("积分记录不存在")
-    result = reverse(
-        entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
-        actor_id=actor.id, memo=reason,
-    )  # fmt: skip
+    try:
+        with db.session.begin_nested():
+            result = reverse(
+                entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
+                actor_id=actor.id, memo=reason,
+            )  # fmt: skip
+    except IntegrityError as exc:  # a concurrent reversal of the same entry won the race
+        raise InvalidState("该记录已被冲正") from exc
     audit.record(actor, "ledger.reverse", "ledger_entry", entry.id, {"reason": reason})
     commit()
     return result

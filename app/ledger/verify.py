@@ -89,35 +89,43 @@ def _check(chain: _Chain, row, report: Report) -> None:
     chain.deltas[entry_id] = (kind, delta)
     chain.seq, chain.balance, chain.hash = seq, balance_after, stored_hash
     chain.co2e_g += co2e_g
-    if kind == "earn":
+    if kind == "earn" or (kind == "reverse" and chain.deltas.get(reverses_id, ("",))[0] == "earn"):
         chain.earned += delta
+
+
+def _snapshot():
+    """A read-only connection that sees one consistent state of accounts and entries, however long the
+    check takes and whatever is posted meanwhile; on SQLite it does not take the write lock."""
+    options: dict = {"read_only": True}
+    if db.engine.dialect.name == "postgresql":
+        options |= {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True}
+    return db.engine.connect().execution_options(**options)
 
 
 def verify_ledger(chunk: int = 20000) -> Report:
     report = Report()
-    connection = db.session.connection()
-    accounts = {
-        row[0]: tuple(row[1:])
-        for row in connection.execute(
-            sa.text("SELECT id, balance, lifetime_earned, co2e_g, last_seq, last_hash FROM accounts")
-        )
-    }
-    report.accounts = len(accounts)
     entries = (
         sa.text(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY account_id, seq")  # noqa: S608
         .columns(created_at=db.metadata.tables["ledger_entries"].c.created_at.type)
         .execution_options(yield_per=chunk)
     )
-    result = connection.execute(entries)
     chain: _Chain | None = None
     count = 0
-    for row in result:
-        count += 1
-        if chain is None or row[1] != chain.account_id:
-            if chain is not None:
-                _close(chain, accounts, report)
-            chain = _Chain(row[1])
-        _check(chain, row, report)
+    with _snapshot() as connection, connection.begin():
+        accounts = {
+            row[0]: tuple(row[1:])
+            for row in connection.execute(
+                sa.text("SELECT id, balance, lifetime_earned, co2e_g, last_seq, last_hash FROM accounts")
+            )
+        }
+        report.accounts = len(accounts)
+        for row in connection.execute(entries):
+            count += 1
+            if chain is None or row[1] != chain.account_id:
+                if chain is not None:
+                    _close(chain, accounts, report)
+                chain = _Chain(row[1])
+            _check(chain, row, report)
     if chain is not None:
         _close(chain, accounts, report)
     for account_id, (balance, earned, co2e_g, last_seq, last_hash) in accounts.items():

@@ -117,7 +117,9 @@ def test_reverse_once_with_reason(api):
     assert response.get_json()["delta"] == -20
     again = api.post(f"/ledger/entries/{entry.id}/reverse", as_=admin, json={"reason": "重复发放"})
     assert_error(again, 409, "invalid_state")
-    assert api.get("/me", as_=me).get_json()["balance"] == 0
+    me_now = api.get("/me", as_=me).get_json()
+    assert me_now["balance"] == 0
+    assert me_now["lifetime_earned"] == 0  # a reversed earn was never really earned
     report = verify_ledger()
     assert report.ok, report.problems
 
@@ -244,3 +246,17 @@ def test_balance_check_constraint_holds_in_the_database(api):
     with pytest.raises(sa.exc.IntegrityError):
         db.session.execute(sa.text("UPDATE accounts SET balance = -1 WHERE resident_id = :id"), {"id": me.id})
     db.session.rollback()
+
+
+def test_verify_reads_committed_state_without_waiting_for_writers(api):
+    me = api.resident()
+    earn(me.id, 10, "a")
+    # An open posting holds the account lock (and, on SQLite, the write lock) while the audit runs.
+    ledger.post(
+        me.id, 5, kind="earn", source="test", ref_type="test", ref_id="open", actor_type="system", actor_id=None
+    )
+    report = verify_ledger()
+    assert report.ok, report.problems
+    assert report.entries == 1
+    db.session.commit()
+    assert verify_ledger().entries == 2
