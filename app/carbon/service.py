@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -105,9 +105,12 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     """A new version of a rule, in force from `effective_from`; the current version ends there."""
     actor.require_role("admin")
     now = utcnow()
-    effective_from = effective_from or now
-    if effective_from < now:
-        raise field_error("effective_from", "生效时间不能早于当前时间")
+    # Every worker caches rules for up to _CACHE_TTL_S; a version that starts no sooner than that is seen
+    # by all of them before it applies, so no posting uses a superseded rule.
+    earliest = now + timedelta(seconds=_CACHE_TTL_S)
+    effective_from = effective_from or earliest
+    if effective_from < earliest:
+        raise field_error("effective_from", f"生效时间至少要在 {int(_CACHE_TTL_S)} 秒之后")
     current = db.session.scalar(
         sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1).with_for_update()
     )

@@ -517,6 +517,7 @@ def test_rule_publish_creates_version_2(as_admin, clock):
     new = versions[1]
     assert (str(new.co2e_g_per_unit), new.points, new.daily_cap_points) == ("1500.500", None, 80)
     assert versions[0].valid_to == new.valid_from
+    clock.advance(seconds=11)  # a new version starts once every worker's rule cache can have seen it
     page = text(as_admin.get("/admin/rules"))
     assert "第 2 版" in page
     assert "1500.5" in page

@@ -37,6 +37,8 @@ def test_new_version_supersedes_and_old_entries_keep_theirs(api, clock):
     assert response.status_code == 201, response.get_json()
     v2 = response.get_json()
     assert (v2["version"], v2["points"], v2["daily_cap_points"]) == (2, 8, 10)
+    assert next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")["id"] == v1["id"]
+    clock.advance(seconds=11)  # a new version starts once every worker's rule cache can have seen it
     in_force = next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")
     assert in_force["id"] == v2["id"]
     clock.advance(days=1)
@@ -59,6 +61,18 @@ def test_future_version_waits_for_its_start(api, clock):
 
     clear_cache()
     assert glass()["version"] == 2
+
+
+def test_a_new_version_cannot_start_before_every_worker_can_see_it(api, clock):
+    admin = api.staff("admin")
+    body = {"activity": "sorting:paper", "co2e_g_per_unit": "1800", "source": "经发办"}
+    too_soon = (clock.now + timedelta(seconds=5)).astimezone(SHANGHAI).isoformat()
+    error = assert_error(
+        api.post("/rules", as_=admin, json={**body, "effective_from": too_soon}), 422, "validation_error"
+    )
+    assert "10" in error["details"]["fields"]["effective_from"][0]
+    created = api.post("/rules", as_=admin, json=body).get_json()
+    assert created["valid_from"] == (clock.now + timedelta(seconds=10)).isoformat()
 
 
 def test_publishing_rules_is_admin_only_and_validated(api):
