@@ -209,7 +209,8 @@ def get_deposit(deposit_id):
 @blp.arguments(DepositCreateSchema)
 @blp.response(201, DepositSchema)
 def device_deposit(body):
-    """A smart bin records a deposit, HMAC-signed."""
+    """A smart bin records a deposit, HMAC-signed. Each signature is accepted once: to retry after a lost
+    answer, sign again with a new timestamp and send the same Idempotency-Key to get the first answer back."""
     return service.record_device_deposit(service.current_device(), body)
 
 
