@@ -35,10 +35,17 @@ def open_account(resident_id: int) -> Account:
     return account
 
 
+def _connection():
+    """The session's connection: the posting path runs Core statements and skips the ORM's execute layer.
+    (Pending ORM rows are flushed first, as a session execute would.)"""
+    db.session.flush()
+    return db.session.connection()
+
+
 def _lock_account(resident_id: int):
     """The account's chain head, locked until the caller's transaction ends (a row lock on PostgreSQL;
     SQLite transactions already hold the write lock). Read with Core: a lock is only as good as a fresh read."""
-    account = db.session.execute(
+    account = _connection().execute(
         sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
         .where(Account.resident_id == resident_id)
         .with_for_update()
@@ -82,7 +89,7 @@ def _charge_caps(account, day: date, charges: Sequence[CapCharge]) -> None:
         {"account_id": account.id, "day": day, "activity": c.key, "points": c.amount, "cap": c.limit} for c in charges
     ]
     too_big = [c for c in charges if c.limit is not None and c.amount > c.limit]
-    counted = set() if too_big else set(db.session.execute(_statement("caps"), rows).scalars())
+    counted = set() if too_big else set(_connection().execute(_statement("caps"), rows).scalars())
     for charge in too_big or [c for c in charges if c.key not in counted]:
         keys = {"account_id": account.id, "day": day, "activity": charge.key}
         used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
@@ -141,8 +148,8 @@ def post(
     }  # fmt: skip
     # Core statements: this is the hottest write path, and the ORM unit of work adds nothing here.
     entries, accounts = LedgerEntry.__table__, Account.__table__
-    entry_id = db.session.execute(entries.insert().values(values).returning(entries.c.id)).scalar_one()
-    db.session.execute(
+    entry_id = _connection().execute(entries.insert().values(values).returning(entries.c.id)).scalar_one()
+    _connection().execute(
         accounts.update()
         .where(accounts.c.id == account.id)
         .values(
@@ -156,7 +163,7 @@ def post(
     )
     if delta > 0:
         lot = {"account_id": account.id, "year": local_day(now, _tz()).year, "credited": delta}
-        db.session.execute(_statement("lots"), lot)
+        _connection().execute(_statement("lots"), lot)
     return LedgerEntry(id=entry_id, **values)
 
 
