@@ -297,17 +297,17 @@ def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
     a second run finds nothing left to expire, and (account, year) is unique among expire entries."""
     years = current_app.config["POINTS_EXPIRY_YEARS"]
     last_due_year = local_day(as_of, _tz()).year - 1 - years
-    account_ids = list(
-        db.session.scalars(
-            sa.select(PointLot.account_id)
-            .where(PointLot.year <= last_due_year)
-            .distinct()
-            .order_by(PointLot.account_id)
-        )
-    )
+    # Only accounts that still hold points from a due year: their balance exceeds what later years credited.
+    later = sa.func.sum(sa.case((PointLot.year > last_due_year, PointLot.credited), else_=0))
+    due = db.session.execute(
+        sa.select(Account.id, Account.resident_id)
+        .join(PointLot, PointLot.account_id == Account.id)
+        .group_by(Account.id, Account.resident_id, Account.balance)
+        .having(sa.func.min(PointLot.year) <= last_due_year, Account.balance > later)
+        .order_by(Account.id)
+    ).all()
     written = points = 0
-    for index, account_id in enumerate(account_ids, start=1):
-        resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == account_id))
+    for index, (_, resident_id) in enumerate(due, start=1):
         account = _lock_account(resident_id)
         for year, left in _remaining_by_year(account, _lots(account)):
             if year > last_due_year or left <= 0:
@@ -321,4 +321,4 @@ def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
         if index % batch == 0:
             db.session.commit()
     db.session.commit()
-    return {"accounts": len(account_ids), "entries": written, "points": points}
+    return {"accounts": len(due), "entries": written, "points": points}
