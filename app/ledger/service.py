@@ -35,17 +35,17 @@ def open_account(resident_id: int) -> Account:
     return account
 
 
-def _connection():
+def _connection() -> sa.Connection:
     """The session's connection: the posting path runs Core statements and skips the ORM's execute layer.
-    (Pending ORM rows are flushed first, as a session execute would.)"""
+    Pending ORM rows (the deposit or check-in an entry refers to) are flushed first, as a session execute would."""
     db.session.flush()
     return db.session.connection()
 
 
-def _lock_account(resident_id: int):
+def _lock_account(conn: sa.Connection, resident_id: int):
     """The account's chain head, locked until the caller's transaction ends (a row lock on PostgreSQL;
     SQLite transactions already hold the write lock). Read with Core: a lock is only as good as a fresh read."""
-    account = _connection().execute(
+    account = conn.execute(
         sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
         .where(Account.resident_id == resident_id)
         .with_for_update()
@@ -82,14 +82,14 @@ def _statement(name: str) -> sa.Executable:
     return _statements[key]
 
 
-def _charge_caps(account, day: date, charges: Sequence[CapCharge]) -> None:
+def _charge_caps(conn: sa.Connection, account, day: date, charges: Sequence[CapCharge]) -> None:
     """Count every charge against its daily counter in one statement. One over its cap refuses the whole
     posting: the caller's transaction rolls back, so no counter keeps a partial charge."""
     rows = [
         {"account_id": account.id, "day": day, "activity": c.key, "points": c.amount, "cap": c.limit} for c in charges
     ]
     too_big = [c for c in charges if c.limit is not None and c.amount > c.limit]
-    counted = set() if too_big else set(_connection().execute(_statement("caps"), rows).scalars())
+    counted = set() if too_big else set(conn.execute(_statement("caps"), rows).scalars())
     for charge in too_big or [c for c in charges if c.key not in counted]:
         keys = {"account_id": account.id, "day": day, "activity": charge.key}
         used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
@@ -125,15 +125,16 @@ def post(
             raise ValueError(f"{name} {value!r} is not a ledger token")
     if delta == 0:
         raise ValueError("a ledger entry moves a non-zero number of points")
-    now = utcnow()
-    account = _lock_account(resident_id)
+    now, conn = utcnow(), _connection()
+    today = local_day(now, _tz())
+    account = _lock_account(conn, resident_id)
     if account.balance + delta < 0:
         raise InsufficientPoints(
             f"积分不足：当前余额 {account.balance}，需要 {-delta}",
             details={"balance": account.balance, "required": -delta},
         )
     if caps:
-        _charge_caps(account, local_day(now, _tz()), caps)
+        _charge_caps(conn, account, today, caps)
     seq, balance_after = account.last_seq + 1, account.balance + delta
     values = {
         "account_id": account.id, "seq": seq, "delta": delta, "balance_after": balance_after, "kind": kind,
@@ -148,8 +149,8 @@ def post(
     }  # fmt: skip
     # Core statements: this is the hottest write path, and the ORM unit of work adds nothing here.
     entries, accounts = LedgerEntry.__table__, Account.__table__
-    entry_id = _connection().execute(entries.insert().values(values).returning(entries.c.id)).scalar_one()
-    _connection().execute(
+    entry_id = conn.execute(entries.insert().values(values).returning(entries.c.id)).scalar_one()
+    conn.execute(
         accounts.update()
         .where(accounts.c.id == account.id)
         .values(
@@ -162,8 +163,7 @@ def post(
         )
     )
     if delta > 0:
-        lot = {"account_id": account.id, "year": local_day(now, _tz()).year, "credited": delta}
-        _connection().execute(_statement("lots"), lot)
+        conn.execute(_statement("lots"), {"account_id": account.id, "year": today.year, "credited": delta})
     return LedgerEntry(id=entry_id, **values)
 
 
@@ -308,16 +308,16 @@ def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
     ).all()
     written = points = 0
     for index, (_, resident_id) in enumerate(due, start=1):
-        account = _lock_account(resident_id)
+        # One consistent reading under the lock: what is left of each year adds up to the balance.
+        account = _lock_account(_connection(), resident_id)
         for year, left in _remaining_by_year(account, _lots(account)):
             if year > last_due_year or left <= 0:
                 continue
-            amount = min(left, account.balance)
             post(
-                resident_id, -amount, kind="expire", source="expiry", ref_type="expiry", ref_id=year,
+                resident_id, -left, kind="expire", source="expiry", ref_type="expiry", ref_id=year,
                 actor_type="system", actor_id=None, memo=f"{year}年获得的积分已到期",
             )  # fmt: skip
-            written, points = written + 1, points + amount
+            written, points = written + 1, points + left
         if index % batch == 0:
             db.session.commit()
     db.session.commit()
