@@ -9,9 +9,11 @@ from flask import g, has_request_context
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry
 
 from app.clock import utcnow
+from app.errors import Duplicate, NotFound
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -54,6 +56,25 @@ db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 
 class Timestamped:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def get_or_404(model, obj_id: int, message: str = "资源不存在"):
+    obj = db.session.get(model, obj_id)
+    if obj is None:
+        raise NotFound(message)
+    return obj
+
+
+def insert_unique(obj, message: str):
+    """Insert one row whose natural key is unique; a clash becomes 409 duplicate, not a 500,
+    and the rest of the transaction survives (a savepoint)."""
+    db.session.add(obj)
+    try:
+        with db.session.begin_nested():
+            db.session.flush()
+    except IntegrityError as exc:
+        raise Duplicate(message) from exc
+    return obj
 
 
 def commit() -> None:

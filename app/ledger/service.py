@@ -17,7 +17,7 @@ from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import commit, db
+from app.db import commit, db, get_or_404
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -210,9 +210,7 @@ def adjust(actor, resident_id: int, delta: int, reason: str, reference: str | No
 
 def reverse_entry(actor, entry_id: int, reason: str) -> LedgerEntry:
     actor.require_role("admin")
-    entry = db.session.get(LedgerEntry, entry_id)
-    if entry is None:
-        raise NotFound("积分记录不存在")
+    entry = get_or_404(LedgerEntry, entry_id, "积分记录不存在")
     try:
         with db.session.begin_nested():
             result = reverse(

@@ -11,8 +11,8 @@ from werkzeug.security import generate_password_hash
 from app.audit import service as audit
 from app.auth.guards import Actor
 from app.common import keyset_page
-from app.db import commit, db
-from app.errors import Duplicate, Forbidden, NotFound, field_error
+from app.db import commit, db, get_or_404, insert_unique
+from app.errors import Forbidden, NotFound, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
 from app.people.models import Community, Organization, Resident, Staff
@@ -21,27 +21,9 @@ from app.sorting.models import CollectionPoint
 ALLIANCE_MAY_CREATE = ("merchant", "alliance")
 
 
-def get_or_404(model, obj_id: int, message: str = "资源不存在"):
-    obj = db.session.get(model, obj_id)
-    if obj is None:
-        raise NotFound(message)
-    return obj
-
-
 def _require_exists(model, obj_id: int | None, field: str, message: str) -> None:
     if obj_id is not None and db.session.get(model, obj_id) is None:
         raise field_error(field, message)
-
-
-def _insert_unique(obj, message: str):
-    """Insert one row whose natural key is unique; a clash becomes 409 duplicate, not a 500."""
-    db.session.add(obj)
-    try:
-        with db.session.begin_nested():
-            db.session.flush()
-    except IntegrityError as exc:
-        raise Duplicate(message) from exc
-    return obj
 
 
 # Communities and organisations
@@ -53,7 +35,7 @@ def list_communities() -> list[Community]:
 
 def create_community(actor: Actor, data: dict[str, Any]) -> Community:
     actor.require_role("admin")
-    community = _insert_unique(Community(**data), "社区名称或编码已存在")
+    community = insert_unique(Community(**data), "社区名称或编码已存在")
     audit.record(actor, "community.create", "community", community.id, data)
     commit()
     return community
@@ -71,7 +53,7 @@ def list_organizations(community_id: int | None = None, kind: str | None = None)
 def create_organization(actor: Actor, data: dict[str, Any]) -> Organization:
     actor.require_role("admin")
     _require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
-    org = _insert_unique(Organization(**data), "该成员单位已存在")
+    org = insert_unique(Organization(**data), "该成员单位已存在")
     audit.record(actor, "organization.create", "organization", org.id, data)
     commit()
     return org
@@ -140,7 +122,7 @@ def create_staff(actor: Actor, data: dict[str, Any]) -> Staff:
         stores=stores,
         collection_points=points,
     )
-    _insert_unique(staff, "用户名已被使用")
+    insert_unique(staff, "用户名已被使用")
     audit.record(actor, "staff.create", "staff", staff.id, {"username": staff.username, "role": staff.role})
     commit()
     return staff

@@ -22,7 +22,7 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
 from app.common import decode_cursor, encode_cursor, keyset_page
-from app.db import commit, db
+from app.db import commit, db, get_or_404, insert_unique
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -74,10 +74,7 @@ def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
 
 
 def get_point(point_id: int) -> CollectionPoint:
-    point = db.session.get(CollectionPoint, point_id)
-    if point is None:
-        raise NotFound("回收点不存在")
-    return point
+    return get_or_404(CollectionPoint, point_id, "回收点不存在")
 
 
 def _require_manager(actor: Actor, point_community_id: int) -> None:
@@ -321,9 +318,7 @@ def record_device_deposit(device: Device, data: dict[str, Any]) -> Deposit:
 
 
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
-    deposit = db.session.get(Deposit, deposit_id)
-    if deposit is None:
-        raise NotFound("投递记录不存在")
+    deposit = get_or_404(Deposit, deposit_id, "投递记录不存在")
     if actor.kind == "resident":
         if deposit.resident_id != actor.id:
             raise NotFound("投递记录不存在")
@@ -350,13 +345,7 @@ def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     point = get_point(data["collection_point_id"])
     _require_manager(actor, point.community_id)
-    device = Device(code=data["code"], collection_point_id=point.id)
-    db.session.add(device)
-    try:
-        with db.session.begin_nested():
-            db.session.flush()
-    except IntegrityError as exc:
-        raise Duplicate("设备编号已存在") from exc
+    device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")
     audit.record(actor, "device.register", "device", device.id, {"code": device.code, "point": point.id})
     commit()
     return device
