@@ -67,31 +67,34 @@ def _parse_identity(sub: str) -> tuple[str, int]:
     return kind, int(raw_id)
 
 
-def actor_for_staff(staff: Staff) -> Actor:
+SCOPED_ROLES = ("merchant", "collector")
+
+
+def staff_actor(staff_id: int, role: str, community_id: int | None, organization_id: int | None) -> Actor:
+    """A staff caller; store and collection-point ids are read (in one query) only for the roles that have them."""
+    rows = []
+    if role in SCOPED_ROLES:
+        rows = db.session.execute(
+            sa.union_all(
+                sa.select(sa.literal("store"), staff_stores.c.store_id).where(staff_stores.c.staff_id == staff_id),
+                sa.select(sa.literal("point"), staff_collection_points.c.collection_point_id).where(
+                    staff_collection_points.c.staff_id == staff_id
+                ),
+            )
+        ).all()
     return Actor(
         kind="staff",
-        id=staff.id,
-        role=staff.role,
-        community_id=staff.community_id,
-        organization_id=staff.organization_id,
-        store_ids=frozenset(staff.store_ids),
-        collection_point_ids=frozenset(staff.collection_point_ids),
+        id=staff_id,
+        role=role,
+        community_id=community_id,
+        organization_id=organization_id,
+        store_ids=frozenset(ref for kind, ref in rows if kind == "store"),
+        collection_point_ids=frozenset(ref for kind, ref in rows if kind == "point"),
     )
 
 
-def _staff_scope_ids(staff_id: int) -> tuple[frozenset[int], frozenset[int]]:
-    rows = db.session.execute(
-        sa.union_all(
-            sa.select(sa.literal("store"), staff_stores.c.store_id).where(staff_stores.c.staff_id == staff_id),
-            sa.select(sa.literal("point"), staff_collection_points.c.collection_point_id).where(
-                staff_collection_points.c.staff_id == staff_id
-            ),
-        )
-    ).all()
-    return (
-        frozenset(ref for kind, ref in rows if kind == "store"),
-        frozenset(ref for kind, ref in rows if kind == "point"),
-    )
+def actor_for_staff(staff: Staff) -> Actor:
+    return staff_actor(staff.id, staff.role, staff.community_id, staff.organization_id)
 
 
 def load_actor(claims: dict) -> Actor:
@@ -112,16 +115,7 @@ def load_actor(claims: dict) -> Actor:
         return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
     if row is None or not row.active:
         raise Unauthorized("账户不存在或已停用")
-    stores, points = _staff_scope_ids(obj_id) if row.role in ("merchant", "collector") else (frozenset(), frozenset())
-    return Actor(
-        kind="staff",
-        id=obj_id,
-        role=row.role,
-        community_id=row.community_id,
-        organization_id=row.organization_id,
-        store_ids=stores,
-        collection_point_ids=points,
-    )
+    return staff_actor(obj_id, row.role, row.community_id, row.organization_id)
 
 
 def current_actor() -> Actor:
