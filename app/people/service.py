@@ -155,15 +155,16 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     staff = get_staff(actor, staff_id)
     if not actor.is_admin and staff.role not in ALLIANCE_MAY_CREATE:
         raise Forbidden()
+    current = {"role": staff.role, "community_id": staff.community_id, "organization_id": staff.organization_id}
     if "store_ids" in data:
         stores = _scoped_rows(Store, data["store_ids"], "store_ids", "兑换点")
-        _check_alliance_grant(actor, {"role": staff.role, "organization_id": staff.organization_id}, stores)
-        _check_role_scope(staff.role, {}, stores, staff.collection_points)
+        _check_alliance_grant(actor, dict(current), stores)
+        _check_role_scope(staff.role, current, stores, staff.collection_points)
         staff.stores = stores
     if "collection_point_ids" in data:
         actor.require_role("admin")
         points = _scoped_rows(CollectionPoint, data["collection_point_ids"], "collection_point_ids", "回收点")
-        _check_role_scope(staff.role, {}, staff.stores, points)
+        _check_role_scope(staff.role, current, staff.stores, points)
         staff.collection_points = points
     if "password" in data:
         staff.password_hash = generate_password_hash(data["password"])

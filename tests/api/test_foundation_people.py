@@ -351,6 +351,36 @@ def test_alliance_cannot_reassign_a_merchant_to_another_orgs_store(api, world):
     assert api.get(f"/staff/{clerk.id}", as_=cafe_boss).get_json()["store_ids"] == [world["cafe_store"]]
 
 
+def test_patch_staff_rescopes_within_the_rules(api, world):
+    from app.sorting.models import CollectionPoint
+
+    admin, cafe_boss = api.staff("admin"), api.staff("alliance", organization_id=world["cafe"])
+    points = [CollectionPoint(name=f"点{i}", community_id=community_id("hengkang"), kind="station") for i in (1, 2)]
+    db.session.add_all(points)
+    db.session.commit()
+    collector = api.staff("collector", collection_point_ids=[points[0].id])
+    moved = api.patch(f"/staff/{collector.id}", as_=admin, json={"collection_point_ids": [points[1].id]})
+    assert moved.status_code == 200, moved.get_json()
+    assert moved.get_json()["collection_point_ids"] == [points[1].id]
+    emptied = api.patch(f"/staff/{collector.id}", as_=admin, json={"collection_point_ids": []})
+    assert "collection_point_ids" in assert_error(emptied, 422, "validation_error")["details"]["fields"]
+    # A store for a non-merchant is refused for what it is, not for a scope field the account already has.
+    other_boss = api.staff("alliance", organization_id=world["cafe"])
+    wrong = api.patch(f"/staff/{other_boss.id}", as_=admin, json={"store_ids": [world["cafe_store"]]})
+    assert assert_error(wrong, 422, "validation_error")["details"]["fields"] == {
+        "store_ids": ["只有店员可以关联兑换点"]
+    }
+    clerk = api.staff("merchant", store_ids=[world["cafe_store"]], organization_id=world["cafe"])
+    refused = api.patch(f"/staff/{clerk.id}", as_=cafe_boss, json={"collection_point_ids": [points[0].id]})
+    assert_error(refused, 403, "forbidden")
+    assert_error(api.patch(f"/staff/{clerk.id}", as_=clerk, json={"active": False}), 403, "forbidden")
+    reset = api.patch(f"/staff/{clerk.id}", as_=cafe_boss, json={"password": "new-password-1"})
+    assert reset.status_code == 200
+    username = reset.get_json()["username"]
+    login = api.post("/auth/login", json={"username": username, "password": "new-password-1"})
+    assert login.status_code == 200
+
+
 # --- /me and /staff/me ----------------------------------------------------------------------------------
 
 ME_FIELDS = {
