@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from copy import deepcopy
 from dataclasses import dataclass, field
 from functools import wraps
 
@@ -10,9 +9,10 @@ import sqlalchemy as sa
 from flask import g
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
+from app.apidoc import extend_doc
 from app.auth.models import RevokedSession
 from app.db import db
-from app.errors import AccountFrozen, AppError, Forbidden, TokenExpired, TokenRevoked, Unauthorized
+from app.errors import AccountFrozen, Forbidden, TokenExpired, TokenRevoked, Unauthorized
 from app.people.models import STAFF_ROLES, Resident, Staff, staff_collection_points, staff_stores
 
 RESIDENT = "resident"
@@ -134,30 +134,6 @@ def authenticate(*roles: str, refresh: bool = False) -> Actor:
     return actor
 
 
-def error_docs(*errors: type[AppError]):
-    """Document the error codes a view can answer with, merged per status, in the OpenAPI document."""
-
-    def decorator(func):
-        apidoc = deepcopy(getattr(func, "_apidoc", {}))
-        responses = apidoc.setdefault("manual_doc", {}).setdefault("responses", {})
-        for error in errors:
-            entry = responses.setdefault(
-                str(error.status),
-                {
-                    "description": "",
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
-                },
-            )
-            codes = [c for c in entry["description"].split(", ") if c]
-            if error.code not in codes:
-                codes.append(error.code)
-            entry["description"] = ", ".join(codes)
-        func._apidoc = apidoc
-        return func
-
-    return decorator
-
-
 def login_required(*roles: str, refresh: bool = False):
     """Require a valid bearer token and, if given, one of `roles` ('resident' or a staff role)."""
 
@@ -167,9 +143,7 @@ def login_required(*roles: str, refresh: bool = False):
             authenticate(*roles, refresh=refresh)
             return view(*args, **kwargs)
 
-        wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
-        wrapper._apidoc.setdefault("manual_doc", {})["security"] = [{"bearerAuth": []}]
         documented = [Unauthorized, TokenExpired, TokenRevoked, AccountFrozen] + ([Forbidden] if roles else [])
-        return error_docs(*documented)(wrapper)
+        return extend_doc(wrapper, view, errors=documented, security=[{"bearerAuth": []}])
 
     return decorator

@@ -3,8 +3,9 @@ from __future__ import annotations
 from flask import request
 from flask_smorest import Blueprint
 
+from app.apidoc import error_docs
 from app.auth import service
-from app.auth.guards import error_docs, login_required
+from app.auth.guards import login_required
 from app.auth.schemas import (
     AccessTokenSchema,
     ResidentTokensSchema,

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from app.auth.guards import current_actor, error_docs, login_required
+from app.apidoc import error_docs
+from app.auth.guards import current_actor, login_required
 from app.carbon import service
 from app.carbon.schemas import RulePublishSchema, RuleQuerySchema, RuleSchema
 from app.errors import NotFound

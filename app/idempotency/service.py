@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from copy import deepcopy
 from functools import wraps
 
 import sqlalchemy as sa
 from flask import g, jsonify, request
 from sqlalchemy.exc import IntegrityError
 
-from app.auth.guards import current_actor, error_docs
+from app.apidoc import extend_doc
+from app.auth.guards import current_actor
 from app.db import db
 from app.errors import IdempotencyConflict, field_error
 from app.idempotency.models import IdempotencyKey
@@ -87,7 +87,4 @@ def idempotent(view):
         scope = g.get("idempotency_scope") or current_actor().identity
         return run_idempotent(scope, view, *args, **kwargs)
 
-    wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
-    manual = wrapper._apidoc.setdefault("manual_doc", {})
-    manual["parameters"] = [*manual.get("parameters", []), HEADER_DOC]
-    return error_docs(IdempotencyConflict)(wrapper)
+    return extend_doc(wrapper, view, errors=(IdempotencyConflict,), headers=(HEADER_DOC,))

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from flask_smorest import Blueprint
 
-from app.auth.guards import RESIDENT, current_actor, error_docs, login_required
+from app.apidoc import error_docs
+from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
 from app.errors import Duplicate, NotFound
 from app.ledger import service as ledger

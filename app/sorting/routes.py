@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from copy import deepcopy
 from functools import wraps
 
 from flask import Response, request
 from flask_smorest import Blueprint
 
 from app import qr
-from app.auth.guards import RESIDENT, current_actor, error_docs, login_required
+from app.apidoc import error_docs, extend_doc
+from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import page_schema
 from app.errors import (
     AccountFrozen,
@@ -59,20 +59,15 @@ def device_required(view):
         service.authenticate_device(request.headers, request.method, request.path, request.get_data())
         return view(*args, **kwargs)
 
-    wrapper._apidoc = deepcopy(getattr(view, "_apidoc", {}))
-    manual = wrapper._apidoc.setdefault("manual_doc", {})
-    manual["parameters"] = [
-        *manual.get("parameters", []),
-        *(
-            {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
-            for name, text in (
-                ("X-Device-Id", "设备编号（登记时返回的 id）"),
-                ("X-Timestamp", "Unix 秒；与服务器时间相差不得超过 5 分钟"),
-                ("X-Signature", "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))"),
-            )
-        ),
-    ]
-    return error_docs(Unauthorized, Duplicate)(wrapper)
+    headers = tuple(
+        {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
+        for name, text in (
+            ("X-Device-Id", "设备编号（登记时返回的 id）"),
+            ("X-Timestamp", "Unix 秒；与服务器时间相差不得超过 5 分钟"),
+            ("X-Signature", "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))"),
+        )
+    )
+    return extend_doc(wrapper, view, errors=(Unauthorized, Duplicate), headers=headers)
 
 
 @blp.route("/collection-points", methods=["GET"])

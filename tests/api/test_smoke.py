@@ -40,3 +40,17 @@ def test_poster_url_opened_outside_the_mini_program_lands_on_a_page(api):
 
 def test_unknown_path(api):
     assert_error(api.get("/nope"), 404, "not_found")
+
+
+def test_decorators_document_their_headers_security_and_errors(api):
+    paths = api.get("/api/v1/openapi.json").get_json()["paths"]
+    device = paths["/api/v1/devices/deposits"]["post"]
+    assert {p["name"] for p in device["parameters"]} >= {"Idempotency-Key", "X-Device-Id", "X-Timestamp", "X-Signature"}
+    assert "security" not in device
+    assert {"duplicate", "idempotency_conflict", "cap_reached"} <= set(
+        device["responses"]["409"]["description"].split(", ")
+    )
+    scan = paths["/api/v1/scans"]["post"]
+    assert scan["security"] == [{"bearerAuth": []}]
+    assert "token_revoked" in scan["responses"]["401"]["description"]
+    assert "too_far" in scan["responses"]["403"]["description"]

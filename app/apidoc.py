@@ -1,0 +1,45 @@
+"""OpenAPI documentation that our own decorators add to a view: error codes, security, headers.
+
+flask-smorest reads a view's `_apidoc["manual_doc"]`; each decorator copies it before changing it so the
+wrapped function's documentation is never shared."""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+from app.errors import AppError
+
+ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+
+
+def _manual(func) -> dict[str, Any]:
+    func._apidoc = deepcopy(getattr(func, "_apidoc", {}))
+    return func._apidoc.setdefault("manual_doc", {})
+
+
+def error_docs(*errors: type[AppError]):
+    """Document the error codes a view can answer with, merged per status."""
+
+    def decorator(func):
+        responses = _manual(func).setdefault("responses", {})
+        for error in errors:
+            entry = responses.setdefault(str(error.status), {"description": "", "content": ERROR_CONTENT})
+            codes = [c for c in entry["description"].split(", ") if c]
+            if error.code not in codes:
+                codes.append(error.code)
+            entry["description"] = ", ".join(codes)
+        return func
+
+    return decorator
+
+
+def extend_doc(wrapper, view, *, errors=(), headers: tuple[dict[str, Any], ...] = (), security=None):
+    """Give a decorator's wrapper the view's documentation plus what the decorator itself adds."""
+    wrapper._apidoc = getattr(view, "_apidoc", {})
+    manual = _manual(wrapper)
+    if headers:
+        manual["parameters"] = [*manual.get("parameters", []), *headers]
+    if security is not None:
+        manual["security"] = security
+    return error_docs(*errors)(wrapper)
