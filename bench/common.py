@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import socket
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -151,3 +153,24 @@ def save_results(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}-{stamp}.json"
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
     return path
+
+
+def make_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_and_save(name: str, run: Callable[[argparse.Namespace], dict[str, Any]], args) -> dict[str, Any]:
+    """Run one benchmark, keep its figures under bench/results/, and say where."""
+    results = run(args)
+    path = save_results(name, results)
+    print(f"  (saved {path.relative_to(ROOT)})", flush=True)
+    return results
+
+
+def run_cli(main: Callable[[], int]) -> None:
+    """The entry point of every benchmark module: Ctrl-C stops cleanly (gunicorn is stopped by the runner)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted (gunicorn, if started, has been stopped)", file=sys.stderr)
+        sys.exit(130)

@@ -25,7 +25,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -46,11 +45,13 @@ from bench.common import (
     default_url,
     free_port,
     make_app,
+    make_parser,
     n,
     normalise_url,
     pg_version,
     recreate_database,
-    save_results,
+    run_and_save,
+    run_cli,
 )
 from bench.loadgen import LoadResult, encode_request, run_load
 
@@ -607,21 +608,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.http_scans", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("python -m bench.http_scans", __doc__)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    results = run(args)
-    path = save_results("http_scans", results)
+    results = run_and_save("http_scans", run, parser.parse_args(argv))
     print(results["summary"])
-    print(f"(results saved to {path.relative_to(ROOT)})")
     return 0 if results["all_created"] else 1
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted (gunicorn, if started, has been stopped)", file=sys.stderr)
-        sys.exit(130)
+    run_cli(main)

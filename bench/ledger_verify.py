@@ -19,7 +19,6 @@ import random
 import re
 import statistics
 import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -32,11 +31,13 @@ from bench.common import (
     create_schema,
     default_url,
     make_app,
+    make_parser,
     n,
     normalise_url,
     pg_version,
     recreate_database,
-    save_results,
+    run_and_save,
+    run_cli,
 )
 
 TARGET_PER_S = 100_000
@@ -378,21 +379,12 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.ledger_verify", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("python -m bench.ledger_verify", __doc__)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    results = run(args)
-    path = save_results("ledger_verify", results)
+    results = run_and_save("ledger_verify", run, parser.parse_args(argv))
     print(results["summary"])
-    print(f"(results saved to {path.relative_to(ROOT)})")
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted (gunicorn, if started, has been stopped)", file=sys.stderr)
-        sys.exit(130)
+    run_cli(main)

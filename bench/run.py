@@ -11,18 +11,14 @@ that are not met are reported, not failed.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 
 from bench import http_scans, ledger_verify
-from bench.common import ROOT, machine, save_results
+from bench.common import machine, make_parser, run_and_save, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = make_parser("python -m bench.run", __doc__)
     parser.add_argument("--only", choices=("verify", "http"), help="run only this benchmark")
     ledger_verify.add_arguments(parser)
     http_scans.add_arguments(parser)
@@ -34,15 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     status = 0
     if args.only in (None, "verify"):
-        results["ledger_verify"] = ledger_verify.run(args)
-        path = save_results("ledger_verify", results["ledger_verify"])
+        results["ledger_verify"] = run_and_save("ledger_verify", ledger_verify.run, args)
         summaries.append(results["ledger_verify"]["summary"])
-        print(f"  (saved {path.relative_to(ROOT)})", flush=True)
     if args.only in (None, "http"):
-        results["http_scans"] = http_scans.run(args)
-        path = save_results("http_scans", results["http_scans"])
+        results["http_scans"] = run_and_save("http_scans", http_scans.run, args)
         summaries += results["http_scans"]["summary"].splitlines()
-        print(f"  (saved {path.relative_to(ROOT)})", flush=True)
         if not results["http_scans"]["all_created"]:
             status = 1
     print(f"\n== summary ({time.perf_counter() - started:.0f}s)")
@@ -52,8 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted (gunicorn, if started, has been stopped)", file=sys.stderr)
-        sys.exit(130)
+    run_cli(main)
