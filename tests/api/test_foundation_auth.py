@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +17,7 @@ from app.db import db
 from app.extensions import limiter
 from app.people.models import Resident, Staff
 from tests.conftest import FAST_HASH, ApiClient, assert_error, community_id
+from tests.fake_wechat import FakeWeChat, serve_fake_wechat
 
 PASSWORD = "password-123"
 
@@ -337,66 +334,10 @@ def test_a_resident_token_never_passes_as_staff(api):
 # --- WeChat login, real mode against a fake code2session --------------------------------------------------
 
 
-class _FakeWeChat:
-    def __init__(self):
-        self.codes: list[str] = []
-        self.release = threading.Event()
-        self.base = ""
-
-
-def _handler(fake: _FakeWeChat):
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format, *args):
-            pass
-
-        def _send(self, status, body: bytes, content_type="application/json"):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            code = query.get("js_code", [""])[0]
-            fake.codes.append(code)
-            try:
-                if url.path != "/sns/jscode2session" or query.get("appid") != ["wx1"] or query.get("secret") != ["s"]:
-                    self._send(400, b'{"errcode": 40013, "errmsg": "invalid appid"}')
-                elif code.startswith("ok-"):
-                    body = {"openid": f"wx-{code[3:]}", "session_key": "sk", "unionid": "u-1"}
-                    self._send(200, json.dumps(body).encode(), "text/plain")
-                elif code == "bad":
-                    self._send(200, b'{"errcode": 40029, "errmsg": "invalid code"}')
-                elif code == "html":
-                    self._send(200, b"<html>gateway</html>", "text/html")
-                elif code == "slow":
-                    fake.release.wait(5)
-                    self._send(200, b"{}")
-                else:
-                    self._send(404, b"unknown test code", "text/plain")
-            except OSError:
-                pass
-
-    return Handler
-
-
 @pytest.fixture
-def fake_wechat() -> Iterator[_FakeWeChat]:
-    fake = _FakeWeChat()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+def fake_wechat() -> Iterator[FakeWeChat]:
+    with serve_fake_wechat("wx1", "s") as fake:
         yield fake
-    finally:
-        fake.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=2)
 
 
 @pytest.fixture

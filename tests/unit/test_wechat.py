@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -23,85 +18,16 @@ from app.errors import (
     UpstreamError,
     UpstreamUnavailable,
 )
+from tests.fake_wechat import SESSION_KEY, FakeWeChat, serve_fake_wechat
 
 APPID = "wx-test-appid"
 SECRET = "s3cr3t-never-log-me"
-SESSION_KEY = "sk-never-log-me"
-
-ERRCODE_BODIES: dict[str, dict[str, object]] = {
-    "bad": {"errcode": 40029, "errmsg": "invalid code"},
-    "used": {"errcode": 40163, "errmsg": "code been used"},
-    "busy": {"errcode": -1, "errmsg": "system error"},
-    "freq": {"errcode": 45011, "errmsg": "api minute-quota reach limit"},
-    "risk": {"errcode": 40226, "errmsg": "high risk user"},
-    "weird": {"errcode": 99999, "errmsg": "something new"},
-}
-
-
-@dataclass
-class FakeWeChat:
-    base: str
-    requests: list[tuple[str, dict[str, list[str]]]] = field(default_factory=list)
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-def _make_handler(fake: FakeWeChat) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self) -> None:
-            url = urlsplit(self.path)
-            query = parse_qs(url.query)
-            fake.requests.append((url.path, query))
-            code = query.get("js_code", [""])[0]
-            try:
-                if code == "ok":
-                    body = {"openid": "o-123", "session_key": SESSION_KEY, "unionid": "u-1"}
-                    # WeChat really does label this JSON as text/plain.
-                    self._send(200, json.dumps(body).encode(), "text/plain")
-                elif code in ERRCODE_BODIES:
-                    self._send(200, json.dumps(ERRCODE_BODIES[code]).encode(), "application/json")
-                elif code == "html":
-                    self._send(200, b"<html><body>gateway</body></html>", "text/html")
-                elif code == "empty":
-                    self._send(200, b"{}", "application/json")
-                elif code == "500":
-                    self._send(500, b"oops", "text/plain")
-                elif code == "slow":
-                    # Held until the client has timed out and the fixture tears down.
-                    fake.release.wait(5)
-                    self._send(200, b"{}", "application/json")
-                else:
-                    self._send(404, b"unknown test code", "text/plain")
-            except OSError:
-                pass  # the client hung up first (the "slow" case)
-
-    return Handler
 
 
 @pytest.fixture
 def fake_wechat() -> Iterator[FakeWeChat]:
-    fake = FakeWeChat(base="")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(fake))
-    server.daemon_threads = True
-    fake.base = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve_fake_wechat(APPID, SECRET) as fake:
         yield fake
-    finally:
-        fake.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=2)
 
 
 @pytest.fixture
