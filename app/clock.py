@@ -27,10 +27,6 @@ def local_midnight(day: date, tz: str) -> datetime:
     return datetime.combine(day, time.min, tzinfo=ZoneInfo(tz)).astimezone(UTC)
 
 
-def local_day_bounds(day: date, tz: str) -> tuple[datetime, datetime]:
-    return local_midnight(day, tz), local_midnight(day + timedelta(days=1), tz)
-
-
 class FrozenClock:
     """A settable clock for tests: `clock.advance(seconds=120)`."""
 

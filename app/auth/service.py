@@ -17,7 +17,7 @@ from app.auth.wechat import make_client
 from app.clock import utcnow
 from app.db import commit, db
 from app.errors import AccountFrozen, InvalidCredentials
-from app.people.models import Resident, Staff
+from app.people.models import Staff
 from app.people.service import resident_for_openid
 
 # Checked against when the username is unknown, so both paths cost one hash.
@@ -75,7 +75,3 @@ def logout() -> None:
         except IntegrityError:
             pass  # a concurrent logout of the same session already revoked it
     commit()
-
-
-def resident_by_id(resident_id: int) -> Resident | None:
-    return db.session.get(Resident, resident_id)
