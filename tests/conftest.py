@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -18,6 +20,30 @@ from app.seeding import seed_reference
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 PG = bool(os.environ.get("DATABASE_URL"))
+# Races are only meaningful on PostgreSQL; one xdist worker runs them so they never compete for connections.
+PG_CONCURRENCY = [
+    pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL"),
+    pytest.mark.xdist_group("pg_concurrency"),
+]
+
+
+def pg_concurrency(test):
+    for mark in PG_CONCURRENCY:
+        test = mark(test)
+    return test
+
+
+def race(app, request, times: int):
+    """Call `request(test_client, index)` from `times` threads released together; the responses, in order."""
+    barrier = threading.Barrier(times)
+
+    def run(index):
+        client = app.test_client()
+        barrier.wait()
+        return request(client, index)
+
+    with ThreadPoolExecutor(max_workers=times) as pool:
+        return list(pool.map(run, range(times)))
 
 
 def _worker_database(tmp_path_factory, worker: str) -> str:

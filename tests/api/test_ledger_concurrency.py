@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
-import pytest
 import sqlalchemy as sa
 
 from app.db import db
 from app.ledger.models import LedgerEntry
 from app.ledger.verify import verify_ledger
-from tests.conftest import PG
+from tests.conftest import PG_CONCURRENCY, race
 
-pytestmark = [
-    pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL"),
-    pytest.mark.xdist_group("pg_concurrency"),
-]
+pytestmark = PG_CONCURRENCY
 
 THREADS = 50
-
-
-def _race(app, calls):
-    barrier = threading.Barrier(len(calls))
-
-    def run(call):
-        client = app.test_client()
-        barrier.wait()
-        return call(client)
-
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
 
 
 def test_fifty_replays_of_one_key_credit_once(api, app):
@@ -38,7 +19,7 @@ def test_fifty_replays_of_one_key_credit_once(api, app):
     headers = {**admin.auth, "Idempotency-Key": "same-key"}
     body = {"delta": 25, "reason": "并发补发"}
     path = f"/api/v1/residents/{me.id}/adjustments"
-    responses = _race(app, [lambda c: c.post(path, json=body, headers=headers)] * THREADS)
+    responses = race(app, lambda c, _: c.post(path, json=body, headers=headers), THREADS)
     assert [r.status_code for r in responses] == [201] * THREADS
     assert len({r.get_data() for r in responses}) == 1
     db.session.expire_all()
@@ -53,12 +34,11 @@ def test_fifty_spends_from_a_balance_that_covers_five(api, app):
     )
     path = f"/api/v1/residents/{me.id}/adjustments"
 
-    def spend(i):
-        return lambda c: c.post(
-            path, json={"delta": -10, "reason": f"扣减{i}"}, headers={**admin.auth, "Idempotency-Key": f"k{i}"}
-        )
+    def spend(client, i):
+        headers = {**admin.auth, "Idempotency-Key": f"k{i}"}
+        return client.post(path, json={"delta": -10, "reason": f"扣减{i}"}, headers=headers)
 
-    responses = _race(app, [spend(i) for i in range(THREADS)])
+    responses = race(app, spend, THREADS)
     statuses = sorted(r.status_code for r in responses)
     assert statuses.count(201) == 5
     assert statuses.count(409) == THREADS - 5

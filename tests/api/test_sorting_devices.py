@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +13,7 @@ from app.db import db
 from app.ledger.models import LedgerEntry
 from app.sorting.models import Deposit, Device, DeviceSignature
 from app.sorting.service import device_signature
-from tests.conftest import PG, assert_error, community_id
+from tests.conftest import assert_error, community_id, pg_concurrency, race
 
 PATH = "/api/v1/devices/deposits"
 
@@ -322,20 +320,11 @@ def test_expired_member_code_through_a_device(api, clock, world):
 # --- concurrency (PostgreSQL) --------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")
-@pytest.mark.xdist_group("pg_concurrency")
+@pg_concurrency
 def test_twenty_parallel_copies_of_one_signed_request_credit_once(api, app, world):
     kwargs = signed(world["device"], body_for(api, world))
     threads = 20
-    barrier = threading.Barrier(threads)
-
-    def run(_):
-        client = app.test_client()
-        barrier.wait()
-        return client.post(PATH, **kwargs)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        responses = list(pool.map(run, range(threads)))
+    responses = race(app, lambda client, _: client.post(PATH, **kwargs), threads)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * (threads - 1), [r.get_json() for r in responses]
     assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"duplicate"}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from io import BytesIO
 
@@ -16,7 +14,7 @@ from app import qr
 from app.db import db
 from app.ledger.models import LedgerEntry
 from app.sorting.models import Checkin
-from tests.conftest import PG, SHANGHAI, assert_error, community_id
+from tests.conftest import SHANGHAI, assert_error, community_id, pg_concurrency, race
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
@@ -356,22 +354,13 @@ def test_a_failed_scan_is_not_stored_under_its_key(api, world):
 # --- concurrency (PostgreSQL) ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")
-@pytest.mark.xdist_group("pg_concurrency")
+@pg_concurrency
 def test_twenty_parallel_replays_of_one_scan_key_credit_once(api, app, world):
     resident = api.resident()
     headers = {**resident.auth, "Idempotency-Key": "rush-scan"}
     body = {"token": world["tokens"]["a"]}
     threads = 20
-    barrier = threading.Barrier(threads)
-
-    def run(_):
-        client = app.test_client()
-        barrier.wait()
-        return client.post("/api/v1/scans", json=body, headers=headers)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        responses = list(pool.map(run, range(threads)))
+    responses = race(app, lambda client, _: client.post("/api/v1/scans", json=body, headers=headers), threads)
     assert [r.status_code for r in responses] == [201] * threads, [r.get_json() for r in responses]
     assert len({r.get_data() for r in responses}) == 1
     assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
@@ -381,21 +370,12 @@ def test_twenty_parallel_replays_of_one_scan_key_credit_once(api, app, world):
     assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
 
 
-@pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")
-@pytest.mark.xdist_group("pg_concurrency")
+@pg_concurrency
 def test_twenty_parallel_scans_without_key_claim_once(api, app, world):
     resident = api.resident()
     body = {"token": world["tokens"]["a"]}
     threads = 20
-    barrier = threading.Barrier(threads)
-
-    def run(_):
-        client = app.test_client()
-        barrier.wait()
-        return client.post("/api/v1/scans", json=body, headers=resident.auth)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        responses = list(pool.map(run, range(threads)))
+    responses = race(app, lambda client, _: client.post("/api/v1/scans", json=body, headers=resident.auth), threads)
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * (threads - 1), [r.get_json() for r in responses]
     assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"already_claimed"}
