@@ -84,7 +84,6 @@ def idempotent(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        scope = g.get("idempotency_scope") or current_actor().identity
-        return run_idempotent(scope, view, *args, **kwargs)
+        return run_idempotent(current_actor().identity, view, *args, **kwargs)
 
     return extend_doc(wrapper, view, errors=(IdempotencyConflict,), headers=(HEADER_DOC,))

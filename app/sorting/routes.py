@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from functools import wraps
 
-from flask import Response, request
+from flask import Response, g, request
 from flask_smorest import Blueprint
 
 from app import qr
@@ -56,7 +56,7 @@ def device_required(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        service.authenticate_device(request.headers, request.method, request.path, request.get_data())
+        g.actor = service.authenticate_device(request.headers, request.method, request.path, request.get_data())
         return view(*args, **kwargs)
 
     headers = tuple(
@@ -206,7 +206,7 @@ def get_deposit(deposit_id):
 def device_deposit(body):
     """A smart bin records a deposit, HMAC-signed. Each signature is accepted once: to retry after a lost
     answer, sign again with a new timestamp and send the same Idempotency-Key to get the first answer back."""
-    return service.record_device_deposit(service.current_device(), body)
+    return service.record_device_deposit(current_actor(), body)
 
 
 @blp.route("/devices", methods=["POST"])

@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from flask import current_app, g
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from app import qr
@@ -261,7 +261,8 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
 # Weighed deposits
 
 
-def _record_deposit(point, data: dict[str, Any], *, collector: Actor | None, device: Device | None):
+def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> Deposit:
+    """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
     resident = _resident_from_member_code(data["member_code"])
@@ -281,7 +282,8 @@ def _record_deposit(point, data: dict[str, Any], *, collector: Actor | None, dev
     deposit = Deposit(
         resident_id=resident.id, collection_point_id=point.id, points=points, co2e_g=co2e_g,
         weight_g=sum(line["weight_g"] for line in data["items"]), created_at=now,
-        collector_id=collector.id if collector else None, device_id=device.id if device else None,
+        collector_id=recorder.id if recorder.kind == "staff" else None,
+        device_id=recorder.id if recorder.kind == "device" else None,
     )  # fmt: skip
     deposit.items = [
         DepositItem(category=line["category"], weight_g=line["weight_g"], co2e_g=cg, points=lp, rule_id=rule.id)
@@ -291,10 +293,9 @@ def _record_deposit(point, data: dict[str, Any], *, collector: Actor | None, dev
     db.session.flush()
     if points > 0:
         single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
-        recorder = ("staff", collector.id) if collector else ("device", device.id)
         entry = ledger.post(
             resident.id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
-            co2e_g=co2e_g, ref_type="deposit", ref_id=deposit.id, actor_type=recorder[0], actor_id=recorder[1],
+            co2e_g=co2e_g, ref_type="deposit", ref_id=deposit.id, actor_type=recorder.kind, actor_id=recorder.id,
             memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
         )  # fmt: skip
     commit()
@@ -308,13 +309,14 @@ def record_deposit(actor: Actor, data: dict[str, Any]) -> Deposit:
     if point is None:
         raise field_error("collection_point_id", "回收点不存在")
     actor.require_collection_point(point.id)
-    return _record_deposit(point, data, collector=actor, device=None)
+    return _record_deposit(point, data, actor)
 
 
-def record_device_deposit(device: Device, data: dict[str, Any]) -> Deposit:
-    if data["collection_point_id"] != device.collection_point_id:
+def record_device_deposit(device: Actor, data: dict[str, Any]) -> Deposit:
+    """`device` is the smart bin authenticated by authenticate_device; it records only for its own point."""
+    if data["collection_point_id"] not in device.collection_point_ids:
         raise Forbidden("设备只能为其所在的回收点记录投递")
-    return _record_deposit(_point_row(device.collection_point_id), data, collector=None, device=device)
+    return _record_deposit(_point_row(data["collection_point_id"]), data, device)
 
 
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
@@ -397,12 +399,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     actor = Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})
     )
-    g.actor, g.device = actor, device
     return actor
-
-
-def current_device() -> Device:
-    return g.device
 
 
 def prune_device_signatures() -> int:
