@@ -26,7 +26,7 @@ run: seed
 
 test: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -n auto --dist loadgroup -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n auto -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
