@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from flask import g, has_request_context
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry
@@ -75,6 +77,18 @@ def insert_unique(obj, message: str):
     except IntegrityError as exc:
         raise Duplicate(message) from exc
     return obj
+
+
+def run(statement: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> sa.CursorResult:
+    """Execute a prebuilt Core statement on the session's connection and transaction. The hot paths build
+    their fixed statements once (with bind parameters) and skip the ORM's execution layer. No autoflush:
+    flush first if the statement must see pending ORM rows."""
+    return db.session.connection().execute(statement, params)
+
+
+def upsert_insert(dialect: str):
+    """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite only)."""
+    return postgresql.insert if dialect == "postgresql" else sqlite.insert
 
 
 def commit() -> None:

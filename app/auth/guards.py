@@ -11,7 +11,7 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.apidoc import extend_doc
 from app.auth.models import RevokedSession
-from app.db import db
+from app.db import run
 from app.errors import AccountFrozen, Forbidden, TokenExpired, TokenRevoked, Unauthorized
 from app.people.models import STAFF_ROLES, Resident, Staff, staff_collection_points, staff_stores
 
@@ -70,18 +70,17 @@ def _parse_identity(sub: str) -> tuple[str, int]:
 SCOPED_ROLES = ("merchant", "collector")
 
 
+_STAFF_SCOPES = sa.union_all(
+    sa.select(sa.literal("store"), staff_stores.c.store_id).where(staff_stores.c.staff_id == sa.bindparam("id")),
+    sa.select(sa.literal("point"), staff_collection_points.c.collection_point_id).where(
+        staff_collection_points.c.staff_id == sa.bindparam("id")
+    ),
+)
+
+
 def staff_actor(staff_id: int, role: str, community_id: int | None, organization_id: int | None) -> Actor:
     """A staff caller; store and collection-point ids are read (in one query) only for the roles that have them."""
-    rows = []
-    if role in SCOPED_ROLES:
-        rows = db.session.execute(
-            sa.union_all(
-                sa.select(sa.literal("store"), staff_stores.c.store_id).where(staff_stores.c.staff_id == staff_id),
-                sa.select(sa.literal("point"), staff_collection_points.c.collection_point_id).where(
-                    staff_collection_points.c.staff_id == staff_id
-                ),
-            )
-        ).all()
+    rows = run(_STAFF_SCOPES, {"id": staff_id}).all() if role in SCOPED_ROLES else []
     return Actor(
         kind="staff",
         id=staff_id,
@@ -97,14 +96,23 @@ def actor_for_staff(staff: Staff) -> Actor:
     return staff_actor(staff.id, staff.role, staff.community_id, staff.organization_id)
 
 
+def _state_of(model, *columns) -> sa.Select:
+    """The person's state and the session's revocation, in one statement."""
+    revoked = sa.exists().where(RevokedSession.sid == sa.bindparam("sid")).label("revoked")
+    return sa.select(*columns, model.community_id, revoked).where(model.id == sa.bindparam("id"))
+
+
+_STATE = {
+    "resident": _state_of(Resident, Resident.status),
+    "staff": _state_of(Staff, Staff.active, Staff.role, Staff.organization_id),
+}
+
+
 def load_actor(claims: dict) -> Actor:
     """The caller as of now, in as few round trips as the hot paths allow: the person's state and the
     session's revocation in one statement, and scope ids only for the roles that have them."""
     kind, obj_id = _parse_identity(claims["sub"])
-    revoked = sa.exists().where(RevokedSession.sid == claims.get("sid")).label("revoked")
-    model = Resident if kind == "resident" else Staff
-    columns = (Resident.status,) if kind == "resident" else (Staff.active, Staff.role, Staff.organization_id)
-    row = db.session.execute(sa.select(*columns, model.community_id, revoked).where(model.id == obj_id)).first()
+    row = run(_STATE[kind], {"id": obj_id, "sid": claims.get("sid")}).first()
     if row is not None and row.revoked:
         raise TokenRevoked()
     if kind == "resident":

@@ -5,19 +5,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import date, datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import commit, db, get_or_404
+from app.db import commit, db, get_or_404, upsert_insert
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -42,44 +41,73 @@ def _connection() -> sa.Connection:
     return db.session.connection()
 
 
+_LOCK_ACCOUNT = (
+    sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
+    .where(Account.resident_id == sa.bindparam("resident_id"))
+    .with_for_update()
+)
+
+
 def _lock_account(conn: sa.Connection, resident_id: int):
     """The account's chain head, locked until the caller's transaction ends (a row lock on PostgreSQL;
     SQLite transactions already hold the write lock). Read with Core: a lock is only as good as a fresh read."""
-    account = conn.execute(
-        sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
-        .where(Account.resident_id == resident_id)
-        .with_for_update()
-    ).first()
+    account = conn.execute(_LOCK_ACCOUNT, {"resident_id": resident_id}).first()
     if account is None:
         raise NotFound("积分账户不存在")
     return account
 
 
-_statements: dict[tuple[str, str], sa.Executable] = {}
+_ENTRY_COLUMNS = (
+    "account_id", "seq", "delta", "balance_after", "kind", "source", "activity", "rule_id", "co2e_g", "ref_type",
+    "ref_id", "memo", "actor_type", "actor_id", "reverses_id", "created_at", "hash",
+)  # fmt: skip
 
 
-def _statement(name: str) -> sa.Executable:
-    """The two counter upserts, built once per dialect: they run on every posting."""
-    dialect = db.session.get_bind().dialect.name
-    key = (dialect, name)
-    if key not in _statements:
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        if name == "caps":
-            table = DailyEarning.__table__
-            stmt = insert(table)
-            # A counter only moves while it stays within its cap; a row that would not is not returned.
-            _statements[key] = stmt.on_conflict_do_update(
-                index_elements=["account_id", "day", "activity"],
-                set_={"points": table.c.points + stmt.excluded.points, "cap": stmt.excluded.cap},
-                where=stmt.excluded.cap.is_(None) | (table.c.points + stmt.excluded.points <= stmt.excluded.cap),
-            ).returning(table.c.activity)
-        else:
-            table = PointLot.__table__
-            stmt = insert(table)
-            _statements[key] = stmt.on_conflict_do_update(
-                index_elements=["account_id", "year"], set_={"credited": table.c.credited + stmt.excluded.credited}
-            )
-    return _statements[key]
+@cache
+def _statements(dialect: str) -> dict[str, sa.Executable]:
+    """The statements of a posting, built once per dialect: they run on every earn and spend. Parameters are
+    prefixed so that one name never means two columns when PostgreSQL runs them together."""
+    insert = upsert_insert(dialect)
+    entries, accounts = LedgerEntry.__table__, Account.__table__
+    caps_table, lots_table = DailyEarning.__table__, PointLot.__table__
+    caps = insert(caps_table)
+    lots = insert(lots_table).values(
+        account_id=sa.bindparam("p_account_id"), year=sa.bindparam("p_year"), credited=sa.bindparam("p_delta")
+    )
+    statements: dict[str, sa.Executable] = {
+        # A counter only moves while it stays within its cap; a row that would not is not returned.
+        "caps": caps.on_conflict_do_update(
+            index_elements=["account_id", "day", "activity"],
+            set_={"points": caps_table.c.points + caps.excluded.points, "cap": caps.excluded.cap},
+            where=caps.excluded.cap.is_(None) | (caps_table.c.points + caps.excluded.points <= caps.excluded.cap),
+        ).returning(caps_table.c.activity),
+        "entry": entries.insert()
+        .values({name: sa.bindparam(f"p_{name}") for name in _ENTRY_COLUMNS})
+        .returning(entries.c.id),
+        "account": accounts.update()
+        .where(accounts.c.id == sa.bindparam("p_account_id"))
+        .values(
+            balance=sa.bindparam("p_balance_after"),
+            last_seq=sa.bindparam("p_seq"),
+            last_hash=sa.bindparam("p_hash"),
+            co2e_g=accounts.c.co2e_g + sa.bindparam("p_co2e_g"),
+            lifetime_earned=accounts.c.lifetime_earned + sa.bindparam("p_lifetime"),
+        ),
+        "lot": lots.on_conflict_do_update(
+            index_elements=["account_id", "year"], set_={"credited": lots_table.c.credited + lots.excluded.credited}
+        ),
+    }
+    if dialect == "postgresql":
+        # One round trip for the entry, the account's new head and the year's lot: data-modifying CTEs.
+        entry = statements["entry"].cte("new_entry")
+        head = sa.select(entry.c.id).add_cte(statements["account"].cte("new_head"))
+        statements["credit"] = head.add_cte(statements["lot"].cte("new_lot"))
+        statements["debit"] = head
+    return statements
+
+
+def _statement(conn: sa.Connection, name: str) -> sa.Executable:
+    return _statements(conn.dialect.name)[name]
 
 
 def _charge_caps(conn: sa.Connection, account, day: date, charges: Sequence[CapCharge]) -> None:
@@ -89,7 +117,7 @@ def _charge_caps(conn: sa.Connection, account, day: date, charges: Sequence[CapC
         {"account_id": account.id, "day": day, "activity": c.key, "points": c.amount, "cap": c.limit} for c in charges
     ]
     too_big = [c for c in charges if c.limit is not None and c.amount > c.limit]
-    counted = set() if too_big else set(conn.execute(_statement("caps"), rows).scalars())
+    counted = set() if too_big else set(conn.execute(_statement(conn, "caps"), rows).scalars())
     for charge in too_big or [c for c in charges if c.key not in counted]:
         keys = {"account_id": account.id, "day": day, "activity": charge.key}
         used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
@@ -97,6 +125,18 @@ def _charge_caps(conn: sa.Connection, account, day: date, charges: Sequence[CapC
             f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
             details={"cap": charge.limit, "used": used, "activity": charge.key},
         )
+
+
+def _write(conn: sa.Connection, params: dict[str, Any]) -> int:
+    """Append the entry, move the account's head and, for a credit, count the year's lot; the entry's id."""
+    credit = params["p_delta"] > 0
+    if conn.dialect.name == "postgresql":
+        return conn.execute(_statement(conn, "credit" if credit else "debit"), params).scalar_one()
+    entry_id = conn.execute(_statement(conn, "entry"), params).scalar_one()
+    conn.execute(_statement(conn, "account"), params)
+    if credit:
+        conn.execute(_statement(conn, "lot"), params)
+    return entry_id
 
 
 def post(
@@ -147,23 +187,9 @@ def post(
                       ref_type, ref_id, actor_type, actor_id, reverses_id, micros(now), memo),
         ),
     }  # fmt: skip
-    # Core statements: this is the hottest write path, and the ORM unit of work adds nothing here.
-    entries, accounts = LedgerEntry.__table__, Account.__table__
-    entry_id = conn.execute(entries.insert().values(values).returning(entries.c.id)).scalar_one()
-    conn.execute(
-        accounts.update()
-        .where(accounts.c.id == account.id)
-        .values(
-            balance=balance_after,
-            last_seq=seq,
-            last_hash=values["hash"],
-            co2e_g=accounts.c.co2e_g + co2e_g,
-            lifetime_earned=accounts.c.lifetime_earned
-            + (lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0),
-        )
-    )
-    if delta > 0:
-        conn.execute(_statement("lots"), {"account_id": account.id, "year": today.year, "credited": delta})
+    lifetime = lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0
+    params = {f"p_{name}": value for name, value in values.items()}
+    entry_id = _write(conn, params | {"p_lifetime": lifetime, "p_year": today.year})
     return LedgerEntry(id=entry_id, **values)
 
 

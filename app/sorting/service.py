@@ -9,6 +9,7 @@ import math
 import re
 from datetime import timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
 from app.common import decode_cursor, encode_cursor, keyset_page
-from app.db import commit, db, get_or_404, insert_unique
+from app.db import commit, db, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -181,6 +182,9 @@ def member_code(resident_id: int) -> dict[str, Any]:
     return {"token": token, "expires_at": expires_at}
 
 
+_RESIDENT_STATUS = sa.select(Resident.id, Resident.status).where(Resident.id == sa.bindparam("id"))
+
+
 def _resident_from_member_code(code: str):
     try:
         resident_id = qr.verify_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
@@ -188,7 +192,7 @@ def _resident_from_member_code(code: str):
         raise QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
         raise InvalidQr("无效的会员码") from exc
-    resident = db.session.execute(sa.select(Resident.id, Resident.status).where(Resident.id == resident_id)).first()
+    resident = run(_RESIDENT_STATUS, {"id": resident_id}).first()
     if resident is None or resident.status == "closed":
         raise InvalidQr("会员码对应的账户不存在")
     if resident.status == "frozen":
@@ -197,14 +201,24 @@ def _resident_from_member_code(code: str):
 
 
 # Check-ins and deposits read a point on every request; a plain row is all they need.
-_POINT_COLUMNS = (
+_POINT_ROW = sa.select(
     CollectionPoint.id, CollectionPoint.name, CollectionPoint.qr_secret, CollectionPoint.active,
     CollectionPoint.categories, CollectionPoint.geofence_m, CollectionPoint.lat, CollectionPoint.lng,
-)  # fmt: skip
+).where(CollectionPoint.id == sa.bindparam("id"))  # fmt: skip
 
 
 def _point_row(point_id: int):
-    return db.session.execute(sa.select(*_POINT_COLUMNS).where(CollectionPoint.id == point_id)).first()
+    return run(_POINT_ROW, {"id": point_id}).first()
+
+
+@cache
+def _checkin_insert(dialect: str) -> sa.Executable:
+    """Claims the (resident, point, day) slot; returns no row when it is already taken."""
+    return (
+        upsert_insert(dialect)(Checkin)
+        .on_conflict_do_nothing(index_elements=["resident_id", "collection_point_id", "day"])
+        .returning(Checkin.id)
+    )
 
 
 def _point_from_poster(token: str):
@@ -235,15 +249,16 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     now = utcnow()
     day = local_day(now, _config("TIMEZONE"))
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
-    checkin = Checkin(resident_id=actor.id, collection_point_id=point.id, day=day, lat=lat, lng=lng, created_at=now)
-    db.session.add(checkin)
-    try:
-        db.session.flush()
-    except IntegrityError as exc:
-        raise AlreadyClaimed("今天已在该回收点打卡，明天再来吧") from exc
+    checkin_id = run(
+        _checkin_insert(db.session.get_bind().dialect.name),
+        {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
+         "created_at": now},
+    ).scalar()  # fmt: skip
+    if checkin_id is None:
+        raise AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
     entry = ledger.post(
         actor.id, rule.points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id,
-        ref_type="checkin", ref_id=checkin.id, actor_type="resident", actor_id=actor.id,
+        ref_type="checkin", ref_id=checkin_id, actor_type="resident", actor_id=actor.id,
         memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, rule.points)], now),
     )  # fmt: skip
     commit()
