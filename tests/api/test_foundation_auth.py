@@ -14,7 +14,7 @@ from werkzeug.security import generate_password_hash
 from app import create_app
 from app.auth.models import RevokedSession
 from app.db import db
-from app.extensions import limiter
+from app.extensions import jwt, limiter
 from app.people.models import Resident, Staff
 from tests.conftest import FAST_HASH, ApiClient, assert_error, community_id
 from tests.fake_wechat import FakeWeChat, serve_fake_wechat
@@ -293,6 +293,53 @@ def test_a_token_signed_with_another_key_is_unauthorized(api, app):
         token = create_access_token(f"resident:{resident.id}", additional_claims={"sid": "x", "role": "resident"})
         db.engine.dispose()
     assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
+
+
+def _claims(token: str) -> dict:
+    import jwt as pyjwt
+
+    return pyjwt.decode(token, options={"verify_signature": False})
+
+
+def test_a_remembered_token_is_still_refused_once_it_expires(api, app):
+    """Each worker remembers verified tokens; a remembered one that has since expired is checked again."""
+    resident = api.resident()
+    with app.app_context():
+        token = create_access_token(
+            f"resident:{resident.id}",
+            additional_claims={"sid": str(uuid.uuid4()), "role": "resident"},
+            expires_delta=timedelta(seconds=-1),
+        )
+        jwt._verified[(app.config["JWT_SECRET_KEY"], token)] = _claims(token)  # as verified while it was valid
+    assert_error(api.get("/me", headers=_bearer(token)), 401, "token_expired")
+
+
+def test_a_token_remembered_under_another_key_is_not_trusted(api, app):
+    resident = api.resident()
+    other = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "JWT_SECRET_KEY": "some-other-secret-0123456789abcdef-xyz",
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    with other.app_context():
+        token = create_access_token(f"resident:{resident.id}", additional_claims={"sid": "x", "role": "resident"})
+        assert other.test_client().get("/api/v1/me", headers=_bearer(token)).status_code == 200  # remembered there
+        db.engine.dispose()
+    assert ("some-other-secret-0123456789abcdef-xyz", token) in jwt._verified
+    assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
+
+
+def test_a_remembered_token_keeps_working_and_revocation_still_applies(api, app):
+    resident = api.resident()
+    headers = _bearer(resident.token)
+    assert api.get("/me", headers=headers).status_code == 200
+    assert (app.config["JWT_SECRET_KEY"], resident.token) in jwt._verified
+    assert api.get("/me", headers=headers).status_code == 200
+    assert api.post("/auth/logout", headers=headers).status_code == 204
+    assert_error(api.get("/me", headers=headers), 401, "token_revoked")
 
 
 @pytest.mark.parametrize(
