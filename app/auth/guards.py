@@ -70,25 +70,26 @@ def _parse_identity(sub: str) -> tuple[str, int]:
 SCOPED_ROLES = ("merchant", "collector")
 
 
-_STAFF_SCOPES = sa.union_all(
-    sa.select(sa.literal("store"), staff_stores.c.store_id).where(staff_stores.c.staff_id == sa.bindparam("id")),
-    sa.select(sa.literal("point"), staff_collection_points.c.collection_point_id).where(
-        staff_collection_points.c.staff_id == sa.bindparam("id")
-    ),
-)
+_SCOPES = sa.union_all(
+    sa.select(sa.literal("store").label("kind"), staff_stores.c.store_id.label("ref"), staff_stores.c.staff_id),
+    sa.select(sa.literal("point"), staff_collection_points.c.collection_point_id, staff_collection_points.c.staff_id),
+).subquery("scopes")
+_STAFF_SCOPES = sa.select(_SCOPES.c.kind, _SCOPES.c.ref).where(_SCOPES.c.staff_id == sa.bindparam("id"))
 
 
-def staff_actor(staff_id: int, role: str, community_id: int | None, organization_id: int | None) -> Actor:
-    """A staff caller; store and collection-point ids are read (in one query) only for the roles that have them."""
-    rows = run(_STAFF_SCOPES, {"id": staff_id}).all() if role in SCOPED_ROLES else []
+def staff_actor(staff_id: int, role: str, community_id: int | None, organization_id: int | None, scopes=None) -> Actor:
+    """A staff caller. Store and collection-point ids are the (kind, ref) rows `scopes`, or are read for the
+    roles that have them."""
+    if scopes is None:
+        scopes = run(_STAFF_SCOPES, {"id": staff_id}).all() if role in SCOPED_ROLES else ()
     return Actor(
         kind="staff",
         id=staff_id,
         role=role,
         community_id=community_id,
         organization_id=organization_id,
-        store_ids=frozenset(ref for kind, ref in rows if kind == "store"),
-        collection_point_ids=frozenset(ref for kind, ref in rows if kind == "point"),
+        store_ids=frozenset(ref for kind, ref in scopes if kind == "store"),
+        collection_point_ids=frozenset(ref for kind, ref in scopes if kind == "point"),
     )
 
 
@@ -104,7 +105,10 @@ def _state_of(model, *columns) -> sa.Select:
 
 _STATE = {
     "resident": _state_of(Resident, Resident.status),
-    "staff": _state_of(Staff, Staff.active, Staff.role, Staff.organization_id),
+    # One row per store or collection point in scope (or one row with none): a single round trip for staff too.
+    "staff": _state_of(Staff, Staff.active, Staff.role, Staff.organization_id, _SCOPES.c.kind, _SCOPES.c.ref)
+    .select_from(Staff)
+    .outerjoin(_SCOPES, _SCOPES.c.staff_id == Staff.id),
 }
 
 
@@ -112,7 +116,8 @@ def load_actor(claims: dict) -> Actor:
     """The caller as of now, in as few round trips as the hot paths allow: the person's state and the
     session's revocation in one statement, and scope ids only for the roles that have them."""
     kind, obj_id = _parse_identity(claims["sub"])
-    row = run(_STATE[kind], {"id": obj_id, "sid": claims.get("sid")}).first()
+    rows = run(_STATE[kind], {"id": obj_id, "sid": claims.get("sid")}).all()
+    row = rows[0] if rows else None
     if row is not None and row.revoked:
         raise TokenRevoked()
     if kind == "resident":
@@ -123,7 +128,8 @@ def load_actor(claims: dict) -> Actor:
         return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
     if row is None or not row.active:
         raise Unauthorized("账户不存在或已停用")
-    return staff_actor(obj_id, row.role, row.community_id, row.organization_id)
+    scopes = [(r.kind, r.ref) for r in rows if r.kind is not None]
+    return staff_actor(obj_id, row.role, row.community_id, row.organization_id, scopes)
 
 
 def current_actor() -> Actor:

@@ -276,7 +276,11 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
 # Weighed deposits
 
 
-def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> Deposit:
+_DEPOSIT_INSERT = sa.insert(Deposit.__table__).returning(Deposit.__table__.c.id)
+_DEPOSIT_ITEMS_INSERT = sa.insert(DepositItem.__table__)
+
+
+def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
@@ -294,31 +298,31 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> Deposit:
     points = points_for_grams(total_exact, _config("POINTS_PER_KG_CO2E"))
     co2e_g = round_half_up(total_exact)
     line_points, line_grams = allocate(points, exact), allocate(co2e_g, exact)
-    deposit = Deposit(
-        resident_id=resident.id, collection_point_id=point.id, points=points, co2e_g=co2e_g,
-        weight_g=sum(line["weight_g"] for line in data["items"]), created_at=now,
-        collector_id=recorder.id if recorder.kind == "staff" else None,
-        device_id=recorder.id if recorder.kind == "device" else None,
-    )  # fmt: skip
-    deposit.items = [
-        DepositItem(category=line["category"], weight_g=line["weight_g"], co2e_g=cg, points=lp, rule_id=rule.id)
+    deposit: dict[str, Any] = {
+        "resident_id": resident.id, "collection_point_id": point.id, "points": points, "co2e_g": co2e_g,
+        "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,
+        "collector_id": recorder.id if recorder.kind == "staff" else None,
+        "device_id": recorder.id if recorder.kind == "device" else None,
+    }  # fmt: skip
+    deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
+    items = [
+        {"category": line["category"], "weight_g": line["weight_g"], "co2e_g": cg, "points": lp, "rule_id": rule.id}
         for line, rule, lp, cg in zip(data["items"], rules, line_points, line_grams, strict=True)
     ]
-    db.session.add(deposit)
-    db.session.flush()
+    run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
+    entry_id = None
     if points > 0:
         single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
-        entry = ledger.post(
+        entry_id = ledger.post(
             resident.id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
-            co2e_g=co2e_g, ref_type="deposit", ref_id=deposit.id, actor_type=recorder.kind, actor_id=recorder.id,
+            co2e_g=co2e_g, ref_type="deposit", ref_id=deposit_id, actor_type=recorder.kind, actor_id=recorder.id,
             memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
-        )  # fmt: skip
+        ).id  # fmt: skip
     commit()
-    deposit.entry_id = entry.id if points > 0 else None
-    return deposit
+    return deposit | {"id": deposit_id, "items": items, "entry_id": entry_id}
 
 
-def record_deposit(actor: Actor, data: dict[str, Any]) -> Deposit:
+def record_deposit(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
     actor.require_role("collector")
     point = _point_row(data["collection_point_id"])
     if point is None:
@@ -327,7 +331,7 @@ def record_deposit(actor: Actor, data: dict[str, Any]) -> Deposit:
     return _record_deposit(point, data, actor)
 
 
-def record_device_deposit(device: Actor, data: dict[str, Any]) -> Deposit:
+def record_device_deposit(device: Actor, data: dict[str, Any]) -> dict[str, Any]:
     """`device` is the smart bin authenticated by authenticate_device; it records only for its own point."""
     if data["collection_point_id"] not in device.collection_point_ids:
         raise Forbidden("设备只能为其所在的回收点记录投递")
