@@ -69,6 +69,7 @@ class Settings:
     expiry_years: int
     member_code_ttl_s: int
     device_clock_skew_s: int
+    db_ping_after_idle_s: float
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -96,6 +97,7 @@ class Settings:
             expiry_years=_number("POINTS_EXPIRY_YEARS", e.get("POINTS_EXPIRY_YEARS", "1")),
             member_code_ttl_s=_number("MEMBER_CODE_TTL_SECONDS", e.get("MEMBER_CODE_TTL_SECONDS", "120")),
             device_clock_skew_s=_number("DEVICE_CLOCK_SKEW_SECONDS", e.get("DEVICE_CLOCK_SKEW_SECONDS", "300")),
+            db_ping_after_idle_s=_number("DB_PING_AFTER_IDLE_SECONDS", e.get("DB_PING_AFTER_IDLE_SECONDS", "1"), float),
         )
 
     def validate(self) -> None:
@@ -121,7 +123,7 @@ class Settings:
             raise ConfigError("production needs WECHAT_APPID and WECHAT_SECRET")
 
     def flask_config(self) -> dict[str, Any]:
-        engine_options: dict[str, Any] = {"pool_pre_ping": True}
+        engine_options: dict[str, Any] = {}  # no pool_pre_ping: db.ping_idle_connections checks idle ones
         if self.database_url.startswith("postgresql"):
             engine_options |= {"pool_size": 10, "max_overflow": 40}
         return {
@@ -129,6 +131,7 @@ class Settings:
             "SECRET_KEY": self.secret_key,
             "SQLALCHEMY_DATABASE_URI": self.database_url,
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
+            "DB_PING_AFTER_IDLE_SECONDS": self.db_ping_after_idle_s,
             "MAX_CONTENT_LENGTH": 64 * 1024,
             # The admin site's signed session cookie is refused after this, even if someone copied it.
             "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),
