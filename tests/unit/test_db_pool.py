@@ -16,7 +16,7 @@ class Clock:
         return self.now
 
 
-@pytest.fixture()
+@pytest.fixture
 def watched(database_uri):
     """An engine on the suite's database with a counted ping and a hand-moved clock."""
     engine = sa.create_engine(database_uri, pool_size=1, max_overflow=0)
