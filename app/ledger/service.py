@@ -10,13 +10,14 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import commit, db, get_or_404, upsert_insert
+from app.db import commit, db, get_or_404
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -63,80 +64,131 @@ _ENTRY_COLUMNS = (
 )  # fmt: skip
 
 
-@cache
-def _statements(dialect: str) -> dict[str, sa.Executable]:
-    """The statements of a posting, built once per dialect: they run on every earn and spend. Parameters are
-    prefixed so that one name never means two columns when PostgreSQL runs them together."""
-    insert = upsert_insert(dialect)
-    entries, accounts = LedgerEntry.__table__, Account.__table__
-    caps_table, lots_table = DailyEarning.__table__, PointLot.__table__
-    caps = insert(caps_table)
-    lots = insert(lots_table).values(
-        account_id=sa.bindparam("p_account_id"), year=sa.bindparam("p_year"), credited=sa.bindparam("p_delta")
-    )
-    statements: dict[str, sa.Executable] = {
-        # A counter only moves while it stays within its cap; a row that would not is not returned.
-        "caps": caps.on_conflict_do_update(
-            index_elements=["account_id", "day", "activity"],
-            set_={"points": caps_table.c.points + caps.excluded.points, "cap": caps.excluded.cap},
-            where=caps.excluded.cap.is_(None) | (caps_table.c.points + caps.excluded.points <= caps.excluded.cap),
-        ).returning(caps_table.c.activity),
-        "entry": entries.insert()
-        .values({name: sa.bindparam(f"p_{name}") for name in _ENTRY_COLUMNS})
-        .returning(entries.c.id),
-        "account": accounts.update()
-        .where(accounts.c.id == sa.bindparam("p_account_id"))
+def _counter_upsert(insert_stmt):
+    """A counter only moves while it stays within its cap; a row that would not is not returned."""
+    table = DailyEarning.__table__
+    return insert_stmt.on_conflict_do_update(
+        index_elements=["account_id", "day", "activity"],
+        set_={"points": table.c.points + insert_stmt.excluded.points, "cap": insert_stmt.excluded.cap},
+        where=insert_stmt.excluded.cap.is_(None)
+        | (table.c.points + insert_stmt.excluded.points <= insert_stmt.excluded.cap),
+    ).returning(table.c.activity)
+
+
+def _head_update(*conditions) -> sa.Update:
+    accounts = Account.__table__
+    return (
+        accounts.update()
+        .where(accounts.c.id == sa.bindparam("p_account_id"), *conditions)
         .values(
             balance=sa.bindparam("p_balance_after"),
             last_seq=sa.bindparam("p_seq"),
             last_hash=sa.bindparam("p_hash"),
             co2e_g=accounts.c.co2e_g + sa.bindparam("p_co2e_g"),
             lifetime_earned=accounts.c.lifetime_earned + sa.bindparam("p_lifetime"),
-        ),
-        "lot": lots.on_conflict_do_update(
-            index_elements=["account_id", "year"], set_={"credited": lots_table.c.credited + lots.excluded.credited}
+        )
+    )
+
+
+def _lot_upsert(insert_stmt):
+    table = PointLot.__table__
+    return insert_stmt.on_conflict_do_update(
+        index_elements=["account_id", "year"], set_={"credited": table.c.credited + insert_stmt.excluded.credited}
+    )
+
+
+_LOT_COLUMNS = {"account_id": "p_account_id", "year": "p_year", "credited": "p_delta"}
+
+
+@cache
+def _sqlite_statements() -> dict[str, sa.Executable]:
+    """A posting on SQLite, one statement at a time (the transaction already holds the write lock)."""
+    entries = LedgerEntry.__table__
+    return {
+        "caps": _counter_upsert(sqlite.insert(DailyEarning.__table__)),
+        "entry": entries.insert()
+        .values({name: sa.bindparam(f"p_{name}") for name in _ENTRY_COLUMNS})
+        .returning(entries.c.id),
+        "head": _head_update(),
+        "lot": _lot_upsert(
+            sqlite.insert(PointLot.__table__).values({c: sa.bindparam(p) for c, p in _LOT_COLUMNS.items()})
         ),
     }
-    if dialect == "postgresql":
-        # One round trip for the entry, the account's new head and the year's lot: data-modifying CTEs.
-        entry = statements["entry"].cte("new_entry")
-        head = sa.select(entry.c.id).add_cte(statements["account"].cte("new_head"))
-        statements["credit"] = head.add_cte(statements["lot"].cte("new_lot"))
-        statements["debit"] = head
-    return statements
 
 
-def _statement(conn: sa.Connection, name: str) -> sa.Executable:
-    return _statements(conn.dialect.name)[name]
+def _typed(table: sa.Table, params: dict[str, str]) -> sa.Select:
+    return sa.select(*(sa.bindparam(param, type_=table.c[column].type) for column, param in params.items()))
 
 
-def _charge_caps(conn: sa.Connection, account, day: date, charges: Sequence[CapCharge]) -> None:
-    """Count every charge against its daily counter in one statement. One over its cap refuses the whole
-    posting: the caller's transaction rolls back, so no counter keeps a partial charge."""
-    rows = [
-        {"account_id": account.id, "day": day, "activity": c.key, "points": c.amount, "cap": c.limit} for c in charges
-    ]
-    too_big = [c for c in charges if c.limit is not None and c.amount > c.limit]
-    counted = set() if too_big else set(conn.execute(_statement(conn, "caps"), rows).scalars())
-    for charge in too_big or [c for c in charges if c.key not in counted]:
-        keys = {"account_id": account.id, "day": day, "activity": charge.key}
-        used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
-        raise CapReached(
-            f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
-            details={"cap": charge.limit, "used": used, "activity": charge.key},
-        )
+@cache
+def _postgresql_posting(charges: int, credit: bool) -> sa.Select:
+    """A posting on PostgreSQL in one round trip, with data-modifying CTEs: count the caps, then append the entry,
+    move the account's head and credit the year's lot. The entry is written only if every counter accepted its
+    charge, and the head and the lot only if the entry was. Answers the entry's id (None when refused) and the
+    counters that accepted. Parameters are prefixed so that one name never means two columns."""
+    entries, caps_table = LedgerEntry.__table__, DailyEarning.__table__
+    entry_source = _typed(entries, {name: f"p_{name}" for name in _ENTRY_COLUMNS})
+    counted = None
+    if charges:
+        rows = [
+            {"account_id": sa.bindparam("p_account_id"), "day": sa.bindparam("p_day", type_=caps_table.c.day.type),
+             "activity": sa.bindparam(f"c{i}_activity"), "points": sa.bindparam(f"c{i}_points"),
+             "cap": sa.bindparam(f"c{i}_cap", type_=caps_table.c.cap.type)}
+            for i in range(charges)
+        ]  # fmt: skip
+        counted = _counter_upsert(postgresql.insert(caps_table).values(rows)).cte("counted")
+        entry_source = entry_source.where(sa.select(sa.func.count()).select_from(counted).scalar_subquery() == charges)
+    entry = entries.insert().from_select(list(_ENTRY_COLUMNS), entry_source).returning(entries.c.id).cte("new_entry")
+    written = sa.exists(sa.select(entry.c.id))
+    posting = sa.select(
+        sa.select(entry.c.id).scalar_subquery().label("entry_id"),
+        (
+            sa.select(sa.func.array_agg(counted.c.activity)).scalar_subquery() if counted is not None else sa.null()
+        ).label("counted"),
+    ).add_cte(_head_update(written).cte("new_head"))
+    if credit:
+        lot_source = _typed(PointLot.__table__, _LOT_COLUMNS).where(written)
+        lot = _lot_upsert(postgresql.insert(PointLot.__table__).from_select(list(_LOT_COLUMNS), lot_source))
+        posting = posting.add_cte(lot.cte("new_lot"))
+    return posting
 
 
-def _write(conn: sa.Connection, params: dict[str, Any]) -> int:
-    """Append the entry, move the account's head and, for a credit, count the year's lot; the entry's id."""
+def _apply(conn: sa.Connection, params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | None, set[str]]:
+    """Count the caps and, if every one accepts, write the entry, the head and the lot: (entry id or None, the
+    counters that accepted). A refusal may leave counters charged; the caller's transaction rolls back."""
     credit = params["p_delta"] > 0
     if conn.dialect.name == "postgresql":
-        return conn.execute(_statement(conn, "credit" if credit else "debit"), params).scalar_one()
-    entry_id = conn.execute(_statement(conn, "entry"), params).scalar_one()
-    conn.execute(_statement(conn, "account"), params)
+        for i, charge in enumerate(charges):
+            params |= {f"c{i}_activity": charge.key, f"c{i}_points": charge.amount, f"c{i}_cap": charge.limit}
+        row = conn.execute(_postgresql_posting(len(charges), credit), params).one()
+        return row.entry_id, set(row.counted or ())
+    statements = _sqlite_statements()
+    counted: set[str] = set()
+    if charges:
+        rows = [
+            {"account_id": params["p_account_id"], "day": params["p_day"], "activity": c.key, "points": c.amount,
+             "cap": c.limit}
+            for c in charges
+        ]  # fmt: skip
+        counted = set(conn.execute(statements["caps"], rows).scalars())
+        if len(counted) < len(charges):
+            return None, counted
+    entry_id = conn.execute(statements["entry"], params).scalar_one()
+    conn.execute(statements["head"], params)
     if credit:
-        conn.execute(_statement(conn, "lot"), params)
-    return entry_id
+        conn.execute(statements["lot"], params)
+    return entry_id, counted
+
+
+def _refuse(account_id: int, day: date, refused: Sequence[CapCharge]) -> None:
+    """Raise for the first charge that its daily counter refused."""
+    charge = refused[0]
+    keys = {"account_id": account_id, "day": day, "activity": charge.key}
+    used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
+    raise CapReached(
+        f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
+        details={"cap": charge.limit, "used": used, "activity": charge.key},
+    )
 
 
 def post(
@@ -173,8 +225,9 @@ def post(
             f"积分不足：当前余额 {account.balance}，需要 {-delta}",
             details={"balance": account.balance, "required": -delta},
         )
-    if caps:
-        _charge_caps(conn, account, today, caps)
+    over = [c for c in caps if c.limit is not None and c.amount > c.limit]
+    if over:
+        _refuse(account.id, today, over)
     seq, balance_after = account.last_seq + 1, account.balance + delta
     values = {
         "account_id": account.id, "seq": seq, "delta": delta, "balance_after": balance_after, "kind": kind,
@@ -189,7 +242,9 @@ def post(
     }  # fmt: skip
     lifetime = lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0
     params = {f"p_{name}": value for name, value in values.items()}
-    entry_id = _write(conn, params | {"p_lifetime": lifetime, "p_year": today.year})
+    entry_id, counted = _apply(conn, params | {"p_lifetime": lifetime, "p_year": today.year, "p_day": today}, caps)
+    if entry_id is None:
+        _refuse(account.id, today, [c for c in caps if c.key not in counted])
     return LedgerEntry(id=entry_id, **values)
 
 

@@ -176,6 +176,33 @@ def test_caps_count_the_local_day_not_the_utc_day(api, clock):
     assert api.get("/me", as_=me).get_json()["balance"] == 20
 
 
+def test_one_refused_counter_refuses_the_whole_posting(api):
+    """The activity counter has room but the daily total does not: no entry, no head move, the right error."""
+    me = api.resident()
+    earn(me.id, 15, "first", caps=[CapCharge("test:earn", 15, 50, "测试"), CapCharge("daily", 15, 20, "每日合计")])
+    with pytest.raises(CapReached) as refused:
+        ledger.post(
+            me.id, 10, kind="earn", source="test", activity="test:earn", ref_type="test", ref_id="second",
+            actor_type="system", actor_id=None,
+            caps=[CapCharge("test:earn", 10, 50, "测试"), CapCharge("daily", 10, 20, "每日合计")],
+        )  # fmt: skip
+    assert refused.value.details == {"cap": 20, "used": 15, "activity": "daily"}
+    assert db.session.scalar(sa.select(sa.func.count()).where(LedgerEntry.ref_id == "second")) == 0
+    db.session.rollback()
+    account = db.session.scalar(sa.select(Account).where(Account.resident_id == me.id))
+    assert (account.balance, account.last_seq) == (15, 1)
+    earn(me.id, 5, "fits", caps=[CapCharge("test:earn", 5, 50, "测试"), CapCharge("daily", 5, 20, "每日合计")])
+    assert verify_ledger().ok
+
+
+def test_a_charge_bigger_than_its_cap_is_refused_by_name(api):
+    me = api.resident()
+    with pytest.raises(CapReached) as refused:
+        earn(me.id, 30, "huge", caps=[CapCharge("test:earn", 30, 50, "测试"), CapCharge("daily", 30, 20, "每日合计")])
+    db.session.rollback()
+    assert refused.value.details == {"cap": 20, "used": 0, "activity": "daily"}
+
+
 def test_expiry_oldest_first_and_idempotent(api, app, clock):
     me = api.resident()
     clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
