@@ -121,23 +121,33 @@ def _typed(table: sa.Table, params: dict[str, str]) -> sa.Select:
 
 
 @cache
-def _postgresql_posting(charges: int, credit: bool) -> sa.Select:
+def _postgresql_posting(capped: bool, credit: bool) -> sa.Select:
     """A posting on PostgreSQL in one round trip, with data-modifying CTEs: count the caps, then append the entry,
     move the account's head and credit the year's lot. The entry is written only if every counter accepted its
     charge, and the head and the lot only if the entry was. Answers the entry's id (None when refused) and the
-    counters that accepted. Parameters are prefixed so that one name never means two columns."""
+    counters that accepted. Parameters are prefixed so that one name never means two columns; the charges come
+    as arrays so that one cached statement serves any number of them."""
     entries, caps_table = LedgerEntry.__table__, DailyEarning.__table__
     entry_source = _typed(entries, {name: f"p_{name}" for name in _ENTRY_COLUMNS})
     counted = None
-    if charges:
-        rows = [
-            {"account_id": sa.bindparam("p_account_id"), "day": sa.bindparam("p_day", type_=caps_table.c.day.type),
-             "activity": sa.bindparam(f"c{i}_activity"), "points": sa.bindparam(f"c{i}_points"),
-             "cap": sa.bindparam(f"c{i}_cap", type_=caps_table.c.cap.type)}
-            for i in range(charges)
-        ]  # fmt: skip
-        counted = _counter_upsert(postgresql.insert(caps_table).values(rows)).cte("counted")
-        entry_source = entry_source.where(sa.select(sa.func.count()).select_from(counted).scalar_subquery() == charges)
+    if capped:
+        charges = (
+            sa.func.unnest(
+                sa.bindparam("c_activities", type_=postgresql.ARRAY(sa.String)),
+                sa.bindparam("c_points", type_=postgresql.ARRAY(sa.Integer)),
+                sa.bindparam("c_caps", type_=postgresql.ARRAY(sa.Integer)),
+            )
+            .table_valued("activity", "points", "cap")
+            .render_derived(name="charges")
+        )
+        source = sa.select(
+            sa.bindparam("p_account_id", type_=sa.Integer), sa.bindparam("p_day", type_=caps_table.c.day.type),
+            charges.c.activity, charges.c.points, charges.c.cap,
+        )  # fmt: skip
+        columns = ["account_id", "day", "activity", "points", "cap"]
+        counted = _counter_upsert(postgresql.insert(caps_table).from_select(columns, source)).cte("counted")
+        all_counted = sa.select(sa.func.count()).select_from(counted).scalar_subquery() == sa.bindparam("c_count")
+        entry_source = entry_source.where(all_counted)
     entry = entries.insert().from_select(list(_ENTRY_COLUMNS), entry_source).returning(entries.c.id).cte("new_entry")
     written = sa.exists(sa.select(entry.c.id))
     posting = sa.select(
@@ -158,9 +168,12 @@ def _apply(conn: sa.Connection, params: dict[str, Any], charges: Sequence[CapCha
     counters that accepted). A refusal may leave counters charged; the caller's transaction rolls back."""
     credit = params["p_delta"] > 0
     if conn.dialect.name == "postgresql":
-        for i, charge in enumerate(charges):
-            params |= {f"c{i}_activity": charge.key, f"c{i}_points": charge.amount, f"c{i}_cap": charge.limit}
-        row = conn.execute(_postgresql_posting(len(charges), credit), params).one()
+        if charges:
+            params |= {
+                "c_activities": [c.key for c in charges], "c_points": [c.amount for c in charges],
+                "c_caps": [c.limit for c in charges], "c_count": len(charges),
+            }  # fmt: skip
+        row = conn.execute(_postgresql_posting(bool(charges), credit), params).one()
         return row.entry_id, set(row.counted or ())
     statements = _sqlite_statements()
     counted: set[str] = set()

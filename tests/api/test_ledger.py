@@ -287,3 +287,23 @@ def test_verify_reads_committed_state_without_waiting_for_writers(api):
     assert report.entries == 1
     db.session.commit()
     assert verify_ledger().entries == 2
+
+
+def test_hot_path_statements_are_compiled_once():
+    """SQLAlchemy recompiles a statement whose cache key is None on every execution (multi-row VALUES are one)."""
+    from app.auth.guards import _STAFF_SCOPES, _STATE
+    from app.sorting import service as sorting
+
+    statements = [
+        *(ledger._postgresql_posting(capped, credit) for capped in (True, False) for credit in (True, False)),
+        *ledger._sqlite_statements().values(),
+        ledger._LOCK_ACCOUNT,
+        *_STATE.values(),
+        _STAFF_SCOPES,
+        sorting._POINT_ROW,
+        sorting._RESIDENT_STATUS,
+        sorting._DEPOSIT_INSERT,
+        sorting._DEPOSIT_ITEMS_INSERT,
+        *(sorting._checkin_insert(dialect) for dialect in ("postgresql", "sqlite")),
+    ]
+    assert all(statement._generate_cache_key() is not None for statement in statements)
