@@ -20,6 +20,7 @@ from app.carbon import service as carbon
 from app.config import database_url
 from app.db import db
 from app.seeding import seed_reference
+from app.sorting.service import clear_point_cache
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 PG = bool(os.environ.get("DATABASE_URL"))
@@ -145,6 +146,7 @@ def db_session(app):
     with app.app_context():
         _wipe()
         carbon.clear_cache()
+        clear_point_cache()
         seed_reference()
         yield db.session
         db.session.remove()

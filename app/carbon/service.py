@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,39 +9,35 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.audit import service as audit
+from app.cache import TtlCache
 from app.carbon.methodology import CapCharge
 from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import utcnow
 from app.db import commit, db
 from app.errors import NotFound, field_error
 
-_CACHE_TTL_S = 10.0
-_cache_lock = threading.Lock()
-_cache: dict[str, Any] = {"loaded_at": None, "rules": {}}
+RULE_CACHE_TTL_S = 10.0
+_rules = TtlCache(RULE_CACHE_TTL_S)
 
 RULE_FIELDS = ("title", "unit", "co2e_g_per_unit", "points", "daily_cap_points", "daily_total_exempt", "source")
 
 
 def clear_cache() -> None:
-    with _cache_lock:
-        _cache["loaded_at"] = None
+    _rules.clear()
 
 
-def _all_rules() -> dict[str, list[dict[str, Any]]]:
-    """Every version of every rule, cached briefly: rules change rarely and are read on every posting."""
-    now = time.monotonic()
-    with _cache_lock:
-        loaded_at = _cache["loaded_at"]
-        if loaded_at is not None and now - loaded_at < _CACHE_TTL_S:
-            return _cache["rules"]
+def _load_rules() -> dict[str, list[dict[str, Any]]]:
     by_activity: dict[str, list[dict[str, Any]]] = {}
     for rule in db.session.scalars(sa.select(Rule).order_by(Rule.activity, Rule.version)):
         by_activity.setdefault(rule.activity, []).append(
             {c: getattr(rule, c) for c in ("id", "activity", "version", "valid_from", "valid_to", *RULE_FIELDS)}
         )
-    with _cache_lock:
-        _cache["rules"], _cache["loaded_at"] = by_activity, now
     return by_activity
+
+
+def _all_rules() -> dict[str, list[dict[str, Any]]]:
+    """Every version of every rule, cached briefly: rules change rarely and are read on every posting."""
+    return _rules.get("all", _load_rules)
 
 
 class RuleView:
@@ -105,12 +99,12 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     """A new version of a rule, in force from `effective_from`; the current version ends there."""
     actor.require_role("admin")
     now = utcnow()
-    # Every worker caches rules for up to _CACHE_TTL_S; a version that starts no sooner than that is seen
+    # Every worker caches rules for up to RULE_CACHE_TTL_S; a version that starts no sooner than that is seen
     # by all of them before it applies, so no posting uses a superseded rule.
-    earliest = now + timedelta(seconds=_CACHE_TTL_S)
+    earliest = now + timedelta(seconds=RULE_CACHE_TTL_S)
     effective_from = effective_from or earliest
     if effective_from < earliest:
-        raise field_error("effective_from", f"生效时间至少要在 {int(_CACHE_TTL_S)} 秒之后")
+        raise field_error("effective_from", f"生效时间至少要在 {int(RULE_CACHE_TTL_S)} 秒之后")
     current = db.session.scalar(
         sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1).with_for_update()
     )

@@ -101,7 +101,8 @@ def get_point(point_id):
 @blp.arguments(CollectionPointUpdateSchema)
 @blp.response(200, CollectionPointSchema)
 def update_point(body, point_id):
-    """Change a collection point (admin; a worker in its own community)."""
+    """Change a collection point (admin; a worker in its own community). Check-ins and deposits see the change
+    within 10 seconds: each server process keeps a point's details that long."""
     return service.update_point(current_actor(), point_id, body)
 
 
@@ -110,7 +111,7 @@ def update_point(body, point_id):
 @error_docs(NotFound)
 @blp.response(204)
 def delete_point(point_id):
-    """Retire a collection point: its posters stop working; its history stays."""
+    """Retire a collection point: its posters stop working (within 10 seconds everywhere); its history stays."""
     service.deactivate_point(current_actor(), point_id)
 
 
@@ -146,7 +147,7 @@ def point_qr_svg(point_id):
 @error_docs(NotFound)
 @blp.response(200, PosterSchema)
 def rotate_point_qr(point_id):
-    """Issue a new poster secret: every poster printed before stops working."""
+    """Issue a new poster secret: every poster printed before stops working (within 10 seconds everywhere)."""
     return service.rotate_poster(current_actor(), point_id)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from app import qr
 from app.audit import service as audit
 from app.auth.guards import Actor
+from app.cache import TtlCache
 from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
@@ -115,6 +116,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
     audit.record(actor, "collection_point.update", "collection_point", point.id, data)
     commit()
+    clear_point_cache()
     return point
 
 
@@ -124,6 +126,7 @@ def deactivate_point(actor: Actor, point_id: int) -> None:
     point.active = False
     audit.record(actor, "collection_point.deactivate", "collection_point", point.id)
     commit()
+    clear_point_cache()
 
 
 def _parse_near(near: str) -> tuple[float, float]:
@@ -169,6 +172,7 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
     point.qr_secret = new_secret()
     audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
     commit()
+    clear_point_cache()
     return poster(actor, point_id)
 
 
@@ -207,8 +211,17 @@ _POINT_ROW = sa.select(
 ).where(CollectionPoint.id == sa.bindparam("id"))  # fmt: skip
 
 
+# Read on every check-in and deposit, changed rarely: each worker keeps a point's row for as long as it keeps
+# the rules, so a rotated poster or a deactivated point stops working in every worker within that time.
+_points = TtlCache(carbon.RULE_CACHE_TTL_S)
+
+
 def _point_row(point_id: int):
-    return run(_POINT_ROW, {"id": point_id}).first()
+    return _points.get(point_id, lambda: run(_POINT_ROW, {"id": point_id}).first())
+
+
+def clear_point_cache() -> None:
+    _points.clear()
 
 
 @cache

@@ -135,6 +135,7 @@ def test_rotating_revokes_old_posters(api, world):
     outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
     assert_error(api.post(f"/collection-points/{world['a']}/qr/rotate", as_=outsider), 403, "forbidden")
     assert poster(api, world["admin"], world["a"])["token"] == old
+    scan_ok(api, api.resident(), old)  # this worker now holds the point's row
 
     response = api.post(f"/collection-points/{world['a']}/qr/rotate", as_=world["worker"])
     assert response.status_code == 200, response.get_json()
@@ -147,6 +148,23 @@ def test_rotating_revokes_old_posters(api, world):
     assert scan_ok(api, resident, new)["balance"] == 5
     # other points' posters are untouched
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
+
+
+def test_a_point_changed_by_another_worker_takes_effect_within_the_cache_lifetime(api, world, monkeypatch):
+    """Each worker keeps a point's row briefly; here the database changes behind this worker's back."""
+    from app.carbon.service import RULE_CACHE_TTL_S
+    from app.sorting import service as sorting
+    from app.sorting.models import CollectionPoint
+
+    ticks = [1000.0]
+    monkeypatch.setattr(sorting._points, "_clock", lambda: ticks[0])
+    scan_ok(api, api.resident(), world["tokens"]["a"])
+    db.session.execute(sa.update(CollectionPoint).where(CollectionPoint.id == world["a"]).values(active=False))
+    db.session.commit()
+    ticks[0] += RULE_CACHE_TTL_S - 1
+    scan_ok(api, api.resident(), world["tokens"]["a"])  # still the cached row
+    ticks[0] += 1
+    assert_error(scan(api, api.resident(), world["tokens"]["a"]), 422, "invalid_qr")
 
 
 def test_poster_url_opened_in_a_browser_lands_on_html(api, world):
