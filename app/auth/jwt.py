@@ -6,6 +6,8 @@ import time
 
 from flask_jwt_extended import JWTManager
 from flask_jwt_extended.config import config
+from flask_jwt_extended.default_callbacks import default_decode_key_callback
+from flask_jwt_extended.tokens import _decode_jwt
 
 from app.http import error_response
 
@@ -27,13 +29,28 @@ class CachingJWTManager(JWTManager):
         key = (config.decode_key, encoded_token)
         claims = self._verified.get(key)
         if claims is None or claims["exp"] <= time.time() - config.leeway:
-            claims = super()._decode_jwt_from_config(encoded_token)
+            claims = self._verify(encoded_token)
             if "exp" not in claims:
                 return claims
             if len(self._verified) >= self.MAX_TOKENS:
                 self._verified.clear()
             self._verified[key] = claims
         return dict(claims)  # callers may annotate their copy
+
+    def _verify(self, encoded_token: str) -> dict:
+        """The library's verified decode, once. Its own path parses the token three times, to choose a key we
+        never vary; it still handles custom key loaders and every failure, with the details its callbacks need."""
+        if self._decode_key_callback is not default_decode_key_callback:
+            return super()._decode_jwt_from_config(encoded_token)
+        try:
+            return _decode_jwt(
+                algorithms=config.decode_algorithms, allow_expired=False, audience=config.decode_audience,
+                csrf_value=None, encoded_token=encoded_token, identity_claim_key=config.identity_claim_key,
+                issuer=config.decode_issuer, leeway=config.leeway, secret=config.decode_key,
+                verify_aud=config.decode_audience is not None, verify_sub=config.verify_sub,
+            )  # fmt: skip
+        except Exception:
+            return super()._decode_jwt_from_config(encoded_token)
 
 
 def register_jwt(jwt: JWTManager) -> None:

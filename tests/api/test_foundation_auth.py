@@ -332,6 +332,14 @@ def test_a_token_remembered_under_another_key_is_not_trusted(api, app):
     assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
 
 
+def test_a_custom_key_loader_is_still_consulted(api, monkeypatch):
+    """The one-parse fast path applies only to the configured key; a registered loader keeps the library's path."""
+    resident = api.resident()
+    jwt._verified.clear()
+    monkeypatch.setattr(jwt, "_decode_key_callback", lambda header, claims: "a-key-that-signed-nothing-0123456789")
+    assert_error(api.get("/me", as_=resident), 401, "unauthorized")
+
+
 def test_a_remembered_token_keeps_working_and_revocation_still_applies(api, app):
     resident = api.resident()
     headers = _bearer(resident.token)
