@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 
 from app import qr
@@ -291,6 +292,42 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
 
 _DEPOSIT_INSERT = sa.insert(Deposit.__table__).returning(Deposit.__table__.c.id)
 _DEPOSIT_ITEMS_INSERT = sa.insert(DepositItem.__table__)
+_ITEM_COLUMNS = ("category", "weight_g", "co2e_g", "points", "rule_id")
+
+
+@cache
+def _deposit_with_items() -> sa.Select:
+    """PostgreSQL: the deposit and its lines in one round trip; the lines come as arrays, kept in their order."""
+    deposits, items = Deposit.__table__, DepositItem.__table__
+    columns = [c.name for c in deposits.c if c.name != "id"]
+    deposit = (
+        sa.insert(deposits)
+        .values({name: sa.bindparam(f"d_{name}", type_=deposits.c[name].type) for name in columns})
+        .returning(deposits.c.id)
+        .cte("new_deposit")
+    )
+    lines = (
+        sa.func.unnest(*(sa.bindparam(f"lines_{name}", type_=ARRAY(items.c[name].type)) for name in _ITEM_COLUMNS))
+        .table_valued(*_ITEM_COLUMNS, with_ordinality="line_no")
+        .render_derived(name="lines")
+    )
+    source = (
+        sa.select(deposit.c.id, *(lines.c[name] for name in _ITEM_COLUMNS))
+        .select_from(deposit.join(lines, sa.true()))  # one deposit row, each line
+        .order_by(lines.c.line_no)
+    )
+    new_items = sa.insert(items).from_select(["deposit_id", *_ITEM_COLUMNS], source).cte("new_items")
+    return sa.select(deposit.c.id).add_cte(new_items)
+
+
+def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int:
+    if db.session.get_bind().dialect.name == "postgresql":
+        params = {f"d_{name}": value for name, value in deposit.items()}
+        params |= {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
+        return run(_deposit_with_items(), params).scalar_one()
+    deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
+    run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
+    return deposit_id
 
 
 def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
@@ -317,12 +354,11 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,
     }  # fmt: skip
-    deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
     items = [
         {"category": line["category"], "weight_g": line["weight_g"], "co2e_g": cg, "points": lp, "rule_id": rule.id}
         for line, rule, lp, cg in zip(data["items"], rules, line_points, line_grams, strict=True)
     ]
-    run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
+    deposit_id = _insert_deposit(deposit, items)
     entry_id = None
     if points > 0:
         single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None

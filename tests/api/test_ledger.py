@@ -304,6 +304,7 @@ def test_hot_path_statements_are_compiled_once():
         sorting._RESIDENT_STATUS,
         sorting._DEPOSIT_INSERT,
         sorting._DEPOSIT_ITEMS_INSERT,
+        sorting._deposit_with_items(),
         *(sorting._checkin_insert(dialect) for dialect in ("postgresql", "sqlite")),
     ]
     assert all(statement._generate_cache_key() is not None for statement in statements)
