@@ -206,19 +206,21 @@ def _resident_from_member_code(code: str):
 
 
 # Check-ins and deposits read a point on every request; a plain row is all they need.
-_POINT_ROW = sa.select(
+_POINT_COLUMNS = (
     CollectionPoint.id, CollectionPoint.name, CollectionPoint.qr_secret, CollectionPoint.active,
     CollectionPoint.categories, CollectionPoint.geofence_m, CollectionPoint.lat, CollectionPoint.lng,
-).where(CollectionPoint.id == sa.bindparam("id"))  # fmt: skip
-
-
-# Read on every check-in and deposit, changed rarely: each worker keeps a point's row for as long as it keeps
-# the rules, so a rotated poster or a deactivated point stops working in every worker within that time.
+)  # fmt: skip
+_ALL_POINTS = sa.select(*_POINT_COLUMNS)
+_POINT_ROW = _ALL_POINTS.where(CollectionPoint.id == sa.bindparam("id"))
+# Points change rarely and each is scanned only now and then, so each worker keeps all of them, for as long
+# as it keeps the rules: a rotated poster or a deactivated point stops working everywhere within that time.
 _points = TtlCache(carbon.RULE_CACHE_TTL_S)
 
 
 def _point_row(point_id: int):
-    return _points.get(point_id, lambda: run(_POINT_ROW, {"id": point_id}).first())
+    """The point's row, from this worker's copy of all points; one created since is read directly."""
+    known = _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)})
+    return known.get(point_id) or run(_POINT_ROW, {"id": point_id}).first()
 
 
 def clear_point_cache() -> None:

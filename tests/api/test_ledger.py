@@ -301,6 +301,7 @@ def test_hot_path_statements_are_compiled_once():
         *_STATE.values(),
         _STAFF_SCOPES,
         sorting._POINT_ROW,
+        sorting._ALL_POINTS,
         sorting._RESIDENT_STATUS,
         sorting._DEPOSIT_INSERT,
         sorting._DEPOSIT_ITEMS_INSERT,
