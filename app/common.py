@@ -12,10 +12,18 @@ import sqlalchemy as sa
 from marshmallow import fields, validate
 
 import app.i18n  # noqa: F401  (zh-CN validation messages before any schema is defined)
-from app.db import db
+from app.db import MAX_ID, db
 from app.errors import field_error
 
 MAX_LIMIT = 100
+
+
+class Id(fields.Integer):
+    """An id in a request: a whole number from 1 to MAX_ID (a bigger one would overflow the database)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("validate", validate.Range(min=1, max=MAX_ID))
+        super().__init__(**kwargs)
 
 
 class StrictSchema(ma.Schema):

@@ -28,6 +28,12 @@ NAMING_CONVENTION = {
 }
 
 
+# Ids the database can hold: INTEGER keys, and BIGINT keys (BigId) on PostgreSQL. A bigger one from a client
+# is simply not found; sent to PostgreSQL it would be an overflow error.
+MAX_ID = 2**31 - 1
+MAX_BIG_ID = 2**63 - 1
+
+
 class UTCDateTime(sa.TypeDecorator):
     """Stores UTC and always hands back aware datetimes, on SQLite too."""
 

@@ -8,10 +8,11 @@ import uuid
 
 from flask import Flask, g, has_request_context, jsonify, request
 from flask_smorest import Api
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import IntegerConverter, ValidationError
 
 from app.common import ErrorEnvelopeSchema
-from app.db import db
+from app.db import MAX_ID, db
 from app.errors import AppError, BadRequest, InternalError, envelope
 
 log = logging.getLogger("app.http")
@@ -118,7 +119,28 @@ def _add_request_id(response):
     return response
 
 
+class IdConverter(IntegerConverter):
+    """`<int:…>` in a route: an id from 1 to MAX_ID, so a bigger one is a 404, not a database overflow."""
+
+    def __init__(self, url_map, *args, **kwargs) -> None:
+        kwargs.setdefault("min", 1)
+        kwargs.setdefault("max", MAX_ID)
+        super().__init__(url_map, *args, **kwargs)
+
+    def to_python(self, value: str) -> int:
+        try:
+            return super().to_python(value)
+        except ValidationError:  # whatever the method: no such resource (not "try another route", which gives 405)
+            raise NotFound() from None
+
+
 def register_http(app: Flask) -> None:
+    from flask_smorest.spec.plugins import integerconverter2paramschema
+
+    from app.extensions import api
+
+    app.url_map.converters["int"] = IdConverter  # before any route is added
+    api.register_converter(IdConverter, integerconverter2paramschema)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
     app.before_request(_assign_request_id)

@@ -5,6 +5,7 @@ from flask_smorest import Blueprint
 from app.apidoc import error_docs
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
+from app.db import MAX_BIG_ID
 from app.errors import InsufficientPoints, InvalidState, NotFound
 from app.idempotency.service import idempotent
 from app.ledger import service
@@ -35,7 +36,7 @@ def adjust(body, resident_id):
     return service.adjust(current_actor(), resident_id, body["delta"], body["reason"])
 
 
-@blp.route("/ledger/entries/<int:entry_id>/reverse", methods=["POST"])
+@blp.route(f"/ledger/entries/<int(max={MAX_BIG_ID}):entry_id>/reverse", methods=["POST"])
 @login_required("admin")
 @idempotent
 @error_docs(NotFound, InvalidState, InsufficientPoints)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import StrictSchema
+from app.common import Id, StrictSchema
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
@@ -18,11 +18,11 @@ class OrganizationSchema(StrictSchema):
     id = fields.Integer(dump_only=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     kind = fields.String(required=True, validate=validate.OneOf(ORG_KINDS))
-    community_id = fields.Integer(load_default=None, allow_none=True)
+    community_id = Id(load_default=None, allow_none=True)
 
 
 class OrganizationQuerySchema(StrictSchema):
-    community_id = fields.Integer(load_default=None)
+    community_id = Id(load_default=None)
     kind = fields.String(load_default=None, validate=validate.OneOf(ORG_KINDS))
 
 
@@ -33,18 +33,18 @@ class StaffCreateSchema(StrictSchema):
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
     role = fields.String(required=True, validate=validate.OneOf(STAFF_ROLES))
     display_name = fields.String(load_default="", validate=validate.Length(max=64))
-    community_id = fields.Integer(load_default=None, allow_none=True)
-    organization_id = fields.Integer(load_default=None, allow_none=True)
-    store_ids = fields.List(fields.Integer(), load_default=list, validate=validate.Length(max=50))
-    collection_point_ids = fields.List(fields.Integer(), load_default=list, validate=validate.Length(max=50))
+    community_id = Id(load_default=None, allow_none=True)
+    organization_id = Id(load_default=None, allow_none=True)
+    store_ids = fields.List(Id(), load_default=list, validate=validate.Length(max=50))
+    collection_point_ids = fields.List(Id(), load_default=list, validate=validate.Length(max=50))
 
 
 class StaffUpdateSchema(StrictSchema):
     display_name = fields.String(validate=validate.Length(max=64))
     password = fields.String(load_only=True, validate=validate.Length(min=8, max=128))
     active = fields.Boolean()
-    store_ids = fields.List(fields.Integer(), validate=validate.Length(max=50))
-    collection_point_ids = fields.List(fields.Integer(), validate=validate.Length(max=50))
+    store_ids = fields.List(Id(), validate=validate.Length(max=50))
+    collection_point_ids = fields.List(Id(), validate=validate.Length(max=50))
 
 
 class StaffSchema(StrictSchema):
@@ -52,10 +52,10 @@ class StaffSchema(StrictSchema):
     username = fields.String()
     display_name = fields.String()
     role = fields.String()
-    community_id = fields.Integer(allow_none=True)
-    organization_id = fields.Integer(allow_none=True)
-    store_ids = fields.List(fields.Integer())
-    collection_point_ids = fields.List(fields.Integer())
+    community_id = Id(allow_none=True)
+    organization_id = Id(allow_none=True)
+    store_ids = fields.List(Id())
+    collection_point_ids = fields.List(Id())
     active = fields.Boolean()
     created_at = fields.AwareDateTime()
 
@@ -63,7 +63,7 @@ class StaffSchema(StrictSchema):
 class MeSchema(StrictSchema):
     id = fields.Integer()
     nickname = fields.String()
-    community_id = fields.Integer(allow_none=True)
+    community_id = Id(allow_none=True)
     balance = fields.Integer()
     co2e_g = fields.Integer()
     lifetime_earned = fields.Integer()
@@ -73,13 +73,13 @@ class MeSchema(StrictSchema):
 
 class MeUpdateSchema(StrictSchema):
     nickname = fields.String(validate=validate.Length(min=1, max=32))
-    community_id = fields.Integer(allow_none=True)
+    community_id = Id(allow_none=True)
 
 
 class ResidentSchema(StrictSchema):
     id = fields.Integer()
     nickname = fields.String()
-    community_id = fields.Integer(allow_none=True)
+    community_id = Id(allow_none=True)
     status = fields.String()
     created_at = fields.AwareDateTime()
 
@@ -90,7 +90,7 @@ class ResidentUpdateSchema(StrictSchema):
 
 
 class ResidentQuerySchema(StrictSchema):
-    community_id = fields.Integer(load_default=None)
+    community_id = Id(load_default=None)
     status = fields.String(load_default=None, validate=validate.OneOf(RESIDENT_STATUSES))
     cursor = fields.String(load_default=None)
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))

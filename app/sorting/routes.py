@@ -9,6 +9,7 @@ from app import qr
 from app.apidoc import error_docs, extend_doc
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import page_schema
+from app.db import MAX_BIG_ID
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -189,7 +190,7 @@ def create_deposit(body):
     return service.record_deposit(current_actor(), body)
 
 
-@blp.route("/deposits/<int:deposit_id>", methods=["GET"])
+@blp.route(f"/deposits/<int(max={MAX_BIG_ID}):deposit_id>", methods=["GET"])
 @login_required()
 @error_docs(NotFound)
 @blp.response(200, DepositSchema)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import StrictSchema
+from app.common import Id, StrictSchema
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
@@ -12,7 +12,7 @@ MAX_LINES = 20
 class CollectionPointSchema(StrictSchema):
     id = fields.Integer(dump_only=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
-    community_id = fields.Integer(required=True)
+    community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
     address = fields.String(load_default="", validate=validate.Length(max=256))
     lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
@@ -39,7 +39,7 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
         partial = True
 
     name = fields.String(validate=validate.Length(min=1, max=128))
-    community_id = fields.Integer()
+    community_id = Id()
     kind = fields.String(validate=validate.OneOf(POINT_KINDS))
     address = fields.String(validate=validate.Length(max=256))
     lat = fields.Float(allow_none=True, validate=validate.Range(min=-90, max=90))
@@ -57,7 +57,7 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
 
 
 class PointQuerySchema(StrictSchema):
-    community_id = fields.Integer(load_default=None)
+    community_id = Id(load_default=None)
     near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
     cursor = fields.String(load_default=None)
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
@@ -105,7 +105,7 @@ class DepositLineSchema(StrictSchema):
 
 class DepositCreateSchema(StrictSchema):
     member_code = fields.String(required=True, validate=validate.Length(min=1, max=256))
-    collection_point_id = fields.Integer(required=True)
+    collection_point_id = Id(required=True)
     items = fields.List(
         fields.Nested(DepositLineSchema),
         required=True,
@@ -139,13 +139,13 @@ class DeviceCreateSchema(StrictSchema):
     code = fields.String(
         required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.-]+$")]
     )
-    collection_point_id = fields.Integer(required=True)
+    collection_point_id = Id(required=True)
 
 
 class DeviceSchema(StrictSchema):
     id = fields.Integer()
     code = fields.String()
-    collection_point_id = fields.Integer()
+    collection_point_id = Id()
     active = fields.Boolean()
     created_at = fields.AwareDateTime()
 

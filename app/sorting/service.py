@@ -25,7 +25,7 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
 from app.common import decode_cursor, encode_cursor, keyset_page
-from app.db import commit, db, get_or_404, insert_unique, run, upsert_insert
+from app.db import MAX_ID, commit, db, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -217,9 +217,13 @@ _POINT_ROW = _ALL_POINTS.where(CollectionPoint.id == sa.bindparam("id"))
 _points = TtlCache(carbon.RULE_CACHE_TTL_S)
 
 
-def _point_row(point_id: int):
-    """The point's row, from this worker's copy of all points; one created since is read directly."""
-    known = _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)})
+def _point_row(point_id: int, fresh: bool = False):
+    """The point's row, from this worker's copy of all points; one created since, or a `fresh` one, is read
+    directly. Callers re-read fresh before refusing, so a change that allows more (a new poster, a reactivated
+    point, a new category) works at once; only one that allows less waits for the copy to expire."""
+    if not 1 <= point_id <= MAX_ID:
+        return None
+    known = {} if fresh else _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)})
     return known.get(point_id) or run(_POINT_ROW, {"id": point_id}).first()
 
 
@@ -237,6 +241,14 @@ def _checkin_insert(dialect: str) -> sa.Executable:
     )
 
 
+def _signed_by(point, raw: str) -> bool:
+    try:
+        qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
+    except qr.QRError:
+        return False
+    return True
+
+
 def _point_from_poster(token: str):
     try:
         raw = qr.extract_token(token)
@@ -244,6 +256,8 @@ def _point_from_poster(token: str):
         if header.kind != qr.POINT:
             raise qr.InvalidToken("not a collection point poster")
         point = _point_row(header.object_id)
+        if point is not None and not (point.active and _signed_by(point, raw)):
+            point = _point_row(point.id, fresh=True)
         if point is None:
             raise qr.InvalidToken("unknown point")
         qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
@@ -334,10 +348,13 @@ def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int
 
 def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
+    categories = {line["category"] for line in data["items"]}
+    if not (point.active and categories <= set(point.categories)):
+        point = _point_row(point.id, fresh=True)
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
     resident = _resident_from_member_code(data["member_code"])
-    refused = sorted({line["category"] for line in data["items"]} - set(point.categories))
+    refused = sorted(categories - set(point.categories))
     if refused:
         raise field_error("items", f"该回收点不收：{', '.join(refused)}")
     now = utcnow()
@@ -447,7 +464,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
     if not (_HEADER_ID.fullmatch(raw_id) and _HEADER_TS.fullmatch(timestamp) and _HEADER_SIG.fullmatch(signature)):
         raise Unauthorized("缺少或无效的设备签名头")
-    device = db.session.get(Device, int(raw_id))
+    device = db.session.get(Device, int(raw_id)) if int(raw_id) <= MAX_ID else None
     if device is None or not device.active:
         log.warning("device request from unknown or inactive device %s", raw_id)
         raise Unauthorized("设备未登记或已停用")

@@ -16,6 +16,7 @@ from PIL import Image
 from app.db import db
 from app.ledger.models import LedgerEntry
 from app.sorting.models import Deposit, DepositItem
+from app.sorting.service import clear_point_cache
 from tests.conftest import SHANGHAI, assert_error, community_id
 
 
@@ -401,3 +402,23 @@ def test_idempotent_deposit_replays_and_credits_once(api, clock, world):
     assert_error(deposit(api, world, changed, code=code, headers=headers), 409, "idempotency_conflict")
     assert me(api, world["resident"])["balance"] == 33
     assert count(Deposit) == 1
+
+
+def test_a_point_id_beyond_the_database_is_a_validation_error(api, world):
+    error = assert_error(deposit(api, world, lines(("paper", 1000)), point=2**40), 422, "validation_error")
+    assert "collection_point_id" in error["details"]["fields"]
+
+
+def test_a_category_added_by_another_worker_is_accepted_at_once(api, world):
+    from app.sorting.models import CollectionPoint
+
+    point = db.session.get(CollectionPoint, world["a"])
+    db.session.execute(sa.update(CollectionPoint).where(CollectionPoint.id == point.id).values(categories=["paper"]))
+    db.session.commit()
+    clear_point_cache()
+    deposit_ok(api, world, lines(("paper", 1000)))  # this worker now holds ["paper"]
+    db.session.execute(
+        sa.update(CollectionPoint).where(CollectionPoint.id == point.id).values(categories=["paper", "glass"])
+    )
+    db.session.commit()
+    deposit_ok(api, world, lines(("glass", 1000)))

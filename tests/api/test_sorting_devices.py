@@ -333,3 +333,8 @@ def test_twenty_parallel_copies_of_one_signed_request_credit_once(api, app, worl
     assert count(Deposit) == 1
     assert count(LedgerEntry) == 1
     assert count(DeviceSignature) == 1
+
+
+def test_a_device_id_beyond_the_database_is_unauthorized(api, world):
+    body = {"collection_point_id": world["a"], "member_code": "x", "items": []}
+    assert_error(api.post(PATH, **signed({**world["device"], "id": 10**17}, body)), 401, "unauthorized")

@@ -266,3 +266,17 @@ def test_delete_retires_the_point_and_its_posters(api, admin, worker):
     assert_error(api.post("/scans", as_=resident, json={"token": token}), 422, "invalid_qr")
     assert api.get("/me", as_=resident).get_json()["balance"] == 0
     assert_error(api.delete("/collection-points/999999", as_=admin), 404, "not_found")
+
+
+def test_ids_beyond_what_the_database_holds_are_not_found_or_invalid(api):
+    """On PostgreSQL these would overflow INTEGER; they must be a clean 404 or 422, never a 500."""
+    admin = api.staff("admin")
+    huge = 99_999_999_999
+    assert_error(api.get(f"/collection-points/{huge}", as_=admin), 404, "not_found")
+    assert_error(api.patch(f"/collection-points/{huge}", as_=admin, json={"name": "x"}), 404, "not_found")
+    assert_error(api.delete(f"/collection-points/{huge}", as_=admin), 404, "not_found")
+    assert_error(api.get(f"/deposits/{2**64}", as_=admin), 404, "not_found")
+    assert_error(api.get(f"/collection-points?community_id={huge}", as_=admin), 422, "validation_error")
+    body = {"name": "x", "community_id": huge, "kind": "station"}
+    error = assert_error(api.post("/collection-points", as_=admin, json=body), 422, "validation_error")
+    assert "community_id" in error["details"]["fields"]

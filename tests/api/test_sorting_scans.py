@@ -167,6 +167,19 @@ def test_a_point_changed_by_another_worker_takes_effect_within_the_cache_lifetim
     assert_error(scan(api, api.resident(), world["tokens"]["a"]), 422, "invalid_qr")
 
 
+def test_a_poster_rotated_by_another_worker_works_at_once(api, world):
+    """This worker's copy of the point still has the old secret; a refusal is checked against the database."""
+    from app.sorting.models import CollectionPoint, new_secret
+
+    scan_ok(api, api.resident(), world["tokens"]["a"])  # this worker now holds the point's row
+    rotate = sa.update(CollectionPoint).where(CollectionPoint.id == world["a"]).values(qr_secret=new_secret())
+    db.session.execute(rotate)
+    db.session.commit()
+    fresh = poster(api, world["admin"], world["a"])["token"]
+    assert fresh != world["tokens"]["a"]
+    assert scan_ok(api, api.resident(), fresh)["points"] == 5
+
+
 def test_poster_url_opened_in_a_browser_lands_on_html(api, world):
     response = api.get(f"/q/{world['tokens']['a']}")
     assert response.status_code == 200
@@ -275,6 +288,7 @@ def _flip_first_sig_char(token: str) -> str:
         pytest.param(lambda t, a: t.replace(f".{a['a']}.", f".{a['b']}."), id="other-point-id"),
         pytest.param(lambda t, a: t.replace(f".{a['a']}.", ".987654."), id="nonexistent-point"),
         pytest.param(lambda t, a: "p1.987654." + "A" * 22, id="forged-nonexistent"),
+        pytest.param(lambda t, a: t.replace(f".{a['a']}.", ".99999999999999999."), id="id-beyond-the-database"),
         pytest.param(lambda t, a: t.replace("p1.", "p2.", 1), id="other-version"),
         pytest.param(lambda t, a: t.replace("p1.", "e1.", 1), id="other-kind"),
         pytest.param(lambda t, a: "garbage", id="garbage"),
