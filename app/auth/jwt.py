@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 from flask_jwt_extended import JWTManager
 from flask_jwt_extended.config import config
@@ -24,11 +25,13 @@ class CachingJWTManager(JWTManager):
         self._verified: dict[tuple[str, str], dict] = {}
 
     def _decode_jwt_from_config(self, encoded_token: str, csrf_value=None, allow_expired: bool = False) -> dict:
-        if csrf_value is not None or allow_expired:
+        if csrf_value is not None or allow_expired or self._decode_key_callback is not default_decode_key_callback:
             return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
-        key = (config.decode_key, encoded_token)
+        key = self.cache_key(encoded_token)
         claims = self._verified.get(key)
-        if claims is None or claims["exp"] <= time.time() - config.leeway:
+        leeway = config.leeway
+        leeway_s = leeway.total_seconds() if isinstance(leeway, timedelta) else leeway
+        if claims is None or claims["exp"] <= time.time() - leeway_s:
             claims = self._verify(encoded_token)
             if "exp" not in claims:
                 return claims
@@ -37,11 +40,18 @@ class CachingJWTManager(JWTManager):
             self._verified[key] = claims
         return dict(claims)  # callers may annotate their copy
 
+    @staticmethod
+    def cache_key(encoded_token: str) -> tuple:
+        """Everything that decides whether the library accepts the token, so that two apps in one process (the
+        tests make several) never share a verdict."""
+        return (
+            config.decode_key, tuple(config.decode_algorithms), repr(config.decode_audience), config.decode_issuer,
+            config.identity_claim_key, config.verify_sub, encoded_token,
+        )  # fmt: skip
+
     def _verify(self, encoded_token: str) -> dict:
-        """The library's verified decode, once. Its own path parses the token three times, to choose a key we
-        never vary; it still handles custom key loaders and every failure, with the details its callbacks need."""
-        if self._decode_key_callback is not default_decode_key_callback:
-            return super()._decode_jwt_from_config(encoded_token)
+        """The library's verified decode, once. Its own path parses the token three times to choose a key, which
+        only a custom key loader varies; it still handles every failure, with the details its callbacks need."""
         try:
             return _decode_jwt(
                 algorithms=config.decode_algorithms, allow_expired=False, audience=config.decode_audience,

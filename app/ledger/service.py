@@ -230,6 +230,8 @@ def post(
             raise ValueError(f"{name} {value!r} is not a ledger token")
     if delta == 0:
         raise ValueError("a ledger entry moves a non-zero number of points")
+    if len({c.key for c in caps}) != len(caps):
+        raise ValueError("one charge per daily counter: merge charges with the same key")
     now, conn = utcnow(), _connection()
     today = local_day(now, _tz())
     account = _lock_account(conn, resident_id)

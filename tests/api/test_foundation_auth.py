@@ -310,7 +310,7 @@ def test_a_remembered_token_is_still_refused_once_it_expires(api, app):
             additional_claims={"sid": str(uuid.uuid4()), "role": "resident"},
             expires_delta=timedelta(seconds=-1),
         )
-        jwt._verified[(app.config["JWT_SECRET_KEY"], token)] = _claims(token)  # as verified while it was valid
+        jwt._verified[jwt.cache_key(token)] = _claims(token)  # as if verified while it was valid
     assert_error(api.get("/me", headers=_bearer(token)), 401, "token_expired")
 
 
@@ -328,23 +328,32 @@ def test_a_token_remembered_under_another_key_is_not_trusted(api, app):
         token = create_access_token(f"resident:{resident.id}", additional_claims={"sid": "x", "role": "resident"})
         assert other.test_client().get("/api/v1/me", headers=_bearer(token)).status_code == 200  # remembered there
         db.engine.dispose()
-    assert ("some-other-secret-0123456789abcdef-xyz", token) in jwt._verified
+    with other.app_context():
+        assert jwt.cache_key(token) in jwt._verified
     assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
 
 
 def test_a_custom_key_loader_is_still_consulted(api, monkeypatch):
-    """The one-parse fast path applies only to the configured key; a registered loader keeps the library's path."""
+    """Remembered tokens and the one-parse path apply only to the configured key; a loader keeps the library's path."""
     resident = api.resident()
-    jwt._verified.clear()
+    assert api.get("/me", as_=resident).status_code == 200  # verified and remembered
     monkeypatch.setattr(jwt, "_decode_key_callback", lambda header, claims: "a-key-that-signed-nothing-0123456789")
     assert_error(api.get("/me", as_=resident), 401, "unauthorized")
+
+
+def test_a_leeway_given_as_a_timedelta_works_for_remembered_tokens(api, app, monkeypatch):
+    resident = api.resident()
+    monkeypatch.setitem(app.config, "JWT_DECODE_LEEWAY", timedelta(seconds=5))
+    assert api.get("/me", as_=resident).status_code == 200
+    assert api.get("/me", as_=resident).status_code == 200  # the remembered path compares with the leeway
 
 
 def test_a_remembered_token_keeps_working_and_revocation_still_applies(api, app):
     resident = api.resident()
     headers = _bearer(resident.token)
     assert api.get("/me", headers=headers).status_code == 200
-    assert (app.config["JWT_SECRET_KEY"], resident.token) in jwt._verified
+    with app.app_context():
+        assert jwt.cache_key(resident.token) in jwt._verified
     assert api.get("/me", headers=headers).status_code == 200
     assert api.post("/auth/logout", headers=headers).status_code == 204
     assert_error(api.get("/me", headers=headers), 401, "token_revoked")

@@ -9,7 +9,7 @@ from app.carbon.methodology import CapCharge
 from app.db import db
 from app.errors import CapReached
 from app.ledger import service as ledger
-from app.ledger.models import Account, LedgerEntry
+from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
 from app.ledger.verify import verify_ledger
 from tests.conftest import SHANGHAI, assert_error, without_append_only_guard
 
@@ -187,12 +187,28 @@ def test_one_refused_counter_refuses_the_whole_posting(api):
             caps=[CapCharge("test:earn", 10, 50, "测试"), CapCharge("daily", 10, 20, "每日合计")],
         )  # fmt: skip
     assert refused.value.details == {"cap": 20, "used": 15, "activity": "daily"}
-    assert db.session.scalar(sa.select(sa.func.count()).where(LedgerEntry.ref_id == "second")) == 0
+    # Before the rollback: nothing but the accepted counter moved (the rollback undoes that one).
+    account_id = db.session.scalar(sa.select(Account.id).where(Account.resident_id == me.id))
+    head = db.session.execute(
+        sa.select(Account.balance, Account.last_seq, Account.lifetime_earned).where(Account.id == account_id)
+    ).one()
+    assert tuple(head) == (15, 1, 15)
+    assert db.session.scalar(sa.select(sa.func.count()).where(LedgerEntry.account_id == account_id)) == 1
+    assert db.session.scalar(sa.select(PointLot.credited).where(PointLot.account_id == account_id)) == 15
+    counters = dict(db.session.execute(sa.select(DailyEarning.activity, DailyEarning.points)).all())
+    assert counters == {"test:earn": 25, "daily": 15}
     db.session.rollback()
     account = db.session.scalar(sa.select(Account).where(Account.resident_id == me.id))
     assert (account.balance, account.last_seq) == (15, 1)
+    assert dict(db.session.execute(sa.select(DailyEarning.activity, DailyEarning.points)).all())["test:earn"] == 15
     earn(me.id, 5, "fits", caps=[CapCharge("test:earn", 5, 50, "测试"), CapCharge("daily", 5, 20, "每日合计")])
     assert verify_ledger().ok
+
+
+def test_two_charges_to_one_counter_are_a_programming_error(api):
+    me = api.resident()
+    with pytest.raises(ValueError, match="one charge per daily counter"):
+        earn(me.id, 2, "twice", caps=[CapCharge("daily", 1, 20, "每日合计"), CapCharge("daily", 1, 20, "每日合计")])
 
 
 def test_a_charge_bigger_than_its_cap_is_refused_by_name(api):
