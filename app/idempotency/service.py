@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from functools import wraps
+from functools import cache, wraps
 
 import sqlalchemy as sa
 from flask import g, jsonify, request
-from sqlalchemy.exc import IntegrityError
 
 from app.apidoc import extend_doc
 from app.auth.guards import current_actor
-from app.db import db
+from app.db import db, run, upsert_insert
 from app.errors import IdempotencyConflict, field_error
 from app.idempotency.models import IdempotencyKey
 
@@ -36,7 +35,7 @@ def _request_hash() -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{canonical}".encode()).hexdigest()
 
 
-def _replay(row: IdempotencyKey, request_hash: str):
+def _replay(row, request_hash: str):
     if row.request_hash != request_hash:
         raise IdempotencyConflict()
     response = jsonify(row.response_body)
@@ -45,8 +44,21 @@ def _replay(row: IdempotencyKey, request_hash: str):
     return response
 
 
-def _stored(scope: str, key: str) -> IdempotencyKey | None:
-    return db.session.scalar(sa.select(IdempotencyKey).where(IdempotencyKey.scope == scope, IdempotencyKey.key == key))
+_STORED = sa.select(IdempotencyKey.request_hash, IdempotencyKey.status_code, IdempotencyKey.response_body).where(
+    IdempotencyKey.scope == sa.bindparam("scope"), IdempotencyKey.key == sa.bindparam("key")
+)
+_RECORD = (
+    sa.update(IdempotencyKey.__table__)
+    .where(IdempotencyKey.__table__.c.id == sa.bindparam("key_id"))
+    .values(status_code=sa.bindparam("status"), response_body=sa.bindparam("body"))
+)
+
+
+@cache
+def _claim(dialect: str) -> sa.Executable:
+    """Insert the key, or nothing if it is taken; a concurrent first request makes this wait until it ends."""
+    table = IdempotencyKey.__table__
+    return upsert_insert(dialect)(table).on_conflict_do_nothing(index_elements=["scope", "key"]).returning(table.c.id)
 
 
 def run_idempotent(scope: str, view, *args, **kwargs):
@@ -56,23 +68,17 @@ def run_idempotent(scope: str, view, *args, **kwargs):
     if not 1 <= len(key) <= 64 or not key.isprintable():
         raise field_error(HEADER, "幂等键长度必须为 1 到 64 个可见字符")
     request_hash = _request_hash()
-    existing = _stored(scope, key)
-    if existing is not None:
-        return _replay(existing, request_hash)
-    row = IdempotencyKey(scope=scope, key=key, request_hash=request_hash, status_code=0, response_body={})
-    db.session.add(row)
-    try:
-        db.session.flush()
-    except IntegrityError:
-        db.session.rollback()
-        return _replay(_stored(scope, key), request_hash)
+    claim = {"scope": scope, "key": key, "request_hash": request_hash, "status_code": 0, "response_body": {}}
+    key_id = run(_claim(db.session.get_bind().dialect.name), claim).scalar()
+    if key_id is None:  # answered before (committed together with its effects): replay it
+        return _replay(run(_STORED, {"scope": scope, "key": key}).one(), request_hash)
     g.defer_commit = True
     try:
         response = view(*args, **kwargs)
     finally:
         g.defer_commit = False
     if 200 <= response.status_code < 300:
-        row.status_code, row.response_body = response.status_code, response.get_json()
+        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": response.get_json()})
         db.session.commit()
     else:
         db.session.rollback()

@@ -308,6 +308,7 @@ def test_verify_reads_committed_state_without_waiting_for_writers(api):
 def test_hot_path_statements_are_compiled_once():
     """SQLAlchemy recompiles a statement whose cache key is None on every execution (multi-row VALUES are one)."""
     from app.auth.guards import _STAFF_SCOPES, _STATE
+    from app.idempotency import service as idempotency
     from app.sorting import service as sorting
 
     statements = [
@@ -323,5 +324,8 @@ def test_hot_path_statements_are_compiled_once():
         sorting._DEPOSIT_ITEMS_INSERT,
         sorting._deposit_with_items(),
         *(sorting._checkin_insert(dialect) for dialect in ("postgresql", "sqlite")),
+        *(idempotency._claim(dialect) for dialect in ("postgresql", "sqlite")),
+        idempotency._STORED,
+        idempotency._RECORD,
     ]
     assert all(statement._generate_cache_key() is not None for statement in statements)
