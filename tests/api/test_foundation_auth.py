@@ -257,14 +257,17 @@ def test_logout_needs_an_access_token(api):
 # --- bad tokens -----------------------------------------------------------------------------------------
 
 
-def test_expired_access_token_is_token_expired(api, app):
-    resident = api.resident()
+def _expired_access_token(app, resident) -> str:
     with app.app_context():
-        token = create_access_token(
+        return create_access_token(
             f"resident:{resident.id}",
             additional_claims={"sid": str(uuid.uuid4()), "role": "resident"},
             expires_delta=timedelta(seconds=-1),
         )
+
+
+def test_expired_access_token_is_token_expired(api, app):
+    token = _expired_access_token(app, api.resident())
     assert_error(api.get("/me", headers=_bearer(token)), 401, "token_expired")
 
 
@@ -279,16 +282,23 @@ def test_expired_refresh_token_is_token_expired(api, app):
     assert_error(api.post("/auth/refresh", headers=_bearer(token)), 401, "token_expired")
 
 
-def test_a_token_signed_with_another_key_is_unauthorized(api, app):
-    resident = api.resident()
-    other = create_app(
+OTHER_KEY = "some-other-secret-0123456789abcdef-xyz"
+
+
+def _app_with_another_key(app):
+    return create_app(
         {
             "TESTING": True,
             "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
-            "JWT_SECRET_KEY": "some-other-secret-0123456789abcdef-xyz",
+            "JWT_SECRET_KEY": OTHER_KEY,
             "RATELIMIT_ENABLED": False,
         }
     )
+
+
+def test_a_token_signed_with_another_key_is_unauthorized(api, app):
+    resident = api.resident()
+    other = _app_with_another_key(app)
     with other.app_context():
         token = create_access_token(f"resident:{resident.id}", additional_claims={"sid": "x", "role": "resident"})
         db.engine.dispose()
@@ -303,27 +313,15 @@ def _claims(token: str) -> dict:
 
 def test_a_remembered_token_is_still_refused_once_it_expires(api, app):
     """Each worker remembers verified tokens; a remembered one that has since expired is checked again."""
-    resident = api.resident()
+    token = _expired_access_token(app, api.resident())
     with app.app_context():
-        token = create_access_token(
-            f"resident:{resident.id}",
-            additional_claims={"sid": str(uuid.uuid4()), "role": "resident"},
-            expires_delta=timedelta(seconds=-1),
-        )
         jwt._verified[jwt.cache_key(token)] = _claims(token)  # as if verified while it was valid
     assert_error(api.get("/me", headers=_bearer(token)), 401, "token_expired")
 
 
 def test_a_token_remembered_under_another_key_is_not_trusted(api, app):
     resident = api.resident()
-    other = create_app(
-        {
-            "TESTING": True,
-            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
-            "JWT_SECRET_KEY": "some-other-secret-0123456789abcdef-xyz",
-            "RATELIMIT_ENABLED": False,
-        }
-    )
+    other = _app_with_another_key(app)
     with other.app_context():
         token = create_access_token(f"resident:{resident.id}", additional_claims={"sid": "x", "role": "resident"})
         assert other.test_client().get("/api/v1/me", headers=_bearer(token)).status_code == 200  # remembered there
