@@ -1,0 +1,73 @@
+"""Whatever JSON a client sends to the earning endpoints, the answer is a 2xx or a 4xx envelope, never a 500."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import community_id
+
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=30)
+)
+JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+)
+ID = st.integers(min_value=-5, max_value=2**64) | st.just(1)
+VALID_LINE = st.fixed_dictionaries(
+    {"category": st.sampled_from(["paper", "plastic", "glass", "metal"]), "weight_g": st.integers(1, 20_000)}
+)
+LINE = st.fixed_dictionaries(
+    {"category": st.sampled_from(["paper", "plastic", "glass", "nope", ""]) | SCALARS, "weight_g": ID | SCALARS}
+)
+SCAN = st.fixed_dictionaries(
+    {"token": st.text(max_size=60) | SCALARS},
+    optional={"lat": SCALARS | st.floats(-100, 100), "lng": SCALARS | st.floats(-200, 200)},
+)
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture
+def callers(api):
+    admin = api.staff("admin")
+    body = {"name": "恒康模糊测试站", "community_id": community_id("hengkang"), "kind": "station"}
+    point = api.post("/collection-points", as_=admin, json=body).get_json()["id"]
+    resident = api.resident()
+    return {
+        "resident": resident,
+        "collector": api.staff("collector", collection_point_ids=[point]),
+        "point": point,
+        "member_code": api.member_code(resident),
+    }
+
+
+def _clean(response) -> None:
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code >= 400:
+        assert set(response.get_json()["error"]) >= {"code", "message"}
+
+
+@FUZZ
+@given(body=SCAN | JSON)
+def test_any_scan_body_is_answered_cleanly(api, callers, body):
+    _clean(api.post("/scans", as_=callers["resident"], json=body))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_deposit_body_is_answered_cleanly(api, callers, data):
+    """Real member codes and points as often as not, so that the lines reach the methodology and the ledger."""
+    real_code, real_point = st.just(callers["member_code"]), st.just(callers["point"])
+    deposit = st.fixed_dictionaries(
+        {
+            "member_code": st.one_of(real_code, real_code, st.text(max_size=40) | SCALARS),
+            "collection_point_id": st.one_of(real_point, real_point, ID),
+            "items": st.one_of(st.lists(VALID_LINE, min_size=1, max_size=3), st.lists(LINE, max_size=3)),
+        }
+    )
+    _clean(api.post("/deposits", as_=callers["collector"], json=data.draw(st.one_of(deposit, deposit, deposit, JSON))))
