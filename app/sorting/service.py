@@ -187,22 +187,25 @@ def member_code(resident_id: int) -> dict[str, Any]:
     return {"token": token, "expires_at": expires_at}
 
 
-_RESIDENT_STATUS = sa.select(Resident.id, Resident.status).where(Resident.id == sa.bindparam("id"))
+_RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam("id"))
 
 
-def _resident_from_member_code(code: str):
+def _member_code_resident(code: str) -> int:
+    """The resident a member code names, by its signature and expiry. Whether the account can take points is
+    checked where the deposit is written, in the same statement on PostgreSQL."""
     try:
-        resident_id = qr.verify_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
+        return qr.verify_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
     except qr.ExpiredToken as exc:
         raise QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
         raise InvalidQr("无效的会员码") from exc
-    resident = run(_RESIDENT_STATUS, {"id": resident_id}).first()
-    if resident is None or resident.status == "closed":
-        raise InvalidQr("会员码对应的账户不存在")
-    if resident.status == "frozen":
+
+
+def _refuse_holder(resident_id: int) -> None:
+    """Why a resident's account cannot take a deposit."""
+    if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
         raise AccountFrozen("该居民账户已冻结")
-    return resident
+    raise InvalidQr("会员码对应的账户不存在")
 
 
 # Check-ins and deposits read a point on every request; a plain row is all they need.
@@ -313,15 +316,13 @@ _ITEM_COLUMNS = ("category", "weight_g", "co2e_g", "points", "rule_id")
 
 @cache
 def _deposit_with_items() -> sa.Select:
-    """PostgreSQL: the deposit and its lines in one round trip; the lines come as arrays, kept in their order."""
+    """PostgreSQL: the deposit and its lines in one round trip, written only if the resident's account is active
+    (no row comes back otherwise). The lines come as arrays and keep their order."""
     deposits, items = Deposit.__table__, DepositItem.__table__
     columns = [c.name for c in deposits.c if c.name != "id"]
-    deposit = (
-        sa.insert(deposits)
-        .values({name: sa.bindparam(f"d_{name}", type_=deposits.c[name].type) for name in columns})
-        .returning(deposits.c.id)
-        .cte("new_deposit")
-    )
+    active = sa.exists().where(Resident.id == sa.bindparam("d_resident_id"), Resident.status == "active")
+    values = sa.select(*(sa.bindparam(f"d_{name}", type_=deposits.c[name].type) for name in columns)).where(active)
+    deposit = sa.insert(deposits).from_select(columns, values).returning(deposits.c.id).cte("new_deposit")
     lines = (
         sa.func.unnest(*(sa.bindparam(f"lines_{name}", type_=ARRAY(items.c[name].type)) for name in _ITEM_COLUMNS))
         .table_valued(*_ITEM_COLUMNS, with_ordinality="line_no")
@@ -337,12 +338,17 @@ def _deposit_with_items() -> sa.Select:
 
 
 def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int:
+    """Write the deposit and its lines for an active account; refuse otherwise."""
+    deposit_id = None
     if db.session.get_bind().dialect.name == "postgresql":
         params = {f"d_{name}": value for name, value in deposit.items()}
         params |= {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
-        return run(_deposit_with_items(), params).scalar_one()
-    deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
-    run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
+        deposit_id = run(_deposit_with_items(), params).scalar()
+    elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active":
+        deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
+        run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
+    if deposit_id is None:
+        _refuse_holder(deposit["resident_id"])
     return deposit_id
 
 
@@ -353,7 +359,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         point = _point_row(point.id, fresh=True)
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
-    resident = _resident_from_member_code(data["member_code"])
+    resident_id = _member_code_resident(data["member_code"])
     refused = sorted(categories - set(point.categories))
     if refused:
         raise field_error("items", f"该回收点不收：{', '.join(refused)}")
@@ -368,7 +374,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     co2e_g = round_half_up(total_exact)
     line_points, line_grams = allocate(points, exact), allocate(co2e_g, exact)
     deposit: dict[str, Any] = {
-        "resident_id": resident.id, "collection_point_id": point.id, "points": points, "co2e_g": co2e_g,
+        "resident_id": resident_id, "collection_point_id": point.id, "points": points, "co2e_g": co2e_g,
         "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,
@@ -382,7 +388,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     if points > 0:
         single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
         entry_id = ledger.post(
-            resident.id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
+            resident_id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
             co2e_g=co2e_g, ref_type="deposit", ref_id=deposit_id, actor_type=recorder.kind, actor_id=recorder.id,
             memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
         ).id  # fmt: skip

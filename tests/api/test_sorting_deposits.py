@@ -13,8 +13,10 @@ import sqlalchemy as sa
 import zxingcpp
 from PIL import Image
 
+from app.clock import utcnow
 from app.db import db
 from app.ledger.models import LedgerEntry
+from app.people.models import Resident
 from app.sorting.models import Deposit, DepositItem
 from app.sorting.service import clear_point_cache
 from tests.conftest import SHANGHAI, assert_error, community_id
@@ -145,6 +147,31 @@ def test_frozen_residents_code_is_refused(api, world):
     )
     assert response.status_code == 200, response.get_json()
     assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 403, "account_frozen")
+    assert count(Deposit) == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "http", "code", "weight_g"),
+    [
+        ("frozen", 403, "account_frozen", 1000),
+        ("frozen", 403, "account_frozen", 10),  # worth 0 points: no posting, still refused
+        ("closed", 422, "invalid_qr", 1000),
+    ],
+)
+def test_an_account_that_cannot_take_points_writes_nothing(api, world, status, http, code, weight_g):
+    member_code = api.member_code(world["resident"])
+    db.session.execute(sa.update(Resident).where(Resident.id == world["resident"].id).values(status=status))
+    db.session.commit()
+    assert_error(deposit(api, world, lines(("paper", weight_g)), code=member_code), http, code)
+    assert (count(Deposit), count(DepositItem)) == (0, 0)
+
+
+def test_a_member_code_for_no_resident_is_invalid(api, app, world):
+    from app import qr
+
+    key = qr.derive_key(app.config["QR_SECRET"], "member")
+    orphan, _ = qr.member_code(987_654, key, utcnow(), ttl_s=120)
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=orphan), 422, "invalid_qr")
     assert count(Deposit) == 0
 
 
