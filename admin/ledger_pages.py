@@ -37,12 +37,12 @@ def _resident_page(error=None, resident_id: int = 0) -> str:
     )
 
 
-@bp.get("/residents/<int:resident_id>")
+@bp.get("/residents/<page_id:resident_id>")
 def resident(resident_id: int):
     return _resident_page(resident_id=resident_id)
 
 
-@bp.post("/residents/<int:resident_id>/adjustments")
+@bp.post("/residents/<page_id:resident_id>/adjustments")
 @rerender_on_error(_resident_page)
 def adjust(resident_id: int):
     _resident_in_scope(resident_id)

@@ -141,7 +141,7 @@ def residents():
     return _residents_page()
 
 
-@bp.post("/residents/<int:resident_id>/status")
+@bp.post("/residents/<page_id:resident_id>/status")
 @rerender_on_error(_residents_page)
 def set_resident_status(resident_id: int):
     data = load(ResidentUpdateSchema(), present("status", "reason"))

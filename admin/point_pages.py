@@ -68,7 +68,7 @@ def _point_page(error=None, point_id: int = 0, device=None) -> str:
     )
 
 
-@bp.get("/points/<int:point_id>")
+@bp.get("/points/<page_id:point_id>")
 def point(point_id: int):
     return _point_page(point_id=point_id)
 
@@ -80,18 +80,18 @@ def _image(data: bytes, mimetype: str, filename: str | None = None) -> Response:
     return response
 
 
-@bp.get("/points/<int:point_id>/qr.png")
+@bp.get("/points/<page_id:point_id>/qr.png")
 def point_qr_png(point_id: int):
     return _image(qr.to_png(sorting.poster(current_admin_actor(), point_id)["url"]), "image/png")
 
 
-@bp.get("/points/<int:point_id>/qr.svg")
+@bp.get("/points/<page_id:point_id>/qr.svg")
 def point_qr_svg(point_id: int):
     url = sorting.poster(current_admin_actor(), point_id)["url"]
     return _image(qr.to_svg(url), "image/svg+xml", f"collection-point-{point_id}.svg")
 
 
-@bp.post("/points/<int:point_id>/rotate")
+@bp.post("/points/<page_id:point_id>/rotate")
 @rerender_on_error(_point_page)
 def rotate_poster(point_id: int):
     if request.form.get("confirm") != "yes":
@@ -101,7 +101,7 @@ def rotate_poster(point_id: int):
     return redirect(url_for("admin.point", point_id=point_id))
 
 
-@bp.post("/points/<int:point_id>/devices")
+@bp.post("/points/<page_id:point_id>/devices")
 @rerender_on_error(_point_page)
 def register_device(point_id: int):
     """The device secret is shown on this response only: never stored in the session or a redirect."""

@@ -69,7 +69,8 @@ class Timestamped:
 
 
 def get_or_404(model, obj_id: int, message: str = "资源不存在"):
-    obj = db.session.get(model, obj_id)
+    big = isinstance(sa.inspect(model).primary_key[0].type, sa.BigInteger)
+    obj = db.session.get(model, obj_id) if 1 <= obj_id <= (MAX_BIG_ID if big else MAX_ID) else None
     if obj is None:
         raise NotFound(message)
     return obj

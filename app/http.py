@@ -120,7 +120,9 @@ def _add_request_id(response):
 
 
 class IdConverter(IntegerConverter):
-    """`<int:…>` in a route: an id from 1 to MAX_ID, so a bigger one is a 404, not a database overflow."""
+    """`<int:…>` in an API route: an id from 1 to MAX_ID, and a bigger one is a 404 whatever the method, not a
+    database overflow (a route that merely did not match would be a misleading 405 where another method has one).
+    Admin pages use the plain `<page_id:…>`: their lookups refuse such ids with the site's own HTML 404."""
 
     def __init__(self, url_map, *args, **kwargs) -> None:
         kwargs.setdefault("min", 1)
@@ -130,7 +132,7 @@ class IdConverter(IntegerConverter):
     def to_python(self, value: str) -> int:
         try:
             return super().to_python(value)
-        except ValidationError:  # whatever the method: no such resource (not "try another route", which gives 405)
+        except ValidationError:
             raise NotFound() from None
 
 
@@ -140,6 +142,7 @@ def register_http(app: Flask) -> None:
     from app.extensions import api
 
     app.url_map.converters["int"] = IdConverter  # before any route is added
+    app.url_map.converters["page_id"] = IntegerConverter
     api.register_converter(IdConverter, integerconverter2paramschema)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False

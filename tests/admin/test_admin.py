@@ -659,3 +659,23 @@ def test_verify_page_names_the_first_bad_entry(api, as_admin):
     body = text(as_admin.post("/admin/verify"))
     assert "发现问题" in body
     assert f"第一条异常记录 ID：<strong>{entry.id}</strong>" in body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data"),
+    [
+        ("get", "/admin/points/99999999999", None),
+        ("post", "/admin/points/99999999999/rotate", {"confirm": "yes"}),
+        ("get", "/admin/points/99999999999/qr.png", None),
+        ("post", "/admin/points/99999999999/rotate", {}),
+        ("post", "/admin/points/99999999999/devices", {"code": "BIN-X-1"}),
+        ("get", "/admin/residents/99999999999", None),
+        ("post", "/admin/residents/99999999999/adjustments", {"delta": "5", "reason": "x", "reference": "abcdefgh12"}),
+        ("post", "/admin/residents/99999999999/status", {"status": "frozen", "reason": "x"}),
+    ],
+)
+def test_ids_beyond_the_database_are_answered_by_the_site_not_a_500(as_admin, method, path, data):
+    """On PostgreSQL such an id would overflow INTEGER: the page says it is not there (or what the form lacks)."""
+    response = as_admin.get(path) if method == "get" else as_admin.post(path, data)
+    assert response.status_code in (404, 422)
+    assert response.mimetype == "text/html"
