@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
 from typing import Any
@@ -44,18 +45,55 @@ def _connection() -> sa.Connection:
 
 _LOCK_ACCOUNT = (
     sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
-    .where(Account.resident_id == sa.bindparam("resident_id"))
-    .with_for_update()
+    .where(Account.resident_id == sa.bindparam("lock_resident_id"))
+    .with_for_update(of=Account.__table__)
 )
 
 
-def _lock_account(conn: sa.Connection, resident_id: int):
+@dataclass(frozen=True)
+class Claim:
+    """A once-only slot that a posting takes first, such as a check-in per point and day: a prebuilt
+    INSERT … ON CONFLICT DO NOTHING RETURNING the slot's id, its bind parameters prefixed `claim_`. The slot's
+    id becomes the entry's ref_id; a slot already taken raises `taken`. On PostgreSQL the claim travels with the
+    account lock, in one round trip."""
+
+    statement: sa.Insert
+    params: dict[str, Any]
+    taken: Exception
+
+
+_claim_locks: dict[int, sa.Select] = {}
+
+
+def _lock_with_claim(statement: sa.Insert) -> sa.Select:
+    """The lock, with the claim as a data-modifying CTE; built once per (prebuilt, long-lived) claim statement."""
+    key = id(statement)
+    if key not in _claim_locks:
+        claimed = statement.cte("claimed")
+        claim_id = sa.select(*claimed.c).scalar_subquery().label("claim_id")
+        _claim_locks[key] = _LOCK_ACCOUNT.add_columns(claim_id)
+    return _claim_locks[key]
+
+
+def _lock_account(conn: sa.Connection, resident_id: int, claim: Claim | None = None):
     """The account's chain head, locked until the caller's transaction ends (a row lock on PostgreSQL;
-    SQLite transactions already hold the write lock). Read with Core: a lock is only as good as a fresh read."""
-    account = conn.execute(_LOCK_ACCOUNT, {"resident_id": resident_id}).first()
+    SQLite transactions already hold the write lock), and the claimed slot's id if there is a claim (taken
+    first). Read with Core: a lock is only as good as a fresh read."""
+    params = {"lock_resident_id": resident_id}
+    claim_id = None
+    if claim is None:
+        account = conn.execute(_LOCK_ACCOUNT, params).first()
+    elif conn.dialect.name == "postgresql":
+        account = conn.execute(_lock_with_claim(claim.statement), params | claim.params).first()
+        claim_id = account.claim_id if account is not None else None
+    else:
+        claim_id = conn.execute(claim.statement, claim.params).scalar()
+        account = conn.execute(_LOCK_ACCOUNT, params).first()
     if account is None:
         raise NotFound("积分账户不存在")
-    return account
+    if claim is not None and claim_id is None:
+        raise claim.taken
+    return account, claim_id
 
 
 _ENTRY_COLUMNS = (
@@ -211,7 +249,7 @@ def post(
     kind: str,
     source: str,
     ref_type: str,
-    ref_id: Any,
+    ref_id: Any = None,
     actor_type: str,
     actor_id: int | None,
     activity: str | None = None,
@@ -221,10 +259,13 @@ def post(
     reverses_id: int | None = None,
     caps: Sequence[CapCharge] = (),
     lifetime_delta: int | None = None,
+    claim: Claim | None = None,
 ) -> LedgerEntry:
-    """Append one entry to the resident's chain. The caller's use case commits."""
-    ref_id = str(ref_id)
-    for name, value in (("kind", kind), ("source", source), ("ref_type", ref_type), ("ref_id", ref_id),
+    """Append one entry to the resident's chain, referring to `ref_id` or to the slot `claim` takes. The caller's
+    use case commits."""
+    if (ref_id is None) == (claim is None):
+        raise ValueError("a posting refers to a ref_id or to a claimed slot, exactly one")
+    for name, value in (("kind", kind), ("source", source), ("ref_type", ref_type),
                         ("activity", activity or ""), ("actor_type", actor_type)):  # fmt: skip
         if not TOKEN.match(value):
             raise ValueError(f"{name} {value!r} is not a ledger token")
@@ -234,7 +275,10 @@ def post(
         raise ValueError("one charge per daily counter: merge charges with the same key")
     now, conn = utcnow(), _connection()
     today = local_day(now, _tz())
-    account = _lock_account(conn, resident_id)
+    account, claim_id = _lock_account(conn, resident_id, claim)
+    ref_id = str(claim_id if claim is not None else ref_id)
+    if not TOKEN.match(ref_id):
+        raise ValueError(f"ref_id {ref_id!r} is not a ledger token")
     if account.balance + delta < 0:
         raise InsufficientPoints(
             f"积分不足：当前余额 {account.balance}，需要 {-delta}",
@@ -403,7 +447,7 @@ def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
     written = points = 0
     for index, (_, resident_id) in enumerate(due, start=1):
         # One consistent reading under the lock: what is left of each year adds up to the balance.
-        account = _lock_account(_connection(), resident_id)
+        account, _ = _lock_account(_connection(), resident_id)
         for year, left in _remaining_by_year(account, _lots(account)):
             if year > last_due_year or left <= 0:
                 continue

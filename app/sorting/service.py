@@ -234,11 +234,15 @@ def clear_point_cache() -> None:
     _points.clear()
 
 
+_CHECKIN_COLUMNS = ("resident_id", "collection_point_id", "day", "lat", "lng", "created_at")
+
+
 @cache
-def _checkin_insert(dialect: str) -> sa.Executable:
+def _checkin_claim(dialect: str) -> sa.Insert:
     """Claims the (resident, point, day) slot; returns no row when it is already taken."""
     return (
         upsert_insert(dialect)(Checkin)
+        .values({name: sa.bindparam(f"claim_{name}") for name in _CHECKIN_COLUMNS})
         .on_conflict_do_nothing(index_elements=["resident_id", "collection_point_id", "day"])
         .returning(Checkin.id)
     )
@@ -282,16 +286,16 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     now = utcnow()
     day = local_day(now, _config("TIMEZONE"))
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
-    checkin_id = run(
-        _checkin_insert(db.session.get_bind().dialect.name),
-        {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
-         "created_at": now},
-    ).scalar()  # fmt: skip
-    if checkin_id is None:
-        raise AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
+    checkin = {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
+               "created_at": now}  # fmt: skip
+    claim = ledger.Claim(
+        _checkin_claim(db.session.get_bind().dialect.name),
+        {f"claim_{name}": value for name, value in checkin.items()},
+        AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
+    )
     entry = ledger.post(
         actor.id, rule.points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id,
-        ref_type="checkin", ref_id=checkin_id, actor_type="resident", actor_id=actor.id,
+        ref_type="checkin", claim=claim, actor_type="resident", actor_id=actor.id,
         memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, rule.points)], now),
     )  # fmt: skip
     commit()

@@ -205,6 +205,14 @@ def test_one_refused_counter_refuses_the_whole_posting(api):
     assert verify_ledger().ok
 
 
+@pytest.mark.parametrize("both", [True, False], ids=["ref-and-claim", "neither"])
+def test_a_posting_refers_to_a_ref_or_a_claim_exactly(api, both):
+    me = api.resident()
+    extra = {"ref_id": "r1", "claim": ledger.Claim(sa.insert(LedgerEntry), {}, RuntimeError())} if both else {}
+    with pytest.raises(ValueError, match="exactly one"):
+        ledger.post(me.id, 5, kind="earn", source="test", ref_type="test", actor_type="system", actor_id=None, **extra)
+
+
 def test_two_charges_to_one_counter_are_a_programming_error(api):
     me = api.resident()
     with pytest.raises(ValueError, match="one charge per daily counter"):
@@ -323,7 +331,8 @@ def test_hot_path_statements_are_compiled_once():
         sorting._DEPOSIT_INSERT,
         sorting._DEPOSIT_ITEMS_INSERT,
         sorting._deposit_with_items(),
-        *(sorting._checkin_insert(dialect) for dialect in ("postgresql", "sqlite")),
+        *(sorting._checkin_claim(dialect) for dialect in ("postgresql", "sqlite")),
+        ledger._lock_with_claim(sorting._checkin_claim("postgresql")),
         *(idempotency._claim(dialect) for dialect in ("postgresql", "sqlite")),
         idempotency._STORED,
         idempotency._RECORD,

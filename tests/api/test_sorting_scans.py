@@ -192,7 +192,11 @@ def test_poster_url_opened_in_a_browser_lands_on_html(api, world):
 
 def test_same_point_twice_a_day_is_already_claimed(api, clock, world):
     resident = api.resident()
-    scan_ok(api, resident, world["tokens"]["a"])
+    first = scan_ok(api, resident, world["tokens"]["a"])
+    checkin = db.session.scalar(sa.select(Checkin))
+    entry = db.session.get(LedgerEntry, first["entry_id"])
+    assert (entry.ref_type, entry.ref_id) == ("checkin", str(checkin.id))  # the claimed slot is the reference
+    assert (checkin.resident_id, checkin.collection_point_id) == (resident.id, world["a"])
     clock.advance(hours=5)
     assert_error(scan(api, resident, world["tokens"]["a"]), 409, "already_claimed")
     assert balance(api, resident) == 5
