@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -62,17 +62,11 @@ class Claim:
     taken: Exception
 
 
-_claim_locks: dict[int, sa.Select] = {}
-
-
+@lru_cache(maxsize=64)
 def _lock_with_claim(statement: sa.Insert) -> sa.Select:
-    """The lock, with the claim as a data-modifying CTE; built once per (prebuilt, long-lived) claim statement."""
-    key = id(statement)
-    if key not in _claim_locks:
-        claimed = statement.cte("claimed")
-        claim_id = sa.select(*claimed.c).scalar_subquery().label("claim_id")
-        _claim_locks[key] = _LOCK_ACCOUNT.add_columns(claim_id)
-    return _claim_locks[key]
+    """The lock, with the claim as a data-modifying CTE: built once per claim statement, which callers prebuild."""
+    claimed = statement.cte("claimed")
+    return _LOCK_ACCOUNT.add_columns(sa.select(*claimed.c).scalar_subquery().label("claim_id"))
 
 
 def _lock_account(conn: sa.Connection, resident_id: int, claim: Claim | None = None):
@@ -265,7 +259,8 @@ def post(
     use case commits."""
     if (ref_id is None) == (claim is None):
         raise ValueError("a posting refers to a ref_id or to a claimed slot, exactly one")
-    for name, value in (("kind", kind), ("source", source), ("ref_type", ref_type),
+    ref_id = None if claim is not None else str(ref_id)  # a claimed slot's id is known after the lock
+    for name, value in (("kind", kind), ("source", source), ("ref_type", ref_type), ("ref_id", ref_id or ""),
                         ("activity", activity or ""), ("actor_type", actor_type)):  # fmt: skip
         if not TOKEN.match(value):
             raise ValueError(f"{name} {value!r} is not a ledger token")
@@ -276,9 +271,7 @@ def post(
     now, conn = utcnow(), _connection()
     today = local_day(now, _tz())
     account, claim_id = _lock_account(conn, resident_id, claim)
-    ref_id = str(claim_id if claim is not None else ref_id)
-    if not TOKEN.match(ref_id):
-        raise ValueError(f"ref_id {ref_id!r} is not a ledger token")
+    ref_id = ref_id if claim is None else str(claim_id)
     if account.balance + delta < 0:
         raise InsufficientPoints(
             f"积分不足：当前余额 {account.balance}，需要 {-delta}",

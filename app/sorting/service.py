@@ -321,10 +321,16 @@ _ITEM_COLUMNS = ("category", "weight_g", "co2e_g", "points", "rule_id")
 @cache
 def _deposit_with_items() -> sa.Select:
     """PostgreSQL: the deposit and its lines in one round trip, written only if the resident's account is active
-    (no row comes back otherwise). The lines come as arrays and keep their order."""
+    (no row comes back otherwise). The lines come as arrays and keep their order. On SQLite the transaction holds
+    the write lock, so reading the status first is as good."""
     deposits, items = Deposit.__table__, DepositItem.__table__
     columns = [c.name for c in deposits.c if c.name != "id"]
-    active = sa.exists().where(Resident.id == sa.bindparam("d_resident_id"), Resident.status == "active")
+    # FOR SHARE: a freeze committing meanwhile is waited for and then seen, so no deposit lands on a frozen account.
+    active = sa.exists(
+        sa.select(Resident.id)
+        .where(Resident.id == sa.bindparam("d_resident_id"), Resident.status == "active")
+        .with_for_update(read=True)
+    )
     values = sa.select(*(sa.bindparam(f"d_{name}", type_=deposits.c[name].type) for name in columns)).where(active)
     deposit = sa.insert(deposits).from_select(columns, values).returning(deposits.c.id).cte("new_deposit")
     lines = (

@@ -338,3 +338,13 @@ def test_hot_path_statements_are_compiled_once():
         idempotency._RECORD,
     ]
     assert all(statement._generate_cache_key() is not None for statement in statements)
+
+
+@pytest.mark.parametrize("cursor", ["OTk5OTk5OTk5OTk", "dHJ1ZQ", "MTE4MDU5MTYyMDcxNzQxMTMwMzQyNA", "MA"])
+def test_a_cursor_that_is_no_valid_key_is_refused(api, cursor):
+    """99999999999, true, 2**70 and 0: none is a key a page can end on; none may reach the database as one."""
+    me, admin = api.resident(), api.staff("admin")
+    for path, caller in ((f"/me/ledger?cursor={cursor}", me), (f"/residents?cursor={cursor}", admin),
+                         (f"/staff?cursor={cursor}", admin)):  # fmt: skip
+        error = assert_error(api.get(path, as_=caller), 422, "validation_error")
+        assert "cursor" in error["details"]["fields"]
