@@ -457,31 +457,22 @@ def measure(label: str, server: Gunicorn, pg: PgCpu, requests: list[bytes], args
     hz = os.sysconf("SC_CLK_TCK")
     pg_pids = pg.pids()
     g0, p0 = server.cpu_ticks(), pg.ticks(pg_pids)
-    result = run_load(
-        label,
-        HOST,
-        server.port,
-        requests,
-        connections=args.connections,
-        duration_s=args.duration,
-        max_requests=max_requests,
-    )
+    result = _load(label, server, requests, args, args.duration, max_requests)
     g1, p1 = server.cpu_ticks(), pg.ticks(pg_pids)
     result.server_cpu_s = (g1 - g0) / hz
     result.pg_cpu_s = (p1 - p0) / hz
     return result
 
 
-def _warm(server: Gunicorn, requests: list[bytes], args, max_requests: int | None = None) -> LoadResult:
+def _load(label: str, server: Gunicorn, requests: list[bytes], args, duration_s: float, max_requests: int | None):
     return run_load(
-        "warmup",
-        HOST,
-        server.port,
-        requests,
-        connections=args.connections,
-        duration_s=args.warmup,
+        label, HOST, server.port, requests, connections=args.connections, duration_s=duration_s,
         max_requests=max_requests,
-    )
+    )  # fmt: skip
+
+
+def _warm(server: Gunicorn, requests: list[bytes], args, max_requests: int | None = None) -> LoadResult:
+    return _load("warmup", server, requests, args, args.warmup, max_requests)
 
 
 def _row(result: LoadResult, base: LoadResult | None) -> dict[str, Any]:

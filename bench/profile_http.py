@@ -160,12 +160,7 @@ def _report_sampler(sampler: Sampler, cpu_s: float, requests: int) -> None:
             print(f"     {hits * per_sample / requests * 1000:6.2f}  ({hits / sampler.samples:5.1%})  {label}")
     areas: Counter = Counter()
     for (filename, _line, _func), count in sampler.own.items():
-        for area, needles in AREAS:
-            if any(needle in filename for needle in needles):
-                areas[area] += count
-                break
-        else:
-            areas["other (stdlib, C code called from it)"] += count
+        areas[_area(filename, "other (stdlib, C code called from it)")] += count
     print("  own (self) CPU by area, ms/request:")
     for area, count in areas.most_common():
         print(f"     {count * per_sample / requests * 1000:6.2f}  ({count / sampler.samples:5.1%})  {area}")
@@ -378,16 +373,19 @@ AREAS = (
 )
 
 
+def _area(filename: str, other: str) -> str:
+    """The library a source file belongs to (AREAS), or `other`."""
+    for area, needles in AREAS:
+        if any(needle in filename for needle in needles):
+            return area
+    return other
+
+
 def _by_area(stats: pstats.Stats, requests: int) -> None:
     """Own time (tottime) grouped by library, per request."""
     totals: Counter = Counter()
     for (filename, _line, _func), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
-        for area, needles in AREAS:
-            if any(needle in filename for needle in needles):
-                totals[area] += tottime
-                break
-        else:
-            totals["other (stdlib, builtins)"] += tottime
+        totals[_area(filename, "other (stdlib, builtins)")] += tottime
     print("  own time by area, ms/request (under the profiler, so inflated):")
     for area, seconds in totals.most_common():
         print(f"     {seconds / requests * 1000:7.3f}  {area}")
