@@ -9,7 +9,7 @@ from typing import Any
 import marshmallow as ma
 from flask import request
 
-from app.db import MAX_ID, db
+from app.db import db, fits_key
 from app.errors import AppError, ValidationError
 
 
@@ -43,7 +43,7 @@ def int_arg(name: str) -> int | None:
     """A filter id from the query string; anything else (or beyond what the database holds) is no filter."""
     raw = request.args.get(name, "").strip()
     value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 12 else None
-    return value if value is not None and 1 <= value <= MAX_ID else None
+    return value if fits_key(value) else None
 
 
 def field_messages(error: AppError | None) -> list[tuple[str, str]]:

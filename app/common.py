@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from marshmallow import fields, validate
 
 import app.i18n  # noqa: F401  (zh-CN validation messages before any schema is defined)
-from app.db import MAX_BIG_ID, MAX_ID, db
+from app.db import MAX_ID, db, fits_key
 from app.errors import field_error
 
 MAX_LIMIT = 100
@@ -77,8 +77,7 @@ def keyset_page(stmt: sa.Select, key: sa.ColumnElement, cursor: str | None, limi
     """One page ordered by a unique integer key, without OFFSET: cost does not grow with depth."""
     after = decode_cursor(cursor)
     if after is not None:
-        biggest = MAX_BIG_ID if isinstance(key.type, sa.BigInteger) else MAX_ID
-        if type(after) is not int or not 1 <= after <= biggest:  # a bool is an int; a huge one overflows the column
+        if not fits_key(after, key.type):
             raise field_error("cursor", "分页游标无效")
         stmt = stmt.where(key < after if desc else key > after)
     stmt = stmt.order_by(key.desc() if desc else key.asc()).limit(limit + 1)

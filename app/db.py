@@ -68,9 +68,16 @@ class Timestamped:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def fits_key(value: object, key_type: sa.types.TypeEngine | None = None) -> bool:
+    """Whether `value` can be a key of this column type (INTEGER unless given a BIGINT one). Anything else is
+    not found or refused before it reaches the database, where a bigger number is an overflow error."""
+    biggest = MAX_BIG_ID if isinstance(key_type, sa.BigInteger) else MAX_ID
+    return type(value) is int and 1 <= value <= biggest  # a bool is an int, but never a key
+
+
 def get_or_404(model, obj_id: int, message: str = "资源不存在"):
-    big = isinstance(sa.inspect(model).primary_key[0].type, sa.BigInteger)
-    obj = db.session.get(model, obj_id) if 1 <= obj_id <= (MAX_BIG_ID if big else MAX_ID) else None
+    key_type = sa.inspect(model).primary_key[0].type
+    obj = db.session.get(model, obj_id) if fits_key(obj_id, key_type) else None
     if obj is None:
         raise NotFound(message)
     return obj

@@ -25,7 +25,7 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
 from app.common import decode_cursor, encode_cursor, keyset_page
-from app.db import MAX_ID, commit, db, get_or_404, insert_unique, run, upsert_insert
+from app.db import commit, db, fits_key, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -224,7 +224,7 @@ def _point_row(point_id: int, fresh: bool = False):
     """The point's row, from this worker's copy of all points; one created since, or a `fresh` one, is read
     directly. Callers re-read fresh before refusing, so a change that allows more (a new poster, a reactivated
     point, a new category) works at once; only one that allows less waits for the copy to expire."""
-    if not 1 <= point_id <= MAX_ID:
+    if not fits_key(point_id):
         return None
     known = {} if fresh else _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)})
     return known.get(point_id) or run(_POINT_ROW, {"id": point_id}).first()
@@ -480,7 +480,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
     if not (_HEADER_ID.fullmatch(raw_id) and _HEADER_TS.fullmatch(timestamp) and _HEADER_SIG.fullmatch(signature)):
         raise Unauthorized("缺少或无效的设备签名头")
-    device = db.session.get(Device, int(raw_id)) if int(raw_id) <= MAX_ID else None
+    device = db.session.get(Device, int(raw_id)) if fits_key(int(raw_id)) else None
     if device is None or not device.active:
         log.warning("device request from unknown or inactive device %s", raw_id)
         raise Unauthorized("设备未登记或已停用")

@@ -1,4 +1,4 @@
-"""Pooled connections are pinged only after sitting idle, and a dead one is replaced before anyone uses it."""
+"""Pooled connections: pinged only after sitting idle, a dead one replaced; ids bounded by their key type."""
 
 from __future__ import annotations
 
@@ -76,3 +76,14 @@ def test_a_dead_idle_connection_is_replaced_before_use(watched, database_uri):
     replacement = _raw(engine)  # no error reaches the caller
     assert replacement is not first
     assert pings[0] is first
+
+
+def test_fits_key_bounds_ids_by_their_column_type():
+    from app.db import MAX_BIG_ID, MAX_ID, fits_key
+
+    assert fits_key(1)
+    assert fits_key(MAX_ID)
+    assert not any(fits_key(v) for v in (0, -1, MAX_ID + 1, True, "1", 1.0, None))
+    assert fits_key(MAX_ID + 1, sa.BigInteger())
+    assert fits_key(MAX_BIG_ID, sa.BigInteger())
+    assert not fits_key(MAX_BIG_ID + 1, sa.BigInteger())
