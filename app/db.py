@@ -102,6 +102,16 @@ def run(statement: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] 
     return db.session.connection().execute(statement, params)
 
 
+def bound_row(table: sa.Table, params: dict[str, str]) -> sa.Select:
+    """SELECT of one row of bind parameters, typed like `table`'s columns ({column: parameter name}): the source
+    of an INSERT … SELECT that only writes under a condition (a WHERE on this SELECT)."""
+    return sa.select(*(sa.bindparam(param, type_=table.c[column].type) for column, param in params.items()))
+
+
+def dialect_name() -> str:
+    return db.session.get_bind().dialect.name
+
+
 def upsert_insert(dialect: str):
     """The dialect's INSERT, which knows ON CONFLICT (PostgreSQL and SQLite only)."""
     return postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -22,7 +22,7 @@ class CachingJWTManager(JWTManager):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._verified: dict[tuple[str, str], dict] = {}
+        self._verified: dict[tuple, dict] = {}  # cache_key(token) → claims
 
     def _decode_jwt_from_config(self, encoded_token: str, csrf_value=None, allow_expired: bool = False) -> dict:
         if csrf_value is not None or allow_expired or self._decode_key_callback is not default_decode_key_callback:

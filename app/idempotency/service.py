@@ -15,7 +15,7 @@ from flask import g, jsonify, request
 
 from app.apidoc import extend_doc
 from app.auth.guards import current_actor
-from app.db import db, run, upsert_insert
+from app.db import db, dialect_name, run, upsert_insert
 from app.errors import IdempotencyConflict, field_error
 from app.idempotency.models import IdempotencyKey
 
@@ -69,7 +69,7 @@ def run_idempotent(scope: str, view, *args, **kwargs):
         raise field_error(HEADER, "幂等键长度必须为 1 到 64 个可见字符")
     request_hash = _request_hash()
     claim = {"scope": scope, "key": key, "request_hash": request_hash, "status_code": 0, "response_body": {}}
-    key_id = run(_claim(db.session.get_bind().dialect.name), claim).scalar()
+    key_id = run(_claim(dialect_name()), claim).scalar()
     if key_id is None:  # answered before (committed together with its effects): replay it
         return _replay(run(_STORED, {"scope": scope, "key": key}).one(), request_hash)
     g.defer_commit = True

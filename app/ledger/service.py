@@ -18,7 +18,7 @@ from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import commit, db, get_or_404
+from app.db import bound_row, commit, db, get_or_404
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -148,10 +148,6 @@ def _sqlite_statements() -> dict[str, sa.Executable]:
     }
 
 
-def _typed(table: sa.Table, params: dict[str, str]) -> sa.Select:
-    return sa.select(*(sa.bindparam(param, type_=table.c[column].type) for column, param in params.items()))
-
-
 @cache
 def _postgresql_posting(capped: bool, credit: bool) -> sa.Select:
     """A posting on PostgreSQL in one round trip, with data-modifying CTEs: count the caps, then append the entry,
@@ -160,7 +156,7 @@ def _postgresql_posting(capped: bool, credit: bool) -> sa.Select:
     counters that accepted. Parameters are prefixed so that one name never means two columns; the charges come
     as arrays so that one cached statement serves any number of them."""
     entries, caps_table = LedgerEntry.__table__, DailyEarning.__table__
-    entry_source = _typed(entries, {name: f"p_{name}" for name in _ENTRY_COLUMNS})
+    entry_source = bound_row(entries, {name: f"p_{name}" for name in _ENTRY_COLUMNS})
     counted = None
     if capped:
         charges = (
@@ -189,7 +185,7 @@ def _postgresql_posting(capped: bool, credit: bool) -> sa.Select:
         ).label("counted"),
     ).add_cte(_head_update(written).cte("new_head"))
     if credit:
-        lot_source = _typed(PointLot.__table__, _LOT_COLUMNS).where(written)
+        lot_source = bound_row(PointLot.__table__, _LOT_COLUMNS).where(written)
         lot = _lot_upsert(postgresql.insert(PointLot.__table__).from_select(list(_LOT_COLUMNS), lot_source))
         posting = posting.add_cte(lot.cte("new_lot"))
     return posting

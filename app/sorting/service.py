@@ -25,7 +25,7 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
 from app.common import decode_cursor, encode_cursor, keyset_page
-from app.db import commit, db, fits_key, get_or_404, insert_unique, run, upsert_insert
+from app.db import bound_row, commit, db, dialect_name, fits_key, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -289,7 +289,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     checkin = {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
                "created_at": now}  # fmt: skip
     claim = ledger.Claim(
-        _checkin_claim(db.session.get_bind().dialect.name),
+        _checkin_claim(dialect_name()),
         {f"claim_{name}": value for name, value in checkin.items()},
         AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
     )
@@ -331,7 +331,7 @@ def _deposit_with_items() -> sa.Select:
         .where(Resident.id == sa.bindparam("d_resident_id"), Resident.status == "active")
         .with_for_update(read=True)
     )
-    values = sa.select(*(sa.bindparam(f"d_{name}", type_=deposits.c[name].type) for name in columns)).where(active)
+    values = bound_row(deposits, {name: f"d_{name}" for name in columns}).where(active)
     deposit = sa.insert(deposits).from_select(columns, values).returning(deposits.c.id).cte("new_deposit")
     lines = (
         sa.func.unnest(*(sa.bindparam(f"lines_{name}", type_=ARRAY(items.c[name].type)) for name in _ITEM_COLUMNS))
@@ -350,7 +350,7 @@ def _deposit_with_items() -> sa.Select:
 def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int:
     """Write the deposit and its lines for an active account; refuse otherwise."""
     deposit_id = None
-    if db.session.get_bind().dialect.name == "postgresql":
+    if dialect_name() == "postgresql":
         params = {f"d_{name}": value for name, value in deposit.items()}
         params |= {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
         deposit_id = run(_deposit_with_items(), params).scalar()
