@@ -7,6 +7,7 @@ import hmac
 import logging
 import math
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from functools import cache
@@ -220,14 +221,16 @@ _POINT_ROW = _ALL_POINTS.where(CollectionPoint.id == sa.bindparam("id"))
 _points = TtlCache(carbon.RULE_CACHE_TTL_S)
 
 
-def _point_row(point_id: int, fresh: bool = False):
-    """The point's row, from this worker's copy of all points; one created since, or a `fresh` one, is read
-    directly. Callers re-read fresh before refusing, so a change that allows more (a new poster, a reactivated
-    point, a new category) works at once; only one that allows less waits for the copy to expire."""
+def _point_row(point_id: int, accepts: Callable[[Any], bool] | None = None):
+    """The point's row, from this worker's copy of all points; one created since is read directly, and so is one
+    that `accepts` (what the caller is about to check) refuses. So a change that allows more (a new poster, a
+    reactivated point, a new category) works at once; only one that allows less waits for the copy to expire."""
     if not fits_key(point_id):
         return None
-    known = {} if fresh else _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)})
-    return known.get(point_id) or run(_POINT_ROW, {"id": point_id}).first()
+    point = _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)}).get(point_id)
+    if point is None or (accepts is not None and not accepts(point)):
+        point = run(_POINT_ROW, {"id": point_id}).first()
+    return point
 
 
 def clear_point_cache() -> None:
@@ -262,9 +265,7 @@ def _point_from_poster(token: str):
         header = qr.peek(raw)
         if header.kind != qr.POINT:
             raise qr.InvalidToken("not a collection point poster")
-        point = _point_row(header.object_id)
-        if point is not None and not (point.active and _signed_by(point, raw)):
-            point = _point_row(point.id, fresh=True)
+        point = _point_row(header.object_id, accepts=lambda p: p.active and _signed_by(p, raw))
         if point is None:
             raise qr.InvalidToken("unknown point")
         qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
@@ -365,8 +366,6 @@ def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int
 def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     categories = {line["category"] for line in data["items"]}
-    if not (point.active and categories <= set(point.categories)):
-        point = _point_row(point.id, fresh=True)
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
     resident_id = _member_code_resident(data["member_code"])
@@ -406,9 +405,14 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     return deposit | {"id": deposit_id, "items": items, "entry_id": entry_id}
 
 
+def _deposit_point(data: dict[str, Any]):
+    categories = {line["category"] for line in data["items"]}
+    return _point_row(data["collection_point_id"], accepts=lambda p: p.active and categories <= set(p.categories))
+
+
 def record_deposit(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
     actor.require_role("collector")
-    point = _point_row(data["collection_point_id"])
+    point = _deposit_point(data)
     if point is None:
         raise field_error("collection_point_id", "回收点不存在")
     actor.require_collection_point(point.id)
@@ -419,7 +423,7 @@ def record_device_deposit(device: Actor, data: dict[str, Any]) -> dict[str, Any]
     """`device` is the smart bin authenticated by authenticate_device; it records only for its own point."""
     if data["collection_point_id"] not in device.collection_point_ids:
         raise Forbidden("设备只能为其所在的回收点记录投递")
-    return _record_deposit(_point_row(data["collection_point_id"]), data, device)
+    return _record_deposit(_deposit_point(data), data, device)
 
 
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
