@@ -423,3 +423,20 @@ def test_a_second_app_leaves_the_session_app_working(fresh_app, api):
     assert other.test_client().get("/api/v1/communities").status_code == 200
     assert api.get("/communities").status_code == 200
     assert api.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_every_route_with_an_id_documents_its_404_and_the_ids_bounds(spec):
+    """Any id in a path can name nothing (or be too big to be a key): each such operation says so."""
+    undocumented, unbounded = [], []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method not in {"get", "post", "patch", "put", "delete"} or "{" not in path:
+                continue
+            if "not_found" not in _error_codes(spec, path, method, 404):
+                undocumented.append((method, path))
+            for parameter in operation.get("parameters", []) + operations.get("parameters", []):
+                schema = _resolve(spec, parameter).get("schema", {})
+                if parameter.get("in") == "path" and schema.get("type") == "integer" and "maximum" not in schema:
+                    unbounded.append((method, path, parameter.get("name")))
+    assert undocumented == []
+    assert unbounded == []
