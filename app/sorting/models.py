@@ -47,7 +47,8 @@ class Checkin(db.Model):
     __table_args__ = (sa.UniqueConstraint("resident_id", "collection_point_id", "day"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"), index=True)
+    # The unique (resident, point, day) index also serves lookups by resident: no index of its own to maintain.
+    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"))
     collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
     day: Mapped[date]
     lat: Mapped[float | None]

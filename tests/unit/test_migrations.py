@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from flask_migrate import upgrade
+from flask_migrate import downgrade, upgrade
 
 from app import create_app
 from app.config import database_url
@@ -52,3 +52,17 @@ def test_upgrade_head_matches_models(empty_database):
     assert diff == []
     assert {"ledger_entries", "accounts", "checkins", "idempotency_keys", "alembic_version"} <= tables
     assert triggers & {"ledger_entries_append_only", "ledger_entries_no_update"}, "ledger_entries must be append-only"
+
+
+def test_revision_0002_downgrades_and_upgrades_again(empty_database):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        downgrade(revision="0001")
+        with db.engine.connect() as conn:
+            assert "ix_checkins_resident_id" in {ix["name"] for ix in sa.inspect(conn).get_indexes("checkins")}
+        upgrade()
+        with db.engine.connect() as conn:
+            assert "ix_checkins_resident_id" not in {ix["name"] for ix in sa.inspect(conn).get_indexes("checkins")}
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0002"
+        db.engine.dispose()
