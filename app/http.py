@@ -7,7 +7,9 @@ import re
 import uuid
 
 from flask import Flask, g, has_request_context, jsonify, request
+from flask.sessions import SecureCookieSessionInterface
 from flask_smorest import Api
+from flask_smorest import Blueprint as SmorestBlueprint
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import IntegerConverter, ValidationError
 
@@ -136,6 +138,28 @@ class IdConverter(IntegerConverter):
             raise NotFound() from None
 
 
+class Blueprint(SmorestBlueprint):
+    """flask-smorest's blueprint, with argument schemas built once: given a class, the parser would instantiate
+    (and deep-copy the fields of) a new schema on every request."""
+
+    def arguments(self, schema, **kwargs):
+        return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
+
+
+class AdminCookieSession(SecureCookieSessionInterface):
+    """Only the admin site keeps a signed cookie session; the API and the probes authenticate every request with a
+    bearer token or a signature. Their requests get Flask's null session, so they skip decoding a cookie and
+    building its signer, and any attempt to write to it fails loudly instead of setting a cookie."""
+
+    PREFIX = "/admin"
+
+    def open_session(self, app: Flask, request):
+        path = request.path
+        if path == self.PREFIX or path.startswith(self.PREFIX + "/"):
+            return super().open_session(app, request)
+        return self.make_null_session(app)
+
+
 def register_http(app: Flask) -> None:
     from flask_smorest.spec.plugins import integerconverter2paramschema
 
@@ -146,6 +170,7 @@ def register_http(app: Flask) -> None:
     api.register_converter(IdConverter, integerconverter2paramschema)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
+    app.session_interface = AdminCookieSession()
     app.before_request(_assign_request_id)
     app.before_request(_require_json_body)
     app.after_request(_add_request_id)

@@ -6,9 +6,9 @@ import marshmallow as ma
 import sqlalchemy as sa
 import swagger_ui_bundle
 from flask import Blueprint, render_template_string, send_from_directory
-from flask_smorest import Blueprint as ApiBlueprint
 
 from app.db import db
+from app.http import Blueprint as ApiBlueprint
 from app.http import error_response
 
 blp = ApiBlueprint("ops", __name__, description="运维：存活与就绪检查")

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from flask import request
-from flask_smorest import Blueprint
 
 from app.apidoc import error_docs
 from app.auth import service
@@ -15,6 +14,7 @@ from app.auth.schemas import (
 )
 from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
 from app.extensions import limiter
+from app.http import Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
 

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
 from app.apidoc import error_docs
 from app.auth.guards import current_actor, login_required
 from app.carbon import service
 from app.carbon.schemas import RulePublishSchema, RuleQuerySchema, RuleSchema
 from app.errors import NotFound
+from app.http import Blueprint
 
 blp = Blueprint("carbon", __name__, url_prefix="/api/v1", description="碳减排方法学与积分规则")
 

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
 from app.apidoc import error_docs
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
 from app.db import MAX_BIG_ID
 from app.errors import InsufficientPoints, InvalidState, NotFound
+from app.http import Blueprint
 from app.idempotency.service import idempotent
 from app.ledger import service
 from app.ledger.schemas import AdjustmentSchema, EntrySchema, ReversalSchema

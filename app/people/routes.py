@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
-
 from app.apidoc import error_docs
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
 from app.errors import Duplicate, NotFound
+from app.http import Blueprint
 from app.ledger import service as ledger
 from app.people import service
 from app.people.schemas import (

@@ -3,7 +3,6 @@ from __future__ import annotations
 from functools import wraps
 
 from flask import Response, g, request
-from flask_smorest import Blueprint
 
 from app import qr
 from app.apidoc import error_docs, extend_doc
@@ -21,6 +20,7 @@ from app.errors import (
     TooFar,
     Unauthorized,
 )
+from app.http import Blueprint
 from app.idempotency.service import idempotent
 from app.sorting import service
 from app.sorting.schemas import (

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from flask.sessions import NullSession
 
 from app.audit.models import AuditEvent
 from app.auth.guards import Actor
@@ -202,9 +203,20 @@ def test_a_deactivated_account_is_logged_out_on_its_next_request(as_admin, api):
 
 
 def test_the_session_holds_only_the_staff_id_and_the_csrf_token(as_admin, admin):
-    with as_admin.client.session_transaction() as session:
+    with as_admin.client.session_transaction("/admin/") as session:
         assert set(session) <= {"admin_staff_id", "admin_csrf", "_flashes"}
         assert session["admin_staff_id"] == admin.id
+
+
+def test_api_requests_neither_read_nor_set_the_admin_cookie(as_admin, app):
+    """The cookie session belongs to the admin site: the API and the probes never decode it or send one back."""
+    with as_admin.client.session_transaction("/api/v1/rules") as session:
+        assert isinstance(session, NullSession)
+        with pytest.raises(RuntimeError):
+            session["admin_staff_id"] = 1
+    for path in ("/api/v1/rules", "/healthz", "/api/v1/me"):
+        assert "Set-Cookie" not in as_admin.client.get(path).headers
+    assert as_admin.get("/admin/").status_code == 200  # the admin still has its session
 
 
 # --- CSRF and HTML errors ----------------------------------------------------------------------------------------
