@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache, lru_cache
@@ -52,18 +52,22 @@ _LOCK_ACCOUNT = (
 
 @dataclass(frozen=True)
 class Claim:
-    """A once-only slot that a posting takes first, such as a check-in per point and day: a prebuilt
-    INSERT … ON CONFLICT DO NOTHING RETURNING the slot's id, its bind parameters prefixed `claim_`. The slot's
-    id becomes the entry's ref_id; a slot already taken raises `taken`. On PostgreSQL the claim travels with the
-    account lock, in one round trip."""
+    """A slot that a posting takes first, such as a check-in per point and day: a prebuilt INSERT … ON CONFLICT
+    DO NOTHING RETURNING the slot's id, or (PostgreSQL only) a SELECT of the id that data-modifying CTEs write,
+    such as a deposit with its lines. Its bind parameters never clash with the lock's. The slot's id becomes the
+    entry's ref_id. When no id comes back, the posting raises `taken`, or what `taken()` returns when it has to
+    look up why. On PostgreSQL the claim travels with the account lock, in one round trip."""
 
-    statement: sa.Insert
+    statement: sa.Insert | sa.Select
     params: dict[str, Any]
-    taken: Exception
+    taken: Exception | Callable[[], Exception]
+
+    def refusal(self) -> Exception:
+        return self.taken if isinstance(self.taken, Exception) else self.taken()
 
 
 @lru_cache(maxsize=64)
-def _lock_with_claim(statement: sa.Insert) -> sa.Select:
+def _lock_with_claim(statement: sa.Insert | sa.Select) -> sa.Select:
     """The lock, with the claim as a data-modifying CTE: built once per claim statement, which callers prebuild."""
     claimed = statement.cte("claimed")
     return _LOCK_ACCOUNT.add_columns(sa.select(*claimed.c).scalar_subquery().label("claim_id"))
@@ -86,7 +90,7 @@ def _lock_account(conn: sa.Connection, resident_id: int, claim: Claim | None = N
     if account is None:
         raise NotFound("积分账户不存在")
     if claim is not None and claim_id is None:
-        raise claim.taken
+        raise claim.refusal()
     return account, claim_id
 
 

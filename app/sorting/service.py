@@ -202,11 +202,11 @@ def _member_code_resident(code: str) -> int:
         raise InvalidQr("无效的会员码") from exc
 
 
-def _refuse_holder(resident_id: int) -> None:
+def _holder_refusal(resident_id: int) -> Exception:
     """Why a resident's account cannot take a deposit."""
     if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
-        raise AccountFrozen("该居民账户已冻结")
-    raise InvalidQr("会员码对应的账户不存在")
+        return AccountFrozen("该居民账户已冻结")
+    return InvalidQr("会员码对应的账户不存在")
 
 
 # Check-ins and deposits read a point on every request; a plain row is all they need.
@@ -348,18 +348,24 @@ def _deposit_with_items() -> sa.Select:
     return sa.select(deposit.c.id).add_cte(new_items)
 
 
+def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]]) -> ledger.Claim:
+    """PostgreSQL: the deposit and its lines as the slot its ledger entry claims, so that they are written in the
+    same round trip as the account lock, and only for an active account."""
+    params = {f"d_{name}": value for name, value in deposit.items()}
+    params |= {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
+    return ledger.Claim(_deposit_with_items(), params, lambda: _holder_refusal(deposit["resident_id"]))
+
+
 def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int:
     """Write the deposit and its lines for an active account; refuse otherwise."""
     deposit_id = None
     if dialect_name() == "postgresql":
-        params = {f"d_{name}": value for name, value in deposit.items()}
-        params |= {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
-        deposit_id = run(_deposit_with_items(), params).scalar()
+        deposit_id = run(_deposit_with_items(), _deposit_claim(deposit, items).params).scalar()
     elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active":
         deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
         run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
     if deposit_id is None:
-        _refuse_holder(deposit["resident_id"])
+        raise _holder_refusal(deposit["resident_id"])
     return deposit_id
 
 
@@ -392,17 +398,29 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         {"category": line["category"], "weight_g": line["weight_g"], "co2e_g": cg, "points": lp, "rule_id": rule.id}
         for line, rule, lp, cg in zip(data["items"], rules, line_points, line_grams, strict=True)
     ]
-    deposit_id = _insert_deposit(deposit, items)
-    entry_id = None
-    if points > 0:
+
+    def credit(**reference) -> LedgerEntry:
         single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
-        entry_id = ledger.post(
+        return ledger.post(
             resident_id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
-            co2e_g=co2e_g, ref_type="deposit", ref_id=deposit_id, actor_type=recorder.kind, actor_id=recorder.id,
+            co2e_g=co2e_g, ref_type="deposit", actor_type=recorder.kind, actor_id=recorder.id,
             memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
-        ).id  # fmt: skip
+            **reference,
+        )  # fmt: skip
+
+    entry = None
+    if points > 0 and dialect_name() == "postgresql":
+        try:
+            entry = credit(claim=_deposit_claim(deposit, items))
+        except NotFound:  # no account to lock: the code names no resident
+            raise _holder_refusal(resident_id) from None
+        deposit_id = int(entry.ref_id)
+    else:
+        deposit_id = _insert_deposit(deposit, items)
+        if points > 0:
+            entry = credit(ref_id=deposit_id)
     commit()
-    return deposit | {"id": deposit_id, "items": items, "entry_id": entry_id}
+    return deposit | {"id": deposit_id, "items": items, "entry_id": entry.id if entry else None}
 
 
 def _deposit_point(data: dict[str, Any]):

@@ -333,6 +333,7 @@ def test_hot_path_statements_are_compiled_once():
         sorting._deposit_with_items(),
         *(sorting._checkin_claim(dialect) for dialect in ("postgresql", "sqlite")),
         ledger._lock_with_claim(sorting._checkin_claim("postgresql")),
+        ledger._lock_with_claim(sorting._deposit_with_items()),
         *(idempotency._claim(dialect) for dialect in ("postgresql", "sqlite")),
         idempotency._STORED,
         idempotency._RECORD,
