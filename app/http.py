@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -109,11 +110,30 @@ def _assign_request_id() -> None:
     g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
+# A body with fewer brackets than this cannot nest deep enough to exhaust the JSON parser's recursion limit.
+_SAFE_BRACKETS = 500
+
+
 def _require_json_body():
     if request.method in {"POST", "PUT", "PATCH"} and request.path.startswith("/api/"):
         has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
         if has_body and not request.is_json:
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
+        if has_body:
+            _refuse_deep_nesting(request.get_data(cache=True))
+
+
+def _refuse_deep_nesting(body: bytes) -> None:
+    """Nesting deep enough to exhaust the parser's recursion is a 400, not a RecursionError (a 500) in whichever
+    parser reads the body first. Counting brackets is cheap, so only a body that could be that deep is parsed."""
+    if body.count(b"[") + body.count(b"{") <= _SAFE_BRACKETS:
+        return
+    try:
+        json.loads(body)
+    except RecursionError:
+        raise BadRequest("JSON 嵌套层数过多") from None
+    except ValueError:
+        pass  # not JSON: the body's parser answers with its own error
 
 
 def _add_request_id(response):

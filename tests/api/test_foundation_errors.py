@@ -100,6 +100,22 @@ def test_malformed_json_is_bad_request(bare, raw):
     assert_envelope(response, 400, "bad_request")
 
 
+@pytest.mark.parametrize("depth", [1_500, 30_000])
+def test_json_nested_too_deep_for_the_parser_is_bad_request(bare, depth):
+    """Under 64 KiB but deeper than the parser's recursion limit: a 400, never a RecursionError (a 500)."""
+    body = '{"code": ' + "[" * depth + "]" * depth + "}"
+    error = assert_envelope(bare.post("/auth/wechat", data=body, content_type="application/json"), 400, "bad_request")
+    assert "嵌套" in error["message"]
+
+
+def test_json_nested_deep_but_parseable_reaches_validation(bare):
+    body = '{"code": ' + "[" * 600 + "]" * 600 + "}"  # more brackets than the cheap check lets through unparsed
+    error = assert_envelope(
+        bare.post("/auth/wechat", data=body, content_type="application/json"), 422, "validation_error"
+    )
+    assert "code" in error["details"]["fields"]
+
+
 def test_malformed_json_on_an_authenticated_patch_is_bad_request(api):
     me = api.resident()
     response = api.patch("/me", as_=me, data="{nickname:", content_type="application/json")
