@@ -18,7 +18,17 @@ from app.errors import field_error
 MAX_LIMIT = 100
 
 
-class Id(fields.Integer):
+class Integer(fields.Integer):
+    """A whole number. 2.5 (or "2.5") is an error, where marshmallow's default would silently truncate it to 2;
+    2, 2.0 and, from a query string, "2" are accepted."""
+
+    def _validated(self, value: Any) -> int:
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class Id(Integer):
     """An id in a request: a whole number from 1 to MAX_ID (a bigger one would overflow the database)."""
 
     def __init__(self, **kwargs) -> None:
@@ -45,7 +55,7 @@ class ErrorEnvelopeSchema(ma.Schema):
 
 class PageArgsSchema(ma.Schema):
     cursor = fields.String(load_default=None)
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_LIMIT))
+    limit = Integer(load_default=20, validate=validate.Range(min=1, max=MAX_LIMIT))
 
 
 def page_schema(item_schema: type[ma.Schema], name: str) -> type[ma.Schema]:

@@ -3,19 +3,19 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
-from app.common import StrictSchema
+from app.common import Integer, StrictSchema
 
 
 class RuleSchema(StrictSchema):
-    id = fields.Integer()
+    id = Integer()
     activity = fields.String()
     title = fields.String()
     unit = fields.String()
     co2e_g_per_unit = fields.Float()
-    points = fields.Integer(allow_none=True)
-    daily_cap_points = fields.Integer(allow_none=True)
+    points = Integer(allow_none=True)
+    daily_cap_points = Integer(allow_none=True)
     daily_total_exempt = fields.Boolean()
-    version = fields.Integer()
+    version = Integer()
     source = fields.String()
     valid_from = fields.AwareDateTime()
     valid_to = fields.AwareDateTime(allow_none=True)
@@ -32,8 +32,8 @@ class RulePublishSchema(StrictSchema):
     title = fields.String(validate=validate.Length(max=64))
     unit = fields.String(validate=validate.OneOf(UNITS))
     co2e_g_per_unit = fields.Decimal(places=3, validate=validate.Range(min=0, max=10_000_000))
-    points = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
-    daily_cap_points = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
+    points = Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
+    daily_cap_points = Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
     daily_total_exempt = fields.Boolean()
     source = fields.String(required=True, validate=validate.Length(min=2, max=500))
     effective_from = fields.AwareDateTime(load_default=None)

@@ -2,20 +2,20 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Id, StrictSchema
+from app.common import Id, Integer, StrictSchema
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
 
 
 class CommunitySchema(StrictSchema):
-    id = fields.Integer(dump_only=True)
+    id = Integer(dump_only=True)
     code = fields.String(required=True, validate=[validate.Length(min=1, max=32), validate.Regexp(r"^[A-Za-z0-9_-]+$")])
     name = fields.String(required=True, validate=NAME)
 
 
 class OrganizationSchema(StrictSchema):
-    id = fields.Integer(dump_only=True)
+    id = Integer(dump_only=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     kind = fields.String(required=True, validate=validate.OneOf(ORG_KINDS))
     community_id = Id(load_default=None, allow_none=True)
@@ -48,7 +48,7 @@ class StaffUpdateSchema(StrictSchema):
 
 
 class StaffSchema(StrictSchema):
-    id = fields.Integer()
+    id = Integer()
     username = fields.String()
     display_name = fields.String()
     role = fields.String()
@@ -61,13 +61,13 @@ class StaffSchema(StrictSchema):
 
 
 class MeSchema(StrictSchema):
-    id = fields.Integer()
+    id = Integer()
     nickname = fields.String()
     community_id = Id(allow_none=True)
-    balance = fields.Integer()
-    co2e_g = fields.Integer()
-    lifetime_earned = fields.Integer()
-    expiring_points = fields.Integer()
+    balance = Integer()
+    co2e_g = Integer()
+    lifetime_earned = Integer()
+    expiring_points = Integer()
     expiring_at = fields.AwareDateTime(allow_none=True)
 
 
@@ -77,7 +77,7 @@ class MeUpdateSchema(StrictSchema):
 
 
 class ResidentSchema(StrictSchema):
-    id = fields.Integer()
+    id = Integer()
     nickname = fields.String()
     community_id = Id(allow_none=True)
     status = fields.String()
@@ -93,4 +93,4 @@ class ResidentQuerySchema(StrictSchema):
     community_id = Id(load_default=None)
     status = fields.String(load_default=None, validate=validate.OneOf(RESIDENT_STATUSES))
     cursor = fields.String(load_default=None)
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import Id, StrictSchema
+from app.common import Id, Integer, StrictSchema
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
@@ -10,21 +10,21 @@ MAX_LINES = 20
 
 
 class CollectionPointSchema(StrictSchema):
-    id = fields.Integer(dump_only=True)
+    id = Integer(dump_only=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=128))
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
     address = fields.String(load_default="", validate=validate.Length(max=256))
     lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
     lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
-    geofence_m = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
+    geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
         load_default=lambda: list(CATEGORIES),
         validate=validate.Length(min=1, max=len(CATEGORIES)),
     )
     active = fields.Boolean(dump_only=True)
-    distance_m = fields.Integer(dump_only=True, allow_none=True, dump_default=None)
+    distance_m = Integer(dump_only=True, allow_none=True, dump_default=None)
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
@@ -44,7 +44,7 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     address = fields.String(validate=validate.Length(max=256))
     lat = fields.Float(allow_none=True, validate=validate.Range(min=-90, max=90))
     lng = fields.Float(allow_none=True, validate=validate.Range(min=-180, max=180))
-    geofence_m = fields.Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
+    geofence_m = Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)), validate=validate.Length(min=1, max=len(CATEGORIES))
     )
@@ -60,7 +60,7 @@ class PointQuerySchema(StrictSchema):
     community_id = Id(load_default=None)
     near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
     cursor = fields.String(load_default=None)
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
 class PosterSchema(StrictSchema):
@@ -86,17 +86,17 @@ class ScanSchema(StrictSchema):
 
 class ScanResultSchema(StrictSchema):
     kind = fields.String(required=True, metadata={"example": "checkin"})
-    points = fields.Integer(required=True)
-    co2e_g = fields.Integer(required=True)
-    balance = fields.Integer(required=True)
-    entry_id = fields.Integer(required=True)
-    collection_point_id = fields.Integer()
+    points = Integer(required=True)
+    co2e_g = Integer(required=True)
+    balance = Integer(required=True)
+    entry_id = Integer(required=True)
+    collection_point_id = Integer()
     day = fields.Date()
 
 
 class DepositLineSchema(StrictSchema):
     category = fields.String(required=True, validate=validate.OneOf(CATEGORIES))
-    weight_g = fields.Integer(
+    weight_g = Integer(
         required=True,
         strict=True,
         validate=validate.Range(min=1, max=MAX_LINE_G, error="重量必须在 1 克到 200 千克之间"),
@@ -115,22 +115,22 @@ class DepositCreateSchema(StrictSchema):
 
 class DepositItemSchema(StrictSchema):
     category = fields.String()
-    weight_g = fields.Integer()
-    co2e_g = fields.Integer()
-    points = fields.Integer()
-    rule_id = fields.Integer()
+    weight_g = Integer()
+    co2e_g = Integer()
+    points = Integer()
+    rule_id = Integer()
 
 
 class DepositSchema(StrictSchema):
-    id = fields.Integer()
-    resident_id = fields.Integer()
-    collection_point_id = fields.Integer()
-    collector_id = fields.Integer(allow_none=True)
-    device_id = fields.Integer(allow_none=True)
-    points = fields.Integer()
-    co2e_g = fields.Integer()
-    weight_g = fields.Integer()
-    entry_id = fields.Integer()
+    id = Integer()
+    resident_id = Integer()
+    collection_point_id = Integer()
+    collector_id = Integer(allow_none=True)
+    device_id = Integer(allow_none=True)
+    points = Integer()
+    co2e_g = Integer()
+    weight_g = Integer()
+    entry_id = Integer()
     items = fields.List(fields.Nested(DepositItemSchema))
     created_at = fields.AwareDateTime()
 
@@ -143,7 +143,7 @@ class DeviceCreateSchema(StrictSchema):
 
 
 class DeviceSchema(StrictSchema):
-    id = fields.Integer()
+    id = Integer()
     code = fields.String()
     collection_point_id = Id()
     active = fields.Boolean()

@@ -349,3 +349,18 @@ def test_a_cursor_that_is_no_valid_key_is_refused(api, cursor):
                          (f"/staff?cursor={cursor}", admin)):  # fmt: skip
         error = assert_error(api.get(path, as_=caller), 422, "validation_error")
         assert "cursor" in error["details"]["fields"]
+
+
+@pytest.mark.parametrize("delta", [1.5, -0.5, "2.5", 1e400, True])
+def test_an_adjustment_of_a_fraction_of_a_point_is_refused_not_truncated(api, delta):
+    me, admin = api.resident(), api.staff("admin")
+    response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": delta, "reason": "测试小数"})
+    assert "delta" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+
+
+def test_an_adjustment_given_as_a_whole_float_is_that_whole_number(api):
+    me, admin = api.resident(), api.staff("admin")
+    response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 3.0, "reason": "测试整数"})
+    assert response.status_code == 201, response.get_json()
+    assert api.get("/me", as_=me).get_json()["balance"] == 3

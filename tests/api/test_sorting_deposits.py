@@ -471,3 +471,12 @@ def test_a_freeze_committed_during_a_deposit_is_seen(api, app, world):
     freezer.dispose()
     assert_error(answer["response"], 403, "account_frozen")
     assert (count(Deposit), count(DepositItem)) == (0, 0)
+
+
+@pytest.mark.parametrize("point_id", [1.5, "1.5", 1e400, True, None])
+def test_a_point_id_that_is_not_a_whole_number_is_refused_not_truncated(api, world, point_id):
+    body = {"member_code": api.member_code(world["resident"]), "collection_point_id": point_id,
+            "items": lines(("paper", 1000))}  # fmt: skip
+    response = api.post("/deposits", as_=world["collector"], json=body)
+    assert "collection_point_id" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert count(Deposit) == 0
