@@ -1,10 +1,12 @@
 """Printed by `make run` before gunicorn starts: where things are and how to log in."""
 
+import os
+
 from app.seeding import demo_logins
 
 
 def main() -> None:
-    base = "http://127.0.0.1:5000"
+    base = f"http://{os.environ.get('BIND', '127.0.0.1:5000')}"  # the address gunicorn.conf.py binds
     print(f"\n  API docs:  {base}/api/v1/docs   (OpenAPI: {base}/api/v1/openapi.json)")
     print(f"  Admin:     {base}/admin/")
     print(f"  Health:    {base}/healthz\n")
