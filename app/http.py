@@ -11,7 +11,7 @@ from flask import Flask, g, has_request_context, jsonify, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter, ValidationError
 
 from app.common import ErrorEnvelopeSchema
@@ -120,7 +120,19 @@ def _require_json_body():
         if has_body and not request.is_json:
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
         if has_body:
-            _refuse_deep_nesting(request.get_data(cache=True))
+            _refuse_deep_nesting(_whole_body())
+
+
+def _whole_body() -> bytes:
+    """The body, or 413 if it is over MAX_CONTENT_LENGTH. Werkzeug enforces the limit on a chunked body (no
+    Content-Length) by reading up to it and stopping there, so a bigger body would arrive cut short and fail as
+    bad JSON; one more byte left on the wire tells the two apart."""
+    body = request.get_data(cache=True)
+    limit = request.max_content_length
+    at_limit = request.content_length is None and limit is not None and len(body) >= limit
+    if at_limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return body
 
 
 def _refuse_deep_nesting(body: bytes) -> None:

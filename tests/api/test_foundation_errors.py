@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
@@ -85,6 +86,21 @@ def test_body_over_64_kib_is_payload_too_large(bare):
         "/auth/wechat", data=b'{"code": "' + b"x" * (64 * 1024) + b'"}', content_type="application/json"
     )
     assert_envelope(response, 413, "payload_too_large")
+
+
+@pytest.mark.parametrize(
+    ("size", "status", "code"), [(70 * 1024, 413, "payload_too_large"), (64 * 1024, 422, "validation_error")]
+)
+def test_a_chunked_body_is_held_to_the_same_limit(bare, size, status, code):
+    """Without a Content-Length, a body over 64 KiB is still a 413, not JSON cut short at the limit (a 400); one of
+    exactly 64 KiB is allowed through to validation."""
+    body = b'{"code": "' + b"x" * (size - 12) + b'"}'
+    assert len(body) == size
+    response = bare.client.post(
+        "/api/v1/auth/wechat", input_stream=io.BytesIO(body), content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert_envelope(response, status, code)
 
 
 def test_body_under_the_limit_is_not_rejected_for_size(bare):
