@@ -76,8 +76,10 @@ def register_blueprints(app: Flask) -> None:
 
 def register_admin(app: Flask) -> None:
     from admin import bp
+    from app.http import AdminCookieSession
 
     app.register_blueprint(bp)
+    app.session_interface = AdminCookieSession(bp.url_prefix)
 
 
 def register_cli(app: Flask) -> None:

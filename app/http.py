@@ -8,7 +8,7 @@ import re
 import uuid
 
 from flask import Flask, g, has_request_context, jsonify, request
-from flask.sessions import SecureCookieSessionInterface
+from flask.sessions import NullSession, SecureCookieSessionInterface
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
@@ -110,8 +110,9 @@ def _assign_request_id() -> None:
     g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
 
-# A body with fewer brackets than this cannot nest deep enough to exhaust the JSON parser's recursion limit.
-_SAFE_BRACKETS = 500
+# No request body of the contract nests more than a few levels; a deeper one is refused before any parser that
+# recurses (json, webargs, the idempotency hash) can run out of stack, however deep the call it runs in.
+MAX_JSON_DEPTH = 32
 
 
 def _require_json_body():
@@ -136,16 +137,22 @@ def _whole_body() -> bytes:
 
 
 def _refuse_deep_nesting(body: bytes) -> None:
-    """Nesting deep enough to exhaust the parser's recursion is a 400, not a RecursionError (a 500) in whichever
-    parser reads the body first. Counting brackets is cheap, so only a body that could be that deep is parsed."""
-    if body.count(b"[") + body.count(b"{") <= _SAFE_BRACKETS:
+    """JSON nested deeper than MAX_JSON_DEPTH is a 400. Counting brackets is cheap, so only a body with enough of
+    them to be that deep is parsed and measured (without recursion)."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
         return
     try:
-        json.loads(body)
+        pending = [(json.loads(body), 1)]
     except RecursionError:
         raise BadRequest("JSON 嵌套层数过多") from None
     except ValueError:
-        pass  # not JSON: the body's parser answers with its own error
+        return  # not JSON: the body's parser answers with its own error
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest("JSON 嵌套层数过多")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def _add_request_id(response):
@@ -178,16 +185,26 @@ class Blueprint(SmorestBlueprint):
         return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
 
 
+class _NoCookieSession(NullSession):
+    def _fail(self, *args, **kwargs):
+        raise RuntimeError("only the admin site has a cookie session; API requests authenticate with a bearer token")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = update = setdefault = _fail
+
+
 class AdminCookieSession(SecureCookieSessionInterface):
     """Only the admin site keeps a signed cookie session; the API and the probes authenticate every request with a
-    bearer token or a signature. Their requests get Flask's null session, so they skip decoding a cookie and
-    building its signer, and any attempt to write to it fails loudly instead of setting a cookie."""
+    bearer token or a signature. Their requests get a null session, so they skip decoding a cookie and building
+    its signer, and any attempt to write to it fails loudly instead of setting a cookie."""
 
-    PREFIX = "/admin"
+    null_session_class = _NoCookieSession
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix.rstrip("/")
 
     def open_session(self, app: Flask, request):
         path = request.path
-        if path == self.PREFIX or path.startswith(self.PREFIX + "/"):
+        if path == self.prefix or path.startswith(self.prefix + "/"):
             return super().open_session(app, request)
         return self.make_null_session(app)
 
@@ -202,7 +219,6 @@ def register_http(app: Flask) -> None:
     api.register_converter(IdConverter, integerconverter2paramschema)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
-    app.session_interface = AdminCookieSession()
     app.before_request(_assign_request_id)
     app.before_request(_require_json_body)
     app.after_request(_add_request_id)

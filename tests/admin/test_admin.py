@@ -212,7 +212,7 @@ def test_api_requests_neither_read_nor_set_the_admin_cookie(as_admin, app):
     """The cookie session belongs to the admin site: the API and the probes never decode it or send one back."""
     with as_admin.client.session_transaction("/api/v1/rules") as session:
         assert isinstance(session, NullSession)
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match="only the admin site"):
             session["admin_staff_id"] = 1
     for path in ("/api/v1/rules", "/healthz", "/api/v1/me"):
         assert "Set-Cookie" not in as_admin.client.get(path).headers

@@ -116,20 +116,30 @@ def test_malformed_json_is_bad_request(bare, raw):
     assert_envelope(response, 400, "bad_request")
 
 
-@pytest.mark.parametrize("depth", [1_500, 30_000])
-def test_json_nested_too_deep_for_the_parser_is_bad_request(bare, depth):
-    """Under 64 KiB but deeper than the parser's recursion limit: a 400, never a RecursionError (a 500)."""
-    body = '{"code": ' + "[" * depth + "]" * depth + "}"
-    error = assert_envelope(bare.post("/auth/wechat", data=body, content_type="application/json"), 400, "bad_request")
-    assert "嵌套" in error["message"]
+def nested(levels: int) -> str:
+    """A body whose "code" sits inside `levels - 1` arrays: `levels` levels of nesting in all."""
+    return '{"code": ' + "[" * (levels - 1) + "]" * (levels - 1) + "}"
 
 
-def test_json_nested_deep_but_parseable_reaches_validation(bare):
-    body = '{"code": ' + "[" * 600 + "]" * 600 + "}"  # more brackets than the cheap check lets through unparsed
-    error = assert_envelope(
-        bare.post("/auth/wechat", data=body, content_type="application/json"), 422, "validation_error"
+@pytest.mark.parametrize("levels", [33, 700, 1_500, 30_000])
+def test_json_nested_deeper_than_any_contract_body_is_bad_request(bare, levels):
+    """Under 64 KiB, but deeper than 32 levels: a 400, never a RecursionError (a 500) in some parser further down."""
+    response = bare.post("/auth/wechat", data=nested(levels), content_type="application/json")
+    assert "嵌套" in assert_envelope(response, 400, "bad_request")["message"]
+
+
+def test_json_nested_32_levels_reaches_validation(bare):
+    response = bare.post("/auth/wechat", data=nested(32), content_type="application/json")
+    assert "code" in assert_envelope(response, 422, "validation_error")["details"]["fields"]
+
+
+def test_deep_json_on_an_idempotent_request_is_bad_request(api):
+    """The idempotency layer hashes the body deeper in the stack than the first parser: refused before either."""
+    me = api.resident()
+    response = api.post(
+        "/scans", as_=me, data=nested(700), content_type="application/json", headers={"Idempotency-Key": "deep-1"}
     )
-    assert "code" in error["details"]["fields"]
+    assert_envelope(response, 400, "bad_request")
 
 
 def test_malformed_json_on_an_authenticated_patch_is_bad_request(api):
