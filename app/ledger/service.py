@@ -55,15 +55,12 @@ class Claim:
     """A slot that a posting takes first, such as a check-in per point and day: a prebuilt INSERT … ON CONFLICT
     DO NOTHING RETURNING the slot's id, or (PostgreSQL only) a SELECT of the id that data-modifying CTEs write,
     such as a deposit with its lines. Its bind parameters never clash with the lock's. The slot's id becomes the
-    entry's ref_id. When no id comes back, the posting raises `taken`, or what `taken()` returns when it has to
-    look up why. On PostgreSQL the claim travels with the account lock, in one round trip."""
+    entry's ref_id. When no id comes back, the posting raises what `refused()` returns, which may look up why.
+    On PostgreSQL the claim travels with the account lock, in one round trip."""
 
     statement: sa.Insert | sa.Select
     params: dict[str, Any]
-    taken: Exception | Callable[[], Exception]
-
-    def refusal(self) -> Exception:
-        return self.taken if isinstance(self.taken, Exception) else self.taken()
+    refused: Callable[[], Exception]
 
 
 @lru_cache(maxsize=64)
@@ -90,7 +87,7 @@ def _lock_account(conn: sa.Connection, resident_id: int, claim: Claim | None = N
     if account is None:
         raise NotFound("积分账户不存在")
     if claim is not None and claim_id is None:
-        raise claim.refusal()
+        raise claim.refused()
     return account, claim_id
 
 

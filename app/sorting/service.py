@@ -292,7 +292,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     claim = ledger.Claim(
         _checkin_claim(dialect_name()),
         {f"claim_{name}": value for name, value in checkin.items()},
-        AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
+        lambda: AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
     )
     entry = ledger.post(
         actor.id, rule.points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id,
@@ -348,11 +348,15 @@ def _deposit_with_items() -> sa.Select:
     return sa.select(deposit.c.id).add_cte(new_items)
 
 
+def _deposit_params(deposit: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    params = {f"d_{name}": value for name, value in deposit.items()}
+    return params | {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
+
+
 def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]]) -> ledger.Claim:
     """PostgreSQL: the deposit and its lines as the slot its ledger entry claims, so that they are written in the
     same round trip as the account lock, and only for an active account."""
-    params = {f"d_{name}": value for name, value in deposit.items()}
-    params |= {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
+    params = _deposit_params(deposit, items)
     return ledger.Claim(_deposit_with_items(), params, lambda: _holder_refusal(deposit["resident_id"]))
 
 
@@ -360,7 +364,7 @@ def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int
     """Write the deposit and its lines for an active account; refuse otherwise."""
     deposit_id = None
     if dialect_name() == "postgresql":
-        deposit_id = run(_deposit_with_items(), _deposit_claim(deposit, items).params).scalar()
+        deposit_id = run(_deposit_with_items(), _deposit_params(deposit, items)).scalar()
     elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active":
         deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
         run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
@@ -399,26 +403,26 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         for line, rule, lp, cg in zip(data["items"], rules, line_points, line_grams, strict=True)
     ]
 
-    def credit(**reference) -> LedgerEntry:
+    def credit(claim: ledger.Claim | None = None, ref_id: int | None = None) -> LedgerEntry:
         single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
         return ledger.post(
             resident_id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
-            co2e_g=co2e_g, ref_type="deposit", actor_type=recorder.kind, actor_id=recorder.id,
-            memo=f"{point.name} 回收投递", caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
-            **reference,
+            co2e_g=co2e_g, ref_type="deposit", ref_id=ref_id, claim=claim, actor_type=recorder.kind,
+            actor_id=recorder.id, memo=f"{point.name} 回收投递",
+            caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
         )  # fmt: skip
 
     entry = None
-    if points > 0 and dialect_name() == "postgresql":
-        try:
+    try:
+        if points > 0 and dialect_name() == "postgresql":
             entry = credit(claim=_deposit_claim(deposit, items))
-        except NotFound:  # no account to lock: the code names no resident
-            raise _holder_refusal(resident_id) from None
-        deposit_id = int(entry.ref_id)
-    else:
-        deposit_id = _insert_deposit(deposit, items)
-        if points > 0:
-            entry = credit(ref_id=deposit_id)
+            deposit_id = int(entry.ref_id)
+        else:
+            deposit_id = _insert_deposit(deposit, items)
+            if points > 0:
+                entry = credit(ref_id=deposit_id)
+    except NotFound:  # no account to lock: the code names no resident who can take points
+        raise _holder_refusal(resident_id) from None
     commit()
     return deposit | {"id": deposit_id, "items": items, "entry_id": entry.id if entry else None}
 

@@ -208,7 +208,7 @@ def test_one_refused_counter_refuses_the_whole_posting(api):
 @pytest.mark.parametrize("both", [True, False], ids=["ref-and-claim", "neither"])
 def test_a_posting_refers_to_a_ref_or_a_claim_exactly(api, both):
     me = api.resident()
-    extra = {"ref_id": "r1", "claim": ledger.Claim(sa.insert(LedgerEntry), {}, RuntimeError())} if both else {}
+    extra = {"ref_id": "r1", "claim": ledger.Claim(sa.insert(LedgerEntry), {}, RuntimeError)} if both else {}
     with pytest.raises(ValueError, match="exactly one"):
         ledger.post(me.id, 5, kind="earn", source="test", ref_type="test", actor_type="system", actor_id=None, **extra)
 

@@ -17,10 +17,11 @@ from PIL import Image
 from app.clock import utcnow
 from app.db import db
 from app.ledger.models import LedgerEntry
+from app.ledger.verify import verify_ledger
 from app.people.models import Resident
 from app.sorting.models import Deposit, DepositItem
 from app.sorting.service import clear_point_cache
-from tests.conftest import SHANGHAI, assert_error, community_id, pg_concurrency
+from tests.conftest import SHANGHAI, assert_error, community_id, pg_concurrency, race
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
@@ -471,6 +472,38 @@ def test_a_freeze_committed_during_a_deposit_is_seen(api, app, world):
     freezer.dispose()
     assert_error(answer["response"], 403, "account_frozen")
     assert (count(Deposit), count(DepositItem)) == (0, 0)
+
+
+@pg_concurrency
+def test_parallel_deposits_and_an_adjustment_on_one_account_each_post_once(api, app, world):
+    """Ten deposits (each written in the same statement as the account lock) race an adjustment on one account:
+    every deposit gets exactly its own entry, the chain stays whole and the balance adds up."""
+    resident, deposits = world["resident"], 10
+    code = api.member_code(resident)
+    body = {"member_code": code, "collection_point_id": world["a"], "items": lines(("paper", 250))}  # 4 points
+    adjustment = {"delta": 7, "reason": "并发补发"}
+
+    def request(client, index):
+        if index == deposits:
+            return client.post(f"/api/v1/residents/{resident.id}/adjustments", json=adjustment,
+                               headers=world["admin"].auth)  # fmt: skip
+        return client.post("/api/v1/deposits", json=body, headers=world["collector"].auth)
+
+    responses = race(app, request, deposits + 1)
+    assert [r.status_code for r in responses] == [201] * (deposits + 1), [r.get_json() for r in responses]
+    db.session.expire_all()
+    entries = db.session.execute(
+        sa.select(LedgerEntry.ref_id, LedgerEntry.delta).where(LedgerEntry.ref_type == "deposit")
+    ).all()
+    deposit_ids = {str(r.get_json()["id"]) for r in responses[:deposits]}
+    assert sorted(ref for ref, _ in entries) == sorted(deposit_ids)
+    assert {r.get_json()["entry_id"] for r in responses[:deposits]} == set(
+        db.session.scalars(sa.select(LedgerEntry.id).where(LedgerEntry.ref_type == "deposit"))
+    )
+    assert (count(Deposit), count(DepositItem)) == (deposits, deposits)
+    assert me(api, resident)["balance"] == 4 * deposits + 7
+    report = verify_ledger()
+    assert report.ok, report.problems
 
 
 @pytest.mark.parametrize("point_id", [1.5, "1.5", 1e400, True, None])
