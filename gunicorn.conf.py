@@ -1,7 +1,9 @@
 import multiprocessing
 import os
 
-bind = os.environ.get("BIND", "127.0.0.1:5000")
+from app.config import listen_address
+
+bind = listen_address()
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 worker_class = "gthread" if threads > 1 else "sync"

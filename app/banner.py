@@ -1,12 +1,11 @@
 """Printed by `make run` before gunicorn starts: where things are and how to log in."""
 
-import os
-
+from app.config import listen_address
 from app.seeding import demo_logins
 
 
 def main() -> None:
-    base = f"http://{os.environ.get('BIND', '127.0.0.1:5000')}"  # the address gunicorn.conf.py binds
+    base = f"http://{listen_address()}"
     print(f"\n  API docs:  {base}/api/v1/docs   (OpenAPI: {base}/api/v1/openapi.json)")
     print(f"  Admin:     {base}/admin/")
     print(f"  Health:    {base}/healthz\n")

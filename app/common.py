@@ -19,8 +19,8 @@ MAX_LIMIT = 100
 
 
 class Integer(fields.Integer):
-    """A whole number. 2.5 (or "2.5") is an error, where marshmallow's default would silently truncate it to 2;
-    2, 2.0 and, from a query string, "2" are accepted."""
+    """A whole number. A body's 2.5 is an error, where marshmallow's default would silently truncate it to 2; a
+    body's 2 or 2.0 and a query string's "2" are accepted (a string like "2.0" or "2.5" never was)."""
 
     def _validated(self, value: Any) -> int:
         if isinstance(value, float) and not value.is_integer():

@@ -16,6 +16,14 @@ DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
 DEV_QR_SECRET = "dev-qr-secret-change-me"
 
 
+DEFAULT_BIND = "127.0.0.1:5000"
+
+
+def listen_address() -> str:
+    """Where gunicorn listens (`BIND`): gunicorn.conf.py binds it and `make run`'s banner prints it."""
+    return os.environ.get("BIND") or DEFAULT_BIND
+
+
 class ConfigError(RuntimeError):
     """The configuration is unsafe or invalid; the app refuses to start."""
 
