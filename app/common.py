@@ -97,3 +97,13 @@ def keyset_page(stmt: sa.Select, key: sa.ColumnElement, cursor: str | None, limi
         rows = rows[:limit]
         next_cursor = encode_cursor(getattr(rows[-1], key.key))
     return {"items": rows, "next": next_cursor}
+
+
+def list_page(items: list, cursor: str | None, limit: int) -> dict[str, Any]:
+    """One page of a short list already sorted in memory (the rules in force, points by distance); the cursor is
+    the position of the next item."""
+    start = decode_cursor(cursor) or 0
+    if type(start) is not int or start < 0:
+        raise field_error("cursor", "分页游标无效")
+    more = start + limit < len(items)
+    return {"items": items[start : start + limit], "next": encode_cursor(start + limit) if more else None}

@@ -4,18 +4,22 @@ from app.apidoc import error_docs
 from app.auth.guards import current_actor, login_required
 from app.carbon import service
 from app.carbon.schemas import RulePublishSchema, RuleQuerySchema, RuleSchema
+from app.common import page_schema
 from app.errors import NotFound
 from app.http import Blueprint
 
 blp = Blueprint("carbon", __name__, url_prefix="/api/v1", description="碳减排方法学与积分规则")
 
 
+RulePage = page_schema(RuleSchema, "RulePage")
+
+
 @blp.route("/rules", methods=["GET"])
 @blp.arguments(RuleQuerySchema, location="query")
-@blp.response(200, RuleSchema(many=True))
+@blp.response(200, RulePage)
 def list_rules(query):
-    """The methodology in force now: factors, fixed points and daily caps, with their sources."""
-    return service.rules_in_force(prefix=query["prefix"])
+    """The methodology in force now: factors, fixed points and daily caps, with their sources, by activity."""
+    return service.rule_page(**query)
 
 
 @blp.route("/rules", methods=["POST"])

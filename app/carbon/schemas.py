@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
-from app.common import Integer, StrictSchema
+from app.common import Integer, PageArgsSchema, StrictSchema
 
 
 class RuleSchema(StrictSchema):
@@ -21,7 +21,7 @@ class RuleSchema(StrictSchema):
     valid_to = fields.AwareDateTime(allow_none=True)
 
 
-class RuleQuerySchema(StrictSchema):
+class RuleQuerySchema(PageArgsSchema):
     prefix = fields.String(load_default=None, validate=validate.Length(max=32))
 
 

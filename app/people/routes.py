@@ -25,13 +25,16 @@ blp = Blueprint("people", __name__, url_prefix="/api/v1", description="居民、
 
 StaffPage = page_schema(StaffSchema, "StaffPage")
 ResidentPage = page_schema(ResidentSchema, "ResidentPage")
+CommunityPage = page_schema(CommunitySchema, "CommunityPage")
+OrganizationPage = page_schema(OrganizationSchema, "OrganizationPage")
 
 
 @blp.route("/communities", methods=["GET"])
-@blp.response(200, CommunitySchema(many=True))
-def list_communities():
-    """All communities (社区/村居)."""
-    return service.list_communities()
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, CommunityPage)
+def list_communities(query):
+    """Communities (社区/村居), oldest first."""
+    return service.community_page(**query)
 
 
 @blp.route("/communities", methods=["POST"])
@@ -46,10 +49,10 @@ def create_community(body):
 
 @blp.route("/organizations", methods=["GET"])
 @blp.arguments(OrganizationQuerySchema, location="query")
-@blp.response(200, OrganizationSchema(many=True))
+@blp.response(200, OrganizationPage)
 def list_organizations(query):
-    """Alliance member organisations (低碳联盟成员单位)."""
-    return service.list_organizations(**query)
+    """Alliance member organisations (低碳联盟成员单位), oldest first."""
+    return service.organization_page(**query)
 
 
 @blp.route("/organizations", methods=["POST"])

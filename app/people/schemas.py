@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Id, Integer, StrictSchema
+from app.common import Id, Integer, PageArgsSchema, StrictSchema
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
@@ -21,7 +21,7 @@ class OrganizationSchema(StrictSchema):
     community_id = Id(load_default=None, allow_none=True)
 
 
-class OrganizationQuerySchema(StrictSchema):
+class OrganizationQuerySchema(PageArgsSchema):
     community_id = Id(load_default=None)
     kind = fields.String(load_default=None, validate=validate.OneOf(ORG_KINDS))
 

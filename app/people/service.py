@@ -33,6 +33,10 @@ def list_communities() -> list[Community]:
     return list(db.session.scalars(sa.select(Community).order_by(Community.id)))
 
 
+def community_page(cursor: str | None, limit: int) -> dict[str, Any]:
+    return keyset_page(sa.select(Community), Community.id, cursor, limit, desc=False)
+
+
 def create_community(actor: Actor, data: dict[str, Any]) -> Community:
     actor.require_role("admin")
     community = insert_unique(Community(**data), "社区名称或编码已存在")
@@ -41,13 +45,21 @@ def create_community(actor: Actor, data: dict[str, Any]) -> Community:
     return community
 
 
-def list_organizations(community_id: int | None = None, kind: str | None = None) -> list[Organization]:
-    stmt = sa.select(Organization).order_by(Organization.id)
+def _organizations(community_id: int | None, kind: str | None) -> sa.Select:
+    stmt = sa.select(Organization)
     if community_id is not None:
         stmt = stmt.where(Organization.community_id == community_id)
     if kind is not None:
         stmt = stmt.where(Organization.kind == kind)
-    return list(db.session.scalars(stmt))
+    return stmt
+
+
+def list_organizations(community_id: int | None = None, kind: str | None = None) -> list[Organization]:
+    return list(db.session.scalars(_organizations(community_id, kind).order_by(Organization.id)))
+
+
+def organization_page(community_id: int | None, kind: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    return keyset_page(_organizations(community_id, kind), Organization.id, cursor, limit, desc=False)
 
 
 def create_organization(actor: Actor, data: dict[str, Any]) -> Organization:

@@ -7,7 +7,7 @@ from flask import Response, g, request
 from app import qr
 from app.apidoc import error_docs, extend_doc
 from app.auth.guards import RESIDENT, current_actor, login_required
-from app.common import page_schema
+from app.common import PageArgsSchema, page_schema
 from app.db import MAX_BIG_ID
 from app.errors import (
     AccountFrozen,
@@ -41,6 +41,7 @@ from app.sorting.schemas import (
 blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾分类：回收点、扫码打卡与称重投递")
 
 PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
+DevicePage = page_schema(DeviceSchema, "DevicePage")
 DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached)
 IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
 SVG = {"image/svg+xml": {"schema": {"type": "string", "format": "binary"}}}
@@ -224,7 +225,8 @@ def register_device(body):
 @blp.route("/collection-points/<int:point_id>/devices", methods=["GET"])
 @login_required("admin", "worker")
 @error_docs(NotFound)
-@blp.response(200, DeviceSchema(many=True))
-def list_devices(point_id):
-    """The smart bins registered at a point."""
-    return service.list_devices(current_actor(), point_id)
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, DevicePage)
+def list_devices(query, point_id):
+    """The smart bins registered at a point, oldest first."""
+    return service.device_page(current_actor(), point_id, **query)

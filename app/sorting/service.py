@@ -25,7 +25,7 @@ from app.cache import TtlCache
 from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
-from app.common import decode_cursor, encode_cursor, keyset_page
+from app.common import keyset_page, list_page
 from app.db import bound_row, commit, db, dialect_name, fits_key, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
     AccountFrozen,
@@ -152,12 +152,7 @@ def list_points(community_id: int | None, near: str | None, cursor: str | None, 
     for point in located:
         point.distance_m = round(distance_m(lat, lng, point.lat, point.lng))
     located.sort(key=lambda p: (p.distance_m, p.id))
-    start = decode_cursor(cursor) or 0
-    if not isinstance(start, int) or start < 0:
-        raise field_error("cursor", "分页游标无效")
-    items = located[start : start + limit]
-    more = start + limit < len(located)
-    return {"items": items, "next": encode_cursor(start + limit) if more else None}
+    return list_page(located, cursor, limit)
 
 
 def poster(actor: Actor, point_id: int) -> dict[str, str]:
@@ -482,10 +477,18 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     return device
 
 
-def list_devices(actor: Actor, point_id: int) -> list[Device]:
+def _devices_of(actor: Actor, point_id: int) -> sa.Select:
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
-    return list(db.session.scalars(sa.select(Device).where(Device.collection_point_id == point.id).order_by(Device.id)))
+    return sa.select(Device).where(Device.collection_point_id == point.id)
+
+
+def list_devices(actor: Actor, point_id: int) -> list[Device]:
+    return list(db.session.scalars(_devices_of(actor, point_id).order_by(Device.id)))
+
+
+def device_page(actor: Actor, point_id: int, cursor: str | None, limit: int) -> dict[str, Any]:
+    return keyset_page(_devices_of(actor, point_id), Device.id, cursor, limit, desc=False)
 
 
 def device_signature(secret: str, method: str, path: str, timestamp: str, body: bytes) -> str:

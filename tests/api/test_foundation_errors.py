@@ -482,3 +482,19 @@ def test_every_route_with_an_id_documents_its_404_and_the_ids_bounds(spec):
                     unbounded.append((method, path, parameter.get("name")))
     assert undocumented == []
     assert unbounded == []
+
+
+def test_every_list_is_a_page_of_items_and_a_next_cursor(spec):
+    """API.md: lists are {"items": [...], "next": …} and take ?cursor and ?limit. No GET answers a bare array."""
+    bare_arrays, unpaged = [], []
+    for path, operations in spec["paths"].items():
+        ok = operations.get("get", {}).get("responses", {}).get("200", {})
+        schema = _resolve(spec, ok.get("content", {}).get("application/json", {}).get("schema", {}))
+        if schema.get("type") == "array":
+            bare_arrays.append(path)
+        if {"items", "next"} <= set(schema.get("properties", {})):
+            names = {_resolve(spec, p).get("name") for p in operations["get"].get("parameters", [])}
+            if not {"cursor", "limit"} <= names:
+                unpaged.append(path)
+    assert bare_arrays == []
+    assert unpaged == []

@@ -57,10 +57,28 @@ def _staff_body(username: str, role: str, **scope):
 def test_communities_are_public(api):
     response = api.get("/communities")
     assert response.status_code == 200
-    items = response.get_json()
+    page = response.get_json()
+    assert page["next"] is None
+    items = page["items"]
     assert {c["code"] for c in items} == {"hengkang", "xinhaiwan"}
     assert all(set(c) == {"id", "code", "name"} for c in items)
     assert {c["name"] for c in items} == {"恒康社区", "鑫海湾"}
+
+
+def test_communities_and_organizations_come_in_pages(api):
+    first = api.get("/communities?limit=1").get_json()
+    second = api.get(f"/communities?limit=1&cursor={first['next']}").get_json()
+    assert [c["code"] for c in first["items"] + second["items"]] == ["hengkang", "xinhaiwan"]
+    assert second["next"] is None
+    shops = api.get("/organizations?kind=shop&limit=100").get_json()["items"]
+    walked, cursor = [], ""
+    while cursor is not None:
+        page = api.get(
+            f"/organizations?kind=shop&limit=2&cursor={cursor}" if cursor else "/organizations?kind=shop&limit=2"
+        )
+        walked += page.get_json()["items"]
+        cursor = page.get_json()["next"]
+    assert walked == shops
 
 
 def test_admin_creates_a_community(api):
@@ -70,7 +88,7 @@ def test_admin_creates_a_community(api):
     created = response.get_json()
     assert created["code"] == "xingang"
     assert isinstance(created["id"], int)
-    assert created in api.get("/communities").get_json()
+    assert created in api.get("/communities").get_json()["items"]
 
 
 @pytest.mark.parametrize("role", ["worker", "alliance", "merchant"])
@@ -89,14 +107,14 @@ def test_residents_and_anonymous_cannot_create_communities(api):
     resident = api.resident()
     assert_error(api.post("/communities", as_=resident, json={"name": "越权", "code": "r"}), 403, "forbidden")
     assert_error(api.post("/communities", json={"name": "匿名", "code": "anon"}), 401, "unauthorized")
-    assert len(api.get("/communities").get_json()) == 2
+    assert len(api.get("/communities").get_json()["items"]) == 2
 
 
 @pytest.mark.parametrize("body", [{"name": "另一个恒康", "code": "hengkang"}, {"name": "恒康社区", "code": "hk2"}])
 def test_duplicate_community_is_409(api, body):
     admin = api.staff("admin")
     assert_error(api.post("/communities", as_=admin, json=body), 409, "duplicate")
-    assert len(api.get("/communities").get_json()) == 2
+    assert len(api.get("/communities").get_json()["items"]) == 2
     # the failed insert left the session usable
     assert api.post("/communities", as_=admin, json={"name": "后来的社区", "code": "later"}).status_code == 201
 
@@ -107,11 +125,11 @@ def test_duplicate_community_is_409(api, body):
 def test_organizations_are_public_and_filterable(api):
     everything = api.get("/organizations")
     assert everything.status_code == 200
-    assert len(everything.get_json()) >= 10
-    shops = api.get("/organizations?kind=shop").get_json()
+    assert len(everything.get_json()["items"]) >= 10
+    shops = api.get("/organizations?kind=shop").get_json()["items"]
     assert shops
     assert {o["kind"] for o in shops} == {"shop"}
-    hengkang = api.get(f"/organizations?community_id={community_id('hengkang')}").get_json()
+    hengkang = api.get(f"/organizations?community_id={community_id('hengkang')}").get_json()["items"]
     assert hengkang
     assert {o["community_id"] for o in hengkang} == {community_id("hengkang")}
 

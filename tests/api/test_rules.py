@@ -2,11 +2,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
+
 from tests.conftest import SHANGHAI, assert_error
 
 
+def rule_in_force(api, activity: str) -> dict:
+    return next(r for r in api.get("/rules?limit=100").get_json()["items"] if r["activity"] == activity)
+
+
 def test_rules_in_force_are_public_and_cited(api):
-    rules = {r["activity"]: r for r in api.get("/rules").get_json()}
+    rules = {r["activity"]: r for r in api.get("/rules?limit=100").get_json()["items"]}
     assert rules["sorting:paper"]["co2e_g_per_unit"] == 1760
     assert rules["sorting:paper"]["source"].startswith("EPA WARM v15")
     assert rules["checkin:sorting"]["points"] == 5
@@ -14,7 +20,7 @@ def test_rules_in_force_are_public_and_cited(api):
     assert rules["daily:total"]["daily_cap_points"] == 500
     assert rules["tradein:refrigerator"]["daily_total_exempt"] is True
     assert "PLACEHOLDER" in rules["sorting:textile"]["source"]
-    only = api.get("/rules?prefix=tradein:").get_json()
+    only = api.get("/rules?prefix=tradein:").get_json()["items"]
     assert {r["activity"] for r in only} == {
         f"tradein:{kind}" for kind in ("refrigerator", "air_conditioner", "washing_machine", "television", "phone")
     }
@@ -30,16 +36,16 @@ def test_new_version_supersedes_and_old_entries_keep_theirs(api, clock):
     ).get_json()
     url = api.get(f"/collection-points/{point['id']}/qr", as_=admin).get_json()["url"]
     first = api.post("/scans", as_=me, json={"token": url}).get_json()
-    v1 = next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")
+    v1 = rule_in_force(api, "checkin:sorting")
     response = api.post(
         "/rules", as_=admin, json={"activity": "checkin:sorting", "points": 8, "source": "经发办 2026 年调整"}
     )
     assert response.status_code == 201, response.get_json()
     v2 = response.get_json()
     assert (v2["version"], v2["points"], v2["daily_cap_points"]) == (2, 8, 10)
-    assert next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")["id"] == v1["id"]
+    assert rule_in_force(api, "checkin:sorting")["id"] == v1["id"]
     clock.advance(seconds=11)  # a new version starts once every worker's rule cache can have seen it
-    in_force = next(r for r in api.get("/rules").get_json() if r["activity"] == "checkin:sorting")
+    in_force = rule_in_force(api, "checkin:sorting")
     assert in_force["id"] == v2["id"]
     clock.advance(days=1)
     second = api.post("/scans", as_=me, json={"token": url}).get_json()
@@ -54,7 +60,7 @@ def test_future_version_waits_for_its_start(api, clock):
     start = (clock.now + timedelta(days=10)).astimezone(SHANGHAI).isoformat()
     body = {"activity": "sorting:glass", "co2e_g_per_unit": "300", "source": "新因子", "effective_from": start}
     assert api.post("/rules", as_=admin, json=body).status_code == 201
-    glass = lambda: next(r for r in api.get("/rules").get_json() if r["activity"] == "sorting:glass")  # noqa: E731
+    glass = lambda: rule_in_force(api, "sorting:glass")  # noqa: E731
     assert glass()["version"] == 1
     clock.advance(days=11)
     from app.carbon.service import clear_cache
@@ -86,3 +92,24 @@ def test_publishing_rules_is_admin_only_and_validated(api):
     past = datetime(2020, 1, 1, tzinfo=SHANGHAI).isoformat()
     error = assert_error(api.post("/rules", as_=admin, json={**body, "effective_from": past}), 422, "validation_error")
     assert "effective_from" in error["details"]["fields"]
+
+
+def test_rules_come_in_pages_that_add_up_to_the_whole_methodology(api):
+    everything = api.get("/rules?limit=100").get_json()
+    assert everything["next"] is None
+    assert len(everything["items"]) > 5
+    walked, cursor = [], None
+    while True:
+        page = api.get("/rules?limit=5" + (f"&cursor={cursor}" if cursor else "")).get_json()
+        assert len(page["items"]) <= 5
+        walked += page["items"]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert walked == everything["items"]
+    assert [r["activity"] for r in walked] == sorted(r["activity"] for r in walked)
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "cursor=bm90LWEtbnVtYmVy", "cursor=LTE"])
+def test_a_bad_rules_page_request_is_refused(api, query):
+    assert_error(api.get(f"/rules?{query}"), 422, "validation_error")

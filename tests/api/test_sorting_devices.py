@@ -98,11 +98,19 @@ def test_register_returns_the_secret_once(api, world):
     for caller in (world["admin"], world["worker"]):
         response = api.get(f"/collection-points/{world['a']}/devices", as_=caller)
         assert response.status_code == 200, response.get_json()
-        listed = response.get_json()
+        listed = response.get_json()["items"]
         assert [d["id"] for d in listed] == [device["id"], second["id"]]
         assert all("secret" not in d for d in listed)
         assert device["secret"] not in response.get_data(as_text=True)
-    assert api.get(f"/collection-points/{world['b']}/devices", as_=world["admin"]).get_json() == []
+    assert api.get(f"/collection-points/{world['b']}/devices", as_=world["admin"]).get_json() == {
+        "items": [],
+        "next": None,
+    }
+    first = api.get(f"/collection-points/{world['a']}/devices?limit=1", as_=world["admin"]).get_json()
+    assert [d["id"] for d in first["items"]] == [device["id"]]
+    rest = api.get(f"/collection-points/{world['a']}/devices?limit=1&cursor={first['next']}", as_=world["admin"])
+    assert [d["id"] for d in rest.get_json()["items"]] == [second["id"]]
+    assert rest.get_json()["next"] is None
 
 
 def test_registration_is_scoped(api, world):
