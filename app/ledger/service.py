@@ -18,7 +18,7 @@ from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import bound_row, commit, db, get_or_404
+from app.db import bound_row, commit, db, get_or_404, run
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -37,8 +37,8 @@ def open_account(resident_id: int) -> Account:
 
 
 def _connection() -> sa.Connection:
-    """The session's connection: the posting path runs Core statements and skips the ORM's execute layer.
-    Pending ORM rows (the deposit or check-in an entry refers to) are flushed first, as a session execute would."""
+    """The session's connection, which `run` executes the posting's Core statements on, skipping the ORM's
+    execute layer. Pending ORM rows (an entry's referent) are flushed first, as a session execute would."""
     db.session.flush()
     return db.session.connection()
 
@@ -77,13 +77,13 @@ def _lock_account(conn: sa.Connection, resident_id: int, claim: Claim | None = N
     params = {"lock_resident_id": resident_id}
     claim_id = None
     if claim is None:
-        account = conn.execute(_LOCK_ACCOUNT, params).first()
+        account = run(_LOCK_ACCOUNT, params).first()
     elif conn.dialect.name == "postgresql":
-        account = conn.execute(_lock_with_claim(claim.statement), params | claim.params).first()
+        account = run(_lock_with_claim(claim.statement), params | claim.params).first()
         claim_id = account.claim_id if account is not None else None
     else:
-        claim_id = conn.execute(claim.statement, claim.params).scalar()
-        account = conn.execute(_LOCK_ACCOUNT, params).first()
+        claim_id = run(claim.statement, claim.params).scalar()
+        account = run(_LOCK_ACCOUNT, params).first()
     if account is None:
         raise NotFound("积分账户不存在")
     if claim is not None and claim_id is None:
@@ -202,7 +202,7 @@ def _apply(conn: sa.Connection, params: dict[str, Any], charges: Sequence[CapCha
                 "c_activities": [c.key for c in charges], "c_points": [c.amount for c in charges],
                 "c_caps": [c.limit for c in charges], "c_count": len(charges),
             }  # fmt: skip
-        row = conn.execute(_postgresql_posting(bool(charges), credit), params).one()
+        row = run(_postgresql_posting(bool(charges), credit), params).one()
         return row.entry_id, set(row.counted or ())
     statements = _sqlite_statements()
     counted: set[str] = set()
@@ -212,13 +212,13 @@ def _apply(conn: sa.Connection, params: dict[str, Any], charges: Sequence[CapCha
              "cap": c.limit}
             for c in charges
         ]  # fmt: skip
-        counted = set(conn.execute(statements["caps"], rows).scalars())
+        counted = set(run(statements["caps"], rows).scalars())
         if len(counted) < len(charges):
             return None, counted
-    entry_id = conn.execute(statements["entry"], params).scalar_one()
-    conn.execute(statements["head"], params)
+    entry_id = run(statements["entry"], params).scalar_one()
+    run(statements["head"], params)
     if credit:
-        conn.execute(statements["lot"], params)
+        run(statements["lot"], params)
     return entry_id, counted
 
 
