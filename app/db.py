@@ -13,8 +13,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.engine.result import IteratorResult
-from sqlalchemy.engine.result import SimpleResultMetaData as ResultMetaData
+from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry
 
@@ -112,80 +111,77 @@ def run(statement: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] 
 
 
 class _Direct:
-    """A prebuilt statement compiled once for PostgreSQL and sent straight to psycopg's cursor. SQLAlchemy's
-    per-execution work (an execution context, parameter and result bookkeeping, events) costs about 70 µs a
-    statement, more than psycopg's own; a check-in runs three. What that work does for these statements is kept:
-    parameters go through their types' bind processors and rows through their result processors (chosen, as
-    SQLAlchemy chooses them, by the first answer's column types), the rows come back as a SQLAlchemy Result,
-    and a driver error is raised as SQLAlchemy's exception, invalidating a connection that was lost."""
+    """A prebuilt statement that answers rows, compiled once for PostgreSQL and sent straight to psycopg's cursor.
+    SQLAlchemy's per-execution work (an execution context, parameter and result bookkeeping) costs about 70 µs
+    a statement, more than psycopg's own; a check-in runs three. What that work does for these statements is
+    kept: parameters go through their types' bind processors, rows through their result processors (chosen, as
+    SQLAlchemy chooses them, by the first answer's column types) into a Result keyed as SQLAlchemy keys it, and a
+    driver error goes through the connection's own error handling (the same exception classes, a lost connection
+    invalidating the pool). Cursor events and echo do not see these statements. Relies on two SQLAlchemy
+    internals, `_result_columns` and `_handle_dbapi_exception`, hence the pin to 2.1.x in pyproject.toml."""
 
     def __init__(self, compiled: sa.engine.Compiled, dialect) -> None:
         self.sql, self.compiled, self.dialect = compiled.string, compiled, dialect
+        escaped = compiled.escaped_bind_names
         self.binds = {
-            name: processor
+            escaped.get(name, name): processor
             for bind, name in compiled.bind_names.items()
             if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
         }
-        self.column_types = [column.type.dialect_impl(dialect) for column in compiled._result_columns]
-        self.shape: tuple[ResultMetaData, list] | None = None  # keys and result processors, from the first answer
+        self.columns = [(column.keyname, column.type.dialect_impl(dialect)) for column in compiled._result_columns]
+        self.shape: tuple[SimpleResultMetaData, list] | None = None  # set from the first answer
 
     def execute(self, conn: sa.Connection, params: dict[str, Any]) -> sa.Result:
         values = self.compiled.construct_params(params)
         for name, processor in self.binds.items():
             values[name] = processor(values[name])
-        raw = conn.connection.dbapi_connection
-        error = self.dialect.loaded_dbapi.Error
+        cursor = None
         try:
-            with raw.cursor() as cursor:
+            with conn.connection.dbapi_connection.cursor() as cursor:
                 cursor.execute(self.sql, values)
-                description = cursor.description
-                rows = cursor.fetchall() if description else []
-        except error as exc:
-            lost = self.dialect.is_disconnect(exc, raw, None)
-            if lost:
-                conn.invalidate(exc)
-            raise sa.exc.DBAPIError.instance(
-                self.sql, values, exc, error, connection_invalidated=lost, dialect=self.dialect
-            ) from exc
-        if not description:
-            return IteratorResult(ResultMetaData([]), iter(()))
-        metadata, processors = self.shape or self._shape(description)
+                description, rows = cursor.description, cursor.fetchall()
+        except Exception as exc:
+            conn._handle_dbapi_exception(exc, self.sql, values, cursor, None)  # raises
+        if self.shape is None:
+            self.shape = self._shape(description)
+        metadata, processors = self.shape
         if any(processors):
             rows = [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in rows]
         return IteratorResult(metadata, iter(rows))
 
-    def _shape(self, description) -> tuple[ResultMetaData, list]:
-        processors = [
-            kind.result_processor(self.dialect, column.type_code)
-            for kind, column in zip(self.column_types, description, strict=True)
-        ]
-        self.shape = (ResultMetaData([column.name for column in description]), processors)
-        return self.shape
+    def _shape(self, description) -> tuple[SimpleResultMetaData, list]:
+        """The Result's keys and each column's result processor, for the column types the server answers with."""
+        if len(description) != len(self.columns):
+            raise RuntimeError(f"{len(description)} columns answered where {len(self.columns)} were compiled")
+        processors = [kind.result_processor(self.dialect, column.type_code)
+                      for (_, kind), column in zip(self.columns, description, strict=True)]  # fmt: skip
+        return SimpleResultMetaData([key for key, _ in self.columns]), processors
 
 
 _DIRECT_LIMIT = 1024
-_directs: dict[tuple, _Direct | None] = {}
+_directs: dict[tuple, _Direct | None] = {}  # None: leave the statement to SQLAlchemy
 
 
 def _direct(statement: sa.Executable, dialect, params: dict[str, Any]) -> _Direct | None:
     """The statement's direct form, or None where SQLAlchemy's execution layer is needed: expanding (IN) or
-    literal-rendered parameters, column defaults computed in Python, or anything but a plain Core SELECT,
-    INSERT, UPDATE or DELETE. An INSERT or UPDATE without explicit values takes its columns from the
-    parameters, so those are part of the key."""
-    dml = isinstance(statement, sa.Insert | sa.Update)
-    columns = tuple(sorted(params)) if dml else None
-    key = (statement, dialect, columns)
-    if key not in _directs:
+    literal-rendered parameters, column defaults computed in Python, DML without an explicit RETURNING (no rows
+    to answer, or implicit ones), or anything but a Core SELECT, INSERT, UPDATE or DELETE. As in SQLAlchemy's
+    own cache, the parameters' names are part of the key: an INSERT takes its columns from them."""
+    key = (statement, dialect, tuple(sorted(params)))
+    direct = _directs.get(key, False)
+    if direct is False:
+        direct = None
+        dml = isinstance(statement, sa.Insert | sa.Update | sa.Delete)
+        if isinstance(statement, sa.Select) or (dml and statement.returning_column_descriptions):
+            compiled = statement.compile(dialect=dialect, column_keys=list(key[2]))
+            needs_context = (compiled.literal_execute_params or compiled.post_compile_params or compiled.insert_prefetch
+                             or compiled.update_prefetch or compiled.implicit_returning)  # fmt: skip
+            if not needs_context and compiled._result_columns:
+                direct = _Direct(compiled, dialect)
         if len(_directs) >= _DIRECT_LIMIT:  # prebuilt statements are few: this only bounds a misuse
             _directs.clear()
-        direct = None
-        if dml or isinstance(statement, sa.Select | sa.Delete):
-            compiled = statement.compile(dialect=dialect, column_keys=list(columns) if dml else None)
-            needs_context = compiled.literal_execute_params or compiled.post_compile_params
-            if not (needs_context or compiled.insert_prefetch or compiled.update_prefetch):
-                direct = _Direct(compiled, dialect)
         _directs[key] = direct
-    return _directs[key]
+    return direct
 
 
 def bound_row(table: sa.Table, params: dict[str, str]) -> sa.Select:

@@ -41,12 +41,28 @@ def _mint(identity: str, role: str) -> str:
 
 
 class SqlCounter:
+    """Statements and their time in the driver: SQLAlchemy's cursor events, and the prebuilt statements that
+    `app.db.run` sends straight to psycopg, which those events do not see."""
+
     def __init__(self, engine):
+        from app.db import _Direct
+
         self.statements: list[tuple[str, float]] = []
         self.active = False
         self._started: float | None = None
         sa.event.listen(engine, "before_cursor_execute", self.before)
         sa.event.listen(engine, "after_cursor_execute", self.after)
+        direct_execute, counter = _Direct.execute, self
+
+        def execute(direct, conn, params):
+            started = time.perf_counter()
+            try:
+                return direct_execute(direct, conn, params)
+            finally:
+                if counter.active:
+                    counter.statements.append((direct.sql, time.perf_counter() - started))
+
+        _Direct.execute = execute
 
     def before(self, conn, cursor, statement, parameters, context, executemany):
         self._started = time.perf_counter()

@@ -6,22 +6,73 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine.result import IteratorResult
 
 from app import db as db_module
-from app.auth.guards import _STATE
 from app.carbon.methodology import CapCharge
-from app.db import db, run
+from app.db import UTCDateTime, db, run
 from app.errors import CapReached
 from app.idempotency.models import IdempotencyKey
 from app.idempotency.service import _RECORD, _STORED
 from app.ledger import service as ledger
-from app.ledger.models import Account
 from app.people.models import Resident
 from app.sorting import service as sorting
 from app.sorting.models import Checkin, CollectionPoint
-from tests.conftest import PG, SHANGHAI
+from tests.conftest import PG, SHANGHAI, ApiClient
 
 pytestmark = pytest.mark.skipif(not PG, reason="the direct path is PostgreSQL's")
+
+# Filled from sequences: a statement run twice gets two different ones.
+SEQUENCED = {"id", "claim_id", "entry_id"}
+
+
+@pytest.fixture
+def differential(monkeypatch):
+    """Every direct execution is first run through SQLAlchemy's own `Connection.execute` in a savepoint that is
+    rolled back, and the two answers are compared: keys, types and values (sequence-filled ids by type only)."""
+    compared: list[str] = []
+    direct_execute = db_module._Direct.execute
+
+    def execute(self, conn, params):
+        savepoint = conn.begin_nested()
+        try:
+            expected = conn.execute(self.compiled.statement, params).mappings().all()
+        finally:
+            savepoint.rollback()
+        answered = direct_execute(self, conn, params)
+        keys, rows = list(answered.keys()), answered.all()
+        assert [list(r) for r in expected] == [keys] * len(expected)
+        assert len(rows) == len(expected)
+        for row, want in zip(rows, expected, strict=True):
+            for key, value in zip(keys, row, strict=True):
+                assert type(value) is type(want[key]), (self.sql[:60], key)
+                assert key in SEQUENCED or value == want[key], (self.sql[:60], key, value, want[key])
+        compared.append(self.sql.split()[0] + " " + self.sql.split()[1])
+        return IteratorResult(self.shape[0], iter([tuple(row) for row in rows]))
+
+    monkeypatch.setattr(db_module._Direct, "execute", execute)
+    return compared
+
+
+def test_scans_deposits_and_idempotent_replays_answer_as_sqlalchemy_does(app, db_session, differential):
+    from tests.api.test_sorting_deposits import lines
+    from tests.api.test_sorting_scans import make_point, poster
+
+    api = ApiClient(app.test_client())
+    admin, resident = api.staff("admin"), api.resident()
+    point = make_point(api, admin, "对照站")
+    collector = api.staff("collector", collection_point_ids=[point])
+    keyed = {"Idempotency-Key": "direct-scan-1"}
+    for _ in range(2):  # the second is a replay
+        scan = api.post("/scans", as_=resident, json={"token": poster(api, admin, point)["token"]}, headers=keyed)
+        assert scan.status_code == 201, scan.get_json()
+    body = {"member_code": api.member_code(resident), "collection_point_id": point,
+            "items": lines(("paper", 1200), ("plastic", 500))}  # fmt: skip
+    deposit = api.post("/deposits", as_=collector, json=body)
+    assert deposit.status_code == 201, deposit.get_json()
+    assert api.get("/me", as_=resident).get_json()["balance"] == 5 + 28
+    assert len(differential) >= 8  # callers, claims with locks, postings, the stored answer
+    assert {"WITH counted", "WITH claimed", "WITH new_deposit"} <= set(differential)
 
 
 @pytest.fixture
@@ -36,36 +87,8 @@ def resident(db_session):
     return person, point
 
 
-def both_ways(statement, params):
-    """The rows from SQLAlchemy's own execution and from the direct one, each in a savepoint rolled back."""
-    answers = []
-    for direct in (False, True):
-        with db.session.begin_nested() as savepoint:
-            conn = db.session.connection()
-            result = run(statement, params) if direct else conn.execute(statement, params)
-            answers.append([tuple(row) for row in result])
-            savepoint.rollback()
-    return answers
-
-
-def test_reads_answer_the_same_rows_and_types(resident):
-    person, point = resident
-    for statement, params in [
-        (_STATE["resident"], {"id": person.id, "sid": "no-such-session"}),
-        (ledger._LOCK_ACCOUNT, {"lock_resident_id": person.id}),
-        (sorting._POINT_ROW, {"id": point.id}),  # categories is JSON: decoded the same way
-        (sorting._ALL_POINTS, {}),
-    ]:
-        assert db_module._direct(statement, db.session.get_bind().dialect, params) is not None
-        through_sqlalchemy, direct = both_ways(statement, params)
-        assert direct == through_sqlalchemy
-        assert [[type(v) for v in row] for row in direct] == [[type(v) for v in row] for row in through_sqlalchemy]
-    [row] = run(sorting._POINT_ROW, {"id": point.id}).all()
-    assert (row.name, row.categories) == ("直连测试点", ["paper", "glass"])
-
-
 def test_bind_processors_apply_to_direct_writes(resident):
-    """A local time goes in as its UTC instant (UTCDateTime), and JSON goes in encoded."""
+    """A local time goes in as its UTC instant (UTCDateTime), and JSON goes in encoded and comes back decoded."""
     person, point = resident
     local = datetime(2026, 6, 15, 18, 30, tzinfo=SHANGHAI)
     slot = {"resident_id": person.id, "collection_point_id": point.id, "day": local.date(), "lat": None, "lng": None}
@@ -80,9 +103,19 @@ def test_bind_processors_apply_to_direct_writes(resident):
     key = IdempotencyKey(scope="test", key="k1", request_hash="h", status_code=0, response_body={})
     db.session.add(key)
     db.session.flush()
-    run(_RECORD, {"key_id": key.id, "status": 201, "body": {"积分": 5, "items": [1, None]}})
+    db.session.execute(_RECORD, {"key_id": key.id, "status": 201, "body": {"积分": 5, "items": [1, None]}})
     row = run(_STORED, {"scope": "test", "key": "k1"}).one()
     assert (row.status_code, row.response_body) == (201, {"积分": 5, "items": [1, None]})
+
+
+def test_an_escaped_bind_name_gets_its_processor(db_session):
+    """A parameter whose name PostgreSQL's driver cannot take is renamed in the SQL; its type still applies."""
+    local = datetime(2026, 6, 15, 18, 30, tzinfo=SHANGHAI)
+    statement = sa.select(sa.bindparam("since.local", type_=UTCDateTime).label("at"))
+    assert db_module._direct(statement, db.session.get_bind().dialect, {"since.local": local}) is not None
+    at = run(statement, {"since.local": local}).scalar_one()
+    assert at == local
+    assert at.tzinfo is UTC
 
 
 def test_result_processors_apply_to_direct_answers(resident):
@@ -96,15 +129,14 @@ def test_result_processors_apply_to_direct_answers(resident):
                            actor_type="system", actor_id=None, caps=charges)  # fmt: skip
 
     earn("direct-1")
-    direct = db_module._direct(ledger._postgresql_posting(True, True), db.session.get_bind().dialect, {})
-    metadata, processors = direct.shape
-    assert list(metadata.keys) == ["entry_id", "counted"]
-    assert processors[1] is not None
+    posting = [d for (s, _, _), d in db_module._directs.items() if s is ledger._postgresql_posting(True, True)]
+    assert [d.shape[0].keys for d in posting] == [["entry_id", "counted"]]
+    assert posting[0].shape[1][1] is not None  # the ARRAY column's processor
     earn("direct-2")
     with pytest.raises(CapReached) as refused:
         earn("direct-3")
     assert refused.value.details["activity"] == "test:a"
-    assert db.session.get(Account, ledger.account_of(person.id).id).balance == 10
+    assert ledger.account_of(person.id).balance == 10
 
 
 def test_a_driver_error_is_raised_as_sqlalchemys_and_the_session_recovers(resident):
@@ -119,34 +151,44 @@ def test_a_driver_error_is_raised_as_sqlalchemys_and_the_session_recovers(reside
     assert run(sa.select(sa.literal(1))).scalar() == 1
 
 
-def test_a_lost_connection_is_invalidated_and_replaced(resident, database_uri):
+def test_a_lost_connection_invalidates_the_pool(resident, database_uri):
+    """As SQLAlchemy does: the failing connection is replaced, and so is every other one pooled before it."""
     person, _ = resident
     db.session.commit()
+    with db.engine.connect() as other:  # another pooled connection, idle meanwhile
+        bystander = other.connection.dbapi_connection
     assert run(ledger._LOCK_ACCOUNT, {"lock_resident_id": person.id}).first() is not None
     backend = db.session.connection().connection.dbapi_connection.info.backend_pid
     killer = sa.create_engine(database_uri, poolclass=sa.NullPool)
     with killer.connect() as conn:
         assert conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
     killer.dispose()
-    with pytest.raises(sa.exc.DBAPIError) as caught:
+    with pytest.raises(sa.exc.OperationalError) as caught:
         run(ledger._LOCK_ACCOUNT, {"lock_resident_id": person.id})
     assert caught.value.connection_invalidated
     db.session.rollback()
-    assert run(ledger._LOCK_ACCOUNT, {"lock_resident_id": person.id}).first().id is not None
+    assert run(ledger._LOCK_ACCOUNT, {"lock_resident_id": person.id}).first() is not None
     assert db.session.connection().connection.dbapi_connection.info.backend_pid != backend
+    held = [db.engine.connect() for _ in range(db.engine.pool.checkedin() + 1)]
+    assert all(c.connection.dbapi_connection is not bystander for c in held)
+    for c in held:
+        c.close()
 
 
 def test_statements_that_need_sqlalchemys_execution_are_left_to_it(resident):
     person, _ = resident
     dialect = db.session.get_bind().dialect
     expanding = sa.select(Resident.id).where(Resident.id.in_(sa.bindparam("ids", expanding=True)))
-    with_python_default = sa.insert(IdempotencyKey.__table__)  # created_at comes from utcnow() in Python
+    with_python_default = sa.insert(IdempotencyKey.__table__).returning(IdempotencyKey.id)  # created_at: utcnow()
+    no_returning = sa.update(Resident.__table__).where(Resident.id == sa.bindparam("rid")).values(nickname="x")
     text = sa.text("SELECT 1")
     values = {"scope": "t", "key": "k2", "request_hash": "h", "status_code": 0, "response_body": {}}
-    assert db_module._direct(expanding, dialect, {"ids": [person.id]}) is None
-    assert db_module._direct(with_python_default, dialect, values) is None
-    assert db_module._direct(text, dialect, {}) is None
+    for statement, params in ((expanding, {"ids": [person.id]}), (with_python_default, values),
+                              (no_returning, {"rid": person.id}), (text, {})):  # fmt: skip
+        assert db_module._direct(statement, dialect, params) is None
     assert run(expanding, {"ids": [person.id]}).scalars().all() == [person.id]  # and they still work
-    run(with_python_default, values)
-    assert db.session.scalar(sa.select(IdempotencyKey.created_at).filter_by(key="k2")) is not None
+    assert run(with_python_default, values).scalar_one() > 0
+    assert run(no_returning, {"rid": person.id}).rowcount == 1
+    with pytest.raises(sa.exc.ResourceClosedError):
+        run(no_returning, {"rid": person.id}).scalar()  # no rows to answer, as SQLAlchemy says
     assert run(text).scalar() == 1
