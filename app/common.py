@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 import marshmallow as ma
@@ -100,10 +101,21 @@ def keyset_page(stmt: sa.Select, key: sa.ColumnElement, cursor: str | None, limi
 
 
 def list_page(items: list, cursor: str | None, limit: int) -> dict[str, Any]:
-    """One page of a short list already sorted in memory (the rules in force, points by distance); the cursor is
-    the position of the next item."""
-    start = decode_cursor(cursor) or 0
-    if type(start) is not int or start < 0:
+    """One page of a short list sorted in memory by something that is not a key (points by distance); the cursor
+    is the position of the next item."""
+    start = 0 if cursor is None else decode_cursor(cursor)
+    if cursor is not None and not fits_key(start):  # the first page has no cursor; a later one starts past 0
         raise field_error("cursor", "分页游标无效")
     more = start + limit < len(items)
     return {"items": items[start : start + limit], "next": encode_cursor(start + limit) if more else None}
+
+
+def named_page(items: list, name: Callable[[Any], str], cursor: str | None, limit: int) -> dict[str, Any]:
+    """One page of a short list in memory, sorted by a unique name (the rules in force, by activity); the cursor
+    is the last name seen, so an item that appears or goes between two pages shifts nothing."""
+    after = None if cursor is None else decode_cursor(cursor)
+    if after is not None and type(after) is not str:
+        raise field_error("cursor", "分页游标无效")
+    rest = [item for item in items if after is None or name(item) > after]
+    page = rest[:limit]
+    return {"items": page, "next": encode_cursor(name(page[-1])) if len(rest) > limit else None}

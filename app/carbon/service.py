@@ -13,7 +13,7 @@ from app.cache import TtlCache
 from app.carbon.methodology import CapCharge
 from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import utcnow
-from app.common import list_page
+from app.common import named_page
 from app.db import commit, db
 from app.errors import NotFound, field_error
 
@@ -80,7 +80,7 @@ def rules_in_force(at: datetime | None = None, prefix: str | None = None) -> lis
 
 
 def rule_page(prefix: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
-    return list_page(rules_in_force(prefix=prefix), cursor, limit)
+    return named_page(rules_in_force(prefix=prefix), lambda rule: rule.activity, cursor, limit)
 
 
 def cap_charges(lines: list[tuple[RuleView, int]], at: datetime | None = None) -> list[CapCharge]:

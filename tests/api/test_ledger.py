@@ -345,10 +345,15 @@ def test_hot_path_statements_are_compiled_once():
 def test_a_cursor_that_is_no_valid_key_is_refused(api, cursor):
     """99999999999, true, 2**70 and 0: none is a key a page can end on; none may reach the database as one."""
     me, admin = api.resident(), api.staff("admin")
-    for path, caller in ((f"/me/ledger?cursor={cursor}", me), (f"/residents?cursor={cursor}", admin),
-                         (f"/staff?cursor={cursor}", admin)):  # fmt: skip
+    point = api.post("/collection-points", as_=admin, json={"name": "游标站", "community_id": 1, "kind": "station"})
+    paths = [("/me/ledger", me), ("/residents", admin), ("/staff", admin), ("/communities", None),
+             ("/organizations", None), ("/collection-points", None), ("/rules", None),
+             (f"/collection-points/{point.get_json()['id']}/devices", admin),
+             ("/collection-points?near=31.2,121.5", None)]  # fmt: skip
+    for path, caller in paths:
+        path += ("&" if "?" in path else "?") + f"cursor={cursor}"
         error = assert_error(api.get(path, as_=caller), 422, "validation_error")
-        assert "cursor" in error["details"]["fields"]
+        assert "cursor" in error["details"]["fields"], path
 
 
 @pytest.mark.parametrize("delta", [1.5, -0.5, "2.5", 1e400, True])
