@@ -208,7 +208,9 @@ def get_deposit(deposit_id):
 @blp.response(201, DepositSchema)
 def device_deposit(body):
     """A smart bin records a deposit, HMAC-signed. Each signature is accepted once: to retry after a lost
-    answer, sign again with a new timestamp and send the same Idempotency-Key to get the first answer back."""
+    answer, sign again with a new timestamp and send the same Idempotency-Key to get the first answer back.
+    A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
+    seconds), so that the bin can correct its own and sign again."""
     return service.record_device_deposit(current_actor(), body)
 
 

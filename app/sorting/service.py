@@ -514,10 +514,12 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
         log.warning("device request from unknown or inactive device %s", raw_id)
         raise Unauthorized("设备未登记或已停用")
     device_id = device.id  # read before a failed flush expires the instance
-    skew = abs(utcnow().timestamp() - int(timestamp))
+    now = int(utcnow().timestamp())
+    skew = abs(now - int(timestamp))
     if skew > _config("DEVICE_CLOCK_SKEW_SECONDS"):
         log.warning("device %s timestamp off by %.0f s", device_id, skew)
-        raise Unauthorized("设备时间与服务器相差过大，请校准时间")
+        # The server's clock, so that a registered bin can correct its own and sign again.
+        raise Unauthorized("设备时间与服务器相差过大，请校准时间", details={"server_time": now})
     expected = device_signature(device.secret, method, path, timestamp, body)
     if not hmac.compare_digest(expected, signature.lower()):
         log.warning("bad signature from device %s", device_id)

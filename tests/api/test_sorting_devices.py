@@ -225,7 +225,7 @@ def test_clock_window_is_five_minutes(api, clock, world):
     now = int(utcnow().timestamp())
     for skew in (301, -301):
         kwargs = signed(world["device"], body_for(api, world), timestamp=now + skew)
-        assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+        assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"] == {"server_time": now}
     assert count(Deposit) == 0
     # a request signed 300 s ago (the device's clock lags) is still inside the window
     kwargs = signed(world["device"], body_for(api, world), timestamp=now - 300)
@@ -233,7 +233,7 @@ def test_clock_window_is_five_minutes(api, clock, world):
     # and one signed now but delivered 301 s later is outside it
     kwargs = signed(world["device"], body_for(api, world, items=[{"category": "paper", "weight_g": 1000}]))
     clock.advance(seconds=301)
-    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"] == {"server_time": now + 301}
     assert count(Deposit) == 1
 
 
