@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +20,10 @@ DEV_QR_SECRET = "dev-qr-secret-change-me"
 DEFAULT_BIND = "127.0.0.1:5000"
 
 
-def listen_address() -> str:
-    """Where gunicorn listens (`BIND`): gunicorn.conf.py binds it and `make run`'s banner prints it."""
-    return os.environ.get("BIND") or DEFAULT_BIND
+def listen_address(environ: Mapping[str, str] | None = None) -> str:
+    """Where gunicorn listens (`BIND`): gunicorn.conf.py binds it, `make run`'s banner prints it, and outside
+    production poster links point at it."""
+    return (os.environ if environ is None else environ).get("BIND") or DEFAULT_BIND
 
 
 class ConfigError(RuntimeError):
@@ -70,7 +72,8 @@ class Settings:
     wechat_timeout: float
     redis_url: str | None
     ratelimit_enabled: bool
-    public_base_url: str
+    public_base_url: str | None  # as given; links fall back to the listening address outside production
+    bind: str
     access_minutes: int
     refresh_days: int
     points_per_kg_co2e: int
@@ -98,7 +101,8 @@ class Settings:
             wechat_timeout=_number("WECHAT_TIMEOUT", e.get("WECHAT_TIMEOUT", "5"), float),
             redis_url=e.get("REDIS_URL") or None,
             ratelimit_enabled=_bool("RATELIMIT_ENABLED", e.get("RATELIMIT_ENABLED"), True),
-            public_base_url=e.get("PUBLIC_BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
+            public_base_url=(e.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
+            bind=listen_address(e),
             access_minutes=_number("ACCESS_TOKEN_MINUTES", e.get("ACCESS_TOKEN_MINUTES", "15")),
             refresh_days=_number("REFRESH_TOKEN_DAYS", e.get("REFRESH_TOKEN_DAYS", "30")),
             points_per_kg_co2e=_number("POINTS_PER_KG_CO2E", e.get("POINTS_PER_KG_CO2E", "10")),
@@ -129,6 +133,8 @@ class Settings:
             raise ConfigError("production refuses WECHAT_MODE=stub")
         if not (self.wechat_appid and self.wechat_secret):
             raise ConfigError("production needs WECHAT_APPID and WECHAT_SECRET")
+        if not self.public_base_url:
+            raise ConfigError("production needs PUBLIC_BASE_URL: poster QR codes are printed with it")
 
     def flask_config(self) -> dict[str, Any]:
         engine_options: dict[str, Any] = {}  # no pool_pre_ping: db.ping_idle_connections checks idle ones
@@ -161,7 +167,7 @@ class Settings:
             "OPENAPI_SWAGGER_UI_URL": "/api/v1/docs/static/",
             "TIMEZONE": self.timezone,
             "QR_SECRET": self.qr_secret,
-            "PUBLIC_BASE_URL": self.public_base_url,
+            "PUBLIC_BASE_URL": self.public_base_url or f"http://{self.bind}",
             "WECHAT_MODE": self.wechat_mode,
             "WECHAT_APPID": self.wechat_appid,
             "WECHAT_SECRET": self.wechat_secret,

@@ -16,6 +16,7 @@ PRODUCTION_SECRETS = {
     "QR_SECRET": "prod-qr-secret",
     "WECHAT_APPID": "wx-prod",
     "WECHAT_SECRET": "wx-prod-secret",
+    "PUBLIC_BASE_URL": "https://tanpuhui.example.cn/",
 }
 
 
@@ -175,3 +176,18 @@ def test_a_bad_number_names_its_setting(name, value):
 def test_an_unclear_switch_is_refused_not_guessed():
     with pytest.raises(ConfigError, match="RATELIMIT_ENABLED"):
         Settings.from_env({"RATELIMIT_ENABLED": "enabled"})
+
+
+def test_production_needs_the_public_address_posters_are_printed_with():
+    environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != "PUBLIC_BASE_URL"}
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        load(environ=environ)
+    assert load(environ=PRODUCTION_SECRETS)["PUBLIC_BASE_URL"] == "https://tanpuhui.example.cn"
+
+
+def test_outside_production_poster_links_follow_the_listening_address():
+    assert load(environ={})["PUBLIC_BASE_URL"] == "http://127.0.0.1:5000"
+    assert load(environ={"BIND": "127.0.0.1:5079"})["PUBLIC_BASE_URL"] == "http://127.0.0.1:5079"
+    assert load(environ={"BIND": "127.0.0.1:5079", "PUBLIC_BASE_URL": "http://10.0.0.2/"})["PUBLIC_BASE_URL"] == (
+        "http://10.0.0.2"
+    )
