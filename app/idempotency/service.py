@@ -15,6 +15,7 @@ from flask import g, jsonify, request
 
 from app.apidoc import extend_doc
 from app.auth.guards import current_actor
+from app.clock import utcnow
 from app.db import db, dialect_name, run, upsert_insert
 from app.errors import IdempotencyConflict, field_error
 from app.idempotency.models import IdempotencyKey
@@ -51,6 +52,7 @@ _RECORD = (
     sa.update(IdempotencyKey.__table__)
     .where(IdempotencyKey.__table__.c.id == sa.bindparam("key_id"))
     .values(status_code=sa.bindparam("status"), response_body=sa.bindparam("body"))
+    .returning(IdempotencyKey.__table__.c.id)
 )
 
 
@@ -68,7 +70,8 @@ def run_idempotent(scope: str, view, *args, **kwargs):
     if not 1 <= len(key) <= 64 or not key.isprintable():
         raise field_error(HEADER, "幂等键长度必须为 1 到 64 个可见字符")
     request_hash = _request_hash()
-    claim = {"scope": scope, "key": key, "request_hash": request_hash, "status_code": 0, "response_body": {}}
+    claim = {"scope": scope, "key": key, "request_hash": request_hash, "status_code": 0, "response_body": {},
+             "created_at": utcnow()}  # fmt: skip
     key_id = run(_claim(dialect_name()), claim).scalar()
     if key_id is None:  # answered before (committed together with its effects): replay it
         return _replay(run(_STORED, {"scope": scope, "key": key}).one(), request_hash)
@@ -78,7 +81,7 @@ def run_idempotent(scope: str, view, *args, **kwargs):
     finally:
         g.defer_commit = False
     if 200 <= response.status_code < 300:
-        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": response.get_json()})
+        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": response.get_json()}).scalar_one()
         db.session.commit()
     else:
         db.session.rollback()

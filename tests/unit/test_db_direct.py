@@ -72,7 +72,9 @@ def test_scans_deposits_and_idempotent_replays_answer_as_sqlalchemy_does(app, db
     assert deposit.status_code == 201, deposit.get_json()
     assert api.get("/me", as_=resident).get_json()["balance"] == 5 + 28
     assert len(differential) >= 8  # callers, claims with locks, postings, the stored answer
-    assert {"WITH counted", "WITH claimed", "WITH new_deposit"} <= set(differential)
+    assert {"WITH counted", "WITH claimed", "WITH new_deposit", "INSERT INTO", "UPDATE idempotency_keys"} <= set(
+        differential
+    )
 
 
 @pytest.fixture
