@@ -12,7 +12,7 @@ from flask import Flask, abort, flash, g, redirect, request, session, url_for
 from markupsafe import Markup, escape
 
 from app.auth.guards import Actor, actor_for_staff
-from app.db import db
+from app.db import find
 from app.people.models import Staff
 
 ADMIN_ROLES = ("admin", "worker", "alliance")
@@ -99,7 +99,7 @@ def before_request():
     g.admin_staff = None
     staff_id = session.get(STAFF_KEY)
     if staff_id is not None:
-        staff = db.session.get(Staff, staff_id) if isinstance(staff_id, int) else None
+        staff = find(Staff, staff_id)
         if staff is None or not staff.active or staff.role not in ADMIN_ROLES:
             log_out()
             flash("账户已停用或无权使用管理后台，请联系平台管理员", "error")

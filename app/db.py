@@ -76,9 +76,13 @@ def fits_key(value: object, key_type: sa.types.TypeEngine | None = None) -> bool
     return type(value) is int and 1 <= value <= biggest  # a bool is an int, but never a key
 
 
+def find(model, obj_id: object):
+    """The row with this primary key, or None; an id the key column cannot hold never reaches the database."""
+    return db.session.get(model, obj_id) if fits_key(obj_id, sa.inspect(model).primary_key[0].type) else None
+
+
 def get_or_404(model, obj_id: int, message: str = "资源不存在"):
-    key_type = sa.inspect(model).primary_key[0].type
-    obj = db.session.get(model, obj_id) if fits_key(obj_id, key_type) else None
+    obj = find(model, obj_id)
     if obj is None:
         raise NotFound(message)
     return obj

@@ -11,7 +11,7 @@ from werkzeug.security import generate_password_hash
 from app.audit import service as audit
 from app.auth.guards import Actor
 from app.common import keyset_page
-from app.db import commit, db, get_or_404, insert_unique
+from app.db import commit, db, find, get_or_404, insert_unique
 from app.errors import Forbidden, NotFound, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
@@ -22,7 +22,7 @@ ALLIANCE_MAY_CREATE = ("merchant", "alliance")
 
 
 def _require_exists(model, obj_id: int | None, field: str, message: str) -> None:
-    if obj_id is not None and db.session.get(model, obj_id) is None:
+    if obj_id is not None and find(model, obj_id) is None:
         raise field_error(field, message)
 
 

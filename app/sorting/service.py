@@ -26,7 +26,7 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, utcnow
 from app.common import keyset_page, list_page
-from app.db import bound_row, commit, db, dialect_name, fits_key, get_or_404, insert_unique, run, upsert_insert
+from app.db import bound_row, commit, db, dialect_name, find, fits_key, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -509,7 +509,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
     if not (_HEADER_ID.fullmatch(raw_id) and _HEADER_TS.fullmatch(timestamp) and _HEADER_SIG.fullmatch(signature)):
         raise Unauthorized("缺少或无效的设备签名头")
-    device = db.session.get(Device, int(raw_id)) if fits_key(int(raw_id)) else None
+    device = find(Device, int(raw_id))
     if device is None or not device.active:
         log.warning("device request from unknown or inactive device %s", raw_id)
         raise Unauthorized("设备未登记或已停用")
