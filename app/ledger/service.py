@@ -18,7 +18,7 @@ from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import bound_row, commit, db, get_or_404, run
+from app.db import bound_row, commit, db, dialect_name, get_or_404, run
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -34,13 +34,6 @@ def open_account(resident_id: int) -> Account:
     db.session.add(account)
     db.session.flush()
     return account
-
-
-def _connection() -> sa.Connection:
-    """The session's connection, which `run` executes the posting's Core statements on, skipping the ORM's
-    execute layer. Pending ORM rows (an entry's referent) are flushed first, as a session execute would."""
-    db.session.flush()
-    return db.session.connection()
 
 
 _LOCK_ACCOUNT = (
@@ -70,15 +63,17 @@ def _lock_with_claim(statement: sa.Insert | sa.Select) -> sa.Select:
     return _LOCK_ACCOUNT.add_columns(sa.select(*claimed.c).scalar_subquery().label("claim_id"))
 
 
-def _lock_account(conn: sa.Connection, resident_id: int, claim: Claim | None = None):
+def _lock_account(resident_id: int, claim: Claim | None = None):
     """The account's chain head, locked until the caller's transaction ends (a row lock on PostgreSQL;
     SQLite transactions already hold the write lock), and the claimed slot's id if there is a claim (taken
-    first). Read with Core: a lock is only as good as a fresh read."""
+    first). Read with Core: a lock is only as good as a fresh read. The posting's statements skip the ORM, so
+    its pending rows (an entry's referent) are flushed first, as a session execute would."""
+    db.session.flush()
     params = {"lock_resident_id": resident_id}
     claim_id = None
     if claim is None:
         account = run(_LOCK_ACCOUNT, params).first()
-    elif conn.dialect.name == "postgresql":
+    elif dialect_name() == "postgresql":
         account = run(_lock_with_claim(claim.statement), params | claim.params).first()
         claim_id = account.claim_id if account is not None else None
     else:
@@ -192,11 +187,11 @@ def _postgresql_posting(capped: bool, credit: bool) -> sa.Select:
     return posting
 
 
-def _apply(conn: sa.Connection, params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | None, set[str]]:
+def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | None, set[str]]:
     """Count the caps and, if every one accepts, write the entry, the head and the lot: (entry id or None, the
     counters that accepted). A refusal may leave counters charged; the caller's transaction rolls back."""
     credit = params["p_delta"] > 0
-    if conn.dialect.name == "postgresql":
+    if dialect_name() == "postgresql":
         if charges:
             params |= {
                 "c_activities": [c.key for c in charges], "c_points": [c.amount for c in charges],
@@ -265,9 +260,9 @@ def post(
         raise ValueError("a ledger entry moves a non-zero number of points")
     if len({c.key for c in caps}) != len(caps):
         raise ValueError("one charge per daily counter: merge charges with the same key")
-    now, conn = utcnow(), _connection()
+    now = utcnow()
     today = local_day(now, _tz())
-    account, claim_id = _lock_account(conn, resident_id, claim)
+    account, claim_id = _lock_account(resident_id, claim)
     ref_id = ref_id if claim is None else str(claim_id)
     if account.balance + delta < 0:
         raise InsufficientPoints(
@@ -291,7 +286,7 @@ def post(
     }  # fmt: skip
     lifetime = lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0
     params = {f"p_{name}": value for name, value in values.items()}
-    entry_id, counted = _apply(conn, params | {"p_lifetime": lifetime, "p_year": today.year, "p_day": today}, caps)
+    entry_id, counted = _apply(params | {"p_lifetime": lifetime, "p_year": today.year, "p_day": today}, caps)
     if entry_id is None:
         _refuse(account.id, today, [c for c in caps if c.key not in counted])
     return LedgerEntry(id=entry_id, **values)
@@ -437,7 +432,7 @@ def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
     written = points = 0
     for index, (_, resident_id) in enumerate(due, start=1):
         # One consistent reading under the lock: what is left of each year adds up to the balance.
-        account, _ = _lock_account(_connection(), resident_id)
+        account, _ = _lock_account(resident_id)
         for year, left in _remaining_by_year(account, _lots(account)):
             if year > last_due_year or left <= 0:
                 continue
