@@ -246,9 +246,9 @@ def _checkin_claim(dialect: str) -> sa.Insert:
     )
 
 
-def _signed_by(point, raw: str) -> bool:
+def _signed_with(secret: str, raw: str) -> bool:
     try:
-        qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
+        qr.verify_static(raw, qr.POINT, _qr_key("point", secret))
     except qr.QRError:
         return False
     return True
@@ -260,14 +260,14 @@ def _point_from_poster(token: str):
         header = qr.peek(raw)
         if header.kind != qr.POINT:
             raise qr.InvalidToken("not a collection point poster")
-        point = _point_row(header.object_id, accepts=lambda p: p.active and _signed_by(p, raw))
-        if point is None:
-            raise qr.InvalidToken("unknown point")
-        qr.verify_static(raw, qr.POINT, _qr_key("point", point.qr_secret))
     except qr.ExpiredToken as exc:
         raise QrExpired() from exc
     except qr.QRError as exc:
         raise InvalidQr() from exc
+    signed = cache(lambda secret: _signed_with(secret, raw))  # the cached point's secret is checked once
+    point = _point_row(header.object_id, accepts=lambda p: p.active and signed(p.qr_secret))
+    if point is None or not signed(point.qr_secret):
+        raise InvalidQr()
     if not point.active:
         raise InvalidQr("该回收点已停用")
     return point
