@@ -504,3 +504,18 @@ def test_every_list_is_a_page_of_items_and_a_next_cursor(spec):
                 unpaged.append(path)
     assert bare_arrays == []
     assert unpaged == []
+
+
+def test_every_bearer_operation_refuses_a_caller_without_a_token(spec, bare):
+    """Whatever the operation, its path ids or its body: no token is a 401 in the envelope, before anything else."""
+    checked = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if not isinstance(operation, dict) or operation.get("security") != [{"bearerAuth": []}]:
+                continue
+            url = re.sub(r"\{[^}]+\}", "1", path).removeprefix("/api/v1")
+            response = bare.request(method.upper(), url, json={})
+            assert_envelope(response, 401, "unauthorized")
+            checked.append((method, path))
+    assert len(checked) >= 30
+    assert ("get", "/api/v1/collection-points/{point_id}/devices") in checked
