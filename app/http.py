@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import uuid
+from decimal import Decimal
 
 from flask import Flask, g, has_request_context, jsonify, request
 from flask.sessions import NullSession, SecureCookieSessionInterface
@@ -209,6 +210,13 @@ class AdminCookieSession(SecureCookieSessionInterface):
         return self.make_null_session(app)
 
 
+def _decimal_bounds_as_numbers(self, field, ret, **kwargs) -> dict:
+    """apispec writes a Decimal field's bounds as Decimals, and JSON writes those as strings, which makes the
+    document invalid OpenAPI: the bounds go in as the numbers they are."""
+    bounds = {key: ret[key] for key in ("minimum", "maximum") if isinstance(ret.get(key), Decimal)}
+    return {key: int(value) if value == value.to_integral_value() else float(value) for key, value in bounds.items()}
+
+
 def register_http(app: Flask) -> None:
     from flask_smorest.spec.plugins import integerconverter2paramschema
 
@@ -217,6 +225,7 @@ def register_http(app: Flask) -> None:
     app.url_map.converters["int"] = IdConverter  # before any route is added
     app.url_map.converters["page_id"] = IntegerConverter
     api.register_converter(IdConverter, integerconverter2paramschema)
+    api.ma_plugin.converter.add_attribute_function(_decimal_bounds_as_numbers)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
     app.before_request(_assign_request_id)
