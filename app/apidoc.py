@@ -43,3 +43,15 @@ def extend_doc(wrapper, view, *, errors=(), headers: tuple[dict[str, Any], ...] 
     if security is not None:
         manual["security"] = security
     return error_docs(*errors)(wrapper)
+
+
+def file_docs(mimetype: str):
+    """Document a view's 200 answer as a file of this media type: without a schema, flask-smorest describes no
+    content at all."""
+
+    def decorator(func):
+        content = {mimetype: {"schema": {"type": "string", "format": "binary"}}}
+        _manual(func).setdefault("responses", {})["200"] = {"description": "OK", "content": content}
+        return func
+
+    return decorator

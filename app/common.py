@@ -29,6 +29,17 @@ class Integer(fields.Integer):
         return super()._validated(value)
 
 
+class Number(fields.Decimal):
+    """A decimal quantity (an emission factor) written as the JSON number it is: 2500 and 0.5, not 2500.0 or the
+    string "2500.000" that a Decimal would become."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        number = super()._serialize(value, attr, obj, **kwargs)
+        if number is None:
+            return None
+        return int(number) if number == number.to_integral_value() else float(number)
+
+
 class Id(Integer):
     """An id in a request: a whole number from 1 to MAX_ID (a bigger one would overflow the database)."""
 

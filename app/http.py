@@ -13,11 +13,13 @@ from flask.sessions import NullSession, SecureCookieSessionInterface
 from flask_smorest import Api
 from flask_smorest import Blueprint as SmorestBlueprint
 from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
-from werkzeug.routing import IntegerConverter, ValidationError
+from werkzeug.routing import IntegerConverter
+from werkzeug.routing import ValidationError as NotThisRoute
 
+from app.apidoc import error_docs
 from app.common import ErrorEnvelopeSchema
 from app.db import MAX_ID, db
-from app.errors import AppError, BadRequest, InternalError, envelope
+from app.errors import AppError, BadRequest, InternalError, PayloadTooLarge, ValidationError, envelope
 
 log = logging.getLogger("app.http")
 
@@ -174,16 +176,20 @@ class IdConverter(IntegerConverter):
     def to_python(self, value: str) -> int:
         try:
             return super().to_python(value)
-        except ValidationError:
+        except NotThisRoute:
             raise NotFound() from None
 
 
 class Blueprint(SmorestBlueprint):
     """flask-smorest's blueprint, with argument schemas built once: given a class, the parser would instantiate
-    (and deep-copy the fields of) a new schema on every request."""
+    (and deep-copy the fields of) a new schema on every request. A view that takes arguments documents the
+    errors their parsing answers with: 422 validation_error, and 400/413 for a JSON body."""
 
     def arguments(self, schema, **kwargs):
-        return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
+        parse = super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
+        body = kwargs.get("location", "json") == "json"
+        errors = (ValidationError, BadRequest, PayloadTooLarge) if body else (ValidationError,)
+        return lambda view: error_docs(*errors)(parse(view))
 
 
 class _NoCookieSession(NullSession):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
-from app.common import Integer, PageArgsSchema, StrictSchema
+from app.common import Integer, Number, PageArgsSchema, StrictSchema
 
 
 class RuleSchema(StrictSchema):
@@ -11,7 +11,7 @@ class RuleSchema(StrictSchema):
     activity = fields.String()
     title = fields.String()
     unit = fields.String()
-    co2e_g_per_unit = fields.Float()
+    co2e_g_per_unit = Number()
     points = Integer(allow_none=True)
     daily_cap_points = Integer(allow_none=True)
     daily_total_exempt = fields.Boolean()

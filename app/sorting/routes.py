@@ -5,7 +5,7 @@ from functools import wraps
 from flask import Response, g, request
 
 from app import qr
-from app.apidoc import error_docs, extend_doc
+from app.apidoc import error_docs, extend_doc, file_docs
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
 from app.db import MAX_BIG_ID
@@ -14,6 +14,7 @@ from app.errors import (
     AlreadyClaimed,
     CapReached,
     Duplicate,
+    Forbidden,
     InvalidQr,
     NotFound,
     QrExpired,
@@ -43,8 +44,6 @@ blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾�
 PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
 DevicePage = page_schema(DeviceSchema, "DevicePage")
 DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached)
-IMAGE = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
-SVG = {"image/svg+xml": {"schema": {"type": "string", "format": "binary"}}}
 
 
 def _image(data: bytes, mimetype: str) -> Response:
@@ -130,6 +129,7 @@ def point_qr(point_id):
 @login_required("admin", "worker", "collector")
 @error_docs(NotFound)
 @blp.response(200, content_type="image/png")
+@file_docs("image/png")
 def point_qr_png(point_id):
     """The poster QR as PNG."""
     return _image(qr.to_png(service.poster(current_actor(), point_id)["url"]), "image/png")
@@ -139,6 +139,7 @@ def point_qr_png(point_id):
 @login_required("admin", "worker", "collector")
 @error_docs(NotFound)
 @blp.response(200, content_type="image/svg+xml")
+@file_docs("image/svg+xml")
 def point_qr_svg(point_id):
     """The poster QR as SVG, for print."""
     return _image(qr.to_svg(service.poster(current_actor(), point_id)["url"]), "image/svg+xml")
@@ -164,6 +165,7 @@ def my_member_code():
 @blp.route("/me/member-code.png", methods=["GET"])
 @login_required(RESIDENT)
 @blp.response(200, content_type="image/png")
+@file_docs("image/png")
 def my_member_code_png():
     """The member code as a QR image."""
     return _image(qr.to_png(service.member_code(current_actor().id)["token"]), "image/png")
@@ -193,7 +195,7 @@ def create_deposit(body):
 
 @blp.route(f"/deposits/<int(max={MAX_BIG_ID}):deposit_id>", methods=["GET"])
 @login_required()
-@error_docs(NotFound)
+@error_docs(NotFound, Forbidden)
 @blp.response(200, DepositSchema)
 def get_deposit(deposit_id):
     """One deposit: its resident, the collector's point, or the community's staff."""
@@ -203,7 +205,7 @@ def get_deposit(deposit_id):
 @blp.route("/devices/deposits", methods=["POST"])
 @device_required
 @idempotent
-@error_docs(*DEPOSIT_ERRORS)
+@error_docs(*DEPOSIT_ERRORS, Forbidden)
 @blp.arguments(DepositCreateSchema)
 @blp.response(201, DepositSchema)
 def device_deposit(body):

@@ -114,25 +114,25 @@ class DepositCreateSchema(StrictSchema):
 
 
 class DepositItemSchema(StrictSchema):
-    category = fields.String()
-    weight_g = Integer()
-    co2e_g = Integer()
-    points = Integer()
-    rule_id = Integer()
+    category = fields.String(required=True)
+    weight_g = Integer(required=True)
+    co2e_g = Integer(required=True)
+    points = Integer(required=True)
+    rule_id = Integer(required=True)
 
 
 class DepositSchema(StrictSchema):
-    id = Integer()
-    resident_id = Integer()
-    collection_point_id = Integer()
+    id = Integer(required=True)
+    resident_id = Integer(required=True)
+    collection_point_id = Integer(required=True)
     collector_id = Integer(allow_none=True)
     device_id = Integer(allow_none=True)
-    points = Integer()
-    co2e_g = Integer()
-    weight_g = Integer()
-    entry_id = Integer()
-    items = fields.List(fields.Nested(DepositItemSchema))
-    created_at = fields.AwareDateTime()
+    points = Integer(required=True)
+    co2e_g = Integer(required=True)
+    weight_g = Integer(required=True)
+    entry_id = Integer(allow_none=True, metadata={"description": "the ledger entry; null for a deposit worth 0 points"})
+    items = fields.List(fields.Nested(DepositItemSchema), required=True)
+    created_at = fields.AwareDateTime(required=True)
 
 
 class DeviceCreateSchema(StrictSchema):

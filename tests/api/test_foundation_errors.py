@@ -418,6 +418,12 @@ def test_public_operations_need_no_bearer(spec, path, method):
         ("/api/v1/staff", "post", 409, "duplicate"),
         ("/api/v1/me", "get", 403, "account_frozen"),
         ("/api/v1/staff/{staff_id}", "get", 404, "not_found"),
+        ("/api/v1/scans", "post", 422, "validation_error"),
+        ("/api/v1/scans", "post", 400, "bad_request"),
+        ("/api/v1/deposits", "post", 413, "payload_too_large"),
+        ("/api/v1/deposits/{deposit_id}", "get", 403, "forbidden"),
+        ("/api/v1/devices/deposits", "post", 403, "forbidden"),
+        ("/api/v1/collection-points", "get", 422, "validation_error"),
     ],
 )
 def test_error_responses_are_documented_with_the_envelope(spec, path, method, status, code):
@@ -519,3 +525,35 @@ def test_every_bearer_operation_refuses_a_caller_without_a_token(spec, bare):
             checked.append((method, path))
     assert len(checked) >= 30
     assert ("get", "/api/v1/collection-points/{point_id}/devices") in checked
+
+
+def test_every_operation_that_takes_arguments_documents_their_validation_error(spec):
+    """A client generated from the document must know that a bad body or query answers 422 validation_error, and
+    a body that is not JSON 400 bad_request."""
+    missing = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method not in {"get", "post", "put", "patch", "delete"}:
+                continue  # the path's own parameters
+            takes_query = any(p.get("in") == "query" for p in operation.get("parameters", []))
+            takes_body = "requestBody" in operation
+            if takes_query or takes_body:
+                codes = _error_codes(spec, path, method, 422) if "422" in operation["responses"] else set()
+                if "validation_error" not in codes:
+                    missing.append((method, path))
+            if takes_body and "400" not in operation["responses"]:
+                missing.append((method, path, 400))
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("path", "media_type"),
+    [
+        ("/api/v1/collection-points/{point_id}/qr.png", "image/png"),
+        ("/api/v1/collection-points/{point_id}/qr.svg", "image/svg+xml"),
+        ("/api/v1/me/member-code.png", "image/png"),
+    ],
+)
+def test_image_operations_document_their_media_type(spec, path, media_type):
+    content = spec["paths"][path]["get"]["responses"]["200"]["content"]
+    assert content == {media_type: {"schema": {"type": "string", "format": "binary"}}}

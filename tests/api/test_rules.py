@@ -14,6 +14,7 @@ def rule_in_force(api, activity: str) -> dict:
 def test_rules_in_force_are_public_and_cited(api):
     rules = {r["activity"]: r for r in api.get("/rules?limit=100").get_json()["items"]}
     assert rules["sorting:paper"]["co2e_g_per_unit"] == 1760
+    assert type(rules["sorting:paper"]["co2e_g_per_unit"]) is int  # 1760 on the wire, not 1760.0 or "1760.000"
     assert rules["sorting:paper"]["source"].startswith("EPA WARM v15")
     assert rules["checkin:sorting"]["points"] == 5
     assert rules["checkin:sorting"]["daily_cap_points"] == 10
@@ -79,6 +80,15 @@ def test_a_new_version_cannot_start_before_every_worker_can_see_it(api, clock):
     assert "10" in error["details"]["fields"]["effective_from"][0]
     created = api.post("/rules", as_=admin, json=body).get_json()
     assert created["valid_from"] == (clock.now + timedelta(seconds=10)).isoformat()
+
+
+@pytest.mark.parametrize(("sent", "answered"), [(312.5, 312.5), ("0.125", 0.125), (2500, 2500), ("2500.000", 2500)])
+def test_a_factor_is_answered_as_the_number_it_is(api, sent, answered):
+    body = {"activity": "sorting:textile", "co2e_g_per_unit": sent, "source": "经发办 2026 local factor"}
+    response = api.post("/rules", as_=api.staff("admin"), json=body)
+    assert response.status_code == 201, response.get_json()
+    value = response.get_json()["co2e_g_per_unit"]
+    assert (value, type(value)) == (answered, type(answered))
 
 
 def test_publishing_rules_is_admin_only_and_validated(api):
