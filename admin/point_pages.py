@@ -1,4 +1,5 @@
-"""回收点: list, create, poster QR (PNG/SVG), poster rotation and smart-bin registration (sorting.service)."""
+"""回收点: list, create, poster QR (PNG/SVG), poster rotation, and smart bins: registration, retiring and secret
+rotation (sorting.service)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from admin.blueprint import bp
 from admin.forms import int_arg, load, many, present, rerender_on_error, text
 from admin.security import current_admin_actor
 from app import qr
-from app.errors import field_error
+from app.db import find
+from app.errors import NotFound, field_error
 from app.people import service as people
 from app.sorting import service as sorting
-from app.sorting.models import CATEGORIES, POINT_KINDS
+from app.sorting.models import CATEGORIES, POINT_KINDS, Device
 from app.sorting.schemas import CollectionPointSchema, DeviceCreateSchema
 
 PAGE_SIZE = 50
@@ -54,7 +56,7 @@ def create_point():
     return redirect(url_for("admin.point", point_id=point.id))
 
 
-def _point_page(error=None, point_id: int = 0, device=None) -> str:
+def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = False, **_device_route_args) -> str:
     actor = current_admin_actor()
     poster = sorting.poster(actor, point_id)  # checks the caller's scope over this point
     return render_template(
@@ -63,6 +65,7 @@ def _point_page(error=None, point_id: int = 0, device=None) -> str:
         poster=poster,
         devices=sorting.list_devices(actor, point_id),
         new_device=device,
+        rotated=rotated,
         form=request.form,
         error=error,
     )
@@ -108,3 +111,32 @@ def register_device(point_id: int):
     data = load(DeviceCreateSchema(), {"code": text("code"), "collection_point_id": point_id})
     device = sorting.register_device(current_admin_actor(), data)
     return _point_page(point_id=point_id, device=device), 201
+
+
+def _device_of_point(point_id: int, device_id: int):
+    """The device in the URL, if it is this point's: a URL that pairs a device with another point is not a page."""
+    device = find(Device, device_id)
+    if device is None or device.collection_point_id != point_id:
+        raise NotFound("设备不存在")
+    return device
+
+
+@bp.post("/points/<page_id:point_id>/devices/<page_id:device_id>/active")
+@rerender_on_error(_point_page)
+def set_device_active(point_id: int, device_id: int):
+    device = _device_of_point(point_id, device_id)
+    active = request.form.get("active") == "1"
+    sorting.set_device_active(current_admin_actor(), device.id, active)
+    flash(f"设备 {device.code} 已{'启用' if active else '停用'}", "success")
+    return redirect(url_for("admin.point", point_id=point_id))
+
+
+@bp.post("/points/<page_id:point_id>/devices/<page_id:device_id>/rotate")
+@rerender_on_error(_point_page)
+def rotate_device_secret(point_id: int, device_id: int):
+    """Like registration, the new secret is shown on this response only."""
+    device = _device_of_point(point_id, device_id)
+    if request.form.get("confirm") != "yes":
+        raise field_error("confirm", "请勾选确认：设备需要换用新密钥")
+    device = sorting.rotate_device_secret(current_admin_actor(), device.id)
+    return _point_page(point_id=point_id, device=device, rotated=True)

@@ -31,6 +31,7 @@ from app.sorting.schemas import (
     DepositSchema,
     DeviceCreateSchema,
     DeviceSchema,
+    DeviceUpdateSchema,
     DeviceWithSecretSchema,
     MemberCodeSchema,
     PointQuerySchema,
@@ -224,6 +225,27 @@ def device_deposit(body):
 def register_device(body):
     """Register a smart bin at a point. The secret is shown only in this response."""
     return service.register_device(current_actor(), body)
+
+
+@blp.route("/devices/<int:device_id>", methods=["PATCH"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.arguments(DeviceUpdateSchema)
+@blp.response(200, DeviceSchema)
+def update_device(body, device_id):
+    """Retire a smart bin (`active: false`), or bring it back (admin; a worker in the point's community). A
+    retired bin's requests answer 401 from the next one on."""
+    return service.set_device_active(current_actor(), device_id, body["active"])
+
+
+@blp.route("/devices/<int:device_id>/secret/rotate", methods=["POST"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.response(200, DeviceWithSecretSchema)
+def rotate_device_secret(device_id):
+    """Issue a new secret for a smart bin whose secret leaked. Requests signed with the old one answer 401 from
+    now on; the new one is in this answer only."""
+    return service.rotate_device_secret(current_actor(), device_id)
 
 
 @blp.route("/collection-points/<int:point_id>/devices", methods=["GET"])

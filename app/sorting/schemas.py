@@ -142,6 +142,10 @@ class DeviceCreateSchema(StrictSchema):
     collection_point_id = Id(required=True)
 
 
+class DeviceUpdateSchema(StrictSchema):
+    active = fields.Boolean(required=True, metadata={"description": "false 停用（设备请求将被拒绝），true 重新启用"})
+
+
 class DeviceSchema(StrictSchema):
     id = Integer()
     code = fields.String()
@@ -151,4 +155,4 @@ class DeviceSchema(StrictSchema):
 
 
 class DeviceWithSecretSchema(DeviceSchema):
-    secret = fields.String(metadata={"description": "只在登记时返回一次，用于 HMAC 签名"})
+    secret = fields.String(metadata={"description": "只在登记或更换密钥时返回一次，用于 HMAC 签名"})

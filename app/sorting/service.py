@@ -477,6 +477,34 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     return device
 
 
+def _managed_device(actor: Actor, device_id: int) -> Device:
+    device = get_or_404(Device, device_id, "设备不存在")
+    _require_manager(actor, get_point(device.collection_point_id).community_id)
+    return device
+
+
+def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
+    """Retire a smart bin (lost, stolen, broken) or bring it back. Its next request is checked against this at
+    once: devices are read fresh on every request."""
+    device = _managed_device(actor, device_id)
+    if device.active != active:
+        device.active = active
+        action = "device.reactivate" if active else "device.deactivate"
+        audit.record(actor, action, "device", device.id, {"code": device.code})
+        commit()
+    return device
+
+
+def rotate_device_secret(actor: Actor, device_id: int) -> Device:
+    """A new secret for a bin whose secret leaked: requests signed with the old one fail from now on. The new
+    one is shown in this answer only."""
+    device = _managed_device(actor, device_id)
+    device.secret = new_secret()
+    audit.record(actor, "device.rotate_secret", "device", device.id, {"code": device.code})
+    commit()
+    return device
+
+
 def _devices_of(actor: Actor, point_id: int) -> sa.Select:
     point = get_point(point_id)
     _require_manager(actor, point.community_id)

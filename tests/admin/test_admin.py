@@ -649,6 +649,59 @@ def test_device_registration_shows_the_secret_once(as_admin):
     assert "设备编号已存在" in text(duplicate)
 
 
+def test_a_bin_is_retired_and_brought_back_from_its_points_page(as_admin):
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-002", "collection_point_id": point.id})
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    assert f"/admin/points/{point.id}/devices/{device.id}/active" in page
+    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "0"})
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).active is False
+    assert "已停用" in text(as_admin.get(f"/admin/points/{point.id}"))
+    assert as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "1"}).status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).active is True
+
+
+def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-003", "collection_point_id": point.id})
+    old = device.secret
+    refused = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", {})
+    assert refused.status_code == 422
+    assert "请勾选确认" in text(refused)
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).secret == old
+    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", {"confirm": "yes"})
+    assert response.status_code == 200
+    db.session.expire_all()
+    new = db.session.get(Device, device.id).secret
+    assert new != old
+    assert new in text(response)
+    assert "旧密钥已经失效" in text(response)
+    assert new not in text(as_admin.get(f"/admin/points/{point.id}"))
+
+
+def test_bins_are_managed_only_under_their_own_point_and_community(as_worker):
+    mine, theirs = make_point(), make_point("鑫海湾站", "xinhaiwan")
+    my_bin = sorting.register_device(SYSTEM, {"code": "bin-hk-004", "collection_point_id": mine.id})
+    their_bin = sorting.register_device(SYSTEM, {"code": "bin-xhw-001", "collection_point_id": theirs.id})
+    secret = their_bin.secret
+    assert (
+        as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/active", {"active": "0"}).status_code == 403
+    )
+    rotate = as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/rotate", {"confirm": "yes"})
+    assert rotate.status_code == 403
+    # a bin named under another point's URL is not found there, even the worker's own point
+    assert as_worker.post(f"/admin/points/{mine.id}/devices/{their_bin.id}/active", {"active": "0"}).status_code == 404
+    assert as_worker.post(f"/admin/points/{theirs.id}/devices/{my_bin.id}/active", {"active": "0"}).status_code == 404
+    db.session.expire_all()
+    assert db.session.get(Device, their_bin.id).active is True
+    assert db.session.get(Device, their_bin.id).secret == secret
+    assert db.session.get(Device, my_bin.id).active is True
+
+
 # --- ledger verification ---------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import logging
 import pytest
 import sqlalchemy as sa
 
+from app.audit.models import AuditEvent
 from app.clock import utcnow
 from app.db import db
 from app.ledger.models import LedgerEntry
@@ -141,6 +142,76 @@ def test_registration_is_validated(api, world):
     assert count(Device) == 1
     # the refused duplicate left the session usable
     assert register(api, world["admin"], world["b"], "BIN-B-001")["collection_point_id"] == world["b"]
+
+
+# --- retiring bins and rotating secrets ---------------------------------------------------------------------------
+
+
+def device_audit(device_id: int) -> list[tuple[str, dict]]:
+    rows = db.session.execute(
+        sa.select(AuditEvent.action, AuditEvent.details)
+        .where(AuditEvent.target_type == "device", AuditEvent.target_id == str(device_id))
+        .order_by(AuditEvent.id)
+    )
+    return [tuple(row) for row in rows]
+
+
+def test_a_retired_bin_is_refused_until_it_is_brought_back(api, world):
+    device, worker = world["device"], world["worker"]
+    response = api.patch(f"/devices/{device['id']}", as_=worker, json={"active": False})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["active"] is False
+    assert "secret" not in response.get_json()
+    assert_error(api.post(PATH, **signed(device, body_for(api, world))), 401, "unauthorized")
+    listed = api.get(f"/collection-points/{world['a']}/devices", as_=worker).get_json()["items"]
+    assert [d["active"] for d in listed] == [False]
+    # retiring it again changes nothing and records nothing
+    assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": False}).status_code == 200
+
+    assert api.patch(f"/devices/{device['id']}", as_=world["admin"], json={"active": True}).get_json()["active"]
+    assert api.post(PATH, **signed(device, body_for(api, world))).status_code == 201
+    assert [action for action, _ in device_audit(device["id"])] == ["device.register", "device.deactivate",
+                                                                    "device.reactivate"]  # fmt: skip
+
+
+def test_a_rotated_secret_replaces_the_old_one_at_once(api, world):
+    device = world["device"]
+    response = api.post(f"/devices/{device['id']}/secret/rotate", as_=world["worker"])
+    assert response.status_code == 200, response.get_json()
+    rotated = response.get_json()
+    assert (rotated["id"], rotated["code"], rotated["active"]) == (device["id"], device["code"], True)
+    assert len(rotated["secret"]) >= 32
+    assert rotated["secret"] != device["secret"]
+    assert_error(api.post(PATH, **signed(device, body_for(api, world))), 401, "unauthorized")
+    assert api.post(PATH, **signed(rotated, body_for(api, world))).status_code == 201
+    listing = api.get(f"/collection-points/{world['a']}/devices", as_=world["worker"]).get_data(as_text=True)
+    assert rotated["secret"] not in listing
+    assert device_audit(device["id"])[-1] == ("device.rotate_secret", {"code": device["code"]})
+
+
+def test_only_the_points_managers_retire_bins_or_rotate_their_secrets(api, world):
+    device = world["device"]
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    for caller in (outsider, collector, world["resident"]):
+        assert_error(api.patch(f"/devices/{device['id']}", as_=caller, json={"active": False}), 403, "forbidden")
+        assert_error(api.post(f"/devices/{device['id']}/secret/rotate", as_=caller), 403, "forbidden")
+    assert_error(api.patch(f"/devices/{device['id']}", json={"active": False}), 401, "unauthorized")
+    assert_error(api.post(f"/devices/{device['id']}/secret/rotate"), 401, "unauthorized")
+    for missing in (999999, 2**31):
+        assert_error(api.patch(f"/devices/{missing}", as_=world["admin"], json={"active": False}), 404, "not_found")
+        assert_error(api.post(f"/devices/{missing}/secret/rotate", as_=world["admin"]), 404, "not_found")
+    # nothing changed: the bin still signs with its first secret
+    assert api.post(PATH, **signed(device, body_for(api, world))).status_code == 201
+    assert [action for action, _ in device_audit(device["id"])] == ["device.register"]
+
+
+@pytest.mark.parametrize("body", [{}, {"active": None}, {"active": False, "code": "BIN-Z"}, {"active": [False]}])
+def test_retiring_a_bin_is_validated(api, world, body):
+    device = world["device"]
+    error = assert_error(api.patch(f"/devices/{device['id']}", as_=world["admin"], json=body), 422, "validation_error")
+    assert error["details"]["fields"]
+    assert db.session.get(Device, device["id"]).active is True
 
 
 # --- signed deposits ---------------------------------------------------------------------------------------------
