@@ -17,6 +17,7 @@ from app.sorting.models import CATEGORIES, POINT_KINDS, Device
 from app.sorting.schemas import CollectionPointSchema, DeviceCreateSchema
 
 PAGE_SIZE = 50
+DEPOSITS_PER_PAGE = 20
 
 
 def _points_page(error=None) -> str:
@@ -64,6 +65,7 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
         point=sorting.get_point(point_id),
         poster=poster,
         devices=sorting.list_devices(actor, point_id),
+        deposits=sorting.point_deposits(actor, point_id, None, request.args.get("cursor") or None, DEPOSITS_PER_PAGE),
         new_device=device,
         rotated=rotated,
         form=request.form,

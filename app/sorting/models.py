@@ -82,11 +82,15 @@ class Deposit(db.Model):
     """Weighed recyclables credited to a resident, by a collector or a smart bin."""
 
     __tablename__ = "deposits"
-    __table_args__ = (sa.CheckConstraint("(collector_id IS NULL) <> (device_id IS NULL)", name="one_recorder"),)
+    __table_args__ = (
+        sa.CheckConstraint("(collector_id IS NULL) <> (device_id IS NULL)", name="one_recorder"),
+        # A point's deposits are read newest first, a page at a time.
+        sa.Index("ix_deposits_collection_point_id_id", "collection_point_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"), index=True)
-    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
+    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"))
     collector_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
     device_id: Mapped[int | None] = mapped_column(sa.ForeignKey("devices.id"))
     points: Mapped[int]

@@ -28,6 +28,7 @@ from app.sorting.schemas import (
     CollectionPointSchema,
     CollectionPointUpdateSchema,
     DepositCreateSchema,
+    DepositQuerySchema,
     DepositSchema,
     DeviceCreateSchema,
     DeviceSchema,
@@ -44,6 +45,7 @@ blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾�
 
 PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
 DevicePage = page_schema(DeviceSchema, "DevicePage")
+DepositPage = page_schema(DepositSchema, "DepositPage")
 DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached)
 
 
@@ -192,6 +194,17 @@ def scan(body):
 def create_deposit(body):
     """A collector records weighed recyclables against a resident's member code."""
     return service.record_deposit(current_actor(), body)
+
+
+@blp.route("/collection-points/<int:point_id>/deposits", methods=["GET"])
+@login_required("admin", "worker", "collector")
+@error_docs(NotFound)
+@blp.arguments(DepositQuerySchema, location="query")
+@blp.response(200, DepositPage)
+def list_point_deposits(query, point_id):
+    """A point's deposits, newest first; `day` keeps one local day's (its collectors, the community's worker,
+    admins)."""
+    return service.point_deposits(current_actor(), point_id, **query)
 
 
 @blp.route(f"/deposits/<int(max={MAX_BIG_ID}):deposit_id>", methods=["GET"])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import Id, Integer, StrictSchema
+from app.common import Id, Integer, PageArgsSchema, StrictSchema
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
@@ -61,6 +61,10 @@ class PointQuerySchema(StrictSchema):
     near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
     cursor = fields.String(load_default=None)
     limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))
+
+
+class DepositQuerySchema(PageArgsSchema):
+    day = fields.Date(load_default=None, metadata={"description": "只看这一天（上海时间）的投递，YYYY-MM-DD"})
 
 
 class PosterSchema(StrictSchema):

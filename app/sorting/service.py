@@ -8,7 +8,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -24,7 +24,7 @@ from app.auth.guards import Actor
 from app.cache import TtlCache
 from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
-from app.clock import local_day, utcnow
+from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
 from app.db import bound_row, commit, db, dialect_name, find, fits_key, get_or_404, insert_unique, run, upsert_insert
 from app.errors import (
@@ -452,17 +452,44 @@ def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
         actor.require_collection_point(deposit.collection_point_id)
     else:
         _require_manager(actor, get_point(deposit.collection_point_id).community_id)
-    deposit.entry_id = db.session.scalar(
-        sa.select(LedgerEntry.id)
-        .join(Account, Account.id == LedgerEntry.account_id)
-        .where(
-            Account.resident_id == deposit.resident_id,
-            LedgerEntry.kind == "earn",
-            LedgerEntry.ref_type == "deposit",
-            LedgerEntry.ref_id == str(deposit.id),
-        )
-    )
+    _with_entry_ids([deposit])
     return deposit
+
+
+def _with_entry_ids(deposits: list[Deposit]) -> list[Deposit]:
+    """Fill in each deposit's ledger entry (none for a deposit worth 0 points), in one query. The entry is found
+    through its resident's account, so the lookup uses the (account, kind, ref_type, ref_id) index."""
+    if deposits:
+        found = db.session.execute(
+            sa.select(Account.resident_id, LedgerEntry.ref_id, LedgerEntry.id)
+            .join(Account, Account.id == LedgerEntry.account_id)
+            .where(
+                Account.resident_id.in_({d.resident_id for d in deposits}),
+                LedgerEntry.kind == "earn",
+                LedgerEntry.ref_type == "deposit",
+                LedgerEntry.ref_id.in_([str(d.id) for d in deposits]),
+            )
+        )
+        entry_ids = {(resident_id, ref_id): entry_id for resident_id, ref_id, entry_id in found}
+        for deposit in deposits:
+            deposit.entry_id = entry_ids.get((deposit.resident_id, str(deposit.id)))
+    return deposits
+
+
+def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    """A point's deposits, newest first, optionally of one local day: what its collectors and bins recorded, for
+    them (a collector in scope), the community's worker and admins."""
+    point = get_point(point_id)
+    _require_staff_in_scope(actor, point)
+    stmt = sa.select(Deposit).where(Deposit.collection_point_id == point.id)
+    if day is not None:
+        tz = _config("TIMEZONE")
+        stmt = stmt.where(
+            Deposit.created_at >= local_midnight(day, tz), Deposit.created_at < local_midnight(day + timedelta(1), tz)
+        )
+    page = keyset_page(stmt, Deposit.id, cursor, limit)
+    _with_entry_ids(page["items"])
+    return page
 
 
 # Smart-bin devices

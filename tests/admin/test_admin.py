@@ -649,6 +649,29 @@ def test_device_registration_shows_the_secret_once(as_admin):
     assert "设备编号已存在" in text(duplicate)
 
 
+def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, monkeypatch):
+    import admin.point_pages
+
+    monkeypatch.setattr(admin.point_pages, "DEPOSITS_PER_PAGE", 2)
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    weights = (1000, 1500, 10)  # the last one is worth 0 points
+    for weight in weights:
+        body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
+                "items": [{"category": "glass" if weight == 10 else "paper", "weight_g": weight}]}  # fmt: skip
+        assert api.post("/deposits", as_=collector, json=body).status_code == 201
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    assert page.index("玻璃 10 克") < page.index("纸类 1500 克")
+    assert "（不足 1 分）" in page
+    assert "纸类 1000 克" not in page
+    older = re.search(r'href="([^"]+cursor=[^"]+)">更早的记录', page).group(1).replace("&amp;", "&")
+    rest = text(as_admin.get(older))
+    assert "纸类 1000 克" in rest
+    assert "玻璃 10 克" not in rest
+    assert "更早的记录" not in rest
+
+
 def test_a_bin_is_retired_and_brought_back_from_its_points_page(as_admin):
     point = make_point()
     device = sorting.register_device(SYSTEM, {"code": "bin-hk-002", "collection_point_id": point.id})

@@ -277,6 +277,64 @@ def test_deposit_can_be_read_back_in_scope(api, world):
     assert_error(api.get("/deposits/999999", as_=world["admin"]), 404, "not_found")
 
 
+# --- a point's deposits ---------------------------------------------------------------------------------------------
+
+
+def point_deposits(api, caller, point_id: int, query: str = "") -> dict:
+    response = api.get(f"/collection-points/{point_id}/deposits{query}", as_=caller)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_a_points_deposits_are_listed_newest_first_with_their_lines_and_entries(api, world):
+    other = api.resident()
+    first = deposit_ok(api, world, lines(("paper", 1000)))
+    nothing = deposit_ok(api, world, lines(("glass", 10)))  # worth 0 points: no ledger entry
+    mixed = deposit_ok(api, world, lines(("plastic", 730), ("metal", 500)), resident=other)
+    elsewhere = deposit_ok(api, world, lines(("paper", 1000)), point=world["b"],
+                           collector=api.staff("collector", collection_point_ids=[world["b"]]))  # fmt: skip
+    page = point_deposits(api, world["collector"], world["a"])
+    assert page["next"] is None
+    assert [d["id"] for d in page["items"]] == [mixed["id"], nothing["id"], first["id"]]
+    # each item is the deposit as POST /deposits and GET /deposits/{id} answer it
+    assert page["items"] == [mixed, nothing, first]
+    assert [d["entry_id"] is None for d in page["items"]] == [False, True, False]
+    assert [line["category"] for line in page["items"][0]["items"]] == ["plastic", "metal"]
+    assert point_deposits(api, world["admin"], world["b"])["items"] == [elsewhere]
+
+    one = point_deposits(api, world["admin"], world["a"], "?limit=2")
+    assert [d["id"] for d in one["items"]] == [mixed["id"], nothing["id"]]
+    rest = point_deposits(api, world["admin"], world["a"], f"?limit=2&cursor={one['next']}")
+    assert ([d["id"] for d in rest["items"]], rest["next"]) == ([first["id"]], None)
+
+
+def test_a_points_deposits_of_one_local_day(api, clock, world):
+    clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI))
+    late = deposit_ok(api, world, lines(("paper", 1000)))
+    clock.advance(seconds=1)  # midnight in Shanghai, 16:00 UTC
+    early = deposit_ok(api, world, lines(("paper", 1000)))
+    ids = lambda day: [d["id"] for d in point_deposits(api, world["collector"], world["a"], f"?day={day}")["items"]]  # noqa: E731
+    assert ids("2026-06-15") == [late["id"]]
+    assert ids("2026-06-16") == [early["id"]]
+    assert ids("2026-06-17") == []
+    assert [d["id"] for d in point_deposits(api, world["collector"], world["a"])["items"]] == [early["id"], late["id"]]
+
+
+def test_a_points_deposits_are_read_only_in_scope(api, world):
+    path = f"/collection-points/{world['a']}/deposits"
+    deposit_ok(api, world, lines(("paper", 1000)))
+    other_collector = api.staff("collector", collection_point_ids=[world["b"]])
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    for caller in (other_collector, outsider, world["resident"]):
+        assert_error(api.get(path, as_=caller), 403, "forbidden")
+    assert_error(api.get(path), 401, "unauthorized")
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    assert len(point_deposits(api, worker, world["a"])["items"]) == 1
+    assert_error(api.get("/collection-points/999999/deposits", as_=world["admin"]), 404, "not_found")
+    for query in ("?day=2026-13-01", "?day=yesterday", "?cursor=%%%", "?limit=0", "?limit=101"):
+        assert_error(api.get(path + query, as_=world["admin"]), 422, "validation_error")
+
+
 # --- who may record ------------------------------------------------------------------------------------------------
 
 

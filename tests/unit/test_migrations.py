@@ -54,15 +54,25 @@ def test_upgrade_head_matches_models(empty_database):
     assert triggers & {"ledger_entries_append_only", "ledger_entries_no_update"}, "ledger_entries must be append-only"
 
 
-def test_revision_0002_downgrades_and_upgrades_again(empty_database):
+@pytest.mark.parametrize(
+    ("revision", "table", "before", "after"),
+    [
+        ("0002", "checkins", {"ix_checkins_resident_id"}, set()),
+        ("0003", "deposits", {"ix_deposits_collection_point_id"}, {"ix_deposits_collection_point_id_id"}),
+    ],
+)
+def test_index_revisions_downgrade_and_upgrade_again(empty_database, revision, table, before, after):
     app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    indexes = lambda conn: {ix["name"] for ix in sa.inspect(conn).get_indexes(table)}  # noqa: E731
     with app.app_context():
-        upgrade()
-        downgrade(revision="0001")
+        upgrade(revision=revision)
+        downgrade(revision=f"{int(revision) - 1:04d}")
         with db.engine.connect() as conn:
-            assert "ix_checkins_resident_id" in {ix["name"] for ix in sa.inspect(conn).get_indexes("checkins")}
-        upgrade()
+            assert before <= indexes(conn)
+            assert not after & indexes(conn)
+        upgrade(revision=revision)
         with db.engine.connect() as conn:
-            assert "ix_checkins_resident_id" not in {ix["name"] for ix in sa.inspect(conn).get_indexes("checkins")}
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0002"
+            assert after <= indexes(conn)
+            assert not before & indexes(conn)
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == revision
         db.engine.dispose()
