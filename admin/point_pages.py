@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import int_arg, load, many, present, rerender_on_error, text
+from admin.forms import int_arg, load, many, nullable, present, rerender_on_error, text
 from admin.security import current_admin_actor
 from app import qr
 from app.db import find
@@ -14,7 +14,7 @@ from app.errors import NotFound, field_error
 from app.people import service as people
 from app.sorting import service as sorting
 from app.sorting.models import CATEGORIES, POINT_KINDS, Device
-from app.sorting.schemas import CollectionPointSchema, DeviceCreateSchema
+from app.sorting.schemas import CollectionPointSchema, CollectionPointUpdateSchema, DeviceCreateSchema
 
 PAGE_SIZE = 50
 DEPOSITS_PER_PAGE = 20
@@ -68,6 +68,7 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
         deposits=sorting.point_deposits(actor, point_id, None, request.args.get("cursor") or None, DEPOSITS_PER_PAGE),
         new_device=device,
         rotated=rotated,
+        categories=CATEGORIES,
         form=request.form,
         error=error,
     )
@@ -76,6 +77,33 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
 @bp.get("/points/<page_id:point_id>")
 def point(point_id: int):
     return _point_page(point_id=point_id)
+
+
+@bp.post("/points/<page_id:point_id>")
+@rerender_on_error(_point_page)
+def update_point(point_id: int):
+    """The whole form is sent: a blank position or geofence clears it."""
+    data = {"name": text("name"), "kind": text("kind"), "address": text("address"),
+            **nullable("lat", "lng", "geofence_m"), "categories": many("categories")}  # fmt: skip
+    point = sorting.update_point(current_admin_actor(), point_id, load(CollectionPointUpdateSchema(), data))
+    flash(f"已保存回收点「{point.name}」", "success")
+    return redirect(url_for("admin.point", point_id=point_id))
+
+
+@bp.post("/points/<page_id:point_id>/active")
+@rerender_on_error(_point_page)
+def set_point_active(point_id: int):
+    active = request.form.get("active") == "1"
+    if not active and request.form.get("confirm") != "yes":
+        raise field_error("confirm", "请勾选确认：停用后海报将失效")
+    actor = current_admin_actor()
+    if active:
+        sorting.update_point(actor, point_id, {"active": True})
+    else:
+        sorting.deactivate_point(actor, point_id)
+    point = sorting.get_point(point_id)
+    flash(f"回收点「{point.name}」已{'重新启用' if active else '停用'}", "success")
+    return redirect(url_for("admin.point", point_id=point_id))
 
 
 def _image(data: bytes, mimetype: str, filename: str | None = None) -> Response:

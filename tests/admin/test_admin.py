@@ -649,6 +649,64 @@ def test_device_registration_shows_the_secret_once(as_admin):
     assert "设备编号已存在" in text(duplicate)
 
 
+def test_a_point_is_edited_from_its_page(as_worker):
+    point = make_point()
+    form = {"form": "edit", "name": "恒康一号站（新）", "kind": "recycling_service_point", "address": "恒康社区东门",
+            "lat": "30.8705", "lng": "121.5852", "geofence_m": "150", "categories": ["paper", "glass"]}  # fmt: skip
+    response = as_worker.post(f"/admin/points/{point.id}", form)
+    assert response.status_code == 302
+    db.session.expire_all()
+    saved = db.session.get(CollectionPoint, point.id)
+    assert (saved.name, saved.kind, saved.address) == ("恒康一号站（新）", "recycling_service_point", "恒康社区东门")
+    assert (saved.lat, saved.lng, saved.geofence_m, saved.categories) == (30.8705, 121.5852, 150, ["paper", "glass"])
+    page = text(as_worker.get(f"/admin/points/{point.id}"))
+    assert 'value="150"' in page
+    # a blank geofence and position clear them
+    cleared = {**form, "lat": "", "lng": "", "geofence_m": ""}
+    assert as_worker.post(f"/admin/points/{point.id}", cleared).status_code == 302
+    db.session.expire_all()
+    saved = db.session.get(CollectionPoint, point.id)
+    assert (saved.lat, saved.lng, saved.geofence_m) == (None, None, None)
+
+
+def test_a_refused_point_edit_keeps_the_typed_values_and_changes_nothing(as_worker):
+    point = make_point()
+    typed = {"form": "edit", "name": "改过的名字", "kind": "station", "lat": "", "lng": "", "geofence_m": "200",
+             "categories": ["paper"]}  # fmt: skip
+    response = as_worker.post(f"/admin/points/{point.id}", typed)
+    assert response.status_code == 422
+    assert "设置电子围栏需要先提供回收点位置" in text(response)
+    assert 'value="改过的名字"' in text(response)
+    no_categories = as_worker.post(f"/admin/points/{point.id}", {**typed, "geofence_m": "", "categories": []})
+    assert no_categories.status_code == 422
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, point.id).name == "恒康一号站"
+    theirs = make_point("鑫海湾站", "xinhaiwan")
+    assert as_worker.post(f"/admin/points/{theirs.id}", {**typed, "geofence_m": ""}).status_code == 403
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, theirs.id).name == "鑫海湾站"
+
+
+def test_a_point_is_retired_once_confirmed_and_brought_back(as_worker):
+    point = make_point()
+    refused = as_worker.post(f"/admin/points/{point.id}/active", {"active": "0"})
+    assert refused.status_code == 422
+    assert "请勾选确认" in text(refused)
+    assert as_worker.post(f"/admin/points/{point.id}/active", {"active": "0", "confirm": "yes"}).status_code == 302
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, point.id).active is False
+    assert "重新启用回收点" in text(as_worker.get(f"/admin/points/{point.id}"))
+    assert as_worker.post(f"/admin/points/{point.id}/active", {"active": "1"}).status_code == 302
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, point.id).active is True
+    actions = db.session.scalars(
+        sa.select(AuditEvent.action)
+        .filter_by(target_type="collection_point", target_id=str(point.id))
+        .order_by(AuditEvent.id)
+    ).all()
+    assert actions[-2:] == ["collection_point.deactivate", "collection_point.update"]
+
+
 def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, monkeypatch):
     import admin.point_pages
 
