@@ -11,3 +11,6 @@ timeout = 30
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG", "-") or None  # empty: no access log
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
+# Nothing here uses gunicorn's control interface, and its socket has one default path per user: a second server on
+# the machine (the benchmark's beside `make run`) would fight over it.
+control_socket_disable = True
