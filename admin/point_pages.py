@@ -164,9 +164,10 @@ def set_device_active(point_id: int, device_id: int):
 @bp.post("/points/<page_id:point_id>/devices/<page_id:device_id>/rotate")
 @rerender_on_error(_point_page)
 def rotate_device_secret(point_id: int, device_id: int):
-    """Like registration, the new secret is shown on this response only."""
+    """Like registration, the new secret is shown on this response only. The form names the secret it replaces, so
+    reloading this page (which sends the form again) does not void the secret just shown."""
     device = _device_of_point(point_id, device_id)
     if request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：设备需要换用新密钥")
-    device = sorting.rotate_device_secret(current_admin_actor(), device.id)
+    device = sorting.rotate_device_secret(current_admin_actor(), device.id, replaces=text("replaces"))
     return _point_page(point_id=point_id, device=device, rotated=True)

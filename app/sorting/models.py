@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import date, datetime
 
@@ -66,6 +67,11 @@ class Device(Timestamped, db.Model):
     collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
     secret: Mapped[str] = mapped_column(sa.String(64), default=new_secret)
     active: Mapped[bool] = mapped_column(default=True)
+
+    @property
+    def secret_fingerprint(self) -> str:
+        """Names the current secret without revealing it (a page's "replace this secret" form carries it)."""
+        return hashlib.sha256(self.secret.encode()).hexdigest()[:16]
 
 
 class DeviceSignature(db.Model):

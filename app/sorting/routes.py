@@ -253,11 +253,12 @@ def update_device(body, device_id):
 
 @blp.route("/devices/<int:device_id>/secret/rotate", methods=["POST"])
 @login_required("admin", "worker")
+@idempotent
 @error_docs(NotFound)
 @blp.response(200, DeviceWithSecretSchema)
 def rotate_device_secret(device_id):
     """Issue a new secret for a smart bin whose secret leaked. Requests signed with the old one answer 401 from
-    now on; the new one is in this answer only."""
+    now on; the new one is in this answer only (and in a retry's with the same `Idempotency-Key`)."""
     return service.rotate_device_secret(current_actor(), device_id)
 
 

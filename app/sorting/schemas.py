@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import date
+
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app.common import Id, Integer, PageArgsSchema, StrictSchema
@@ -64,7 +66,11 @@ class PointQuerySchema(StrictSchema):
 
 
 class DepositQuerySchema(PageArgsSchema):
-    day = fields.Date(load_default=None, metadata={"description": "只看这一天（上海时间）的投递，YYYY-MM-DD"})
+    day = fields.Date(
+        load_default=None,
+        validate=validate.Range(min=date(2000, 1, 1), max=date(2099, 12, 31)),
+        metadata={"description": "只看这一天（上海时间）的投递，YYYY-MM-DD"},
+    )
 
 
 class PosterSchema(StrictSchema):

@@ -33,6 +33,7 @@ from app.errors import (
     Duplicate,
     Forbidden,
     InvalidQr,
+    InvalidState,
     NotFound,
     QrExpired,
     TooFar,
@@ -114,6 +115,8 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         _require_manager(actor, data["community_id"])
     for key, value in data.items():
         setattr(point, key, value)
+    if (point.lat is None) != (point.lng is None):
+        raise field_error("lat", "纬度和经度必须同时提供")
     if point.geofence_m is not None and point.lat is None:
         raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
     audit.record(actor, "collection_point.update", "collection_point", point.id, data)
@@ -522,10 +525,13 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     return device
 
 
-def rotate_device_secret(actor: Actor, device_id: int) -> Device:
+def rotate_device_secret(actor: Actor, device_id: int, replaces: str | None = None) -> Device:
     """A new secret for a bin whose secret leaked: requests signed with the old one fail from now on. The new
-    one is shown in this answer only."""
+    one is shown in this answer only. `replaces`, the fingerprint of the secret the caller saw, makes a form sent
+    twice (a reload) a 409 instead of a second rotation that would void the secret just copied."""
     device = _managed_device(actor, device_id)
+    if replaces is not None and not hmac.compare_digest(replaces, device.secret_fingerprint):
+        raise InvalidState("该设备的密钥已经更换过了，请刷新页面后再试")
     device.secret = new_secret()
     audit.record(actor, "device.rotate_secret", "device", device.id, {"code": device.code})
     commit()

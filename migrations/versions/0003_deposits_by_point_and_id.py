@@ -17,6 +17,18 @@ depends_on = None
 
 
 def upgrade():
+    if op.get_bind().dialect.name == "postgresql":
+        # Built without blocking deposits being written meanwhile (CONCURRENTLY runs outside a transaction). A build
+        # that fails leaves an invalid index of this name: drop it before running the upgrade again.
+        with op.get_context().autocommit_block():
+            op.create_index(
+                "ix_deposits_collection_point_id_id",
+                "deposits",
+                ["collection_point_id", "id"],
+                postgresql_concurrently=True,
+            )
+            op.drop_index("ix_deposits_collection_point_id", "deposits", postgresql_concurrently=True, if_exists=True)
+        return
     with op.batch_alter_table("deposits", schema=None) as batch_op:
         batch_op.create_index("ix_deposits_collection_point_id_id", ["collection_point_id", "id"], unique=False)
         batch_op.drop_index(batch_op.f("ix_deposits_collection_point_id"))

@@ -679,6 +679,9 @@ def test_a_refused_point_edit_keeps_the_typed_values_and_changes_nothing(as_work
     assert 'value="改过的名字"' in text(response)
     no_categories = as_worker.post(f"/admin/points/{point.id}", {**typed, "geofence_m": "", "categories": []})
     assert no_categories.status_code == 422
+    half_a_position = as_worker.post(f"/admin/points/{point.id}", {**typed, "lat": "30.87", "geofence_m": "100"})
+    assert half_a_position.status_code == 422
+    assert "纬度和经度必须同时提供" in text(half_a_position)
     db.session.expire_all()
     assert db.session.get(CollectionPoint, point.id).name == "恒康一号站"
     theirs = make_point("鑫海湾站", "xinhaiwan")
@@ -754,7 +757,11 @@ def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     assert "请勾选确认" in text(refused)
     db.session.expire_all()
     assert db.session.get(Device, device.id).secret == old
-    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", {"confirm": "yes"})
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    replaces = re.search(r'name="replaces" value="([0-9a-f]+)"', page).group(1)
+    assert old not in page
+    form = {"confirm": "yes", "replaces": replaces}
+    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", form)
     assert response.status_code == 200
     db.session.expire_all()
     new = db.session.get(Device, device.id).secret
@@ -762,6 +769,13 @@ def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     assert new in text(response)
     assert "旧密钥已经失效" in text(response)
     assert new not in text(as_admin.get(f"/admin/points/{point.id}"))
+    # reloading the answer sends the same form again: refused, and the secret just shown still stands
+    reloaded = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", form)
+    assert reloaded.status_code == 409
+    assert "请刷新页面" in text(reloaded)
+    assert new not in text(reloaded)
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).secret == new
 
 
 def test_bins_are_managed_only_under_their_own_point_and_community(as_worker):
@@ -772,7 +786,8 @@ def test_bins_are_managed_only_under_their_own_point_and_community(as_worker):
     assert (
         as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/active", {"active": "0"}).status_code == 403
     )
-    rotate = as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/rotate", {"confirm": "yes"})
+    form = {"confirm": "yes", "replaces": their_bin.secret_fingerprint}
+    rotate = as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/rotate", form)
     assert rotate.status_code == 403
     # a bin named under another point's URL is not found there, even the worker's own point
     assert as_worker.post(f"/admin/points/{mine.id}/devices/{their_bin.id}/active", {"active": "0"}).status_code == 404

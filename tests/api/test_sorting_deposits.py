@@ -331,7 +331,9 @@ def test_a_points_deposits_are_read_only_in_scope(api, world):
     worker = api.staff("worker", community_id=community_id("hengkang"))
     assert len(point_deposits(api, worker, world["a"])["items"]) == 1
     assert_error(api.get("/collection-points/999999/deposits", as_=world["admin"]), 404, "not_found")
-    for query in ("?day=2026-13-01", "?day=yesterday", "?cursor=%%%", "?limit=0", "?limit=101"):
+    bad = ("?day=2026-13-01", "?day=yesterday", "?day=0001-01-01", "?day=9999-12-31", "?cursor=%%%", "?limit=0",
+           "?limit=101")  # fmt: skip
+    for query in bad:
         assert_error(api.get(path + query, as_=world["admin"]), 422, "validation_error")
 
 

@@ -189,6 +189,19 @@ def test_a_rotated_secret_replaces_the_old_one_at_once(api, world):
     assert device_audit(device["id"])[-1] == ("device.rotate_secret", {"code": device["code"]})
 
 
+def test_a_rotation_retried_with_its_idempotency_key_answers_the_same_secret(api, world):
+    device, worker = world["device"], world["worker"]
+    path = f"/devices/{device['id']}/secret/rotate"
+    first = api.post(path, as_=worker, headers={"Idempotency-Key": "rotate-bin-a-1"})
+    again = api.post(path, as_=worker, headers={"Idempotency-Key": "rotate-bin-a-1"})
+    assert first.status_code == again.status_code == 200
+    assert again.get_json() == first.get_json()
+    assert db.session.get(Device, device["id"]).secret == first.get_json()["secret"]
+    assert [action for action, _ in device_audit(device["id"])].count("device.rotate_secret") == 1
+    other = api.post(path, as_=worker, headers={"Idempotency-Key": "rotate-bin-a-2"}).get_json()
+    assert other["secret"] != first.get_json()["secret"]
+
+
 def test_only_the_points_managers_retire_bins_or_rotate_their_secrets(api, world):
     device = world["device"]
     outsider = api.staff("worker", community_id=community_id("xinhaiwan"))

@@ -235,6 +235,15 @@ def test_patch_is_scoped_and_validated(api, admin, worker):
     )
     assert "geofence_m" in error["details"]["fields"]
     assert api.get(f"/collection-points/{fenced['id']}").get_json()["lat"] == 31.0
+    # half a position would leave distances undefined for ?near= and the geofence
+    for half in ({"lat": 31.0, "lng": None}, {"lat": None, "lng": 121.0}):
+        error = assert_error(
+            api.patch(f"/collection-points/{mine['id']}", as_=admin, json=half), 422, "validation_error"
+        )
+        assert "lat" in error["details"]["fields"]
+    assert_error(api.patch(f"/collection-points/{fenced['id']}", as_=admin, json={"lat": 31.0, "lng": None}), 422,
+                 "validation_error")  # fmt: skip
+    assert api.get("/collection-points?near=31.0,121.0").status_code == 200
 
     # nothing above changed the points
     assert api.get(f"/collection-points/{mine['id']}").get_json()["name"] == mine["name"]
