@@ -26,6 +26,9 @@ class CollectionPoint(Timestamped, db.Model):
     __table_args__ = (
         sa.CheckConstraint(sa.column("kind").in_(POINT_KINDS), name="kind"),
         sa.CheckConstraint("geofence_m IS NULL OR geofence_m > 0", name="geofence_positive"),
+        # Distances need a whole position, and a geofence a position to measure from.
+        sa.CheckConstraint("(lat IS NULL) = (lng IS NULL)", name="whole_position"),
+        sa.CheckConstraint("geofence_m IS NULL OR lat IS NOT NULL", name="geofence_has_position"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -76,3 +76,34 @@ def test_index_revisions_downgrade_and_upgrade_again(empty_database, revision, t
             assert not before & indexes(conn)
             assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == revision
         db.engine.dispose()
+
+
+def test_revision_0004_clears_half_positions_then_refuses_them(empty_database):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    insert = sa.text(
+        "INSERT INTO collection_points (name, community_id, kind, address, lat, lng, geofence_m, categories, "
+        "qr_secret, active, created_at) VALUES (:name, 1, 'station', '', :lat, :lng, :fence, '[]', 's', true, "
+        "CURRENT_TIMESTAMP)"
+    )
+    with app.app_context():
+        upgrade(revision="0003")
+        with db.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO communities (id, name, code, created_at) "
+                    "VALUES (1, '恒康社区', 'hengkang', CURRENT_TIMESTAMP)"
+                )
+            )
+            conn.execute(insert, {"name": "half", "lat": 31.0, "lng": None, "fence": 100})
+            conn.execute(insert, {"name": "whole", "lat": 31.0, "lng": 121.0, "fence": 100})
+        upgrade(revision="0004")
+        with db.engine.begin() as conn:
+            rows = conn.execute(sa.text("SELECT name, lat, lng, geofence_m FROM collection_points ORDER BY name"))
+            assert [tuple(row) for row in rows] == [("half", None, None, None), ("whole", 31.0, 121.0, 100)]
+        for lat, lng, fence in ((31.0, None, None), (None, 121.0, None), (None, None, 100)):
+            with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+                conn.execute(insert, {"name": "bad", "lat": lat, "lng": lng, "fence": fence})
+        downgrade(revision="0003")
+        with db.engine.begin() as conn:
+            conn.execute(insert, {"name": "half again", "lat": 31.0, "lng": None, "fence": None})
+        db.engine.dispose()
