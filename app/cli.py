@@ -1,4 +1,4 @@
-"""flask seed | staff | points | ledger | devices: thin commands over the services."""
+"""flask seed | staff | points | ledger | devices | idempotency: thin commands over the services."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(points)
     app.cli.add_command(ledger)
     app.cli.add_command(devices)
+    app.cli.add_command(idempotency)
 
 
 @click.command("seed")
@@ -108,3 +109,14 @@ def devices_prune() -> None:
     from app.sorting.service import prune_device_signatures
 
     click.echo(f"pruned {prune_device_signatures()} signatures")
+
+
+idempotency = AppGroup("idempotency", help="Stored answers to keyed requests.")
+
+
+@idempotency.command("prune")
+def idempotency_prune() -> None:
+    """Forget Idempotency-Key answers older than IDEMPOTENCY_KEEP_DAYS."""
+    from app.idempotency.service import prune_keys
+
+    click.echo(f"pruned {prune_keys()} idempotency keys")

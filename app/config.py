@@ -80,6 +80,7 @@ class Settings:
     expiry_years: int
     member_code_ttl_s: int
     device_clock_skew_s: int
+    idempotency_keep_days: int
     db_ping_after_idle_s: float
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +110,7 @@ class Settings:
             expiry_years=_number("POINTS_EXPIRY_YEARS", e.get("POINTS_EXPIRY_YEARS", "1")),
             member_code_ttl_s=_number("MEMBER_CODE_TTL_SECONDS", e.get("MEMBER_CODE_TTL_SECONDS", "120")),
             device_clock_skew_s=_number("DEVICE_CLOCK_SKEW_SECONDS", e.get("DEVICE_CLOCK_SKEW_SECONDS", "300")),
+            idempotency_keep_days=_number("IDEMPOTENCY_KEEP_DAYS", e.get("IDEMPOTENCY_KEEP_DAYS", "30")),
             db_ping_after_idle_s=_number("DB_PING_AFTER_IDLE_SECONDS", e.get("DB_PING_AFTER_IDLE_SECONDS", "1"), float),
         )
 
@@ -178,6 +180,7 @@ class Settings:
             "POINTS_EXPIRY_YEARS": self.expiry_years,
             "MEMBER_CODE_TTL_SECONDS": self.member_code_ttl_s,
             "DEVICE_CLOCK_SKEW_SECONDS": self.device_clock_skew_s,
+            "IDEMPOTENCY_KEEP_DAYS": self.idempotency_keep_days,
         } | self.extra
 
 

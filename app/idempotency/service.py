@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import timedelta
 from functools import cache, wraps
 
 import sqlalchemy as sa
-from flask import g, jsonify, request
+from flask import current_app, g, jsonify, request
 
 from app.apidoc import extend_doc
 from app.auth.guards import current_actor
@@ -96,3 +97,12 @@ def idempotent(view):
         return run_idempotent(current_actor().identity, view, *args, **kwargs)
 
     return extend_doc(wrapper, view, errors=(IdempotencyConflict,), headers=(HEADER_DOC,))
+
+
+def prune_keys() -> int:
+    """Forget keys older than IDEMPOTENCY_KEEP_DAYS. A retry comes within minutes; by then the member code or the
+    day a request was for has long expired, so replaying it could not credit twice anyway."""
+    cutoff = utcnow() - timedelta(days=current_app.config["IDEMPOTENCY_KEEP_DAYS"])
+    deleted = db.session.execute(sa.delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)).rowcount
+    db.session.commit()
+    return deleted

@@ -1,8 +1,9 @@
-"""flask seed and flask staff create, through Click's test runner."""
+"""flask seed, staff create and the pruning jobs, through Click's test runner."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from werkzeug.security import check_password_hash
 from app.carbon.models import Rule
 from app.db import db
 from app.exchange.models import Store
+from app.idempotency.models import IdempotencyKey
 from app.people.models import Community, Organization, Resident, Staff
-from app.sorting.models import CollectionPoint, Device
+from app.sorting.models import CollectionPoint, Device, DeviceSignature
 from tests.conftest import _wipe, community_id
 
 SEEDS = Path(__file__).resolve().parents[2] / "seeds"
@@ -199,3 +201,36 @@ def test_staff_create_missing_options_fail(runner):
     assert result.exit_code != 0
     assert "--password" in result.output
     assert _count(Staff, username="u.nopw") == 0
+
+
+# --- scheduled pruning -----------------------------------------------------------------------------------------
+
+
+def test_idempotency_prune_forgets_only_answers_past_their_keeping(runner, app, clock):
+    keep = app.config["IDEMPOTENCY_KEEP_DAYS"]
+    for key, age in (
+        ("old", timedelta(days=keep, seconds=1)),
+        ("edge", timedelta(days=keep - 1)),
+        ("new", timedelta()),
+    ):
+        db.session.add(IdempotencyKey(scope="resident:1", key=key, request_hash="0" * 64, status_code=201,
+                                      response_body={}, created_at=clock.now - age))  # fmt: skip
+    db.session.commit()
+    first = _invoke(runner, "idempotency", "prune")
+    assert first.exit_code == 0, first.output
+    assert "pruned 1 idempotency keys" in first.output
+    assert sorted(db.session.scalars(sa.select(IdempotencyKey.key))) == ["edge", "new"]
+    assert "pruned 0 idempotency keys" in _invoke(runner, "idempotency", "prune").output
+
+
+def test_device_signature_prune_forgets_only_signatures_past_the_replay_window(runner, app, clock):
+    assert _invoke(runner, "seed", "--demo").exit_code == 0
+    device_id = db.session.scalar(sa.select(Device.id))
+    window = timedelta(seconds=2 * app.config["DEVICE_CLOCK_SKEW_SECONDS"])
+    for signature, age in (("a" * 64, window + timedelta(seconds=1)), ("b" * 64, window - timedelta(seconds=1))):
+        db.session.add(DeviceSignature(signature=signature, device_id=device_id, seen_at=clock.now - age))
+    db.session.commit()
+    result = _invoke(runner, "devices", "prune-signatures")
+    assert result.exit_code == 0, result.output
+    assert "pruned 1 signatures" in result.output
+    assert list(db.session.scalars(sa.select(DeviceSignature.signature))) == ["b" * 64]
