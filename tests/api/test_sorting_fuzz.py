@@ -1,4 +1,4 @@
-"""Whatever JSON a client sends to the earning endpoints, the answer is a 2xx or a 4xx envelope, never a 500."""
+"""Whatever a client sends to the sorting endpoints, the answer is a 2xx or a 4xx envelope, never a 500."""
 
 from __future__ import annotations
 
@@ -34,7 +34,10 @@ def callers(api):
     body = {"name": "恒康模糊测试站", "community_id": community_id("hengkang"), "kind": "station"}
     point = api.post("/collection-points", as_=admin, json=body).get_json()["id"]
     resident = api.resident()
+    device = api.post("/devices", as_=admin, json={"code": "FUZZ-BIN-01", "collection_point_id": point}).get_json()
     return {
+        "admin": admin,
+        "device": device["id"],
         "resident": resident,
         "collector": api.staff("collector", collection_point_ids=[point]),
         "point": point,
@@ -74,3 +77,47 @@ def test_any_deposit_body_is_answered_cleanly(api, callers, data):
         }
     )
     _clean(api.post("/deposits", as_=callers["collector"], json=data.draw(st.one_of(deposit, deposit, deposit, JSON))))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_point_change_is_answered_cleanly_and_keeps_the_point_usable(api, callers, data):
+    """Whatever a PATCH stores, listing by distance and a positioned scan at the point still answer cleanly. The
+    values are mostly plausible ones, so that changes get past the schema and reach what is stored."""
+    coordinate = st.none() | st.floats(-90, 90)
+    change = st.fixed_dictionaries(
+        {},
+        optional={
+            "name": st.text(min_size=1, max_size=20),
+            "lat": coordinate,
+            "lng": coordinate,
+            "geofence_m": st.none() | st.integers(10, 5000),
+            "categories": st.lists(st.sampled_from(["paper", "glass", "metal"]), min_size=1, max_size=3),
+            "active": st.booleans(),
+            "address": st.text(max_size=20),
+        },
+    )
+    admin = callers["admin"]
+    body = data.draw(st.one_of(change, change, change, JSON))
+    _clean(api.patch(f"/collection-points/{callers['point']}", as_=admin, json=body))
+    _clean(api.get("/collection-points?near=31.0,121.0"))
+    _clean(api.post("/scans", as_=api.resident(), json={"token": callers["poster"], "lat": 31.0, "lng": 121.0}))
+
+
+QUERY_VALUE = st.text(max_size=12) | st.integers(-5, 2**64).map(str) | st.dates().map(str)
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_list_query_is_answered_cleanly(api, callers, data):
+    names = st.sampled_from(["day", "cursor", "limit", "near", "community_id"])
+    query = data.draw(st.dictionaries(names, QUERY_VALUE, max_size=3))
+    _clean(api.get(f"/collection-points/{callers['point']}/deposits", as_=callers["collector"], query_string=query))
+    _clean(api.get("/collection-points", query_string=query))
+
+
+@FUZZ
+@given(body=st.one_of(st.fixed_dictionaries({"active": st.booleans() | SCALARS}), JSON), device=ID)
+def test_any_device_change_is_answered_cleanly(api, callers, body, device):
+    _clean(api.patch(f"/devices/{device}", as_=callers["admin"], json=body))
+    _clean(api.patch(f"/devices/{callers['device']}", as_=callers["admin"], json=body))
