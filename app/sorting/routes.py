@@ -78,7 +78,8 @@ def device_required(view):
 @blp.arguments(PointQuerySchema, location="query")
 @blp.response(200, PointPage)
 def list_points(query):
-    """Active collection points; `near=lat,lng` sorts by distance."""
+    """Active collection points; `near=lat,lng` sorts by distance, and `community_id`, `kind` and `category`
+    narrow the list (`category=glass`: the points that take glass)."""
     return service.list_points(**query)
 
 

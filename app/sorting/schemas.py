@@ -60,6 +60,10 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
 
 class PointQuerySchema(StrictSchema):
     community_id = Id(load_default=None)
+    kind = fields.String(load_default=None, validate=validate.OneOf(POINT_KINDS))
+    category = fields.String(
+        load_default=None, validate=validate.OneOf(CATEGORIES), metadata={"description": "只列出收这一品类的回收点"}
+    )
     near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
     cursor = fields.String(load_default=None)
     limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))

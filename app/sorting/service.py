@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import current_app
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.exc import IntegrityError
 
 from app import qr
@@ -141,10 +141,29 @@ def _parse_near(near: str) -> tuple[float, float]:
     return lat, lng
 
 
-def list_points(community_id: int | None, near: str | None, cursor: str | None, limit: int) -> dict[str, Any]:
+def _takes(category: str) -> sa.ColumnElement[bool]:
+    """The point's categories (a JSON list) include this one."""
+    if dialect_name() == "postgresql":
+        return sa.cast(CollectionPoint.categories, JSONB).contains([category])
+    listed = sa.func.json_each(CollectionPoint.categories).table_valued("value")
+    return sa.exists(sa.select(listed.c.value).where(listed.c.value == category))
+
+
+def list_points(
+    community_id: int | None,
+    near: str | None,
+    cursor: str | None,
+    limit: int,
+    kind: str | None = None,
+    category: str | None = None,
+) -> dict[str, Any]:
     stmt = sa.select(CollectionPoint).where(CollectionPoint.active.is_(True))
     if community_id is not None:
         stmt = stmt.where(CollectionPoint.community_id == community_id)
+    if kind is not None:
+        stmt = stmt.where(CollectionPoint.kind == kind)
+    if category is not None:
+        stmt = stmt.where(_takes(category))
     if near is None:
         page = keyset_page(stmt, CollectionPoint.id, cursor, limit, desc=False)
         for point in page["items"]:

@@ -143,6 +143,24 @@ def test_list_filters_by_community(api, admin):
     assert rest["next"] is None
 
 
+def test_list_filters_by_kind_and_category(api, admin):
+    paper_station = make_point(api, admin, "纸站", categories=["paper", "plastic"])
+    glass_bin = make_point(api, admin, "玻璃箱", kind="smart_bin", categories=["glass"], lat=31.01, lng=121.0)
+    everything = make_point(api, admin, "全品类站", lat=31.002, lng=121.0)
+    assert listed_ids(api, "?category=glass") == [glass_bin["id"], everything["id"]]
+    assert listed_ids(api, "?category=plastic") == [paper_station["id"], everything["id"]]
+    assert listed_ids(api, "?kind=smart_bin") == [glass_bin["id"]]
+    assert listed_ids(api, "?kind=station&category=glass") == [everything["id"]]
+    assert listed_ids(api, "?category=textile&kind=smart_bin") == []
+    nearest = api.get("/collection-points?near=31.0,121.0&category=glass").get_json()["items"]
+    assert [p["id"] for p in nearest] == [everything["id"], glass_bin["id"]]
+    # a point that stops taking glass drops out of the glass list
+    api.patch(f"/collection-points/{everything['id']}", as_=admin, json={"categories": ["paper"]})
+    assert listed_ids(api, "?category=glass") == [glass_bin["id"]]
+    for query in ("?category=gold", "?kind=tower", "?category="):
+        assert_error(api.get(f"/collection-points{query}"), 422, "validation_error")
+
+
 def test_near_sorts_by_distance_and_reports_metres(api, admin):
     # Along one meridian the haversine distance is R × Δφ: 0.002° ≈ 222 m, 0.01° ≈ 1112 m, 0.05° ≈ 5560 m.
     far = make_point(api, admin, "远站", lat=31.05, lng=121.0)
