@@ -110,7 +110,7 @@ QUERY_VALUE = st.text(max_size=12) | st.integers(-5, 2**64).map(str) | st.dates(
 @FUZZ
 @given(data=st.data())
 def test_any_list_query_is_answered_cleanly(api, callers, data):
-    names = st.sampled_from(["day", "cursor", "limit", "near", "community_id"])
+    names = st.sampled_from(["day", "cursor", "limit", "near", "community_id", "kind", "category"])
     query = data.draw(st.dictionaries(names, QUERY_VALUE, max_size=3))
     _clean(api.get(f"/collection-points/{callers['point']}/deposits", as_=callers["collector"], query_string=query))
     _clean(api.get("/collection-points", query_string=query))
