@@ -175,6 +175,15 @@ def my_member_code_png():
     return _image(qr.to_png(service.member_code(current_actor().id)["token"]), "image/png")
 
 
+@blp.route("/me/deposits", methods=["GET"])
+@login_required(RESIDENT)
+@blp.arguments(PageArgsSchema, location="query")
+@blp.response(200, DepositPage)
+def my_deposits(query):
+    """The caller's own deposits, newest first, with their lines and ledger entries."""
+    return service.my_deposits(current_actor().id, **query)
+
+
 @blp.route("/scans", methods=["POST"])
 @login_required(RESIDENT)
 @idempotent

@@ -498,6 +498,13 @@ def _with_entry_ids(deposits: list[Deposit]) -> list[Deposit]:
     return deposits
 
 
+def my_deposits(resident_id: int, cursor: str | None, limit: int) -> dict[str, Any]:
+    """The resident's own deposits, newest first, with their lines: what was weighed where, and what it earned."""
+    page = keyset_page(sa.select(Deposit).where(Deposit.resident_id == resident_id), Deposit.id, cursor, limit)
+    _with_entry_ids(page["items"])
+    return page
+
+
 def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
     """A point's deposits, newest first, optionally of one local day: what its collectors and bins recorded, for
     them (a collector in scope), the community's worker and admins."""

@@ -308,6 +308,21 @@ def test_a_points_deposits_are_listed_newest_first_with_their_lines_and_entries(
     assert ([d["id"] for d in rest["items"]], rest["next"]) == ([first["id"]], None)
 
 
+def test_a_resident_pages_through_their_own_deposits_only(api, world):
+    mine = [deposit_ok(api, world, lines(("paper", 1000 + i))) for i in range(3)]
+    other = api.resident()
+    theirs = deposit_ok(api, world, lines(("glass", 500)), resident=other)
+    first = api.get("/me/deposits?limit=2", as_=world["resident"]).get_json()
+    assert first["items"] == [mine[2], mine[1]]
+    rest = api.get(f"/me/deposits?limit=2&cursor={first['next']}", as_=world["resident"]).get_json()
+    assert (rest["items"], rest["next"]) == ([mine[0]], None)
+    assert api.get("/me/deposits", as_=other).get_json()["items"] == [theirs]
+    assert api.get("/me/deposits", as_=api.resident()).get_json() == {"items": [], "next": None}
+    assert_error(api.get("/me/deposits", as_=world["collector"]), 403, "forbidden")
+    assert_error(api.get("/me/deposits"), 401, "unauthorized")
+    assert_error(api.get("/me/deposits?cursor=%%%", as_=world["resident"]), 422, "validation_error")
+
+
 def test_a_points_deposits_of_one_local_day(api, clock, world):
     clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI))
     late = deposit_ok(api, world, lines(("paper", 1000)))
