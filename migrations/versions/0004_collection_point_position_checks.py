@@ -1,8 +1,9 @@
 """collection_points: a position is whole or absent, and a geofence has one (CHECK constraints)
 
 Until now only the services held these rules, and a PATCH of one coordinate could store half a position, which
-made ?near= and geofenced scans fail. Rows that broke them lose the position (and the geofence): a half position
-locates nothing.
+made ?near= and geofenced scans fail. Such rows lose the half position, which locates nothing. A point that had a
+geofence on one is also retired, so that it does not quietly start accepting scans from anywhere: a worker gives
+it a position again and brings it back.
 
 Revision ID: 0004
 Revises: 0003
@@ -19,12 +20,9 @@ depends_on = None
 
 
 def upgrade():
-    op.execute(
-        sa.text(
-            "UPDATE collection_points SET lat = NULL, lng = NULL, geofence_m = NULL "
-            "WHERE (lat IS NULL) <> (lng IS NULL) OR (geofence_m IS NOT NULL AND lat IS NULL)"
-        )
-    )
+    broken = "(lat IS NULL) <> (lng IS NULL) OR (geofence_m IS NOT NULL AND lat IS NULL)"
+    op.execute(sa.text(f"UPDATE collection_points SET active = false WHERE geofence_m IS NOT NULL AND ({broken})"))
+    op.execute(sa.text(f"UPDATE collection_points SET lat = NULL, lng = NULL, geofence_m = NULL WHERE {broken}"))
     with op.batch_alter_table("collection_points", schema=None) as batch_op:
         batch_op.create_check_constraint("whole_position", "(lat IS NULL) = (lng IS NULL)")
         batch_op.create_check_constraint("geofence_has_position", "geofence_m IS NULL OR lat IS NOT NULL")

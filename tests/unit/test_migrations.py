@@ -79,12 +79,14 @@ def test_index_revisions_downgrade_and_upgrade_again(empty_database, revision, t
 
 
 def test_revision_0004_clears_half_positions_then_refuses_them(empty_database):
+    """On rows that others refer to (a bin at the point), as a real database has them: SQLite rebuilds the table."""
     app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
     insert = sa.text(
         "INSERT INTO collection_points (name, community_id, kind, address, lat, lng, geofence_m, categories, "
         "qr_secret, active, created_at) VALUES (:name, 1, 'station', '', :lat, :lng, :fence, '[]', 's', true, "
         "CURRENT_TIMESTAMP)"
     )
+    points = sa.text("SELECT name, lat, lng, geofence_m, active FROM collection_points ORDER BY name")
     with app.app_context():
         upgrade(revision="0003")
         with db.engine.begin() as conn:
@@ -94,16 +96,31 @@ def test_revision_0004_clears_half_positions_then_refuses_them(empty_database):
                     "VALUES (1, '恒康社区', 'hengkang', CURRENT_TIMESTAMP)"
                 )
             )
-            conn.execute(insert, {"name": "half", "lat": 31.0, "lng": None, "fence": 100})
+            conn.execute(insert, {"name": "fenced half", "lat": 31.0, "lng": None, "fence": 100})
+            conn.execute(insert, {"name": "half", "lat": None, "lng": 121.0, "fence": None})
             conn.execute(insert, {"name": "whole", "lat": 31.0, "lng": 121.0, "fence": 100})
+            conn.execute(
+                sa.text(
+                    "INSERT INTO devices (code, collection_point_id, secret, active, created_at) "
+                    "SELECT 'BIN-' || id, id, 's', true, CURRENT_TIMESTAMP FROM collection_points"
+                )
+            )
         upgrade(revision="0004")
         with db.engine.begin() as conn:
-            rows = conn.execute(sa.text("SELECT name, lat, lng, geofence_m FROM collection_points ORDER BY name"))
-            assert [tuple(row) for row in rows] == [("half", None, None, None), ("whole", 31.0, 121.0, 100)]
+            # a fenced point that lost its position is retired rather than left open to scans from anywhere
+            assert [tuple(row) for row in conn.execute(points)] == [
+                ("fenced half", None, None, None, False),
+                ("half", None, None, None, True),
+                ("whole", 31.0, 121.0, 100, True),
+            ]
+            assert conn.scalar(sa.text("SELECT count(*) FROM devices")) == 3
         for lat, lng, fence in ((31.0, None, None), (None, 121.0, None), (None, None, 100)):
             with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
                 conn.execute(insert, {"name": "bad", "lat": lat, "lng": lng, "fence": fence})
         downgrade(revision="0003")
         with db.engine.begin() as conn:
             conn.execute(insert, {"name": "half again", "lat": 31.0, "lng": None, "fence": None})
+            assert conn.scalar(sa.text("SELECT count(*) FROM devices")) == 3
+            if conn.dialect.name == "sqlite":  # the references are enforced again after migrating
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         db.engine.dispose()
