@@ -50,11 +50,15 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
     return word in {"1", "true", "yes", "on"}
 
 
-def _number(name: str, value: str, kind=int):
+def _number(name: str, value: str, low: float, high: float, kind=int):
+    """A number within the bounds that make sense for the setting: 0 keep-days would prune every stored answer."""
     try:
-        return kind(value)
+        number = kind(value)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, not {value!r}") from exc
+    if not low <= number <= high:
+        raise ConfigError(f"{name} must be from {low} to {high}, not {value!r}")
+    return number
 
 
 @dataclass
@@ -99,19 +103,23 @@ class Settings:
             wechat_appid=e.get("WECHAT_APPID", ""),
             wechat_secret=e.get("WECHAT_SECRET", ""),
             wechat_api_base=e.get("WECHAT_API_BASE", "https://api.weixin.qq.com").rstrip("/"),
-            wechat_timeout=_number("WECHAT_TIMEOUT", e.get("WECHAT_TIMEOUT", "5"), float),
+            wechat_timeout=_number("WECHAT_TIMEOUT", e.get("WECHAT_TIMEOUT", "5"), 0.1, 60, float),
             redis_url=e.get("REDIS_URL") or None,
             ratelimit_enabled=_bool("RATELIMIT_ENABLED", e.get("RATELIMIT_ENABLED"), True),
             public_base_url=(e.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             bind=listen_address(e),
-            access_minutes=_number("ACCESS_TOKEN_MINUTES", e.get("ACCESS_TOKEN_MINUTES", "15")),
-            refresh_days=_number("REFRESH_TOKEN_DAYS", e.get("REFRESH_TOKEN_DAYS", "30")),
-            points_per_kg_co2e=_number("POINTS_PER_KG_CO2E", e.get("POINTS_PER_KG_CO2E", "10")),
-            expiry_years=_number("POINTS_EXPIRY_YEARS", e.get("POINTS_EXPIRY_YEARS", "1")),
-            member_code_ttl_s=_number("MEMBER_CODE_TTL_SECONDS", e.get("MEMBER_CODE_TTL_SECONDS", "120")),
-            device_clock_skew_s=_number("DEVICE_CLOCK_SKEW_SECONDS", e.get("DEVICE_CLOCK_SKEW_SECONDS", "300")),
-            idempotency_keep_days=_number("IDEMPOTENCY_KEEP_DAYS", e.get("IDEMPOTENCY_KEEP_DAYS", "30")),
-            db_ping_after_idle_s=_number("DB_PING_AFTER_IDLE_SECONDS", e.get("DB_PING_AFTER_IDLE_SECONDS", "1"), float),
+            access_minutes=_number("ACCESS_TOKEN_MINUTES", e.get("ACCESS_TOKEN_MINUTES", "15"), 1, 1440),
+            refresh_days=_number("REFRESH_TOKEN_DAYS", e.get("REFRESH_TOKEN_DAYS", "30"), 1, 365),
+            points_per_kg_co2e=_number("POINTS_PER_KG_CO2E", e.get("POINTS_PER_KG_CO2E", "10"), 1, 1000),
+            expiry_years=_number("POINTS_EXPIRY_YEARS", e.get("POINTS_EXPIRY_YEARS", "1"), 1, 10),
+            member_code_ttl_s=_number("MEMBER_CODE_TTL_SECONDS", e.get("MEMBER_CODE_TTL_SECONDS", "120"), 10, 86400),
+            device_clock_skew_s=_number(
+                "DEVICE_CLOCK_SKEW_SECONDS", e.get("DEVICE_CLOCK_SKEW_SECONDS", "300"), 10, 3600
+            ),
+            idempotency_keep_days=_number("IDEMPOTENCY_KEEP_DAYS", e.get("IDEMPOTENCY_KEEP_DAYS", "30"), 1, 3650),
+            db_ping_after_idle_s=_number(
+                "DB_PING_AFTER_IDLE_SECONDS", e.get("DB_PING_AFTER_IDLE_SECONDS", "1"), 0, 3600, float
+            ),
         )
 
     def validate(self) -> None:

@@ -99,9 +99,20 @@ def idempotent(view):
     return extend_doc(wrapper, view, errors=(IdempotencyConflict,), headers=(HEADER_DOC,))
 
 
+def key_reference() -> str | None:
+    """A reference for this request drawn from its Idempotency-Key and caller, or None without a key. A use case
+    whose once-only rule is a constraint on such a reference (an adjustment) then refuses a retry even after the
+    key's stored answer was pruned."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    return "key-" + hashlib.sha256(f"{current_actor().identity}\n{key}".encode()).hexdigest()[:40]
+
+
 def prune_keys() -> int:
-    """Forget keys older than IDEMPOTENCY_KEEP_DAYS. A retry comes within minutes; by then the member code or the
-    day a request was for has long expired, so replaying it could not credit twice anyway."""
+    """Forget keys older than IDEMPOTENCY_KEEP_DAYS. A retry comes within minutes, and once its answer is gone it
+    still cannot apply twice: the member code or the day it was for has expired, a device signature's window has
+    passed, an entry is reversed once, and an adjustment's reference comes from its key (`key_reference`)."""
     cutoff = utcnow() - timedelta(days=current_app.config["IDEMPOTENCY_KEEP_DAYS"])
     deleted = db.session.execute(sa.delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff)).rowcount
     db.session.commit()

@@ -4,9 +4,9 @@ from app.apidoc import error_docs
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
 from app.db import MAX_BIG_ID
-from app.errors import InsufficientPoints, InvalidState, NotFound
+from app.errors import Duplicate, InsufficientPoints, InvalidState, NotFound
 from app.http import Blueprint
-from app.idempotency.service import idempotent
+from app.idempotency.service import idempotent, key_reference
 from app.ledger import service
 from app.ledger.schemas import AdjustmentSchema, EntrySchema, ReversalSchema
 
@@ -27,12 +27,12 @@ def my_ledger(query):
 @blp.route("/residents/<int:resident_id>/adjustments", methods=["POST"])
 @login_required("admin")
 @idempotent
-@error_docs(NotFound, InsufficientPoints)
+@error_docs(NotFound, InsufficientPoints, Duplicate)
 @blp.arguments(AdjustmentSchema)
 @blp.response(201, EntrySchema)
 def adjust(body, resident_id):
     """Grant (positive) or claw back (negative) points by hand, with a mandatory reason. Audited."""
-    return service.adjust(current_actor(), resident_id, body["delta"], body["reason"])
+    return service.adjust(current_actor(), resident_id, body["delta"], body["reason"], reference=key_reference())
 
 
 @blp.route(f"/ledger/entries/<int(max={MAX_BIG_ID}):entry_id>/reverse", methods=["POST"])

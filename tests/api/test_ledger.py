@@ -148,6 +148,24 @@ def test_idempotent_adjustment_replays_and_conflicts(api):
     assert_error(too_long, 422, "validation_error")
 
 
+def test_an_adjustment_retried_after_its_key_was_pruned_is_refused_not_applied_again(api, app, clock):
+    from app.idempotency.service import prune_keys
+
+    me, admin = api.resident(), api.staff("admin")
+    headers = {"Idempotency-Key": "adj-monthly-2026-06"}
+    body = {"delta": 15, "reason": "补发"}
+    assert api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers).status_code == 201
+    clock.advance(days=app.config["IDEMPOTENCY_KEEP_DAYS"] + 1)
+    assert prune_keys() == 1
+    retry = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    assert_error(retry, 409, "duplicate")
+    assert api.get("/me", as_=me).get_json()["balance"] == 15
+    # the key is the caller's: another admin's key of the same name is another adjustment
+    other_admin = api.staff("admin")
+    assert api.post(f"/residents/{me.id}/adjustments", as_=other_admin, json=body, headers=headers).status_code == 201
+    assert api.get("/me", as_=me).get_json()["balance"] == 30
+
+
 def test_failed_request_is_not_stored_under_its_key(api):
     me, admin = api.resident(), api.staff("admin")
     headers = {"Idempotency-Key": "retry-me"}

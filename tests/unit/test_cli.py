@@ -210,7 +210,8 @@ def test_idempotency_prune_forgets_only_answers_past_their_keeping(runner, app, 
     keep = app.config["IDEMPOTENCY_KEEP_DAYS"]
     for key, age in (
         ("old", timedelta(days=keep, seconds=1)),
-        ("edge", timedelta(days=keep - 1)),
+        ("at the cutoff", timedelta(days=keep)),
+        ("just inside", timedelta(days=keep, seconds=-1)),
         ("new", timedelta()),
     ):
         db.session.add(IdempotencyKey(scope="resident:1", key=key, request_hash="0" * 64, status_code=201,
@@ -219,7 +220,7 @@ def test_idempotency_prune_forgets_only_answers_past_their_keeping(runner, app, 
     first = _invoke(runner, "idempotency", "prune")
     assert first.exit_code == 0, first.output
     assert "pruned 1 idempotency keys" in first.output
-    assert sorted(db.session.scalars(sa.select(IdempotencyKey.key))) == ["edge", "new"]
+    assert sorted(db.session.scalars(sa.select(IdempotencyKey.key))) == ["at the cutoff", "just inside", "new"]
     assert "pruned 0 idempotency keys" in _invoke(runner, "idempotency", "prune").output
 
 

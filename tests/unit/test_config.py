@@ -173,6 +173,21 @@ def test_a_bad_number_names_its_setting(name, value):
         Settings.from_env({name: value})
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("IDEMPOTENCY_KEEP_DAYS", "0"), ("IDEMPOTENCY_KEEP_DAYS", "1000000"), ("ACCESS_TOKEN_MINUTES", "-5"),
+     ("MEMBER_CODE_TTL_SECONDS", "0"), ("DEVICE_CLOCK_SKEW_SECONDS", "86400"), ("WECHAT_TIMEOUT", "0")],
+)  # fmt: skip
+def test_a_number_out_of_its_range_names_its_setting(name, value):
+    with pytest.raises(ConfigError, match=f"{name} must be from"):
+        Settings.from_env({name: value})
+
+
+def test_the_ranges_admit_the_defaults_and_the_benchmarks_settings():
+    settings = Settings.from_env({"MEMBER_CODE_TTL_SECONDS": "3600", "ACCESS_TOKEN_MINUTES": "240"})
+    assert (settings.member_code_ttl_s, settings.access_minutes, settings.idempotency_keep_days) == (3600, 240, 30)
+
+
 def test_an_unclear_switch_is_refused_not_guessed():
     with pytest.raises(ConfigError, match="RATELIMIT_ENABLED"):
         Settings.from_env({"RATELIMIT_ENABLED": "enabled"})
