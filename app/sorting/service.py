@@ -145,8 +145,10 @@ def _takes(category: str) -> sa.ColumnElement[bool]:
     """The point's categories (a JSON list) include this one."""
     if dialect_name() == "postgresql":
         return sa.cast(CollectionPoint.categories, JSONB).contains([category])
-    listed = sa.func.json_each(CollectionPoint.categories).table_valued("value")
-    return sa.exists(sa.select(listed.c.value).where(listed.c.value == category))
+    # As PostgreSQL's @> reads it: a string among the list's items, not the list's own text or an object's value.
+    listed = sa.func.json_each(CollectionPoint.categories).table_valued("value", "type")
+    found = sa.exists(sa.select(listed.c.value).where(listed.c.value == category, listed.c.type == "text"))
+    return sa.and_(sa.func.json_type(CollectionPoint.categories) == "array", found)
 
 
 def list_points(
@@ -533,9 +535,12 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     return device
 
 
-def _managed_device(actor: Actor, device_id: int) -> Device:
+def _managed_device(actor: Actor, device_id: int, *, lock: bool = False) -> Device:
     device = get_or_404(Device, device_id, "设备不存在")
     _require_manager(actor, get_point(device.collection_point_id).community_id)
+    if lock:  # read again under a row lock: a concurrent change is waited for, then seen
+        locked = sa.select(Device).where(Device.id == device.id).with_for_update()
+        device = db.session.scalars(locked.execution_options(populate_existing=True)).one()
     return device
 
 
@@ -555,7 +560,7 @@ def rotate_device_secret(actor: Actor, device_id: int, replaces: str | None = No
     """A new secret for a bin whose secret leaked: requests signed with the old one fail from now on. The new
     one is shown in this answer only. `replaces`, the fingerprint of the secret the caller saw, makes a form sent
     twice (a reload) a 409 instead of a second rotation that would void the secret just copied."""
-    device = _managed_device(actor, device_id)
+    device = _managed_device(actor, device_id, lock=True)
     if replaces is not None and not hmac.compare_digest(replaces, device.secret_fingerprint):
         raise InvalidState("该设备的密钥已经更换过了，请刷新页面后再试")
     device.secret = new_secret()

@@ -9,9 +9,12 @@ import pytest
 import sqlalchemy as sa
 
 from app.audit.models import AuditEvent
+from app.auth.guards import Actor
 from app.clock import utcnow
 from app.db import db
+from app.errors import InvalidState
 from app.ledger.models import LedgerEntry
+from app.sorting import service as sorting
 from app.sorting.models import Deposit, Device, DeviceSignature
 from app.sorting.service import device_signature
 from tests.conftest import assert_error, community_id, pg_concurrency, race
@@ -425,6 +428,30 @@ def test_twenty_parallel_copies_of_one_signed_request_credit_once(api, app, worl
     assert count(Deposit) == 1
     assert count(LedgerEntry) == 1
     assert count(DeviceSignature) == 1
+
+
+@pg_concurrency
+def test_parallel_rotations_of_the_secret_one_page_showed_replace_it_once(api, app, world):
+    """Two clicks on the admin page's 更换密钥 (or a click and a reload) name the same secret: one rotation wins, and
+    the secret it shows is the one the bin must use."""
+    device_id = world["device"]["id"]
+    seen = db.session.get(Device, device_id).secret_fingerprint
+    admin = Actor(kind="staff", id=world["admin"].id, role="admin")
+
+    def rotate(_client, _index):
+        with app.app_context():
+            try:
+                return sorting.rotate_device_secret(admin, device_id, replaces=seen).secret
+            except InvalidState:
+                return None
+            finally:
+                db.session.remove()
+
+    shown = [secret for secret in race(app, rotate, 8) if secret]
+    assert len(shown) == 1
+    db.session.expire_all()
+    assert db.session.get(Device, device_id).secret == shown[0]
+    assert [action for action, _ in device_audit(device_id)].count("device.rotate_secret") == 1
 
 
 def test_a_device_id_beyond_the_database_is_unauthorized(api, world):
