@@ -124,7 +124,55 @@ def _require_json_body():
         if has_body and not request.is_json:
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
         if has_body:
-            _refuse_deep_nesting(_whole_body())
+            body = _whole_body()
+            _refuse_deep_nesting(body)
+            _refuse_nul_in_json(body)
+
+
+# PostgreSQL text cannot hold U+0000 (the driver refuses it), and no field of ours needs it: it is refused up front
+# as the field's validation error, on SQLite as well, instead of surfacing as a database error.
+NUL_MESSAGE = "不能包含空字符（U+0000）"
+
+
+def _has_nul(value) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and "\x00" in item:
+            return True
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+def _refuse_nul_in_json(body: bytes) -> None:
+    if b"\\u0000" not in body:  # JSON can carry U+0000 only escaped; most bodies end here
+        return
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # not JSON: the body's parser answers with its own error
+    if isinstance(data, dict):
+        fields = {str(key): [NUL_MESSAGE] for key, value in data.items() if _has_nul(key) or _has_nul(value)}
+    else:
+        fields = {"_schema": [NUL_MESSAGE]} if _has_nul(data) else {}
+    if fields:
+        raise ValidationError(details={"fields": fields})
+
+
+def _refuse_nul_in_query_and_form() -> None:
+    """The same for query strings and the admin site's forms, where %00 arrives as U+0000."""
+    fields = {
+        name: [NUL_MESSAGE]
+        for source in (request.args, request.form)
+        for name, value in source.items(multi=True)
+        if "\x00" in name or "\x00" in value
+    }
+    if fields:
+        raise ValidationError(details={"fields": fields})
 
 
 def _whole_body() -> bytes:
@@ -236,6 +284,7 @@ def register_http(app: Flask) -> None:
     app.json.sort_keys = False
     app.before_request(_assign_request_id)
     app.before_request(_require_json_body)
+    app.before_request(_refuse_nul_in_query_and_form)
     app.after_request(_add_request_id)
     app.register_error_handler(AppError, handle_app_error)
     app.register_error_handler(HTTPException, handle_http_exception)

@@ -649,6 +649,18 @@ def test_device_registration_shows_the_secret_once(as_admin):
     assert "设备编号已存在" in text(duplicate)
 
 
+def test_a_nul_character_in_a_form_or_query_is_refused_on_the_page(browser, as_worker):
+    assert browser.post("/admin/login", {"username": "admin\x00", "password": "x"}).status_code == 422
+    point = make_point()
+    edit = {"form": "edit", "name": "恒康\x00站", "kind": "station", "categories": ["paper"]}
+    response = as_worker.post(f"/admin/points/{point.id}", edit)
+    assert response.status_code == 422
+    assert "不能包含空字符" in text(response)
+    assert as_worker.get("/admin/residents?cursor=%00").status_code == 422
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, point.id).name == "恒康一号站"
+
+
 def test_a_point_is_edited_from_its_page(as_worker):
     point = make_point()
     form = {"form": "edit", "name": "恒康一号站（新）", "kind": "recycling_service_point", "address": "恒康社区东门",

@@ -143,6 +143,28 @@ def test_deep_json_on_an_idempotent_request_is_bad_request(api):
     assert_envelope(response, 400, "bad_request")
 
 
+def test_a_nul_character_anywhere_is_the_fields_validation_error_not_a_database_error(api):
+    """PostgreSQL cannot store U+0000: found by fuzzing a point's name, and true of every text field."""
+    admin, me = api.staff("admin"), api.resident()
+    point = {"name": "恒康\x00站", "community_id": 1, "kind": "station"}
+    error = assert_envelope(api.post("/collection-points", as_=admin, json=point), 422, "validation_error")
+    assert error["details"]["fields"] == {"name": ["不能包含空字符（U+0000）"]}
+    nested = {"member_code": "m", "collection_point_id": 1, "items": [{"category": "paper\x00", "weight_g": 1}]}
+    error = assert_envelope(api.post("/deposits", as_=admin, json=nested), 422, "validation_error")
+    assert list(error["details"]["fields"]) == ["items"]
+    error = assert_envelope(api.patch("/me", as_=me, json={"nickname": "\x00"}), 422, "validation_error")
+    assert "nickname" in error["details"]["fields"]
+    login = api.post("/auth/login", json={"username": "admin\x00", "password": "x" * 12})
+    assert "username" in assert_envelope(login, 422, "validation_error")["details"]["fields"]
+    assert (
+        "near" in assert_envelope(api.get("/collection-points?near=%00"), 422, "validation_error")["details"]["fields"]
+    )
+    # the escaped text \\u0000 (a backslash, then u0000) is ordinary text
+    fine = api.patch("/me", as_=me, json={"nickname": "\\u0000"})
+    assert fine.status_code == 200, fine.get_json()
+    assert fine.get_json()["nickname"] == "\\u0000"
+
+
 def test_malformed_json_on_an_authenticated_patch_is_bad_request(api):
     me = api.resident()
     response = api.patch("/me", as_=me, data="{nickname:", content_type="application/json")
