@@ -126,19 +126,30 @@ def _require_json_body():
         if has_body:
             body = _whole_body()
             _refuse_deep_nesting(body)
-            _refuse_nul_in_json(body)
+            _refuse_unstorable_json(body)
 
 
-# PostgreSQL text cannot hold U+0000 (the driver refuses it), and no field of ours needs it: it is refused up front
-# as the field's validation error, on SQLite as well, instead of surfacing as a database error.
-NUL_MESSAGE = "不能包含空字符（U+0000）"
+# Text the database cannot store is refused up front as the field's validation error, on SQLite as well, instead of
+# surfacing as a driver error (a 500): U+0000, which PostgreSQL text cannot hold, and lone surrogates (a "\ud800"
+# escape in JSON), which are not Unicode text and cannot be encoded. No field of ours needs either.
+UNSTORABLE_MESSAGE = "不能包含空字符或无效的 Unicode 字符"
 
 
-def _has_nul(value) -> bool:
+def _unstorable_text(text: str) -> bool:
+    if "\x00" in text:
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _holds_unstorable_text(value) -> bool:
     pending = [value]
     while pending:
         item = pending.pop()
-        if isinstance(item, str) and "\x00" in item:
+        if isinstance(item, str) and _unstorable_text(item):
             return True
         if isinstance(item, dict):
             pending.extend(item.keys())
@@ -148,28 +159,39 @@ def _has_nul(value) -> bool:
     return False
 
 
-def _refuse_nul_in_json(body: bytes) -> None:
-    if b"\\u0000" not in body:  # JSON can carry U+0000 only escaped; most bodies end here
+def _refuse_unstorable_json(body: bytes) -> None:
+    if b"\\u" not in body:  # JSON carries either only as a \u escape; most bodies end here
         return
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
         return  # not JSON: the body's parser answers with its own error
     if isinstance(data, dict):
-        fields = {str(key): [NUL_MESSAGE] for key, value in data.items() if _has_nul(key) or _has_nul(value)}
+        fields = {
+            _printable(key): [UNSTORABLE_MESSAGE]
+            for key, value in data.items()
+            if _holds_unstorable_text(key) or _holds_unstorable_text(value)
+        }
     else:
-        fields = {"_schema": [NUL_MESSAGE]} if _has_nul(data) else {}
+        fields = {"_schema": [UNSTORABLE_MESSAGE]} if _holds_unstorable_text(data) else {}
     if fields:
         raise ValidationError(details={"fields": fields})
 
 
-def _refuse_nul_in_query_and_form() -> None:
+def _printable(key: str) -> str:
+    """A field name fit to echo back in the error: the name itself may hold the bad character."""
+    if not _unstorable_text(key):
+        return key
+    return key.encode(errors="backslashreplace").decode().replace("\x00", "\\x00")
+
+
+def _refuse_unstorable_query_and_form() -> None:
     """The same for query strings and the admin site's forms, where %00 arrives as U+0000."""
     fields = {
-        name: [NUL_MESSAGE]
+        _printable(name): [UNSTORABLE_MESSAGE]
         for source in (request.args, request.form)
         for name, value in source.items(multi=True)
-        if "\x00" in name or "\x00" in value
+        if _unstorable_text(name) or _unstorable_text(value)
     }
     if fields:
         raise ValidationError(details={"fields": fields})
@@ -284,7 +306,7 @@ def register_http(app: Flask) -> None:
     app.json.sort_keys = False
     app.before_request(_assign_request_id)
     app.before_request(_require_json_body)
-    app.before_request(_refuse_nul_in_query_and_form)
+    app.before_request(_refuse_unstorable_query_and_form)
     app.after_request(_add_request_id)
     app.register_error_handler(AppError, handle_app_error)
     app.register_error_handler(HTTPException, handle_http_exception)

@@ -148,7 +148,7 @@ def test_a_nul_character_anywhere_is_the_fields_validation_error_not_a_database_
     admin, me = api.staff("admin"), api.resident()
     point = {"name": "恒康\x00站", "community_id": 1, "kind": "station"}
     error = assert_envelope(api.post("/collection-points", as_=admin, json=point), 422, "validation_error")
-    assert error["details"]["fields"] == {"name": ["不能包含空字符（U+0000）"]}
+    assert error["details"]["fields"] == {"name": ["不能包含空字符或无效的 Unicode 字符"]}
     nested = {"member_code": "m", "collection_point_id": 1, "items": [{"category": "paper\x00", "weight_g": 1}]}
     error = assert_envelope(api.post("/deposits", as_=admin, json=nested), 422, "validation_error")
     assert list(error["details"]["fields"]) == ["items"]
@@ -163,6 +163,25 @@ def test_a_nul_character_anywhere_is_the_fields_validation_error_not_a_database_
     fine = api.patch("/me", as_=me, json={"nickname": "\\u0000"})
     assert fine.status_code == 200, fine.get_json()
     assert fine.get_json()["nickname"] == "\\u0000"
+
+
+@pytest.mark.parametrize("escaped", ["\\ud800", "\\udfff", "a\\uD83D", "\\u0000"])
+def test_text_that_cannot_be_stored_is_refused_by_field(api, escaped):
+    """A lone surrogate is not Unicode text: no driver can encode it. Sent escaped, as JSON allows."""
+    me = api.resident()
+    body = f'{{"nickname": "x{escaped}y"}}'
+    error = assert_envelope(
+        api.patch("/me", as_=me, data=body, content_type="application/json"), 422, "validation_error"
+    )
+    assert list(error["details"]["fields"]) == ["nickname"]
+    in_a_key = f'{{"nick{escaped}": "x"}}'
+    error = assert_envelope(api.patch("/me", as_=me, data=in_a_key, content_type="application/json"), 422,
+                            "validation_error")  # fmt: skip
+    assert len(error["details"]["fields"]) == 1
+    # a whole surrogate pair is an ordinary character
+    pair = api.patch("/me", as_=me, data='{"nickname": "\\ud83c\\udf31"}', content_type="application/json")
+    assert pair.status_code == 200, pair.get_json()
+    assert pair.get_json()["nickname"] == "🌱"
 
 
 def test_malformed_json_on_an_authenticated_patch_is_bad_request(api):
