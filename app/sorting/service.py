@@ -42,7 +42,7 @@ from app.errors import (
 )
 from app.ledger import service as ledger
 from app.ledger.models import Account, LedgerEntry
-from app.people.models import Resident
+from app.people.models import Community, Resident
 from app.sorting.models import (
     Checkin,
     CollectionPoint,
@@ -94,12 +94,14 @@ def _require_staff_in_scope(actor: Actor, point: CollectionPoint) -> None:
         _require_manager(actor, point.community_id)
 
 
+def _require_community_exists(community_id: int) -> None:
+    if find(Community, community_id) is None:
+        raise field_error("community_id", "社区不存在")
+
+
 def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
     _require_manager(actor, data["community_id"])
-    from app.people.models import Community
-
-    if db.session.get(Community, data["community_id"]) is None:
-        raise field_error("community_id", "社区不存在")
+    _require_community_exists(data["community_id"])
     point = CollectionPoint(**data)
     db.session.add(point)
     db.session.flush()
@@ -113,6 +115,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     _require_manager(actor, point.community_id)
     if "community_id" in data:
         _require_manager(actor, data["community_id"])
+        _require_community_exists(data["community_id"])
     for key, value in data.items():
         setattr(point, key, value)
     if (point.lat is None) != (point.lng is None):

@@ -95,6 +95,7 @@ def test_any_point_change_is_answered_cleanly_and_keeps_the_point_usable(api, ca
             "categories": st.lists(st.sampled_from(["paper", "glass", "metal"]), min_size=1, max_size=3),
             "active": st.booleans(),
             "address": st.text(max_size=20),
+            "community_id": st.sampled_from([1, 2, 999_999, 2**31 - 1]),
         },
     )
     admin = callers["admin"]

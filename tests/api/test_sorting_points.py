@@ -245,6 +245,13 @@ def test_patch_is_scoped_and_validated(api, admin, worker):
     )
     assert "kind" in error["details"]["fields"]
     assert_error(api.patch("/collection-points/999999", as_=admin, json={"name": "x"}), 404, "not_found")
+    for nowhere in (999_999, 2**31 - 2):  # found by schemathesis on PostgreSQL: a foreign key error, a 500
+        error = assert_error(
+            api.patch(f"/collection-points/{mine['id']}", as_=admin, json={"community_id": nowhere}),
+            422,
+            "validation_error",
+        )
+        assert "community_id" in error["details"]["fields"]
 
     fenced = make_point(api, admin, "围栏站", lat=31.0, lng=121.0, geofence_m=100)
     unplace = {"lat": None, "lng": None}
