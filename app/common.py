@@ -29,6 +29,16 @@ class Integer(fields.Integer):
         return super()._validated(value)
 
 
+class Boolean(fields.Boolean):
+    """JSON's true or false only. marshmallow's default also takes 0, 1, "yes", "off"… as a guess, and a switch such
+    as `active` is not something to guess."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class Number(fields.Decimal):
     """A decimal quantity (an emission factor) written as the JSON number it is: 2500 and 0.5, not 2500.0 or the
     string "2500.000" that a Decimal would become."""

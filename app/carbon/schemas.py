@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
-from app.common import Integer, Number, PageArgsSchema, StrictSchema
+from app.common import Boolean, Integer, Number, PageArgsSchema, StrictSchema
 
 
 class RuleSchema(StrictSchema):
@@ -14,7 +14,7 @@ class RuleSchema(StrictSchema):
     co2e_g_per_unit = Number()
     points = Integer(allow_none=True)
     daily_cap_points = Integer(allow_none=True)
-    daily_total_exempt = fields.Boolean()
+    daily_total_exempt = Boolean()
     version = Integer()
     source = fields.String()
     valid_from = fields.AwareDateTime()
@@ -34,6 +34,6 @@ class RulePublishSchema(StrictSchema):
     co2e_g_per_unit = fields.Decimal(places=3, validate=validate.Range(min=0, max=10_000_000))
     points = Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
     daily_cap_points = Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
-    daily_total_exempt = fields.Boolean()
+    daily_total_exempt = Boolean()
     source = fields.String(required=True, validate=validate.Length(min=2, max=500))
     effective_from = fields.AwareDateTime(load_default=None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from app.apidoc import error_docs
 from app.auth.guards import RESIDENT, current_actor, login_required
 from app.common import PageArgsSchema, page_schema
-from app.errors import Duplicate, NotFound
+from app.errors import Duplicate, InvalidState, NotFound
 from app.http import Blueprint
 from app.ledger import service as ledger
 from app.people import service
@@ -105,7 +105,7 @@ def get_staff(staff_id):
 
 @blp.route("/staff/<int:staff_id>", methods=["PATCH"])
 @login_required("admin", "alliance")
-@error_docs(NotFound)
+@error_docs(NotFound, InvalidState)
 @blp.arguments(StaffUpdateSchema)
 @blp.response(200, StaffSchema)
 def update_staff(body, staff_id):

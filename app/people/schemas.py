@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Id, Integer, PageArgsSchema, StrictSchema
+from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
@@ -42,7 +42,7 @@ class StaffCreateSchema(StrictSchema):
 class StaffUpdateSchema(StrictSchema):
     display_name = fields.String(validate=validate.Length(max=64))
     password = fields.String(load_only=True, validate=validate.Length(min=8, max=128))
-    active = fields.Boolean()
+    active = Boolean()
     store_ids = fields.List(Id(), validate=validate.Length(max=50))
     collection_point_ids = fields.List(Id(), validate=validate.Length(max=50))
 
@@ -56,7 +56,7 @@ class StaffSchema(StrictSchema):
     organization_id = Id(allow_none=True)
     store_ids = fields.List(Id())
     collection_point_ids = fields.List(Id())
-    active = fields.Boolean()
+    active = Boolean()
     created_at = fields.AwareDateTime()
 
 

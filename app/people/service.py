@@ -12,7 +12,7 @@ from app.audit import service as audit
 from app.auth.guards import Actor
 from app.common import keyset_page
 from app.db import commit, db, find, get_or_404, insert_unique
-from app.errors import Forbidden, NotFound, field_error
+from app.errors import Forbidden, InvalidState, NotFound, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
 from app.people.models import Community, Organization, Resident, Staff
@@ -167,6 +167,8 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     staff = get_staff(actor, staff_id)
     if not actor.is_admin and staff.role not in ALLIANCE_MAY_CREATE:
         raise Forbidden()
+    if data.get("active") is False and staff.id == actor.id:
+        raise InvalidState("不能停用自己的账户：请另一位管理员操作")
     current = {"role": staff.role, "community_id": staff.community_id, "organization_id": staff.organization_id}
     if "store_ids" in data:
         stores = _scoped_rows(Store, data["store_ids"], "store_ids", "兑换点")

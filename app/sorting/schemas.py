@@ -4,7 +4,7 @@ from datetime import date
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import Id, Integer, PageArgsSchema, StrictSchema
+from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
@@ -25,7 +25,7 @@ class CollectionPointSchema(StrictSchema):
         load_default=lambda: list(CATEGORIES),
         validate=validate.Length(min=1, max=len(CATEGORIES)),
     )
-    active = fields.Boolean(dump_only=True)
+    active = Boolean(dump_only=True)
     distance_m = Integer(dump_only=True, allow_none=True, dump_default=None)
 
     @validates_schema
@@ -50,7 +50,7 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)), validate=validate.Length(min=1, max=len(CATEGORIES))
     )
-    active = fields.Boolean()
+    active = Boolean()
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
@@ -157,14 +157,14 @@ class DeviceCreateSchema(StrictSchema):
 
 
 class DeviceUpdateSchema(StrictSchema):
-    active = fields.Boolean(required=True, metadata={"description": "false 停用（设备请求将被拒绝），true 重新启用"})
+    active = Boolean(required=True, metadata={"description": "false 停用（设备请求将被拒绝），true 重新启用"})
 
 
 class DeviceSchema(StrictSchema):
     id = Integer()
     code = fields.String()
     collection_point_id = Id()
-    active = fields.Boolean()
+    active = Boolean()
     created_at = fields.AwareDateTime()
 
 

@@ -369,6 +369,21 @@ def test_alliance_cannot_reassign_a_merchant_to_another_orgs_store(api, world):
     assert api.get(f"/staff/{clerk.id}", as_=cafe_boss).get_json()["store_ids"] == [world["cafe_store"]]
 
 
+def test_an_admin_cannot_lock_themself_out_and_switches_take_booleans_only(api, world):
+    admin, other_admin = api.staff("admin"), api.staff("admin")
+    # found by schemathesis: an admin deactivated its own account mid-run
+    assert_error(api.patch(f"/staff/{admin.id}", as_=admin, json={"active": False}), 409, "invalid_state")
+    assert api.get("/staff/me", as_=admin).status_code == 200
+    boss = api.staff("alliance", organization_id=world["cafe"])
+    assert_error(api.patch(f"/staff/{boss.id}", as_=boss, json={"active": False}), 409, "invalid_state")
+    for guess in (0, 1, "false", "yes", None):
+        error = assert_error(api.patch(f"/staff/{other_admin.id}", as_=admin, json={"active": guess}), 422,
+                             "validation_error")  # fmt: skip
+        assert "active" in error["details"]["fields"]
+    assert api.patch(f"/staff/{other_admin.id}", as_=admin, json={"active": False}).get_json()["active"] is False
+    assert_error(api.get("/staff/me", as_=other_admin), 401, "unauthorized")
+
+
 def test_patch_staff_rescopes_within_the_rules(api, world):
     from app.sorting.models import CollectionPoint
 

@@ -222,7 +222,10 @@ def test_only_the_points_managers_retire_bins_or_rotate_their_secrets(api, world
     assert [action for action, _ in device_audit(device["id"])] == ["device.register"]
 
 
-@pytest.mark.parametrize("body", [{}, {"active": None}, {"active": False, "code": "BIN-Z"}, {"active": [False]}])
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"active": None}, {"active": False, "code": "BIN-Z"}, {"active": [False]}, {"active": 0}, {"active": "false"}],
+)
 def test_retiring_a_bin_is_validated(api, world, body):
     device = world["device"]
     error = assert_error(api.patch(f"/devices/{device['id']}", as_=world["admin"], json=body), 422, "validation_error")
