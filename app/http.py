@@ -185,11 +185,18 @@ def _printable(key: str) -> str:
     return key.encode(errors="backslashreplace").decode().replace("\x00", "\\x00")
 
 
+_FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
 def _refuse_unstorable_query_and_form() -> None:
-    """The same for query strings and the admin site's forms, where %00 arrives as U+0000."""
+    """The same for query strings and the admin site's forms. In a URL, U+0000 can only arrive as %00 (werkzeug
+    decodes invalid UTF-8 to U+FFFD, never to a surrogate), so most requests are passed on the raw bytes alone."""
+    sources = [request.args] if b"%00" in request.query_string else []
+    if request.mimetype in _FORMS:
+        sources.append(request.form)
     fields = {
         _printable(name): [UNSTORABLE_MESSAGE]
-        for source in (request.args, request.form)
+        for source in sources
         for name, value in source.items(multi=True)
         if _unstorable_text(name) or _unstorable_text(value)
     }
