@@ -18,7 +18,7 @@ from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, registry
 
 from app.clock import utcnow
-from app.errors import Duplicate, NotFound
+from app.errors import Duplicate, NotFound, field_error
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -79,6 +79,13 @@ def fits_key(value: object, key_type: sa.types.TypeEngine | None = None) -> bool
 def find(model, obj_id: object):
     """The row with this primary key, or None; an id the key column cannot hold never reaches the database."""
     return db.session.get(model, obj_id) if fits_key(obj_id, sa.inspect(model).primary_key[0].type) else None
+
+
+def require_exists(model, obj_id: int | None, field: str, message: str) -> None:
+    """A reference in a request body (a community, an organisation) must name a row: otherwise it is that field's
+    validation error, not the database's foreign key error. None refers to nothing and passes."""
+    if obj_id is not None and find(model, obj_id) is None:
+        raise field_error(field, message)
 
 
 def get_or_404(model, obj_id: int, message: str = "资源不存在"):

@@ -11,7 +11,7 @@ from werkzeug.security import generate_password_hash
 from app.audit import service as audit
 from app.auth.guards import Actor
 from app.common import keyset_page
-from app.db import commit, db, find, get_or_404, insert_unique
+from app.db import commit, db, get_or_404, insert_unique, require_exists
 from app.errors import Forbidden, InvalidState, NotFound, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
@@ -19,11 +19,6 @@ from app.people.models import Community, Organization, Resident, Staff
 from app.sorting.models import CollectionPoint
 
 ALLIANCE_MAY_CREATE = ("merchant", "alliance")
-
-
-def _require_exists(model, obj_id: int | None, field: str, message: str) -> None:
-    if obj_id is not None and find(model, obj_id) is None:
-        raise field_error(field, message)
 
 
 # Communities and organisations
@@ -64,7 +59,7 @@ def organization_page(community_id: int | None, kind: str | None, cursor: str | 
 
 def create_organization(actor: Actor, data: dict[str, Any]) -> Organization:
     actor.require_role("admin")
-    _require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
+    require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
     org = insert_unique(Organization(**data), "该成员单位已存在")
     audit.record(actor, "organization.create", "organization", org.id, data)
     commit()
@@ -122,8 +117,8 @@ def create_staff(actor: Actor, data: dict[str, Any]) -> Staff:
     points = _scoped_rows(CollectionPoint, data.pop("collection_point_ids", []), "collection_point_ids", "回收点")
     _check_alliance_grant(actor, data, stores)
     _check_role_scope(data["role"], data, stores, points)
-    _require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
-    _require_exists(Organization, data.get("organization_id"), "organization_id", "单位不存在")
+    require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
+    require_exists(Organization, data.get("organization_id"), "organization_id", "单位不存在")
     staff = Staff(
         username=data["username"],
         password_hash=generate_password_hash(data["password"]),
@@ -214,7 +209,7 @@ def update_me(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
     """Change the resident's own profile; answers with the same view as GET /me."""
     resident = get_or_404(Resident, actor.id)
     if "community_id" in data:
-        _require_exists(Community, data["community_id"], "community_id", "社区不存在")
+        require_exists(Community, data["community_id"], "community_id", "社区不存在")
     for key, value in data.items():
         setattr(resident, key, value)
     commit()

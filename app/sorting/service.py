@@ -26,7 +26,19 @@ from app.carbon import service as carbon
 from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
-from app.db import bound_row, commit, db, dialect_name, find, fits_key, get_or_404, insert_unique, run, upsert_insert
+from app.db import (
+    bound_row,
+    commit,
+    db,
+    dialect_name,
+    find,
+    fits_key,
+    get_or_404,
+    insert_unique,
+    require_exists,
+    run,
+    upsert_insert,
+)
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -94,14 +106,9 @@ def _require_staff_in_scope(actor: Actor, point: CollectionPoint) -> None:
         _require_manager(actor, point.community_id)
 
 
-def _require_community_exists(community_id: int) -> None:
-    if find(Community, community_id) is None:
-        raise field_error("community_id", "社区不存在")
-
-
 def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
     _require_manager(actor, data["community_id"])
-    _require_community_exists(data["community_id"])
+    require_exists(Community, data["community_id"], "community_id", "社区不存在")
     point = CollectionPoint(**data)
     db.session.add(point)
     db.session.flush()
@@ -115,7 +122,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     _require_manager(actor, point.community_id)
     if "community_id" in data:
         _require_manager(actor, data["community_id"])
-        _require_community_exists(data["community_id"])
+        require_exists(Community, data["community_id"], "community_id", "社区不存在")
     for key, value in data.items():
         setattr(point, key, value)
     if (point.lat is None) != (point.lng is None):
