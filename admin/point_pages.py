@@ -96,12 +96,7 @@ def set_point_active(point_id: int):
     active = request.form.get("active") == "1"
     if not active and request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：停用后海报将失效")
-    actor = current_admin_actor()
-    if active:
-        sorting.update_point(actor, point_id, {"active": True})
-    else:
-        sorting.deactivate_point(actor, point_id)
-    point = sorting.get_point(point_id)
+    point = sorting.set_point_active(current_admin_actor(), point_id, active)
     flash(f"回收点「{point.name}」已{'重新启用' if active else '停用'}", "success")
     return redirect(url_for("admin.point", point_id=point_id))
 

@@ -117,7 +117,7 @@ def update_point(body, point_id):
 @blp.response(204)
 def delete_point(point_id):
     """Retire a collection point: its posters stop working (within 10 seconds everywhere); its history stays."""
-    service.deactivate_point(current_actor(), point_id)
+    service.set_point_active(current_actor(), point_id, False)
 
 
 @blp.route("/collection-points/<int:point_id>/qr", methods=["GET"])

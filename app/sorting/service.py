@@ -135,13 +135,18 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     return point
 
 
-def deactivate_point(actor: Actor, point_id: int) -> None:
+def set_point_active(actor: Actor, point_id: int, active: bool) -> CollectionPoint:
+    """Retire a point (its posters stop working; its history stays) or bring it back. Setting what is already so
+    changes and records nothing."""
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
-    point.active = False
-    audit.record(actor, "collection_point.deactivate", "collection_point", point.id)
-    commit()
-    clear_point_cache()
+    if point.active != active:
+        point.active = active
+        action = "collection_point.reactivate" if active else "collection_point.deactivate"
+        audit.record(actor, action, "collection_point", point.id)
+        commit()
+        clear_point_cache()
+    return point
 
 
 def _parse_near(near: str) -> tuple[float, float]:

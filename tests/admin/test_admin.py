@@ -719,7 +719,7 @@ def test_a_point_is_retired_once_confirmed_and_brought_back(as_worker):
         .filter_by(target_type="collection_point", target_id=str(point.id))
         .order_by(AuditEvent.id)
     ).all()
-    assert actions[-2:] == ["collection_point.deactivate", "collection_point.update"]
+    assert actions[-2:] == ["collection_point.deactivate", "collection_point.reactivate"]
 
 
 def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, monkeypatch):

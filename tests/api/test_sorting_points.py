@@ -300,6 +300,14 @@ def test_delete_retires_the_point_and_its_posters(api, admin, worker):
     assert_error(api.post("/scans", as_=resident, json={"token": token}), 422, "invalid_qr")
     assert api.get("/me", as_=resident).get_json()["balance"] == 0
     assert_error(api.delete("/collection-points/999999", as_=admin), 404, "not_found")
+    # retiring it again is answered the same and records nothing more
+    assert api.delete(f"/collection-points/{point['id']}", as_=worker).status_code == 204
+    from app.audit.models import AuditEvent
+
+    actions = db.session.scalars(
+        sa.select(AuditEvent.action).filter_by(target_type="collection_point", target_id=str(point["id"]))
+    ).all()
+    assert actions.count("collection_point.deactivate") == 1
 
 
 def test_ids_beyond_what_the_database_holds_are_not_found_or_invalid(api):
