@@ -495,7 +495,7 @@ def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
     return deposit
 
 
-def _with_entry_ids(deposits: list[Deposit]) -> list[Deposit]:
+def _with_entry_ids(deposits: list[Deposit]) -> None:
     """Fill in each deposit's ledger entry (none for a deposit worth 0 points), in one query. The entry is found
     through its resident's account, so the lookup uses the (account, kind, ref_type, ref_id) index."""
     if deposits:
@@ -512,14 +512,18 @@ def _with_entry_ids(deposits: list[Deposit]) -> list[Deposit]:
         entry_ids = {(resident_id, ref_id): entry_id for resident_id, ref_id, entry_id in found}
         for deposit in deposits:
             deposit.entry_id = entry_ids.get((deposit.resident_id, str(deposit.id)))
-    return deposits
+
+
+def _deposit_page(stmt: sa.Select, cursor: str | None, limit: int) -> dict[str, Any]:
+    """A page of deposits, newest first, each with its lines (loaded in one more query) and its ledger entry."""
+    page = keyset_page(stmt, Deposit.id, cursor, limit)
+    _with_entry_ids(page["items"])
+    return page
 
 
 def my_deposits(resident_id: int, cursor: str | None, limit: int) -> dict[str, Any]:
-    """The resident's own deposits, newest first, with their lines: what was weighed where, and what it earned."""
-    page = keyset_page(sa.select(Deposit).where(Deposit.resident_id == resident_id), Deposit.id, cursor, limit)
-    _with_entry_ids(page["items"])
-    return page
+    """The resident's own deposits: what was weighed where, and what it earned."""
+    return _deposit_page(sa.select(Deposit).where(Deposit.resident_id == resident_id), cursor, limit)
 
 
 def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
@@ -533,9 +537,7 @@ def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | 
         stmt = stmt.where(
             Deposit.created_at >= local_midnight(day, tz), Deposit.created_at < local_midnight(day + timedelta(1), tz)
         )
-    page = keyset_page(stmt, Deposit.id, cursor, limit)
-    _with_entry_ids(page["items"])
-    return page
+    return _deposit_page(stmt, cursor, limit)
 
 
 # Smart-bin devices
