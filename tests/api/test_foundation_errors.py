@@ -465,6 +465,17 @@ def test_public_operations_need_no_bearer(spec, path, method):
         ("/api/v1/deposits/{deposit_id}", "get", 403, "forbidden"),
         ("/api/v1/devices/deposits", "post", 403, "forbidden"),
         ("/api/v1/collection-points", "get", 422, "validation_error"),
+        ("/api/v1/collection-points/{point_id}/deposits", "get", 403, "forbidden"),
+        ("/api/v1/collection-points/{point_id}/deposits", "get", 404, "not_found"),
+        ("/api/v1/collection-points/{point_id}/deposits", "get", 422, "validation_error"),
+        ("/api/v1/me/deposits", "get", 403, "forbidden"),
+        ("/api/v1/devices/{device_id}", "patch", 403, "forbidden"),
+        ("/api/v1/devices/{device_id}", "patch", 404, "not_found"),
+        ("/api/v1/devices/{device_id}", "patch", 422, "validation_error"),
+        ("/api/v1/devices/{device_id}/secret/rotate", "post", 404, "not_found"),
+        ("/api/v1/devices/{device_id}/secret/rotate", "post", 409, "idempotency_conflict"),
+        ("/api/v1/residents/{resident_id}/adjustments", "post", 409, "duplicate"),
+        ("/api/v1/staff/{staff_id}", "patch", 409, "invalid_state"),
     ],
 )
 def test_error_responses_are_documented_with_the_envelope(spec, path, method, status, code):
@@ -598,3 +609,17 @@ def test_every_operation_that_takes_arguments_documents_their_validation_error(s
 def test_image_operations_document_their_media_type(spec, path, media_type):
     content = spec["paths"][path]["get"]["responses"]["200"]["content"]
     assert content == {media_type: {"schema": {"type": "string", "format": "binary"}}}
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "status", "fields"),
+    [
+        ("/api/v1/devices/{device_id}/secret/rotate", "post", "200", {"id", "code", "active", "secret"}),
+        ("/api/v1/devices/{device_id}", "patch", "200", {"id", "code", "active"}),
+        ("/api/v1/me/deposits", "get", "200", {"items", "next"}),
+        ("/api/v1/collection-points/{point_id}/deposits", "get", "200", {"items", "next"}),
+    ],
+)
+def test_the_sorting_additions_document_their_answers(spec, path, method, status, fields):
+    content = spec["paths"][path][method]["responses"][status]["content"]["application/json"]
+    assert fields <= set(_resolve(spec, content["schema"])["properties"])
