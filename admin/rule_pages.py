@@ -7,6 +7,7 @@ from flask import flash, redirect, render_template, request, url_for
 from admin.blueprint import bp
 from admin.forms import load, nullable, rerender_on_error, text
 from admin.security import current_admin_actor
+from admin.views import local_time
 from app.carbon import service as carbon
 from app.carbon.schemas import RulePublishSchema
 from app.errors import NotFound
@@ -42,5 +43,6 @@ def publish_rule():
     activity = body.pop("activity")
     body.pop("effective_from", None)
     rule = carbon.publish_rule(current_admin_actor(), activity, body)
-    flash(f"已发布「{rule.title or rule.activity}」第 {rule.version} 版，立即生效", "success")
+    starts = local_time(rule.valid_from, "%Y-%m-%d %H:%M:%S")
+    flash(f"已发布「{rule.title or rule.activity}」第 {rule.version} 版，将于 {starts} 生效", "success")
     return redirect(url_for("admin.rules"))

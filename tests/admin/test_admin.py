@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
 from app.sorting.models import CollectionPoint, Device
-from tests.conftest import community_id, without_append_only_guard
+from tests.conftest import SHANGHAI, community_id, without_append_only_guard
 
 PASSWORD = "password-123"
 SYSTEM = Actor(kind="system", id=0, role="admin")
@@ -529,9 +530,14 @@ def test_rule_publish_creates_version_2(as_admin, clock):
     new = versions[1]
     assert (str(new.co2e_g_per_unit), new.points, new.daily_cap_points) == ("1500.500", None, 80)
     assert versions[0].valid_to == new.valid_from
+    starts = (clock.now + timedelta(seconds=10)).astimezone(SHANGHAI)
+    scheduled = text(as_admin.get("/admin/rules"))  # the page after the redirect: the flash, version 1 still in force
+    assert f"第 2 版，将于 {starts:%Y-%m-%d %H:%M:%S} 生效" in scheduled
+    assert f"第 2 版将于 {starts:%m-%d %H:%M:%S} 生效" in scheduled
+    assert "立即生效" not in scheduled
     clock.advance(seconds=11)  # a new version starts once every worker's rule cache can have seen it
     page = text(as_admin.get("/admin/rules"))
-    assert "第 2 版" in page
+    assert "第 2 版将于" not in page
     assert "1500.5" in page
 
 
