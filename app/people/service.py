@@ -91,6 +91,10 @@ def _check_role_scope(role: str, data: dict[str, Any], stores: list[Store], poin
         raise field_error("store_ids", "店员必须至少关联一个兑换点")
     if role == "collector" and not points:
         raise field_error("collection_point_ids", "回收员必须至少关联一个回收点")
+    community_id = data.get("community_id")
+    elsewhere = sorted(p.id for p in points if community_id is not None and p.community_id != community_id)
+    if elsewhere:
+        raise field_error("collection_point_ids", f"回收点不属于该回收员所在社区：{', '.join(map(str, elsewhere))}")
     if role != "merchant" and stores:
         raise field_error("store_ids", "只有店员可以关联兑换点")
     if role != "collector" and points:

@@ -384,6 +384,25 @@ def test_an_admin_cannot_lock_themself_out_and_switches_take_booleans_only(api, 
     assert_error(api.get("/staff/me", as_=other_admin), 401, "unauthorized")
 
 
+def test_a_collector_of_a_community_serves_only_its_points(api, world):
+    admin = api.staff("admin")
+    here, there = make_point(api, admin, "恒康回收点"), make_point(api, admin, "鑫海湾回收点", community="xinhaiwan")
+    both = [here, there]
+    body = _staff_body("x.mixed", "collector", community_id=community_id("hengkang"), collection_point_ids=both)
+    refused = api.post("/staff", as_=admin, json=body)
+    assert assert_error(refused, 422, "validation_error")["details"]["fields"] == {
+        "collection_point_ids": [f"回收点不属于该回收员所在社区：{there}"]
+    }
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Staff).filter_by(username="x.mixed")) == 0
+    # Without a community of its own, a collector may serve points in several communities.
+    roaming = api.post("/staff", as_=admin, json=_staff_body("x.roaming", "collector", collection_point_ids=both))
+    assert roaming.status_code == 201, roaming.get_json()
+    local = api.staff("collector", community_id=community_id("hengkang"), collection_point_ids=[here])
+    moved = api.patch(f"/staff/{local.id}", as_=admin, json={"collection_point_ids": [there]})
+    assert "collection_point_ids" in assert_error(moved, 422, "validation_error")["details"]["fields"]
+    assert [p.id for p in db.session.get(Staff, local.id).collection_points] == [here]
+
+
 def test_patch_staff_rescopes_within_the_rules(api, world):
     from app.sorting.models import CollectionPoint
 
