@@ -6,16 +6,18 @@ same gunicorn serving the bare GET /healthz in the same run.
 
 Preparation (in this process): a fresh database `bench_http` (dropped and recreated), the migrations, reference
 and demo data (app.seeding), --points collection points (恒康社区, kind station, no geofence), --residents residents
-with accounts (bulk SQL), a collector scoped to --collector-points of those points (people.service.create_staff),
+with accounts (bulk SQL), --collector-points collectors with one of those points each (people.service.create_staff),
 poster tokens (sorting.service.poster as an admin) and JWT access tokens minted locally with the server's secrets.
 
-Every scan uses a fresh (resident, point) pair: the n-th scan of the whole run goes to resident n // 2 and point
-n % points, so no resident checks in more than twice a day (the 10-point cap) and every scan should be a 201.
-Every deposit (paper 1200 g + plastic 500 g, 28 points) goes to the next resident in turn with a member code minted
-just before the deposit phase. Then per server configuration: start gunicorn (`gunicorn -c gunicorn.conf.py
-wsgi:app`, ACCESS_LOG=/dev/null, RATELIMIT_ENABLED=false), wait for /healthz, warm up, and run the same closed-loop
-generator (bench.loadgen) for /healthz, /scans and /deposits in turn. Gunicorn is stopped at the end, also on
-errors and Ctrl-C.
+Every scan uses a fresh (resident, point) pair: the n-th scan of the whole run goes to resident n % residents, at
+point (n + n // residents) % points, so no resident checks in more than twice a day (the 10-point cap), every scan
+should be a 201, and no resident has two scans in flight at once (as with a person at a poster). Every deposit
+(paper 1200 g + plastic 500 g, 28 points) goes to the next resident in turn, recorded by the next collector at its
+own point, with a member code minted just before the deposit phase.
+
+Then per server configuration: start gunicorn (`gunicorn -c gunicorn.conf.py wsgi:app`, ACCESS_LOG=/dev/null,
+RATELIMIT_ENABLED=false), wait for /healthz, warm up, and run the same closed-loop generator (bench.loadgen) for
+/healthz, /scans and /deposits in turn. Gunicorn is stopped at the end, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--http-residents", type=int, default=20_000, help="residents, default 20,000")
     group.add_argument("--points", type=int, default=200, help="collection points, default 200")
-    group.add_argument("--collector-points", type=int, default=20, help="points the collector serves, default 20")
+    group.add_argument("--collector-points", type=int, default=20, help="collectors, one point each, default 20")
     group.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections, default 32")
     group.add_argument("--duration", type=float, default=6.0, help="seconds per endpoint and round, default 6")
     group.add_argument(
@@ -118,8 +120,7 @@ class Prepared:
     point_ids: list[int]
     poster_urls: list[str]
     resident_ids: list[int]
-    collector_id: int
-    collector_point_ids: list[int]
+    collectors: list[tuple[int, int]]  # (collector id, the one point it serves)
     seconds: float
     counts: dict[str, Any] = field(default_factory=dict)
 
@@ -183,18 +184,24 @@ def prepare(url: str, residents: int, points: int, collector_points: int, schema
         admin = Actor(kind="staff", id=1, role="admin")
         poster_urls = [sorting.poster(admin, pid)["url"] for pid in point_ids]
         resident_ids = _bulk_residents(residents, community_id)
-        collector_point_ids = point_ids[: max(1, collector_points)]
-        collector = people.create_staff(
-            Actor(kind="system", id=0, role="admin"),
-            {
-                "username": "bench.collector",
-                "password": uuid.uuid4().hex,
-                "role": "collector",
-                "display_name": "压测回收员",
-                "community_id": community_id,
-                "collection_point_ids": collector_point_ids,
-            },
-        )
+        system = Actor(kind="system", id=0, role="admin")
+        collectors = [
+            (
+                people.create_staff(
+                    system,
+                    {
+                        "username": f"bench.collector{i:03d}",
+                        "password": uuid.uuid4().hex,
+                        "role": "collector",
+                        "display_name": f"压测回收员{i}",
+                        "community_id": community_id,
+                        "collection_point_ids": [point_id],
+                    },
+                ).id,
+                point_id,
+            )
+            for i, point_id in enumerate(point_ids[: max(1, collector_points)])
+        ]
         if db.engine.dialect.name == "postgresql":
             db.session.execute(sa.text("ANALYZE"))
             db.session.commit()
@@ -206,8 +213,7 @@ def prepare(url: str, residents: int, points: int, collector_points: int, schema
             point_ids=point_ids,
             poster_urls=poster_urls,
             resident_ids=resident_ids,
-            collector_id=collector.id,
-            collector_point_ids=collector_point_ids,
+            collectors=collectors,
             seconds=0.0,
             counts=counts,
         )
@@ -215,8 +221,8 @@ def prepare(url: str, residents: int, points: int, collector_points: int, schema
         db.engine.dispose()
     prepared.seconds = time.perf_counter() - started
     log(
-        f"     prepared {n(len(resident_ids))} residents, {len(point_ids)} points, collector {collector.id} on "
-        f"{len(collector_point_ids)} points in {prepared.seconds:.1f}s"
+        f"     prepared {n(len(resident_ids))} residents, {len(point_ids)} points, {len(collectors)} collectors "
+        f"(one point each) in {prepared.seconds:.1f}s"
     )
     return app, prepared
 
@@ -232,7 +238,7 @@ class Planner:
         self.scan_cursor = 0
         self.deposit_cursor = 0
         self._resident_tokens: dict[int, str] = {}
-        self._collector_token: str | None = None
+        self._collector_tokens: dict[int, str] = {}
 
     @property
     def scans_left(self) -> int:
@@ -273,11 +279,12 @@ class Planner:
         residents, urls = self.p.resident_ids, self.p.poster_urls
         with self.app.app_context():
             for index in range(self.scan_cursor, self.scan_cursor + count):
-                resident = residents[index // 2]
+                # Each resident's two scans are a whole pass apart, so one resident never has two in flight.
+                resident, second_pass = residents[index % len(residents)], index // len(residents)
                 token = self._resident_tokens.get(resident)
                 if token is None:
                     token = self._resident_tokens[resident] = self._token(f"resident:{resident}", "resident")
-                body = json.dumps({"token": urls[index % len(urls)]}).encode()
+                body = json.dumps({"token": urls[(index + second_pass) % len(urls)]}).encode()
                 out.append(
                     encode_request("POST", "/api/v1/scans", self.host, self._headers(token, "scan", index), body)
                 )
@@ -292,18 +299,18 @@ class Planner:
         count = max(0, min(count, self.deposits_left))
         key = qr.derive_key(self.p.secrets["QR_SECRET"], "member")
         now = utcnow()
-        residents, points = self.p.resident_ids, self.p.collector_point_ids
+        residents, collectors = self.p.resident_ids, self.p.collectors
         out = []
         with self.app.app_context():
-            if self._collector_token is None:
-                self._collector_token = self._token(f"staff:{self.p.collector_id}", "collector")
             for index in range(self.deposit_cursor, self.deposit_cursor + count):
                 resident = residents[index % len(residents)]
+                collector, point = collectors[index % len(collectors)]
+                token = self._collector_tokens.get(collector)
+                if token is None:
+                    token = self._collector_tokens[collector] = self._token(f"staff:{collector}", "collector")
                 code, _ = qr.member_code(resident, key, now, ttl_s=ttl_s)
-                body = json.dumps(
-                    {"member_code": code, "collection_point_id": points[index % len(points)], "items": DEPOSIT_ITEMS}
-                ).encode()
-                headers = self._headers(self._collector_token, "deposit", index)
+                body = json.dumps({"member_code": code, "collection_point_id": point, "items": DEPOSIT_ITEMS}).encode()
+                headers = self._headers(token, "deposit", index)
                 out.append(encode_request("POST", "/api/v1/deposits", self.host, headers, body))
         self.deposit_cursor += count
         return out
@@ -430,10 +437,21 @@ def gunicorn(prepared: Prepared, workers: int, threads: int, log_path: Path):
 
 
 class PgCpu:
-    """CPU used by the PostgreSQL backends serving one database (same machine: /proc)."""
+    """CPU used by the PostgreSQL backends serving one database (same machine: /proc), and autovacuum's stand-in."""
 
     def __init__(self, url: str):
         self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with self.engine.connect() as conn:
+            self.autovacuum = conn.execute(sa.text("SHOW autovacuum")).scalar() == "on"
+
+    def maintain(self) -> None:
+        """With autovacuum off, no statistics follow the tables as they grow, so plans made while they were empty
+        stay: the cached foreign-key check of each deposit line then scans all of `deposits`, and PostgreSQL's CPU
+        per deposit grows with the table. A `VACUUM (ANALYZE)` between phases does what autovacuum does in
+        production."""
+        if not self.autovacuum:
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(sa.text("VACUUM (ANALYZE)"))
 
     def pids(self) -> list[int]:
         with self.engine.connect() as conn:
@@ -511,6 +529,8 @@ def run_config(prepared: Prepared, planner: Planner, workers: int, threads: int,
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     pg = PgCpu(prepared.url)
+    if not pg.autovacuum:
+        log("     note: this PostgreSQL runs with autovacuum off; VACUUM (ANALYZE) runs before each measured phase")
     rows: list[dict[str, Any]] = []
     try:
         with gunicorn(prepared, workers, threads, RESULTS_DIR / f"gunicorn-w{workers}-t{threads}.log") as server:
@@ -536,6 +556,7 @@ def run_config(prepared: Prepared, planner: Planner, workers: int, threads: int,
                         log(f"     note: only {len(requests)} fresh {name} left (raise --http-residents)")
                     if not requests:
                         continue
+                    pg.maintain()
                     result = measure(label, server, pg, requests, args)
                     planner.give_back(name, len(requests) - result.sent)  # the unsent tail stays fresh
                     rows.append(_row(result, base) | {"round": round_no})

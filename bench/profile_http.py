@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         counter = SqlCounter(db.engine)
         trips = RoundTrips()
         resident_tokens = {rid: _mint(f"resident:{rid}", "resident") for rid in prepared.resident_ids}
-        collector = _mint(f"staff:{prepared.collector_id}", "collector")
+        collector_tokens = {cid: _mint(f"staff:{cid}", "collector") for cid, _ in prepared.collectors}
 
     def scan_request(i: int):
         rid = prepared.resident_ids[i // 2]
@@ -244,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     def deposit_request(i: int):
         rid = prepared.resident_ids[i % len(prepared.resident_ids)]
         code, _ = qr.member_code(rid, member_key, utcnow(), ttl_s=600)
-        point = prepared.collector_point_ids[i % len(prepared.collector_point_ids)]
+        collector, point = prepared.collectors[i % len(prepared.collectors)]
         return (
             "/api/v1/deposits",
-            collector,
+            collector_tokens[collector],
             {"member_code": code, "collection_point_id": point, "items": DEPOSIT_ITEMS},
         )
 
