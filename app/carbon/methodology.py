@@ -19,6 +19,14 @@ def points_for_grams(exact_grams: Decimal, points_per_kg: int) -> int:
     return round_half_up(exact_grams * points_per_kg / 1000)
 
 
+def exact_points(fixed_per_unit: int | None, exact_grams: Decimal, quantity: Decimal, points_per_kg: int) -> Decimal:
+    """Points before rounding: the rule's fixed points per unit where it gives them, else its grams converted at
+    points_per_kg. Rounding happens once, on the total."""
+    if fixed_per_unit is not None:
+        return Decimal(fixed_per_unit) * Decimal(quantity)
+    return Decimal(exact_grams) * points_per_kg / 1000
+
+
 def allocate(total: int, weights: list[Decimal]) -> list[int]:
     """Split an integer total over lines in proportion to weights (largest remainder), summing exactly."""
     if total == 0 or not weights:

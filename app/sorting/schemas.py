@@ -103,7 +103,11 @@ class ScanResultSchema(StrictSchema):
     points = Integer(required=True)
     co2e_g = Integer(required=True)
     balance = Integer(required=True)
-    entry_id = Integer(required=True)
+    entry_id = Integer(
+        required=True,
+        allow_none=True,
+        metadata={"description": "the ledger entry; null when the check-in rule gives 0 points"},
+    )
     collection_point_id = Integer()
     day = fields.Date()
 

@@ -23,7 +23,7 @@ from app.audit import service as audit
 from app.auth.guards import Actor
 from app.cache import TtlCache
 from app.carbon import service as carbon
-from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
+from app.carbon.methodology import allocate, exact_points, grams, round_half_up
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
 from app.db import (
@@ -321,6 +321,9 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     now = utcnow()
     day = local_day(now, _config("TIMEZONE"))
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
+    exact_g = grams(rule.co2e_g_per_unit, Decimal(1))  # one visit
+    points = round_half_up(exact_points(rule.points, exact_g, Decimal(1), _config("POINTS_PER_KG_CO2E")))
+    co2e_g = round_half_up(exact_g)
     checkin = {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
                "created_at": now}  # fmt: skip
     claim = ledger.Claim(
@@ -328,21 +331,19 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
         {f"claim_{name}": value for name, value in checkin.items()},
         lambda: AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
     )
+    answer = {"kind": "checkin", "points": points, "co2e_g": co2e_g, "collection_point_id": point.id, "day": day}
+    if points == 0:  # a rule worth nothing today (paused by an admin): the visit still counts once a day
+        if run(claim.statement, claim.params).scalar() is None:
+            raise claim.refused()
+        commit()
+        return answer | {"balance": ledger.account_of(actor.id).balance, "entry_id": None}
     entry = ledger.post(
-        actor.id, rule.points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id,
+        actor.id, points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id, co2e_g=co2e_g,
         ref_type="checkin", claim=claim, actor_type="resident", actor_id=actor.id,
-        memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, rule.points)], now),
+        memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, points)], now),
     )  # fmt: skip
     commit()
-    return {
-        "kind": "checkin",
-        "points": entry.delta,
-        "co2e_g": entry.co2e_g,
-        "balance": entry.balance_after,
-        "entry_id": entry.id,
-        "collection_point_id": point.id,
-        "day": day,
-    }
+    return answer | {"balance": entry.balance_after, "entry_id": entry.id}
 
 
 # Weighed deposits
@@ -418,14 +419,12 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         raise field_error("items", f"该回收点不收：{', '.join(refused)}")
     now = utcnow()
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
-    exact = [
-        grams(rule.co2e_g_per_unit, Decimal(line["weight_g"]) / 1000)
-        for rule, line in zip(rules, data["items"], strict=True)
-    ]
-    total_exact = sum(exact, Decimal(0))
-    points = points_for_grams(total_exact, _config("POINTS_PER_KG_CO2E"))
-    co2e_g = round_half_up(total_exact)
-    line_points, line_grams = allocate(points, exact), allocate(co2e_g, exact)
+    kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
+    exact = [grams(rule.co2e_g_per_unit, kg) for rule, kg in zip(rules, kilograms, strict=True)]
+    per_kg = _config("POINTS_PER_KG_CO2E")
+    exact_pts = [exact_points(rule.points, g, kg, per_kg) for rule, g, kg in zip(rules, exact, kilograms, strict=True)]
+    points, co2e_g = round_half_up(sum(exact_pts, Decimal(0))), round_half_up(sum(exact, Decimal(0)))
+    line_points, line_grams = allocate(points, exact_pts), allocate(co2e_g, exact)
     deposit: dict[str, Any] = {
         "resident_id": resident_id, "collection_point_id": point.id, "points": points, "co2e_g": co2e_g,
         "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,

@@ -253,6 +253,25 @@ def test_mixed_deposit_allocates_line_points_by_grams(api, world):
     ]
 
 
+def test_a_rule_with_fixed_points_per_kg_gives_them_and_the_deposit_is_rounded_once(api, clock, world):
+    published = api.post(
+        "/rules",
+        as_=world["admin"],
+        json={"activity": "sorting:paper", "points": 20, "source": "测试：纸类按重量固定积分"},
+    )
+    assert published.status_code == 201, published.get_json()
+    clock.advance(seconds=11)
+    body = deposit_ok(api, world, lines(("paper", 1250), ("plastic", 730)))
+    # paper: 20 points a kg × 1.25 kg = 25 exactly; plastic: 1000.1 g → 10.001; 35.001 in all → 35 points.
+    # The grams still follow the factors: 2200 + 1000.1 → 3200 g.
+    assert (body["points"], body["co2e_g"]) == (35, 3200)
+    assert [(i["category"], i["points"], i["co2e_g"]) for i in body["items"]] == [
+        ("paper", 25, 2200),
+        ("plastic", 10, 1000),
+    ]
+    assert me(api, world["resident"])["balance"] == 35
+
+
 def test_a_deposit_worth_zero_points_is_recorded_without_an_entry(api, world):
     body = deposit_ok(api, world, lines(("glass", 10)))  # 2.6 g → 3 g, 0.026 points → 0
     assert (body["points"], body["co2e_g"], body["weight_g"]) == (0, 3, 10)

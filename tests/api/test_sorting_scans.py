@@ -209,6 +209,36 @@ def test_same_point_twice_a_day_is_already_claimed(api, clock, world):
     assert (again["balance"], again["day"]) == (10, "2026-06-16")
 
 
+def publish_checkin_rule(api, admin, clock, **changes) -> None:
+    response = api.post(
+        "/rules", as_=admin, json={"activity": "checkin:sorting", "source": "测试：调整打卡积分", **changes}
+    )
+    assert response.status_code == 201, response.get_json()
+    clock.advance(seconds=11)  # in force once every worker's rule cache has seen it
+
+
+def test_a_check_in_rule_worth_nothing_still_counts_the_visit_once_a_day(api, clock, world):
+    resident = api.resident()
+    scan_ok(api, resident, world["tokens"]["a"])
+    publish_checkin_rule(api, world["admin"], clock, points=0)  # an admin pauses check-in points
+    paused = scan_ok(api, resident, world["tokens"]["b"])
+    assert (paused["points"], paused["co2e_g"], paused["balance"], paused["entry_id"]) == (0, 0, 5, None)
+    assert checkin_count() == 2
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert_error(scan(api, resident, world["tokens"]["b"]), 409, "already_claimed")
+    # No fixed points and no grams: also worth nothing, and no 500.
+    publish_checkin_rule(api, world["admin"], clock, points=None)
+    assert scan_ok(api, resident, world["tokens"]["c"])["points"] == 0
+    assert balance(api, resident) == 5
+
+
+def test_a_check_in_rule_without_fixed_points_converts_its_grams(api, clock, world):
+    publish_checkin_rule(api, world["admin"], clock, points=None, co2e_g_per_unit=350)
+    body = scan_ok(api, api.resident(), world["tokens"]["a"])
+    assert (body["points"], body["co2e_g"]) == (4, 350)  # 350 g → 3.5 points, rounded half up
+    assert db.session.get(LedgerEntry, body["entry_id"]).co2e_g == 350
+
+
 def test_local_midnight_splits_days_not_utc_midnight(api, clock, world):
     resident = api.resident()
     before, after = datetime(2026, 6, 15, 23, 59, tzinfo=SHANGHAI), datetime(2026, 6, 16, 0, 1, tzinfo=SHANGHAI)

@@ -3,7 +3,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.carbon.methodology import allocate, grams, points_for_grams, round_half_up
+from app.carbon.methodology import allocate, exact_points, grams, points_for_grams, round_half_up
 
 
 def test_round_half_up_not_bankers():
@@ -41,3 +41,9 @@ def test_allocate_sums_exactly_and_is_fair(total, weights):
     whole = sum(weights)
     for share, weight in zip(shares, weights, strict=True):
         assert abs(share - total * weight / whole) < 1
+
+
+def test_exact_points_prefers_the_rules_fixed_points_per_unit():
+    assert exact_points(20, Decimal("2200"), Decimal("1.25"), 10) == 25  # 20 a kg × 1.25 kg; the grams are ignored
+    assert exact_points(0, Decimal("2200"), Decimal("1.25"), 10) == 0  # fixed at nothing means nothing
+    assert exact_points(None, Decimal("1000.1"), Decimal("0.73"), 10) == Decimal("10.001")  # grams converted
