@@ -20,6 +20,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 POINT = "p"  # collection point poster (static)
 EVENT = "e"  # event rotating check-in code
@@ -319,11 +320,21 @@ def member_code(
     return token, _EPOCH + timedelta(seconds=exp)
 
 
-def verify_member_code(token: str, key: bytes, now: datetime) -> int:
+class MemberCode(NamedTuple):
+    resident_id: int
+    nonce: str
+
+
+def read_member_code(token: str, key: bytes, now: datetime) -> MemberCode:
+    """The resident a valid member code names, and its nonce (what makes this code this one)."""
     key = _check_key(key)
     now = _check_now(now)
     parsed = _parse_expected(token, MEMBER, key)
     # Integer comparison; exp is whole seconds so this equals ``now >= expires_at``.
     if _unix_seconds(now) >= int(parsed.extra[0]):
         raise ExpiredToken("member code expired")
-    return parsed.header.object_id
+    return MemberCode(parsed.header.object_id, parsed.extra[1])
+
+
+def verify_member_code(token: str, key: bytes, now: datetime) -> int:
+    return read_member_code(token, key, now).resident_id

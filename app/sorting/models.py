@@ -95,10 +95,14 @@ class Deposit(db.Model):
         sa.CheckConstraint("(collector_id IS NULL) <> (device_id IS NULL)", name="one_recorder"),
         # A point's deposits are read newest first, a page at a time.
         sa.Index("ix_deposits_collection_point_id_id", "collection_point_id", "id"),
+        # A member code pays for one deposit, as a payment code does: a double tap without an Idempotency-Key, or
+        # a code passed on, cannot credit twice. The index also serves the resident's own deposits.
+        sa.Index("uq_deposits_member_code", "resident_id", "member_code_nonce", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"), index=True)
+    resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"))
+    member_code_nonce: Mapped[str | None] = mapped_column(sa.String(32))
     collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"))
     collector_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
     device_id: Mapped[int | None] = mapped_column(sa.ForeignKey("devices.id"))

@@ -46,7 +46,7 @@ blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾�
 PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
 DevicePage = page_schema(DeviceSchema, "DevicePage")
 DepositPage = page_schema(DepositSchema, "DepositPage")
-DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached)
+DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached, Duplicate)
 
 
 def _image(data: bytes, mimetype: str) -> Response:
@@ -202,7 +202,9 @@ def scan(body):
 @blp.arguments(DepositCreateSchema)
 @blp.response(201, DepositSchema)
 def create_deposit(body):
-    """A collector records weighed recyclables against a resident's member code."""
+    """A collector records weighed recyclables against a resident's member code. A code pays for one deposit, as a
+    payment code does: using it again answers 409 duplicate (a retry with the same Idempotency-Key gets the first
+    answer back instead)."""
     return service.record_deposit(current_actor(), body)
 
 
@@ -233,8 +235,9 @@ def get_deposit(deposit_id):
 @blp.arguments(DepositCreateSchema)
 @blp.response(201, DepositSchema)
 def device_deposit(body):
-    """A smart bin records a deposit, HMAC-signed. Each signature is accepted once: to retry after a lost
-    answer, sign again with a new timestamp and send the same Idempotency-Key to get the first answer back.
+    """A smart bin records a deposit, HMAC-signed. Each signature is accepted once, and each member code pays for
+    one deposit: to retry after a lost answer, sign again with a new timestamp and send the same Idempotency-Key
+    to get the first answer back.
     A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
     seconds), so that the bin can correct its own and sign again."""
     return service.record_device_deposit(current_actor(), body)

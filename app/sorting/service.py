@@ -225,11 +225,12 @@ def member_code(resident_id: int) -> dict[str, Any]:
 _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam("id"))
 
 
-def _member_code_resident(code: str) -> int:
-    """The resident a member code names, by its signature and expiry. Whether the account can take points is
-    checked where the deposit is written, in the same statement on PostgreSQL."""
+def _member_code(code: str) -> qr.MemberCode:
+    """The resident a member code names, by its signature and expiry. Whether the account can take points, and
+    whether the code is still unspent, is checked where the deposit is written, in the same statement on
+    PostgreSQL."""
     try:
-        return qr.verify_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
+        return qr.read_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
     except qr.ExpiredToken as exc:
         raise QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
@@ -241,6 +242,18 @@ def _holder_refusal(resident_id: int) -> Exception:
     if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
         return AccountFrozen("该居民账户已冻结")
     return InvalidQr("会员码对应的账户不存在")
+
+
+_CODE_SPENT = sa.select(sa.literal(True)).where(
+    Deposit.resident_id == sa.bindparam("resident_id"), Deposit.member_code_nonce == sa.bindparam("nonce")
+)
+
+
+def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
+    """Why a deposit was not written: its member code paid for one already, or the account cannot take it."""
+    if run(_CODE_SPENT, {"resident_id": deposit["resident_id"], "nonce": deposit["member_code_nonce"]}).first():
+        return Duplicate("该会员码已使用，请让居民刷新会员码后重试")
+    return _holder_refusal(deposit["resident_id"])
 
 
 # Check-ins and deposits read a point on every request; a plain row is all they need.
@@ -349,7 +362,10 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
 # Weighed deposits
 
 
-_DEPOSIT_INSERT = sa.insert(Deposit.__table__).returning(Deposit.__table__.c.id)
+_SPENDS_CODE = ["resident_id", "member_code_nonce"]  # the unique index that spends a member code
+_DEPOSIT_INSERT = (
+    upsert_insert("sqlite")(Deposit.__table__).on_conflict_do_nothing(index_elements=_SPENDS_CODE).returning(Deposit.id)
+)
 _DEPOSIT_ITEMS_INSERT = sa.insert(DepositItem.__table__)
 _ITEM_COLUMNS = ("category", "weight_g", "co2e_g", "points", "rule_id")
 
@@ -368,7 +384,13 @@ def _deposit_with_items() -> sa.Select:
         .with_for_update(read=True)
     )
     values = bound_row(deposits, {name: f"d_{name}" for name in columns}).where(active)
-    deposit = sa.insert(deposits).from_select(columns, values).returning(deposits.c.id).cte("new_deposit")
+    deposit = (
+        upsert_insert("postgresql")(deposits)
+        .from_select(columns, values)
+        .on_conflict_do_nothing(index_elements=_SPENDS_CODE)
+        .returning(deposits.c.id)
+        .cte("new_deposit")
+    )
     lines = (
         sa.func.unnest(*(sa.bindparam(f"lines_{name}", type_=ARRAY(items.c[name].type)) for name in _ITEM_COLUMNS))
         .table_valued(*_ITEM_COLUMNS, with_ordinality="line_no")
@@ -392,7 +414,7 @@ def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]]) -> ledg
     """PostgreSQL: the deposit and its lines as the slot its ledger entry claims, so that they are written in the
     same round trip as the account lock, and only for an active account."""
     params = _deposit_params(deposit, items)
-    return ledger.Claim(_deposit_with_items(), params, lambda: _holder_refusal(deposit["resident_id"]))
+    return ledger.Claim(_deposit_with_items(), params, lambda: _deposit_refusal(deposit))
 
 
 def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int:
@@ -401,10 +423,11 @@ def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int
     if dialect_name() == "postgresql":
         deposit_id = run(_deposit_with_items(), _deposit_params(deposit, items)).scalar()
     elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active":
-        deposit_id = run(_DEPOSIT_INSERT, deposit).scalar_one()
-        run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
+        deposit_id = run(_DEPOSIT_INSERT, deposit).scalar()
+        if deposit_id is not None:
+            run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
     if deposit_id is None:
-        raise _holder_refusal(deposit["resident_id"])
+        raise _deposit_refusal(deposit)
     return deposit_id
 
 
@@ -413,7 +436,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     categories = {line["category"] for line in data["items"]}
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
-    resident_id = _member_code_resident(data["member_code"])
+    resident_id, nonce = _member_code(data["member_code"])
     refused = sorted(categories - set(point.categories))
     if refused:
         raise field_error("items", f"该回收点不收：{', '.join(refused)}")
@@ -426,7 +449,8 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     points, co2e_g = round_half_up(sum(exact_pts, Decimal(0))), round_half_up(sum(exact, Decimal(0)))
     line_points, line_grams = allocate(points, exact_pts), allocate(co2e_g, exact)
     deposit: dict[str, Any] = {
-        "resident_id": resident_id, "collection_point_id": point.id, "points": points, "co2e_g": co2e_g,
+        "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id, "points": points,
+        "co2e_g": co2e_g,
         "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,

@@ -527,6 +527,55 @@ def test_idempotent_deposit_replays_and_credits_once(api, clock, world):
     assert count(Deposit) == 1
 
 
+# --- a member code pays for one deposit ------------------------------------------------------------------------------
+
+
+def test_a_member_code_pays_for_one_deposit(api, world):
+    code = api.member_code(world["resident"])
+    first = deposit_ok(api, world, lines(("paper", 1000)), code=code)
+    # a double tap without an Idempotency-Key, and the same code at another point by another collector
+    other = {"point": world["b"], "collector": api.staff("collector", collection_point_ids=[world["b"]])}
+    for again in (
+        deposit(api, world, lines(("paper", 1000)), code=code),
+        deposit(api, world, lines(("glass", 500)), code=code, **other),
+    ):
+        spent = assert_error(again, 409, "duplicate")
+        assert spent["message"] == "该会员码已使用，请让居民刷新会员码后重试"
+    assert (count(Deposit), count(DepositItem), count(LedgerEntry)) == (1, 1, 1)
+    assert me(api, world["resident"])["balance"] == first["points"]
+    # the resident's next code is a new deposit
+    assert deposit_ok(api, world, lines(("paper", 1000)))["points"] == first["points"]
+
+
+def test_a_refused_deposit_leaves_its_member_code_unspent(api, world):
+    code = api.member_code(world["resident"])
+    assert_error(deposit(api, world, lines(("glass", 200_000)), code=code), 409, "cap_reached")
+    assert_error(deposit(api, world, lines(("glass", 500)), code=code, point=world["glass_only"]), 403, "forbidden")
+    assert count(Deposit) == 0
+    assert deposit_ok(api, world, lines(("glass", 500)), code=code)["co2e_g"] == 130
+
+
+def test_a_deposit_worth_nothing_spends_its_code_too(api, world):
+    code = api.member_code(world["resident"])
+    assert deposit_ok(api, world, lines(("glass", 10)), code=code)["points"] == 0
+    assert_error(deposit(api, world, lines(("glass", 10)), code=code), 409, "duplicate")
+    assert count(Deposit) == 1
+
+
+@pg_concurrency
+def test_parallel_deposits_with_one_member_code_credit_once(api, app, world):
+    body = {"member_code": api.member_code(world["resident"]), "collection_point_id": world["a"],
+            "items": lines(("paper", 1000))}  # fmt: skip
+    responses = race(
+        app, lambda client, i: client.post("/api/v1/deposits", json=body, headers=world["collector"].auth), 10
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201] + [409] * 9, [r.get_json() for r in responses]
+    assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"duplicate"}
+    assert (count(Deposit), count(DepositItem), count(LedgerEntry)) == (1, 1, 1)
+    assert me(api, world["resident"])["balance"] == 18
+
+
 def test_a_point_id_beyond_the_database_is_a_validation_error(api, world):
     error = assert_error(deposit(api, world, lines(("paper", 1000)), point=2**40), 422, "validation_error")
     assert "collection_point_id" in error["details"]["fields"]
@@ -573,15 +622,17 @@ def test_parallel_deposits_and_an_adjustment_on_one_account_each_post_once(api, 
     """Ten deposits (each written in the same statement as the account lock) race an adjustment on one account:
     every deposit gets exactly its own entry, the chain stays whole and the balance adds up."""
     resident, deposits = world["resident"], 10
-    code = api.member_code(resident)
-    body = {"member_code": code, "collection_point_id": world["a"], "items": lines(("paper", 250))}  # 4 points
+    bodies = [  # 4 points each; a member code pays for one deposit
+        {"member_code": api.member_code(resident), "collection_point_id": world["a"], "items": lines(("paper", 250))}
+        for _ in range(deposits)
+    ]
     adjustment = {"delta": 7, "reason": "并发补发"}
 
     def request(client, index):
         if index == deposits:
             return client.post(f"/api/v1/residents/{resident.id}/adjustments", json=adjustment,
                                headers=world["admin"].auth)  # fmt: skip
-        return client.post("/api/v1/deposits", json=body, headers=world["collector"].auth)
+        return client.post("/api/v1/deposits", json=bodies[index], headers=world["collector"].auth)
 
     responses = race(app, request, deposits + 1)
     assert [r.status_code for r in responses] == [201] * (deposits + 1), [r.get_json() for r in responses]

@@ -334,9 +334,15 @@ def test_replaying_a_signed_request_is_duplicate(api, world):
     assert balance(api, world["resident"]) == 10
     assert count(Deposit) == 1
     assert count(DeviceSignature) == 1
-    # the same body signed again a second later is a new request
+    # The same body signed again a second later is a new request, but its member code has paid already: a bin
+    # that retries without an Idempotency-Key cannot credit twice.
     later = signed(world["device"], json.loads(kwargs["data"]), timestamp=int(utcnow().timestamp()) + 1)
-    assert api.post(PATH, **later).status_code == 201
+    spent = assert_error(api.post(PATH, **later), 409, "duplicate")
+    assert "会员码已使用" in spent["message"]
+    assert (balance(api, world["resident"]), count(Deposit)) == (10, 1)
+    # a fresh code from the resident is a new deposit
+    fresh = signed(world["device"], body_for(api, world), timestamp=int(utcnow().timestamp()) + 1)
+    assert api.post(PATH, **fresh).status_code == 201
     assert balance(api, world["resident"]) == 20
 
 

@@ -59,6 +59,7 @@ def test_upgrade_head_matches_models(empty_database):
     [
         ("0002", "checkins", {"ix_checkins_resident_id"}, set()),
         ("0003", "deposits", {"ix_deposits_collection_point_id"}, {"ix_deposits_collection_point_id_id"}),
+        ("0005", "deposits", {"ix_deposits_resident_id"}, {"uq_deposits_member_code"}),
     ],
 )
 def test_index_revisions_downgrade_and_upgrade_again(empty_database, revision, table, before, after):
