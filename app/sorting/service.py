@@ -601,7 +601,7 @@ def rotate_device_secret(actor: Actor, device_id: int, replaces: str | None = No
     one is shown in this answer only. `replaces`, the fingerprint of the secret the caller saw, makes a form sent
     twice (a reload) a 409 instead of a second rotation that would void the secret just copied."""
     device = _managed_device(actor, device_id, lock=True)
-    if replaces is not None and not hmac.compare_digest(replaces, device.secret_fingerprint):
+    if replaces is not None and not hmac.compare_digest(replaces.encode(), device.secret_fingerprint.encode()):
         raise InvalidState("该设备的密钥已经更换过了，请刷新页面后再试")
     device.secret = new_secret()
     audit.record(actor, "device.rotate_secret", "device", device.id, {"code": device.code})

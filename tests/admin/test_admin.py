@@ -794,6 +794,11 @@ def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     assert new not in text(reloaded)
     db.session.expire_all()
     assert db.session.get(Device, device.id).secret == new
+    # a tampered fingerprint outside ASCII is the same stale form, not a 500
+    garbled = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", form | {"replaces": "指纹"})
+    assert garbled.status_code == 409
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).secret == new
 
 
 def test_bins_are_managed_only_under_their_own_point_and_community(as_worker):
