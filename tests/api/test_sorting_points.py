@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.db import db
+from app.people.models import Staff
 from app.sorting.models import CATEGORIES, CollectionPoint
 from tests.conftest import assert_error, community_id
 
@@ -202,6 +203,25 @@ def test_unknown_point_is_404(api):
 
 
 # --- update --------------------------------------------------------------------------------------------------
+
+
+def test_a_point_moves_community_only_without_leaving_its_collectors_behind(api, admin):
+    point = make_point(api, admin)
+    local = api.staff("collector", community_id=community_id("hengkang"), collection_point_ids=[point["id"]])
+    api.staff("collector", collection_point_ids=[point["id"]])  # no community of its own: may serve anywhere
+    move = {"community_id": community_id("xinhaiwan")}
+    error = assert_error(api.patch(f"/collection-points/{point['id']}", as_=admin, json=move), 422, "validation_error")
+    assert error["details"]["fields"]["community_id"] == [
+        f"该回收点的回收员属于原社区，请先调整他们的回收点：{db.session.get(Staff, local.id).username}"
+    ]
+    assert db.session.get(CollectionPoint, point["id"]).community_id == community_id("hengkang")
+    rescoped = api.patch(
+        f"/staff/{local.id}", as_=admin, json={"collection_point_ids": [make_point(api, admin, "恒康二号站")["id"]]}
+    )
+    assert rescoped.status_code == 200, rescoped.get_json()
+    moved = api.patch(f"/collection-points/{point['id']}", as_=admin, json=move)
+    assert moved.status_code == 200, moved.get_json()
+    assert moved.get_json()["community_id"] == community_id("xinhaiwan")
 
 
 def test_admin_and_own_worker_patch_a_point(api, admin, worker):
