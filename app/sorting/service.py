@@ -684,8 +684,10 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
 
 
 def prune_device_signatures() -> int:
-    """Signatures older than the clock window can never be accepted again, so they need not be kept."""
-    cutoff = utcnow() - timedelta(seconds=2 * _config("DEVICE_CLOCK_SKEW_SECONDS"))
+    """Signatures older than the clock window can never be accepted again, so they need not be kept. A signature
+    stamped T is accepted while the server's whole second is within the window of T, which lasts until just before
+    T + skew + 1 s; seen no sooner than T - skew, it is kept for 2 x skew + 1 s."""
+    cutoff = utcnow() - timedelta(seconds=2 * _config("DEVICE_CLOCK_SKEW_SECONDS") + 1)
     deleted = db.session.execute(sa.delete(DeviceSignature).where(DeviceSignature.seen_at < cutoff)).rowcount
     commit()
     return deleted

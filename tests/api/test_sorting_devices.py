@@ -327,6 +327,22 @@ def test_clock_window_is_five_minutes(api, clock, world):
     assert count(Deposit) == 1
 
 
+def test_a_signature_is_kept_for_as_long_as_its_timestamp_is_accepted(api, clock, world):
+    """Stamped at the window's far edge (300 s ahead), a request stays acceptable until 601 s after it was first
+    seen, whole seconds being compared: pruning in between must not let its replay through."""
+    now = int(utcnow().timestamp())
+    kwargs = signed(world["device"], body_for(api, world), timestamp=now + 300)
+    assert api.post(PATH, **kwargs).status_code == 201
+    clock.advance(seconds=600.5)  # the server's second is now + 600: still within 300 s of the stamp
+    sorting.prune_device_signatures()
+    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    clock.advance(seconds=0.5)  # now + 601: the stamp is out of the window
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    clock.advance(seconds=0.5)
+    assert sorting.prune_device_signatures() == 1  # and the signature may go
+    assert count(Deposit) == 1
+
+
 def test_replaying_a_signed_request_is_duplicate(api, world):
     kwargs = signed(world["device"], body_for(api, world))
     assert api.post(PATH, **kwargs).status_code == 201

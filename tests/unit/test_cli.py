@@ -227,7 +227,7 @@ def test_idempotency_prune_forgets_only_answers_past_their_keeping(runner, app, 
 def test_device_signature_prune_forgets_only_signatures_past_the_replay_window(runner, app, clock):
     assert _invoke(runner, "seed", "--demo").exit_code == 0
     device_id = db.session.scalar(sa.select(Device.id))
-    window = timedelta(seconds=2 * app.config["DEVICE_CLOCK_SKEW_SECONDS"])
+    window = timedelta(seconds=2 * app.config["DEVICE_CLOCK_SKEW_SECONDS"] + 1)
     for signature, age in (("a" * 64, window + timedelta(seconds=1)), ("b" * 64, window - timedelta(seconds=1))):
         db.session.add(DeviceSignature(signature=signature, device_id=device_id, seen_at=clock.now - age))
     db.session.commit()
