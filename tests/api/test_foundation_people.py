@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import sqlalchemy as sa
 
@@ -359,6 +361,12 @@ def test_staff_list_pages(api):
     assert not {s["id"] for s in first["items"]} & {s["id"] for s in second["items"]}
     assert_error(api.get("/staff?limit=101", as_=admin), 422, "validation_error")
     assert_error(api.get("/staff?cursor=%%%", as_=admin), 422, "validation_error")
+    # a cursor that was never handed out: deep JSON nesting, or just too long, is the same field error
+    deep = base64.urlsafe_b64encode(b"[" * 1200).decode().rstrip("=")
+    for cursor in (deep, "A" * 257):
+        for path in (f"/staff?cursor={cursor}", f"/communities?cursor={cursor}", f"/me/ledger?cursor={cursor}"):
+            caller = api.resident() if path.startswith("/me") else admin
+            assert "cursor" in assert_error(api.get(path, as_=caller), 422, "validation_error")["details"]["fields"]
 
 
 def test_alliance_cannot_reassign_a_merchant_to_another_orgs_store(api, world):
