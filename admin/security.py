@@ -84,7 +84,13 @@ def current_admin_actor() -> Actor:
 
 def _safe_next(target: str | None) -> str | None:
     """Only a path inside the admin site; never another host."""
-    if target and target.startswith("/admin/") and not target.startswith("//") and "\\" not in target:
+    if (
+        target
+        and target.startswith("/admin/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and target.isprintable()  # no CR or LF, which cannot go into a Location header
+    ):
         return target
     return None
 
