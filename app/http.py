@@ -125,6 +125,10 @@ def _require_json_body():
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
         if has_body:
             body = _whole_body()
+            try:  # JSON is UTF-8 (RFC 8259); Python's parser would also let surrogates encoded as bytes through
+                body.decode()
+            except UnicodeDecodeError:
+                raise BadRequest("请求内容必须是 UTF-8 编码的 JSON") from None
             _refuse_deep_nesting(body)
             _refuse_unstorable_json(body)
 
@@ -160,7 +164,7 @@ def _holds_unstorable_text(value) -> bool:
 
 
 def _refuse_unstorable_json(body: bytes) -> None:
-    if b"\\u" not in body:  # JSON carries either only as a \u escape; most bodies end here
+    if b"\\u" not in body:  # in UTF-8, JSON carries either only as a \u escape; most bodies end here
         return
     try:
         data = json.loads(body)

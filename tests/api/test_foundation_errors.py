@@ -184,6 +184,21 @@ def test_text_that_cannot_be_stored_is_refused_by_field(api, escaped):
     assert pair.get_json()["nickname"] == "🌱"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xed\xa0\x80", b"\xff", b"\xc3"],  # a surrogate encoded as bytes, a byte UTF-8 never has, a cut sequence
+    ids=["surrogate-bytes", "invalid-byte", "truncated"],
+)
+def test_a_body_that_is_not_utf8_is_bad_request_even_with_an_idempotency_key(api, raw):
+    admin, resident = api.staff("admin"), api.resident()
+    body = b'{"delta": 5, "reason": "ok' + raw + b'"}'
+    for headers in ({}, {"Idempotency-Key": "utf8-check"}):
+        response = api.post(f"/residents/{resident.id}/adjustments", as_=admin, data=body, headers=headers,
+                            content_type="application/json")  # fmt: skip
+        assert_envelope(response, 400, "bad_request")
+    assert api.get("/me", as_=resident).get_json()["balance"] == 0
+
+
 def test_malformed_json_on_an_authenticated_patch_is_bad_request(api):
     me = api.resident()
     response = api.patch("/me", as_=me, data="{nickname:", content_type="application/json")
