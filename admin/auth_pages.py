@@ -9,11 +9,7 @@ from admin.blueprint import bp
 from admin.forms import text
 from app.auth import service as auth
 from app.errors import InvalidCredentials
-from app.extensions import limiter
-
-
-def _username_key() -> str:
-    return f"admin-login-user:{text('username')[:64].lower()}"
+from app.extensions import failed_staff_logins, limiter
 
 
 def _login_page(error: str | None = None, status: int = 200):
@@ -24,7 +20,7 @@ def _login_page(error: str | None = None, status: int = 200):
 
 @bp.route("/login", methods=["GET", "POST"])
 @limiter.limit("60 per minute", methods=["POST"])
-@limiter.limit("5 per 15 minutes", methods=["POST"], key_func=_username_key, deduct_when=lambda r: r.status_code == 401)
+@failed_staff_logins(lambda: text("username"))
 def login():
     if request.method == "GET":
         if security.current_staff() is not None:

@@ -13,16 +13,16 @@ from app.auth.schemas import (
     WeChatLoginSchema,
 )
 from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
-from app.extensions import limiter
+from app.extensions import failed_staff_logins, limiter
 from app.http import Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
 
 
-def _username_key() -> str:
+def _username() -> str:
     body = request.get_json(silent=True)
     username = body.get("username") if isinstance(body, dict) else None
-    return f"login-user:{str(username or '')[:64].lower()}"
+    return str(username or "")
 
 
 @blp.route("/wechat", methods=["POST"])
@@ -36,7 +36,7 @@ def wechat_login(body):
 
 @blp.route("/login", methods=["POST"])
 @limiter.limit("60 per minute")
-@limiter.limit("5 per 15 minutes", key_func=_username_key, deduct_when=lambda r: r.status_code == 401)
+@failed_staff_logins(_username)
 @error_docs(InvalidCredentials, RateLimited)
 @blp.arguments(StaffLoginSchema)
 @blp.response(200, StaffTokensSchema)

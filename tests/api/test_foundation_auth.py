@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -533,6 +534,19 @@ def test_five_failed_logins_lock_the_username(limited):
     # A different username from the same address is not locked.
     other = _limited_staff(limited, "other.user")
     assert _login(client, other).status_code == 200
+
+
+def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
+    """Five guesses per username in all: the admin site's login is not a second allowance."""
+    client = limited.test_client()
+    username = _limited_staff(limited, "two.doors")
+    for _ in range(3):
+        assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"username": username, "password": "wrong-password", "csrf_token": csrf}
+    assert [client.post("/admin/login", data=form).status_code for _ in range(3)] == [401, 401, 429]
+    assert_error(_login(client, username), 429, "rate_limited")
 
 
 def test_the_lock_ignores_username_case(limited):
