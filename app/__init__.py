@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app import config as app_config
 
@@ -13,6 +14,11 @@ from app import config as app_config
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=False)
     app.config.from_mapping(app_config.load(overrides))
+    if app.config["PROXY_HOPS"]:
+        # Behind nginx, every request comes from the proxy: the client's address (per-IP login limits, logs) and
+        # scheme (secure admin cookies) are taken from the headers the trusted proxies set, and only theirs.
+        hops = app.config["PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     register_logging(app)
     register_extensions(app)
     register_http(app)

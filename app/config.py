@@ -86,6 +86,7 @@ class Settings:
     device_clock_skew_s: int
     idempotency_keep_days: int
     db_ping_after_idle_s: float
+    proxy_hops: int
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -120,6 +121,7 @@ class Settings:
             db_ping_after_idle_s=_number(
                 "DB_PING_AFTER_IDLE_SECONDS", e.get("DB_PING_AFTER_IDLE_SECONDS", "1"), 0, 3600, float
             ),
+            proxy_hops=_number("PROXY_HOPS", e.get("PROXY_HOPS", "0"), 0, 5),
         )
 
     def validate(self) -> None:
@@ -156,6 +158,7 @@ class Settings:
             "SQLALCHEMY_DATABASE_URI": self.database_url,
             "SQLALCHEMY_ENGINE_OPTIONS": engine_options,
             "DB_PING_AFTER_IDLE_SECONDS": self.db_ping_after_idle_s,
+            "PROXY_HOPS": self.proxy_hops,
             "MAX_CONTENT_LENGTH": 64 * 1024,
             # The admin site's signed session cookie is refused after this, even if someone copied it.
             "PERMANENT_SESSION_LIFETIME": timedelta(hours=12),

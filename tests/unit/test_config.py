@@ -206,3 +206,19 @@ def test_outside_production_poster_links_follow_the_listening_address():
     assert load(environ={"BIND": "127.0.0.1:5079", "PUBLIC_BASE_URL": "http://10.0.0.2/"})["PUBLIC_BASE_URL"] == (
         "http://10.0.0.2"
     )
+
+
+@pytest.mark.parametrize(("hops", "seen"), [(None, "10.0.0.9"), ("1", "203.0.113.7")])
+def test_the_client_address_comes_from_the_trusted_proxy_only_when_configured(tmp_path, monkeypatch, hops, seen):
+    from flask import request
+
+    from app import create_app
+
+    if hops:
+        monkeypatch.setenv("PROXY_HOPS", hops)
+    app = create_app({"TESTING": True, "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/proxy.db"})
+    app.add_url_rule("/_probe", "probe", lambda: f"{request.remote_addr} {request.scheme}")
+    headers = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7", "X-Forwarded-Proto": "https"}
+    answer = app.test_client().get("/_probe", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    # one hop: the address the proxy itself appended, never one the client wrote in front of it
+    assert answer.get_data(as_text=True) == f"{seen} {'https' if hops else 'http'}"
