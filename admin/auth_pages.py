@@ -40,6 +40,6 @@ def login():
 
 @bp.route("/logout", methods=["POST"])
 def logout():
-    security.log_out()
+    security.log_out(revoke=True)
     flash("已退出登录", "success")
     return redirect(url_for("admin.login"))

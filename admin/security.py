@@ -1,23 +1,30 @@
 """Admin sessions: who is logged in, the CSRF token, cookie flags and response headers.
 
-The Flask session (a signed cookie) holds only the staff id and the CSRF token. Role and scope are
-reloaded from the database on every request, so a deactivated or re-scoped account takes effect at once."""
+The Flask session (a signed cookie) holds only the staff id, the CSRF token, the session's id and when it began.
+Role and scope are reloaded from the database on every request, so a deactivated or re-scoped account takes effect
+at once. A signed cookie cannot be taken back, so logging out revokes the session's id (as the API revokes a
+token's), and a password change or deactivation ends the sessions begun before it."""
 
 from __future__ import annotations
 
 import hmac
 import secrets
+import uuid
 
-from flask import Flask, abort, flash, g, redirect, request, session, url_for
+from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from markupsafe import Markup, escape
 
-from app.auth.guards import Actor, actor_for_staff
-from app.db import find
+from app.auth.guards import Actor, actor_for_staff, issued_before
+from app.auth.models import RevokedSession
+from app.clock import utcnow
+from app.db import commit, db, find
 from app.people.models import Staff
 
 ADMIN_ROLES = ("admin", "worker", "alliance")
 STAFF_KEY = "admin_staff_id"
 CSRF_KEY = "admin_csrf"
+SID_KEY = "admin_sid"
+SINCE_KEY = "admin_since"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Endpoints reachable without a login: the login form itself and the HTML 404.
@@ -67,11 +74,26 @@ def log_in(staff: Staff) -> None:
     """A fresh session (and a fresh CSRF token) at every login."""
     session.clear()
     session[STAFF_KEY] = staff.id
+    session[SID_KEY] = str(uuid.uuid4())
+    session[SINCE_KEY] = int(utcnow().timestamp())
     csrf_token()
 
 
-def log_out() -> None:
+def log_out(*, revoke: bool = False) -> None:
+    """`revoke`: a copy of the cookie kept from before stops working too (the logout button)."""
+    sid = session.get(SID_KEY)
+    if revoke and sid and db.session.get(RevokedSession, sid) is None:
+        lifetime = current_app.config["PERMANENT_SESSION_LIFETIME"]
+        db.session.add(RevokedSession(sid=sid, expires_at=utcnow() + lifetime))
+        commit()
     session.clear()
+
+
+def _session_ended(staff: Staff) -> bool:
+    sid = session.get(SID_KEY)
+    if sid is None or issued_before(session.get(SINCE_KEY, 0), staff.sessions_valid_after):
+        return True
+    return db.session.get(RevokedSession, sid) is not None
 
 
 def current_staff() -> Staff | None:
@@ -109,6 +131,10 @@ def before_request():
         if staff is None or not staff.active or staff.role not in ADMIN_ROLES:
             log_out()
             flash("账户已停用或无权使用管理后台，请联系平台管理员", "error")
+            return redirect(url_for("admin.login"))
+        if _session_ended(staff):
+            log_out()
+            flash("登录已失效，请重新登录", "error")
             return redirect(url_for("admin.login"))
         g.admin_staff = staff
         g.admin_actor = g.actor = actor_for_staff(staff)

@@ -27,4 +27,5 @@ def failed_staff_logins(username: Callable[[], str]):
         deduct_when=lambda response: response.status_code == 401,
     )
 
+
 __all__ = ["api", "db", "jwt", "limiter", "migrate"]

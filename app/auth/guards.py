@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import wraps
 
 import sqlalchemy as sa
@@ -106,10 +107,29 @@ def _state_of(model, *columns) -> sa.Select:
 _STATE = {
     "resident": _state_of(Resident, Resident.status),
     # One row per store or collection point in scope (or one row with none): a single round trip for staff too.
-    "staff": _state_of(Staff, Staff.active, Staff.role, Staff.organization_id, _SCOPES.c.kind, _SCOPES.c.ref)
+    "staff": _state_of(
+        Staff,
+        Staff.active,
+        Staff.role,
+        Staff.organization_id,
+        Staff.sessions_valid_after,
+        _SCOPES.c.kind,
+        _SCOPES.c.ref,
+    )
     .select_from(Staff)
     .outerjoin(_SCOPES, _SCOPES.c.staff_id == Staff.id),
 }
+
+
+def session_start(claims: dict) -> int:
+    """When the token's session began: its `since` claim, or its iat for a token minted without one."""
+    return int(claims.get("since", claims.get("iat", 0)))
+
+
+def issued_before(issued_at: float, valid_after: datetime | None) -> bool:
+    """Whether a session begun at `issued_at` (Unix seconds, as a JWT's iat) predates the account's cut-off. In
+    whole seconds, as iat is: a login in the very second of a password change still counts."""
+    return valid_after is not None and int(issued_at) < int(valid_after.timestamp())
 
 
 def load_actor(claims: dict) -> Actor:
@@ -128,6 +148,8 @@ def load_actor(claims: dict) -> Actor:
         return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
     if row is None or not row.active:
         raise Unauthorized("账户不存在或已停用")
+    if issued_before(session_start(claims), row.sessions_valid_after):
+        raise TokenRevoked("密码已更改或账户曾被停用，请重新登录")
     scopes = [(r.kind, r.ref) for r in rows if r.kind is not None]
     return staff_actor(obj_id, row.role, row.community_id, row.organization_id, scopes)
 

@@ -11,7 +11,7 @@ from flask_jwt_extended import create_access_token, create_refresh_token, get_jw
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.auth.guards import identity_for
+from app.auth.guards import identity_for, session_start
 from app.auth.models import RevokedSession
 from app.auth.wechat import make_client
 from app.clock import utcnow
@@ -26,7 +26,8 @@ _DUMMY_HASH = generate_password_hash("not-a-real-password")
 
 def _tokens(identity: str, role: str) -> dict[str, str]:
     sid = str(uuid.uuid4())
-    claims = {"sid": sid, "role": role}
+    # `since`: when the session began, by the app's clock; the refreshed access tokens keep it.
+    claims = {"sid": sid, "role": role, "since": int(utcnow().timestamp())}
     return {
         "access_token": create_access_token(identity, additional_claims=claims),
         "refresh_token": create_refresh_token(identity, additional_claims=claims),
@@ -60,7 +61,7 @@ def login_staff(username: str, password: str) -> dict[str, Any]:
 
 def refresh() -> dict[str, str]:
     claims = get_jwt()
-    extra = {"sid": claims["sid"], "role": claims.get("role")}
+    extra = {"sid": claims["sid"], "role": claims.get("role"), "since": session_start(claims)}
     return {"access_token": create_access_token(claims["sub"], additional_claims=extra)}
 
 

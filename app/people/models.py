@@ -71,6 +71,9 @@ class Staff(Timestamped, db.Model):
     community_id: Mapped[int | None] = mapped_column(sa.ForeignKey("communities.id"), index=True)
     organization_id: Mapped[int | None] = mapped_column(sa.ForeignKey("organizations.id"), index=True)
     active: Mapped[bool] = mapped_column(default=True)
+    # Tokens and admin sessions issued before this moment no longer work: set by a password change and by
+    # deactivation, so a leaked token or cookie does not outlive either.
+    sessions_valid_after: Mapped[datetime | None]
 
     stores = relationship("Store", secondary=staff_stores)
     collection_points = relationship("CollectionPoint", secondary=staff_collection_points)

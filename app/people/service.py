@@ -10,6 +10,7 @@ from werkzeug.security import generate_password_hash
 
 from app.audit import service as audit
 from app.auth.guards import Actor
+from app.clock import utcnow
 from app.common import keyset_page
 from app.db import commit, db, get_or_404, insert_unique, require_exists
 from app.errors import Forbidden, InvalidState, NotFound, field_error
@@ -179,6 +180,8 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
         points = _scoped_rows(CollectionPoint, data["collection_point_ids"], "collection_point_ids", "回收点")
         _check_role_scope(staff.role, current, staff.stores, points)
         staff.collection_points = points
+    if "password" in data or (data.get("active") is False and staff.active):
+        staff.sessions_valid_after = utcnow()
     if "password" in data:
         staff.password_hash = generate_password_hash(data["password"])
     for key in ("display_name", "active"):

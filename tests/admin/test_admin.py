@@ -207,10 +207,41 @@ def test_a_deactivated_account_is_logged_out_on_its_next_request(as_admin, api):
     assert "账户已停用" in text(as_admin.get(response.headers["Location"]))
 
 
-def test_the_session_holds_only_the_staff_id_and_the_csrf_token(as_admin, admin):
+def test_the_session_holds_only_who_since_when_and_the_csrf_token(as_admin, admin):
     with as_admin.client.session_transaction("/admin/") as session:
-        assert set(session) <= {"admin_staff_id", "admin_csrf", "_flashes"}
+        assert set(session) <= {"admin_staff_id", "admin_csrf", "admin_sid", "admin_since", "_flashes"}
         assert session["admin_staff_id"] == admin.id
+
+
+def test_logging_out_revokes_the_cookie_itself(as_admin, app):
+    kept = as_admin.client.get_cookie("session")
+    assert as_admin.post("/admin/logout").status_code == 302
+    thief = app.test_client()
+    thief.set_cookie(kept.key, kept.value)
+    response = thief.get("/admin/residents")
+    assert response.status_code == 302
+    assert "/admin/login" in response.headers["Location"]
+
+
+def test_a_password_change_or_deactivation_ends_earlier_admin_sessions(as_admin, admin, api, app, clock):
+    for change in ({"password": "a-brand-new-password"}, {"active": False}):
+        other = api.staff("admin")
+        stolen = Browser(app.test_client())
+        stolen.login(username_of(other))
+        assert stolen.get("/admin/residents").status_code == 200
+        clock.advance(seconds=1)
+        assert api.patch(f"/staff/{other.id}", as_=admin, json=change).status_code == 200
+        if change.get("active") is False:
+            assert api.patch(f"/staff/{other.id}", as_=admin, json={"active": True}).status_code == 200
+        response = stolen.get("/admin/residents")
+        assert response.status_code == 302, change
+        assert "登录已失效" in text(stolen.get(response.headers["Location"]))
+        assert (
+            Browser(app.test_client())
+            .login(username_of(other), **({"password": change["password"]} if "password" in change else {}))
+            .status_code
+            == 302
+        )  # a new login works
 
 
 def test_api_requests_neither_read_nor_set_the_admin_cookie(as_admin, app):

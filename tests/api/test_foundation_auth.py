@@ -248,6 +248,38 @@ def test_staff_logout(api):
     assert_error(api.post("/auth/refresh", headers=_bearer(worker.refresh)), 401, "token_revoked")
 
 
+@pytest.mark.parametrize(
+    "change", [{"password": "a-brand-new-password"}, {"active": False}], ids=["password", "deactivated"]
+)
+def test_a_password_change_or_deactivation_ends_the_sessions_begun_before_it(api, clock, change):
+    """A leaked token or refresh token does not outlive a password reset, nor a deactivation undone later."""
+    admin = api.staff("admin")
+    victim = api.staff("worker", community_id=community_id("hengkang"))
+    refreshed = api.post("/auth/refresh", headers=_bearer(victim.refresh)).get_json()["access_token"]
+    clock.advance(seconds=1)
+    assert api.patch(f"/staff/{victim.id}", as_=admin, json=change).status_code == 200
+    if "active" in change:
+        assert api.patch(f"/staff/{victim.id}", as_=admin, json={"active": True}).status_code == 200
+    for token in (victim.token, refreshed):
+        assert_error(api.get("/staff/me", headers=_bearer(token)), 401, "token_revoked")
+    assert_error(api.post("/auth/refresh", headers=_bearer(victim.refresh)), 401, "token_revoked")
+    # a login after the change works, and so do its refreshed tokens
+    username = db.session.get(Staff, victim.id).username
+    fresh = _staff_login(api, username, change.get("password", PASSWORD)).get_json()
+    assert api.get("/staff/me", headers=_bearer(fresh["access_token"])).status_code == 200
+    again = api.post("/auth/refresh", headers=_bearer(fresh["refresh_token"])).get_json()["access_token"]
+    assert api.get("/staff/me", headers=_bearer(again)).status_code == 200
+    # other staff are not affected
+    assert api.get("/staff/me", as_=admin).status_code == 200
+
+
+def test_changing_a_display_name_leaves_sessions_alone(api, clock):
+    admin = api.staff("admin")
+    clock.advance(seconds=1)
+    assert api.patch(f"/staff/{admin.id}", as_=admin, json={"display_name": "新名字"}).status_code == 200
+    assert api.get("/staff/me", as_=admin).status_code == 200
+
+
 def test_logout_needs_an_access_token(api):
     resident = api.resident()
     assert_error(api.post("/auth/logout"), 401, "unauthorized")
