@@ -125,7 +125,7 @@ def _lot_upsert(insert_stmt):
     )
 
 
-_LOT_COLUMNS = {"account_id": "p_account_id", "year": "p_year", "credited": "p_delta"}
+_LOT_COLUMNS = {"account_id": "p_account_id", "year": "p_year", "credited": "p_lot"}
 
 
 @cache
@@ -190,7 +190,7 @@ def _postgresql_posting(capped: bool, credit: bool) -> sa.Select:
 def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | None, set[str]]:
     """Count the caps and, if every one accepts, write the entry, the head and the lot: (entry id or None, the
     counters that accepted). A refusal may leave counters charged; the caller's transaction rolls back."""
-    credit = params["p_delta"] > 0
+    credit = params["p_lot"] != 0
     if dialect_name() == "postgresql":
         if charges:
             params |= {
@@ -246,9 +246,11 @@ def post(
     caps: Sequence[CapCharge] = (),
     lifetime_delta: int | None = None,
     claim: Claim | None = None,
+    lot: tuple[int, int] | None = None,
 ) -> LedgerEntry:
     """Append one entry to the resident's chain, referring to `ref_id` or to the slot `claim` takes. The caller's
-    use case commits."""
+    use case commits. `lot` is the (local year, points) to add to the resident's yearly lots, which expiry reads;
+    by default a credit goes to this year's lot and a debit to none (debits consume the oldest lots first)."""
     if (ref_id is None) == (claim is None):
         raise ValueError("a posting refers to a ref_id or to a claimed slot, exactly one")
     ref_id = None if claim is not None else str(ref_id)  # a claimed slot's id is known after the lock
@@ -286,7 +288,9 @@ def post(
     }  # fmt: skip
     lifetime = lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0
     params = {f"p_{name}": value for name, value in values.items()}
-    entry_id, counted = _apply(params | {"p_lifetime": lifetime, "p_year": today.year, "p_day": today}, caps)
+    lot_year, lot_points = lot if lot is not None else (today.year, max(delta, 0))
+    params |= {"p_lifetime": lifetime, "p_year": lot_year, "p_lot": lot_points, "p_day": today}
+    entry_id, counted = _apply(params, caps)
     if entry_id is None:
         _refuse(account.id, today, [c for c in caps if c.key not in counted])
     return LedgerEntry(id=entry_id, **values)
@@ -300,11 +304,15 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
     if db.session.scalar(sa.select(sa.exists().where(LedgerEntry.reverses_id == entry.id))):
         raise InvalidState("该记录已被冲正")
     resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
+    # Taking back a credit empties the lot it went to, not the oldest one; giving back a debit moves no lot, so the
+    # oldest points it had consumed count as unspent again (never as this year's, which would outlive their expiry).
+    credit_year = local_day(entry.created_at, _tz()).year
     return post(
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
         actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,
         co2e_g=-entry.co2e_g, memo=memo, reverses_id=entry.id,
         lifetime_delta=-entry.delta if entry.kind == "earn" else 0,
+        lot=(credit_year, -entry.delta) if entry.delta > 0 else (credit_year, 0),
     )  # fmt: skip
 
 

@@ -273,6 +273,40 @@ def test_expiry_oldest_first_and_idempotent(api, app, clock):
     assert verify_ledger().ok
 
 
+def test_taking_back_an_earning_empties_its_own_years_lot(api, clock):
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 100, "y2025")
+    clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
+    wrong = earn(me.id, 50, "y2026")
+    assert api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201
+    body = api.get("/me", as_=me).get_json()
+    # the 2025 points are all still there, and still expire when 2027 begins
+    assert (body["balance"], body["expiring_points"]) == (100, 100)
+    assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"
+    lots = dict(
+        db.session.execute(sa.select(PointLot.year, PointLot.credited).filter_by(account_id=wrong.account_id)).all()
+    )
+    assert lots == {2025: 100, 2026: 0}
+
+
+def test_a_spend_given_back_in_a_new_year_keeps_its_points_expiry(api, clock):
+    me = api.resident()
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 100, "y2025")
+    clock.set(datetime(2025, 12, 31, 20, tzinfo=SHANGHAI))
+    spent = spend(me.id, 40, "r1")
+    clock.set(datetime(2026, 1, 1, 9, tzinfo=SHANGHAI))
+    ledger.reverse(
+        spent, kind="refund", ref_type="redemption", ref_id="r1", actor_type="system", actor_id=None, memo="取消兑换"
+    )
+    db.session.commit()
+    body = api.get("/me", as_=me).get_json()
+    # the 40 points were 2025's: given back, they expire with the rest of 2025's, not a year later
+    assert (body["balance"], body["expiring_points"]) == (100, 100)
+    assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"
+
+
 def test_verify_names_the_altered_entry(api, app):
     alice, bob = api.resident(), api.resident()
     earn(alice.id, 10, "a")

@@ -38,6 +38,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.expected_balance = 0
         self.earned = 0
         self.spends: dict[int, int] = {}  # open spend entry id -> points
+        self.earns: dict[int, int] = {}  # earn entry id not yet taken back -> points
 
     @initialize()
     def open(self):
@@ -62,8 +63,33 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(points=st.integers(min_value=1, max_value=500))
     def earn(self, points):
-        if self._post(points, "earn", source="sorting", ref_type="deposit"):
+        entry = self._post(points, "earn", source="sorting", ref_type="deposit")
+        if entry:
             self.earned += points
+            self.earns[entry.id] = points
+
+    @precondition(lambda self: self.earns)
+    @rule(data=st.data())
+    def take_back_an_earn(self, data):
+        """An admin reverses an earning: possible while the balance still holds its points."""
+        entry_id = data.draw(st.sampled_from(sorted(self.earns)))
+        earn_entry = db.session.get(LedgerEntry, entry_id)
+        try:
+            ledger.reverse(
+                earn_entry, kind="reverse", ref_type="ledger_entry", ref_id=entry_id, actor_type="system",
+                actor_id=None, memo="误发冲正",
+            )  # fmt: skip
+        except AppError as exc:
+            db.session.rollback()
+            refused = exc.code
+        else:
+            db.session.commit()
+            points = self.earns.pop(entry_id)
+            self.expected_balance -= points
+            self.earned -= points
+            return
+        assert refused == "insufficient_points"
+        assert self.expected_balance < self.earns[entry_id]
 
     @rule(points=st.integers(min_value=1, max_value=600))
     def spend(self, points):
@@ -121,8 +147,14 @@ class LedgerMachine(RuleBasedStateMachine):
             running += entry.delta
             assert (entry.seq, entry.balance_after) == (seq, running)
         assert account.lifetime_earned == self.earned
-        lots = db.session.scalar(sa.select(sa.func.sum(PointLot.credited)).filter_by(account_id=account.id)) or 0
-        assert lots == sum(e.delta for e in entries if e.delta > 0)
+        # Lots hold the credits, less the credits taken back (from their own year's lot); a debit given back moves
+        # no lot, and no lot ever goes below zero.
+        rows = db.session.execute(sa.select(PointLot.year, PointLot.credited).filter_by(account_id=account.id))
+        lots = {row.year: row.credited for row in rows}
+        credits = sum(e.delta for e in entries if e.delta > 0 and e.reverses_id is None)
+        taken_back = sum(e.delta for e in entries if e.delta < 0 and e.reverses_id is not None)
+        assert sum(lots.values()) == credits + taken_back
+        assert min(lots.values(), default=0) >= 0
         report = verify_ledger()
         assert report.ok, report.problems
 
