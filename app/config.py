@@ -147,6 +147,11 @@ class Settings:
             raise ConfigError("production needs WECHAT_APPID and WECHAT_SECRET")
         if not self.public_base_url:
             raise ConfigError("production needs PUBLIC_BASE_URL: poster QR codes are printed with it")
+        if self.ratelimit_enabled and not self.redis_url:
+            raise ConfigError(
+                "production needs REDIS_URL for its rate limits: in memory, each worker would count its own "
+                "(or set RATELIMIT_ENABLED=false)"
+            )
 
     def flask_config(self) -> dict[str, Any]:
         engine_options: dict[str, Any] = {}  # no pool_pre_ping: db.ping_idle_connections checks idle ones

@@ -17,6 +17,7 @@ PRODUCTION_SECRETS = {
     "WECHAT_APPID": "wx-prod",
     "WECHAT_SECRET": "wx-prod-secret",
     "PUBLIC_BASE_URL": "https://tanpuhui.example.cn/",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
 }
 
 
@@ -191,6 +192,14 @@ def test_the_ranges_admit_the_defaults_and_the_benchmarks_settings():
 def test_an_unclear_switch_is_refused_not_guessed():
     with pytest.raises(ConfigError, match="RATELIMIT_ENABLED"):
         Settings.from_env({"RATELIMIT_ENABLED": "enabled"})
+
+
+def test_production_counts_rate_limits_in_redis_or_not_at_all():
+    environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != "REDIS_URL"}
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        load(environ=environ)
+    assert load(environ={**environ, "RATELIMIT_ENABLED": "false"})["RATELIMIT_ENABLED"] is False
+    assert load(environ=PRODUCTION_SECRETS)["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
 
 
 def test_production_needs_the_public_address_posters_are_printed_with():
