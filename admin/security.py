@@ -14,10 +14,11 @@ import uuid
 from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from markupsafe import Markup, escape
 
+from app.auth import service as auth
 from app.auth.guards import Actor, actor_for_staff, issued_before
 from app.auth.models import RevokedSession
 from app.clock import utcnow
-from app.db import commit, db, find
+from app.db import db, find
 from app.people.models import Staff
 
 ADMIN_ROLES = ("admin", "worker", "alliance")
@@ -82,10 +83,8 @@ def log_in(staff: Staff) -> None:
 def log_out(*, revoke: bool = False) -> None:
     """`revoke`: a copy of the cookie kept from before stops working too (the logout button)."""
     sid = session.get(SID_KEY)
-    if revoke and sid and db.session.get(RevokedSession, sid) is None:
-        lifetime = current_app.config["PERMANENT_SESSION_LIFETIME"]
-        db.session.add(RevokedSession(sid=sid, expires_at=utcnow() + lifetime))
-        commit()
+    if revoke and sid:
+        auth.revoke_session(sid, current_app.config["PERMANENT_SESSION_LIFETIME"])
     session.clear()
 
 

@@ -18,6 +18,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(ledger)
     app.cli.add_command(devices)
     app.cli.add_command(idempotency)
+    app.cli.add_command(sessions)
 
 
 @click.command("seed")
@@ -120,3 +121,14 @@ def idempotency_prune() -> None:
     from app.idempotency.service import prune_keys
 
     click.echo(f"pruned {prune_keys()} idempotency keys")
+
+
+sessions = AppGroup("sessions", help="Logged-out sessions.")
+
+
+@sessions.command("prune")
+def sessions_prune() -> None:
+    """Forget revoked sessions that have expired anyway."""
+    from app.auth.service import prune_revoked_sessions
+
+    click.echo(f"pruned {prune_revoked_sessions()} revoked sessions")

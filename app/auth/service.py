@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -67,12 +68,22 @@ def refresh() -> dict[str, str]:
 
 def logout() -> None:
     """Revokes the session: the access token presented and the refresh token issued with it."""
-    claims = get_jwt()
-    if db.session.get(RevokedSession, claims["sid"]) is None:
-        refresh_ttl = current_app.config["JWT_REFRESH_TOKEN_EXPIRES"]
+    revoke_session(get_jwt()["sid"], current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
+
+
+def revoke_session(sid: str, lifetime: timedelta) -> None:
+    """Whatever carries this session id stops working; kept for as long as it could otherwise still be used."""
+    if db.session.get(RevokedSession, sid) is None:
         try:
             with db.session.begin_nested():
-                db.session.add(RevokedSession(sid=claims["sid"], expires_at=utcnow() + refresh_ttl))
+                db.session.add(RevokedSession(sid=sid, expires_at=utcnow() + lifetime))
         except IntegrityError:
             pass  # a concurrent logout of the same session already revoked it
     commit()
+
+
+def prune_revoked_sessions() -> int:
+    """Forget revocations whose sessions have expired anyway."""
+    deleted = db.session.execute(sa.delete(RevokedSession).where(RevokedSession.expires_at < utcnow())).rowcount
+    commit()
+    return deleted

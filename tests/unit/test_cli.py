@@ -235,3 +235,17 @@ def test_device_signature_prune_forgets_only_signatures_past_the_replay_window(r
     assert result.exit_code == 0, result.output
     assert "pruned 1 signatures" in result.output
     assert list(db.session.scalars(sa.select(DeviceSignature.signature))) == ["b" * 64]
+
+
+def test_sessions_prune_forgets_only_revocations_past_their_sessions_lifetime(runner, clock):
+    from app.auth.models import RevokedSession
+
+    db.session.add_all([
+        RevokedSession(sid="expired-session", expires_at=clock.now - timedelta(seconds=1)),
+        RevokedSession(sid="live-session", expires_at=clock.now + timedelta(seconds=1)),
+    ])  # fmt: skip
+    db.session.commit()
+    result = _invoke(runner, "sessions", "prune")
+    assert result.exit_code == 0, result.output
+    assert "pruned 1 revoked sessions" in result.output
+    assert list(db.session.scalars(sa.select(RevokedSession.sid))) == ["live-session"]
