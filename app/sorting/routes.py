@@ -162,7 +162,8 @@ def rotate_point_qr(point_id):
 @login_required(RESIDENT)
 @blp.response(200, MemberCodeSchema)
 def my_member_code():
-    """A short-lived signed code (about 2 minutes) that staff scan."""
+    """A short-lived signed code (about 2 minutes) that staff scan. Each code pays for one deposit, as a payment code
+    does: show a fresh one for the next."""
     return service.member_code(current_actor().id)
 
 
