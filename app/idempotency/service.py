@@ -26,8 +26,9 @@ HEADER_DOC = {
     "in": "header",
     "name": HEADER,
     "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 64},
-    "description": "重试时携带相同的键：同样的请求只生效一次，并返回第一次的结果",
+    # Control characters are refused as well (not printable); the pattern says as much as JSON Schema can.
+    "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f]+$"},
+    "description": "重试时携带相同的键（1 到 64 个可见字符）：同样的请求只生效一次，并返回第一次的结果",
 }
 
 
