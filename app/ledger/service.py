@@ -305,7 +305,8 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
         raise InvalidState("该记录已被冲正")
     resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
     # Taking back a credit empties the lot it went to, not the oldest one; giving back a debit moves no lot, so the
-    # oldest points it had consumed count as unspent again (never as this year's, which would outlive their expiry).
+    # oldest points it had consumed count as unspent again (never as this year's, which would outlive their expiry):
+    # if their year has expired meanwhile, the next `points expire` takes them as it would have.
     credit_year = local_day(entry.created_at, _tz()).year
     return post(
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
@@ -423,6 +424,20 @@ def ledger_page(resident_id: int, cursor: str | None, limit: int) -> dict[str, A
 # Scheduled job
 
 
+def _expire_year(resident_id: int, account_id: int, year: int, left: int) -> None:
+    """One `expire` entry for what is left of a year, referenced by the year. Points of a year that has expired
+    already can come back (a debit given back restores the oldest points it took); they expire again under a
+    second reference, the year and the new entry's place in the chain."""
+    expire = {"kind": "expire", "source": "expiry", "ref_type": "expiry", "actor_type": "system", "actor_id": None,
+              "memo": f"{year}年获得的积分已到期"}  # fmt: skip
+    try:
+        with db.session.begin_nested():
+            post(resident_id, -left, ref_id=year, **expire)
+    except IntegrityError:
+        seq = db.session.scalar(sa.select(Account.last_seq).where(Account.id == account_id)) + 1
+        post(resident_id, -left, ref_id=f"{year}.{seq}", **expire)
+
+
 def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
     """Write `expire` entries for every lot whose expiry moment is at or before `as_of`. Idempotent:
     a second run finds nothing left to expire, and (account, year) is unique among expire entries."""
@@ -444,10 +459,7 @@ def expire_points(as_of: datetime, batch: int = 200) -> dict[str, int]:
         for year, left in _remaining_by_year(account, _lots(account)):
             if year > last_due_year or left <= 0:
                 continue
-            post(
-                resident_id, -left, kind="expire", source="expiry", ref_type="expiry", ref_id=year,
-                actor_type="system", actor_id=None, memo=f"{year}年获得的积分已到期",
-            )  # fmt: skip
+            _expire_year(resident_id, account.id, year, left)
             written, points = written + 1, points + left
         if index % batch == 0:
             db.session.commit()

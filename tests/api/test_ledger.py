@@ -307,6 +307,29 @@ def test_a_spend_given_back_in_a_new_year_keeps_its_points_expiry(api, clock):
     assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"
 
 
+def test_points_given_back_from_a_year_already_expired_expire_again(api, app, clock):
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 150, "y2025")
+    spent = spend(me.id, 100, "r1")
+    runner = app.test_cli_runner()
+    assert "'points': 50" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    clock.set(datetime(2027, 1, 2, 12, tzinfo=SHANGHAI))
+    assert api.post(f"/ledger/entries/{spent.id}/reverse", as_=admin, json={"reason": "误扣"}).status_code == 201
+    assert api.get("/me", as_=me).get_json()["balance"] == 100
+    # the 100 points were 2025's, which expired when 2027 began: the next run takes them too, and runs again cleanly
+    again = runner.invoke(args=["points", "expire", "--as-of", "2027-01-03"])
+    assert again.exit_code == 0, again.output
+    assert "'points': 100" in again.output
+    assert "'entries': 0" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-04"]).output
+    expiries = db.session.scalars(
+        sa.select(LedgerEntry.ref_id).where(LedgerEntry.kind == "expire").order_by(LedgerEntry.seq)
+    )
+    assert list(expiries) == ["2025", "2025.5"]
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+    assert verify_ledger().ok
+
+
 def test_verify_names_the_altered_entry(api, app):
     alice, bob = api.resident(), api.resident()
     earn(alice.id, 10, "a")
