@@ -15,9 +15,8 @@ from flask import Flask, abort, current_app, flash, g, redirect, request, sessio
 from markupsafe import Markup, escape
 
 from app.auth import service as auth
-from app.auth.guards import Actor, actor_for_staff, issued_before
+from app.auth.guards import Actor, actor_for_staff, issued_before, session_now
 from app.auth.models import RevokedSession
-from app.clock import utcnow
 from app.db import db, find
 from app.people.models import Staff
 
@@ -76,7 +75,7 @@ def log_in(staff: Staff) -> None:
     session.clear()
     session[STAFF_KEY] = staff.id
     session[SID_KEY] = str(uuid.uuid4())
-    session[SINCE_KEY] = int(utcnow().timestamp())
+    session[SINCE_KEY] = session_now()
     csrf_token()
 
 

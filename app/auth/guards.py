@@ -12,6 +12,7 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 
 from app.apidoc import extend_doc
 from app.auth.models import RevokedSession
+from app.clock import utcnow
 from app.db import run
 from app.errors import AccountFrozen, Forbidden, TokenExpired, TokenRevoked, Unauthorized
 from app.people.models import STAFF_ROLES, Resident, Staff, staff_collection_points, staff_stores
@@ -121,15 +122,20 @@ _STATE = {
 }
 
 
+def session_now() -> int:
+    """Now, as sessions record when they began: Unix milliseconds by the app's clock."""
+    return int(utcnow().timestamp() * 1000)
+
+
 def session_start(claims: dict) -> int:
-    """When the token's session began: its `since` claim, or its iat for a token minted without one."""
-    return int(claims.get("since", claims.get("iat", 0)))
+    """When the token's session began (Unix milliseconds): its `since` claim, or, for a token minted without one,
+    the start of the second its iat names."""
+    return int(claims["since"]) if "since" in claims else int(claims.get("iat", 0)) * 1000
 
 
-def issued_before(issued_at: float, valid_after: datetime | None) -> bool:
-    """Whether a session begun at `issued_at` (Unix seconds, as a JWT's iat) predates the account's cut-off. In
-    whole seconds, as iat is: a login in the very second of a password change still counts."""
-    return valid_after is not None and int(issued_at) < int(valid_after.timestamp())
+def issued_before(started_ms: int, valid_after: datetime | None) -> bool:
+    """Whether a session begun at `started_ms` predates the account's cut-off."""
+    return valid_after is not None and started_ms < valid_after.timestamp() * 1000
 
 
 def load_actor(claims: dict) -> Actor:

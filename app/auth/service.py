@@ -12,7 +12,7 @@ from flask_jwt_extended import create_access_token, create_refresh_token, get_jw
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.auth.guards import identity_for, session_start
+from app.auth.guards import identity_for, session_now, session_start
 from app.auth.models import RevokedSession
 from app.auth.wechat import make_client
 from app.clock import utcnow
@@ -28,7 +28,7 @@ _DUMMY_HASH = generate_password_hash("not-a-real-password")
 def _tokens(identity: str, role: str) -> dict[str, str]:
     sid = str(uuid.uuid4())
     # `since`: when the session began, by the app's clock; the refreshed access tokens keep it.
-    claims = {"sid": sid, "role": role, "since": int(utcnow().timestamp())}
+    claims = {"sid": sid, "role": role, "since": session_now()}
     return {
         "access_token": create_access_token(identity, additional_claims=claims),
         "refresh_token": create_refresh_token(identity, additional_claims=claims),

@@ -364,7 +364,8 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
         if run(claim.statement, claim.params).scalar() is None:
             raise claim.refused()
         commit()
-        return answer | {"balance": ledger.account_of(actor.id).balance, "entry_id": None}
+        # No entry, so nothing reaches the account: the answer claims no grams either.
+        return answer | {"co2e_g": 0, "balance": ledger.account_of(actor.id).balance, "entry_id": None}
     entry = ledger.post(
         actor.id, points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id, co2e_g=co2e_g,
         ref_type="checkin", claim=claim, actor_type="resident", actor_id=actor.id,

@@ -230,6 +230,12 @@ def test_a_check_in_rule_worth_nothing_still_counts_the_visit_once_a_day(api, cl
     publish_checkin_rule(api, world["admin"], clock, points=None)
     assert scan_ok(api, resident, world["tokens"]["c"])["points"] == 0
     assert balance(api, resident) == 5
+    # grams that round to no points are not claimed either: the answer matches the account
+    publish_checkin_rule(api, world["admin"], clock, points=None, co2e_g_per_unit=40)  # 0.4 points → 0
+    other = api.resident()
+    body = scan_ok(api, other, world["tokens"]["a"])
+    assert (body["points"], body["co2e_g"]) == (0, 0)
+    assert api.get("/me", as_=other).get_json()["co2e_g"] == 0
 
 
 def test_a_check_in_rule_without_fixed_points_converts_its_grams(api, clock, world):
