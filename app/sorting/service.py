@@ -120,6 +120,8 @@ def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
 def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> CollectionPoint:
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
+    data = dict(data)
+    active = data.pop("active", None)
     if "community_id" in data:
         _require_manager(actor, data["community_id"])
         require_exists(Community, data["community_id"], "community_id", "社区不存在")
@@ -130,7 +132,10 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         raise field_error("lat", "纬度和经度必须同时提供")
     if point.geofence_m is not None and point.lat is None:
         raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
-    audit.record(actor, "collection_point.update", "collection_point", point.id, data)
+    if data:
+        audit.record(actor, "collection_point.update", "collection_point", point.id, data)
+    if active is not None:
+        _change_active(actor, point, active)
     commit()
     clear_point_cache()
     return point
@@ -155,13 +160,20 @@ def set_point_active(actor: Actor, point_id: int, active: bool) -> CollectionPoi
     changes and records nothing."""
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
-    if point.active != active:
-        point.active = active
-        action = "collection_point.reactivate" if active else "collection_point.deactivate"
-        audit.record(actor, action, "collection_point", point.id)
+    if _change_active(actor, point, active):
         commit()
         clear_point_cache()
     return point
+
+
+def _change_active(actor: Actor, point: CollectionPoint, active: bool) -> bool:
+    """Retiring and bringing back are audited as such, whichever endpoint does it; what is already so is no change."""
+    if point.active == active:
+        return False
+    point.active = active
+    action = "collection_point.reactivate" if active else "collection_point.deactivate"
+    audit.record(actor, action, "collection_point", point.id)
+    return True
 
 
 def _parse_near(near: str) -> tuple[float, float]:

@@ -330,6 +330,27 @@ def test_delete_retires_the_point_and_its_posters(api, admin, worker):
     assert actions.count("collection_point.deactivate") == 1
 
 
+def test_patching_active_is_audited_as_retiring_or_bringing_back(api, admin):
+    from app.audit.models import AuditEvent
+
+    point = make_point(api, admin)
+    path = f"/collection-points/{point['id']}"
+    assert api.patch(path, as_=admin, json={"name": "恒康改名站", "active": False}).get_json()["active"] is False
+    assert api.patch(path, as_=admin, json={"active": False}).status_code == 200  # already so: nothing recorded
+    assert api.patch(path, as_=admin, json={"active": True}).get_json()["active"] is True
+    actions = db.session.scalars(
+        sa.select(AuditEvent.action)
+        .filter_by(target_type="collection_point", target_id=str(point["id"]))
+        .order_by(AuditEvent.id)
+    ).all()
+    assert actions == [
+        "collection_point.create",
+        "collection_point.update",
+        "collection_point.deactivate",
+        "collection_point.reactivate",
+    ]
+
+
 def test_ids_beyond_what_the_database_holds_are_not_found_or_invalid(api):
     """On PostgreSQL these would overflow INTEGER; they must be a clean 404 or 422, never a 500."""
     admin = api.staff("admin")
