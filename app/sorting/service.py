@@ -371,7 +371,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
         {f"claim_{name}": value for name, value in checkin.items()},
         lambda: AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
     )
-    answer = {"kind": "checkin", "points": points, "co2e_g": co2e_g, "collection_point_id": point.id, "day": day}
+    answer = {"kind": "checkin", "points": points, "collection_point_id": point.id, "day": day}
     if points == 0:  # a rule worth nothing today (paused by an admin): the visit still counts once a day
         if run(claim.statement, claim.params).scalar() is None:
             raise claim.refused()
@@ -384,7 +384,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
         memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, points)], now),
     )  # fmt: skip
     commit()
-    return answer | {"balance": entry.balance_after, "entry_id": entry.id}
+    return answer | {"co2e_g": co2e_g, "balance": entry.balance_after, "entry_id": entry.id}
 
 
 # Weighed deposits
