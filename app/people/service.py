@@ -16,7 +16,7 @@ from app.db import commit, db, get_or_404, insert_unique, require_exists
 from app.errors import Forbidden, InvalidState, NotFound, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
-from app.people.models import Community, Organization, Resident, Staff
+from app.people.models import Community, Organization, Resident, Staff, staff_collection_points
 from app.sorting.models import CollectionPoint
 
 ALLIANCE_MAY_CREATE = ("merchant", "alliance")
@@ -100,6 +100,20 @@ def _check_role_scope(role: str, data: dict[str, Any], stores: list[Store], poin
         raise field_error("store_ids", "只有店员可以关联兑换点")
     if role != "collector" and points:
         raise field_error("collection_point_ids", "只有回收员可以关联回收点")
+
+
+def refuse_stranding_collectors(point_id: int, community_id: int) -> None:
+    """The other side of the rule in `_check_role_scope`: a point moves to another community only once no collector
+    of its old community serves it."""
+    stranded = db.session.scalars(
+        sa.select(Staff.username)
+        .join(staff_collection_points, staff_collection_points.c.staff_id == Staff.id)
+        .where(staff_collection_points.c.collection_point_id == point_id)
+        .where(Staff.community_id.is_not(None), Staff.community_id != community_id)
+        .order_by(Staff.username)
+    ).all()
+    if stranded:
+        raise field_error("community_id", f"该回收点的回收员属于原社区，请先调整他们的回收点：{'、'.join(stranded)}")
 
 
 def _check_alliance_grant(actor: Actor, data: dict[str, Any], stores: list[Store]) -> None:

@@ -54,7 +54,8 @@ from app.errors import (
 )
 from app.ledger import service as ledger
 from app.ledger.models import Account, LedgerEntry
-from app.people.models import Community, Resident, Staff, staff_collection_points
+from app.people import service as people
+from app.people.models import Community, Resident
 from app.sorting.models import (
     Checkin,
     CollectionPoint,
@@ -125,7 +126,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     if "community_id" in data:
         _require_manager(actor, data["community_id"])
         require_exists(Community, data["community_id"], "community_id", "社区不存在")
-        _refuse_stranded_collectors(point.id, data["community_id"])
+        people.refuse_stranding_collectors(point.id, data["community_id"])
     for key, value in data.items():
         setattr(point, key, value)
     if (point.lat is None) != (point.lng is None):
@@ -139,20 +140,6 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     commit()
     clear_point_cache()
     return point
-
-
-def _refuse_stranded_collectors(point_id: int, community_id: int) -> None:
-    """A collector who has a community serves only its points (people.service): moving a point out of it would
-    leave such a collector behind, so they are re-scoped first."""
-    stranded = db.session.scalars(
-        sa.select(Staff.username)
-        .join(staff_collection_points, staff_collection_points.c.staff_id == Staff.id)
-        .where(staff_collection_points.c.collection_point_id == point_id)
-        .where(Staff.community_id.is_not(None), Staff.community_id != community_id)
-        .order_by(Staff.username)
-    ).all()
-    if stranded:
-        raise field_error("community_id", f"该回收点的回收员属于原社区，请先调整他们的回收点：{'、'.join(stranded)}")
 
 
 def set_point_active(actor: Actor, point_id: int, active: bool) -> CollectionPoint:
