@@ -24,11 +24,13 @@ def _points_page(error=None) -> str:
     actor = current_admin_actor()
     actor.require_role("admin", "worker")
     community_id = actor.community_id if actor.role == "worker" else int_arg("community_id")
-    page = sorting.list_points(community_id, None, request.args.get("cursor") or None, PAGE_SIZE)
+    retired = request.args.get("status") == "retired"
+    page = sorting.list_points(community_id, None, request.args.get("cursor") or None, PAGE_SIZE, active=not retired)
     return render_template(
         "admin/points.html",
         page=page,
         community_id=community_id,
+        retired=retired,
         communities=people.list_communities(),
         kinds=POINT_KINDS,
         categories=CATEGORIES,

@@ -50,6 +50,14 @@ class Number(fields.Decimal):
         return int(number) if number == number.to_integral_value() else float(number)
 
 
+class Text(fields.String):
+    """Text a person typed (a name, a reason): surrounding spaces are dropped before the length is checked, so a
+    name of only spaces is as empty as no name, and lists do not show a blank row."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip()
+
+
 class Id(Integer):
     """An id in a request: a whole number from 1 to MAX_ID (a bigger one would overflow the database)."""
 

@@ -239,8 +239,10 @@ def _refuse_deep_nesting(body: bytes) -> None:
         pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
-def _add_request_id(response):
+def _add_headers(response):
     response.headers["X-Request-Id"] = g.get("request_id", "-")
+    if "Authorization" in request.headers:  # a balance, a ledger, a member code: one person's, and never stale
+        response.headers.setdefault("Cache-Control", "no-store")
     return response
 
 
@@ -318,7 +320,7 @@ def register_http(app: Flask) -> None:
     app.before_request(_assign_request_id)
     app.before_request(_require_json_body)
     app.before_request(_refuse_unstorable_query_and_form)
-    app.after_request(_add_request_id)
+    app.after_request(_add_headers)
     app.register_error_handler(AppError, handle_app_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

@@ -3,7 +3,7 @@ from __future__ import annotations
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
-from app.common import Boolean, Integer, Number, PageArgsSchema, StrictSchema
+from app.common import Boolean, Integer, Number, PageArgsSchema, StrictSchema, Text
 
 
 class RuleSchema(StrictSchema):
@@ -29,11 +29,11 @@ class RulePublishSchema(StrictSchema):
     activity = fields.String(
         required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[a-z_]+:[a-z_]+$")]
     )
-    title = fields.String(validate=validate.Length(max=64))
+    title = Text(validate=validate.Length(max=64))
     unit = fields.String(validate=validate.OneOf(UNITS))
     co2e_g_per_unit = fields.Decimal(places=3, validate=validate.Range(min=0, max=10_000_000))
     points = Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
     daily_cap_points = Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
     daily_total_exempt = Boolean()
-    source = fields.String(required=True, validate=validate.Length(min=2, max=500))
+    source = Text(required=True, validate=validate.Length(min=2, max=500))
     effective_from = fields.AwareDateTime(load_default=None)

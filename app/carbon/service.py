@@ -96,7 +96,7 @@ def cap_charges(lines: list[tuple[RuleView, int]], at: datetime | None = None) -
     counted = sum(points for rule, points in per_activity.values() if not rule.daily_total_exempt)
     total_rule = rule_in_force(DAILY_TOTAL, at)
     if counted and total_rule is not None:
-        charges.append(CapCharge(DAILY_TOTAL, counted, total_rule.daily_cap_points, "每日总积分"))
+        charges.append(CapCharge(DAILY_TOTAL, counted, total_rule.daily_cap_points, "全部活动合计"))
     return charges
 
 

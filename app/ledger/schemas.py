@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Integer, StrictSchema
+from app.common import Integer, StrictSchema, Text
 
 
 class EntrySchema(StrictSchema):
@@ -23,8 +23,8 @@ class EntrySchema(StrictSchema):
 
 class AdjustmentSchema(StrictSchema):
     delta = Integer(required=True, validate=validate.Range(min=-100000, max=100000))
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=200))
+    reason = Text(required=True, validate=validate.Length(min=2, max=200))
 
 
 class ReversalSchema(StrictSchema):
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=200))
+    reason = Text(required=True, validate=validate.Length(min=2, max=200))

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema
+from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema, Text
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
@@ -11,12 +11,12 @@ NAME = validate.Length(min=1, max=64)
 class CommunitySchema(StrictSchema):
     id = Integer(dump_only=True)
     code = fields.String(required=True, validate=[validate.Length(min=1, max=32), validate.Regexp(r"^[A-Za-z0-9_-]+$")])
-    name = fields.String(required=True, validate=NAME)
+    name = Text(required=True, validate=NAME)
 
 
 class OrganizationSchema(StrictSchema):
     id = Integer(dump_only=True)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = Text(required=True, validate=validate.Length(min=1, max=128))
     kind = fields.String(required=True, validate=validate.OneOf(ORG_KINDS))
     community_id = Id(load_default=None, allow_none=True)
 
@@ -32,7 +32,7 @@ class StaffCreateSchema(StrictSchema):
     )
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
     role = fields.String(required=True, validate=validate.OneOf(STAFF_ROLES))
-    display_name = fields.String(load_default="", validate=validate.Length(max=64))
+    display_name = Text(load_default="", validate=validate.Length(max=64))
     community_id = Id(load_default=None, allow_none=True)
     organization_id = Id(load_default=None, allow_none=True)
     store_ids = fields.List(Id(), load_default=list, validate=validate.Length(max=50))
@@ -40,7 +40,7 @@ class StaffCreateSchema(StrictSchema):
 
 
 class StaffUpdateSchema(StrictSchema):
-    display_name = fields.String(validate=validate.Length(max=64))
+    display_name = Text(validate=validate.Length(max=64))
     password = fields.String(load_only=True, validate=validate.Length(min=8, max=128))
     active = Boolean()
     store_ids = fields.List(Id(), validate=validate.Length(max=50))
@@ -72,7 +72,7 @@ class MeSchema(StrictSchema):
 
 
 class MeUpdateSchema(StrictSchema):
-    nickname = fields.String(validate=validate.Length(min=1, max=32))
+    nickname = Text(validate=validate.Length(min=1, max=32))
     community_id = Id(allow_none=True)
 
 
@@ -86,7 +86,7 @@ class ResidentSchema(StrictSchema):
 
 class ResidentUpdateSchema(StrictSchema):
     status = fields.String(required=True, validate=validate.OneOf([s for s in RESIDENT_STATUSES if s != "closed"]))
-    reason = fields.String(required=True, validate=validate.Length(min=2, max=200))
+    reason = Text(required=True, validate=validate.Length(min=2, max=200))
 
 
 class ResidentQuerySchema(StrictSchema):

@@ -79,7 +79,7 @@ def device_required(view):
 @blp.response(200, PointPage)
 def list_points(query):
     """Active collection points; `near=lat,lng` sorts by distance, and `community_id`, `kind` and `category`
-    narrow the list (`category=glass`: the points that take glass)."""
+    narrow the list (`category=glass`: the points that take glass). `active=false` lists the retired ones instead."""
     return service.list_points(**query)
 
 

@@ -4,26 +4,31 @@ from datetime import date
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema
+from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema, Text
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
 MAX_LINES = 20
 
 
+def _distinct(categories: list[str]) -> None:
+    if len(set(categories)) != len(categories):
+        raise ValidationError("品类不能重复")
+
+
 class CollectionPointSchema(StrictSchema):
     id = Integer(dump_only=True)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    name = Text(required=True, validate=validate.Length(min=1, max=128))
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
-    address = fields.String(load_default="", validate=validate.Length(max=256))
+    address = Text(load_default="", validate=validate.Length(max=256))
     lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
     lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
     geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
         load_default=lambda: list(CATEGORIES),
-        validate=validate.Length(min=1, max=len(CATEGORIES)),
+        validate=[validate.Length(min=1, max=len(CATEGORIES)), _distinct],
     )
     active = Boolean(dump_only=True)
     distance_m = Integer(dump_only=True, allow_none=True, dump_default=None)
@@ -40,15 +45,16 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     class Meta:
         partial = True
 
-    name = fields.String(validate=validate.Length(min=1, max=128))
+    name = Text(validate=validate.Length(min=1, max=128))
     community_id = Id()
     kind = fields.String(validate=validate.OneOf(POINT_KINDS))
-    address = fields.String(validate=validate.Length(max=256))
+    address = Text(validate=validate.Length(max=256))
     lat = fields.Float(allow_none=True, validate=validate.Range(min=-90, max=90))
     lng = fields.Float(allow_none=True, validate=validate.Range(min=-180, max=180))
     geofence_m = Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
-        fields.String(validate=validate.OneOf(CATEGORIES)), validate=validate.Length(min=1, max=len(CATEGORIES))
+        fields.String(validate=validate.OneOf(CATEGORIES)),
+        validate=[validate.Length(min=1, max=len(CATEGORIES)), _distinct],
     )
     active = Boolean()
 
@@ -65,6 +71,12 @@ class PointQuerySchema(StrictSchema):
         load_default=None, validate=validate.OneOf(CATEGORIES), metadata={"description": "只列出收这一品类的回收点"}
     )
     near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
+    active = fields.Boolean(
+        load_default=True,
+        truthy={"true"},
+        falsy={"false"},
+        metadata={"description": "false 只列出已停用的回收点（以便查到并重新启用）；默认只列在用的"},
+    )
     cursor = fields.String(load_default=None)
     limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))
 

@@ -187,8 +187,9 @@ def list_points(
     limit: int,
     kind: str | None = None,
     category: str | None = None,
+    active: bool = True,
 ) -> dict[str, Any]:
-    stmt = sa.select(CollectionPoint).where(CollectionPoint.active.is_(True))
+    stmt = sa.select(CollectionPoint).where(CollectionPoint.active.is_(active))
     if community_id is not None:
         stmt = stmt.where(CollectionPoint.community_id == community_id)
     if kind is not None:

@@ -752,7 +752,11 @@ def test_a_point_is_retired_once_confirmed_and_brought_back(as_worker):
     db.session.expire_all()
     assert db.session.get(CollectionPoint, point.id).active is False
     assert "重新启用回收点" in text(as_worker.get(f"/admin/points/{point.id}"))
+    # the list shows it under 已停用 only, where it can be found again
+    assert f'/admin/points/{point.id}"' not in as_worker.get("/admin/points").get_data(as_text=True)
+    assert f'/admin/points/{point.id}"' in as_worker.get("/admin/points?status=retired").get_data(as_text=True)
     assert as_worker.post(f"/admin/points/{point.id}/active", {"active": "1"}).status_code == 302
+    assert "没有已停用的回收点" in text(as_worker.get("/admin/points?status=retired"))
     db.session.expire_all()
     assert db.session.get(CollectionPoint, point.id).active is True
     actions = db.session.scalars(

@@ -95,6 +95,8 @@ def test_admin_adjustment_is_an_audited_entry(api):
     assert event.actor_id == admin.id
     assert event.details["reason"] == "活动补发"
     assert_error(api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 5}), 422, "validation_error")
+    blank = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 5, "reason": " 补 "})
+    assert "reason" in assert_error(blank, 422, "validation_error")["details"]["fields"]  # one character once trimmed
     assert_error(
         api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 0, "reason": "零"}),
         422,

@@ -83,6 +83,7 @@ def test_member_code_is_short_lived_and_signed(api, clock, world):
     assert set(body) == {"token", "expires_at"}
     assert datetime.fromisoformat(body["expires_at"]) == clock.now + timedelta(seconds=120)
     assert body["token"].startswith("m1.")
+    assert response.headers["Cache-Control"] == "no-store"  # a code is one person's and short-lived
     # every request gives a fresh code
     assert api.member_code(world["resident"]) != body["token"]
     assert_error(api.get("/me/member-code"), 401, "unauthorized")
@@ -488,7 +489,7 @@ def test_daily_total_cap_across_categories(api, world):
     assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190  # 18 960 g
     assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
     error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
-    assert "500" in error["message"]
+    assert error["message"] == "全部活动合计每日上限为 500 积分，今天已获得 496 积分"
     assert (error["details"]["cap"], error["details"]["used"]) == (500, 496)
     assert me(api, world["resident"])["balance"] == 496
     assert count(Deposit) == 3

@@ -108,6 +108,8 @@ def test_collectors_residents_and_anonymous_cannot_create_points(api, admin):
         ({"categories": ["paper", "plutonium"]}, "categories"),
         ({"categories": []}, "categories"),
         ({"name": ""}, "name"),
+        ({"name": "   "}, "name"),
+        ({"categories": ["paper", "paper"]}, "categories"),
         ({"colour": "green"}, "colour"),
     ],
 )
@@ -116,6 +118,16 @@ def test_invalid_points_are_validation_errors(api, admin, extra, field):
     error = assert_error(api.post("/collection-points", as_=admin, json=point_body(**extra)), 422, "validation_error")
     assert field in error["details"]["fields"], error
     assert point_count() == before
+
+
+def test_names_are_kept_without_surrounding_spaces(api, admin):
+    point = make_point(api, admin, "  恒康一号站 ", address=" 海湾路 8 号  ")
+    assert (point["name"], point["address"]) == ("恒康一号站", "海湾路 8 号")
+    error = assert_error(
+        api.patch(f"/collection-points/{point['id']}", as_=admin, json={"name": "\u3000 "}), 422, "validation_error"
+    )
+    assert "name" in error["details"]["fields"]
+    assert api.get(f"/collection-points/{point['id']}").get_json()["name"] == "恒康一号站"
 
 
 def test_missing_fields_and_unknown_community(api, admin):
@@ -328,6 +340,23 @@ def test_delete_retires_the_point_and_its_posters(api, admin, worker):
         sa.select(AuditEvent.action).filter_by(target_type="collection_point", target_id=str(point["id"]))
     ).all()
     assert actions.count("collection_point.deactivate") == 1
+
+
+def test_retired_points_are_listed_on_asking_so_they_can_be_brought_back(api, admin, worker):
+    kept = make_point(api, admin, "恒康甲")
+    retired = make_point(api, admin, "恒康乙")
+    assert api.delete(f"/collection-points/{retired['id']}", as_=worker).status_code == 204
+
+    assert listed_ids(api) == [kept["id"]]
+    assert listed_ids(api, "?active=true") == [kept["id"]]
+    assert listed_ids(api, "?active=false") == [retired["id"]]
+    assert listed_ids(api, f"?active=false&community_id={community_id('xinhaiwan')}") == []
+    error = assert_error(api.get("/collection-points?active=no"), 422, "validation_error")
+    assert "active" in error["details"]["fields"]
+
+    response = api.patch(f"/collection-points/{retired['id']}", as_=worker, json={"active": True})
+    assert response.status_code == 200, response.get_json()
+    assert listed_ids(api, "?active=false") == []
 
 
 def test_patching_active_is_audited_as_retiring_or_bringing_back(api, admin):
