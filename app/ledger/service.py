@@ -308,6 +308,12 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
     # oldest points it had consumed count as unspent again (never as this year's, which would outlive their expiry):
     # if their year has expired meanwhile, the next `points expire` takes them as it would have.
     credit_year = local_day(entry.created_at, _tz()).year
+    if entry.delta > 0:
+        _lock_account(resident_id)  # the expiry job takes the same lock: it cannot expire the year in between
+        if _year_expired(entry.account_id, credit_year):
+            # Expiry already took what was left of those points; taking them back would take them twice.
+            message = f"这笔积分属于 {credit_year} 年，该年度的积分已到期清零，不能再冲正"
+            raise InvalidState(f"{message}；如需追回其中已使用的部分，请做人工调整", details={"year": credit_year})
     return post(
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
         actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,
@@ -315,6 +321,17 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
         lifetime_delta=-entry.delta if entry.kind == "earn" else 0,
         lot=(credit_year, -entry.delta) if entry.delta > 0 else (credit_year, 0),
     )  # fmt: skip
+
+
+def _year_expired(account_id: int, year: int) -> bool:
+    """Whether the expiry job has taken what was left of `year` (its first expire entry is referenced by the year)."""
+    expired = sa.exists().where(
+        LedgerEntry.account_id == account_id,
+        LedgerEntry.kind == "expire",
+        LedgerEntry.ref_type == "expiry",
+        LedgerEntry.ref_id == str(year),
+    )
+    return bool(db.session.scalar(sa.select(expired)))
 
 
 # Admin use cases

@@ -332,6 +332,42 @@ def test_points_given_back_from_a_year_already_expired_expire_again(api, app, cl
     assert verify_ledger().ok
 
 
+def test_an_earning_whose_year_has_expired_is_not_taken_back_twice(api, app, clock):
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    wrong = earn(me.id, 100, "y2025-wrong")
+    clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 150, "y2026")
+    runner = app.test_cli_runner()
+    assert "'points': 100" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    clock.set(datetime(2027, 1, 5, 12, tzinfo=SHANGHAI))
+
+    response = api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"})
+    error = assert_error(response, 409, "invalid_state")
+    assert error["details"] == {"year": 2025}
+    assert "人工调整" in error["message"]
+    # expiry already took those 100 points: the 150 earned in 2026 stay whole
+    assert api.get("/me", as_=me).get_json()["balance"] == 150
+    assert db.session.scalar(sa.select(sa.func.count()).where(LedgerEntry.reverses_id == wrong.id)) == 0
+    assert verify_ledger().ok
+
+
+def test_an_earning_spent_before_its_year_expired_is_still_taken_back(api, app, clock):
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    wrong = earn(me.id, 100, "y2025-wrong")
+    spend(me.id, 100, "r1")
+    clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 150, "y2026")
+    runner = app.test_cli_runner()
+    assert "'entries': 0" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    clock.set(datetime(2027, 1, 5, 12, tzinfo=SHANGHAI))
+    # nothing of 2025 expired: the mistaken points were spent, so they are taken back from what is left
+    assert api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201
+    assert api.get("/me", as_=me).get_json()["balance"] == 50
+    assert verify_ledger().ok
+
+
 def test_verify_names_the_altered_entry(api, app):
     alice, bob = api.resident(), api.resident()
     earn(alice.id, 10, "a")

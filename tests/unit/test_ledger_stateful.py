@@ -71,9 +71,11 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.earns)
     @rule(data=st.data())
     def take_back_an_earn(self, data):
-        """An admin reverses an earning: possible while the balance still holds its points."""
+        """An admin reverses an earning: possible while the balance still holds its points, and refused once
+        expiry has taken what was left of its year (taking it back then would take it twice)."""
         entry_id = data.draw(st.sampled_from(sorted(self.earns)))
         earn_entry = db.session.get(LedgerEntry, entry_id)
+        year_expired = ledger._year_expired(earn_entry.account_id, earn_entry.created_at.astimezone(SHANGHAI).year)
         try:
             ledger.reverse(
                 earn_entry, kind="reverse", ref_type="ledger_entry", ref_id=entry_id, actor_type="system",
@@ -84,9 +86,14 @@ class LedgerMachine(RuleBasedStateMachine):
             refused = exc.code
         else:
             db.session.commit()
+            assert not year_expired
             points = self.earns.pop(entry_id)
             self.expected_balance -= points
             self.earned -= points
+            return
+        if refused == "invalid_state":
+            assert year_expired
+            self.earns.pop(entry_id)  # never to be taken back now
             return
         assert refused == "insufficient_points"
         assert self.expected_balance < self.earns[entry_id]
