@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
@@ -36,4 +38,11 @@ class RulePublishSchema(StrictSchema):
     daily_cap_points = Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
     daily_total_exempt = Boolean()
     source = Text(required=True, validate=validate.Length(min=2, max=500))
-    effective_from = fields.AwareDateTime(load_default=None)
+    effective_from = fields.AwareDateTime(
+        load_default=None,
+        validate=validate.Range(
+            min=datetime(2000, 1, 1, tzinfo=UTC),
+            max=datetime(2100, 1, 1, tzinfo=UTC),
+            error="生效时间应在 2000 年到 2100 年之间",
+        ),
+    )

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
 from app.cache import TtlCache
@@ -15,7 +16,7 @@ from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import utcnow
 from app.common import named_page
 from app.db import commit, db
-from app.errors import NotFound, field_error
+from app.errors import InvalidState, NotFound, field_error
 
 RULE_CACHE_TTL_S = 10.0
 _rules = TtlCache(RULE_CACHE_TTL_S)
@@ -130,7 +131,10 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     )
     rule.co2e_g_per_unit = Decimal(rule.co2e_g_per_unit or 0)
     db.session.add(rule)
-    db.session.flush()
+    try:
+        db.session.flush()
+    except IntegrityError as exc:  # another admin published a version of this rule meanwhile
+        raise InvalidState("该规则刚被其他管理员更新，请刷新后再试") from exc
     audit.record(actor, "rule.publish", "rule", rule.id, {"activity": activity, "version": rule.version})
     commit()
     clear_cache()

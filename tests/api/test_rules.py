@@ -3,8 +3,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 
-from tests.conftest import SHANGHAI, assert_error
+from app.carbon.models import Rule
+from app.db import db
+from tests.conftest import SHANGHAI, assert_error, pg_concurrency, race
 
 
 def rule_in_force(api, activity: str) -> dict:
@@ -102,6 +105,29 @@ def test_publishing_rules_is_admin_only_and_validated(api):
     past = datetime(2020, 1, 1, tzinfo=SHANGHAI).isoformat()
     error = assert_error(api.post("/rules", as_=admin, json={**body, "effective_from": past}), 422, "validation_error")
     assert "effective_from" in error["details"]["fields"]
+    # the ends of the calendar, which no database datetime holds once in UTC
+    for moment in ("9999-12-31T23:00:00-12:00", "0001-01-01T00:30:00+14:00"):
+        response = api.post("/rules", as_=admin, json={**body, "effective_from": moment})
+        assert "effective_from" in assert_error(response, 422, "validation_error")["details"]["fields"]
+
+
+@pg_concurrency
+def test_admins_publishing_one_rule_at_once_get_versions_in_turn_or_a_409(api, app):
+    admin = api.staff("admin")
+
+    def publish(client, i):
+        body = {"activity": "sorting:glass", "co2e_g_per_unit": 260 + i, "source": "经发办"}
+        return client.post("/api/v1/rules", json=body, headers=admin.auth)
+
+    responses = race(app, publish, 8)
+    codes = [r.status_code for r in responses]
+    assert 201 in codes, codes
+    refused = {r.get_json()["error"]["code"] for r in responses if r.status_code != 201}
+    assert refused <= {"invalid_state", "validation_error"}, codes  # never a 500
+    rules = db.session.scalars(sa.select(Rule).filter_by(activity="sorting:glass").order_by(Rule.version)).all()
+    assert [r.version for r in rules] == list(range(1, len(rules) + 1))
+    assert len(rules) == 1 + codes.count(201)
+    assert [r.valid_to is None for r in rules].count(True) == 1
 
 
 def test_rules_come_in_pages_that_add_up_to_the_whole_methodology(api):
