@@ -302,15 +302,34 @@ def clear_point_cache() -> None:
 _CHECKIN_COLUMNS = ("resident_id", "collection_point_id", "day", "lat", "lng", "created_at")
 
 
+def _holder_active(param: str) -> sa.Exists:
+    """The resident's account is active. FOR SHARE: a freeze committing meanwhile is waited for and then seen, so
+    nothing lands on an account frozen a moment earlier (SQLite's write lock already keeps the freeze out)."""
+    return sa.exists(
+        sa.select(Resident.id)
+        .where(Resident.id == sa.bindparam(param), Resident.status == "active")
+        .with_for_update(read=True)
+    )
+
+
 @cache
 def _checkin_claim(dialect: str) -> sa.Insert:
-    """Claims the (resident, point, day) slot; returns no row when it is already taken."""
+    """Claims the (resident, point, day) slot for an active account; returns no row when it is already taken or the
+    account was frozen since the caller was authenticated."""
+    checkins = Checkin.__table__
+    row = bound_row(checkins, {name: f"claim_{name}" for name in _CHECKIN_COLUMNS})
     return (
-        upsert_insert(dialect)(Checkin)
-        .values({name: sa.bindparam(f"claim_{name}") for name in _CHECKIN_COLUMNS})
+        upsert_insert(dialect)(checkins)
+        .from_select(list(_CHECKIN_COLUMNS), row.where(_holder_active("claim_resident_id")))
         .on_conflict_do_nothing(index_elements=["resident_id", "collection_point_id", "day"])
-        .returning(Checkin.id)
+        .returning(checkins.c.id)
     )
+
+
+def _checkin_refusal(resident_id: int) -> Exception:
+    if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
+        return AccountFrozen()
+    return AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
 
 
 def _signed_with(secret: str, raw: str) -> bool:
@@ -357,7 +376,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     claim = ledger.Claim(
         _checkin_claim(dialect_name()),
         {f"claim_{name}": value for name, value in checkin.items()},
-        lambda: AlreadyClaimed("今天已在该回收点打卡，明天再来吧"),
+        lambda: _checkin_refusal(actor.id),
     )
     answer = {"kind": "checkin", "points": points, "collection_point_id": point.id, "day": day}
     if points == 0:  # a rule worth nothing today (paused by an admin): the visit still counts once a day
@@ -393,13 +412,7 @@ def _deposit_with_items() -> sa.Select:
     the write lock, so reading the status first is as good."""
     deposits, items = Deposit.__table__, DepositItem.__table__
     columns = [c.name for c in deposits.c if c.name != "id"]
-    # FOR SHARE: a freeze committing meanwhile is waited for and then seen, so no deposit lands on a frozen account.
-    active = sa.exists(
-        sa.select(Resident.id)
-        .where(Resident.id == sa.bindparam("d_resident_id"), Resident.status == "active")
-        .with_for_update(read=True)
-    )
-    values = bound_row(deposits, {name: f"d_{name}" for name in columns}).where(active)
+    values = bound_row(deposits, {name: f"d_{name}" for name in columns}).where(_holder_active("d_resident_id"))
     deposit = (
         upsert_insert("postgresql")(deposits)
         .from_select(columns, values)

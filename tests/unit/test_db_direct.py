@@ -142,12 +142,12 @@ def test_result_processors_apply_to_direct_answers(resident):
 
 
 def test_a_driver_error_is_raised_as_sqlalchemys_and_the_session_recovers(resident):
-    _, point = resident
-    slot = {"resident_id": 10**6, "collection_point_id": point.id, "day": datetime(2026, 6, 15).date(), "lat": None}
+    person, _ = resident
+    slot = {"resident_id": person.id, "collection_point_id": 10**6, "day": datetime(2026, 6, 15).date(), "lat": None}
     claim = {f"claim_{name}": value for name, value in (slot | {"lng": None, "created_at": datetime.now(UTC)}).items()}
-    with pytest.raises(sa.exc.IntegrityError) as caught:  # no such resident: a foreign key violation
+    with pytest.raises(sa.exc.IntegrityError) as caught:  # no such point: a foreign key violation
         run(sorting._checkin_claim("postgresql"), claim)
-    assert "fk_checkins_resident_id_residents" in str(caught.value.orig)
+    assert "fk_checkins_collection_point_id_collection_points" in str(caught.value.orig)
     assert not caught.value.connection_invalidated
     db.session.rollback()
     assert run(sa.select(sa.literal(1))).scalar() == 1
