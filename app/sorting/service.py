@@ -259,14 +259,21 @@ def _holder_refusal(resident_id: int) -> Exception:
     return InvalidQr("会员码对应的账户不存在")
 
 
-_CODE_SPENT = sa.select(sa.literal(True)).where(
+_CODE_SPENT = sa.select(Deposit.id, Deposit.collection_point_id, Deposit.points).where(
     Deposit.resident_id == sa.bindparam("resident_id"), Deposit.member_code_nonce == sa.bindparam("nonce")
 )
 
 
 def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
     """Why a deposit was not written: its member code paid for one already, or the account cannot take it."""
-    if run(_CODE_SPENT, {"resident_id": deposit["resident_id"], "nonce": deposit["member_code_nonce"]}).first():
+    spent = run(_CODE_SPENT, {"resident_id": deposit["resident_id"], "nonce": deposit["member_code_nonce"]}).first()
+    if spent is not None and spent.collection_point_id == deposit["collection_point_id"]:
+        # Most likely a retry whose answer was lost: say it went through, so nobody records the recyclables twice.
+        return Duplicate(
+            f"该会员码已在本回收点记过一笔投递（编号 {spent.id}，{spent.points} 积分），请勿重复记录",
+            details={"deposit_id": spent.id, "points": spent.points},
+        )
+    if spent is not None:
         return Duplicate("该会员码已使用，请让居民刷新会员码后重试")
     return _holder_refusal(deposit["resident_id"])
 
