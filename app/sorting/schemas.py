@@ -158,7 +158,13 @@ class DepositSchema(StrictSchema):
     collector_id = Integer(allow_none=True)
     device_id = Integer(allow_none=True)
     points = Integer(required=True)
-    co2e_g = Integer(required=True)
+    co2e_g = Integer(
+        required=True,
+        metadata={
+            "description": "the deposit's CO2e in grams, as weighed; the resident's /me co2e_g counts what the ledger "
+            "credits, so a deposit worth 0 points (entry_id null) is recorded here but not added there"
+        },
+    )
     weight_g = Integer(required=True)
     entry_id = Integer(allow_none=True, metadata={"description": "the ledger entry; null for a deposit worth 0 points"})
     items = fields.List(fields.Nested(DepositItemSchema), required=True)
