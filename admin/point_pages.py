@@ -61,12 +61,13 @@ def create_point():
 
 def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = False, **_device_route_args) -> str:
     actor = current_admin_actor()
-    poster = sorting.poster(actor, point_id)  # checks the caller's scope over this point
+    devices = sorting.list_devices(actor, point_id)  # checks the caller's scope over this point
+    point = sorting.get_point(point_id)
     return render_template(
         "admin/point.html",
-        point=sorting.get_point(point_id),
-        poster=poster,
-        devices=sorting.list_devices(actor, point_id),
+        point=point,
+        poster=sorting.poster(actor, point_id) if point.active else None,
+        devices=devices,
         deposits=sorting.point_deposits(actor, point_id, None, request.args.get("cursor") or None, DEPOSITS_PER_PAGE),
         new_device=device,
         rotated=rotated,

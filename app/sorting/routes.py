@@ -16,6 +16,7 @@ from app.errors import (
     Duplicate,
     Forbidden,
     InvalidQr,
+    InvalidState,
     NotFound,
     QrExpired,
     TooFar,
@@ -122,7 +123,7 @@ def delete_point(point_id):
 
 @blp.route("/collection-points/<int:point_id>/qr", methods=["GET"])
 @login_required("admin", "worker", "collector")
-@error_docs(NotFound)
+@error_docs(NotFound, InvalidState)
 @blp.response(200, PosterSchema)
 def point_qr(point_id):
     """The poster's signed token and the URL its QR encodes (staff in scope)."""
@@ -131,7 +132,7 @@ def point_qr(point_id):
 
 @blp.route("/collection-points/<int:point_id>/qr.png", methods=["GET"])
 @login_required("admin", "worker", "collector")
-@error_docs(NotFound)
+@error_docs(NotFound, InvalidState)
 @blp.response(200, content_type="image/png")
 @file_docs("image/png")
 def point_qr_png(point_id):
@@ -141,7 +142,7 @@ def point_qr_png(point_id):
 
 @blp.route("/collection-points/<int:point_id>/qr.svg", methods=["GET"])
 @login_required("admin", "worker", "collector")
-@error_docs(NotFound)
+@error_docs(NotFound, InvalidState)
 @blp.response(200, content_type="image/svg+xml")
 @file_docs("image/svg+xml")
 def point_qr_svg(point_id):
@@ -151,7 +152,7 @@ def point_qr_svg(point_id):
 
 @blp.route("/collection-points/<int:point_id>/qr/rotate", methods=["POST"])
 @login_required("admin", "worker")
-@error_docs(NotFound)
+@error_docs(NotFound, InvalidState)
 @blp.response(200, PosterSchema)
 def rotate_point_qr(point_id):
     """Issue a new poster secret: every poster printed before stops working (within 10 seconds everywhere)."""

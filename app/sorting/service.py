@@ -212,14 +212,22 @@ def list_points(
 def poster(actor: Actor, point_id: int) -> dict[str, str]:
     point = get_point(point_id)
     _require_staff_in_scope(actor, point)
+    _refuse_retired_poster(point)
     token = qr.static_token(qr.POINT, point.id, _qr_key("point", point.qr_secret))
     return {"token": token, "url": f"{_config('PUBLIC_BASE_URL')}/q/{token}"}
+
+
+def _refuse_retired_poster(point: CollectionPoint) -> None:
+    """A retired point's poster would not check anyone in: printing one would only make a poster that fails."""
+    if not point.active:
+        raise InvalidState("该回收点已停用，海报无法打卡；请先重新启用回收点")
 
 
 def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
     """A new secret revokes every poster printed so far."""
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
+    _refuse_retired_poster(point)
     point.qr_secret = new_secret()
     audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
     commit()

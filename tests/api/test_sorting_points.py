@@ -331,6 +331,10 @@ def test_delete_retires_the_point_and_its_posters(api, admin, worker):
 
     assert_error(api.post("/scans", as_=resident, json={"token": token}), 422, "invalid_qr")
     assert api.get("/me", as_=resident).get_json()["balance"] == 0
+    # its poster can no longer be printed or changed, as it would check nobody in
+    for suffix in ("", ".png", ".svg"):
+        assert_error(api.get(f"/collection-points/{point['id']}/qr{suffix}", as_=worker), 409, "invalid_state")
+    assert_error(api.post(f"/collection-points/{point['id']}/qr/rotate", as_=worker), 409, "invalid_state")
     assert_error(api.delete("/collection-points/999999", as_=admin), 404, "not_found")
     # retiring it again is answered the same and records nothing more
     assert api.delete(f"/collection-points/{point['id']}", as_=worker).status_code == 204
@@ -345,6 +349,7 @@ def test_delete_retires_the_point_and_its_posters(api, admin, worker):
 def test_retired_points_are_listed_on_asking_so_they_can_be_brought_back(api, admin, worker):
     kept = make_point(api, admin, "恒康甲")
     retired = make_point(api, admin, "恒康乙")
+    token = poster_token(api, admin, retired["id"])
     assert api.delete(f"/collection-points/{retired['id']}", as_=worker).status_code == 204
 
     assert listed_ids(api) == [kept["id"]]
@@ -357,6 +362,8 @@ def test_retired_points_are_listed_on_asking_so_they_can_be_brought_back(api, ad
     response = api.patch(f"/collection-points/{retired['id']}", as_=worker, json={"active": True})
     assert response.status_code == 200, response.get_json()
     assert listed_ids(api, "?active=false") == []
+    # brought back, its old posters work again
+    assert api.post("/scans", as_=api.resident(), json={"token": token}).status_code == 201
 
 
 def test_patching_active_is_audited_as_retiring_or_bringing_back(api, admin):
