@@ -32,7 +32,8 @@ def fake_wechat() -> Iterator[FakeWeChat]:
 
 @pytest.fixture
 def client(fake_wechat: FakeWeChat) -> WeChatClient:
-    return WeChatClient(fake_wechat.base, APPID, SECRET, timeout=0.2)
+    # Generous: the fake answers at once, and a busy CI machine must not turn an answer into a timeout.
+    return WeChatClient(fake_wechat.base, APPID, SECRET, timeout=5.0)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +72,7 @@ def test_success_returns_session_and_sends_params(client: WeChatClient, fake_wec
 
 
 def test_trailing_slash_in_api_base(fake_wechat: FakeWeChat) -> None:
-    client = WeChatClient(fake_wechat.base + "/", APPID, SECRET, timeout=0.2)
+    client = WeChatClient(fake_wechat.base + "/", APPID, SECRET, timeout=5.0)
     assert client.code2session("ok").openid == "o-123"
     assert fake_wechat.requests[0][0] == "/sns/jscode2session"
 
@@ -138,9 +139,8 @@ def test_json_without_errcode_or_openid_is_upstream_error(
     assert len(_warnings(caplog)) == 1
 
 
-def test_timeout_is_unavailable(
-    client: WeChatClient, fake_wechat: FakeWeChat, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_timeout_is_unavailable(fake_wechat: FakeWeChat, caplog: pytest.LogCaptureFixture) -> None:
+    client = WeChatClient(fake_wechat.base, APPID, SECRET, timeout=0.2)
     started = time.monotonic()
     with pytest.raises(UpstreamUnavailable) as excinfo:
         client.code2session("slow")
