@@ -446,7 +446,7 @@ def real_app(app, db_session, fake_wechat):
             "WECHAT_API_BASE": fake_wechat.base,
             "WECHAT_APPID": "wx1",
             "WECHAT_SECRET": "s",
-            "WECHAT_TIMEOUT": 0.3,
+            "WECHAT_TIMEOUT": 2.0,  # the fake answers at once; only "slow" waits it out
             "RATELIMIT_ENABLED": False,
         }
     )
