@@ -241,7 +241,8 @@ def _refuse_deep_nesting(body: bytes) -> None:
 
 def _add_headers(response):
     response.headers["X-Request-Id"] = g.get("request_id", "-")
-    if "Authorization" in request.headers:  # a balance, a ledger, a member code: one person's, and never stale
+    # A balance, a ledger, a member code, a token: one person's, and never to be kept by a cache.
+    if "Authorization" in request.headers or request.path.startswith("/api/v1/auth/"):
         response.headers.setdefault("Cache-Control", "no-store")
     return response
 

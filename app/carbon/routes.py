@@ -5,7 +5,7 @@ from app.auth.guards import current_actor, login_required
 from app.carbon import service
 from app.carbon.schemas import RulePublishSchema, RuleQuerySchema, RuleSchema
 from app.common import page_schema
-from app.errors import NotFound
+from app.errors import InvalidState, NotFound
 from app.http import Blueprint
 
 blp = Blueprint("carbon", __name__, url_prefix="/api/v1", description="碳减排方法学与积分规则")
@@ -24,7 +24,7 @@ def list_rules(query):
 
 @blp.route("/rules", methods=["POST"])
 @login_required("admin")
-@error_docs(NotFound)
+@error_docs(NotFound, InvalidState)
 @blp.arguments(RulePublishSchema)
 @blp.response(201, RuleSchema)
 def publish_rule(body):

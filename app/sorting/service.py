@@ -213,6 +213,10 @@ def poster(actor: Actor, point_id: int) -> dict[str, str]:
     point = get_point(point_id)
     _require_staff_in_scope(actor, point)
     _refuse_retired_poster(point)
+    return _poster_of(point)
+
+
+def _poster_of(point: CollectionPoint) -> dict[str, str]:
     token = qr.static_token(qr.POINT, point.id, _qr_key("point", point.qr_secret))
     return {"token": token, "url": f"{_config('PUBLIC_BASE_URL')}/q/{token}"}
 
@@ -227,12 +231,11 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
     """A new secret revokes every poster printed so far."""
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
-    _refuse_retired_poster(point)
-    point.qr_secret = new_secret()
+    point.qr_secret = new_secret()  # allowed while retired too: a leaked poster is revoked before the point returns
     audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
     commit()
     clear_point_cache()
-    return poster(actor, point_id)
+    return _poster_of(point)
 
 
 # Member codes
@@ -278,7 +281,8 @@ def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
     if spent is not None and spent.collection_point_id == deposit["collection_point_id"]:
         # Most likely a retry whose answer was lost: say it went through, so nobody records the recyclables twice.
         return Duplicate(
-            f"该会员码已在本回收点记过一笔投递（编号 {spent.id}，{spent.points} 积分），请勿重复记录",
+            f"该会员码已在本回收点记过一笔投递（编号 {spent.id}，{spent.points} 积分）；"
+            "如是另一笔投递，请让居民刷新会员码",
             details={"deposit_id": spent.id, "points": spent.points},
         )
     if spent is not None:

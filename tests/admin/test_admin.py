@@ -754,7 +754,7 @@ def test_a_point_is_retired_once_confirmed_and_brought_back(as_worker):
     page = text(as_worker.get(f"/admin/points/{point.id}"))
     assert "重新启用回收点" in page
     assert "海报不能打卡" in page
-    assert "更换二维码" not in page
+    assert "下载 SVG" not in page
     assert as_worker.get(f"/admin/points/{point.id}/qr.png").status_code == 409
     # the list shows it under 已停用 only, where it can be found again
     assert f'/admin/points/{point.id}"' not in as_worker.get("/admin/points").get_data(as_text=True)

@@ -135,6 +135,7 @@ def test_staff_login_success(api):
     assert response.status_code == 200, response.get_json()
     body = response.get_json()
     assert set(body) == {"access_token", "refresh_token", "staff"}
+    assert response.headers["Cache-Control"] == "no-store"  # tokens are never kept by a cache (RFC 6749 5.1)
     assert body["staff"]["id"] == staff_id
     assert body["staff"]["username"] == username
     assert body["staff"]["role"] == "admin"
