@@ -152,7 +152,7 @@ def point_qr_svg(point_id):
 
 @blp.route("/collection-points/<int:point_id>/qr/rotate", methods=["POST"])
 @login_required("admin", "worker")
-@error_docs(NotFound, InvalidState)
+@error_docs(NotFound)
 @blp.response(200, PosterSchema)
 def rotate_point_qr(point_id):
     """Issue a new poster secret: every poster printed before stops working (within 10 seconds everywhere)."""

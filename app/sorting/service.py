@@ -263,9 +263,14 @@ def _member_code(code: str) -> qr.MemberCode:
         raise InvalidQr("无效的会员码") from exc
 
 
+def _frozen(resident_id: int) -> bool:
+    """Read when a claim or deposit was refused: whether the account's state is why."""
+    return run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen"
+
+
 def _holder_refusal(resident_id: int) -> Exception:
     """Why a resident's account cannot take a deposit."""
-    if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
+    if _frozen(resident_id):
         return AccountFrozen("该居民账户已冻结")
     return InvalidQr("会员码对应的账户不存在")
 
@@ -346,7 +351,7 @@ def _checkin_claim(dialect: str) -> sa.Insert:
 
 
 def _checkin_refusal(resident_id: int) -> Exception:
-    if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
+    if _frozen(resident_id):
         return AccountFrozen()
     return AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
 
