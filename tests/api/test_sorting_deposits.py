@@ -5,7 +5,6 @@ points = round_half_up(grams × 10 / 1000), rounded once on the whole deposit.""
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta
 from io import BytesIO
 
@@ -21,7 +20,7 @@ from app.ledger.verify import verify_ledger
 from app.people.models import Resident
 from app.sorting.models import Deposit, DepositItem
 from app.sorting.service import clear_point_cache
-from tests.conftest import SHANGHAI, assert_error, community_id, pg_concurrency, race
+from tests.conftest import SHANGHAI, assert_error, community_id, during_an_uncommitted_freeze, pg_concurrency, race
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
@@ -603,20 +602,8 @@ def test_a_category_added_by_another_worker_is_accepted_at_once(api, world):
 def test_a_freeze_committed_during_a_deposit_is_seen(api, app, world):
     """The deposit reads the account's state under FOR SHARE: it waits for an uncommitted freeze, then sees it."""
     code = api.member_code(world["resident"])
-    freezer = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
-    with freezer.connect() as conn:
-        conn.execute(sa.update(Resident).where(Resident.id == world["resident"].id).values(status="frozen"))
-        answer: dict = {}
-        thread = threading.Thread(
-            target=lambda: answer.update(response=deposit(api, world, lines(("paper", 1000)), code=code))
-        )
-        thread.start()
-        thread.join(timeout=1.0)
-        assert thread.is_alive()  # waiting on the freezer's row lock
-        conn.commit()
-    thread.join(timeout=10)
-    freezer.dispose()
-    assert_error(answer["response"], 403, "account_frozen")
+    send = lambda: deposit(api, world, lines(("paper", 1000)), code=code)  # noqa: E731
+    assert_error(during_an_uncommitted_freeze(app, world["resident"].id, send), 403, "account_frozen")
     assert (count(Deposit), count(DepositItem)) == (0, 0)
 
 

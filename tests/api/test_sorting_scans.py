@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 from io import BytesIO
 
@@ -14,9 +13,8 @@ from PIL import Image
 from app import qr
 from app.db import db
 from app.ledger.models import LedgerEntry
-from app.people.models import Resident
 from app.sorting.models import Checkin
-from tests.conftest import SHANGHAI, assert_error, community_id, pg_concurrency, race
+from tests.conftest import SHANGHAI, assert_error, community_id, during_an_uncommitted_freeze, pg_concurrency, race
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
@@ -463,17 +461,7 @@ def test_a_freeze_committed_during_a_scan_is_seen(api, app, world):
     """The check-in reads the account's state under FOR SHARE, as a deposit does: it waits for an uncommitted freeze
     (the caller was authenticated while the account was still active), then sees it and credits nothing."""
     resident = api.resident()
-    freezer = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
-    with freezer.connect() as conn:
-        conn.execute(sa.update(Resident).where(Resident.id == resident.id).values(status="frozen"))
-        answer: dict = {}
-        thread = threading.Thread(target=lambda: answer.update(response=scan(api, resident, world["tokens"]["a"])))
-        thread.start()
-        thread.join(timeout=1.0)
-        assert thread.is_alive()  # waiting on the freezer's row lock
-        conn.commit()
-    thread.join(timeout=10)
-    freezer.dispose()
-    assert_error(answer["response"], 403, "account_frozen")
+    response = during_an_uncommitted_freeze(app, resident.id, lambda: scan(api, resident, world["tokens"]["a"]))
+    assert_error(response, 403, "account_frozen")
     assert checkin_count() == 0
     assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 0
