@@ -596,7 +596,23 @@ def _median_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return merged
 
 
-def _summaries(config: dict[str, Any]) -> list[str]:
+def _verdict(ratio: float | None, p99_ms: float, bare_per_s: float | None, connections: int) -> str:
+    """MET or NOT MET, and what missed. With closed-loop connections the mean latency is connections / throughput
+    (Little's law), so the p99 bound alone asks for more than connections / bound requests a second whatever the
+    code: that floor is shown as a share of this run's bare /healthz, the ratio it takes on this machine."""
+    ratio_ok, p99_ok = (ratio or 0) >= TARGET_RATIO, p99_ms < TARGET_P99_S * 1000
+    if ratio_ok and p99_ok:
+        return "MET"
+    missed = [f"ratio {'ok' if ratio_ok else 'below'}"]
+    if not p99_ok:
+        floor = connections / TARGET_P99_S
+        share = f" = {floor / bare_per_s:.2f}x this run's bare /healthz" if bare_per_s else ""
+        bound = f"p99 < {TARGET_P99_S * 1000:.0f} ms"
+        missed.append(f"{bound} needs > {n(floor)} req/s at {connections} connections{share}")
+    return f"NOT MET ({'; '.join(missed)})"
+
+
+def _summaries(config: dict[str, Any], connections: int) -> list[str]:
     rows = config["medians"]
     base = rows.get("GET /healthz")
     tag = f"[{config['workers']}w {config['worker_class']}]"
@@ -608,11 +624,11 @@ def _summaries(config: dict[str, Any]) -> list[str]:
         created = row["statuses"].get(201, 0) / max(row["completed"], 1)
         each = ", ".join(f"{r:.2f}" for r in row["ratios"])
         vs = f"{row['ratio']:.2f}x bare {n(base['per_s'])} req/s (rounds: {each})" if base else "no baseline"
-        ok = (row["ratio"] or 0) >= TARGET_RATIO and row["p99_ms"] < TARGET_P99_S * 1000
+        verdict = _verdict(row["ratio"], row["p99_ms"], base["per_s"] if base else None, connections)
         lines.append(
             f"{name}: {n(row['per_s'])} req/s, {vs}, p50 {row['p50_ms']:.0f} ms, p99 {row['p99_ms']:.0f} ms "
             f"(medians of {row['rounds']}), {created:.1%} 201 {tag}; target ratio >= {TARGET_RATIO} and "
-            f"p99 < {TARGET_P99_S * 1000:.0f} ms: {'MET' if ok else 'NOT MET'}"
+            f"p99 < {TARGET_P99_S * 1000:.0f} ms: {verdict}"
         )
     return lines
 
@@ -640,9 +656,9 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         for threads in threads_list:
             config = run_config(prepared, planner, workers, threads, args, log)
             results["configs"].append(config)
-            for line in _summaries(config):
+            for line in _summaries(config, args.connections):
                 log(f"     {line}")
-    summary = [line for config in results["configs"] for line in _summaries(config)]
+    summary = [line for config in results["configs"] for line in _summaries(config, args.connections)]
     results["summary"] = "\n".join(summary)
     failed = [
         (config["workers"], row["label"], row["ok_share"])
