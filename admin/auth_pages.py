@@ -9,7 +9,7 @@ from admin.blueprint import bp
 from admin.forms import text
 from app.auth import service as auth
 from app.errors import InvalidCredentials
-from app.extensions import failed_staff_logins, limiter
+from app.extensions import failed_staff_logins, staff_login_attempts
 
 
 def _login_page(error: str | None = None, status: int = 200):
@@ -19,10 +19,10 @@ def _login_page(error: str | None = None, status: int = 200):
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("60 per minute", methods=["POST"])
+@staff_login_attempts()
 @failed_staff_logins(lambda: text("username"))
 def login():
-    if request.method == "GET":
+    if request.method != "POST":  # GET, or HEAD, which must not count as a login attempt
         if security.current_staff() is not None:
             return redirect(security.next_url())
         return _login_page()

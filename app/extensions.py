@@ -16,6 +16,11 @@ api = AppApi()
 limiter = Limiter(key_func=get_remote_address, default_limits=[])
 
 
+def staff_login_attempts():
+    """Sixty staff login attempts per minute per address, counted together for the API and the admin site."""
+    return limiter.shared_limit("60 per minute", scope="staff-login", methods=["POST"])
+
+
 def failed_staff_logins(username: Callable[[], str]):
     """Five failed staff logins per username per 15 minutes, counted together for the API and the admin site, so
     that a second door does not double the guesses."""

@@ -53,23 +53,29 @@ def race(app, request, times: int):
             return list(pool.map(run, range(times)))
 
 
-def during_an_uncommitted_freeze(app, resident_id: int, request):
-    """Send `request()` while another connection holds a freeze of the resident, uncommitted; check the request waits
-    on that row lock, commit the freeze, and answer the request's response."""
-    from app.people.models import Resident
-
-    freezer = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
-    with freezer.connect() as conn:
-        conn.execute(sa.update(Resident).where(Resident.id == resident_id).values(status="frozen"))
+def during_an_uncommitted(app, change: sa.Executable, request):
+    """Send `request()` while another connection holds `change` (an UPDATE), uncommitted; check the request waits on
+    that row lock, commit the change, and answer the request's response."""
+    changer = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
+    with changer.connect() as conn:
+        conn.execute(change)
         answer: dict = {}
         thread = threading.Thread(target=lambda: answer.update(response=request()))
         thread.start()
         thread.join(timeout=1.0)
-        assert thread.is_alive()  # waiting on the freezer's row lock
+        assert thread.is_alive()  # waiting on the change's row lock
         conn.commit()
     thread.join(timeout=10)
-    freezer.dispose()
+    changer.dispose()
     return answer["response"]
+
+
+def during_an_uncommitted_freeze(app, resident_id: int, request):
+    from app.people.models import Resident
+
+    return during_an_uncommitted(
+        app, sa.update(Resident).where(Resident.id == resident_id).values(status="frozen"), request
+    )
 
 
 def _worker_database(tmp_path_factory, worker: str) -> str:

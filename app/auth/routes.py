@@ -13,7 +13,7 @@ from app.auth.schemas import (
     WeChatLoginSchema,
 )
 from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
-from app.extensions import failed_staff_logins, limiter
+from app.extensions import failed_staff_logins, staff_login_attempts
 from app.http import Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
@@ -35,7 +35,7 @@ def wechat_login(body):
 
 
 @blp.route("/login", methods=["POST"])
-@limiter.limit("60 per minute")
+@staff_login_attempts()
 @failed_staff_logins(_username)
 @error_docs(InvalidCredentials, RateLimited)
 @blp.arguments(StaffLoginSchema)

@@ -53,7 +53,9 @@ def login_resident(code: str) -> dict[str, Any]:
 
 
 def login_staff(username: str, password: str) -> dict[str, Any]:
-    staff = db.session.scalar(sa.select(Staff).where(Staff.username == username))
+    # FOR SHARE: a password change or deactivation in flight (it locks the row) finishes first, so this login
+    # either checks the new state or begins before the change's session cut-off.
+    staff = db.session.scalar(sa.select(Staff).where(Staff.username == username).with_for_update(read=True))
     valid = check_password_hash(staff.password_hash if staff else _DUMMY_HASH, password)
     if staff is None or not valid or not staff.active:
         raise InvalidCredentials()

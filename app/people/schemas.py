@@ -10,7 +10,9 @@ NAME = validate.Length(min=1, max=64)
 
 class CommunitySchema(StrictSchema):
     id = Integer(dump_only=True)
-    code = fields.String(required=True, validate=[validate.Length(min=1, max=32), validate.Regexp(r"^[A-Za-z0-9_-]+$")])
+    code = fields.String(
+        required=True, validate=[validate.Length(min=1, max=32), validate.Regexp(r"^[A-Za-z0-9_-]+\Z")]
+    )
     name = Text(required=True, validate=NAME)
 
 
@@ -28,7 +30,7 @@ class OrganizationQuerySchema(PageArgsSchema):
 
 class StaffCreateSchema(StrictSchema):
     username = fields.String(
-        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.@-]+$")]
+        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.@-]+\Z")]
     )
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
     role = fields.String(required=True, validate=validate.OneOf(STAFF_ROLES))

@@ -96,6 +96,10 @@ def _check_role_scope(role: str, data: dict[str, Any], stores: list[Store], poin
     elsewhere = sorted(p.id for p in points if community_id is not None and p.community_id != community_id)
     if elsewhere:
         raise field_error("collection_point_ids", f"回收点不属于该回收员所在社区：{', '.join(map(str, elsewhere))}")
+    organization_id = data.get("organization_id")
+    foreign = sorted(s.id for s in stores if organization_id is not None and s.organization_id != organization_id)
+    if foreign:
+        raise field_error("store_ids", f"兑换点不属于该店员所在单位：{', '.join(map(str, foreign))}")
     if role != "merchant" and stores:
         raise field_error("store_ids", "只有店员可以关联兑换点")
     if role != "collector" and points:
@@ -179,6 +183,9 @@ def get_staff(actor: Actor, staff_id: int) -> Staff:
 def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     actor.require_role("admin", "alliance")
     staff = get_staff(actor, staff_id)
+    # Locked before anything is read: two edits of one account take turns (each replaces the scope links the other
+    # saw), and a login, which reads the account FOR SHARE, either ends before the cut-off below or sees the change.
+    db.session.refresh(staff, with_for_update=True)
     if not actor.is_admin and staff.role not in ALLIANCE_MAY_CREATE:
         raise Forbidden()
     if data.get("active") is False and staff.id == actor.id:
@@ -194,14 +201,18 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
         points = _scoped_rows(CollectionPoint, data["collection_point_ids"], "collection_point_ids", "回收点")
         _check_role_scope(staff.role, current, staff.stores, points)
         staff.collection_points = points
-    if "password" in data or (data.get("active") is False and staff.active):
-        staff.sessions_valid_after = utcnow()
     if "password" in data:
         staff.password_hash = generate_password_hash(data["password"])
+    if "password" in data or (data.get("active") is False and staff.active):
+        # After the slow hash: a login that ended before the lock was taken began well before this cut-off.
+        staff.sessions_valid_after = utcnow()
     for key in ("display_name", "active"):
         if key in data:
             setattr(staff, key, data[key])
-    audit.record(actor, "staff.update", "staff", staff.id, {k: v for k, v in data.items() if k != "password"})
+    details = {k: v for k, v in data.items() if k != "password"}
+    if "password" in data:
+        details["password_reset"] = True  # the password itself is never recorded
+    audit.record(actor, "staff.update", "staff", staff.id, details)
     commit()
     return staff
 

@@ -14,10 +14,11 @@ from werkzeug.security import generate_password_hash
 
 from app import create_app
 from app.auth.models import RevokedSession
+from app.clock import utcnow
 from app.db import db
 from app.extensions import jwt, limiter
 from app.people.models import Resident, Staff
-from tests.conftest import FAST_HASH, ApiClient, assert_error, community_id
+from tests.conftest import FAST_HASH, ApiClient, assert_error, community_id, during_an_uncommitted, pg_concurrency
 from tests.fake_wechat import FakeWeChat, serve_fake_wechat
 
 PASSWORD = "password-123"
@@ -616,3 +617,37 @@ def test_rate_limits_can_be_switched_off(api):
     for _ in range(6):
         assert_error(_staff_login(api, username, "wrong-password"), 401, "invalid_credentials")
     assert _staff_login(api, username).status_code == 200
+
+
+def test_the_per_address_login_limit_is_shared_by_the_api_and_the_admin_site(limited):
+    """60 attempts a minute from one address in all, not 60 at each door (different usernames, so no username lock)."""
+    client = limited.test_client()
+    for i in range(30):
+        assert_error(_login(client, f"spray-{i}", "wrong-password"), 401, "invalid_credentials")
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    door = [
+        client.post("/admin/login", data={"username": f"spray-admin-{i}", "password": "x", "csrf_token": csrf})
+        for i in range(31)
+    ]
+    assert [r.status_code for r in door] == [401] * 30 + [429]
+    assert_error(_login(client, "spray-last", "wrong-password"), 429, "rate_limited")
+
+
+@pg_concurrency
+def test_a_login_during_a_password_change_waits_for_it_and_checks_the_new_password(app, api):
+    """A login reads the account FOR SHARE: one that raced a change (here held open, uncommitted) cannot slip in with
+    the old password and a session that begins after the change's cut-off."""
+    username, staff_id = _make_staff(api, "worker", community_id=community_id("hengkang"))
+    db.session.commit()
+    change = (
+        sa.update(Staff)
+        .where(Staff.id == staff_id)
+        .values(password_hash=generate_password_hash("new-password-9", method=FAST_HASH), sessions_valid_after=utcnow())
+    )
+    login = app.test_client()
+    response = during_an_uncommitted(
+        app, change, lambda: login.post("/api/v1/auth/login", json={"username": username, "password": PASSWORD})
+    )
+    assert_error(response, 401, "invalid_credentials")
+    assert _staff_login(api, username, "new-password-9").status_code == 200

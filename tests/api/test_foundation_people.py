@@ -7,10 +7,11 @@ import base64
 import pytest
 import sqlalchemy as sa
 
+from app.audit.models import AuditEvent
 from app.db import db
 from app.exchange.models import Store
 from app.people.models import Community, Organization, Staff
-from tests.conftest import assert_error, community_id
+from tests.conftest import assert_error, community_id, pg_concurrency, race
 
 PASSWORD = "password-123"
 
@@ -252,6 +253,8 @@ def test_admin_staff_scope_validation(api, world, role, scope, field):
         ({"username": "shortpw", "password": "1234567", "role": "admin"}, "password"),
         ({"username": "nopw", "role": "admin"}, "password"),
         ({"username": "extra", "password": PASSWORD, "role": "admin", "is_root": True}, "is_root"),
+        # a look-alike of "boss": `$` alone would match before a final newline
+        ({"username": "boss\n", "password": PASSWORD, "role": "admin"}, "username"),
     ],
 )
 def test_staff_body_validation(api, body, field):
@@ -596,3 +599,47 @@ def test_worker_creates_collection_points_only_in_its_community(api):
     names = {p["name"] for p in api.get("/collection-points?limit=100").get_json()["items"]}
     assert "恒康新投放点" in names
     assert "鑫海湾越权投放点" not in names
+
+
+def test_a_community_code_with_a_trailing_newline_is_refused(api):
+    admin = api.staff("admin")
+    response = api.post("/communities", as_=admin, json={"code": "abc\n", "name": "新社区"})
+    error = assert_error(response, 422, "validation_error")
+    assert "code" in error["details"]["fields"]
+
+
+def test_a_merchants_stores_belong_to_its_organisation(api, world):
+    """Otherwise another organisation's alliance account would manage, and could take over, a clerk of this store."""
+    admin = world["admin"]
+    body = _staff_body("cross.clerk", "merchant", organization_id=world["shops"], store_ids=[world["cafe_store"]])
+    error = assert_error(api.post("/staff", as_=admin, json=body), 422, "validation_error")
+    assert str(world["cafe_store"]) in error["details"]["fields"]["store_ids"][0]
+    assert db.session.scalar(sa.select(Staff.id).filter_by(username="cross.clerk")) is None
+    clerk = api.staff("merchant", organization_id=world["shops"], store_ids=[world["shops_store"]])
+    moved = api.patch(f"/staff/{clerk.id}", as_=admin, json={"store_ids": [world["cafe_store"]]})
+    assert_error(moved, 422, "validation_error")
+    assert api.patch(f"/staff/{clerk.id}", as_=admin, json={"store_ids": [world["shops_store"]]}).status_code == 200
+
+
+def test_a_password_reset_is_audited_without_the_password(api):
+    admin, worker = api.staff("admin"), api.staff("worker", community_id=community_id("hengkang"))
+    assert api.patch(f"/staff/{worker.id}", as_=admin, json={"password": "another-pass-1"}).status_code == 200
+    event = db.session.scalars(sa.select(AuditEvent).filter_by(action="staff.update", target_id=str(worker.id))).one()
+    assert event.details == {"password_reset": True}
+    assert "another-pass-1" not in str(event.details)
+
+
+@pg_concurrency
+def test_two_admins_rescoping_one_merchant_at_once_take_turns(app, api, world):
+    """Each replaces the links the other saw: without the account's lock the second found its rows gone (a 500)."""
+    admins = [api.staff("admin"), api.staff("admin")]
+    stores = [make_store(f"咖啡社兑换点{i}", world["cafe"]) for i in range(2)]
+    clerk = api.staff("merchant", organization_id=world["cafe"], store_ids=[world["cafe_store"]])
+    db.session.commit()  # the test's session ends the transaction its logins read the accounts in (FOR SHARE)
+    path = f"/api/v1/staff/{clerk.id}"
+    responses = race(app, lambda c, i: c.patch(path, json={"store_ids": [stores[i]]}, headers=admins[i].auth), 2)
+    assert [r.status_code for r in responses] == [200, 200]
+    db.session.expire_all()
+    linked = db.session.get(Staff, clerk.id).stores
+    assert len(linked) == 1
+    assert linked[0].id in stores
