@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import uuid
 from decimal import Decimal
 
@@ -23,7 +24,7 @@ from app.errors import AppError, BadRequest, InternalError, PayloadTooLarge, Val
 
 log = logging.getLogger("app.http")
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}\Z")
 
 HTTP_CODES = {
     400: ("bad_request", "请求格式错误"),
@@ -130,6 +131,7 @@ def _require_json_body():
             except UnicodeDecodeError:
                 raise BadRequest("请求内容必须是 UTF-8 编码的 JSON") from None
             _refuse_deep_nesting(body)
+            _refuse_overlong_integers(body)
             _refuse_unstorable_json(body)
 
 
@@ -218,6 +220,20 @@ def _whole_body() -> bytes:
     if at_limit and request.environ["wsgi.input"].read(1):
         raise RequestEntityTooLarge()
     return body
+
+
+def _refuse_overlong_integers(body: bytes) -> None:
+    """Python refuses to read an integer of more digits than sys.get_int_max_str_digits() (4,300), and json.loads
+    then raises a plain ValueError, which no body parser answers: a 400 here. Only a body that long can hold one."""
+    limit = sys.get_int_max_str_digits()
+    if not limit or len(body) <= limit:
+        return
+    try:
+        json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        return  # not JSON (or too deep): answered elsewhere
+    except ValueError:
+        raise BadRequest("JSON 中的数字位数过多") from None
 
 
 def _refuse_deep_nesting(body: bytes) -> None:

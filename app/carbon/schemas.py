@@ -29,7 +29,7 @@ class RuleQuerySchema(PageArgsSchema):
 
 class RulePublishSchema(StrictSchema):
     activity = fields.String(
-        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[a-z_]+:[a-z_]+$")]
+        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[a-z_]+:[a-z_]+\Z")]
     )
     title = Text(validate=validate.Length(max=64))
     unit = fields.String(validate=validate.OneOf(UNITS))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 # Token fields are restricted so that '|' can separate them unambiguously; memo is JSON-quoted.
-TOKEN = re.compile(r"^[A-Za-z0-9:_.\-]*$")
+TOKEN = re.compile(r"^[A-Za-z0-9:_.\-]*\Z")
 
 
 def micros(moment: datetime) -> int:

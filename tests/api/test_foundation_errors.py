@@ -143,6 +143,29 @@ def test_deep_json_on_an_idempotent_request_is_bad_request(api):
     assert_envelope(response, 400, "bad_request")
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/auth/wechat", '{"code": %s}'),
+        ("/auth/login", '{"username": "admin", "password": %s}'),
+        ("/auth/wechat", '{"code": "stub:x", "extra": [1, 2, -%s]}'),
+    ],
+)
+def test_an_integer_longer_than_python_reads_is_bad_request(bare, path, body):
+    """Python reads at most 4,300 digits into an int; json.loads raises a plain ValueError past that, which was a 500
+    that anyone could cause without logging in."""
+    response = bare.post(path, data=body % ("9" * 5000), content_type="application/json")
+    assert "数字" in assert_envelope(response, 400, "bad_request")["message"]
+
+
+def test_a_long_body_with_ordinary_numbers_is_not_refused_for_them(api):
+    admin = api.staff("admin")
+    reason = "补" * 2000  # a body over 4,300 bytes: the check parses it, finds nothing too long, and lets it through
+    response = api.post("/residents/999999/adjustments", as_=admin, json={"delta": 12345678, "reason": reason})
+    fields = assert_envelope(response, 422, "validation_error")["details"]["fields"]  # validation reached, not a 400
+    assert set(fields) == {"delta", "reason"}
+
+
 def test_a_nul_character_anywhere_is_the_fields_validation_error_not_a_database_error(api):
     """PostgreSQL cannot store U+0000: found by fuzzing a point's name, and true of every text field."""
     admin, me = api.staff("admin"), api.resident()
