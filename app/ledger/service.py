@@ -301,19 +301,21 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
     """Undo an entry with its exact opposite. One reversal per entry is a unique constraint."""
     if entry.kind in ("reverse", "refund", "expire"):
         raise InvalidState("该记录不能被冲正")
+    resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
+    # Under the account's lock, which concurrent reversals and the expiry job also take: a reversal that lost a race
+    # is told the entry is reversed (not that the points are gone), and no year expires between the check and the
+    # posting.
+    _lock_account(resident_id)
     if db.session.scalar(sa.select(sa.exists().where(LedgerEntry.reverses_id == entry.id))):
         raise InvalidState("该记录已被冲正")
-    resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
     # Taking back a credit empties the lot it went to, not the oldest one; giving back a debit moves no lot, so the
     # oldest points it had consumed count as unspent again (never as this year's, which would outlive their expiry):
     # if their year has expired meanwhile, the next `points expire` takes them as it would have.
     credit_year = local_day(entry.created_at, _tz()).year
-    if entry.delta > 0:
-        _lock_account(resident_id)  # the expiry job takes the same lock: it cannot expire the year in between
-        if _year_expired(entry.account_id, credit_year):
-            # Expiry already took what was left of those points; taking them back would take them twice.
-            message = f"这笔积分属于 {credit_year} 年，该年度的积分已到期清零，不能再冲正"
-            raise InvalidState(f"{message}；如需追回其中已使用的部分，请做人工调整", details={"year": credit_year})
+    if entry.delta > 0 and _year_expired(entry.account_id, credit_year):
+        # Expiry already took what was left of those points; taking them back would take them twice.
+        message = f"这笔积分属于 {credit_year} 年，该年度的积分已到期清零，不能再冲正"
+        raise InvalidState(f"{message}；如需追回其中已使用的部分，请做人工调整", details={"year": credit_year})
     return post(
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
         actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,

@@ -47,3 +47,22 @@ def test_fifty_spends_from_a_balance_that_covers_five(api, app):
     assert api.get("/me", as_=me).get_json()["balance"] == 0
     report = verify_ledger()
     assert report.ok, report.problems
+
+
+def test_parallel_reversals_of_one_credit_reverse_it_once_and_tell_the_others_so(api, app):
+    """The losers wait on the account's lock and then find the reversal, not an empty balance."""
+    me, admin = api.resident(), api.staff("admin")
+    granted = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 30, "reason": "误发"})
+    entry_id = granted.get_json()["id"]
+    path = f"/api/v1/ledger/entries/{entry_id}/reverse"
+    responses = race(app, lambda c, i: c.post(path, json={"reason": f"并发冲正{i}"}, headers=admin.auth), 20)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * 19
+    refusals = [r.get_json()["error"] for r in responses if r.status_code == 409]
+    assert {e["code"] for e in refusals} == {"invalid_state"}
+    assert {e["message"] for e in refusals} == {"该记录已被冲正"}
+    db.session.expire_all()
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+    assert db.session.scalar(sa.select(sa.func.count()).where(LedgerEntry.reverses_id == entry_id)) == 1
+    report = verify_ledger()
+    assert report.ok, report.problems
