@@ -10,7 +10,7 @@ import marshmallow as ma
 from flask import request
 
 from app.db import db, fits_key
-from app.errors import AppError, ValidationError
+from app.errors import AppError, ValidationError, field_error
 
 
 def text(name: str) -> str:
@@ -37,6 +37,14 @@ def load(schema: ma.Schema, data: dict[str, Any]) -> dict[str, Any]:
         return schema.load(data)
     except ma.ValidationError as exc:
         raise ValidationError(details={"fields": exc.normalized_messages()}) from exc
+
+
+def switch(name: str) -> bool:
+    """A hidden on/off field ("1" or "0"). Anything else is refused, never read as off."""
+    value = request.form.get(name)
+    if value not in ("0", "1"):
+        raise field_error(name, "取值无效，请刷新页面后重试")
+    return value == "1"
 
 
 def int_arg(name: str) -> int | None:

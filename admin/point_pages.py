@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import int_arg, load, many, nullable, present, rerender_on_error, text
+from admin.forms import int_arg, load, many, nullable, present, rerender_on_error, switch, text
 from admin.security import current_admin_actor
 from app import qr
 from app.db import find
@@ -96,7 +96,7 @@ def update_point(point_id: int):
 @bp.post("/points/<page_id:point_id>/active")
 @rerender_on_error(_point_page)
 def set_point_active(point_id: int):
-    active = request.form.get("active") == "1"
+    active = switch("active")
     if not active and request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：停用后海报将失效")
     point = sorting.set_point_active(current_admin_actor(), point_id, active)
@@ -153,7 +153,7 @@ def _device_of_point(point_id: int, device_id: int):
 @rerender_on_error(_point_page)
 def set_device_active(point_id: int, device_id: int):
     device = _device_of_point(point_id, device_id)
-    active = request.form.get("active") == "1"
+    active = switch("active")
     sorting.set_device_active(current_admin_actor(), device.id, active)
     flash(f"设备 {device.code} 已{'启用' if active else '停用'}", "success")
     return redirect(url_for("admin.point", point_id=point_id))

@@ -28,7 +28,8 @@ SINCE_KEY = "admin_since"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Endpoints reachable without a login: the login form itself and the HTML 404.
-PUBLIC_ENDPOINTS = frozenset({"admin.login", "admin.not_found"})
+NOT_FOUND = "admin.not_found"
+PUBLIC_ENDPOINTS = frozenset({"admin.login", NOT_FOUND})
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -120,7 +121,8 @@ def next_url() -> str:
 
 
 def before_request():
-    if request.method in UNSAFE_METHODS and not csrf_valid():
+    # The HTML 404/405 changes nothing, so it needs no token: a wrong method gets its 405, not a CSRF refusal.
+    if request.method in UNSAFE_METHODS and request.endpoint != NOT_FOUND and not csrf_valid():
         abort(400, description="页面已过期或来源无效，请刷新页面后重试")
     g.admin_staff = None
     staff_id = session.get(STAFF_KEY)

@@ -8,7 +8,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from flask import current_app, g, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from admin import labels, security
 from admin.blueprint import bp
@@ -122,9 +122,21 @@ def _unexpected(error: Exception):
     return render_error(500, "服务器内部错误，请稍后再试")
 
 
-@bp.route("/<path:anything>", methods=["GET", "POST"])
+@bp.route("/", methods=["POST", "PUT", "PATCH", "DELETE"], defaults={"anything": ""})
+@bp.route("/<path:anything>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
 def not_found(anything: str):
-    """Any other path under /admin: an HTML 404, not the API's JSON."""
+    """Any other path or method under /admin: an HTML 404 or 405 with the site's headers, not the API's JSON."""
+    adapter = current_app.url_map.bind_to_environ(request.environ)
+    allowed = set()
+    for method in ("GET", "POST"):
+        try:
+            endpoint, _ = adapter.match(method=method)
+        except HTTPException:
+            continue
+        if endpoint != security.NOT_FOUND:
+            allowed.add(method)
+    if allowed:
+        raise MethodNotAllowed(valid_methods=sorted(allowed | ({"HEAD"} if "GET" in allowed else set())))
     raise NotFound("页面不存在")
 
 

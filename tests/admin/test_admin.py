@@ -192,8 +192,37 @@ def test_logout_ends_the_session(as_admin):
 
 
 def test_logout_is_post_only(as_admin):
-    assert as_admin.get("/admin/logout").status_code == 404
+    response = as_admin.get("/admin/logout")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
     assert as_admin.get("/admin/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "allow"),
+    [
+        ("PUT", "/admin/logout", 405, "POST"),
+        ("PATCH", "/admin/", 405, "GET, HEAD"),
+        ("DELETE", "/admin/residents", 405, "GET, HEAD"),
+        ("DELETE", "/admin/no-such-page", 404, None),
+        ("POST", "/admin/no-such-page", 404, None),
+    ],
+)
+def test_wrong_methods_and_paths_get_the_sites_html_error_page(as_admin, method, path, status, allow):
+    """Not the API's JSON 405, and with the site's headers; no CSRF token is needed to be told so."""
+    response = as_admin.client.open(path, method=method)
+    assert response.status_code == status
+    assert response.mimetype == "text/html"
+    assert response.headers.get("Allow") == allow
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert ("不支持该请求方法" if status == 405 else "页面不存在") in text(response)
+
+
+def test_head_on_the_login_page_is_not_a_login_attempt(app, api):
+    browser = Browser(app.test_client())
+    assert browser.client.head("/admin/login").status_code == 200
+    assert browser.client.get("/admin/login").status_code == 200
 
 
 def test_a_deactivated_account_is_logged_out_on_its_next_request(as_admin, api):
@@ -450,6 +479,17 @@ def test_worker_cannot_freeze_another_communitys_resident(api, as_worker):
     assert "居民不存在" in text(response)
     assert db.session.get(Resident, theirs.id).status == "active"
     assert as_worker.get(f"/admin/residents/{theirs.id}").status_code == 404
+
+
+def test_freezing_returns_to_the_filtered_list_and_ignores_other_query_keys(api, as_worker):
+    """Only the list's own filters go back into the redirect: a crafted ?endpoint= was a 500 (url_for clash)."""
+    mine = api.resident(community_code="hengkang")
+    path = f"/admin/residents/{mine.id}/status?status=active&endpoint=x&_external=1&cursor=abc"
+    response = as_worker.post(path, {"status": "frozen", "reason": "多次违规投放"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/admin/residents?status=active"
+    db.session.expire_all()
+    assert db.session.get(Resident, mine.id).status == "frozen"
 
 
 def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, as_worker):
@@ -769,6 +809,19 @@ def test_a_point_is_retired_once_confirmed_and_brought_back(as_worker):
         .order_by(AuditEvent.id)
     ).all()
     assert actions[-2:] == ["collection_point.deactivate", "collection_point.reactivate"]
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "true"])
+def test_an_on_off_switch_with_another_value_is_refused_not_read_as_off(as_admin, value):
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-009", "collection_point_id": point.id})
+    for path in (f"/admin/points/{point.id}/devices/{device.id}/active", f"/admin/points/{point.id}/active"):
+        response = as_admin.post(path, {"active": value, "confirm": "yes"})
+        assert response.status_code == 422
+        assert "取值无效" in text(response)
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).active is True
+    assert db.session.get(CollectionPoint, point.id).active is True
 
 
 def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, monkeypatch):
