@@ -70,7 +70,7 @@ class PointQuerySchema(StrictSchema):
     category = fields.String(
         load_default=None, validate=validate.OneOf(CATEGORIES), metadata={"description": "只列出收这一品类的回收点"}
     )
-    near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?$"))
+    near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?\Z"))
     active = fields.Boolean(
         load_default=True,
         truthy={"true"},
@@ -101,7 +101,12 @@ class MemberCodeSchema(StrictSchema):
 
 class ScanSchema(StrictSchema):
     token = fields.String(required=True, validate=validate.Length(min=1, max=512))
-    lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
+    lat = fields.Float(
+        load_default=None,
+        allow_none=True,
+        validate=validate.Range(min=-90, max=90),
+        metadata={"description": "the resident's position, with lng; required at a point with a geofence (422)"},
+    )
     lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
 
     @validates_schema
@@ -173,7 +178,7 @@ class DepositSchema(StrictSchema):
 
 class DeviceCreateSchema(StrictSchema):
     code = fields.String(
-        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.-]+$")]
+        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.-]+\Z")]
     )
     collection_point_id = Id(required=True)
 

@@ -385,7 +385,9 @@ def _point_from_poster(token: str):
 
 def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict[str, Any]:
     point = _point_from_poster(token)
-    if point.geofence_m and lat is not None and point.lat is not None:
+    if point.geofence_m and point.lat is not None:
+        if lat is None:  # a fence that a scan could pass by not saying where it is would keep nobody out
+            raise field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码")
         away = distance_m(lat, lng, point.lat, point.lng)
         if away > point.geofence_m:
             raise TooFar(details={"distance_m": round(away), "geofence_m": point.geofence_m})
@@ -492,7 +494,8 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     resident_id, nonce = _member_code(data["member_code"])
     refused = sorted(categories - set(point.categories))
     if refused:
-        raise field_error("items", f"该回收点不收：{', '.join(refused)}")
+        names = [(rule.title if (rule := carbon.rule_in_force(f"sorting:{c}")) else "") or c for c in refused]
+        raise field_error("items", f"该回收点不收：{'、'.join(names)}")
     now = utcnow()
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]

@@ -295,8 +295,12 @@ def test_geofence(api, world):
     assert checkin_count() == 0
     # about 55 m away is inside the fence
     assert scan_ok(api, resident, token, lat=31.2309, lng=121.4737)["balance"] == 5
-    # the position is optional: a scan without one is accepted
-    assert scan_ok(api, api.resident(), token)["balance"] == 5
+    # a fenced point needs the position: a scan without one would pass any fence
+    stranger = api.resident()
+    error = assert_error(scan(api, stranger, token), 422, "validation_error")
+    assert "定位" in error["details"]["fields"]["lat"][0]
+    assert balance(api, stranger) == 0
+    assert checkin_count() == 1
     # a half position is refused
     error = assert_error(scan(api, api.resident(), token, lat=31.2304), 422, "validation_error")
     assert "lat" in error["details"]["fields"]
