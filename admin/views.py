@@ -23,7 +23,7 @@ log = logging.getLogger("app.admin")
 NAV = (
     ("admin.dashboard", "首页", ("admin", "worker", "alliance")),
     ("admin.communities", "社区", ("admin", "worker")),
-    ("admin.organizations", "联盟单位", ("admin", "alliance")),
+    ("admin.organizations", "联盟单位", ("admin", "worker", "alliance")),
     ("admin.staff", "工作人员", ("admin", "alliance")),
     ("admin.residents", "居民", ("admin", "worker")),
     ("admin.rules", "积分规则", ("admin", "worker", "alliance")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -50,12 +51,27 @@ class Number(fields.Decimal):
         return int(number) if number == number.to_integral_value() else float(number)
 
 
+# Bidirectional overrides and isolates reorder what follows them on screen ("a\u202eb" shows b before a): in a
+# nickname or a name they disguise what staff read in lists, and nothing typed by hand needs them.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_LINE_BREAKS = frozenset("\t\n\r")
+
+
 class Text(fields.String):
     """Text a person typed (a name, a reason): surrounding spaces are dropped before the length is checked, so a
-    name of only spaces is as empty as no name, and lists do not show a blank row."""
+    name of only spaces is as empty as no name, and lists do not show a blank row. Control characters and
+    bidirectional controls are refused; `multiline` text (a reason, a source) may hold tabs and line breaks."""
+
+    def __init__(self, *, multiline: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.multiline = multiline
 
     def _deserialize(self, value, attr, data, **kwargs) -> str:
-        return super()._deserialize(value, attr, data, **kwargs).strip()
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        allowed = _LINE_BREAKS if self.multiline else frozenset()
+        if any((unicodedata.category(char) == "Cc" and char not in allowed) or char in _BIDI_CONTROLS for char in text):
+            raise ma.ValidationError("不能包含控制字符或文字方向控制符")
+        return text
 
 
 class Id(Integer):

@@ -37,7 +37,7 @@ class RulePublishSchema(StrictSchema):
     points = Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
     daily_cap_points = Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
     daily_total_exempt = Boolean()
-    source = Text(required=True, validate=validate.Length(min=2, max=500))
+    source = Text(multiline=True, required=True, validate=validate.Length(min=2, max=500))
     effective_from = fields.AwareDateTime(
         load_default=None,
         validate=validate.Range(

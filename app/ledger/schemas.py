@@ -23,8 +23,8 @@ class EntrySchema(StrictSchema):
 
 class AdjustmentSchema(StrictSchema):
     delta = Integer(required=True, validate=validate.Range(min=-100000, max=100000))
-    reason = Text(required=True, validate=validate.Length(min=2, max=200))
+    reason = Text(multiline=True, required=True, validate=validate.Length(min=2, max=200))
 
 
 class ReversalSchema(StrictSchema):
-    reason = Text(required=True, validate=validate.Length(min=2, max=200))
+    reason = Text(multiline=True, required=True, validate=validate.Length(min=2, max=200))

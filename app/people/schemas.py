@@ -88,7 +88,7 @@ class ResidentSchema(StrictSchema):
 
 class ResidentUpdateSchema(StrictSchema):
     status = fields.String(required=True, validate=validate.OneOf([s for s in RESIDENT_STATUSES if s != "closed"]))
-    reason = Text(required=True, validate=validate.Length(min=2, max=200))
+    reason = Text(multiline=True, required=True, validate=validate.Length(min=2, max=200))
 
 
 class ResidentQuerySchema(StrictSchema):

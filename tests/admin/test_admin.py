@@ -368,6 +368,8 @@ def test_worker_menu_and_dashboard_are_scoped(as_worker, api):
     assert cards["居民"] == "1"
     assert "账本校验" not in body
     assert "居民" in body
+    assert 'href="/admin/organizations"' in body  # every staff member reads the alliance members
+    assert as_worker.get("/admin/organizations").status_code == 200
 
 
 def test_alliance_member_sees_its_own_staff_only(api, browser):

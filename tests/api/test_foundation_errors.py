@@ -166,6 +166,27 @@ def test_a_long_body_with_ordinary_numbers_is_not_refused_for_them(api):
     assert set(fields) == {"delta", "reason"}
 
 
+@pytest.mark.parametrize("nickname", ["a\u202eb", "\u2067居民\u2069", "a\u0007b", "两\n行"])
+def test_a_nickname_with_control_characters_is_refused(api, nickname):
+    me = api.resident()
+    error = assert_envelope(api.patch("/me", as_=me, json={"nickname": nickname}), 422, "validation_error")
+    assert error["details"]["fields"]["nickname"] == ["不能包含控制字符或文字方向控制符"]
+
+
+def test_emoji_sequences_in_a_nickname_are_kept(api):
+    me = api.resident()
+    nickname = "小林👨\u200d👩\u200d👧"  # joined by ZERO WIDTH JOINER, a format character but not a direction control
+    assert api.patch("/me", as_=me, json={"nickname": nickname}).get_json()["nickname"] == nickname
+
+
+def test_a_reason_may_span_lines(api):
+    me, admin = api.resident(), api.staff("admin")
+    body = {"delta": 5, "reason": "活动补发\n见 11 月台账"}
+    response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["memo"] == "活动补发\n见 11 月台账"
+
+
 def test_a_nul_character_anywhere_is_the_fields_validation_error_not_a_database_error(api):
     """PostgreSQL cannot store U+0000: found by fuzzing a point's name, and true of every text field."""
     admin, me = api.staff("admin"), api.resident()

@@ -109,6 +109,9 @@ def test_collectors_residents_and_anonymous_cannot_create_points(api, admin):
         ({"categories": []}, "categories"),
         ({"name": ""}, "name"),
         ({"name": "   "}, "name"),
+        ({"name": "恒康\u202e站一号"}, "name"),  # a bidi override shows the name in another order
+        ({"name": "恒康\n一号站"}, "name"),
+        ({"address": "海湾路\x07 8 号"}, "address"),
         ({"categories": ["paper", "paper"]}, "categories"),
         ({"colour": "green"}, "colour"),
     ],
