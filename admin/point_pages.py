@@ -63,12 +63,15 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
     actor = current_admin_actor()
     devices = sorting.list_devices(actor, point_id)  # checks the caller's scope over this point
     point = sorting.get_point(point_id)
+    deposits = sorting.point_deposits(actor, point_id, None, request.args.get("cursor") or None, DEPOSITS_PER_PAGE)
     return render_template(
         "admin/point.html",
         point=point,
         poster=sorting.poster(actor, point_id) if point.active else None,
         devices=devices,
-        deposits=sorting.point_deposits(actor, point_id, None, request.args.get("cursor") or None, DEPOSITS_PER_PAGE),
+        deposits=deposits,
+        # A worker opens only its own community's residents: the others are named, not linked to a 404.
+        openable=people.residents_in_scope(actor, [d.resident_id for d in deposits["items"]]),
         new_device=device,
         rotated=rotated,
         categories=CATEGORIES,

@@ -256,6 +256,16 @@ def _resident_in_scope(actor: Actor, resident: Resident) -> None:
     raise NotFound("居民不存在")
 
 
+def residents_in_scope(actor: Actor, resident_ids: list[int]) -> set[int]:
+    """Which of these residents the caller may open (`get_resident`), in one query: a page links only to those."""
+    if actor.is_admin:
+        return set(resident_ids)
+    if actor.role != "worker" or not resident_ids:
+        return set()
+    stmt = sa.select(Resident.id).where(Resident.id.in_(set(resident_ids)), Resident.community_id == actor.community_id)
+    return set(db.session.scalars(stmt))
+
+
 def get_resident(actor: Actor, resident_id: int) -> Resident:
     """A resident as staff may see one: admins any, workers their own community's."""
     actor.require_role("admin", "worker")

@@ -849,6 +849,21 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
     assert "更早的记录" not in rest
 
 
+def test_a_workers_point_page_links_only_to_residents_it_may_open(api, as_worker):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    mine, elsewhere = api.resident(community_code="hengkang"), api.resident()  # the second never set a community
+    for resident in (mine, elsewhere):
+        body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
+                "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
+        assert api.post("/deposits", as_=collector, json=body).status_code == 201
+    page = as_worker.get(f"/admin/points/{point.id}").get_data(as_text=True)
+    assert f'href="/admin/residents/{mine.id}"' in page
+    assert f'href="/admin/residents/{elsewhere.id}"' not in page
+    assert f'居民 {elsewhere.id} <span class="muted">（非本社区）</span>' in page
+    assert as_worker.get(f"/admin/residents/{elsewhere.id}").status_code == 404
+
+
 def test_a_bin_is_retired_and_brought_back_from_its_points_page(as_admin):
     point = make_point()
     device = sorting.register_device(SYSTEM, {"code": "bin-hk-002", "collection_point_id": point.id})
