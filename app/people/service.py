@@ -96,14 +96,14 @@ def _check_role_scope(role: str, data: dict[str, Any], stores: list[Store], poin
     elsewhere = sorted(p.id for p in points if community_id is not None and p.community_id != community_id)
     if elsewhere:
         raise field_error("collection_point_ids", f"回收点不属于该回收员所在社区：{', '.join(map(str, elsewhere))}")
-    organization_id = data.get("organization_id")
-    foreign = sorted(s.id for s in stores if organization_id is not None and s.organization_id != organization_id)
-    if foreign:
-        raise field_error("store_ids", f"兑换点不属于该店员所在单位：{', '.join(map(str, foreign))}")
     if role != "merchant" and stores:
         raise field_error("store_ids", "只有店员可以关联兑换点")
     if role != "collector" and points:
         raise field_error("collection_point_ids", "只有回收员可以关联回收点")
+    organization_id = data.get("organization_id")
+    foreign = sorted(s.id for s in stores if organization_id is not None and s.organization_id != organization_id)
+    if foreign:
+        raise field_error("store_ids", f"兑换点不属于该店员所在单位：{', '.join(map(str, foreign))}")
 
 
 def refuse_stranding_collectors(point_id: int, community_id: int) -> None:
@@ -183,13 +183,15 @@ def get_staff(actor: Actor, staff_id: int) -> Staff:
 def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     actor.require_role("admin", "alliance")
     staff = get_staff(actor, staff_id)
-    # Locked before anything is read: two edits of one account take turns (each replaces the scope links the other
-    # saw), and a login, which reads the account FOR SHARE, either ends before the cut-off below or sees the change.
-    db.session.refresh(staff, with_for_update=True)
     if not actor.is_admin and staff.role not in ALLIANCE_MAY_CREATE:
         raise Forbidden()
     if data.get("active") is False and staff.id == actor.id:
         raise InvalidState("不能停用自己的账户：请另一位管理员操作")
+    new_hash = generate_password_hash(data["password"]) if "password" in data else None  # slow: before the lock
+    # Locked before the rest is read: two edits of one account take turns (each replaces the scope links the other
+    # saw), and a login, which reads the account FOR SHARE, either ends before the cut-off below or sees the change.
+    # FOR NO KEY UPDATE: rows that only refer to this account (a collector's deposits) are not held up.
+    db.session.refresh(staff, with_for_update={"key_share": True})
     current = {"role": staff.role, "community_id": staff.community_id, "organization_id": staff.organization_id}
     if "store_ids" in data:
         stores = _scoped_rows(Store, data["store_ids"], "store_ids", "兑换点")
@@ -201,10 +203,10 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
         points = _scoped_rows(CollectionPoint, data["collection_point_ids"], "collection_point_ids", "回收点")
         _check_role_scope(staff.role, current, staff.stores, points)
         staff.collection_points = points
-    if "password" in data:
-        staff.password_hash = generate_password_hash(data["password"])
+    if new_hash is not None:
+        staff.password_hash = new_hash
     if "password" in data or (data.get("active") is False and staff.active):
-        # After the slow hash: a login that ended before the lock was taken began well before this cut-off.
+        # Read under the lock: a login that held the account began before now (its `since` is rounded down).
         staff.sessions_valid_after = utcnow()
     for key in ("display_name", "active"):
         if key in data:
@@ -257,7 +259,8 @@ def _resident_in_scope(actor: Actor, resident: Resident) -> None:
 
 
 def residents_in_scope(actor: Actor, resident_ids: list[int]) -> set[int]:
-    """Which of these residents the caller may open (`get_resident`), in one query: a page links only to those."""
+    """Which of these residents the caller may open (`get_resident`), in one query: a page links only to those.
+    The same rule as `_resident_in_scope`, in SQL; a change to one is a change to both."""
     if actor.is_admin:
         return set(resident_ids)
     if actor.role != "worker" or not resident_ids:

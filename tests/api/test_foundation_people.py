@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import threading
 
 import pytest
 import sqlalchemy as sa
@@ -643,3 +644,51 @@ def test_two_admins_rescoping_one_merchant_at_once_take_turns(app, api, world):
     linked = db.session.get(Staff, clerk.id).stores
     assert len(linked) == 1
     assert linked[0].id in stores
+
+
+@pg_concurrency
+def test_a_change_to_a_collectors_account_does_not_hold_up_its_deposits(app, api, monkeypatch):
+    """The change locks the account FOR NO KEY UPDATE: a deposit, which only refers to the collector (a foreign key,
+    FOR KEY SHARE), goes through while the change is in flight. FOR UPDATE held it until the change committed."""
+    from types import SimpleNamespace
+
+    from app.people import service as people_service
+
+    admin = api.staff("admin")
+    point = make_point(api, admin, "恒康锁测试站")
+    collector, resident = api.staff("collector", collection_point_ids=[point]), api.resident()
+    body = {"member_code": api.member_code(resident), "collection_point_id": point,
+            "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
+    db.session.commit()
+    locked, release, answers = threading.Event(), threading.Event(), {}
+    record = people_service.audit.record
+
+    def record_when_released(*args, **kwargs):  # the change holds its lock here
+        locked.set()
+        release.wait(10)
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(people_service, "audit", SimpleNamespace(record=record_when_released))
+
+    def change():
+        client = app.test_client()
+        answers["change"] = client.patch(
+            f"/api/v1/staff/{collector.id}", json={"display_name": "王师傅"}, headers=admin.auth
+        )
+
+    def deposit():
+        answers["deposit"] = app.test_client().post("/api/v1/deposits", json=body, headers=collector.auth)
+
+    changing = threading.Thread(target=change)
+    changing.start()
+    assert locked.wait(10)
+    depositing = threading.Thread(target=deposit)
+    depositing.start()
+    depositing.join(timeout=5)
+    went_through = not depositing.is_alive()
+    release.set()
+    changing.join(10)
+    depositing.join(10)
+    assert went_through
+    assert answers["deposit"].status_code == 201
+    assert answers["change"].status_code == 200
