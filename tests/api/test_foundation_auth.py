@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -651,3 +652,48 @@ def test_a_login_during_a_password_change_waits_for_it_and_checks_the_new_passwo
     )
     assert_error(response, 401, "invalid_credentials")
     assert _staff_login(api, username, "new-password-9").status_code == 200
+
+
+@pg_concurrency
+def test_a_password_change_waits_for_a_login_in_flight_and_ends_its_session(app, api, monkeypatch):
+    """The other way round: a login already reading the account (FOR SHARE; paused here while it checks the password)
+    holds the change back, so the change's cut-off comes after that session began, and the session ends."""
+    from app import clock as app_clock
+    from app.auth import service as auth_service
+
+    username, staff_id = _make_staff(api, "worker", community_id=community_id("hengkang"))
+    admin = api.staff("admin")
+    db.session.commit()
+    ticking = app_clock.FrozenClock(utcnow())
+    app_clock.set_clock(lambda: ticking.advance(milliseconds=1))  # each reading later than the last, as in real life
+    checking, release, answers = threading.Event(), threading.Event(), {}
+    check = auth_service.check_password_hash
+
+    def check_when_released(*args):
+        checking.set()
+        release.wait(10)
+        return check(*args)
+
+    monkeypatch.setattr(auth_service, "check_password_hash", check_when_released)
+
+    def log_in():
+        body = {"username": username, "password": PASSWORD}
+        answers["login"] = app.test_client().post("/api/v1/auth/login", json=body)
+
+    def change_password():
+        body = {"password": "new-password-9"}
+        answers["change"] = app.test_client().patch(f"/api/v1/staff/{staff_id}", json=body, headers=admin.auth)
+
+    logging_in, changing = threading.Thread(target=log_in), threading.Thread(target=change_password)
+    logging_in.start()
+    assert checking.wait(10)
+    changing.start()
+    changing.join(timeout=1.0)
+    assert changing.is_alive()  # waiting for the login's share lock
+    release.set()
+    logging_in.join(10)
+    changing.join(10)
+    assert answers["login"].status_code == 200
+    assert answers["change"].status_code == 200
+    token = answers["login"].get_json()["access_token"]
+    assert_error(api.get("/staff/me", headers=_bearer(token)), 401, "token_revoked")
