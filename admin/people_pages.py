@@ -6,12 +6,19 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import int_arg, load, many, present, rerender_on_error
+from admin.forms import int_arg, load, many, present, rerender_on_error, switch
 from admin.security import current_admin_actor
 from app.db import db
+from app.errors import field_error
 from app.exchange.models import Store
 from app.people import service as people
-from app.people.schemas import CommunitySchema, OrganizationSchema, ResidentUpdateSchema, StaffCreateSchema
+from app.people.schemas import (
+    CommunitySchema,
+    OrganizationSchema,
+    ResidentUpdateSchema,
+    StaffCreateSchema,
+    StaffUpdateSchema,
+)
 from app.sorting import service as sorting
 
 PAGE_SIZE = 50
@@ -76,7 +83,14 @@ def _store_choices(actor) -> list[Store]:
     return list(db.session.scalars(stmt))
 
 
-def _staff_page(error=None) -> str:
+def _manageable(actor, staff) -> bool:
+    """Whether the page offers this account's actions; the service decides again on every change."""
+    if actor.is_admin:
+        return True
+    return staff.organization_id == actor.organization_id and staff.role in people.ALLIANCE_MAY_CREATE
+
+
+def _staff_page(error=None, staff_id: int | None = None) -> str:
     actor = current_admin_actor()
     page = people.list_staff(actor, request.args.get("cursor") or None, PAGE_SIZE)
     roles = ("admin", "worker", "alliance", "merchant", "collector") if actor.is_admin else people.ALLIANCE_MAY_CREATE
@@ -90,7 +104,10 @@ def _staff_page(error=None) -> str:
         stores=_store_choices(actor),
         points=points,
         form=request.form,
-        error=error,
+        error=error if staff_id is None else None,
+        row_error=error if staff_id is not None else None,
+        failed_id=staff_id,
+        manageable=lambda staff: _manageable(actor, staff),
     )
 
 
@@ -108,6 +125,28 @@ def create_staff():
     data["collection_point_ids"] = many("collection_point_ids")
     created = people.create_staff(current_admin_actor(), load(StaffCreateSchema(), data))
     flash(f"已创建账号「{created.username}」", "success")
+    return redirect(url_for("admin.staff"))
+
+
+@bp.post("/staff/<page_id:staff_id>/active")
+@rerender_on_error(_staff_page)
+def set_staff_active(staff_id: int):
+    """Deactivating ends the account's sessions at once (API and admin site); it can be undone."""
+    active = switch("active")
+    if not active and request.form.get("confirm") != "yes":
+        raise field_error("confirm", "请勾选确认：停用后该账号的所有登录立即失效")
+    changed = people.update_staff(current_admin_actor(), staff_id, {"active": active})
+    flash(f"账号「{changed.username}」已{'启用' if active else '停用'}", "success")
+    return redirect(url_for("admin.staff"))
+
+
+@bp.post("/staff/<page_id:staff_id>/password")
+@rerender_on_error(_staff_page)
+def reset_staff_password(staff_id: int):
+    """A new password, as typed (spaces are part of it); the account's earlier sessions end."""
+    data = load(StaffUpdateSchema(), {"password": request.form.get("password") or ""})
+    changed = people.update_staff(current_admin_actor(), staff_id, data)
+    flash(f"已重置账号「{changed.username}」的密码，原有登录已失效", "success")
     return redirect(url_for("admin.staff"))
 
 

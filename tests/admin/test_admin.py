@@ -20,7 +20,7 @@ from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
 from app.sorting.models import CollectionPoint, Device
-from tests.conftest import SHANGHAI, community_id, without_append_only_guard
+from tests.conftest import SHANGHAI, assert_error, community_id, without_append_only_guard
 
 PASSWORD = "password-123"
 SYSTEM = Actor(kind="system", id=0, role="admin")
@@ -460,6 +460,78 @@ def test_staff_form_reports_a_missing_scope(as_admin):
     response = as_admin.post("/admin/staff", {"username": "no-scope", "password": "a-long-password", "role": "worker"})
     assert response.status_code == 422
     assert "社区工作者必须指定所属社区" in text(response)
+
+
+def test_an_admin_deactivates_and_reactivates_an_account_from_the_staff_page(api, as_admin, clock):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    clock.advance(seconds=1)  # the change comes after the worker's session began
+    page = text(as_admin.get("/admin/staff"))
+    assert f"/admin/staff/{worker.id}/active" in page
+    refused = as_admin.post(f"/admin/staff/{worker.id}/active", {"active": "0"})
+    assert refused.status_code == 422
+    assert "请勾选确认" in text(refused)
+    assert api.get("/staff/me", as_=worker).status_code == 200
+    assert as_admin.post(f"/admin/staff/{worker.id}/active", {"active": "0", "confirm": "yes"}).status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Staff, worker.id).active is False
+    assert_error(api.get("/staff/me", as_=worker), 401, "unauthorized")  # its sessions end at once
+    assert "已停用" in text(as_admin.get("/admin/staff"))
+    assert as_admin.post(f"/admin/staff/{worker.id}/active", {"active": "1"}).status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Staff, worker.id).active is True
+    assert_error(api.get("/staff/me", as_=worker), 401, "token_revoked")  # a session from before stays ended
+    events = db.session.scalars(
+        sa.select(AuditEvent.details).filter_by(action="staff.update", target_id=str(worker.id)).order_by(AuditEvent.id)
+    ).all()
+    assert events == [{"active": False}, {"active": True}]
+
+
+def test_an_admin_resets_a_password_from_the_staff_page(api, as_admin, clock):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    clock.advance(seconds=1)
+    short = as_admin.post(f"/admin/staff/{worker.id}/password", {"password": "short"})
+    assert short.status_code == 422
+    assert "密码" in text(short)
+    response = as_admin.post(f"/admin/staff/{worker.id}/password", {"password": " a new pass phrase "})
+    assert response.status_code == 302
+    assert_error(api.get("/staff/me", as_=worker), 401, "token_revoked")
+    username = username_of(worker)
+    login = api.post("/auth/login", json={"username": username, "password": " a new pass phrase "})  # as typed
+    assert login.status_code == 200
+
+
+def test_an_admin_cannot_deactivate_itself_from_the_staff_page(admin, as_admin):
+    assert f"/admin/staff/{admin.id}/active" not in text(as_admin.get("/admin/staff"))
+    response = as_admin.post(f"/admin/staff/{admin.id}/active", {"active": "0", "confirm": "yes"})
+    assert response.status_code == 409
+    assert "不能停用自己的账户" in text(response)
+    db.session.expire_all()
+    assert db.session.get(Staff, admin.id).active is True
+
+
+def test_an_alliance_member_manages_only_its_own_organisations_clerks(api, browser):
+    cafe, shops = (
+        db.session.scalar(sa.select(Organization.id).filter_by(name=n)) for n in ("科学咖啡社", "鑫海湾沿街商铺联合会")
+    )
+    mine = api.staff("alliance", organization_id=cafe)
+    cafe_store = Store(name="咖啡社兑换点", organization_id=cafe)
+    shops_store = Store(name="沿街兑换点", organization_id=shops)
+    db.session.add_all([cafe_store, shops_store])
+    db.session.commit()
+    my_clerk = api.staff("merchant", organization_id=cafe, store_ids=[cafe_store.id])
+    their_clerk = api.staff("merchant", organization_id=shops, store_ids=[shops_store.id])
+    browser.login(username_of(mine))
+    page = text(browser.get("/admin/staff"))
+    assert f"/admin/staff/{my_clerk.id}/password" in page
+    assert f"/admin/staff/{their_clerk.id}/password" not in page
+    response = browser.post(f"/admin/staff/{their_clerk.id}/password", {"password": "taken-over-1"})
+    assert response.status_code == 404
+    assert "工作人员不存在" in text(response)
+    assert browser.post(f"/admin/staff/{my_clerk.id}/password", {"password": "reset-by-boss-1"}).status_code == 302
+    assert (
+        api.post("/auth/login", json={"username": username_of(their_clerk), "password": "taken-over-1"}).status_code
+        == 401
+    )
 
 
 # --- residents ------------------------------------------------------------------------------------------------
