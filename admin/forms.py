@@ -47,6 +47,14 @@ def switch(name: str) -> bool:
     return value == "1"
 
 
+def active_switch(retire_warning: str) -> bool:
+    """The "active" switch of a retire/bring-back form: turning something off needs the 确认 box ticked."""
+    active = switch("active")
+    if not active and request.form.get("confirm") != "yes":
+        raise field_error("confirm", f"请勾选确认：{retire_warning}")
+    return active
+
+
 def int_arg(name: str) -> int | None:
     """A filter id from the query string; anything else (or beyond what the database holds) is no filter."""
     raw = request.args.get(name, "").strip()

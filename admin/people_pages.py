@@ -6,10 +6,9 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import int_arg, load, many, present, rerender_on_error, switch
+from admin.forms import active_switch, int_arg, load, many, present, rerender_on_error
 from admin.security import current_admin_actor
 from app.db import db
-from app.errors import field_error
 from app.exchange.models import Store
 from app.people import service as people
 from app.people.schemas import (
@@ -132,9 +131,7 @@ def create_staff():
 @rerender_on_error(_staff_page)
 def set_staff_active(staff_id: int):
     """Deactivating ends the account's sessions at once (API and admin site); it can be undone."""
-    active = switch("active")
-    if not active and request.form.get("confirm") != "yes":
-        raise field_error("confirm", "请勾选确认：停用后该账号的所有登录立即失效")
+    active = active_switch("停用后该账号的所有登录立即失效")
     changed = people.update_staff(current_admin_actor(), staff_id, {"active": active})
     flash(f"账号「{changed.username}」已{'启用' if active else '停用'}", "success")
     return redirect(url_for("admin.staff"))

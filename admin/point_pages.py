@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import int_arg, load, many, nullable, present, rerender_on_error, switch, text
+from admin.forms import active_switch, int_arg, load, many, nullable, present, rerender_on_error, switch, text
 from admin.security import current_admin_actor
 from app import qr
 from app.db import find
@@ -99,9 +99,7 @@ def update_point(point_id: int):
 @bp.post("/points/<page_id:point_id>/active")
 @rerender_on_error(_point_page)
 def set_point_active(point_id: int):
-    active = switch("active")
-    if not active and request.form.get("confirm") != "yes":
-        raise field_error("confirm", "请勾选确认：停用后海报将失效")
+    active = active_switch("停用后海报将失效")
     point = sorting.set_point_active(current_admin_actor(), point_id, active)
     flash(f"回收点「{point.name}」已{'重新启用' if active else '停用'}", "success")
     return redirect(url_for("admin.point", point_id=point_id))
