@@ -189,3 +189,21 @@ def login_required(*roles: str, refresh: bool = False):
         return extend_doc(wrapper, view, errors=documented, security=[{"bearerAuth": []}])
 
     return decorator
+
+
+_SESSION_REVOKED = sa.select(sa.exists().where(RevokedSession.sid == sa.bindparam("sid")))
+
+
+def session_required(view):
+    """A valid access token of a session not yet ended, whatever its account's state now. Ending a session needs no
+    more: a frozen resident or a deactivated staff member can still log a device out, so that its tokens do not come
+    back to life with the account."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        verify_jwt_in_request()
+        if run(_SESSION_REVOKED, {"sid": get_jwt().get("sid")}).scalar():
+            raise TokenRevoked()
+        return view(*args, **kwargs)
+
+    return extend_doc(wrapper, view, errors=[Unauthorized, TokenExpired, TokenRevoked], security=[{"bearerAuth": []}])

@@ -283,6 +283,26 @@ def test_changing_a_display_name_leaves_sessions_alone(api, clock):
     assert api.get("/staff/me", as_=admin).status_code == 200
 
 
+def test_a_frozen_resident_can_still_log_a_device_out_and_the_session_stays_ended(api):
+    """Otherwise a lost phone's tokens would come back to life when the account is unfrozen."""
+    admin = api.staff("admin")
+    lost_phone, this_phone = api.resident("o-lost-phone"), api.resident("o-lost-phone")
+    _freeze(api, admin, lost_phone.id)
+    assert api.post("/auth/logout", as_=lost_phone).status_code == 204
+    _freeze(api, admin, lost_phone.id, status="active")
+    assert_error(api.get("/me", as_=lost_phone), 401, "token_revoked")
+    assert_error(api.post("/auth/refresh", headers=_bearer(lost_phone.refresh)), 401, "token_revoked")
+    assert api.get("/me", as_=this_phone).status_code == 200
+
+
+def test_a_deactivated_staff_member_can_still_log_out(api):
+    admin, worker = api.staff("admin"), api.staff("worker", community_id=community_id("hengkang"))
+    assert api.patch(f"/staff/{worker.id}", as_=admin, json={"active": False}).status_code == 200
+    assert_error(api.get("/staff/me", as_=worker), 401, "unauthorized")
+    assert api.post("/auth/logout", as_=worker).status_code == 204
+    assert_error(api.post("/auth/logout", as_=worker), 401, "token_revoked")
+
+
 def test_logout_needs_an_access_token(api):
     resident = api.resident()
     assert_error(api.post("/auth/logout"), 401, "unauthorized")
