@@ -82,13 +82,6 @@ def _store_choices(actor) -> list[Store]:
     return list(db.session.scalars(stmt))
 
 
-def _manageable(actor, staff) -> bool:
-    """Whether the page offers this account's actions; the service decides again on every change."""
-    if actor.is_admin:
-        return True
-    return staff.organization_id == actor.organization_id and staff.role in people.ALLIANCE_MAY_CREATE
-
-
 def _staff_page(error=None, staff_id: int | None = None) -> str:
     actor = current_admin_actor()
     page = people.list_staff(actor, request.args.get("cursor") or None, PAGE_SIZE)
@@ -106,7 +99,7 @@ def _staff_page(error=None, staff_id: int | None = None) -> str:
         error=error if staff_id is None else None,
         row_error=error if staff_id is not None else None,
         failed_id=staff_id,
-        manageable=lambda staff: _manageable(actor, staff),
+        manageable=lambda staff: people.can_manage_staff(actor, staff),
     )
 
 

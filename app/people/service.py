@@ -180,10 +180,22 @@ def get_staff(actor: Actor, staff_id: int) -> Staff:
     return staff
 
 
+def can_manage_staff(actor: Actor, staff: Staff) -> bool:
+    """Who may change an account: admins any; an alliance member its own organisation's clerks and alliance
+    accounts (the roles it may create)."""
+    if actor.is_admin:
+        return True
+    return (
+        actor.role == "alliance"
+        and staff.organization_id == actor.organization_id
+        and staff.role in ALLIANCE_MAY_CREATE
+    )
+
+
 def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     actor.require_role("admin", "alliance")
     staff = get_staff(actor, staff_id)
-    if not actor.is_admin and staff.role not in ALLIANCE_MAY_CREATE:
+    if not can_manage_staff(actor, staff):
         raise Forbidden()
     if data.get("active") is False and staff.id == actor.id:
         raise InvalidState("不能停用自己的账户：请另一位管理员操作")
@@ -250,23 +262,24 @@ def update_me(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
     return profile(resident.id)
 
 
-def _resident_in_scope(actor: Actor, resident: Resident) -> None:
+def _may_open(actor: Actor, community_id: int | None) -> bool:
+    """Staff scope over residents: admins any, a worker its own community's."""
     if actor.is_admin:
-        return
-    if actor.role == "worker" and resident.community_id == actor.community_id:
-        return
-    raise NotFound("居民不存在")
+        return True
+    return actor.role == "worker" and community_id is not None and community_id == actor.community_id
+
+
+def _resident_in_scope(actor: Actor, resident: Resident) -> None:
+    if not _may_open(actor, resident.community_id):
+        raise NotFound("居民不存在")
 
 
 def residents_in_scope(actor: Actor, resident_ids: list[int]) -> set[int]:
-    """Which of these residents the caller may open (`get_resident`), in one query: a page links only to those.
-    The same rule as `_resident_in_scope`, in SQL; a change to one is a change to both."""
-    if actor.is_admin:
-        return set(resident_ids)
-    if actor.role != "worker" or not resident_ids:
+    """Which of these residents the caller may open (`get_resident`), in one query: a page links only to those."""
+    if not resident_ids:
         return set()
-    stmt = sa.select(Resident.id).where(Resident.id.in_(set(resident_ids)), Resident.community_id == actor.community_id)
-    return set(db.session.scalars(stmt))
+    rows = db.session.execute(sa.select(Resident.id, Resident.community_id).where(Resident.id.in_(set(resident_ids))))
+    return {resident_id for resident_id, community_id in rows if _may_open(actor, community_id)}
 
 
 def get_resident(actor: Actor, resident_id: int) -> Resident:
