@@ -130,9 +130,7 @@ def _require_json_body():
                 body.decode()
             except UnicodeDecodeError:
                 raise BadRequest("请求内容必须是 UTF-8 编码的 JSON") from None
-            _refuse_deep_nesting(body)
-            _refuse_overlong_integers(body)
-            _refuse_unstorable_json(body)
+            _check_json_body(body)
 
 
 # Text the database cannot store is refused up front as the field's validation error, on SQLite as well, instead of
@@ -165,13 +163,7 @@ def _holds_unstorable_text(value) -> bool:
     return False
 
 
-def _refuse_unstorable_json(body: bytes) -> None:
-    if b"\\u" not in body:  # in UTF-8, JSON carries either only as a \u escape; most bodies end here
-        return
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return  # not JSON: the body's parser answers with its own error
+def _refuse_unstorable_json(data) -> None:
     if isinstance(data, dict):
         fields = {
             _printable(key): [UNSTORABLE_MESSAGE]
@@ -222,31 +214,34 @@ def _whole_body() -> bytes:
     return body
 
 
-def _refuse_overlong_integers(body: bytes) -> None:
-    """Python refuses to read an integer of more digits than sys.get_int_max_str_digits() (4,300), and json.loads
-    then raises a plain ValueError, which no body parser answers: a 400 here. Only a body that long can hold one."""
+def _check_json_body(body: bytes) -> None:
+    """What no body parser further down answers well, refused up front: nesting deeper than MAX_JSON_DEPTH (a
+    RecursionError in whichever parser recurses), an integer of more digits than Python reads (4,300: json.loads
+    raises a plain ValueError) and text the database cannot store. The raw bytes tell whether a body could hold any
+    of them, so most bodies are never parsed here, and the others once."""
+    deep = body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
     limit = sys.get_int_max_str_digits()
-    if not limit or len(body) <= limit:
+    long = bool(limit) and len(body) > limit
+    escaped = b"\\u" in body  # in UTF-8, JSON carries U+0000 or a lone surrogate only as a \u escape
+    if not (deep or long or escaped):
         return
     try:
-        json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
-        return  # not JSON (or too deep): answered elsewhere
-    except ValueError:
-        raise BadRequest("JSON 中的数字位数过多") from None
-
-
-def _refuse_deep_nesting(body: bytes) -> None:
-    """JSON nested deeper than MAX_JSON_DEPTH is a 400. Counting brackets is cheap, so only a body with enough of
-    them to be that deep is parsed and measured (without recursion)."""
-    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
-        return
-    try:
-        pending = [(json.loads(body), 1)]
+        data = json.loads(body)
     except RecursionError:
         raise BadRequest("JSON 嵌套层数过多") from None
-    except ValueError:
+    except json.JSONDecodeError:
         return  # not JSON: the body's parser answers with its own error
+    except ValueError:
+        raise BadRequest("JSON 中的数字位数过多") from None
+    if deep:
+        _refuse_deep_nesting(data)
+    if escaped:
+        _refuse_unstorable_json(data)
+
+
+def _refuse_deep_nesting(data) -> None:
+    """Measured without recursion."""
+    pending = [(data, 1)]
     while pending:
         value, depth = pending.pop()
         if depth > MAX_JSON_DEPTH:
