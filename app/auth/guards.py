@@ -99,10 +99,12 @@ def actor_for_staff(staff: Staff) -> Actor:
     return staff_actor(staff.id, staff.role, staff.community_id, staff.organization_id)
 
 
+_REVOKED = sa.exists().where(RevokedSession.sid == sa.bindparam("sid"))
+
+
 def _state_of(model, *columns) -> sa.Select:
     """The person's state and the session's revocation, in one statement."""
-    revoked = sa.exists().where(RevokedSession.sid == sa.bindparam("sid")).label("revoked")
-    return sa.select(*columns, model.community_id, revoked).where(model.id == sa.bindparam("id"))
+    return sa.select(*columns, model.community_id, _REVOKED.label("revoked")).where(model.id == sa.bindparam("id"))
 
 
 _STATE = {
@@ -176,34 +178,32 @@ def authenticate(*roles: str, refresh: bool = False) -> Actor:
     return actor
 
 
-def login_required(*roles: str, refresh: bool = False):
-    """Require a valid bearer token and, if given, one of `roles` ('resident' or a staff role)."""
+def _require_open_session() -> None:
+    """A valid access token of a session not yet ended, whatever its account's state now."""
+    verify_jwt_in_request()
+    if run(_SESSION_REVOKED, {"sid": get_jwt().get("sid")}).scalar():
+        raise TokenRevoked()
+
+
+_SESSION_REVOKED = sa.select(_REVOKED)
+
+
+def login_required(*roles: str, refresh: bool = False, standing: bool = True):
+    """Require a valid bearer token and, if given, one of `roles` ('resident' or a staff role). With
+    `standing=False` (ending a session) the account's state is not asked: a frozen resident or a deactivated staff
+    member can still log a device out, so that its tokens do not come back to life with the account."""
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            authenticate(*roles, refresh=refresh)
+            if standing:
+                authenticate(*roles, refresh=refresh)
+            else:
+                _require_open_session()
             return view(*args, **kwargs)
 
-        documented = [Unauthorized, TokenExpired, TokenRevoked, AccountFrozen] + ([Forbidden] if roles else [])
+        documented = [Unauthorized, TokenExpired, TokenRevoked]
+        documented += ([AccountFrozen] if standing else []) + ([Forbidden] if roles else [])
         return extend_doc(wrapper, view, errors=documented, security=[{"bearerAuth": []}])
 
     return decorator
-
-
-_SESSION_REVOKED = sa.select(sa.exists().where(RevokedSession.sid == sa.bindparam("sid")))
-
-
-def session_required(view):
-    """A valid access token of a session not yet ended, whatever its account's state now. Ending a session needs no
-    more: a frozen resident or a deactivated staff member can still log a device out, so that its tokens do not come
-    back to life with the account."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        verify_jwt_in_request()
-        if run(_SESSION_REVOKED, {"sid": get_jwt().get("sid")}).scalar():
-            raise TokenRevoked()
-        return view(*args, **kwargs)
-
-    return extend_doc(wrapper, view, errors=[Unauthorized, TokenExpired, TokenRevoked], security=[{"bearerAuth": []}])

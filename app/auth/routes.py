@@ -4,7 +4,7 @@ from flask import request
 
 from app.apidoc import error_docs
 from app.auth import service
-from app.auth.guards import login_required, session_required
+from app.auth.guards import login_required
 from app.auth.schemas import (
     AccessTokenSchema,
     ResidentTokensSchema,
@@ -54,7 +54,7 @@ def refresh():
 
 
 @blp.route("/logout", methods=["POST"])
-@session_required
+@login_required(standing=False)
 @blp.response(204)
 def logout():
     """Revoke this session: the access token and its refresh token both stop working. A frozen or deactivated

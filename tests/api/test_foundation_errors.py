@@ -540,6 +540,7 @@ def test_public_operations_need_no_bearer(spec, path, method):
         ("/api/v1/collection-points/{point_id}/qr.png", "get", 409, "invalid_state"),
         ("/api/v1/collection-points/{point_id}/qr.svg", "get", 409, "invalid_state"),
         ("/api/v1/ledger/entries/{entry_id}/reverse", "post", 409, "invalid_state"),
+        ("/api/v1/auth/logout", "post", 401, "token_revoked"),
     ],
 )
 def test_error_responses_are_documented_with_the_envelope(spec, path, method, status, code):
@@ -549,6 +550,11 @@ def test_error_responses_are_documented_with_the_envelope(spec, path, method, st
     assert schema is spec["components"]["schemas"]["ErrorEnvelope"]
     body = _resolve(spec, schema["properties"]["error"])
     assert {"code", "message", "details"} <= set(body["properties"])
+
+
+def test_logout_documents_no_account_state_refusal(spec):
+    """Any valid token of an open session may end it, a frozen or deactivated account's too: no 403 to document."""
+    assert "403" not in spec["paths"]["/api/v1/auth/logout"]["post"]["responses"]
 
 
 def test_request_bodies_are_documented(spec):
