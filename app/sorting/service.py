@@ -494,7 +494,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     resident_id, nonce = _member_code(data["member_code"])
     refused = sorted(categories - set(point.categories))
     if refused:
-        names = [(rule.title if (rule := carbon.rule_in_force(f"sorting:{c}")) else "") or c for c in refused]
+        names = [getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused]  # as caps name them
         raise field_error("items", f"该回收点不收：{'、'.join(names)}")
     now = utcnow()
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
