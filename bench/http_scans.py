@@ -105,6 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="send a fresh Idempotency-Key with every scan and deposit (the idempotent path)",
     )
     group.add_argument(
+        "--paced",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after each closed-loop phase of scans or deposits, a paced phase at the target's rate "
+        f"({TARGET_RATIO}x the round's bare /healthz) on the same connections, for the latency at that load "
+        "(default on)",
+    )
+    group.add_argument(
         "--only-endpoints", default="healthz,scans,deposits", help="comma separated subset of healthz,scans,deposits"
     )
 
@@ -471,21 +479,37 @@ class PgCpu:
 # Running
 
 
-def measure(label: str, server: Gunicorn, pg: PgCpu, requests: list[bytes], args, max_requests: int | None = None):
+def measure(
+    label: str,
+    server: Gunicorn,
+    pg: PgCpu,
+    requests: list[bytes],
+    args,
+    max_requests: int | None = None,
+    rate: float | None = None,
+):
     hz = os.sysconf("SC_CLK_TCK")
     pg_pids = pg.pids()
     g0, p0 = server.cpu_ticks(), pg.ticks(pg_pids)
-    result = _load(label, server, requests, args, args.duration, max_requests)
+    result = _load(label, server, requests, args, args.duration, max_requests, rate)
     g1, p1 = server.cpu_ticks(), pg.ticks(pg_pids)
     result.server_cpu_s = (g1 - g0) / hz
     result.pg_cpu_s = (p1 - p0) / hz
     return result
 
 
-def _load(label: str, server: Gunicorn, requests: list[bytes], args, duration_s: float, max_requests: int | None):
+def _load(
+    label: str,
+    server: Gunicorn,
+    requests: list[bytes],
+    args,
+    duration_s: float,
+    max_requests: int | None,
+    rate: float | None = None,
+):
     return run_load(
         label, HOST, server.port, requests, connections=args.connections, duration_s=duration_s,
-        max_requests=max_requests,
+        max_requests=max_requests, rate=rate,
     )  # fmt: skip
 
 
@@ -505,7 +529,7 @@ def _row(result: LoadResult, base: LoadResult | None) -> dict[str, Any]:
 
 def _table(rows: list[dict[str, Any]], log) -> None:
     log(
-        f"  {'round':>5}  {'endpoint':<22}{'requests':>9}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}"
+        f"  {'round':>5}  {'endpoint':<28}{'requests':>9}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}"
         f"   cpu ms/req (gunicorn/pg/client)   statuses"
     )
     for row in rows:
@@ -515,7 +539,7 @@ def _table(rows: list[dict[str, Any]], log) -> None:
             statuses += "  errors " + " ".join(f"{k}:{v}" for k, v in row["errors"].items())
         cpu = f"{row['server_cpu_ms_per_req']:.2f}/{row['pg_cpu_ms_per_req']:.2f}/{row['client_cpu_ms_per_req']:.2f}"
         log(
-            f"  {row.get('round', 1):>5}  {row['label']:<22}{n(row['completed']):>9}{n(row['per_s']):>9}"
+            f"  {row.get('round', 1):>5}  {row['label']:<28}{n(row['completed']):>9}{n(row['per_s']):>9}"
             f"{row['p50_ms']:>8.1f}{row['p99_ms']:>8.1f}{ratio:>7}   {cpu:<32}  {statuses}"
         )
 
@@ -560,6 +584,13 @@ def run_config(prepared: Prepared, planner: Planner, workers: int, threads: int,
                     result = measure(label, server, pg, requests, args)
                     planner.give_back(name, len(requests) - result.sent)  # the unsent tail stays fresh
                     rows.append(_row(result, base) | {"round": round_no})
+                    if args.paced and base is not None:
+                        rate = TARGET_RATIO * base.per_s
+                        requests = build(args.max_requests)
+                        pg.maintain()
+                        result = measure(paced_label(label), server, pg, requests, args, rate=rate)
+                        planner.give_back(name, len(requests) - result.sent)
+                        rows.append(_row(result, base) | {"round": round_no, "offered_per_s": round(rate, 1)})
             errors = [line for line in server.log_tail(200).splitlines() if "ERROR" in line or "Traceback" in line]
     finally:
         pg.engine.dispose()
@@ -570,6 +601,10 @@ def run_config(prepared: Prepared, planner: Planner, workers: int, threads: int,
     if errors:
         log(f"     gunicorn log has {len(errors)} error lines, e.g. {errors[0][:200]}")
     return {"workers": workers, "threads": threads, "worker_class": kind, "rows": rows, "medians": _median_rows(rows)}
+
+
+def paced_label(label: str) -> str:
+    return f"{label} @{TARGET_RATIO}x"
 
 
 def _median_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -591,6 +626,7 @@ def _median_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "p50_ms": statistics.median(row["p50_ms"] for row in group),
             "p99_ms": statistics.median(row["p99_ms"] for row in group),
             "completed": sum(row["completed"] for row in group),
+            "offered_per_s": statistics.median(row.get("offered_per_s") or 0 for row in group),
             "statuses": dict(statuses),
         }
     return merged
@@ -630,6 +666,16 @@ def _summaries(config: dict[str, Any], connections: int) -> list[str]:
             f"(medians of {row['rounds']}), {created:.1%} 201 {tag}; target ratio >= {TARGET_RATIO} and "
             f"p99 < {TARGET_P99_S * 1000:.0f} ms: {verdict}"
         )
+        paced = rows.get(paced_label(label))
+        if paced is not None:
+            created = paced["statuses"].get(201, 0) / max(paced["completed"], 1)
+            under = "yes" if paced["p99_ms"] < TARGET_P99_S * 1000 else "no"
+            lines.append(
+                f"{name} at the target's rate: {n(paced['offered_per_s'])} req/s offered ({TARGET_RATIO}x bare), "
+                f"{n(paced['per_s'])} answered, p50 {paced['p50_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms "
+                f"(medians of {paced['rounds']}, from each request's due time), {created:.1%} 201 {tag}; "
+                f"p99 < {TARGET_P99_S * 1000:.0f} ms at that rate: {under}"
+            )
     return lines
 
 

@@ -1,8 +1,11 @@
-"""A small closed-loop HTTP/1.1 load generator on asyncio streams (no dependencies).
+"""A small HTTP/1.1 load generator on asyncio streams (no dependencies), closed-loop or paced.
 
 Every request is pre-encoded as bytes. C connections each send a request, read the whole response, and send the
-next one (keep-alive). When the server closes the connection (gunicorn's sync worker answers every request with
-`Connection: close`), the next request opens a new one, and that connect is part of the request's latency.
+next one (keep-alive). Paced (`rate`), the n-th request is due at start + n / rate: a connection waits for its
+request's time if it is early, and its latency counts from that time, so a server that falls behind is charged
+for the queue it causes (no "coordinated omission"). When the server closes the connection (gunicorn's sync
+worker answers every request with `Connection: close`), the next request opens a new one, and that connect is part
+of the request's latency.
 The run stops at the deadline or when the requests run out, whichever comes first: bounded either way.
 """
 
@@ -148,19 +151,29 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
 
 
 async def _connection(
-    host: str, port: int, requests: Sequence[bytes], cursor: list[int], limit: int, deadline: float, result: LoadResult
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    cursor: list[int],
+    limit: int,
+    deadline: float,
+    result: LoadResult,
+    pace: tuple[float, float] | None,
 ) -> None:
     reader = writer = None
     latencies, statuses = result.latencies, result.statuses
     perf = time.perf_counter
     while True:
         index = cursor[0]
-        if index >= limit or perf() >= deadline:
+        due = pace[0] + index / pace[1] if pace else perf()
+        if index >= limit or due >= deadline or perf() >= deadline:
             break
         cursor[0] = index + 1
         payload = requests[index % len(requests)]
+        if due > perf():
+            await asyncio.sleep(due - perf())
         result.sent += 1
-        started = perf()
+        started = due if pace else perf()
         for attempt in (0, 1):  # one retry, only when a kept-alive connection turns out to be closed
             reused = writer is not None
             try:
@@ -190,12 +203,23 @@ async def _connection(
 
 
 async def _run(
-    host: str, port: int, requests: Sequence[bytes], connections: int, duration_s: float, limit: int, result: LoadResult
+    host: str,
+    port: int,
+    requests: Sequence[bytes],
+    connections: int,
+    duration_s: float,
+    limit: int,
+    result: LoadResult,
+    rate: float | None,
 ) -> None:
     cursor = [0]
-    deadline = time.perf_counter() + duration_s
+    start = time.perf_counter()
+    pace = (start, rate) if rate else None
     await asyncio.gather(
-        *(_connection(host, port, requests, cursor, limit, deadline, result) for _ in range(connections))
+        *(
+            _connection(host, port, requests, cursor, limit, start + duration_s, result, pace)
+            for _ in range(connections)
+        )
     )
 
 
@@ -208,16 +232,18 @@ def run_load(
     connections: int = 32,
     duration_s: float = 10.0,
     max_requests: int | None = None,
+    rate: float | None = None,
 ) -> LoadResult:
     """Send `requests` in order (cycled when max_requests is larger) on `connections` keep-alive connections
-    until `duration_s` has passed or `max_requests` have been sent."""
+    until `duration_s` has passed or `max_requests` have been sent: as fast as the server answers, or `rate`
+    requests a second when given."""
     if not requests:
         raise ValueError("no requests to send")
     limit = len(requests) if max_requests is None else max_requests
     result = LoadResult(label=label, connections=connections)
     cpu_before, wall_before, sys_before = time.process_time(), time.perf_counter(), _cpu_times()
     # asyncio.run cancels and awaits every connection task if the run is interrupted (Ctrl-C, SIGTERM).
-    asyncio.run(_run(host, port, requests, connections, duration_s, limit, result))
+    asyncio.run(_run(host, port, requests, connections, duration_s, limit, result, rate))
     result.seconds = time.perf_counter() - wall_before
     result.client_cpu_s = time.process_time() - cpu_before
     sys_after = _cpu_times()
