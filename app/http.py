@@ -80,10 +80,6 @@ def handle_http_exception(error: HTTPException):
         details = {"fields": _validation_fields(data["messages"])}
     elif status == 400 and "messages" in data:
         message = "请求体不是有效的 JSON"
-    if status == 429:
-        limit = getattr(error, "limit", None)
-        if limit is not None:
-            headers.setdefault("Retry-After", str(limit.limit.get_expiry()))
     return error_response(code, message, status, details, headers)
 
 

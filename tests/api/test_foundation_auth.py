@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -591,6 +592,24 @@ def test_five_failed_logins_lock_the_username(limited):
     assert _login(client, other).status_code == 200
 
 
+def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeypatch):
+    """Retry-After counts down: ten minutes into the 15-minute lock, about five are left."""
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])  # the limiter's storage and headers read time.time()
+    client = limited.test_client()
+    username = _limited_staff(limited, "counting.down")
+    for _ in range(5):
+        assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
+
+    now[0] += 10 * 60
+    response = _login(client, username)
+    assert_error(response, 429, "rate_limited")
+    assert 5 * 60 - 1 <= int(response.headers["Retry-After"]) <= 5 * 60 + 1
+
+    now[0] += 5 * 60 + 2
+    assert _login(client, username).status_code == 200
+
+
 def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
     """Five guesses per username in all: the admin site's login is not a second allowance."""
     client = limited.test_client()
@@ -600,7 +619,9 @@ def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
     page = client.get("/admin/login").get_data(as_text=True)
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
     form = {"username": username, "password": "wrong-password", "csrf_token": csrf}
-    assert [client.post("/admin/login", data=form).status_code for _ in range(3)] == [401, 401, 429]
+    answers = [client.post("/admin/login", data=form) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [401, 401, 429]
+    assert 0 < int(answers[-1].headers["Retry-After"]) <= 15 * 60
     assert_error(_login(client, username), 429, "rate_limited")
 
 
