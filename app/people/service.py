@@ -12,8 +12,8 @@ from app.audit import service as audit
 from app.auth.guards import Actor
 from app.clock import utcnow
 from app.common import keyset_page
-from app.db import commit, db, get_or_404, insert_unique, require_exists
-from app.errors import Forbidden, InvalidState, NotFound, field_error
+from app.db import commit, db, get_or_404, insert_unique, require_exists, run
+from app.errors import Forbidden, InvalidState, NotFound, Unauthorized, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
 from app.people.models import Community, Organization, Resident, Staff, staff_collection_points
@@ -192,6 +192,29 @@ def can_manage_staff(actor: Actor, staff: Staff) -> bool:
     )
 
 
+_ACTOR_STILL_ACTIVE = sa.select(Staff.active).where(Staff.id == sa.bindparam("id")).with_for_update(key_share=True)
+
+
+def _lock_accounts(actor: Actor, staff: Staff) -> None:
+    """Lock the account being changed, and the caller's own, in id order, before the rest is read.
+    - Two edits of one account take turns (each replaces the scope links the other saw), and a login, which reads
+      the account FOR SHARE, either ends before a cut-off set after this or sees the change.
+    - Two admins deactivating each other at once take turns too, and the second finds itself deactivated, so the
+      last active admin always remains.
+    FOR NO KEY UPDATE: rows that only refer to an account (a collector's deposits) are not held up."""
+    actor_active = True
+    accounts = {staff.id, actor.id} if actor.kind == "staff" else {staff.id}  # "system" (the CLI) has none
+    for account_id in sorted(accounts):
+        if account_id == staff.id:
+            db.session.refresh(staff, with_for_update={"key_share": True})
+            if account_id == actor.id:
+                actor_active = staff.active
+        else:
+            actor_active = run(_ACTOR_STILL_ACTIVE, {"id": account_id}).scalar()
+    if not actor_active:
+        raise Unauthorized("账户不存在或已停用")
+
+
 def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     actor.require_role("admin", "alliance")
     staff = get_staff(actor, staff_id)
@@ -200,10 +223,7 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     if data.get("active") is False and staff.id == actor.id:
         raise InvalidState("不能停用自己的账户：请另一位管理员操作")
     new_hash = generate_password_hash(data["password"]) if "password" in data else None  # slow: before the lock
-    # Locked before the rest is read: two edits of one account take turns (each replaces the scope links the other
-    # saw), and a login, which reads the account FOR SHARE, either ends before the cut-off below or sees the change.
-    # FOR NO KEY UPDATE: rows that only refer to this account (a collector's deposits) are not held up.
-    db.session.refresh(staff, with_for_update={"key_share": True})
+    _lock_accounts(actor, staff)
     current = {"role": staff.role, "community_id": staff.community_id, "organization_id": staff.organization_id}
     if "store_ids" in data:
         stores = _scoped_rows(Store, data["store_ids"], "store_ids", "兑换点")

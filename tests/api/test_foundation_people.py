@@ -9,10 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from app.audit.models import AuditEvent
+from app.clock import utcnow
 from app.db import db
 from app.exchange.models import Store
 from app.people.models import Community, Organization, Staff
-from tests.conftest import assert_error, community_id, pg_concurrency, race
+from tests.conftest import assert_error, community_id, during_an_uncommitted, pg_concurrency, race
 
 PASSWORD = "password-123"
 
@@ -644,6 +645,36 @@ def test_two_admins_rescoping_one_merchant_at_once_take_turns(app, api, world):
     linked = db.session.get(Staff, clerk.id).stores
     assert len(linked) == 1
     assert linked[0].id in stores
+
+
+@pg_concurrency
+def test_two_admins_deactivating_each_other_at_once_leave_one_active(app, api):
+    """The second change waits for the first, then finds its own account deactivated: the last admin remains."""
+    first, second = api.staff("admin"), api.staff("admin")
+    db.session.commit()
+    first_deactivated = sa.update(Staff).where(Staff.id == first.id).values(active=False, sessions_valid_after=utcnow())
+    response = during_an_uncommitted(
+        app,
+        first_deactivated,  # the second admin's change, in flight
+        lambda: app.test_client().patch(f"/api/v1/staff/{second.id}", json={"active": False}, headers=first.auth),
+    )
+    assert_error(response, 401, "unauthorized")
+    db.session.expire_all()
+    assert db.session.get(Staff, second.id).active
+
+
+@pg_concurrency
+def test_two_admins_deactivating_each_other_in_a_race_leave_one_active(app, api):
+    admins = [api.staff("admin"), api.staff("admin")]
+    db.session.commit()
+    responses = race(
+        app,
+        lambda c, i: c.patch(f"/api/v1/staff/{admins[1 - i].id}", json={"active": False}, headers=admins[i].auth),
+        2,
+    )
+    assert sorted(r.status_code for r in responses) == [200, 401]
+    db.session.expire_all()
+    assert [db.session.get(Staff, admin.id).active for admin in admins].count(True) == 1
 
 
 @pg_concurrency
