@@ -24,7 +24,14 @@ def _publish_page(error=None) -> str:
     rule = carbon.rule_in_force(activity)
     if rule is None:
         raise NotFound(f"规则 {activity} 不存在或未生效")
-    return render_template("admin/rule_publish.html", rule=rule, form=request.form, error=error)
+    return render_template(
+        "admin/rule_publish.html",
+        rule=rule,
+        upcoming=carbon.upcoming_versions(activity),
+        next_version=carbon.next_version(activity),
+        form=request.form,
+        error=error,
+    )
 
 
 @bp.get("/rules/publish")

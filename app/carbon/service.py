@@ -101,30 +101,61 @@ def cap_charges(lines: list[tuple[RuleView, int]], at: datetime | None = None) -
     return charges
 
 
+MAX_LEAD = timedelta(days=366)
+
+
+_NOT_WITHDRAWN = sa.or_(Rule.valid_to.is_(None), Rule.valid_to > Rule.valid_from)  # withdrawn: an empty period
+
+
+def upcoming_versions(activity: str) -> list[Rule]:
+    """Versions published but not yet in force (and not withdrawn): a new version starting no later replaces them."""
+    return list(
+        db.session.scalars(
+            sa.select(Rule)
+            .where(Rule.activity == activity, Rule.valid_from > utcnow(), _NOT_WITHDRAWN)
+            .order_by(Rule.valid_from)
+        )
+    )
+
+
+def next_version(activity: str) -> int:
+    return (db.session.scalar(sa.select(sa.func.max(Rule.version)).where(Rule.activity == activity)) or 0) + 1
+
+
 def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: datetime | None = None) -> Rule:
-    """A new version of a rule, in force from `effective_from`; the current version ends there."""
+    """A new version of a rule, in force from `effective_from`; the version before it ends there. Versions not yet
+    in force that would start at or after it are withdrawn (their period is emptied), so a mistaken future date
+    can be corrected by publishing again."""
     actor.require_role("admin")
     now = utcnow()
     # Every worker caches rules for up to RULE_CACHE_TTL_S; a version that starts no sooner than that is seen
-    # by all of them before it applies, so no posting uses a superseded rule.
+    # by all of them before it applies, so no posting uses a superseded rule. For the same reason only versions
+    # starting later than that can be withdrawn, and they are, since they start at or after this one.
     earliest = now + timedelta(seconds=RULE_CACHE_TTL_S)
     effective_from = effective_from or earliest
     if effective_from < earliest:
         raise field_error("effective_from", f"生效时间至少要在 {int(RULE_CACHE_TTL_S)} 秒之后")
-    current = db.session.scalar(
-        sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1).with_for_update()
-    )
-    if current is None and "unit" not in changes:
+    if effective_from > now + MAX_LEAD:
+        raise field_error("effective_from", "生效时间不能晚于一年之后")
+    latest = sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1)
+    newest = db.session.scalar(latest.with_for_update())  # publications of one rule take turns
+    if newest is None and "unit" not in changes:
         raise NotFound(f"规则 {activity} 不存在")
+    live = sa.select(Rule).where(Rule.activity == activity, _NOT_WITHDRAWN)
+    withdrawn = list(db.session.scalars(live.where(Rule.valid_from >= effective_from).order_by(Rule.version)))
+    for version in withdrawn:
+        version.valid_to = version.valid_from
+    current = db.session.scalar(live.where(Rule.valid_from < effective_from).order_by(Rule.version.desc()).limit(1))
+    if current is not None and "unit" in changes and changes["unit"] != current.unit:
+        # Every version of a rule is read in the same unit (deposits weigh in kg): a new unit is a new activity.
+        raise field_error("unit", "已有规则不能更改计量单位")
     fields = {f: getattr(current, f) for f in RULE_FIELDS} if current else {}
     fields.update({k: v for k, v in changes.items() if k in RULE_FIELDS})
     if current is not None:
-        if current.valid_from >= effective_from:
-            raise field_error("effective_from", "生效时间必须晚于当前版本的生效时间")
         current.valid_to = effective_from
     rule = Rule(
         activity=activity,
-        version=(current.version + 1) if current else 1,
+        version=(newest.version + 1) if newest else 1,
         valid_from=effective_from,
         created_by=actor.id,
         **fields,
@@ -135,7 +166,10 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
         db.session.flush()
     except IntegrityError as exc:  # another admin published a version of this rule meanwhile
         raise InvalidState("该规则刚被其他管理员更新，请刷新后再试") from exc
-    audit.record(actor, "rule.publish", "rule", rule.id, {"activity": activity, "version": rule.version})
+    details = {"activity": activity, "version": rule.version}
+    if withdrawn:
+        details["withdrawn_versions"] = [version.version for version in withdrawn]
+    audit.record(actor, "rule.publish", "rule", rule.id, details)
     commit()
     clear_cache()
     return rule

@@ -682,12 +682,31 @@ def test_rule_publish_creates_version_2(as_admin, clock):
     starts = (clock.now + timedelta(seconds=10)).astimezone(SHANGHAI)
     scheduled = text(as_admin.get("/admin/rules"))  # the page after the redirect: the flash, version 1 still in force
     assert f"第 2 版，将于 {starts:%Y-%m-%d %H:%M:%S} 生效" in scheduled
-    assert f"第 2 版将于 {starts:%m-%d %H:%M:%S} 生效" in scheduled
+    assert f"新版本将于 {starts:%Y-%m-%d %H:%M:%S} 生效" in scheduled
     assert "立即生效" not in scheduled
     clock.advance(seconds=11)  # a new version starts once every worker's rule cache can have seen it
     page = text(as_admin.get("/admin/rules"))
-    assert "第 2 版将于" not in page
+    assert "新版本将于" not in page
     assert "1500.5" in page
+
+
+def test_the_publish_page_names_the_future_version_it_will_replace(api, as_admin, clock):
+    start = (clock.now + timedelta(days=300)).astimezone(SHANGHAI)
+    body = {
+        "activity": "sorting:metal",
+        "co2e_g_per_unit": 2000,
+        "source": "经发办",
+        "effective_from": start.isoformat(),
+    }
+    assert api.post("/rules", as_=api.staff("admin"), json=body).status_code == 201
+    assert f"新版本将于 {start:%Y-%m-%d %H:%M:%S} 生效" in text(as_admin.get("/admin/rules"))
+    page = text(as_admin.get("/admin/rules/publish?activity=sorting:metal"))
+    assert f"第 2 版（{start:%Y-%m-%d %H:%M:%S} 起）" in page
+    assert "发布第 3 版" in page
+    form = {"activity": "sorting:metal", "co2e_g_per_unit": "1900", "points": "", "daily_cap_points": "",
+            "source": "更正：生效年份填错"}  # fmt: skip
+    assert as_admin.post("/admin/rules/publish", form).status_code == 302
+    assert "已排定尚未生效的版本" not in text(as_admin.get("/admin/rules/publish?activity=sorting:metal"))
 
 
 def test_rule_publish_validates_through_the_api_schema(as_admin):

@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from app.audit.models import AuditEvent
 from app.carbon.models import Rule
 from app.db import db
 from tests.conftest import SHANGHAI, assert_error, pg_concurrency, race
@@ -83,6 +84,64 @@ def test_a_new_version_cannot_start_before_every_worker_can_see_it(api, clock):
     assert "10" in error["details"]["fields"]["effective_from"][0]
     created = api.post("/rules", as_=admin, json=body).get_json()
     assert created["valid_from"] == (clock.now + timedelta(seconds=10)).isoformat()
+
+
+def _publish(api, admin, activity: str, factor, start=None):
+    body = {"activity": activity, "co2e_g_per_unit": factor, "source": "经发办"}
+    if start is not None:
+        body["effective_from"] = start.astimezone(SHANGHAI).isoformat()
+    return api.post("/rules", as_=admin, json=body)
+
+
+def _versions(activity: str) -> dict[int, Rule]:
+    db.session.expire_all()
+    return {r.version: r for r in db.session.scalars(sa.select(Rule).filter_by(activity=activity))}
+
+
+def test_a_mistaken_future_version_is_replaced_by_publishing_again(api, clock):
+    """A year typed wrong would otherwise hold the rule until then: a version starting no later withdraws it."""
+    admin = api.staff("admin")
+    assert _publish(api, admin, "sorting:metal", 2000, clock.now + timedelta(days=300)).status_code == 201
+    corrected = _publish(api, admin, "sorting:metal", 1900)
+    assert corrected.status_code == 201, corrected.get_json()
+    assert corrected.get_json()["version"] == 3
+    versions = _versions("sorting:metal")
+    assert versions[2].valid_to == versions[2].valid_from  # withdrawn: never in force
+    assert versions[1].valid_to == versions[3].valid_from
+    assert versions[3].valid_to is None
+    event = db.session.scalars(sa.select(AuditEvent).filter_by(action="rule.publish").order_by(AuditEvent.id)).all()
+    assert event[-1].details["withdrawn_versions"] == [2]
+
+    from app.carbon.service import clear_cache
+
+    clock.advance(days=301)
+    clear_cache()
+    assert rule_in_force(api, "sorting:metal")["version"] == 3
+
+
+def test_a_version_starting_before_a_future_one_keeps_it_and_one_after_ends_it(api, clock):
+    admin = api.staff("admin")
+    _publish(api, admin, "sorting:metal", 2000, clock.now + timedelta(days=10))
+    assert _publish(api, admin, "sorting:metal", 2100, clock.now + timedelta(days=20)).status_code == 201
+    versions = _versions("sorting:metal")
+    assert versions[2].valid_to == versions[3].valid_from  # v2 runs from day 10 to day 20
+    assert versions[3].co2e_g_per_unit == 2100
+
+
+def test_a_version_cannot_start_more_than_a_year_ahead(api, clock):
+    response = _publish(api, api.staff("admin"), "sorting:metal", 2000, clock.now + timedelta(days=400))
+    assert "effective_from" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert set(_versions("sorting:metal")) == {1}
+
+
+def test_a_rules_unit_cannot_change(api):
+    """Deposits weigh in kg: a glass factor per item would be applied per kg all the same."""
+    admin = api.staff("admin")
+    body = {"activity": "sorting:glass", "unit": "item", "co2e_g_per_unit": 100, "source": "单位变化"}
+    error = assert_error(api.post("/rules", as_=admin, json=body), 422, "validation_error")
+    assert "unit" in error["details"]["fields"]
+    assert set(_versions("sorting:glass")) == {1}
+    assert api.post("/rules", as_=admin, json={**body, "unit": "kg"}).status_code == 201
 
 
 @pytest.mark.parametrize(("sent", "answered"), [(312.5, 312.5), ("0.125", 0.125), (2500, 2500), ("2500.000", 2500)])
