@@ -706,7 +706,9 @@ def test_the_publish_page_names_the_future_version_it_will_replace(api, as_admin
     form = {"activity": "sorting:metal", "co2e_g_per_unit": "1900", "points": "", "daily_cap_points": "",
             "source": "更正：生效年份填错"}  # fmt: skip
     assert as_admin.post("/admin/rules/publish", form).status_code == 302
-    assert "已排定尚未生效的版本" not in text(as_admin.get("/admin/rules/publish?activity=sorting:metal"))
+    page = text(as_admin.get("/admin/rules/publish?activity=sorting:metal"))
+    assert "第 2 版（" not in page  # withdrawn; version 3 starts in 10 seconds
+    assert "第 3 版（" in page
 
 
 def test_rule_publish_validates_through_the_api_schema(as_admin):
