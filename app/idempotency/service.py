@@ -90,6 +90,17 @@ def run_idempotent(scope: str, view, *args, **kwargs):
     return response
 
 
+def stored_answer(scope: str):
+    """The first answer to this request's Idempotency-Key in `scope`, replayed; None without a key or an answer."""
+    key = request.headers.get(HEADER)
+    if key is None:
+        return None
+    row = run(_STORED, {"scope": scope, "key": key}).one_or_none()
+    if row is None or not row.status_code:
+        return None
+    return _replay(row, _request_hash())
+
+
 def idempotent(view):
     """Decorate a view (below the auth guard, above @blp.arguments) to honour Idempotency-Key."""
 

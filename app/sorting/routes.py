@@ -6,9 +6,9 @@ from flask import Response, g, request
 
 from app import qr
 from app.apidoc import error_docs, extend_doc, file_docs
-from app.auth.guards import RESIDENT, current_actor, login_required
+from app.auth.guards import RESIDENT, current_actor, identity_for, login_required
 from app.common import PageArgsSchema, page_schema
-from app.db import MAX_BIG_ID
+from app.db import MAX_BIG_ID, db
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
@@ -23,7 +23,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.http import Blueprint
-from app.idempotency.service import idempotent
+from app.idempotency.service import idempotent, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
     CollectionPointSchema,
@@ -61,7 +61,16 @@ def device_required(view):
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        g.actor = service.authenticate_device(request.headers, request.method, request.path, request.get_data())
+        try:
+            g.actor = service.authenticate_device(request.headers, request.method, request.path, request.get_data())
+        except service.ReplayedSignature as replay:
+            # A bin resending the very request whose answer it lost, with its Idempotency-Key, gets that answer;
+            # without one, or before any answer was stored, a replay is refused.
+            db.session.rollback()
+            answer = stored_answer(identity_for("device", replay.device_id))
+            if answer is None:
+                raise
+            return answer
         return view(*args, **kwargs)
 
     headers = tuple(
@@ -238,8 +247,8 @@ def get_deposit(deposit_id):
 @blp.response(201, DepositSchema)
 def device_deposit(body):
     """A smart bin records a deposit, HMAC-signed. Each signature is accepted once, and each member code pays for
-    one deposit: to retry after a lost answer, sign again with a new timestamp and send the same Idempotency-Key
-    to get the first answer back.
+    one deposit: to retry after a lost answer, send the same Idempotency-Key as the first try, with the same
+    signed bytes or signed again, to get the first answer back.
     A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
     seconds), so that the bin can correct its own and sign again."""
     return service.record_device_deposit(current_actor(), body)

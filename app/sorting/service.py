@@ -690,6 +690,16 @@ _HEADER_TS = re.compile(r"[0-9]{1,12}")
 _HEADER_SIG = re.compile(r"[0-9a-fA-F]{64}")
 
 
+class ReplayedSignature(Duplicate):
+    """A signed request seen before, from an authentic device."""
+
+    message = "重复的设备请求"
+
+    def __init__(self, device_id: int):
+        super().__init__()
+        self.device_id = device_id
+
+
 def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     """Verify the device's signature and timestamp, and burn the signature so it cannot be replayed."""
     raw_id, timestamp, signature = (headers.get(h, "") for h in ("X-Device-Id", "X-Timestamp", "X-Signature"))
@@ -717,7 +727,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
         db.session.flush()
     except IntegrityError as exc:
         log.warning("replayed signature from device %s", device_id)
-        raise Duplicate("重复的设备请求") from exc
+        raise ReplayedSignature(device_id) from exc
     actor = Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})
     )

@@ -380,6 +380,31 @@ def test_device_retry_re_signed_with_the_same_idempotency_key_credits_once(api, 
     assert count(Deposit) == 1
 
 
+def test_a_byte_identical_retry_with_its_idempotency_key_gets_the_first_answer(api, world):
+    """The bin resends exactly the request whose answer it lost: the same key is its proof of a retry."""
+    kwargs = signed(world["device"], body_for(api, world))
+    kwargs["headers"]["Idempotency-Key"] = "bin-a-0002"
+    response = api.post(PATH, **kwargs)
+    assert response.status_code == 201
+    again = api.post(PATH, **kwargs)
+    assert again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == response.get_json()
+    assert (balance(api, world["resident"]), count(Deposit), count(DeviceSignature)) == (10, 1, 1)
+    # The same bytes under a key that answered nothing are still a replay.
+    kwargs["headers"]["Idempotency-Key"] = "bin-a-0003"
+    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+
+
+def test_a_resent_request_whose_first_try_failed_is_judged_afresh(api, world):
+    """A failed request leaves nothing behind, its signature included: the resend gets the same refusal."""
+    kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
+    kwargs["headers"]["Idempotency-Key"] = "bin-a-0004"
+    assert_error(api.post(PATH, **kwargs), 403, "forbidden")
+    assert_error(api.post(PATH, **kwargs), 403, "forbidden")
+    assert (count(Deposit), count(DeviceSignature)) == (0, 0)
+
+
 def test_device_records_only_for_its_own_point(api, world):
     kwargs = signed(world["device"], body_for(api, world, point=world["b"]))
     assert_error(api.post(PATH, **kwargs), 403, "forbidden")
