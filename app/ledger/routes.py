@@ -42,5 +42,7 @@ def adjust(body, resident_id):
 @blp.arguments(ReversalSchema)
 @blp.response(201, EntrySchema)
 def reverse(body, entry_id):
-    """Cancel an entry with its exact opposite, with a reason. Audited."""
+    """Cancel an entry with its exact opposite, with a reason. Audited. A reversed check-in or deposit gives its
+    points back to the daily caps of the day it was credited, so a corrected deposit can be recorded that day; a
+    check-in's once-a-day visit stays used."""
     return service.reverse_entry(current_actor(), entry_id, body["reason"])

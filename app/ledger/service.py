@@ -296,6 +296,41 @@ def post(
     return LedgerEntry(id=entry_id, **values)
 
 
+# How to find the cap charges an earn entry made, by its ref_type, registered by the use cases that post them: a
+# reversal gives the day's room back, so that a corrected deposit can be recorded the same day.
+_CAP_CHARGES_OF: dict[str, Callable[[LedgerEntry], Sequence[CapCharge]]] = {}
+
+
+def charges_caps(ref_type: str):
+    """Register `fn(entry) -> the cap charges that entry made` for entries of `ref_type`."""
+
+    def register(fn: Callable[[LedgerEntry], Sequence[CapCharge]]):
+        _CAP_CHARGES_OF[ref_type] = fn
+        return fn
+
+    return register
+
+
+_RELEASE = (
+    DailyEarning.__table__.update()
+    .where(
+        DailyEarning.account_id == sa.bindparam("r_account_id"),
+        DailyEarning.day == sa.bindparam("r_day"),
+        DailyEarning.activity == sa.bindparam("r_key"),
+    )
+    .values(points=DailyEarning.points - sa.bindparam("r_amount"))
+)
+
+
+def _release_caps(entry: LedgerEntry) -> None:
+    charges_of = _CAP_CHARGES_OF.get(entry.ref_type)
+    if entry.kind != "earn" or entry.delta <= 0 or charges_of is None:
+        return
+    day = local_day(entry.created_at, _tz())  # the day the entry counted on, as post() took it
+    for charge in charges_of(entry):
+        run(_RELEASE, {"r_account_id": entry.account_id, "r_day": day, "r_key": charge.key, "r_amount": charge.amount})
+
+
 def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_type: str,
             actor_id: int | None, memo: str) -> LedgerEntry:  # fmt: skip
     """Undo an entry with its exact opposite. One reversal per entry is a unique constraint."""
@@ -316,13 +351,15 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
         # Expiry already took what was left of those points; taking them back would take them twice.
         message = f"这笔积分属于 {credit_year} 年，该年度的积分已到期清零，不能再冲正"
         raise InvalidState(f"{message}；如需追回其中已使用的部分，请做人工调整", details={"year": credit_year})
-    return post(
+    reversal = post(
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
         actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,
         co2e_g=-entry.co2e_g, memo=memo, reverses_id=entry.id,
         lifetime_delta=-entry.delta if entry.kind == "earn" else 0,
         lot=(credit_year, -entry.delta) if entry.delta > 0 else (credit_year, 0),
     )  # fmt: skip
+    _release_caps(entry)
+    return reversal
 
 
 def _year_expired(account_id: int, year: int) -> bool:

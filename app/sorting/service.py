@@ -23,7 +23,8 @@ from app.audit import service as audit
 from app.auth.guards import Actor
 from app.cache import TtlCache
 from app.carbon import service as carbon
-from app.carbon.methodology import allocate, exact_points, grams, round_half_up
+from app.carbon.methodology import CapCharge, allocate, exact_points, grams, round_half_up
+from app.carbon.models import Rule
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
 from app.db import (
@@ -420,6 +421,12 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     return answer | {"co2e_g": co2e_g, "balance": entry.balance_after, "entry_id": entry.id}
 
 
+@ledger.charges_caps("checkin")
+def _checkin_charges(entry: LedgerEntry) -> list[CapCharge]:
+    rule = db.session.get(Rule, entry.rule_id) if entry.rule_id is not None else None
+    return carbon.cap_charges([(rule, entry.delta)], entry.created_at) if rule is not None else []
+
+
 # Weighed deposits
 
 
@@ -538,6 +545,19 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         raise _holder_refusal(resident_id) from None
     commit()
     return deposit | {"id": deposit_id, "items": items, "entry_id": entry.id if entry else None}
+
+
+@ledger.charges_caps("deposit")
+def _deposit_charges(entry: LedgerEntry) -> list[CapCharge]:
+    if not entry.ref_id.isdigit():
+        return []
+    lines = db.session.execute(
+        sa.select(Rule, DepositItem.points)
+        .join(Rule, Rule.id == DepositItem.rule_id)
+        .where(DepositItem.deposit_id == int(entry.ref_id))
+        .order_by(DepositItem.id)
+    ).all()
+    return carbon.cap_charges([(rule, points) for rule, points in lines], entry.created_at)
 
 
 def _deposit_point(data: dict[str, Any]):

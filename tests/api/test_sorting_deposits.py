@@ -15,7 +15,7 @@ from PIL import Image
 
 from app.clock import utcnow
 from app.db import db
-from app.ledger.models import LedgerEntry
+from app.ledger.models import Account, DailyEarning, LedgerEntry
 from app.ledger.verify import verify_ledger
 from app.people.models import Resident
 from app.sorting.models import Deposit, DepositItem
@@ -494,6 +494,39 @@ def test_daily_total_cap_across_categories(api, world):
     assert count(Deposit) == 3
     assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 499
     assert me(api, world["resident"])["balance"] == 499
+
+
+def _counters(resident_id: int) -> dict[str, int]:
+    account = db.session.scalar(sa.select(Account.id).filter_by(resident_id=resident_id))
+    rows = db.session.execute(sa.select(DailyEarning.activity, DailyEarning.points).filter_by(account_id=account))
+    return dict(rows.all())
+
+
+def reverse(api, world, entry_id: int):
+    response = api.post(f"/ledger/entries/{entry_id}/reverse", as_=world["admin"], json={"reason": "称重错误"})
+    assert response.status_code == 201, response.get_json()
+
+
+def test_reversing_a_deposit_gives_the_days_cap_room_back(api, world):
+    """A mis-weighed deposit is reversed and weighed again: the cap counts what the resident keeps."""
+    wrong = deposit_ok(api, world, lines(("paper", 11_000), ("plastic", 1000)))  # rounded once: 193 + 14
+    resident = world["resident"]
+    assert _counters(resident.id) == {"sorting:paper": 193, "sorting:plastic": 14, "daily:total": wrong["points"]}
+    reverse(api, world, wrong["entry_id"])
+    assert _counters(resident.id) == {"sorting:paper": 0, "sorting:plastic": 0, "daily:total": 0}
+    again = deposit_ok(api, world, lines(("paper", 11_000)))
+    assert again["points"] == 194
+    assert me(api, resident)["balance"] == 194
+    assert _counters(resident.id)["sorting:paper"] == 194
+    assert_error(deposit(api, world, lines(("paper", 1000))), 409, "cap_reached")  # the cap still holds
+
+
+def test_reversing_yesterdays_deposit_leaves_todays_count(api, clock, world):
+    yesterday = deposit_ok(api, world, lines(("paper", 11_000)))
+    clock.advance(days=1)
+    deposit_ok(api, world, lines(("paper", 11_000)))
+    reverse(api, world, yesterday["entry_id"])
+    assert_error(deposit(api, world, lines(("paper", 1000))), 409, "cap_reached")  # today's 194 still count
 
 
 def test_daily_caps_are_per_resident(api, world):

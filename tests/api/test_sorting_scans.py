@@ -280,6 +280,17 @@ def test_daily_checkin_cap_is_ten_points(api, clock, world):
     assert scan_ok(api, resident, world["tokens"]["c"])["balance"] == 15
 
 
+def test_a_reversed_check_in_gives_its_cap_room_back_but_not_its_visit(api, world):
+    resident = api.resident()
+    first = scan_ok(api, resident, world["tokens"]["a"])
+    scan_ok(api, resident, world["tokens"]["b"])
+    reason = {"reason": "误扫"}
+    response = api.post(f"/ledger/entries/{first['entry_id']}/reverse", as_=world["admin"], json=reason)
+    assert response.status_code == 201, response.get_json()
+    assert scan_ok(api, resident, world["tokens"]["c"])["balance"] == 10  # 5 - 5 + 5 + 5
+    assert_error(scan(api, resident, world["tokens"]["a"]), 409, "already_claimed")  # the visit still happened
+
+
 # --- geofence ----------------------------------------------------------------------------------------------------
 
 
