@@ -112,8 +112,10 @@ class Deposit(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     items = relationship("DepositItem", lazy="selectin", order_by="DepositItem.id")
-    # Not stored: the ledger entry points at its deposit (ref_type "deposit"); services fill this in.
+    # Not stored: the ledger entry points at its deposit (ref_type "deposit"), and a reversal at that entry;
+    # services fill these in.
     entry_id = None
+    reversal_entry_id = None
 
 
 class DepositItem(db.Model):

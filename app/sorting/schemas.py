@@ -172,6 +172,12 @@ class DepositSchema(StrictSchema):
     )
     weight_g = Integer(required=True)
     entry_id = Integer(allow_none=True, metadata={"description": "the ledger entry; null for a deposit worth 0 points"})
+    reversal_entry_id = Integer(
+        allow_none=True,
+        metadata={
+            "description": "the entry that reversed this deposit's credit (its points were taken back); else null"
+        },
+    )
     items = fields.List(fields.Nested(DepositItemSchema), required=True)
     created_at = fields.AwareDateTime(required=True)
 

@@ -544,7 +544,12 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     except NotFound:  # no account to lock: the code names no resident who can take points
         raise _holder_refusal(resident_id) from None
     commit()
-    return deposit | {"id": deposit_id, "items": items, "entry_id": entry.id if entry else None}
+    return deposit | {
+        "id": deposit_id,
+        "items": items,
+        "entry_id": entry.id if entry else None,
+        "reversal_entry_id": None,
+    }
 
 
 @ledger.charges_caps("deposit")
@@ -595,12 +600,15 @@ def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
 
 
 def _with_entry_ids(deposits: list[Deposit]) -> None:
-    """Fill in each deposit's ledger entry (none for a deposit worth 0 points), in one query. The entry is found
-    through its resident's account, so the lookup uses the (account, kind, ref_type, ref_id) index."""
+    """Fill in each deposit's ledger entry (none for a deposit worth 0 points) and the entry that reversed it, if
+    any, in one query. The entry is found through its resident's account, so the lookup uses the (account, kind,
+    ref_type, ref_id) index; its reversal, through the unique reverses_id."""
     if deposits:
+        reversal = sa.orm.aliased(LedgerEntry)
         found = db.session.execute(
-            sa.select(Account.resident_id, LedgerEntry.ref_id, LedgerEntry.id)
+            sa.select(Account.resident_id, LedgerEntry.ref_id, LedgerEntry.id, reversal.id)
             .join(Account, Account.id == LedgerEntry.account_id)
+            .outerjoin(reversal, reversal.reverses_id == LedgerEntry.id)
             .where(
                 Account.resident_id.in_({d.resident_id for d in deposits}),
                 LedgerEntry.kind == "earn",
@@ -608,9 +616,11 @@ def _with_entry_ids(deposits: list[Deposit]) -> None:
                 LedgerEntry.ref_id.in_([str(d.id) for d in deposits]),
             )
         )
-        entry_ids = {(resident_id, ref_id): entry_id for resident_id, ref_id, entry_id in found}
+        entries = {(resident_id, ref_id): (entry_id, undone) for resident_id, ref_id, entry_id, undone in found}
         for deposit in deposits:
-            deposit.entry_id = entry_ids.get((deposit.resident_id, str(deposit.id)))
+            deposit.entry_id, deposit.reversal_entry_id = entries.get(
+                (deposit.resident_id, str(deposit.id)), (None, None)
+            )
 
 
 def _deposit_page(stmt: sa.Select, cursor: str | None, limit: int) -> dict[str, Any]:

@@ -942,6 +942,17 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
     assert "更早的记录" not in rest
 
 
+def test_a_points_page_marks_a_reversed_deposit(api, as_admin):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    body = {"member_code": api.member_code(api.resident()), "collection_point_id": point.id,
+            "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
+    made = api.post("/deposits", as_=collector, json=body).get_json()
+    assert "（已冲正）" not in text(as_admin.get(f"/admin/points/{point.id}"))
+    ledger.reverse_entry(SYSTEM, made["entry_id"], "称重错误")
+    assert "（已冲正）" in text(as_admin.get(f"/admin/points/{point.id}"))
+
+
 def test_a_workers_point_page_links_only_to_residents_it_may_open(api, as_worker):
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])

@@ -512,10 +512,20 @@ def test_reversing_a_deposit_gives_the_days_cap_room_back(api, world):
     wrong = deposit_ok(api, world, lines(("paper", 11_000), ("plastic", 1000)))  # rounded once: 193 + 14
     resident = world["resident"]
     assert _counters(resident.id) == {"sorting:paper": 193, "sorting:plastic": 14, "daily:total": wrong["points"]}
+    assert wrong["reversal_entry_id"] is None
     reverse(api, world, wrong["entry_id"])
     assert _counters(resident.id) == {"sorting:paper": 0, "sorting:plastic": 0, "daily:total": 0}
+    # every view of the deposit says its points were taken back
+    reversal = api.get("/me/ledger", as_=resident).get_json()["items"][0]
+    assert reversal["kind"] == "reverse"
+    read_back = api.get(f"/deposits/{wrong['id']}", as_=world["collector"]).get_json()
+    assert (read_back["entry_id"], read_back["reversal_entry_id"]) == (wrong["entry_id"], reversal["id"])
+    mine = api.get("/me/deposits", as_=resident).get_json()["items"]
+    assert [d["reversal_entry_id"] for d in mine] == [reversal["id"]]
     again = deposit_ok(api, world, lines(("paper", 11_000)))
     assert again["points"] == 194
+    listed = api.get(f"/collection-points/{world['a']}/deposits", as_=world["collector"]).get_json()["items"]
+    assert [d["reversal_entry_id"] is None for d in listed] == [True, False]  # newest first
     assert me(api, resident)["balance"] == 194
     assert _counters(resident.id)["sorting:paper"] == 194
     assert_error(deposit(api, world, lines(("paper", 1000))), 409, "cap_reached")  # the cap still holds
