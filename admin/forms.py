@@ -32,7 +32,9 @@ def many(name: str) -> list[str]:
 
 
 def load(schema: ma.Schema, data: dict[str, Any]) -> dict[str, Any]:
-    """Validate with the API's own schema, so the admin site accepts exactly what the API accepts."""
+    """Validate with the API's own schema, so the admin site accepts exactly what the API accepts (its numbers
+    arrive as the form's text)."""
+    schema.text_input = True
     try:
         return schema.load(data)
     except ma.ValidationError as exc:

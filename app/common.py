@@ -20,12 +20,27 @@ from app.errors import field_error
 MAX_LIMIT = 100
 
 
+def _from_text(field: fields.Field) -> bool:
+    """Whether the field is read from text (a query string, an admin form), where every value is a string, rather
+    than from a JSON body, where a number is a number."""
+    return getattr(field.root, "text_input", False)
+
+
 class Integer(fields.Integer):
-    """A whole number. A body's 2.5 is an error, where marshmallow's default would silently truncate it to 2; a
-    body's 2 or 2.0 and a query string's "2" are accepted (a string like "2.0" or "2.5" never was)."""
+    """A whole number. In a JSON body a JSON number: 2 or 2.0, but not the string "2", which marshmallow would take,
+    nor 2.5, which it would silently truncate to 2. In a query string or a form, its digits ("2.0" never was)."""
 
     def _validated(self, value: Any) -> int:
-        if isinstance(value, float) and not value.is_integer():
+        if (isinstance(value, float) and not value.is_integer()) or (isinstance(value, str) and not _from_text(self)):
+            raise self.make_error("invalid", input=value)
+        return super()._validated(value)
+
+
+class Float(fields.Float):
+    """A JSON number in a body (not the string "30.87"); digits in a query string or a form."""
+
+    def _validated(self, value: Any) -> float:
+        if isinstance(value, str) and not _from_text(self):
             raise self.make_error("invalid", input=value)
         return super()._validated(value)
 
@@ -100,6 +115,7 @@ class ErrorEnvelopeSchema(ma.Schema):
 
 
 class PageArgsSchema(ma.Schema):
+    text_input = True  # a query string
     cursor = fields.String(load_default=None)
     limit = Integer(load_default=20, validate=validate.Range(min=1, max=MAX_LIMIT))
 

@@ -92,6 +92,7 @@ class ResidentUpdateSchema(StrictSchema):
 
 
 class ResidentQuerySchema(StrictSchema):
+    text_input = True  # a query string
     community_id = Id(load_default=None)
     status = fields.String(load_default=None, validate=validate.OneOf(RESIDENT_STATUSES))
     cursor = fields.String(load_default=None)

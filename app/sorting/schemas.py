@@ -4,7 +4,7 @@ from datetime import date
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema, Text
+from app.common import Boolean, Float, Id, Integer, PageArgsSchema, StrictSchema, Text
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
@@ -22,8 +22,8 @@ class CollectionPointSchema(StrictSchema):
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
     address = Text(load_default="", validate=validate.Length(max=256))
-    lat = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
-    lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
+    lat = Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
+    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
     geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
@@ -49,8 +49,8 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     community_id = Id()
     kind = fields.String(validate=validate.OneOf(POINT_KINDS))
     address = Text(validate=validate.Length(max=256))
-    lat = fields.Float(allow_none=True, validate=validate.Range(min=-90, max=90))
-    lng = fields.Float(allow_none=True, validate=validate.Range(min=-180, max=180))
+    lat = Float(allow_none=True, validate=validate.Range(min=-90, max=90))
+    lng = Float(allow_none=True, validate=validate.Range(min=-180, max=180))
     geofence_m = Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
@@ -65,6 +65,7 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
 
 
 class PointQuerySchema(StrictSchema):
+    text_input = True  # a query string
     community_id = Id(load_default=None)
     kind = fields.String(load_default=None, validate=validate.OneOf(POINT_KINDS))
     category = fields.String(
@@ -83,6 +84,7 @@ class PointQuerySchema(StrictSchema):
 
 class DepositQuerySchema(PageArgsSchema):
     day = fields.Date(
+        "%Y-%m-%d",
         load_default=None,
         validate=validate.Range(min=date(2000, 1, 1), max=date(2099, 12, 31)),
         metadata={"description": "只看这一天（上海时间）的投递，YYYY-MM-DD"},
@@ -101,13 +103,13 @@ class MemberCodeSchema(StrictSchema):
 
 class ScanSchema(StrictSchema):
     token = fields.String(required=True, validate=validate.Length(min=1, max=512))
-    lat = fields.Float(
+    lat = Float(
         load_default=None,
         allow_none=True,
         validate=validate.Range(min=-90, max=90),
         metadata={"description": "the resident's position, with lng; required at a point with a geofence (422)"},
     )
-    lng = fields.Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
+    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):

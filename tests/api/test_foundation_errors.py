@@ -698,3 +698,36 @@ def test_the_sorting_additions_document_their_answers(spec, path, method, status
 def test_rotating_a_poster_documents_no_conflict(spec):
     """Rotating works on a retired point too (a leaked poster is revoked before it returns): no 409 to document."""
     assert "409" not in spec["paths"]["/api/v1/collection-points/{point_id}/qr/rotate"]["post"]["responses"]
+
+
+# --- numbers are numbers in a JSON body, and digits in a query string ------------------------------------------
+
+
+def test_a_number_sent_as_a_string_in_a_body_is_refused(api):
+    """The OpenAPI document says integer or number: "5" is text, and a points delta least of all may be guessed."""
+    admin, me = api.staff("admin"), api.resident()
+    point = {"name": "甲", "community_id": 1, "kind": "station", "geofence_m": "50"}
+    refused = [
+        (api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": "5", "reason": "类型测试"}), "delta"),
+        (api.patch("/me", as_=me, json={"community_id": "1"}), "community_id"),
+        (api.post("/scans", as_=me, json={"token": "x", "lat": "30.87", "lng": 121.3}), "lat"),
+        (api.post("/collection-points", as_=admin, json=point), "geofence_m"),
+    ]
+    for response, field in refused:
+        assert field in assert_error(response, 422, "validation_error")["details"]["fields"], field
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+    # a whole JSON number is still whole, and query strings still carry digits
+    assert (
+        api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 5.0, "reason": "整数"}).status_code == 201
+    )
+    assert api.get("/collection-points?community_id=1&limit=5").status_code == 200
+
+
+def test_a_day_is_written_yyyy_mm_dd(api):
+    admin = api.staff("admin")
+    point = api.post("/collection-points", as_=admin, json={"name": "日期站", "community_id": 1, "kind": "station"})
+    path = f"/collection-points/{point.get_json()['id']}/deposits"
+    assert api.get(f"{path}?day=2026-06-15", as_=admin).status_code == 200
+    assert (
+        "day" in assert_error(api.get(f"{path}?day=20260615", as_=admin), 422, "validation_error")["details"]["fields"]
+    )
