@@ -1,4 +1,4 @@
-"""Log in and log out."""
+"""Log in, log out, and change one's own password."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ from flask import flash, redirect, render_template, request, url_for
 
 from admin import labels, security
 from admin.blueprint import bp
-from admin.forms import text
+from admin.forms import load, rerender_on_error, text
 from app.auth import service as auth
-from app.errors import InvalidCredentials
+from app.auth.guards import session_after
+from app.auth.schemas import PasswordChangeSchema
+from app.errors import InvalidCredentials, field_error
 from app.extensions import failed_staff_logins, staff_login_attempts
+from app.people import service as people
 
 
 def _login_page(error: str | None = None, status: int = 200):
@@ -43,3 +46,27 @@ def logout():
     security.log_out(revoke=True)
     flash("已退出登录", "success")
     return redirect(url_for("admin.login"))
+
+
+def _password_page(error=None) -> str:
+    return render_template("admin/password.html", error=error)
+
+
+@bp.get("/password")
+def password_form():
+    return _password_page()
+
+
+@bp.post("/password")
+@staff_login_attempts()
+@rerender_on_error(_password_page)
+def change_password():
+    """The signed-in member's own password. Every other session ends; this browser starts a new one."""
+    form = {name: request.form.get(name) or "" for name in ("current_password", "new_password")}
+    body = load(PasswordChangeSchema(), form)
+    if request.form.get("confirm_password") != body["new_password"]:
+        raise field_error("confirm_password", "两次输入的新密码不一致")
+    staff = people.change_own_password(security.current_admin_actor(), body["current_password"], body["new_password"])
+    security.log_in(staff, since=session_after(staff.sessions_valid_after))
+    flash("密码已修改；其他设备上的登录已退出", "success")
+    return redirect(url_for("admin.dashboard"))

@@ -53,6 +53,9 @@ UNITS = {"kg": "千克", "item": "件", "visit": "次", "day": "天", "person_km
 FIELDS = {
     "username": "用户名",
     "password": "密码",
+    "current_password": "当前密码",
+    "new_password": "新密码",
+    "confirm_password": "确认新密码",
     "display_name": "显示名称",
     "role": "角色",
     "code": "编码",

@@ -71,12 +71,12 @@ def csrf_valid() -> bool:
 # Session
 
 
-def log_in(staff: Staff) -> None:
-    """A fresh session (and a fresh CSRF token) at every login."""
+def log_in(staff: Staff, since: int | None = None) -> None:
+    """A fresh session (and a fresh CSRF token) at every login. `since`: when it began, if not now."""
     session.clear()
     session[STAFF_KEY] = staff.id
     session[SID_KEY] = str(uuid.uuid4())
-    session[SINCE_KEY] = session_now()
+    session[SINCE_KEY] = session_now() if since is None else since
     csrf_token()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import wraps
@@ -127,6 +128,12 @@ _STATE = {
 def session_now() -> int:
     """Now, as sessions record when they began: Unix milliseconds by the app's clock."""
     return int(utcnow().timestamp() * 1000)
+
+
+def session_after(cut_off: datetime) -> int:
+    """The start (Unix milliseconds) of a session that a cut-off at `cut_off` does not end: its millisecond,
+    rounded up."""
+    return math.ceil(cut_off.timestamp() * 1000)
 
 
 def session_start(claims: dict) -> int:

@@ -4,9 +4,10 @@ from flask import request
 
 from app.apidoc import error_docs
 from app.auth import service
-from app.auth.guards import login_required
+from app.auth.guards import STAFF, current_actor, login_required
 from app.auth.schemas import (
     AccessTokenSchema,
+    PasswordChangeSchema,
     ResidentTokensSchema,
     StaffLoginSchema,
     StaffTokensSchema,
@@ -43,6 +44,18 @@ def wechat_login(body):
 def staff_login(body):
     """Staff login with username and password."""
     return service.login_staff(body["username"], body["password"])
+
+
+@blp.route("/password", methods=["POST"])
+@staff_login_attempts()
+@login_required(*STAFF)
+@error_docs(RateLimited)
+@blp.arguments(PasswordChangeSchema)
+@blp.response(200, StaffTokensSchema)
+def change_password(body):
+    """A staff member changes their own password, giving the current one (a wrong one is 422 on
+    `current_password`). Every session begun before, on any device, ends; the answer carries new tokens."""
+    return service.change_password(current_actor(), body["current_password"], body["new_password"])
 
 
 @blp.route("/refresh", methods=["POST"])

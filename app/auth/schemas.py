@@ -29,3 +29,8 @@ class StaffTokensSchema(StrictSchema):
 
 class AccessTokenSchema(StrictSchema):
     access_token = fields.String(required=True)
+
+
+class PasswordChangeSchema(StrictSchema):
+    current_password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
+    new_password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))

@@ -12,23 +12,23 @@ from flask_jwt_extended import create_access_token, create_refresh_token, get_jw
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from app.auth.guards import identity_for, session_now, session_start
+from app.auth.guards import Actor, identity_for, session_after, session_now, session_start
 from app.auth.models import RevokedSession
 from app.auth.wechat import make_client
 from app.clock import utcnow
 from app.db import commit, db
 from app.errors import AccountFrozen, InvalidCredentials
 from app.people.models import Staff
-from app.people.service import resident_for_openid
+from app.people.service import change_own_password, resident_for_openid
 
 # Checked against when the username is unknown, so both paths cost one hash.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
 
 
-def _tokens(identity: str, role: str) -> dict[str, str]:
+def _tokens(identity: str, role: str, since: int | None = None) -> dict[str, str]:
     sid = str(uuid.uuid4())
     # `since`: when the session began, by the app's clock; the refreshed access tokens keep it.
-    claims = {"sid": sid, "role": role, "since": session_now()}
+    claims = {"sid": sid, "role": role, "since": session_now() if since is None else since}
     return {
         "access_token": create_access_token(identity, additional_claims=claims),
         "refresh_token": create_refresh_token(identity, additional_claims=claims),
@@ -60,6 +60,13 @@ def login_staff(username: str, password: str) -> dict[str, Any]:
     if staff is None or not valid or not staff.active:
         raise InvalidCredentials()
     return {**_tokens(identity_for("staff", staff.id), staff.role), "staff": staff}
+
+
+def change_password(actor: Actor, current: str, new: str) -> dict[str, Any]:
+    """The caller's own new password; every earlier session ends, and this answer begins the caller's next one."""
+    staff = change_own_password(actor, current, new)
+    since = session_after(staff.sessions_valid_after)
+    return {**_tokens(identity_for("staff", staff.id), staff.role, since), "staff": staff}
 
 
 def refresh() -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from werkzeug.security import generate_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.auth.guards import Actor
@@ -247,6 +247,23 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     if "password" in data:
         details["password_reset"] = True  # the password itself is never recorded
     audit.record(actor, "staff.update", "staff", staff.id, details)
+    commit()
+    return staff
+
+
+def change_own_password(actor: Actor, current: str, new: str) -> Staff:
+    """A staff member changes their own password, giving the current one again. Every session begun before it ends,
+    on other devices too (a leaked password is the usual reason); the caller starts a new one at the cut-off."""
+    staff = get_or_404(Staff, actor.id, "账户不存在")
+    if not check_password_hash(staff.password_hash, current):
+        raise field_error("current_password", "当前密码不正确")
+    if new == current:
+        raise field_error("new_password", "新密码不能与当前密码相同")
+    new_hash = generate_password_hash(new)
+    _lock_accounts(actor, staff)
+    staff.password_hash = new_hash
+    staff.sessions_valid_after = utcnow()
+    audit.record(actor, "staff.password_change", "staff", staff.id, {"password_reset": True})
     commit()
     return staff
 

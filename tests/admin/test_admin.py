@@ -236,6 +236,40 @@ def test_a_deactivated_account_is_logged_out_on_its_next_request(as_admin, api):
     assert "账户已停用" in text(as_admin.get(response.headers["Location"]))
 
 
+def test_a_member_changes_its_own_password_and_stays_logged_in_here_only(as_admin, admin, app, clock):
+    elsewhere = Browser(app.test_client())
+    assert elsewhere.login(username_of(admin)).status_code == 302
+    clock.advance(seconds=1)
+    assert "修改密码" in text(as_admin.get("/admin/"))
+    as_admin.get("/admin/password")
+    form = {"current_password": PASSWORD, "new_password": "another-pass-77", "confirm_password": "another-pass-77"}
+    response = as_admin.post("/admin/password", form)
+    assert response.status_code == 302, text(response)
+    assert "密码已修改" in text(as_admin.get(response.headers["Location"]))
+    assert as_admin.get("/admin/residents").status_code == 200  # this browser keeps going
+    assert elsewhere.get("/admin/residents").status_code == 302  # the other one is logged out
+    assert Browser(app.test_client()).login(username_of(admin)).status_code == 401  # the old password is gone
+    assert Browser(app.test_client()).login(username_of(admin), "another-pass-77").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "confirm", "shown"),
+    [
+        ("wrong-password", "another-pass-77", "another-pass-77", "当前密码"),
+        (PASSWORD, "another-pass-77", "another-pass-78", "两次输入的新密码不一致"),
+        (PASSWORD, "short", "short", "新密码"),
+    ],
+)
+def test_a_refused_password_change_says_why_and_changes_nothing(as_admin, admin, app, current, new, confirm, shown):
+    as_admin.get("/admin/password")
+    form = {"current_password": current, "new_password": new, "confirm_password": confirm}
+    response = as_admin.post("/admin/password", form)
+    assert response.status_code == 422
+    assert shown in text(response)
+    assert as_admin.get("/admin/residents").status_code == 200
+    assert Browser(app.test_client()).login(username_of(admin)).status_code == 302
+
+
 def test_the_session_holds_only_who_since_when_and_the_csrf_token(as_admin, admin):
     with as_admin.client.session_transaction("/admin/") as session:
         assert set(session) <= {"admin_staff_id", "admin_csrf", "admin_sid", "admin_since", "_flashes"}

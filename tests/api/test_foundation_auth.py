@@ -738,3 +738,64 @@ def test_a_password_change_waits_for_a_login_in_flight_and_ends_its_session(app,
     assert answers["change"].status_code == 200
     token = answers["login"].get_json()["access_token"]
     assert_error(api.get("/staff/me", headers=_bearer(token)), 401, "token_revoked")
+
+
+# --- changing one's own password -----------------------------------------------------------------------------------
+
+
+def _change(api, caller, current: str, new: str):
+    body = {"current_password": current, "new_password": new}
+    return api.post("/auth/password", json=body, headers=caller.auth)
+
+
+def _username(staff_id: int) -> str:
+    return db.session.get(Staff, staff_id).username
+
+
+def test_a_staff_member_changes_its_own_password_and_every_earlier_session_ends(api, clock):
+    from app.audit.models import AuditEvent
+
+    member = api.staff("worker", community_id=community_id("hengkang"))
+    second = api.post("/auth/login", json={"username": _username(member.id), "password": PASSWORD}).get_json()
+    clock.advance(seconds=1)
+
+    response = _change(api, member, PASSWORD, "a-new-password-9")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["staff"]["id"] == member.id
+    assert "password" not in str(body["staff"])
+    # this answer's session works; the one it came from and the other device's do not
+    fresh = {"Authorization": f"Bearer {body['access_token']}"}
+    assert api.post("/auth/refresh", headers={"Authorization": f"Bearer {body['refresh_token']}"}).status_code == 200
+    assert api.get("/residents", headers=fresh).status_code == 200
+    assert_error(api.get("/residents", headers=member.auth), 401, "token_revoked")
+    assert_error(api.get("/residents", headers={"Authorization": f"Bearer {second['access_token']}"}), 401,
+                 "token_revoked")  # fmt: skip
+    # the old password is gone, the new one logs in
+    username = _username(member.id)
+    assert_error(api.post("/auth/login", json={"username": username, "password": PASSWORD}), 401, "invalid_credentials")
+    assert api.post("/auth/login", json={"username": username, "password": "a-new-password-9"}).status_code == 200
+    event = db.session.scalars(sa.select(AuditEvent).filter_by(action="staff.password_change")).one()
+    assert event.details == {"password_reset": True}
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "field"),
+    [
+        ("wrong-password", "a-new-password-9", "current_password"),
+        (PASSWORD, "short", "new_password"),
+        (PASSWORD, PASSWORD, "new_password"),
+    ],
+)
+def test_a_password_change_needs_the_current_password_and_a_new_one(api, current, new, field):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    error = assert_error(_change(api, worker, current, new), 422, "validation_error")
+    assert field in error["details"]["fields"]
+    assert api.get("/residents", headers=worker.auth).status_code == 200  # the session was not ended
+    login = {"username": _username(worker.id), "password": PASSWORD}
+    assert api.post("/auth/login", json=login).status_code == 200
+
+
+def test_a_resident_has_no_password_to_change(api):
+    resident = api.resident()
+    assert_error(_change(api, resident, "x", "a-new-password-9"), 403, "forbidden")
