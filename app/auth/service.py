@@ -55,7 +55,8 @@ def login_resident(code: str) -> dict[str, Any]:
 def login_staff(username: str, password: str) -> dict[str, Any]:
     # FOR SHARE: a password change or deactivation in flight (it locks the row) finishes first, so this login
     # either checks the new state or begins before the change's session cut-off.
-    staff = db.session.scalar(sa.select(Staff).where(Staff.username == username).with_for_update(read=True))
+    by_name = sa.func.lower(Staff.username) == username.lower()  # the unique index on lower(username)
+    staff = db.session.scalar(sa.select(Staff).where(by_name).with_for_update(read=True))
     valid = check_password_hash(staff.password_hash if staff else _DUMMY_HASH, password)
     if staff is None or not valid or not staff.active:
         raise InvalidCredentials()

@@ -61,7 +61,11 @@ staff_collection_points = sa.Table(
 
 class Staff(Timestamped, db.Model):
     __tablename__ = "staff"
-    __table_args__ = (sa.CheckConstraint(sa.column("role").in_(STAFF_ROLES), name="role"),)
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("role").in_(STAFF_ROLES), name="role"),
+        # Admin and admin are one name: a look-alike account cannot be made, and logins match any case.
+        sa.Index("uq_staff_username_lower", sa.func.lower(sa.column("username")), unique=True),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(sa.String(64), unique=True)

@@ -610,6 +610,22 @@ def test_a_community_code_with_a_trailing_newline_is_refused(api):
     assert "code" in error["details"]["fields"]
 
 
+def test_a_username_is_one_name_in_any_case(api):
+    """Otherwise "Admin" could sit beside "admin" in staff lists; and a login matches whatever case is typed."""
+    admin = api.staff("admin")
+    body = _staff_body("case.worker", "worker", community_id=community_id("hengkang"))
+    assert api.post("/staff", as_=admin, json=body).status_code == 201
+    look_alike = api.post("/staff", as_=admin, json={**body, "username": "Case.Worker"})
+    assert_error(look_alike, 409, "duplicate")
+    assert (
+        db.session.scalar(sa.select(sa.func.count()).select_from(Staff).filter(Staff.username.ilike("case.worker")))
+        == 1
+    )
+    login = api.post("/auth/login", json={"username": "CASE.worker", "password": PASSWORD})
+    assert login.status_code == 200
+    assert login.get_json()["staff"]["username"] == "case.worker"
+
+
 def test_a_merchants_stores_belong_to_its_organisation(api, world):
     """Otherwise another organisation's alliance account would manage, and could take over, a clerk of this store."""
     admin = world["admin"]
