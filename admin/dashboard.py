@@ -52,7 +52,7 @@ def _counts(actor) -> list[tuple[str, str, str]]:
         ("工作人员", str(_scalar(staff)), scope),
         ("回收点", str(_scalar(points)), f"{scope}在用"),
         ("积分记录", str(int(entries)), f"{scope}账本条目"),
-        ("累计发放积分", str(int(earned)), f"{scope}，当前余额合计 {int(balance)}"),
+        ("累计活动积分", str(int(earned)), f"{scope}，不含人工调整；当前余额合计 {int(balance)}"),
         ("累计减排", f"{int(co2e_g) / 1000:,.1f} kg", "CO₂e"),
     ]
     return cards

@@ -70,6 +70,7 @@ class Number(fields.Decimal):
 # nickname or a name they disguise what staff read in lists, and nothing typed by hand needs them.
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _LINE_BREAKS = frozenset("\t\n\r")
+_INVISIBLE = frozenset({"Cf", "Cc", "Zs", "Zl", "Zp"})  # format (zero-width), control and space characters
 
 
 class Text(fields.String):
@@ -86,6 +87,8 @@ class Text(fields.String):
         allowed = _LINE_BREAKS if self.multiline else frozenset()
         if any((unicodedata.category(char) == "Cc" and char not in allowed) or char in _BIDI_CONTROLS for char in text):
             raise ma.ValidationError("不能包含控制字符或文字方向控制符")
+        if not any(unicodedata.category(char) not in _INVISIBLE for char in text):
+            return ""  # only zero-width and space characters: shows as a blank, so it counts as empty
         return text
 
 

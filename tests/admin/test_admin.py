@@ -367,7 +367,7 @@ def scenery(api, admin):
 
 
 PAGES = [
-    ("/admin/", "累计发放积分"),
+    ("/admin/", "累计活动积分"),
     ("/admin/communities", "恒康社区"),
     ("/admin/organizations", "经发办"),
     ("/admin/staff", "新建账号"),
@@ -404,6 +404,20 @@ def test_worker_menu_and_dashboard_are_scoped(as_worker, api):
     assert "居民" in body
     assert 'href="/admin/organizations"' in body  # every staff member reads the alliance members
     assert as_worker.get("/admin/organizations").status_code == 200
+
+
+def test_the_dashboard_counts_activity_points_apart_from_adjustments(as_admin, api):
+    def cards() -> dict[str, str]:
+        return dict(
+            re.findall(
+                r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>', text(as_admin.get("/admin/"))
+            )
+        )
+
+    before = int(cards()["累计活动积分"])
+    ledger.adjust(SYSTEM, api.resident().id, 50, "补发积分")
+    assert int(cards()["累计活动积分"]) == before  # an adjustment is not activity
+    assert "不含人工调整" in text(as_admin.get("/admin/"))
 
 
 def test_alliance_member_sees_its_own_staff_only(api, browser):

@@ -173,6 +173,13 @@ def test_a_nickname_with_control_characters_is_refused(api, nickname):
     assert error["details"]["fields"]["nickname"] == ["不能包含控制字符或文字方向控制符"]
 
 
+@pytest.mark.parametrize("nickname", ["\u200b\u200b", "\u200d", " \ufeff\u3000 "])
+def test_a_nickname_of_only_invisible_characters_is_empty(api, nickname):
+    me = api.resident()
+    error = assert_envelope(api.patch("/me", as_=me, json={"nickname": nickname}), 422, "validation_error")
+    assert "nickname" in error["details"]["fields"]
+
+
 def test_emoji_sequences_in_a_nickname_are_kept(api):
     me = api.resident()
     nickname = "小林👨\u200d👩\u200d👧"  # joined by ZERO WIDTH JOINER, a format character but not a direction control
