@@ -314,6 +314,14 @@ def _decimal_bounds_as_numbers(self, field, ret, **kwargs) -> dict:
     return {key: int(value) if value == value.to_integral_value() else float(value) for key, value in bounds.items()}
 
 
+def _bearer_in_any_case() -> None:
+    """An authentication scheme is case-insensitive (RFC 9110), but Flask-JWT-Extended looks for `Bearer` exactly:
+    `bearer <token>` is read as the same thing."""
+    value = request.environ.get("HTTP_AUTHORIZATION")
+    if value and not value.startswith("Bearer ") and value[:7].lower() == "bearer ":
+        request.environ["HTTP_AUTHORIZATION"] = "Bearer " + value[7:]
+
+
 def register_http(app: Flask) -> None:
     from flask_smorest.spec.plugins import integerconverter2paramschema
 
@@ -326,6 +334,7 @@ def register_http(app: Flask) -> None:
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
     app.before_request(_assign_request_id)
+    app.before_request(_bearer_in_any_case)
     app.before_request(_require_json_body)
     app.before_request(_refuse_unstorable_query_and_form)
     app.after_request(_add_headers)

@@ -802,3 +802,11 @@ def test_a_password_change_needs_the_current_password_and_a_new_one(api, current
 def test_a_resident_has_no_password_to_change(api):
     resident = api.resident()
     assert_error(_change(api, resident, "x", "a-new-password-9"), 403, "forbidden")
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "BeArEr"])
+def test_the_bearer_scheme_is_read_in_any_case(api, scheme):
+    me = api.resident()
+    response = api.get("/me", headers={"Authorization": f"{scheme} {me.token}"})
+    assert response.status_code == 200, response.get_json()
+    assert_error(api.get("/me", headers={"Authorization": f"Basic {me.token}"}), 401, "unauthorized")
