@@ -145,14 +145,19 @@ def reset_staff_password(staff_id: int):
 
 def _resident_filters() -> dict:
     status = request.args.get("status") or None
-    return {"community_id": int_arg("community_id"), "status": status if status in ("active", "frozen") else None}
+    q = (request.args.get("q") or "").strip()[:32] or None
+    return {
+        "community_id": int_arg("community_id"),
+        "status": status if status in ("active", "frozen") else None,
+        "q": q,
+    }
 
 
 def _residents_page(error=None, **_ignored) -> str:
     actor = current_admin_actor()
     filters = _resident_filters()
     page = people.list_residents(
-        actor, filters["community_id"], filters["status"], request.args.get("cursor") or None, PAGE_SIZE
+        actor, filters["community_id"], filters["status"], request.args.get("cursor") or None, PAGE_SIZE, filters["q"]
     )
     return render_template(
         "admin/residents.html",

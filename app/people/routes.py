@@ -135,7 +135,8 @@ def update_me(body):
 @blp.arguments(ResidentQuerySchema, location="query")
 @blp.response(200, ResidentPage)
 def list_residents(query):
-    """Residents: all for admins, the own community's for workers."""
+    """Residents: all for admins, the own community's for workers. `q` finds a nickname containing the text (any
+    case), or the resident with that id."""
     return service.list_residents(current_actor(), **query)
 
 

@@ -95,5 +95,10 @@ class ResidentQuerySchema(StrictSchema):
     text_input = True  # a query string
     community_id = Id(load_default=None)
     status = fields.String(load_default=None, validate=validate.OneOf(RESIDENT_STATUSES))
+    q = Text(
+        load_default=None,
+        validate=validate.Length(min=1, max=32),
+        metadata={"description": "昵称中包含的文字，或居民 ID"},
+    )
     cursor = fields.String(load_default=None)
     limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))

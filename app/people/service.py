@@ -12,7 +12,7 @@ from app.audit import service as audit
 from app.auth.guards import Actor
 from app.clock import utcnow
 from app.common import keyset_page
-from app.db import commit, db, get_or_404, insert_unique, require_exists, run
+from app.db import MAX_ID, commit, db, get_or_404, insert_unique, require_exists, run
 from app.errors import Forbidden, InvalidState, NotFound, Unauthorized, field_error
 from app.exchange.models import Store
 from app.ledger.service import open_account, profile
@@ -327,7 +327,9 @@ def get_resident(actor: Actor, resident_id: int) -> Resident:
     return resident
 
 
-def list_residents(actor: Actor, community_id: int | None, status: str | None, cursor, limit) -> dict:
+def list_residents(
+    actor: Actor, community_id: int | None, status: str | None, cursor, limit, q: str | None = None
+) -> dict:
     actor.require_role("admin", "worker")
     if not actor.is_admin:
         if community_id not in (None, actor.community_id):
@@ -338,6 +340,9 @@ def list_residents(actor: Actor, community_id: int | None, status: str | None, c
         stmt = stmt.where(Resident.community_id == community_id)
     if status is not None:
         stmt = stmt.where(Resident.status == status)
+    if q:
+        found = Resident.nickname.icontains(q, autoescape=True)
+        stmt = stmt.where(found | (Resident.id == int(q)) if q.isdecimal() and int(q) <= MAX_ID else found)
     return keyset_page(stmt, Resident.id, cursor, limit)
 
 

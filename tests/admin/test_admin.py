@@ -406,6 +406,22 @@ def test_worker_menu_and_dashboard_are_scoped(as_worker, api):
     assert as_worker.get("/admin/organizations").status_code == 200
 
 
+def test_the_residents_page_finds_a_nickname_and_keeps_the_search_when_paging(api, as_admin, monkeypatch):
+    import admin.people_pages
+
+    monkeypatch.setattr(admin.people_pages, "PAGE_SIZE", 1)
+    for nickname in ("张三丰", "张三", "李四"):
+        api.patch("/me", as_=api.resident(community_code="hengkang"), json={"nickname": nickname})
+    page = text(as_admin.get("/admin/residents?q=张三"))
+    assert 'value="张三"' in page
+    assert "李四" not in page
+    following = re.search(r'href="([^"]+cursor=[^"]+)">下一页', page).group(1).replace("&amp;", "&")
+    assert "q=" in following
+    rest = text(as_admin.get(following))
+    assert "张三" in rest
+    assert "李四" not in rest
+
+
 def test_the_dashboard_counts_activity_points_apart_from_adjustments(as_admin, api):
     def cards() -> dict[str, str]:
         return dict(

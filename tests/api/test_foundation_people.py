@@ -582,6 +582,31 @@ def test_worker_freezes_only_residents_of_its_community(api):
     assert [r["id"] for r in frozen] == [home.id]
 
 
+def test_staff_find_residents_by_nickname_or_id_within_their_scope(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    admin = api.staff("admin")
+    home = api.resident(community_code="hengkang")
+    away = api.resident(community_code="xinhaiwan")
+    other = api.resident(community_code="hengkang")
+    for resident, nickname in ((home, "Lin 小林"), (away, "小林_2"), (other, "王阿姨")):
+        assert api.patch("/me", as_=resident, json={"nickname": nickname}).status_code == 200
+
+    def found(caller, q: str) -> list[int]:
+        return [r["id"] for r in api.get("/residents", as_=caller, query_string={"q": q}).get_json()["items"]]
+
+    assert found(worker, "小林") == [home.id]  # the other 小林 lives in another community
+    assert sorted(found(admin, "小林")) == sorted([home.id, away.id])
+    assert found(admin, "lin") == [home.id]  # any case
+    assert found(admin, "_") == [away.id]  # a LIKE wildcard is a plain character here
+    assert found(worker, str(other.id)) == [other.id]
+    assert found(worker, str(away.id)) == []
+    assert found(admin, "123456789012345678") == found(admin, "99999999999999999999") == []
+    assert (
+        "q"
+        in assert_error(api.get("/residents?q=" + "长" * 33, as_=admin), 422, "validation_error")["details"]["fields"]
+    )
+
+
 def test_freezing_an_unknown_resident_is_404(api):
     admin = api.staff("admin")
     assert_error(
