@@ -15,6 +15,7 @@ from admin.blueprint import bp
 from admin.forms import field_messages
 from app.db import db
 from app.errors import AppError, NotFound
+from app.http import refuse_unstorable_query_and_form
 from app.people import service as people
 
 log = logging.getLogger("app.admin")
@@ -43,6 +44,7 @@ HTTP_MESSAGES = {
 
 bp.record_once(lambda state: security.configure_cookies(state.app))
 bp.before_request(security.before_request)
+bp.before_request(refuse_unstorable_query_and_form)  # after the sign-in is known: the error page keeps the menu
 bp.after_request(security.after_request)
 
 

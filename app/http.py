@@ -182,9 +182,10 @@ def _printable(key: str) -> str:
 _FORMS = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
-def _refuse_unstorable_query_and_form() -> None:
+def refuse_unstorable_query_and_form() -> None:
     """The same for query strings and the admin site's forms. In a URL, U+0000 can only arrive as %00 (werkzeug
-    decodes invalid UTF-8 to U+FFFD, never to a surrogate), so most requests are passed on the raw bytes alone."""
+    decodes invalid UTF-8 to U+FFFD, never to a surrogate), so most requests are passed on the raw bytes alone. The
+    admin site runs it itself, once it knows who is signed in, so that its error page keeps the menu."""
     sources = [request.args] if b"%00" in request.query_string else []
     if request.mimetype in _FORMS:
         sources.append(request.form)
@@ -196,6 +197,11 @@ def _refuse_unstorable_query_and_form() -> None:
     }
     if fields:
         raise ValidationError(details={"fields": fields})
+
+
+def _refuse_unstorable_outside_admin() -> None:
+    if request.blueprint != "admin":
+        refuse_unstorable_query_and_form()
 
 
 def _whole_body() -> bytes:
@@ -336,7 +342,7 @@ def register_http(app: Flask) -> None:
     app.before_request(_assign_request_id)
     app.before_request(_bearer_in_any_case)
     app.before_request(_require_json_body)
-    app.before_request(_refuse_unstorable_query_and_form)
+    app.before_request(_refuse_unstorable_outside_admin)
     app.after_request(_add_headers)
     app.register_error_handler(AppError, handle_app_error)
     app.register_error_handler(HTTPException, handle_http_exception)

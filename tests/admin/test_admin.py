@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -899,6 +900,24 @@ def test_a_nul_character_in_a_form_or_query_is_refused_on_the_page(browser, as_w
     assert as_worker.get("/admin/residents?cursor=%00").status_code == 422
     db.session.expire_all()
     assert db.session.get(CollectionPoint, point.id).name == "恒康一号站"
+
+
+def test_a_refused_nul_keeps_the_signed_in_layout(as_worker):
+    """As a server has it, each request in a fresh context (a thread of its own): the test's own app context would
+    otherwise carry `g` over from the previous request and hide a page rendered before the sign-in is known."""
+    point = make_point()
+    edit = {"form": "edit", "name": "恒康\x00站", "kind": "station", "categories": ["paper"]}
+    requests = [
+        lambda: as_worker.post(f"/admin/points/{point.id}", edit),
+        lambda: as_worker.get("/admin/staff?cursor=%00"),
+    ]
+    for send in requests:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            response = pool.submit(send).result()
+        assert response.status_code == 422
+        assert "返回首页" in text(response)
+        assert "前往登录" not in text(response)
+        assert 'href="/admin/points"' in text(response)  # the menu
 
 
 def test_a_point_is_edited_from_its_page(as_worker):
