@@ -255,12 +255,15 @@ def change_own_password(actor: Actor, current: str, new: str) -> Staff:
     """A staff member changes their own password, giving the current one again. Every session begun before it ends,
     on other devices too (a leaked password is the usual reason); the caller starts a new one at the cut-off."""
     staff = get_or_404(Staff, actor.id, "账户不存在")
-    if not check_password_hash(staff.password_hash, current):
+    checked = staff.password_hash
+    if not check_password_hash(checked, current):
         raise field_error("current_password", "当前密码不正确")
     if new == current:
         raise field_error("new_password", "新密码不能与当前密码相同")
-    new_hash = generate_password_hash(new)
+    new_hash = generate_password_hash(new)  # slow: before the lock
     _lock_accounts(actor, staff)
+    if staff.password_hash != checked:  # reset meanwhile (say by an admin): the password given is no longer current
+        raise field_error("current_password", "当前密码不正确")
     staff.password_hash = new_hash
     staff.sessions_valid_after = utcnow()
     audit.record(actor, "staff.password_change", "staff", staff.id, {"password_reset": True})

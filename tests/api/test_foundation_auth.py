@@ -799,6 +799,24 @@ def test_a_password_change_needs_the_current_password_and_a_new_one(api, current
     assert api.post("/auth/login", json=login).status_code == 200
 
 
+@pg_concurrency
+def test_a_password_change_racing_an_admin_reset_does_not_undo_the_reset(app, api):
+    """The current password is checked before the slow hash; an admin's reset committed meanwhile wins, and the
+    change, which gave the old password, is refused once it has the account's lock."""
+    member = api.staff("worker", community_id=community_id("hengkang"))
+    db.session.commit()
+    reset = (
+        sa.update(Staff).where(Staff.id == member.id).values(password_hash=generate_password_hash("reset-by-admin-1"))
+    )
+    body = {"current_password": PASSWORD, "new_password": "a-new-password-9"}
+    response = during_an_uncommitted(
+        app, reset, lambda: app.test_client().post("/api/v1/auth/password", json=body, headers=member.auth)
+    )
+    assert "current_password" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    login = {"username": _username(member.id), "password": "reset-by-admin-1"}
+    assert api.post("/auth/login", json=login).status_code == 200
+
+
 def test_a_resident_has_no_password_to_change(api):
     resident = api.resident()
     assert_error(_change(api, resident, "x", "a-new-password-9"), 403, "forbidden")
