@@ -423,8 +423,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
 
 @ledger.charges_caps("checkin")
 def _checkin_charges(entry: LedgerEntry) -> list[CapCharge]:
-    rule = db.session.get(Rule, entry.rule_id) if entry.rule_id is not None else None
-    return carbon.cap_charges([(rule, entry.delta)], entry.created_at) if rule is not None else []
+    return carbon.cap_charges([(db.session.get(Rule, entry.rule_id), entry.delta)], entry.created_at)
 
 
 # Weighed deposits
@@ -554,8 +553,6 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
 
 @ledger.charges_caps("deposit")
 def _deposit_charges(entry: LedgerEntry) -> list[CapCharge]:
-    if not entry.ref_id.isdigit():
-        return []
     lines = db.session.execute(
         sa.select(Rule, DepositItem.points)
         .join(Rule, Rule.id == DepositItem.rule_id)
