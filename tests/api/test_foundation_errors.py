@@ -490,6 +490,21 @@ def test_openapi_lists_the_foundation_paths(spec):
     assert set(spec["paths"]["/api/v1/me"]) >= {"get", "patch"}
 
 
+def test_openapi_documents_changing_ones_own_password(spec):
+    operation = spec["paths"]["/api/v1/auth/password"]["post"]
+    assert operation["security"] == [{"bearerAuth": []}]
+    assert {"200", "401", "403", "422", "429"} <= set(operation["responses"])
+    assert "rate_limited" in _error_codes(spec, "/api/v1/auth/password", "post", 429)
+    body = _resolve(spec, operation["requestBody"]["content"]["application/json"]["schema"])
+    assert set(body["required"]) == {"current_password", "new_password"}
+    answer = _resolve(spec, operation["responses"]["200"]["content"]["application/json"]["schema"])
+    assert {"access_token", "refresh_token", "staff"} <= set(answer["properties"])
+    residents = spec["paths"]["/api/v1/residents"]["get"]["parameters"]
+    assert "q" in {parameter["name"] for parameter in residents}
+    deposit = _resolve(spec, spec["components"]["schemas"]["Deposit"])
+    assert "reversal_entry_id" in deposit["properties"]
+
+
 def test_openapi_declares_bearer_auth(spec):
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
