@@ -2,6 +2,9 @@ import multiprocessing
 import os
 
 from app.config import listen_address
+from app.serving import install_json_errors
+
+install_json_errors()
 
 bind = listen_address()
 workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))

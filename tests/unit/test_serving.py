@@ -1,0 +1,116 @@
+"""gunicorn.conf.py: what gunicorn refuses before the app sees a request still comes in the JSON envelope."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.serving import GUNICORN_CODES, error_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _exchange(path: Path, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gunicorn")
+    sock = folder / "api.sock"
+    env = {
+        **os.environ,
+        "BIND": f"unix:{sock}",
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_THREADS": "1",
+        "ACCESS_LOG": "/dev/null",
+        "DATABASE_URL": f"sqlite:///{folder / 'serving.db'}",
+    }
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    proc = subprocess.Popen(
+        [str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"gunicorn did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+        yield sock
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "code"),
+    [
+        (b"GET /api/v1/collection-points?q=" + b"x" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "uri_too_long"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n", 431, "headers_too_large"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(120)) + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
+        (b"GET /healthz HTTP/9.9\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: 1\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 400, "bad_request"),
+    ],
+    ids=["long-url", "large-header", "many-headers", "bad-version", "bad-header-name", "unknown-coding"],
+)
+def test_gunicorn_refusals_use_the_envelope(server, raw, status, code):
+    got, headers, body = _exchange(server, raw)
+    assert got == status
+    assert headers["content-type"] == "application/json"
+    assert headers["connection"] == "close"
+    assert int(headers["content-length"]) == len(body)
+    error = json.loads(body)["error"]
+    assert error["code"] == code
+    assert error["message"] == GUNICORN_CODES[status][1]
+    assert error["details"]["reason"]  # gunicorn's own diagnosis, for whoever reads the client's logs
+
+
+def test_a_status_gunicorn_may_add_later_still_gets_an_envelope():
+    head, _, body = error_bytes(500, "Internal Server Error", "").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert json.loads(body)["error"] == {
+        "code": "internal_error",
+        "message": "服务器内部错误，请稍后再试",
+        "details": {},
+    }
+    assert json.loads(error_bytes(418, "Teapot", "odd").partition(b"\r\n\r\n")[2])["error"]["code"] == "bad_request"
+
+
+def test_the_app_still_answers_through_the_same_server(server):
+    status, headers, body = _exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert headers["content-type"] == "application/json"
