@@ -256,7 +256,7 @@ def device_deposit(body):
 
 @blp.route("/devices", methods=["POST"])
 @login_required("admin", "worker")
-@error_docs(Duplicate, NotFound)
+@error_docs(Duplicate)
 @blp.arguments(DeviceCreateSchema)
 @blp.response(201, DeviceWithSecretSchema)
 def register_device(body):

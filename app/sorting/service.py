@@ -650,6 +650,7 @@ def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | 
 
 
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
+    require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
     point = get_point(data["collection_point_id"])
     _require_manager(actor, point.community_id)
     device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")

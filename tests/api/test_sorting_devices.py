@@ -141,7 +141,9 @@ def test_registration_is_validated(api, world):
         error = assert_error(api.post("/devices", as_=world["admin"], json=body), 422, "validation_error")
         assert "code" in error["details"]["fields"]
     body = {"code": "BIN-NOWHERE", "collection_point_id": 999999}
-    assert_error(api.post("/devices", as_=world["admin"], json=body), 404, "not_found")
+    # a body naming a point that is not there is that field's error, as on POST /deposits
+    error = assert_error(api.post("/devices", as_=world["admin"], json=body), 422, "validation_error")
+    assert error["details"]["fields"] == {"collection_point_id": ["回收点不存在"]}
     assert count(Device) == 1
     # the refused duplicate left the session usable
     assert register(api, world["admin"], world["b"], "BIN-B-001")["collection_point_id"] == world["b"]
