@@ -22,15 +22,36 @@ def staff_login_attempts():
 
 
 def failed_staff_logins(username: Callable[[], str]):
-    """Five failed staff logins per username per 15 minutes, counted together for the API and the admin site, so
-    that a second door does not double the guesses."""
-    return limiter.shared_limit(
+    """Failed staff logins, counted together for the API and the admin site so that a second door does not double
+    the guesses: five per username from one address per 15 minutes, and thirty per username from all addresses per
+    hour. Someone who only knows a username cannot lock its owner out from one address; guesses spread over many
+    addresses still stop at thirty an hour."""
+
+    def name() -> str:
+        return username()[:64].lower()
+
+    def failed(response) -> bool:
+        return response.status_code == 401
+
+    per_address = limiter.shared_limit(
         "5 per 15 minutes",
         scope="failed-staff-login",
         methods=["POST"],
-        key_func=lambda: f"login-user:{username()[:64].lower()}",
-        deduct_when=lambda response: response.status_code == 401,
+        key_func=lambda: f"login-user:{name()}@{get_remote_address()}",
+        deduct_when=failed,
     )
+    per_username = limiter.shared_limit(
+        "30 per hour",
+        scope="failed-staff-login-all",
+        methods=["POST"],
+        key_func=lambda: f"login-user:{name()}",
+        deduct_when=failed,
+    )
+
+    def decorator(view):
+        return per_address(per_username(view))
+
+    return decorator
 
 
 __all__ = ["api", "db", "jwt", "limiter", "migrate"]

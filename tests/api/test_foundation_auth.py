@@ -595,6 +595,38 @@ def test_five_failed_logins_lock_the_username(limited):
     assert _login(client, other).status_code == 200
 
 
+def _login_from(client, address: str, username: str, password: str = PASSWORD):
+    return client.post(
+        "/api/v1/auth/login",
+        json={"username": username, "password": password},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+def test_failures_from_one_address_do_not_lock_the_owner_out_elsewhere(limited):
+    """Someone who knows a collector's username cannot lock them out from the street: the five-failure lock is per
+    username and address."""
+    client = limited.test_client()
+    username = _limited_staff(limited, "targeted.user")
+    for _ in range(5):
+        assert_error(_login_from(client, "203.0.113.9", username, "wrong-password"), 401, "invalid_credentials")
+    assert_error(_login_from(client, "203.0.113.9", username), 429, "rate_limited")
+    assert _login_from(client, "198.51.100.7", username).status_code == 200
+
+
+def test_thirty_failures_from_many_addresses_lock_the_username_everywhere(limited):
+    client = limited.test_client()
+    username = _limited_staff(limited, "sprayed.user")
+    for i in range(30):
+        response = _login_from(client, f"203.0.113.{i // 4 + 1}", username, "wrong-password")
+        assert_error(response, 401, "invalid_credentials")
+    response = _login_from(client, "198.51.100.7", username)
+    assert_error(response, 429, "rate_limited")
+    assert 0 < int(response.headers["Retry-After"]) <= 60 * 60
+    # another username is untouched
+    assert _login_from(client, "198.51.100.7", _limited_staff(limited, "bystander.user")).status_code == 200
+
+
 def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeypatch):
     """Retry-After counts down: ten minutes into the 15-minute lock, about five are left."""
     now = [1_800_000_000.0]
@@ -614,7 +646,7 @@ def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeyp
 
 
 def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
-    """Five guesses per username in all: the admin site's login is not a second allowance."""
+    """Five guesses per username and address in all: the admin site's login is not a second allowance."""
     client = limited.test_client()
     username = _limited_staff(limited, "two.doors")
     for _ in range(3):
