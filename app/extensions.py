@@ -30,23 +30,15 @@ def failed_staff_logins(username: Callable[[], str]):
     def name() -> str:
         return username()[:64].lower()
 
-    def failed(response) -> bool:
-        return response.status_code == 401
+    def failures(limit: str, scope: str, key: Callable[[], str]):
+        return limiter.shared_limit(
+            limit, scope=scope, methods=["POST"], key_func=key, deduct_when=lambda response: response.status_code == 401
+        )
 
-    per_address = limiter.shared_limit(
-        "5 per 15 minutes",
-        scope="failed-staff-login",
-        methods=["POST"],
-        key_func=lambda: f"login-user:{name()}@{get_remote_address()}",
-        deduct_when=failed,
+    per_address = failures(
+        "5 per 15 minutes", "failed-staff-login", lambda: f"login-user:{name()}@{get_remote_address()}"
     )
-    per_username = limiter.shared_limit(
-        "30 per hour",
-        scope="failed-staff-login-all",
-        methods=["POST"],
-        key_func=lambda: f"login-user:{name()}",
-        deduct_when=failed,
-    )
+    per_username = failures("30 per hour", "failed-staff-login-all", lambda: f"login-user:{name()}")
 
     def decorator(view):
         return per_address(per_username(view))
