@@ -255,7 +255,7 @@ def device_deposit(body):
 
 
 @blp.route("/devices", methods=["POST"])
-@login_required("admin", "worker")
+@login_required("admin")
 @error_docs(Duplicate)
 @blp.arguments(DeviceCreateSchema)
 @blp.response(201, DeviceWithSecretSchema)
@@ -276,7 +276,7 @@ def update_device(body, device_id):
 
 
 @blp.route("/devices/<int:device_id>/secret/rotate", methods=["POST"])
-@login_required("admin", "worker")
+@login_required("admin")
 @idempotent
 @error_docs(NotFound)
 @blp.response(200, DeviceWithSecretSchema)

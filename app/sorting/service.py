@@ -649,7 +649,14 @@ def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | 
 # Smart-bin devices
 
 
+def _require_key_holder(actor: Actor) -> None:
+    """Whoever sees a bin's secret can sign deposits as the bin and so credit points. Only admins, who can adjust
+    points anyway, register bins or re-key them; a community worker retires and reactivates its own bins."""
+    actor.require_role("admin")
+
+
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
+    _require_key_holder(actor)
     require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
     point = get_point(data["collection_point_id"])
     _require_manager(actor, point.community_id)
@@ -684,6 +691,7 @@ def rotate_device_secret(actor: Actor, device_id: int, replaces: str | None = No
     """A new secret for a bin whose secret leaked: requests signed with the old one fail from now on. The new
     one is shown in this answer only. `replaces`, the fingerprint of the secret the caller saw, makes a form sent
     twice (a reload) a 409 instead of a second rotation that would void the secret just copied."""
+    _require_key_holder(actor)
     device = _managed_device(actor, device_id, lock=True)
     if replaces is not None and not hmac.compare_digest(replaces.encode(), device.secret_fingerprint.encode()):
         raise InvalidState("该设备的密钥已经更换过了，请刷新页面后再试")

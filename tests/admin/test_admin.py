@@ -1101,6 +1101,25 @@ def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     assert db.session.get(Device, device.id).secret == new
 
 
+def test_a_worker_retires_its_bins_but_neither_registers_nor_rekeys_them(as_worker):
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-005", "collection_point_id": point.id})
+    secret = device.secret
+    page = text(as_worker.get(f"/admin/points/{point.id}"))
+    assert f"/admin/points/{point.id}/devices/{device.id}/active" in page
+    assert f"/admin/points/{point.id}/devices/{device.id}/rotate" not in page
+    assert f'action="/admin/points/{point.id}/devices"' not in page
+    assert "请联系经发办管理员" in page
+    assert as_worker.post(f"/admin/points/{point.id}/devices", {"code": "bin-hk-own"}).status_code == 403
+    form = {"confirm": "yes", "replaces": device.secret_fingerprint}
+    refused = as_worker.post(f"/admin/points/{point.id}/devices/{device.id}/rotate", form)
+    assert refused.status_code == 403
+    assert secret not in text(refused)
+    db.session.expire_all()
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Device)) == 1
+    assert db.session.get(Device, device.id).secret == secret
+
+
 def test_bins_are_managed_only_under_their_own_point_and_community(as_worker):
     mine, theirs = make_point(), make_point("鑫海湾站", "xinhaiwan")
     my_bin = sorting.register_device(SYSTEM, {"code": "bin-hk-004", "collection_point_id": mine.id})

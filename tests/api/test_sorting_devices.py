@@ -73,7 +73,7 @@ def world(api):
         "worker": worker,
         "a": a,
         "b": b,
-        "device": register(api, worker, a, "BIN-A-001"),
+        "device": register(api, admin, a, "BIN-A-001"),
         "resident": api.resident(),
     }
 
@@ -115,6 +115,20 @@ def test_register_returns_the_secret_once(api, world):
     rest = api.get(f"/collection-points/{world['a']}/devices?limit=1&cursor={first['next']}", as_=world["admin"])
     assert [d["id"] for d in rest.get_json()["items"]] == [second["id"]]
     assert rest.get_json()["next"] is None
+
+
+def test_only_admins_hold_bin_secrets(api, world):
+    """A bin's secret signs deposits, and so credits points: a community worker, who cannot record deposits, must not
+    get one by registering a bin of its own or re-keying one, even at its own community's point."""
+    worker, device = world["worker"], world["device"]
+    body = {"code": "WORKER-OWN-BIN", "collection_point_id": world["a"]}
+    assert_error(api.post("/devices", as_=worker, json=body), 403, "forbidden")
+    response = api.post(f"/devices/{device['id']}/secret/rotate", as_=worker)
+    assert_error(response, 403, "forbidden")
+    assert "secret" not in response.get_data(as_text=True)
+    assert count(Device) == 1
+    assert db.session.get(Device, device["id"]).secret == device["secret"]
+    assert [action for action, _ in device_audit(device["id"])] == ["device.register"]
 
 
 def test_registration_is_scoped(api, world):
@@ -181,7 +195,7 @@ def test_a_retired_bin_is_refused_until_it_is_brought_back(api, world):
 
 def test_a_rotated_secret_replaces_the_old_one_at_once(api, world):
     device = world["device"]
-    response = api.post(f"/devices/{device['id']}/secret/rotate", as_=world["worker"])
+    response = api.post(f"/devices/{device['id']}/secret/rotate", as_=world["admin"])
     assert response.status_code == 200, response.get_json()
     rotated = response.get_json()
     assert (rotated["id"], rotated["code"], rotated["active"]) == (device["id"], device["code"], True)
@@ -195,15 +209,15 @@ def test_a_rotated_secret_replaces_the_old_one_at_once(api, world):
 
 
 def test_a_rotation_retried_with_its_idempotency_key_answers_the_same_secret(api, world):
-    device, worker = world["device"], world["worker"]
+    device, admin = world["device"], world["admin"]
     path = f"/devices/{device['id']}/secret/rotate"
-    first = api.post(path, as_=worker, headers={"Idempotency-Key": "rotate-bin-a-1"})
-    again = api.post(path, as_=worker, headers={"Idempotency-Key": "rotate-bin-a-1"})
+    first = api.post(path, as_=admin, headers={"Idempotency-Key": "rotate-bin-a-1"})
+    again = api.post(path, as_=admin, headers={"Idempotency-Key": "rotate-bin-a-1"})
     assert first.status_code == again.status_code == 200
     assert again.get_json() == first.get_json()
     assert db.session.get(Device, device["id"]).secret == first.get_json()["secret"]
     assert [action for action, _ in device_audit(device["id"])].count("device.rotate_secret") == 1
-    other = api.post(path, as_=worker, headers={"Idempotency-Key": "rotate-bin-a-2"}).get_json()
+    other = api.post(path, as_=admin, headers={"Idempotency-Key": "rotate-bin-a-2"}).get_json()
     assert other["secret"] != first.get_json()["secret"]
 
 
