@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import wraps
@@ -63,11 +64,28 @@ def identity_for(kind: str, obj_id: int) -> str:
     return f"{kind}:{obj_id}"
 
 
-def _parse_identity(sub: str) -> tuple[str, int]:
-    kind, _, raw_id = sub.partition(":")
-    if kind not in {"resident", "staff"} or not raw_id.isdigit():
-        raise Unauthorized("登录凭证无效")
-    return kind, int(raw_id)
+_SUBJECT = re.compile(r"(resident|staff):([0-9]{1,10})", re.ASCII)
+MAX_ID = 2**31 - 1  # the id columns are INTEGER
+
+
+def _parse_identity(sub: object) -> tuple[str, int] | None:
+    found = _SUBJECT.fullmatch(sub) if isinstance(sub, str) else None
+    if found is None or int(found[2]) > MAX_ID:
+        return None
+    return found[1], int(found[2])
+
+
+def well_formed(claims: dict) -> bool:
+    """The claims this app reads have the types it minted them with. Only a holder of the signing key could send
+    others, but a mistake there should be a 401, not a 500."""
+    sid, since = claims.get("sid"), claims.get("since", 0)
+    return (
+        _parse_identity(claims.get("sub")) is not None
+        and isinstance(sid, str)
+        and 0 < len(sid) <= 64
+        and type(since) is int
+        and 0 <= since < 2**53
+    )
 
 
 SCOPED_ROLES = ("merchant", "collector")
@@ -150,7 +168,10 @@ def issued_before(started_ms: int, valid_after: datetime | None) -> bool:
 def load_actor(claims: dict) -> Actor:
     """The caller as of now, in as few round trips as the hot paths allow: the person's state and the
     session's revocation in one statement, and scope ids only for the roles that have them."""
-    kind, obj_id = _parse_identity(claims["sub"])
+    parsed = _parse_identity(claims["sub"])
+    if parsed is None:
+        raise Unauthorized("登录凭证无效")
+    kind, obj_id = parsed
     rows = run(_STATE[kind], {"id": obj_id, "sid": claims.get("sid")}).all()
     row = rows[0] if rows else None
     if row is not None and row.revoked:
@@ -186,8 +207,9 @@ def authenticate(*roles: str, refresh: bool = False) -> Actor:
 
 
 def _require_open_session() -> None:
-    """A valid access token of a session not yet ended, whatever its account's state now."""
-    verify_jwt_in_request()
+    """A valid token, access or refresh, of a session not yet ended, whatever its account's state now: a client whose
+    access token has expired can still end its session with the refresh token."""
+    verify_jwt_in_request(verify_type=False)
     if run(_SESSION_REVOKED, {"sid": get_jwt().get("sid")}).scalar():
         raise TokenRevoked()
 

@@ -10,6 +10,7 @@ from flask_jwt_extended.config import config
 from flask_jwt_extended.default_callbacks import default_decode_key_callback
 from flask_jwt_extended.tokens import _decode_jwt
 
+from app.auth.guards import well_formed
 from app.http import error_response
 
 
@@ -83,6 +84,10 @@ def register_jwt(jwt: JWTManager) -> None:
     @jwt.needs_fresh_token_loader
     def not_fresh(header, payload):
         return error_response("unauthorized", "请重新登录后再试", 401)
+
+    @jwt.token_verification_loader
+    def verify_claims(header, payload) -> bool:
+        return well_formed(payload)
 
     @jwt.token_verification_failed_loader
     def failed(header, payload):

@@ -70,6 +70,7 @@ def refresh():
 @login_required(standing=False)
 @blp.response(204)
 def logout():
-    """Revoke this session: the access token and its refresh token both stop working. A frozen or deactivated
-    account may log out too."""
+    """Revoke this session: the access token and its refresh token both stop working. Either may be the bearer, so a
+    client whose access token has expired logs out with the refresh token. A frozen or deactivated account may log
+    out too."""
     service.logout()

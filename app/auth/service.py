@@ -77,7 +77,7 @@ def refresh() -> dict[str, str]:
 
 
 def logout() -> None:
-    """Revokes the session: the access token presented and the refresh token issued with it."""
+    """Revokes the session: the access and refresh tokens issued together, whichever of them is presented."""
     revoke_session(get_jwt()["sid"], current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
 
 

@@ -307,11 +307,23 @@ def test_a_deactivated_staff_member_can_still_log_out(api):
     assert_error(api.post("/auth/logout", as_=worker), 401, "token_revoked")
 
 
-def test_logout_needs_an_access_token(api):
+def test_logout_needs_a_token(api):
     resident = api.resident()
     assert_error(api.post("/auth/logout"), 401, "unauthorized")
-    assert_error(api.post("/auth/logout", headers=_bearer(resident.refresh)), 401, "unauthorized")
+    assert_error(api.post("/auth/logout", headers=_bearer("not-a-token")), 401, "unauthorized")
     assert api.get("/me", as_=resident).status_code == 200
+
+
+def test_logout_with_the_refresh_token_ends_the_session(api):
+    """A client whose access token has expired still ends its session, without refreshing first."""
+    resident = api.resident()
+    other = api.resident()
+    assert api.post("/auth/logout", headers=_bearer(resident.refresh)).status_code == 204
+    assert_error(api.get("/me", as_=resident), 401, "token_revoked")
+    assert_error(api.post("/auth/refresh", headers=_bearer(resident.refresh)), 401, "token_revoked")
+    assert_error(api.post("/auth/logout", headers=_bearer(resident.refresh)), 401, "token_revoked")
+    # another session of the app is untouched
+    assert api.post("/auth/refresh", headers=_bearer(other.refresh)).status_code == 200
 
 
 # --- bad tokens -----------------------------------------------------------------------------------------
@@ -445,6 +457,35 @@ def test_a_validly_signed_token_for_no_one_is_unauthorized(api, app, sub):
     with app.app_context():
         token = create_access_token(sub, additional_claims={"sid": str(uuid.uuid4()), "role": "resident"})
     assert_error(api.get("/me", headers=_bearer(token)), 401, "unauthorized")
+
+
+@pytest.mark.parametrize(
+    ("sub", "claims"),
+    [
+        ("resident:²", {}),  # a digit to str.isdigit, not to int()
+        ("resident:99999999999999999999", {}),  # beyond the INTEGER column
+        ("staff:2147483648", {}),
+        ("resident:١٢", {}),  # Arabic-Indic digits
+        (None, {"sid": {"nested": 1}}),
+        (None, {"sid": ["x"]}),
+        (None, {"sid": "x" * 65}),
+        (None, {"since": "abc"}),
+        (None, {"since": 1.5}),
+        (None, {"since": True}),
+        (None, {"since": -1}),
+        (None, {"since": 10**30}),
+    ],
+)
+def test_a_validly_signed_token_with_odd_claims_is_unauthorized(api, app, sub, claims):
+    """Only the signing key can mint these; still, each is a 401 in the envelope, never a 500."""
+    resident = api.resident()
+    with app.app_context():
+        token = create_access_token(
+            sub or f"resident:{resident.id}", additional_claims={"sid": str(uuid.uuid4()), "role": "resident"} | claims
+        )
+    for path in ("/me", "/staff/me", "/me/ledger"):
+        assert_error(api.get(path, headers=_bearer(token)), 401, "unauthorized")
+    assert_error(api.post("/auth/logout", headers=_bearer(token)), 401, "unauthorized")
 
 
 def test_a_resident_token_never_passes_as_staff(api):
