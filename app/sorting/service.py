@@ -337,21 +337,41 @@ def _holder_active(param: str) -> sa.Exists:
     )
 
 
+def _poster_current() -> sa.Exists:
+    """The point is active and its poster secret is still the one the token was checked against. The worker's copy
+    of the point may be up to RULE_CACHE_TTL_S old; this makes a rotated poster or a retired point refuse at once."""
+    return sa.exists(
+        sa.select(CollectionPoint.id).where(
+            CollectionPoint.id == sa.bindparam("claim_collection_point_id"),
+            CollectionPoint.qr_secret == sa.bindparam("claim_point_secret"),
+            CollectionPoint.active.is_(True),
+        )
+    )
+
+
 @cache
 def _checkin_claim(dialect: str) -> sa.Insert:
-    """Claims the (resident, point, day) slot for an active account; returns no row when it is already taken or the
-    account was frozen since the caller was authenticated."""
+    """Claims the (resident, point, day) slot for an active account at a point whose poster is current; returns no
+    row when the slot is taken, the account was frozen since the caller was authenticated, or the poster was
+    rotated or the point retired since this worker read it."""
     checkins = Checkin.__table__
     row = bound_row(checkins, {name: f"claim_{name}" for name in _CHECKIN_COLUMNS})
     return (
         upsert_insert(dialect)(checkins)
-        .from_select(list(_CHECKIN_COLUMNS), row.where(_holder_active("claim_resident_id")))
+        .from_select(list(_CHECKIN_COLUMNS), row.where(_holder_active("claim_resident_id"), _poster_current()))
         .on_conflict_do_nothing(index_elements=["resident_id", "collection_point_id", "day"])
         .returning(checkins.c.id)
     )
 
 
-def _checkin_refusal(resident_id: int) -> Exception:
+def _checkin_refusal(resident_id: int, point) -> Exception:
+    fresh = run(_POINT_ROW, {"id": point.id}).first()
+    if fresh is None or fresh.qr_secret != point.qr_secret:
+        clear_point_cache()
+        return InvalidQr()
+    if not fresh.active:
+        clear_point_cache()
+        return InvalidQr("该回收点已停用")
     if _frozen(resident_id):
         return AccountFrozen()
     return AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
@@ -402,8 +422,8 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
                "created_at": now}  # fmt: skip
     claim = ledger.Claim(
         _checkin_claim(dialect_name()),
-        {f"claim_{name}": value for name, value in checkin.items()},
-        lambda: _checkin_refusal(actor.id),
+        {f"claim_{name}": value for name, value in checkin.items()} | {"claim_point_secret": point.qr_secret},
+        lambda: _checkin_refusal(actor.id, point),
     )
     answer = {"kind": "checkin", "points": points, "collection_point_id": point.id, "day": day}
     if points == 0:  # a rule worth nothing today (paused by an admin): the visit still counts once a day

@@ -150,21 +150,38 @@ def test_rotating_revokes_old_posters(api, world):
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
 
 
-def test_a_point_changed_by_another_worker_takes_effect_within_the_cache_lifetime(api, world, monkeypatch):
-    """Each worker keeps a point's row briefly; here the database changes behind this worker's back."""
-    from app.carbon.service import RULE_CACHE_TTL_S
-    from app.sorting import service as sorting
+def test_a_point_retired_by_another_worker_refuses_scans_at_once(api, world):
+    """Each worker keeps a copy of the points; the claim itself checks the point is still active, so this worker's
+    copy (still active here) does not let a retired point pay."""
     from app.sorting.models import CollectionPoint
 
-    ticks = [1000.0]
-    monkeypatch.setattr(sorting._points, "_clock", lambda: ticks[0])
-    scan_ok(api, api.resident(), world["tokens"]["a"])
+    scan_ok(api, api.resident(), world["tokens"]["a"])  # this worker now holds the point's row
     db.session.execute(sa.update(CollectionPoint).where(CollectionPoint.id == world["a"]).values(active=False))
     db.session.commit()
-    ticks[0] += RULE_CACHE_TTL_S - 1
-    scan_ok(api, api.resident(), world["tokens"]["a"])  # still the cached row
-    ticks[0] += 1
-    assert_error(scan(api, api.resident(), world["tokens"]["a"]), 422, "invalid_qr")
+    late = api.resident()
+    error = assert_error(scan(api, late, world["tokens"]["a"]), 422, "invalid_qr")
+    assert error["message"] == "该回收点已停用"
+    assert api.get("/me", as_=late).get_json()["balance"] == 0
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Checkin)) == 1
+
+
+def test_an_old_poster_stops_at_once_when_another_worker_rotates_it(api, world):
+    """The poster page promises 旧海报将立即失效: this worker's copy still has the old secret, and the old token
+    verifies against it, but the claim checks the secret in the database."""
+    from app.sorting.models import CollectionPoint, new_secret
+
+    old = world["tokens"]["a"]
+    scan_ok(api, api.resident(), old)
+    rotate = sa.update(CollectionPoint).where(CollectionPoint.id == world["a"]).values(qr_secret=new_secret())
+    db.session.execute(rotate)
+    db.session.commit()
+    late = api.resident()
+    assert_error(scan(api, late, old), 422, "invalid_qr")
+    assert api.get("/me", as_=late).get_json()["balance"] == 0
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Checkin)) == 1
+    # the refusal dropped the stale copy: the new poster pays, and the old one stays refused
+    assert scan_ok(api, late, poster(api, world["admin"], world["a"])["token"])["points"] == 5
+    assert_error(scan(api, api.resident(), old), 422, "invalid_qr")
 
 
 def test_a_poster_rotated_by_another_worker_works_at_once(api, world):
