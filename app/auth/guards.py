@@ -15,7 +15,7 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from app.apidoc import extend_doc
 from app.auth.models import RevokedSession
 from app.clock import utcnow
-from app.db import run
+from app.db import MAX_ID, run
 from app.errors import AccountFrozen, Forbidden, TokenExpired, TokenRevoked, Unauthorized
 from app.people.models import STAFF_ROLES, Resident, Staff, staff_collection_points, staff_stores
 
@@ -65,7 +65,6 @@ def identity_for(kind: str, obj_id: int) -> str:
 
 
 _SUBJECT = re.compile(r"(resident|staff):([0-9]{1,10})", re.ASCII)
-MAX_ID = 2**31 - 1  # the id columns are INTEGER
 
 
 def _parse_identity(sub: object) -> tuple[str, int] | None:

@@ -668,6 +668,45 @@ def test_thirty_failures_from_many_addresses_lock_the_username_everywhere(limite
     assert _login_from(client, "198.51.100.7", _limited_staff(limited, "bystander.user")).status_code == 200
 
 
+def _signed_in(client, username: str) -> dict:
+    token = _login(client, username).get_json()["access_token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_guessing_the_current_password_stops_after_five_wrong_tries(limited):
+    """A stolen 15-minute session must not become the password, which lasts: a wrong current password counts, per
+    account, and the sixth try is 429 whatever it says."""
+    client = limited.test_client()
+    username = _limited_staff(limited, "guessed.user")
+    auth = _signed_in(client, username)
+    for i in range(5):
+        body = {"current_password": f"guess-{i}-xx", "new_password": "a-new-password-2026"}
+        error = assert_error(client.post("/api/v1/auth/password", json=body, headers=auth), 422, "validation_error")
+        assert "current_password" in error["details"]["fields"]
+    right = {"current_password": PASSWORD, "new_password": "a-new-password-2026"}
+    response = client.post("/api/v1/auth/password", json=right, headers=auth)
+    assert_error(response, 429, "rate_limited")
+    assert 0 < int(response.headers["Retry-After"]) <= 15 * 60
+    # nothing changed: the old password still logs in
+    assert _login_from(client, "198.51.100.7", username).status_code == 200
+    # the admin site's password page counts against the same account
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert (
+        client.post("/admin/login", data={"username": username, "password": PASSWORD, "csrf_token": csrf}).status_code
+        == 302
+    )
+    page = client.get("/admin/password").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"current_password": PASSWORD, "new_password": "a-new-password-2026",
+            "confirm_password": "a-new-password-2026", "csrf_token": csrf}  # fmt: skip
+    assert client.post("/admin/password", data=form).status_code == 429
+    # another account is untouched
+    other = _limited_staff(limited, "unguessed.user")
+    body = {"current_password": PASSWORD, "new_password": "a-new-password-2026"}
+    assert client.post("/api/v1/auth/password", json=body, headers=_signed_in(client, other)).status_code == 200
+
+
 def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeypatch):
     """Retry-After counts down: ten minutes into the 15-minute lock, about five are left."""
     now = [1_800_000_000.0]
