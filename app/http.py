@@ -8,6 +8,7 @@ import re
 import sys
 import uuid
 from decimal import Decimal
+from functools import wraps
 
 from flask import Flask, g, has_request_context, jsonify, request
 from flask.sessions import NullSession, SecureCookieSessionInterface
@@ -250,6 +251,27 @@ def _refuse_deep_nesting(data) -> None:
             raise BadRequest("JSON 嵌套层数过多")
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+
+
+def no_body(view):
+    """A POST that takes no body refuses one that says something, as every body's schema refuses an unknown field.
+    An empty body, `{}` or `null`, which some clients send by default, is no body."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        raw = request.get_data(cache=True)
+        if raw.strip():
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                raise BadRequest("请求体不是有效的 JSON") from None
+            if isinstance(data, dict) and data:
+                raise ValidationError(details={"fields": {_printable(key): ["不支持的字段"] for key in data}})
+            if data not in ({}, None):
+                raise ValidationError(details={"fields": {"_schema": ["该请求不需要请求体"]}})
+        return view(*args, **kwargs)
+
+    return error_docs(ValidationError, BadRequest)(wrapper)
 
 
 def _add_headers(response):

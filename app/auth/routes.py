@@ -15,7 +15,7 @@ from app.auth.schemas import (
 )
 from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
 from app.extensions import failed_staff_logins, staff_login_attempts
-from app.http import Blueprint
+from app.http import Blueprint, no_body
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
 
@@ -61,6 +61,7 @@ def change_password(body):
 @blp.route("/refresh", methods=["POST"])
 @login_required(refresh=True)
 @blp.response(200, AccessTokenSchema)
+@no_body
 def refresh():
     """Exchange a refresh token (as the bearer) for a new access token."""
     return service.refresh()
@@ -69,6 +70,7 @@ def refresh():
 @blp.route("/logout", methods=["POST"])
 @login_required(standing=False)
 @blp.response(204)
+@no_body
 def logout():
     """Revoke this session: the access token and its refresh token both stop working. Either may be the bearer, so a
     client whose access token has expired logs out with the refresh token. A frozen or deactivated account may log

@@ -22,7 +22,7 @@ from app.errors import (
     TooFar,
     Unauthorized,
 )
-from app.http import Blueprint
+from app.http import Blueprint, no_body
 from app.idempotency.service import idempotent, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
@@ -125,8 +125,10 @@ def update_point(body, point_id):
 @login_required("admin", "worker")
 @error_docs(NotFound)
 @blp.response(204)
+@no_body
 def delete_point(point_id):
-    """Retire a collection point: its posters stop working (within 10 seconds everywhere); its history stays."""
+    """Retire a collection point: its posters stop working at once, and deposits there within 10 seconds (each
+    server process's copy of the points); its history stays."""
     service.set_point_active(current_actor(), point_id, False)
 
 
@@ -163,8 +165,9 @@ def point_qr_svg(point_id):
 @login_required("admin", "worker")
 @error_docs(NotFound)
 @blp.response(200, PosterSchema)
+@no_body
 def rotate_point_qr(point_id):
-    """Issue a new poster secret: every poster printed before stops working (within 10 seconds everywhere)."""
+    """Issue a new poster secret: every poster printed before stops working at once."""
     return service.rotate_poster(current_actor(), point_id)
 
 
@@ -280,6 +283,7 @@ def update_device(body, device_id):
 @idempotent
 @error_docs(NotFound)
 @blp.response(200, DeviceWithSecretSchema)
+@no_body
 def rotate_device_secret(device_id):
     """Issue a new secret for a smart bin whose secret leaked. Requests signed with the old one answer 401 from
     now on; the new one is in this answer only (and in a retry's with the same `Idempotency-Key`)."""

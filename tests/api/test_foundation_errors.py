@@ -12,7 +12,7 @@ from openapi_spec_validator import validate
 from app import create_app
 from app.db import db
 from app.people.models import Community
-from tests.conftest import ApiClient, assert_error
+from tests.conftest import ApiClient, assert_error, community_id
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -753,3 +753,47 @@ def test_a_day_is_written_yyyy_mm_dd(api):
     assert (
         "day" in assert_error(api.get(f"{path}?day=20260615", as_=admin), 422, "validation_error")["details"]["fields"]
     )
+
+
+# --- POSTs that take no body -------------------------------------------------------------------------------------
+
+
+def _bodyless_requests(api):
+    """Each POST or DELETE that takes no body, with a caller allowed to send it."""
+    from app.sorting.models import CollectionPoint
+
+    admin = api.staff("admin")
+    resident = api.resident()
+    point = CollectionPoint(name="无正文测试点", community_id=community_id("hengkang"), kind="station", categories=[])
+    db.session.add(point)
+    db.session.commit()
+    device = api.post("/devices", as_=admin, json={"code": "NOBODY-BIN", "collection_point_id": point.id}).get_json()
+    refresh = {"Authorization": f"Bearer {resident.refresh}"}
+    return [
+        ("POST", f"/collection-points/{point.id}/qr/rotate", admin.auth),
+        ("POST", f"/devices/{device['id']}/secret/rotate", admin.auth),
+        ("POST", "/auth/refresh", refresh),
+        ("DELETE", f"/collection-points/{point.id}", admin.auth),
+        ("POST", "/auth/logout", refresh),  # last: it ends the resident's session
+    ]
+
+
+def test_a_post_that_takes_no_body_refuses_one_that_says_something(api):
+    """An unknown field is an error everywhere, never silently ignored: also where the body should be empty."""
+    requests = _bodyless_requests(api)
+    for method, path, auth in requests:
+        fields = assert_envelope(api.request(method, path, headers=auth, json={"x": 1}), 422, "validation_error")
+        assert fields["details"]["fields"] == {"x": ["不支持的字段"]}, path
+        listed = api.request(method, path, headers=auth, json=[1])
+        assert assert_envelope(listed, 422, "validation_error")["details"]["fields"] == {
+            "_schema": ["该请求不需要请求体"]
+        }
+        broken = api.request(method, path, headers=auth, data='{"x":', content_type="application/json")
+        assert_envelope(broken, 400, "bad_request")
+    # nothing was done by the refused requests; an empty body, {} or null is no body, and each works
+    for (method, path, auth), body in zip(requests, [None, {}, None, {}, None], strict=True):
+        response = api.request(method, path, headers=auth, json=body)
+        assert response.status_code in (200, 204), (path, response.get_json())
+    empty = api.post("/auth/wechat", json={"code": "stub:nobody-empty"}).get_json()
+    response = api.post("/auth/logout", headers={"Authorization": f"Bearer {empty['access_token']}"}, data=b"")
+    assert response.status_code == 204
