@@ -282,6 +282,14 @@ def _add_headers(response):
     return response
 
 
+def _retry_after_only_when_refused(response):
+    """Flask-Limiter puts its Retry-After on every answer of a limited route; it means "try again later" and belongs
+    only on a refusal."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response
+
+
 class IdConverter(IntegerConverter):
     """`<int:…>` in an API route: an id from 1 to MAX_ID, and a bigger one is a 404 whatever the method, not a
     database overflow (a route that merely did not match would be a misleading 405 where another method has one).
@@ -366,6 +374,8 @@ def register_http(app: Flask) -> None:
     app.before_request(_require_json_body)
     app.before_request(_refuse_unstorable_outside_admin)
     app.after_request(_add_headers)
+    # After-request functions run last-registered first; at the front, this one runs after Flask-Limiter's.
+    app.after_request_funcs.setdefault(None, []).insert(0, _retry_after_only_when_refused)
     app.register_error_handler(AppError, handle_app_error)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)
