@@ -88,7 +88,8 @@ def device_required(view):
 @blp.arguments(PointQuerySchema, location="query")
 @blp.response(200, PointPage)
 def list_points(query):
-    """Active collection points; `near=lat,lng` sorts by distance, and `community_id`, `kind` and `category`
+    """Active collection points; `near=lat,lng` sorts by distance (and lists only the points that have a position:
+    one without cannot be placed on the map), and `community_id`, `kind` and `category`
     narrow the list (`category=glass`: the points that take glass). `active=false` lists the retired ones instead."""
     return service.list_points(**query)
 
@@ -234,7 +235,7 @@ def list_point_deposits(query, point_id):
 
 
 @blp.route(f"/deposits/<int(max={MAX_BIG_ID}):deposit_id>", methods=["GET"])
-@login_required()
+@login_required(RESIDENT, "collector", "worker", "admin")
 @error_docs(NotFound, Forbidden)
 @blp.response(200, DepositSchema)
 def get_deposit(deposit_id):

@@ -679,6 +679,8 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     _require_key_holder(actor)
     require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
     point = get_point(data["collection_point_id"])
+    if not point.active:  # its deposits would all be refused
+        raise field_error("collection_point_id", "该回收点已停用，请先重新启用")
     _require_manager(actor, point.community_id)
     device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")
     audit.record(actor, "device.register", "device", device.id, {"code": device.code, "point": point.id})

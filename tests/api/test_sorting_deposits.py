@@ -296,6 +296,22 @@ def test_deposit_can_be_read_back_in_scope(api, world):
     assert_error(api.get("/deposits/999999", as_=world["admin"]), 404, "not_found")
 
 
+def test_roles_without_deposits_are_refused_before_any_lookup(api, world):
+    """A merchant or an alliance member has no deposits to read: refused alike whether the id exists or not, so the
+    answer tells nothing about which ids do."""
+    from app.exchange.models import Store
+    from app.people.models import Organization
+
+    organization = db.session.scalar(sa.select(Organization.id).limit(1))
+    store = Store(name="测试兑换点", organization_id=organization)
+    db.session.add(store)
+    db.session.commit()
+    body = deposit_ok(api, world, lines(("paper", 1000)))
+    for caller in (api.staff("merchant", store_ids=[store.id]), api.staff("alliance", organization_id=organization)):
+        assert_error(api.get(f"/deposits/{body['id']}", as_=caller), 403, "forbidden")
+        assert_error(api.get("/deposits/999999", as_=caller), 403, "forbidden")
+
+
 # --- a point's deposits ---------------------------------------------------------------------------------------------
 
 

@@ -155,6 +155,12 @@ def test_registration_is_validated(api, world):
         error = assert_error(api.post("/devices", as_=world["admin"], json=body), 422, "validation_error")
         assert "code" in error["details"]["fields"]
     body = {"code": "BIN-NOWHERE", "collection_point_id": 999999}
+    # a retired point takes no bins: every deposit there would be refused
+    retired = make_point(api, world["admin"], "已停用站")
+    assert api.delete(f"/collection-points/{retired}", as_=world["admin"]).status_code == 204
+    body_retired = {"code": "BIN-RETIRED", "collection_point_id": retired}
+    error = assert_error(api.post("/devices", as_=world["admin"], json=body_retired), 422, "validation_error")
+    assert error["details"]["fields"] == {"collection_point_id": ["该回收点已停用，请先重新启用"]}
     # a body naming a point that is not there is that field's error, as on POST /deposits
     error = assert_error(api.post("/devices", as_=world["admin"], json=body), 422, "validation_error")
     assert error["details"]["fields"] == {"collection_point_id": ["回收点不存在"]}
