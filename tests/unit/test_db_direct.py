@@ -17,7 +17,7 @@ from app.idempotency.service import _RECORD, _STORED
 from app.ledger import service as ledger
 from app.people.models import Resident
 from app.sorting import service as sorting
-from app.sorting.models import Checkin, CollectionPoint
+from app.sorting.models import Checkin, CollectionPoint, Deposit
 from tests.conftest import PG, SHANGHAI, ApiClient
 
 pytestmark = pytest.mark.skipif(not PG, reason="the direct path is PostgreSQL's")
@@ -95,6 +95,7 @@ def test_bind_processors_apply_to_direct_writes(resident):
     local = datetime(2026, 6, 15, 18, 30, tzinfo=SHANGHAI)
     slot = {"resident_id": person.id, "collection_point_id": point.id, "day": local.date(), "lat": None, "lng": None}
     claim = {f"claim_{name}": value for name, value in (slot | {"created_at": local}).items()}
+    claim["claim_point_secret"] = point.qr_secret
     claimed = run(sorting._checkin_claim("postgresql"), claim).scalar()
     stored = db.session.get(Checkin, claimed)
     db.session.refresh(stored)
@@ -142,12 +143,13 @@ def test_result_processors_apply_to_direct_answers(resident):
 
 
 def test_a_driver_error_is_raised_as_sqlalchemys_and_the_session_recovers(resident):
-    person, _ = resident
-    slot = {"resident_id": person.id, "collection_point_id": 10**6, "day": datetime(2026, 6, 15).date(), "lat": None}
-    claim = {f"claim_{name}": value for name, value in (slot | {"lng": None, "created_at": datetime.now(UTC)}).items()}
-    with pytest.raises(sa.exc.IntegrityError) as caught:  # no such point: a foreign key violation
-        run(sorting._checkin_claim("postgresql"), claim)
-    assert "fk_checkins_collection_point_id_collection_points" in str(caught.value.orig)
+    person, point = resident
+    deposit = {"resident_id": person.id, "member_code_nonce": "n-1", "collection_point_id": point.id,
+               "collector_id": None, "device_id": None, "points": 0, "co2e_g": 0, "weight_g": 1,
+               "created_at": datetime.now(UTC)}  # fmt: skip
+    with pytest.raises(sa.exc.IntegrityError) as caught:  # recorded by no one: a CHECK violation
+        run(sa.insert(Deposit.__table__).returning(Deposit.id), deposit)
+    assert "ck_deposits_one_recorder" in str(caught.value.orig)
     assert not caught.value.connection_invalidated
     db.session.rollback()
     assert run(sa.select(sa.literal(1))).scalar() == 1
