@@ -26,7 +26,9 @@ SERVER_ERROR = ("internal_error", "服务器内部错误，请稍后再试")
 def error_bytes(status: int, reason: str, detail: str) -> bytes:
     """A complete HTTP/1.1 response carrying the envelope; gunicorn closes the connection after it."""
     code, message = GUNICORN_CODES.get(status, SERVER_ERROR if status >= 500 else GUNICORN_CODES[400])
-    body = json.dumps(envelope(code, message, {"reason": detail} if detail else {}), ensure_ascii=False)
+    body = json.dumps(
+        envelope(code, message, {"reason": detail} if detail else {}), ensure_ascii=False, separators=(",", ":")
+    )
     payload = body.encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
