@@ -9,9 +9,9 @@ from admin.blueprint import bp
 from admin.forms import load, rerender_on_error, text
 from app.auth import service as auth
 from app.auth.guards import session_after
+from app.auth.limits import failed_staff_logins, staff_login_attempts
 from app.auth.schemas import PasswordChangeSchema
 from app.errors import InvalidCredentials, field_error
-from app.extensions import failed_staff_logins, staff_login_attempts
 from app.people import service as people
 
 
@@ -66,7 +66,8 @@ def change_password():
     body = load(PasswordChangeSchema(), form)
     if request.form.get("confirm_password") != body["new_password"]:
         raise field_error("confirm_password", "两次输入的新密码不一致")
-    staff = people.change_own_password(security.current_admin_actor(), body["current_password"], body["new_password"])
+    actor = security.current_admin_actor()
+    staff = people.change_own_password(actor, security.session_id(), body["current_password"], body["new_password"])
     security.log_in(staff, since=session_after(staff.sessions_valid_after))
     flash("密码已修改；其他设备上的登录已退出", "success")
     return redirect(url_for("admin.dashboard"))

@@ -88,6 +88,11 @@ def log_out(*, revoke: bool = False) -> None:
     session.clear()
 
 
+def session_id() -> str:
+    """The signed-in session's id (a page behind the sign-in has one)."""
+    return session[SID_KEY]
+
+
 def _session_ended(staff: Staff) -> bool:
     sid = session.get(SID_KEY)
     if sid is None or issued_before(session.get(SINCE_KEY, 0), staff.sessions_valid_after):

@@ -117,7 +117,7 @@ MAX_JSON_DEPTH = 32
 
 
 def _require_json_body():
-    if request.method in {"POST", "PUT", "PATCH"} and request.path.startswith("/api/"):
+    if request.method in {"POST", "PUT", "PATCH", "DELETE"} and request.path.startswith("/api/"):
         has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
         if has_body and not request.is_json:
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
@@ -271,7 +271,7 @@ def no_body(view):
                 raise ValidationError(details={"fields": {"_schema": ["该请求不需要请求体"]}})
         return view(*args, **kwargs)
 
-    return error_docs(ValidationError, BadRequest)(wrapper)
+    return error_docs(ValidationError, BadRequest, PayloadTooLarge)(wrapper)
 
 
 def _add_headers(response):

@@ -5,6 +5,7 @@ from flask import request
 from app.apidoc import error_docs
 from app.auth import service
 from app.auth.guards import STAFF, current_actor, login_required
+from app.auth.limits import failed_staff_logins, staff_login_attempts
 from app.auth.schemas import (
     AccessTokenSchema,
     PasswordChangeSchema,
@@ -14,7 +15,6 @@ from app.auth.schemas import (
     WeChatLoginSchema,
 )
 from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
-from app.extensions import failed_staff_logins, staff_login_attempts
 from app.http import Blueprint, no_body
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
@@ -54,7 +54,8 @@ def staff_login(body):
 @blp.response(200, StaffTokensSchema)
 def change_password(body):
     """A staff member changes their own password, giving the current one (a wrong one is 422 on
-    `current_password`). Every session begun before, on any device, ends; the answer carries new tokens."""
+    `current_password`; a session gets five tries per 15 minutes, then 429). Every session begun before, on any
+    device, ends; the answer carries new tokens."""
     return service.change_password(current_actor(), body["current_password"], body["new_password"])
 
 

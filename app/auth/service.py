@@ -65,7 +65,7 @@ def login_staff(username: str, password: str) -> dict[str, Any]:
 
 def change_password(actor: Actor, current: str, new: str) -> dict[str, Any]:
     """The caller's own new password; every earlier session ends, and this answer begins the caller's next one."""
-    staff = change_own_password(actor, current, new)
+    staff = change_own_password(actor, get_jwt()["sid"], current, new)
     since = session_after(staff.sessions_valid_after)
     return {**_tokens(identity_for("staff", staff.id), staff.role, since), "staff": staff}
 

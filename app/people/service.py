@@ -10,12 +10,12 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.audit import service as audit
 from app.auth.guards import Actor
+from app.auth.limits import take_password_check
 from app.clock import utcnow
 from app.common import keyset_page
 from app.db import MAX_ID, commit, db, get_or_404, insert_unique, require_exists, run
 from app.errors import Forbidden, InvalidState, NotFound, Unauthorized, field_error
 from app.exchange.models import Store
-from app.extensions import PasswordChecks
 from app.ledger.service import open_account, profile
 from app.people.models import Community, Organization, Resident, Staff, staff_collection_points
 from app.sorting.models import CollectionPoint
@@ -252,15 +252,14 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     return staff
 
 
-def change_own_password(actor: Actor, current: str, new: str) -> Staff:
+def change_own_password(actor: Actor, session_id: str, current: str, new: str) -> Staff:
     """A staff member changes their own password, giving the current one again. Every session begun before it ends,
-    on other devices too (a leaked password is the usual reason); the caller starts a new one at the cut-off."""
+    on other devices too (a leaked password is the usual reason); the caller starts a new one at the cut-off.
+    `session_id` is the caller's session, whose tries at the current password are limited."""
     staff = get_or_404(Staff, actor.id, "账户不存在")
-    checks = PasswordChecks(staff.id)
-    checks.refuse_if_exhausted()
+    take_password_check(staff.id, session_id)
     checked = staff.password_hash
     if not check_password_hash(checked, current):
-        checks.count_wrong()
         raise field_error("current_password", "当前密码不正确")
     if new == current:
         raise field_error("new_password", "新密码不能与当前密码相同")

@@ -118,7 +118,8 @@ def get_point(point_id):
 @blp.response(200, CollectionPointSchema)
 def update_point(body, point_id):
     """Change a collection point (admin; a worker in its own community). Check-ins and deposits see the change
-    within 10 seconds: each server process keeps a point's details that long."""
+    within 10 seconds: each server process keeps a point's details that long. Retiring it (`active: false`) stops
+    check-ins at once."""
     return service.update_point(current_actor(), point_id, body)
 
 
@@ -264,7 +265,8 @@ def device_deposit(body):
 @blp.arguments(DeviceCreateSchema)
 @blp.response(201, DeviceWithSecretSchema)
 def register_device(body):
-    """Register a smart bin at a point. The secret is shown only in this response."""
+    """Register a smart bin at an active point (admins only: whoever holds a bin's secret can sign deposits). The
+    secret is shown only in this response."""
     return service.register_device(current_actor(), body)
 
 
@@ -286,8 +288,8 @@ def update_device(body, device_id):
 @blp.response(200, DeviceWithSecretSchema)
 @no_body
 def rotate_device_secret(device_id):
-    """Issue a new secret for a smart bin whose secret leaked. Requests signed with the old one answer 401 from
-    now on; the new one is in this answer only (and in a retry's with the same `Idempotency-Key`)."""
+    """Issue a new secret for a smart bin whose secret leaked (admins only). Requests signed with the old one answer
+    401 from now on; the new one is in this answer only (and in a retry's with the same `Idempotency-Key`)."""
     return service.rotate_device_secret(current_actor(), device_id)
 
 

@@ -781,6 +781,12 @@ def _bodyless_requests(api):
 def test_a_post_that_takes_no_body_refuses_one_that_says_something(api):
     """An unknown field is an error everywhere, never silently ignored: also where the body should be empty."""
     requests = _bodyless_requests(api)
+    from app.sorting.models import CollectionPoint, Device
+
+    secrets = {
+        "point": db.session.scalar(sa.select(CollectionPoint.qr_secret).filter_by(name="无正文测试点")),
+        "device": db.session.scalar(sa.select(Device.secret).filter_by(code="NOBODY-BIN")),
+    }
     for method, path, auth in requests:
         fields = assert_envelope(api.request(method, path, headers=auth, json={"x": 1}), 422, "validation_error")
         assert fields["details"]["fields"] == {"x": ["不支持的字段"]}, path
@@ -790,10 +796,27 @@ def test_a_post_that_takes_no_body_refuses_one_that_says_something(api):
         }
         broken = api.request(method, path, headers=auth, data='{"x":', content_type="application/json")
         assert_envelope(broken, 400, "bad_request")
-    # nothing was done by the refused requests; an empty body, {} or null is no body, and each works
+    # the refused requests did nothing: no secret changed, the point is still active, the session still refreshes
+    from app.sorting.models import CollectionPoint, Device
+
+    db.session.expire_all()
+    point = db.session.scalar(sa.select(CollectionPoint).filter_by(name="无正文测试点"))
+    assert (point.qr_secret, point.active) == (secrets["point"], True)
+    assert db.session.scalar(sa.select(Device.secret).filter_by(code="NOBODY-BIN")) == secrets["device"]
+    # an empty body, {} or null is no body, and each works
     for (method, path, auth), body in zip(requests, [None, {}, None, {}, None], strict=True):
         response = api.request(method, path, headers=auth, json=body)
         assert response.status_code in (200, 204), (path, response.get_json())
     empty = api.post("/auth/wechat", json={"code": "stub:nobody-empty"}).get_json()
     response = api.post("/auth/logout", headers={"Authorization": f"Bearer {empty['access_token']}"}, data=b"")
     assert response.status_code == 204
+
+
+def test_a_delete_body_gets_the_same_checks_as_any_other(api):
+    """Nesting too deep, a body that is not JSON or not UTF-8: the same 400s as on a POST, never a 500."""
+    admin = api.staff("admin")
+    path = "/collection-points/1"
+    deep = "[" * 30_000 + "]" * 30_000
+    assert_envelope(api.delete(path, as_=admin, data=deep, content_type="application/json"), 400, "bad_request")
+    assert_envelope(api.delete(path, as_=admin, data="x=1", content_type="text/plain"), 400, "bad_request")
+    assert_envelope(api.delete(path, as_=admin, data=b'"\xff"', content_type="application/json"), 400, "bad_request")

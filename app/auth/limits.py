@@ -1,0 +1,46 @@
+"""The rate limits on staff credentials (API.md's list), counted together for the API and the admin site so that a
+second door does not double the guesses."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from limits import parse
+
+from app.errors import RateLimited
+from app.extensions import limiter
+
+
+def staff_login_attempts():
+    """Sixty staff login attempts per minute per address."""
+    return limiter.shared_limit("60 per minute", scope="staff-login", methods=["POST"])
+
+
+def failed_staff_logins(username: Callable[[], str]):
+    """Five failed staff logins per username per 15 minutes."""
+    return limiter.shared_limit(
+        "5 per 15 minutes",
+        scope="failed-staff-login",
+        methods=["POST"],
+        key_func=lambda: f"login-user:{username()[:64].lower()}",
+        deduct_when=lambda response: response.status_code == 401,
+    )
+
+
+_PASSWORD_CHECKS = parse("5 per 15 minutes")
+
+
+def take_password_check(staff_id: int, session_id: str) -> None:
+    """One check of a signed-in member's current password (changing it), counted before the check, right or wrong,
+    so that parallel guesses cannot all pass a test made before any of them is counted. Five per session per 15
+    minutes: someone holding a stolen session cannot guess the password, which outlives the session, and cannot use
+    up the owner's own session's tries either."""
+    if not limiter.enabled:
+        return
+    key = ("tph", "password-check", f"{staff_id}:{session_id}")
+    if not limiter.limiter.hit(_PASSWORD_CHECKS, *key):
+        reset_at = limiter.limiter.get_window_stats(_PASSWORD_CHECKS, *key).reset_time
+        wait = max(1, math.ceil(reset_at - time.time()))
+        raise RateLimited("修改密码尝试次数过多，请稍后再试", headers={"Retry-After": str(wait)})
