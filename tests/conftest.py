@@ -145,6 +145,18 @@ FAST_HASH = "pbkdf2:sha256:1000"
 
 
 @pytest.fixture(autouse=True)
+def limits_as_they_were():
+    """The Limiter is one module-level object, and every create_app() sets its on/off switch from that app's config
+    (on, unless RATELIMIT_ENABLED says otherwise). A test that makes an app of its own must not leave the limits on
+    for the tests after it in the same worker."""
+    from app.extensions import limiter
+
+    was = limiter.enabled
+    yield
+    limiter.enabled = was
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(monkeypatch):
     """Cheap staff password hashes keep the suite quick; checking still goes through werkzeug's verifier."""
     from werkzeug.security import generate_password_hash

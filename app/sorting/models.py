@@ -64,6 +64,8 @@ class Device(Timestamped, db.Model):
     """A smart bin. It signs each request with its secret (HMAC)."""
 
     __tablename__ = "devices"
+    # HK-BIN-02 and hk-bin-02 are one label painted on one bin.
+    __table_args__ = (sa.Index("uq_devices_code_lower", sa.func.lower(sa.column("code")), unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(sa.String(64), unique=True)

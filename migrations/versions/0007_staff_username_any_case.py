@@ -18,9 +18,11 @@ depends_on = None
 
 
 def upgrade():
-    clashes = op.get_bind().execute(
-        sa.text("SELECT lower(username), count(*) FROM staff GROUP BY lower(username) HAVING count(*) > 1")
-    ).all()
+    clashes = (
+        op.get_bind()
+        .execute(sa.text("SELECT lower(username), count(*) FROM staff GROUP BY lower(username) HAVING count(*) > 1"))
+        .all()
+    )
     if clashes:
         names = ", ".join(name for name, _ in clashes)
         raise RuntimeError(f"staff usernames that differ only in case: {names}; rename all but one, then upgrade")

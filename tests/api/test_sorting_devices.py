@@ -150,6 +150,9 @@ def test_registration_is_validated(api, world):
         409,
         "duplicate",
     )
+    # the label painted on the bin is one code whatever its case
+    same_label = {"code": "bin-a-001", "collection_point_id": world["b"]}
+    assert_error(api.post("/devices", as_=world["admin"], json=same_label), 409, "duplicate")
     for code in ("ab", "有空格 的", "x" * 65):
         body = {"code": code, "collection_point_id": world["a"]}
         error = assert_error(api.post("/devices", as_=world["admin"], json=body), 422, "validation_error")

@@ -34,7 +34,7 @@ def empty_database(tmp_path, worker_id):
     admin.dispose()
 
 
-EXPRESSION_INDEXES = {"uq_staff_username_lower"}
+EXPRESSION_INDEXES = {"uq_staff_username_lower", "uq_devices_code_lower"}
 
 
 def test_upgrade_head_matches_models(empty_database):
@@ -140,6 +140,33 @@ def test_revision_0004_clears_half_positions_then_refuses_them(empty_database):
             assert conn.scalar(sa.text("SELECT count(*) FROM devices")) == 3
             if conn.dialect.name == "sqlite":  # the references are enforced again after migrating
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        db.engine.dispose()
+
+
+def test_revision_0008_stops_on_device_codes_that_differ_only_in_case(empty_database, capfd):
+    from app.people.models import Community
+    from app.sorting.models import CollectionPoint, Device
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    with app.app_context():
+        upgrade(revision="0007")  # the columns are as at head; only the index is missing
+        community = Community(name="测试社区", code="case-test")
+        db.session.add(community)
+        db.session.flush()
+        point = CollectionPoint(name="测试点", community_id=community.id, kind="smart_bin")
+        db.session.add(point)
+        db.session.flush()
+        db.session.add_all([Device(code=code, collection_point_id=point.id) for code in ("HK-BIN-02", "hk-bin-02")])
+        db.session.commit()
+        db.session.remove()
+        with pytest.raises(SystemExit):  # flask-migrate logs the error and exits
+            upgrade(revision="0008")
+        assert "differ only in case: hk-bin-02" in capfd.readouterr().err
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE devices SET code = 'HK-BIN-03' WHERE code = 'hk-bin-02'"))
+        upgrade(revision="0008")
+        with db.engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0008"
         db.engine.dispose()
 
 
