@@ -8,7 +8,7 @@ from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
 from admin.forms import load, present, rerender_on_error
-from admin.security import current_admin_actor
+from admin.security import current_admin_actor, only
 from app.ledger import service as ledger
 from app.ledger.schemas import AdjustmentSchema
 from app.ledger.verify import verify_ledger
@@ -43,6 +43,7 @@ def resident(resident_id: int):
 
 
 @bp.post("/residents/<page_id:resident_id>/adjustments")
+@only("admin")
 @rerender_on_error(_resident_page)
 def adjust(resident_id: int):
     _resident_in_scope(resident_id)

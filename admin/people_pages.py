@@ -7,7 +7,7 @@ from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
 from admin.forms import active_switch, int_arg, load, many, present, rerender_on_error
-from admin.security import current_admin_actor
+from admin.security import current_admin_actor, only
 from app.db import db
 from app.exchange.models import Store
 from app.people import service as people
@@ -36,6 +36,7 @@ def communities():
 
 
 @bp.post("/communities")
+@only("admin")
 @rerender_on_error(_communities_page)
 def create_community():
     data = load(CommunitySchema(), present("code", "name"))
@@ -62,6 +63,7 @@ def organizations():
 
 
 @bp.post("/organizations")
+@only("admin")
 @rerender_on_error(_organizations_page)
 def create_organization():
     data = load(OrganizationSchema(), present("name", "kind", "community_id"))

@@ -7,7 +7,7 @@ from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
 from admin.forms import active_switch, int_arg, load, many, nullable, present, rerender_on_error, switch, text
-from admin.security import current_admin_actor
+from admin.security import current_admin_actor, only
 from app import qr
 from app.db import find
 from app.errors import NotFound, field_error
@@ -134,6 +134,7 @@ def rotate_poster(point_id: int):
 
 
 @bp.post("/points/<page_id:point_id>/devices")
+@only("admin")
 @rerender_on_error(_point_page)
 def register_device(point_id: int):
     """The device secret is shown on this response only: never stored in the session or a redirect."""
@@ -161,6 +162,7 @@ def set_device_active(point_id: int, device_id: int):
 
 
 @bp.post("/points/<page_id:point_id>/devices/<page_id:device_id>/rotate")
+@only("admin")
 @rerender_on_error(_point_page)
 def rotate_device_secret(point_id: int, device_id: int):
     """Like registration, the new secret is shown on this response only. The form names the secret it replaces, so

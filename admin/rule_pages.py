@@ -6,7 +6,7 @@ from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
 from admin.forms import load, nullable, rerender_on_error, text
-from admin.security import current_admin_actor
+from admin.security import current_admin_actor, only
 from admin.views import local_time
 from app.carbon import service as carbon
 from app.carbon.schemas import RulePublishSchema
@@ -40,6 +40,7 @@ def publish_rule_form():
 
 
 @bp.post("/rules/publish")
+@only("admin")
 @rerender_on_error(_publish_page)
 def publish_rule():
     """The form comes filled with the version in force; what is submitted becomes the next version.

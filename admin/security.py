@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import uuid
+from functools import wraps
 
 from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from markupsafe import Markup, escape
@@ -106,6 +107,20 @@ def current_staff() -> Staff | None:
 
 def current_admin_actor() -> Actor:
     return g.admin_actor
+
+
+def only(*roles: str):
+    """The role is checked before the form is read: a member without it gets 403 whatever the form says."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(**kwargs):
+            current_admin_actor().require_role(*roles)
+            return view(**kwargs)
+
+        return wrapper
+
+    return decorator
 
 
 def _safe_next(target: str | None) -> str | None:

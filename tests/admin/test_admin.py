@@ -1101,6 +1101,23 @@ def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     assert db.session.get(Device, device.id).secret == new
 
 
+def test_admin_only_forms_refuse_a_worker_before_reading_the_form(as_worker):
+    """A worker gets 403 whatever the form says; a bad form must not answer 422, as if it could have passed."""
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-006", "collection_point_id": point.id})
+    resident = db.session.scalar(sa.select(Resident.id).limit(1)) or 1
+    bad = {"code": "", "name": "", "kind": "nope", "delta": "x", "reason": "", "co2e_g_per_unit": "x"}
+    for path in (
+        "/admin/communities",
+        "/admin/organizations",
+        "/admin/rules/publish",
+        f"/admin/residents/{resident}/adjustments",
+        f"/admin/points/{point.id}/devices",
+        f"/admin/points/{point.id}/devices/{device.id}/rotate",
+    ):
+        assert as_worker.post(path, bad).status_code == 403, path
+
+
 def test_a_worker_retires_its_bins_but_neither_registers_nor_rekeys_them(as_worker):
     point = make_point()
     device = sorting.register_device(SYSTEM, {"code": "bin-hk-005", "collection_point_id": point.id})
