@@ -140,6 +140,10 @@ def create_staff(actor: Actor, data: dict[str, Any]) -> Staff:
     stores = _scoped_rows(Store, data.pop("store_ids", []), "store_ids", "兑换点")
     points = _scoped_rows(CollectionPoint, data.pop("collection_point_ids", []), "collection_point_ids", "回收点")
     _check_alliance_grant(actor, data, stores)
+    if not actor.is_admin and data.get("community_id") is not None:
+        home = db.session.get(Organization, data["organization_id"])
+        if home is None or data["community_id"] != home.community_id:
+            raise field_error("community_id", "只能填写本单位所在的社区")
     _check_role_scope(data["role"], data, stores, points)
     require_exists(Community, data.get("community_id"), "community_id", "社区不存在")
     require_exists(Organization, data.get("organization_id"), "organization_id", "单位不存在")

@@ -294,6 +294,25 @@ def test_alliance_creates_an_alliance_account_of_its_own_org(api, world):
     assert response.get_json()["organization_id"] == world["cafe"]
 
 
+def test_alliance_gives_its_accounts_only_its_own_community(api, world):
+    """科学咖啡社's community, or none: another community on its clerk would count the clerk there."""
+    from app.people.models import Organization
+
+    cafe_community = db.session.get(Organization, world["cafe"]).community_id
+    elsewhere = next(cid for cid in (community_id("hengkang"), community_id("xinhaiwan")) if cid != cafe_community)
+    alliance = api.staff("alliance", organization_id=world["cafe"])
+    body = _staff_body("cafe.far", "merchant", store_ids=[world["cafe_store"]], community_id=elsewhere)
+    error = assert_error(api.post("/staff", as_=alliance, json=body), 422, "validation_error")
+    assert error["details"]["fields"] == {"community_id": ["只能填写本单位所在的社区"]}
+    assert db.session.scalar(sa.select(Staff).filter_by(username="cafe.far")) is None
+    if cafe_community is not None:
+        body = _staff_body("cafe.near", "merchant", store_ids=[world["cafe_store"]], community_id=cafe_community)
+        assert api.post("/staff", as_=alliance, json=body).status_code == 201
+    # an admin places accounts anywhere
+    body = _staff_body("cafe.admin-made", "merchant", store_ids=[world["cafe_store"]], community_id=elsewhere)
+    assert api.post("/staff", as_=world["admin"], json=body).status_code == 201
+
+
 @pytest.mark.parametrize(
     "case", ["other-store", "admin", "worker", "collector", "other-org", "other-org-alliance", "mixed-stores"]
 )
