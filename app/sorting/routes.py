@@ -119,7 +119,7 @@ def get_point(point_id):
 def update_point(body, point_id):
     """Change a collection point (admin; a worker in its own community). Check-ins and deposits see the change
     within 10 seconds: each server process keeps a point's details that long. Retiring it (`active: false`) stops
-    check-ins at once."""
+    check-ins and deposits at once."""
     return service.update_point(current_actor(), point_id, body)
 
 
@@ -129,8 +129,7 @@ def update_point(body, point_id):
 @blp.response(204)
 @no_body
 def delete_point(point_id):
-    """Retire a collection point: its posters stop working at once, and deposits there within 10 seconds (each
-    server process's copy of the points); its history stays."""
+    """Retire a collection point: its posters and deposits there stop at once; its history stays."""
     service.set_point_active(current_actor(), point_id, False)
 
 

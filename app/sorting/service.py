@@ -282,7 +282,8 @@ _CODE_SPENT = sa.select(Deposit.id, Deposit.collection_point_id, Deposit.points)
 
 
 def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
-    """Why a deposit was not written: its member code paid for one already, or the account cannot take it."""
+    """Why a deposit was not written: its member code paid for one already, the point was retired, or the account
+    cannot take it."""
     spent = run(_CODE_SPENT, {"resident_id": deposit["resident_id"], "nonce": deposit["member_code_nonce"]}).first()
     if spent is not None and spent.collection_point_id == deposit["collection_point_id"]:
         # Most likely a retry whose answer was lost: say it went through, so nobody records the recyclables twice.
@@ -293,6 +294,9 @@ def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
         )
     if spent is not None:
         return Duplicate("该会员码已使用，请让居民刷新会员码后重试")
+    if not _point_open(deposit["collection_point_id"]):  # retired since this worker read it
+        clear_point_cache()
+        return field_error("collection_point_id", "该回收点已停用")
     return _holder_refusal(deposit["resident_id"])
 
 
@@ -320,6 +324,12 @@ def _point_row(point_id: int, accepts: Callable[[Any], bool] | None = None):
     return point
 
 
+def _point_open(point_id: int) -> bool:
+    """The point as it is now, not as this worker's copy has it."""
+    point = run(_POINT_ROW, {"id": point_id}).first()
+    return point is not None and point.active
+
+
 def clear_point_cache() -> None:
     _points.clear()
 
@@ -337,16 +347,14 @@ def _holder_active(param: str) -> sa.Exists:
     )
 
 
-def _poster_current() -> sa.Exists:
-    """The point is active and its poster secret is still the one the token was checked against. The worker's copy
-    of the point may be up to RULE_CACHE_TTL_S old; this makes a rotated poster or a retired point refuse at once."""
-    return sa.exists(
-        sa.select(CollectionPoint.id).where(
-            CollectionPoint.id == sa.bindparam("claim_collection_point_id"),
-            CollectionPoint.qr_secret == sa.bindparam("claim_point_secret"),
-            CollectionPoint.active.is_(True),
-        )
-    )
+def _point_still_open(param: str, secret_param: str | None = None) -> sa.Exists:
+    """The point is still active and, with `secret_param`, its poster secret is still the one the token was checked
+    against. The worker's copy of the point may be up to RULE_CACHE_TTL_S old; checked in the writing statement
+    itself, a retired point or a rotated poster is refused at once."""
+    conditions = [CollectionPoint.id == sa.bindparam(param), CollectionPoint.active.is_(True)]
+    if secret_param is not None:
+        conditions.append(CollectionPoint.qr_secret == sa.bindparam(secret_param))
+    return sa.exists(sa.select(CollectionPoint.id).where(*conditions))
 
 
 @cache
@@ -358,7 +366,13 @@ def _checkin_claim(dialect: str) -> sa.Insert:
     row = bound_row(checkins, {name: f"claim_{name}" for name in _CHECKIN_COLUMNS})
     return (
         upsert_insert(dialect)(checkins)
-        .from_select(list(_CHECKIN_COLUMNS), row.where(_holder_active("claim_resident_id"), _poster_current()))
+        .from_select(
+            list(_CHECKIN_COLUMNS),
+            row.where(
+                _holder_active("claim_resident_id"),
+                _point_still_open("claim_collection_point_id", "claim_point_secret"),
+            ),
+        )
         .on_conflict_do_nothing(index_elements=["resident_id", "collection_point_id", "day"])
         .returning(checkins.c.id)
     )
@@ -459,12 +473,14 @@ _ITEM_COLUMNS = ("category", "weight_g", "co2e_g", "points", "rule_id")
 
 @cache
 def _deposit_with_items() -> sa.Select:
-    """PostgreSQL: the deposit and its lines in one round trip, written only if the resident's account is active
-    (no row comes back otherwise). The lines come as arrays and keep their order. On SQLite the transaction holds
-    the write lock, so reading the status first is as good."""
+    """PostgreSQL: the deposit and its lines in one round trip, written only if the resident's account and the point
+    are active (no row comes back otherwise). The lines come as arrays and keep their order. On SQLite the
+    transaction holds the write lock, so reading the states first is as good."""
     deposits, items = Deposit.__table__, DepositItem.__table__
     columns = [c.name for c in deposits.c if c.name != "id"]
-    values = bound_row(deposits, {name: f"d_{name}" for name in columns}).where(_holder_active("d_resident_id"))
+    values = bound_row(deposits, {name: f"d_{name}" for name in columns}).where(
+        _holder_active("d_resident_id"), _point_still_open("d_collection_point_id")
+    )
     deposit = (
         upsert_insert("postgresql")(deposits)
         .from_select(columns, values)
@@ -503,7 +519,9 @@ def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int
     deposit_id = None
     if dialect_name() == "postgresql":
         deposit_id = run(_deposit_with_items(), _deposit_params(deposit, items)).scalar()
-    elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active":
+    elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active" and _point_open(
+        deposit["collection_point_id"]
+    ):
         deposit_id = run(_DEPOSIT_INSERT, deposit).scalar()
         if deposit_id is not None:
             run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])

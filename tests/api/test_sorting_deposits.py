@@ -707,3 +707,18 @@ def test_a_point_id_that_is_not_a_whole_number_is_refused_not_truncated(api, wor
     response = api.post("/deposits", as_=world["collector"], json=body)
     assert "collection_point_id" in assert_error(response, 422, "validation_error")["details"]["fields"]
     assert count(Deposit) == 0
+
+
+def test_a_point_retired_by_another_worker_refuses_deposits_at_once(api, world):
+    """This worker's copy of the point still says active; the deposit's own statement checks the point as it is."""
+    from app.sorting.models import CollectionPoint
+
+    deposit_ok(api, world, lines(("paper", 1000)))  # this worker now holds the point's row
+    db.session.execute(sa.update(CollectionPoint).where(CollectionPoint.id == world["a"]).values(active=False))
+    db.session.commit()
+    late = api.resident()
+    for items in (lines(("paper", 1000)), lines(("glass", 10))):  # worth points, and worth none (no ledger entry)
+        error = assert_error(deposit(api, world, items, resident=late), 422, "validation_error")
+        assert error["details"]["fields"] == {"collection_point_id": ["该回收点已停用"]}
+    assert api.get("/me", as_=late).get_json()["balance"] == 0
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(Deposit)) == 1
