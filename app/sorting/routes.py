@@ -56,13 +56,20 @@ def _image(data: bytes, mimetype: str) -> Response:
     return response
 
 
+def _signed_path() -> str:
+    """What a bin signs as PATH: the path, with its query string if it sends one, so that nothing in the URL goes
+    unsigned."""
+    query = request.query_string.decode("latin-1")
+    return f"{request.path}?{query}" if query else request.path
+
+
 def device_required(view):
     """Smart bins authenticate with an HMAC signature instead of a bearer token."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
         try:
-            g.actor = service.authenticate_device(request.headers, request.method, request.path, request.get_data())
+            g.actor = service.authenticate_device(request.headers, request.method, _signed_path(), request.get_data())
         except service.ReplayedSignature as replay:
             # A bin resending the very request whose answer it lost, with its Idempotency-Key, gets that answer;
             # without one, or before any answer was stored, a replay is refused.
@@ -78,7 +85,10 @@ def device_required(view):
         for name, text in (
             ("X-Device-Id", "设备编号（登记时返回的 id）"),
             ("X-Timestamp", "Unix 秒；与服务器时间相差不得超过 5 分钟"),
-            ("X-Signature", "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))"),
+            (
+                "X-Signature",
+                "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))；PATH 含查询字符串（如有）",
+            ),
         )
     )
     return extend_doc(wrapper, view, errors=(Unauthorized, Duplicate), headers=headers)

@@ -333,7 +333,12 @@ def test_signature_binds_the_path(api, world):
     assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
     kwargs = signed(world["device"], body_for(api, world), method="PUT")
     assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    # nothing in the URL goes unsigned: a query string added on the way is refused, one the bin signed is not
+    kwargs = signed(world["device"], body_for(api, world))
+    assert_error(api.post(f"{PATH}?x=1", **kwargs), 401, "unauthorized")
     assert count(Deposit) == 0
+    kwargs = signed(world["device"], body_for(api, world), path=f"{PATH}?batch=7")
+    assert api.post(f"{PATH}?batch=7", **kwargs).status_code == 201
 
 
 def test_clock_window_is_five_minutes(api, clock, world):
