@@ -81,11 +81,15 @@ def find(model, obj_id: object):
     return db.session.get(model, obj_id) if fits_key(obj_id, sa.inspect(model).primary_key[0].type) else None
 
 
-def require_exists(model, obj_id: int | None, field: str, message: str) -> None:
+def require_exists(model, obj_id: int | None, field: str, message: str):
     """A reference in a request body (a community, an organisation) must name a row: otherwise it is that field's
-    validation error, not the database's foreign key error. None refers to nothing and passes."""
-    if obj_id is not None and find(model, obj_id) is None:
+    validation error, not the database's foreign key error. Returns the row; None refers to nothing and passes."""
+    if obj_id is None:
+        return None
+    obj = find(model, obj_id)
+    if obj is None:
         raise field_error(field, message)
+    return obj
 
 
 def get_or_404(model, obj_id: int, message: str = "资源不存在"):

@@ -695,8 +695,7 @@ def _require_key_holder(actor: Actor) -> None:
 
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     _require_key_holder(actor)
-    require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
-    point = get_point(data["collection_point_id"])
+    point = require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
     if not point.active:  # its deposits would all be refused
         raise field_error("collection_point_id", "该回收点已停用，请先重新启用")
     _require_manager(actor, point.community_id)
