@@ -281,7 +281,7 @@ _CODE_SPENT = sa.select(Deposit.id, Deposit.collection_point_id, Deposit.points)
 )
 
 
-def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
+def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
     """Why a deposit was not written: its member code paid for one already, the point was retired, or the account
     cannot take it."""
     spent = run(_CODE_SPENT, {"resident_id": deposit["resident_id"], "nonce": deposit["member_code_nonce"]}).first()
@@ -294,8 +294,8 @@ def _deposit_refusal(deposit: dict[str, Any]) -> Exception:
         )
     if spent is not None:
         return Duplicate("该会员码已使用，请让居民刷新会员码后重试")
-    if not _point_open(deposit["collection_point_id"]):  # retired since this worker read it
-        clear_point_cache()
+    now = _point_now(point)
+    if now is None or not now.active:  # retired since this worker read it
         return field_error("collection_point_id", "该回收点已停用")
     return _holder_refusal(deposit["resident_id"])
 
@@ -324,10 +324,14 @@ def _point_row(point_id: int, accepts: Callable[[Any], bool] | None = None):
     return point
 
 
-def _point_open(point_id: int) -> bool:
-    """The point as it is now, not as this worker's copy has it."""
-    point = run(_POINT_ROW, {"id": point_id}).first()
-    return point is not None and point.active
+def _point_now(copy):
+    """The point as it is now, not as `copy` (this worker's copy of its row) has it. Read when a write refused
+    what the copy allowed, say because the point was retired or its poster rotated: a copy found stale is dropped,
+    so the next request reads afresh."""
+    now = run(_POINT_ROW, {"id": copy.id}).first()
+    if now != copy:
+        clear_point_cache()
+    return now
 
 
 def clear_point_cache() -> None:
@@ -379,12 +383,10 @@ def _checkin_claim(dialect: str) -> sa.Insert:
 
 
 def _checkin_refusal(resident_id: int, point) -> Exception:
-    fresh = run(_POINT_ROW, {"id": point.id}).first()
-    if fresh is None or fresh.qr_secret != point.qr_secret:
-        clear_point_cache()
+    now = _point_now(point)
+    if now is None or now.qr_secret != point.qr_secret:
         return InvalidQr()
-    if not fresh.active:
-        clear_point_cache()
+    if not now.active:
         return InvalidQr("该回收点已停用")
     if _frozen(resident_id):
         return AccountFrozen()
@@ -507,26 +509,26 @@ def _deposit_params(deposit: dict[str, Any], items: list[dict[str, Any]]) -> dic
     return params | {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
 
 
-def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]]) -> ledger.Claim:
+def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]], point) -> ledger.Claim:
     """PostgreSQL: the deposit and its lines as the slot its ledger entry claims, so that they are written in the
-    same round trip as the account lock, and only for an active account."""
+    same round trip as the account lock, and only for an active account at an active point."""
     params = _deposit_params(deposit, items)
-    return ledger.Claim(_deposit_with_items(), params, lambda: _deposit_refusal(deposit))
+    return ledger.Claim(_deposit_with_items(), params, lambda: _deposit_refusal(deposit, point))
 
 
-def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]]) -> int:
-    """Write the deposit and its lines for an active account; refuse otherwise."""
+def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]], point) -> int:
+    """Write the deposit and its lines for an active account at an active point; refuse otherwise."""
     deposit_id = None
     if dialect_name() == "postgresql":
         deposit_id = run(_deposit_with_items(), _deposit_params(deposit, items)).scalar()
-    elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active" and _point_open(
-        deposit["collection_point_id"]
+    elif run(_RESIDENT_STATUS, {"id": deposit["resident_id"]}).scalar() == "active" and getattr(
+        _point_now(point), "active", False
     ):
         deposit_id = run(_DEPOSIT_INSERT, deposit).scalar()
         if deposit_id is not None:
             run(_DEPOSIT_ITEMS_INSERT, [{"deposit_id": deposit_id, **item} for item in items])
     if deposit_id is None:
-        raise _deposit_refusal(deposit)
+        raise _deposit_refusal(deposit, point)
     return deposit_id
 
 
@@ -572,10 +574,10 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     entry = None
     try:
         if points > 0 and dialect_name() == "postgresql":
-            entry = credit(claim=_deposit_claim(deposit, items))
+            entry = credit(claim=_deposit_claim(deposit, items, point))
             deposit_id = int(entry.ref_id)
         else:
-            deposit_id = _insert_deposit(deposit, items)
+            deposit_id = _insert_deposit(deposit, items, point)
             if points > 0:
                 entry = credit(ref_id=deposit_id)
     except NotFound:  # no account to lock: the code names no resident who can take points
