@@ -64,6 +64,26 @@ UpstreamUnavailable = _error("UpstreamUnavailable", 503, "upstream_unavailable",
 UpstreamError = _error("UpstreamError", 502, "upstream_error", "微信服务返回了无法识别的结果，请稍后再试")
 
 
+# What a refusal by the HTTP layer says, by status: werkzeug's exceptions in the app, and what gunicorn refuses
+# before a request reaches it (a request line or headers too large, a malformed request).
+HTTP_CODES = {
+    400: ("bad_request", "请求格式错误"),
+    401: ("unauthorized", "请先登录"),
+    403: ("forbidden", "没有权限执行此操作"),
+    404: ("not_found", "资源不存在"),
+    405: ("method_not_allowed", "不支持该请求方法"),
+    409: ("duplicate", "记录已存在"),
+    413: ("payload_too_large", "请求内容过大（上限 64 KiB）"),
+    414: ("uri_too_long", "请求地址过长"),
+    415: ("bad_request", "请求必须是 JSON"),
+    417: ("expectation_failed", "不支持该 Expect 请求头"),
+    422: ("validation_error", "提交的内容有误"),
+    429: ("rate_limited", "操作太频繁，请稍后再试"),
+    431: ("headers_too_large", "请求头过大"),
+    501: ("not_implemented", "不支持该传输编码"),
+}
+
+
 def field_error(field: str, message: str) -> AppError:
     """A validation error for one field, in the same shape marshmallow errors take."""
     return ValidationError(details={"fields": {field: [message]}})

@@ -21,24 +21,11 @@ from werkzeug.routing import ValidationError as NotThisRoute
 from app.apidoc import error_docs
 from app.common import ErrorEnvelopeSchema
 from app.db import MAX_ID, db
-from app.errors import AppError, BadRequest, InternalError, PayloadTooLarge, ValidationError, envelope
+from app.errors import HTTP_CODES, AppError, BadRequest, InternalError, PayloadTooLarge, ValidationError, envelope
 
 log = logging.getLogger("app.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}\Z")
-
-HTTP_CODES = {
-    400: ("bad_request", "请求格式错误"),
-    401: ("unauthorized", "请先登录"),
-    403: ("forbidden", "没有权限执行此操作"),
-    404: ("not_found", "资源不存在"),
-    405: ("method_not_allowed", "不支持该请求方法"),
-    409: ("duplicate", "记录已存在"),
-    413: ("payload_too_large", "请求内容过大（上限 64 KiB）"),
-    415: ("bad_request", "请求必须是 JSON"),
-    422: ("validation_error", "提交的内容有误"),
-    429: ("rate_limited", "操作太频繁，请稍后再试"),
-}
 
 
 class RequestIdFilter(logging.Filter):

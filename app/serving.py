@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import json
 
-from app.errors import envelope
-
-GUNICORN_CODES = {
-    400: ("bad_request", "请求格式错误"),
-    403: ("forbidden", "请求被拒绝"),
-    414: ("uri_too_long", "请求地址过长"),
-    417: ("expectation_failed", "不支持该 Expect 请求头"),
-    431: ("headers_too_large", "请求头过大"),
-    501: ("not_implemented", "不支持该传输编码"),
-}
-SERVER_ERROR = ("internal_error", "服务器内部错误，请稍后再试")
+from app.errors import HTTP_CODES, InternalError, envelope
 
 
 def error_bytes(status: int, reason: str, detail: str) -> bytes:
     """A complete HTTP/1.1 response carrying the envelope; gunicorn closes the connection after it."""
-    code, message = GUNICORN_CODES.get(status, SERVER_ERROR if status >= 500 else GUNICORN_CODES[400])
+    fallback = (InternalError.code, InternalError.message) if status >= 500 else HTTP_CODES[400]
+    code, message = HTTP_CODES.get(status, fallback)
     body = json.dumps(
         envelope(code, message, {"reason": detail} if detail else {}), ensure_ascii=False, separators=(",", ":")
     )

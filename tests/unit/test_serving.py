@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from app.serving import GUNICORN_CODES, error_bytes
+from app.errors import HTTP_CODES
+from app.serving import error_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,7 +96,7 @@ def test_gunicorn_refusals_use_the_envelope(server, raw, status, code):
     assert int(headers["content-length"]) == len(body)
     error = json.loads(body)["error"]
     assert error["code"] == code
-    assert error["message"] == GUNICORN_CODES[status][1]
+    assert error["message"] == HTTP_CODES[status][1]
     assert error["details"]["reason"]  # gunicorn's own diagnosis, for whoever reads the client's logs
 
 
