@@ -10,6 +10,7 @@ import uuid
 from decimal import Decimal
 from functools import wraps
 
+import marshmallow as ma
 from flask import Flask, g, has_request_context, jsonify, request
 from flask.sessions import NullSession, SecureCookieSessionInterface
 from flask_smorest import Api
@@ -19,7 +20,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.routing import ValidationError as NotThisRoute
 
 from app.apidoc import error_docs
-from app.common import ErrorEnvelopeSchema
+from app.common import ErrorEnvelopeSchema, StrictSchema
 from app.db import MAX_ID, db
 from app.errors import HTTP_CODES, AppError, BadRequest, InternalError, PayloadTooLarge, ValidationError, envelope
 
@@ -240,6 +241,9 @@ def _refuse_deep_nesting(data) -> None:
         pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
+_NO_FIELDS = StrictSchema()
+
+
 def no_body(view):
     """A POST that takes no body refuses one that says something, as every body's schema refuses an unknown field.
     An empty body, `{}` or `null`, which some clients send by default, is no body."""
@@ -252,9 +256,12 @@ def no_body(view):
                 data = json.loads(raw)
             except ValueError:
                 raise BadRequest("请求体不是有效的 JSON") from None
-            if isinstance(data, dict) and data:
-                raise ValidationError(details={"fields": {_printable(key): ["不支持的字段"] for key in data}})
-            if data not in ({}, None):
+            if isinstance(data, dict):
+                try:
+                    _NO_FIELDS.load(data)  # every key is an unknown field, with the same message as anywhere else
+                except ma.ValidationError as exc:
+                    raise ValidationError(details={"fields": exc.normalized_messages()}) from None
+            elif data is not None:
                 raise ValidationError(details={"fields": {"_schema": ["该请求不需要请求体"]}})
         return view(*args, **kwargs)
 

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 
+from flask import current_app
 from limits import parse
 
 from app.errors import RateLimited
@@ -39,7 +40,7 @@ def take_password_check(staff_id: int, session_id: str) -> None:
     up the owner's own session's tries either."""
     if not limiter.enabled:
         return
-    key = ("tph", "password-check", f"{staff_id}:{session_id}")
+    key = (current_app.config["RATELIMIT_KEY_PREFIX"], "password-check", f"{staff_id}:{session_id}")
     if not limiter.limiter.hit(_PASSWORD_CHECKS, *key):
         reset_at = limiter.limiter.get_window_stats(_PASSWORD_CHECKS, *key).reset_time
         wait = max(1, math.ceil(reset_at - time.time()))
