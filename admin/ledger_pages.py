@@ -55,8 +55,8 @@ def adjust(resident_id: int):
 
 
 @bp.route("/verify", methods=["GET", "POST"])
+@only("admin")
 def verify():
     """Recomputing every chain reads the whole ledger, so it runs on an explicit POST, never on a GET."""
-    current_admin_actor().require_role("admin")
     report = verify_ledger() if request.method == "POST" else None
     return render_template("admin/verify.html", report=report, shown=SHOWN_PROBLEMS)

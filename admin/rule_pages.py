@@ -19,7 +19,6 @@ def rules():
 
 
 def _publish_page(error=None) -> str:
-    current_admin_actor().require_role("admin")
     activity = request.values.get("activity", "")
     rule = carbon.rule_in_force(activity)
     if rule is None:
@@ -35,6 +34,7 @@ def _publish_page(error=None) -> str:
 
 
 @bp.get("/rules/publish")
+@only("admin")
 def publish_rule_form():
     return _publish_page()
 
