@@ -143,6 +143,21 @@ def test_revision_0004_clears_half_positions_then_refuses_them(empty_database):
         db.engine.dispose()
 
 
+def _stops_until_renamed(revision: str, before: str, clash: str, rename: str, capfd) -> None:
+    """`upgrade(revision)` stops on the clash, naming it, and leaves the database at `before`; once `rename` has
+    settled it, the upgrade goes through."""
+    with pytest.raises(SystemExit):  # flask-migrate logs the error and exits
+        upgrade(revision=revision)
+    assert f"differ only in case: {clash}" in capfd.readouterr().err
+    with db.engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == before
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(rename))
+    upgrade(revision=revision)
+    with db.engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == revision
+
+
 def test_revision_0008_stops_on_device_codes_that_differ_only_in_case(empty_database, capfd):
     from app.people.models import Community
     from app.sorting.models import CollectionPoint, Device
@@ -159,14 +174,8 @@ def test_revision_0008_stops_on_device_codes_that_differ_only_in_case(empty_data
         db.session.add_all([Device(code=code, collection_point_id=point.id) for code in ("HK-BIN-02", "hk-bin-02")])
         db.session.commit()
         db.session.remove()
-        with pytest.raises(SystemExit):  # flask-migrate logs the error and exits
-            upgrade(revision="0008")
-        assert "differ only in case: hk-bin-02" in capfd.readouterr().err
-        with db.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE devices SET code = 'HK-BIN-03' WHERE code = 'hk-bin-02'"))
-        upgrade(revision="0008")
-        with db.engine.connect() as conn:
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0008"
+        rename = "UPDATE devices SET code = 'HK-BIN-03' WHERE code = 'hk-bin-02'"
+        _stops_until_renamed("0008", "0007", "hk-bin-02", rename, capfd)
         db.engine.dispose()
 
 
@@ -180,14 +189,6 @@ def test_revision_0007_stops_on_usernames_that_differ_only_in_case(empty_databas
         upgrade(revision="0006")
         with db.engine.begin() as conn:
             conn.execute(insert, [{"name": "boss"}, {"name": "Boss"}])
-        with pytest.raises(SystemExit):  # flask-migrate logs the error and exits
-            upgrade(revision="0007")
-        assert "differ only in case: boss" in capfd.readouterr().err
-        with db.engine.connect() as conn:
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0006"
-        with db.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE staff SET username = 'boss2' WHERE username = 'Boss'"))
-        upgrade(revision="0007")
-        with db.engine.connect() as conn:
-            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == "0007"
+        rename = "UPDATE staff SET username = 'boss2' WHERE username = 'Boss'"
+        _stops_until_renamed("0007", "0006", "boss", rename, capfd)
         db.engine.dispose()
