@@ -505,6 +505,39 @@ def test_openapi_documents_changing_ones_own_password(spec):
     assert "reversal_entry_id" in deposit["properties"]
 
 
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/api/v1/auth/refresh", "post"),
+        ("/api/v1/auth/logout", "post"),
+        ("/api/v1/collection-points/{point_id}", "delete"),
+        ("/api/v1/collection-points/{point_id}/qr/rotate", "post"),
+        ("/api/v1/devices/{device_id}/secret/rotate", "post"),
+    ],
+)
+def test_openapi_documents_what_a_bodyless_post_refuses(spec, path, method):
+    assert "requestBody" not in spec["paths"][path][method]
+    assert "bad_request" in _error_codes(spec, path, method, 400)
+    assert "validation_error" in _error_codes(spec, path, method, 422)
+    assert "payload_too_large" in _error_codes(spec, path, method, 413)
+
+
+def test_openapi_documents_the_roles_of_bin_keys_and_deposit_reads(spec):
+    """Registering and re-keying bins are admin-only, reading a deposit is refused to merchants and alliance
+    members: each documents 403 forbidden."""
+    for path, method in (
+        ("/api/v1/devices", "post"),
+        ("/api/v1/devices/{device_id}/secret/rotate", "post"),
+        ("/api/v1/deposits/{deposit_id}", "get"),
+    ):
+        assert "forbidden" in _error_codes(spec, path, method, 403), path
+    assert "validation_error" in _error_codes(spec, "/api/v1/devices", "post", 422)
+    signature = next(
+        p for p in spec["paths"]["/api/v1/devices/deposits"]["post"]["parameters"] if p["name"] == "X-Signature"
+    )
+    assert "查询字符串" in signature["description"]
+
+
 def test_openapi_declares_bearer_auth(spec):
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
