@@ -100,6 +100,20 @@ class Id(Integer):
         super().__init__(**kwargs)
 
 
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ma.ValidationError("密码不能只由空格组成")
+
+
+class NewPassword(fields.String):
+    """A password being set: 8 to 128 characters, kept as typed (spaces count), but not spaces alone."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("load_only", True)
+        kwargs.setdefault("validate", [validate.Length(min=8, max=128), _not_blank])
+        super().__init__(**kwargs)
+
+
 class StrictSchema(ma.Schema):
     """Unknown fields are errors, never silently dropped."""
 

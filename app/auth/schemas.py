@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import StrictSchema
+from app.common import NewPassword, StrictSchema
 from app.people.schemas import ResidentSchema, StaffSchema
 
 
@@ -33,4 +33,4 @@ class AccessTokenSchema(StrictSchema):
 
 class PasswordChangeSchema(StrictSchema):
     current_password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
-    new_password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
+    new_password = NewPassword(required=True)

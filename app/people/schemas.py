@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Boolean, Id, Integer, PageArgsSchema, StrictSchema, Text
+from app.common import Boolean, Id, Integer, NewPassword, PageArgsSchema, StrictSchema, Text
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
@@ -32,7 +32,7 @@ class StaffCreateSchema(StrictSchema):
     username = fields.String(
         required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.@-]+\Z")]
     )
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=128))
+    password = NewPassword(required=True)
     role = fields.String(required=True, validate=validate.OneOf(STAFF_ROLES))
     display_name = Text(load_default="", validate=validate.Length(max=64))
     community_id = Id(load_default=None, allow_none=True)
@@ -43,7 +43,7 @@ class StaffCreateSchema(StrictSchema):
 
 class StaffUpdateSchema(StrictSchema):
     display_name = Text(validate=validate.Length(max=64))
-    password = fields.String(load_only=True, validate=validate.Length(min=8, max=128))
+    password = NewPassword()
     active = Boolean()
     store_ids = fields.List(Id(), validate=validate.Length(max=50))
     collection_point_ids = fields.List(Id(), validate=validate.Length(max=50))

@@ -574,6 +574,16 @@ def test_an_admin_cannot_deactivate_itself_from_the_staff_page(admin, as_admin):
     assert db.session.get(Staff, admin.id).active is True
 
 
+def test_ones_own_row_on_the_staff_page_links_to_the_password_change_instead_of_a_reset(admin, as_admin):
+    page = text(as_admin.get("/admin/staff"))
+    assert f"/admin/staff/{admin.id}/password" not in page
+    assert 'href="/admin/password"' in page
+    response = as_admin.post(f"/admin/staff/{admin.id}/password", {"password": "taken-over-2026"})
+    assert response.status_code == 409
+    assert "修改自己的密码请使用「修改密码」" in text(response)
+    assert as_admin.get("/admin/staff").status_code == 200  # still signed in: nothing was changed
+
+
 def test_an_alliance_member_manages_only_its_own_organisations_clerks(api, browser):
     cafe, shops = (
         db.session.scalar(sa.select(Organization.id).filter_by(name=n)) for n in ("科学咖啡社", "鑫海湾沿街商铺联合会")

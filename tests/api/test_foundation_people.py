@@ -416,6 +416,35 @@ def test_an_admin_cannot_lock_themself_out_and_switches_take_booleans_only(api, 
     assert_error(api.get("/staff/me", as_=other_admin), 401, "unauthorized")
 
 
+def test_no_one_resets_their_own_password_without_the_current_one(api, world):
+    """PATCH /staff/{id} asks for no current password: on the caller's own account it would let a borrowed session
+    take the account over, around /auth/password's check and its tries."""
+    for caller in (api.staff("admin"), api.staff("alliance", organization_id=world["cafe"])):
+        error = assert_error(api.patch(f"/staff/{caller.id}", as_=caller, json={"password": "taken-over-2026"}), 409,
+                             "invalid_state")  # fmt: skip
+        assert "修改密码" in error["message"]
+        assert api.get("/staff/me", as_=caller).status_code == 200  # nothing changed, the session goes on
+        username = db.session.get(Staff, caller.id).username
+        login = api.post("/auth/login", json={"username": username, "password": "taken-over-2026"})
+        assert_error(login, 401, "invalid_credentials")
+
+
+@pytest.mark.parametrize("password", [" " * 8, "\t" * 9, "\u3000" * 8])
+def test_a_password_of_spaces_alone_is_refused_wherever_one_is_set(api, world, password):
+    admin = api.staff("admin")
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    created = api.post("/staff", as_=admin, json={"username": "blank.pass", "password": password, "role": "admin"})
+    for response in (
+        created,
+        api.patch(f"/staff/{worker.id}", as_=admin, json={"password": password}),
+        api.post("/auth/password", as_=worker, json={"current_password": PASSWORD, "new_password": password}),
+    ):
+        error = assert_error(response, 422, "validation_error")
+        assert "空格" in str(error["details"]["fields"])
+    username = db.session.get(Staff, worker.id).username
+    assert api.post("/auth/login", json={"username": username, "password": PASSWORD}).status_code == 200
+
+
 def test_a_collector_of_a_community_serves_only_its_points(api, world):
     admin = api.staff("admin")
     here, there = make_point(api, admin, "恒康回收点"), make_point(api, admin, "鑫海湾回收点", community="xinhaiwan")
