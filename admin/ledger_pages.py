@@ -9,6 +9,7 @@ from flask import flash, redirect, render_template, request, url_for
 from admin.blueprint import bp
 from admin.forms import load, present, rerender_on_error
 from admin.security import current_admin_actor, only
+from app.errors import Duplicate
 from app.ledger import service as ledger
 from app.ledger.schemas import AdjustmentSchema
 from app.ledger.verify import verify_ledger
@@ -26,13 +27,16 @@ def _resident_in_scope(resident_id: int) -> Resident:
 
 def _resident_page(error=None, resident_id: int = 0) -> str:
     resident = _resident_in_scope(resident_id)
+    landed = isinstance(error, Duplicate)
     return render_template(
         "admin/resident.html",
         resident=resident,
         profile=ledger.profile(resident_id),
         page=ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE),
-        form=request.form,
-        reference=request.form.get("reference") or uuid.uuid4().hex,
+        # After a duplicate the adjustment it repeats has landed (the entries above show it): the form starts afresh,
+        # with a reference of its own, rather than resending the same one for ever.
+        form={} if landed else request.form,
+        reference=(not landed and request.form.get("reference")) or uuid.uuid4().hex,
         error=error,
     )
 

@@ -714,6 +714,13 @@ def test_a_double_submitted_adjustment_form_applies_once(api, as_admin):
     assert again.status_code == 409
     assert "已经提交过了" in text(again)
     assert balance_of(resident.id) == 30
+    # the page it shows starts a new adjustment: a fresh reference and an empty form, so the next one goes through
+    fresh = re.search(r'name="reference" value="([0-9a-f]{32})"', text(again)).group(1)
+    assert fresh != reference
+    assert 'value="活动补发"' not in text(again)
+    next_one = {"delta": "-10", "reason": "扣回多发", "reference": fresh}
+    assert as_admin.post(f"/admin/residents/{resident.id}/adjustments", next_one).status_code == 302
+    assert balance_of(resident.id) == 20
 
 
 def test_overdrawing_adjustment_is_refused_on_the_page(api, as_admin):
