@@ -85,5 +85,6 @@ HTTP_CODES = {
 
 
 def field_error(field: str, message: str) -> AppError:
-    """A validation error for one field, in the same shape marshmallow errors take."""
-    return ValidationError(details={"fields": {field: [message]}})
+    """A validation error for one field, in the same shape marshmallow errors take. The field's sentence is the
+    envelope's message too: a client showing `message` shows what to do, not only that something was wrong."""
+    return ValidationError(message, details={"fields": {field: [message]}})

@@ -846,6 +846,7 @@ def test_point_form_errors_keep_the_typed_values(as_admin):
     assert response.status_code == 422
     body = text(response)
     assert "回收品类：请至少选择一个回收品类" in body
+    assert body.count("请至少选择一个回收品类") == 1  # the message is the field's sentence: said once, with its label
     assert 'value="半截坐标站"' in body
     response = as_admin.post(
         "/admin/points",

@@ -327,6 +327,7 @@ def test_geofence(api, world):
     stranger = api.resident()
     error = assert_error(scan(api, stranger, token), 422, "validation_error")
     assert "定位" in error["details"]["fields"]["lat"][0]
+    assert error["message"] == error["details"]["fields"]["lat"][0]  # what the mini-program shows says what to do
     assert balance(api, stranger) == 0
     assert checkin_count() == 1
     # a half position is refused
