@@ -12,6 +12,7 @@ from app.db import MAX_BIG_ID, db
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
+    AppError,
     CapReached,
     Duplicate,
     Forbidden,
@@ -78,7 +79,12 @@ def device_required(view):
             if answer is None:
                 raise
             return answer
-        return view(*args, **kwargs)
+        try:
+            return view(*args, **kwargs)
+        except AppError:
+            db.session.rollback()
+            service.burn_refused_signature(g.actor.id, request.headers["X-Signature"])
+            raise
 
     headers = tuple(
         {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
@@ -260,9 +266,10 @@ def get_deposit(deposit_id):
 @blp.arguments(DepositCreateSchema)
 @blp.response(201, DepositSchema)
 def device_deposit(body):
-    """A smart bin records a deposit, HMAC-signed. Each signature is accepted once, and each member code pays for
-    one deposit: to retry after a lost answer, send the same Idempotency-Key as the first try, with the same
-    signed bytes or signed again, to get the first answer back.
+    """A smart bin records a deposit, HMAC-signed. Each signature is used once, whether its request was accepted or
+    refused (sent again, it answers 409 duplicate), and each member code pays for one deposit: to retry after a
+    lost answer, send the same Idempotency-Key as the first try, with the same signed bytes or signed again, to get
+    the first answer back. After a refusal, sign again.
     A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
     seconds), so that the bin can correct its own and sign again."""
     return service.record_device_deposit(current_actor(), body)

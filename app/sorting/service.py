@@ -16,7 +16,6 @@ from typing import Any
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.exc import IntegrityError
 
 from app import qr
 from app.audit import service as audit
@@ -799,16 +798,34 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     if not hmac.compare_digest(expected, signature.lower()):
         log.warning("bad signature from device %s", device_id)
         raise Unauthorized("设备签名无效")
-    db.session.add(DeviceSignature(signature=signature.lower(), device_id=device_id, seen_at=utcnow()))
-    try:
-        db.session.flush()
-    except IntegrityError as exc:
+    if not _burn(device_id, signature):
         log.warning("replayed signature from device %s", device_id)
-        raise ReplayedSignature(device_id) from exc
+        raise ReplayedSignature(device_id)
     actor = Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})
     )
     return actor
+
+
+@cache
+def _burn_signature(dialect: str) -> sa.Insert:
+    table = DeviceSignature.__table__
+    insert = upsert_insert(dialect)(table).on_conflict_do_nothing(index_elements=["signature"])
+    return insert.returning(table.c.device_id)
+
+
+def _burn(device_id: int, signature: str) -> bool:
+    """Record the signature as used; False if it was already."""
+    values = {"signature": signature.lower(), "device_id": device_id, "seen_at": utcnow()}
+    return run(_burn_signature(dialect_name()), values).scalar() is not None
+
+
+def burn_refused_signature(device_id: int, signature: str) -> None:
+    """A refused request's signature stays used. The refusal rolled back the row that burned it with the rest, and
+    the same bytes sent again within the clock window, once the cause was gone (an account unfrozen), would be
+    accepted: a captured refusal is a request anyone could send later. Its own transaction, after the rollback."""
+    _burn(device_id, signature)
+    db.session.commit()
 
 
 def prune_device_signatures() -> int:

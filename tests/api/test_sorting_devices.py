@@ -426,13 +426,30 @@ def test_a_byte_identical_retry_with_its_idempotency_key_gets_the_first_answer(a
     assert_error(api.post(PATH, **kwargs), 409, "duplicate")
 
 
-def test_a_resent_request_whose_first_try_failed_is_judged_afresh(api, world):
-    """A failed request leaves nothing behind, its signature included: the resend gets the same refusal."""
+def test_a_refused_request_burns_its_signature_and_nothing_else(api, world):
+    """A refusal leaves no deposit and no points, but its signature stays used: resent, it is a replay."""
     kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
     kwargs["headers"]["Idempotency-Key"] = "bin-a-0004"
     assert_error(api.post(PATH, **kwargs), 403, "forbidden")
-    assert_error(api.post(PATH, **kwargs), 403, "forbidden")
-    assert (count(Deposit), count(DeviceSignature)) == (0, 0)
+    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    assert (count(Deposit), count(DeviceSignature), balance(api, world["resident"])) == (0, 1, 0)
+
+
+def test_a_request_refused_while_the_account_was_frozen_is_not_accepted_once_it_thaws(api, world):
+    """Replaying the captured bytes of a refusal after its cause is gone is still a replay."""
+    resident = world["resident"]
+    kwargs = signed(world["device"], body_for(api, world))
+    status = {"status": "frozen", "reason": "核查异常投放"}
+    assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
+    assert_error(api.post(PATH, **kwargs), 403, "account_frozen")
+    status = {"status": "active", "reason": "核查完毕"}
+    assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
+    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    assert (count(Deposit), balance(api, resident)) == (0, 0)
+    # the bin signs the same deposit again: a new request, judged afresh
+    fresh = signed(world["device"], json.loads(kwargs["data"]), timestamp=int(utcnow().timestamp()) + 1)
+    assert api.post(PATH, **fresh).status_code == 201
+    assert balance(api, resident) == 10
 
 
 def test_device_records_only_for_its_own_point(api, world):
