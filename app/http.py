@@ -270,6 +270,8 @@ def no_body(view):
 
 def _add_headers(response):
     response.headers["X-Request-Id"] = g.get("request_id", "-")
+    if response.status_code == 204:
+        response.headers.pop("Content-Type", None)  # no content, so no type: flask-smorest labels it JSON
     # A balance, a ledger, a member code, a token: one person's, and never to be kept by a cache.
     if "Authorization" in request.headers or request.path.startswith("/api/v1/auth/"):
         response.headers.setdefault("Cache-Control", "no-store")
@@ -358,6 +360,9 @@ def register_http(app: Flask) -> None:
     from app.extensions import api
 
     app.url_map.converters["int"] = IdConverter  # before any route is added
+    # "//scans" is no path of ours: a 404 in the envelope, not werkzeug's HTML 308 to "/scans", which a smart bin
+    # could not follow (its signature covers the path it sent).
+    app.url_map.merge_slashes = False
     app.url_map.converters["page_id"] = IntegerConverter
     api.register_converter(IdConverter, integerconverter2paramschema)
     api.ma_plugin.converter.add_attribute_function(_decimal_bounds_as_numbers)

@@ -232,6 +232,7 @@ def test_logout_revokes_the_session_but_not_other_sessions(api):
     response = api.post("/auth/logout", as_=session_a)
     assert response.status_code == 204
     assert response.get_data() == b""
+    assert "Content-Type" not in response.headers  # no content, so no type
 
     assert_error(api.get("/me", as_=session_a), 401, "token_revoked")
     assert_error(api.post("/auth/refresh", headers=_bearer(session_a.refresh)), 401, "token_revoked")

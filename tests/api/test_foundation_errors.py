@@ -70,6 +70,12 @@ def test_unknown_path_is_not_found(bare):
     assert error["details"] == {}
 
 
+@pytest.mark.parametrize("path", ["/api/v1//scans", "/api/v1/collection-points//1"])
+def test_a_doubled_slash_is_not_found_rather_than_redirected(bare, path):
+    """werkzeug would answer an HTML 308 to the merged path, which neither wx.request nor a signing bin follows."""
+    assert_envelope(bare.post(path, json={"token": "x"}), 404, "not_found")
+
+
 def test_unknown_id_is_not_found(api):
     admin = api.staff("admin")
     assert_envelope(api.get("/staff/999999", as_=admin), 404, "not_found")
