@@ -183,14 +183,16 @@ def keyset_page(stmt: sa.Select, key: sa.ColumnElement, cursor: str | None, limi
     return {"items": rows, "next": next_cursor}
 
 
-def list_page(items: list, cursor: str | None, limit: int) -> dict[str, Any]:
-    """One page of a short list sorted in memory by something that is not a key (points by distance); the cursor
-    is the position of the next item."""
-    start = 0 if cursor is None else decode_cursor(cursor)
-    if cursor is not None and not fits_key(start):  # the first page has no cursor; a later one starts past 0
+def list_page(items: list, key: Callable[[Any], list[int]], cursor: str | None, limit: int) -> dict[str, Any]:
+    """One page of a short list sorted in memory by `key`, whole numbers unique to each item (points by distance,
+    then id); the cursor is the last key seen, so an item that appears or goes between two pages shifts nothing,
+    and a cursor of another list (a single id) is refused rather than read as something else."""
+    after = None if cursor is None else decode_cursor(cursor)
+    if after is not None and not (type(after) is list and after and all(type(v) is int for v in after)):
         raise field_error("cursor", "分页游标无效")
-    more = start + limit < len(items)
-    return {"items": items[start : start + limit], "next": encode_cursor(start + limit) if more else None}
+    rest = [item for item in items if after is None or key(item) > after]
+    page = rest[:limit]
+    return {"items": page, "next": encode_cursor(key(page[-1])) if len(rest) > limit else None}
 
 
 def named_page(items: list, name: Callable[[Any], str], cursor: str | None, limit: int) -> dict[str, Any]:

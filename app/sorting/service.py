@@ -205,8 +205,12 @@ def list_points(
     located = list(db.session.scalars(stmt.where(CollectionPoint.lat.is_not(None))))
     for point in located:
         point.distance_m = round(distance_m(lat, lng, point.lat, point.lng))
-    located.sort(key=lambda p: (p.distance_m, p.id))
-    return list_page(located, cursor, limit)
+    located.sort(key=_by_distance)
+    return list_page(located, _by_distance, cursor, limit)
+
+
+def _by_distance(point: CollectionPoint) -> list[int]:
+    return [point.distance_m, point.id]
 
 
 def poster(actor: Actor, point_id: int) -> dict[str, str]:

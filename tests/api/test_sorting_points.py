@@ -188,6 +188,8 @@ def test_near_sorts_by_distance_and_reports_metres(api, admin):
 
     first = api.get("/collection-points?near=31.0,121.0&limit=2").get_json()
     assert [p["id"] for p in first["items"]] == [near["id"], middle["id"]]
+    # a point opened nearer between the two pages shifts nothing: the cursor is the last (distance, id) seen
+    make_point(api, admin, "新开站", "xinhaiwan", lat=31.001, lng=121.0)
     second = api.get(f"/collection-points?near=31.0,121.0&limit=2&cursor={first['next']}").get_json()
     assert [p["id"] for p in second["items"]] == [far["id"]]
     assert second["next"] is None
@@ -211,6 +213,17 @@ def test_bad_cursor_is_a_validation_error(api, admin, query):
     make_point(api, admin, "有坐标站", lat=31.0, lng=121.0)
     error = assert_error(api.get(f"/collection-points{query}"), 422, "validation_error")
     assert "cursor" in error["details"]["fields"]
+
+
+def test_a_cursor_from_the_other_order_is_refused_not_misread(api, admin):
+    """By id and by distance, the cursors differ in kind: one from the other list would start a page elsewhere."""
+    for i in range(3):
+        make_point(api, admin, f"游标站{i}", lat=31.0 + i / 100, lng=121.0)
+    by_id = api.get("/collection-points?limit=1").get_json()["next"]
+    by_distance = api.get("/collection-points?near=31.0,121.0&limit=1").get_json()["next"]
+    for query in (f"near=31.0,121.0&cursor={by_id}", f"cursor={by_distance}"):
+        error = assert_error(api.get(f"/collection-points?{query}"), 422, "validation_error")
+        assert "cursor" in error["details"]["fields"]
 
 
 def test_unknown_point_is_404(api):
