@@ -180,11 +180,14 @@ def point_qr_svg(point_id):
 
 @blp.route("/collection-points/<int:point_id>/qr/rotate", methods=["POST"])
 @login_required("admin", "worker")
+@idempotent
 @error_docs(NotFound)
 @blp.response(200, PosterSchema)
 @no_body
 def rotate_point_qr(point_id):
-    """Issue a new poster secret: every poster printed before stops working at once."""
+    """Issue a new poster secret: every poster printed before stops working at once. Each call rotates again (the
+    poster an earlier answer gave stops working too): a retry sends the first try's `Idempotency-Key` to get its
+    answer back instead."""
     return service.rotate_poster(current_actor(), point_id)
 
 

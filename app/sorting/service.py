@@ -95,6 +95,14 @@ def get_point(point_id: int) -> CollectionPoint:
     return get_or_404(CollectionPoint, point_id, "回收点不存在")
 
 
+def _locked_point(point_id: int) -> CollectionPoint:
+    """The point read under a row lock, for a change checked against what it is now: two edits take turns, and the
+    second sees the first (a position cleared while a fence is set is refused, not a CHECK violation)."""
+    point = get_point(point_id)
+    db.session.refresh(point, with_for_update=True)
+    return point
+
+
 def _require_manager(actor: Actor, point_community_id: int) -> None:
     actor.require_role("admin", "worker")
     actor.require_community(point_community_id)
@@ -119,7 +127,7 @@ def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
 
 
 def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> CollectionPoint:
-    point = get_point(point_id)
+    point = _locked_point(point_id)
     _require_manager(actor, point.community_id)
     data = dict(data)
     active = data.pop("active", None)
@@ -145,7 +153,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
 def set_point_active(actor: Actor, point_id: int, active: bool) -> CollectionPoint:
     """Retire a point (its posters stop working; its history stays) or bring it back. Setting what is already so
     changes and records nothing."""
-    point = get_point(point_id)
+    point = _locked_point(point_id)
     _require_manager(actor, point.community_id)
     if _change_active(actor, point, active):
         commit()
@@ -233,7 +241,7 @@ def _refuse_retired_poster(point: CollectionPoint) -> None:
 
 def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
     """A new secret revokes every poster printed so far."""
-    point = get_point(point_id)
+    point = _locked_point(point_id)
     _require_manager(actor, point.community_id)
     point.qr_secret = new_secret()  # allowed while retired too: a leaked poster is revoked before the point returns
     audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
@@ -701,6 +709,7 @@ def _require_key_holder(actor: Actor) -> None:
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     _require_key_holder(actor)
     point = require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
+    db.session.refresh(point, with_for_update={"read": True})  # a retirement in flight ends first, then is seen
     if not point.active:  # its deposits would all be refused
         raise field_error("collection_point_id", "该回收点已停用，请先重新启用")
     _require_manager(actor, point.community_id)
@@ -714,15 +723,14 @@ def _managed_device(actor: Actor, device_id: int, *, lock: bool = False) -> Devi
     device = get_or_404(Device, device_id, "设备不存在")
     _require_manager(actor, get_point(device.collection_point_id).community_id)
     if lock:  # read again under a row lock: a concurrent change is waited for, then seen
-        locked = sa.select(Device).where(Device.id == device.id).with_for_update()
-        device = db.session.scalars(locked.execution_options(populate_existing=True)).one()
+        db.session.refresh(device, with_for_update=True)
     return device
 
 
 def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     """Retire a smart bin (lost, stolen, broken) or bring it back. Its next request is checked against this at
     once: devices are read fresh on every request."""
-    device = _managed_device(actor, device_id)
+    device = _managed_device(actor, device_id, lock=True)  # two retirements: one change, one audit record
     if device.active != active:
         device.active = active
         action = "device.reactivate" if active else "device.deactivate"

@@ -756,9 +756,13 @@ def test_the_sorting_additions_document_their_answers(spec, path, method, status
     assert fields <= set(_resolve(spec, content["schema"])["properties"])
 
 
-def test_rotating_a_poster_documents_no_conflict(spec):
-    """Rotating works on a retired point too (a leaked poster is revoked before it returns): no 409 to document."""
-    assert "409" not in spec["paths"]["/api/v1/collection-points/{point_id}/qr/rotate"]["post"]["responses"]
+def test_rotating_a_poster_documents_no_state_conflict(spec):
+    """Rotating works on a retired point too (a leaked poster is revoked before it returns): the one 409 to document
+    is an Idempotency-Key's sent with another request."""
+    response = _resolve(
+        spec, spec["paths"]["/api/v1/collection-points/{point_id}/qr/rotate"]["post"]["responses"]["409"]
+    )
+    assert {c.strip() for c in response["description"].split(",")} == {"idempotency_conflict"}
 
 
 # --- numbers are numbers in a JSON body, and digits in a query string ------------------------------------------

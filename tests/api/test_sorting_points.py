@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from app.audit.models import AuditEvent
 from app.db import db
 from app.people.models import Staff
 from app.sorting.models import CATEGORIES, CollectionPoint
-from tests.conftest import assert_error, community_id
+from tests.conftest import assert_error, community_id, during_an_uncommitted, pg_concurrency, race
 
 
 def point_body(name: str = "恒康一号站", community: str = "hengkang", **extra) -> dict:
@@ -418,3 +419,42 @@ def test_ids_beyond_what_the_database_holds_are_not_found_or_invalid(api):
     body = {"name": "x", "community_id": huge, "kind": "station"}
     error = assert_error(api.post("/collection-points", as_=admin, json=body), 422, "validation_error")
     assert "community_id" in error["details"]["fields"]
+
+
+# --- concurrent changes (PostgreSQL) ------------------------------------------------------------------------------
+
+
+@pg_concurrency
+def test_a_fence_set_while_the_position_is_being_cleared_is_refused_not_a_500(api, app, admin):
+    """The edit waits for the other one and checks the point as it is then: without the row lock it checked the
+    position it had read, and the CHECK constraint refused the row with a 500."""
+    point = make_point(api, admin, "竞速站", lat=31.0, lng=121.0)
+    clear = sa.update(CollectionPoint).where(CollectionPoint.id == point["id"]).values(lat=None, lng=None)
+    fence = {"geofence_m": 100}
+    response = during_an_uncommitted(app, clear, lambda: api.patch(f"/collection-points/{point['id']}", as_=admin,
+                                                                   json=fence))  # fmt: skip
+    error = assert_error(response, 422, "validation_error")
+    assert "geofence_m" in error["details"]["fields"]
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, point["id"]).geofence_m is None
+
+
+@pg_concurrency
+def test_parallel_edits_and_retirements_of_one_point_take_turns(api, app, admin):
+    point = make_point(api, admin, "轮流站", lat=31.0, lng=121.0)
+    path = f"/api/v1/collection-points/{point['id']}"
+    bodies = [{"lat": None, "lng": None}, {"geofence_m": 200}] * 4
+
+    def send(client, i):
+        if i >= len(bodies):
+            return client.delete(path, headers=admin.auth)
+        return client.patch(path, json=bodies[i], headers=admin.auth)
+
+    responses = race(app, send, len(bodies) + 4)
+    assert {r.status_code for r in responses} <= {200, 204, 422}, [r.get_json() for r in responses]
+    db.session.expire_all()
+    stored = db.session.get(CollectionPoint, point["id"])
+    assert stored.active is False
+    assert stored.geofence_m is None or stored.lat is not None
+    retirements = sa.select(sa.func.count()).select_from(AuditEvent).filter_by(action="collection_point.deactivate")
+    assert db.session.scalar(retirements) == 1  # the others found it retired already

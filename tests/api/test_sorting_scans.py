@@ -150,6 +150,19 @@ def test_rotating_revokes_old_posters(api, world):
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
 
 
+def test_a_rotation_retried_with_its_idempotency_key_answers_the_same_poster(api, world):
+    """Each call rotates again, so a client that lost the answer and simply retried would hold a dead poster; with
+    the first try's key it gets that poster back, and the secret turns once."""
+    path, headers = f"/collection-points/{world['a']}/qr/rotate", {"Idempotency-Key": "reprint-2026-12"}
+    first = api.post(path, as_=world["worker"], headers=headers)
+    again = api.post(path, as_=world["worker"], headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert poster(api, world["admin"], world["a"])["token"] == first.get_json()["token"]
+    assert scan_ok(api, api.resident(), first.get_json()["token"])["points"] == 5
+
+
 def test_a_point_retired_by_another_worker_refuses_scans_at_once(api, world):
     """Each worker keeps a copy of the points; the claim itself checks the point is still active, so this worker's
     copy (still active here) does not let a retired point pay."""
