@@ -247,10 +247,13 @@ def post(
     lifetime_delta: int | None = None,
     claim: Claim | None = None,
     lot: tuple[int, int] | None = None,
+    at: datetime | None = None,
 ) -> LedgerEntry:
     """Append one entry to the resident's chain, referring to `ref_id` or to the slot `claim` takes. The caller's
     use case commits. `lot` is the (local year, points) to add to the resident's yearly lots, which expiry reads;
-    by default a credit goes to this year's lot and a debit to none (debits consume the oldest lots first)."""
+    by default a credit goes to this year's lot and a debit to none (debits consume the oldest lots first). `at` is
+    the use case's moment when it has dated something already (a check-in's day): the entry, its caps' day and its
+    lot take that moment too, never one a few microseconds later across a local midnight."""
     if (ref_id is None) == (claim is None):
         raise ValueError("a posting refers to a ref_id or to a claimed slot, exactly one")
     ref_id = None if claim is not None else str(ref_id)  # a claimed slot's id is known after the lock
@@ -262,7 +265,7 @@ def post(
         raise ValueError("a ledger entry moves a non-zero number of points")
     if len({c.key for c in caps}) != len(caps):
         raise ValueError("one charge per daily counter: merge charges with the same key")
-    now = utcnow()
+    now = at or utcnow()
     today = local_day(now, _tz())
     account, claim_id = _lock_account(resident_id, claim)
     ref_id = ref_id if claim is None else str(claim_id)

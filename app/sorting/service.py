@@ -462,7 +462,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     entry = ledger.post(
         actor.id, points, kind="earn", source="checkin", activity=rule.activity, rule_id=rule.id, co2e_g=co2e_g,
         ref_type="checkin", claim=claim, actor_type="resident", actor_id=actor.id,
-        memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, points)], now),
+        memo=f"{point.name} 分类打卡", caps=carbon.cap_charges([(rule, points)], now), at=now,
     )  # fmt: skip
     commit()
     return answer | {"co2e_g": co2e_g, "balance": entry.balance_after, "entry_id": entry.id}
@@ -579,7 +579,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
             resident_id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
             co2e_g=co2e_g, ref_type="deposit", ref_id=ref_id, claim=claim, actor_type=recorder.kind,
             actor_id=recorder.id, memo=f"{point.name} 回收投递",
-            caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now),
+            caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now), at=now,
         )  # fmt: skip
 
     entry = None

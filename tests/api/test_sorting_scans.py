@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
 import pytest
@@ -10,9 +10,11 @@ import sqlalchemy as sa
 import zxingcpp
 from PIL import Image
 
+from app import clock as app_clock
 from app import qr
+from app.clock import local_day
 from app.db import db
-from app.ledger.models import LedgerEntry
+from app.ledger.models import DailyEarning, LedgerEntry
 from app.sorting.models import Checkin
 from tests.conftest import SHANGHAI, assert_error, community_id, during_an_uncommitted_freeze, pg_concurrency, race
 
@@ -293,6 +295,32 @@ def test_local_midnight_splits_days_not_utc_midnight(api, clock, world):
     clock.set(early)
     assert_error(scan(api, resident, world["tokens"]["b"]), 409, "already_claimed")
     assert balance(api, resident) == 15
+
+
+class Ticking:
+    """A clock a millisecond later at every read, as a real one is between the reads of one request."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start, self.reads = start, 0
+
+    def __call__(self) -> datetime:
+        self.reads += 1
+        return self.start + timedelta(milliseconds=self.reads - 1)
+
+
+def test_a_check_in_its_entry_and_its_cap_count_share_one_moment_across_local_midnight(api, clock, world):
+    """A scan that begins a few reads of the clock before local midnight dates its slot, its entry and the day its
+    cap counts on alike; reading the clock again for the entry put the entry (and the count) on the next day."""
+    midnight = datetime(2026, 6, 16, tzinfo=SHANGHAI)
+    residents = [api.resident() for _ in range(12)]
+    for offset_ms, resident in enumerate(residents, start=1):
+        app_clock.set_clock(Ticking(midnight - timedelta(milliseconds=offset_ms)))
+        answer = scan_ok(api, resident, world["tokens"]["a"])
+        entry = db.session.get(LedgerEntry, answer["entry_id"])
+        counted = db.session.scalars(sa.select(DailyEarning.day).filter_by(account_id=entry.account_id)).all()
+        assert {answer["day"], local_day(entry.created_at, "Asia/Shanghai").isoformat()} == {answer["day"]}
+        assert {day.isoformat() for day in counted} == {answer["day"]}
+    app_clock.set_clock(clock)
 
 
 def test_daily_checkin_cap_is_ten_points(api, clock, world):
