@@ -27,6 +27,7 @@ from app.carbon.models import Rule
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
 from app.db import (
+    MAX_ID,
     bound_row,
     commit,
     db,
@@ -560,6 +561,8 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     per_kg = _config("POINTS_PER_KG_CO2E")
     exact_pts = [exact_points(rule.points, g, kg, per_kg) for rule, g, kg in zip(rules, exact, kilograms, strict=True)]
     points, co2e_g = round_half_up(sum(exact_pts, Decimal(0))), round_half_up(sum(exact, Decimal(0)))
+    if max(points, co2e_g) > MAX_ID:  # only a factor far beyond any material's could get here
+        raise field_error("items", "本次投放折算的积分或减排量超出可记录范围，请核对重量与品类后分次记录")
     line_points, line_grams = allocate(points, exact_pts), allocate(co2e_g, exact)
     deposit: dict[str, Any] = {
         "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id, "points": points,

@@ -272,6 +272,18 @@ def test_a_rule_with_fixed_points_per_kg_gives_them_and_the_deposit_is_rounded_o
     assert me(api, world["resident"])["balance"] == 35
 
 
+def test_a_deposit_beyond_what_the_columns_hold_is_refused_not_a_500(api, clock, world):
+    """The schema lets an admin publish a factor of 10 t a unit (meant for appliances): 3 t of paper at it would
+    overflow the 32-bit grams before a cap could refuse them."""
+    rule = {"activity": "sorting:paper", "co2e_g_per_unit": "10000000", "source": "测试：上限"}
+    published = api.post("/rules", as_=world["admin"], json=rule)
+    assert published.status_code == 201, published.get_json()
+    clock.advance(seconds=11)
+    error = assert_error(deposit(api, world, lines(*[("paper", 150_000)] * 20)), 422, "validation_error")
+    assert "items" in error["details"]["fields"]
+    assert (count(Deposit), count(LedgerEntry), me(api, world["resident"])["balance"]) == (0, 0, 0)
+
+
 def test_a_deposit_worth_zero_points_is_recorded_without_an_entry(api, world):
     body = deposit_ok(api, world, lines(("glass", 10)))  # 2.6 g → 3 g, 0.026 points → 0
     assert (body["points"], body["co2e_g"], body["weight_g"]) == (0, 3, 10)
