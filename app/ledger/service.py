@@ -222,10 +222,15 @@ def _refuse(account_id: int, day: date, refused: Sequence[CapCharge]) -> None:
     charge = refused[0]
     keys = {"account_id": account_id, "day": day, "activity": charge.key}
     used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
-    raise CapReached(
-        f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分",
-        details={"cap": charge.limit, "used": used, "activity": charge.key},
-    )
+    remaining = max(charge.limit - used, 0)
+    if remaining == 0:
+        message = f"{charge.label}今天已达每日上限 {charge.limit} 积分"
+    else:  # what would still fit: a collector can record less, or the rest another day
+        message = (f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分，"
+                   f"本次 {charge.amount} 积分超出剩余的 {remaining} 积分")  # fmt: skip
+    details = {"cap": charge.limit, "used": used, "activity": charge.key, "points": charge.amount,
+               "remaining": remaining}  # fmt: skip
+    raise CapReached(message, details=details)
 
 
 def post(

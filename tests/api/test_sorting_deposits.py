@@ -516,8 +516,8 @@ def test_daily_total_cap_across_categories(api, world):
     assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190  # 18 960 g
     assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
     error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
-    assert error["message"] == "全部活动合计每日上限为 500 积分，今天已获得 496 积分"
-    assert (error["details"]["cap"], error["details"]["used"]) == (500, 496)
+    assert error["message"] == "全部活动合计每日上限为 500 积分，今天已获得 496 积分，本次 14 积分超出剩余的 4 积分"
+    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 14, "remaining": 4}
     assert me(api, world["resident"])["balance"] == 496
     assert count(Deposit) == 3
     assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 499

@@ -328,8 +328,8 @@ def test_daily_checkin_cap_is_ten_points(api, clock, world):
     scan_ok(api, resident, world["tokens"]["a"])
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
     error = assert_error(scan(api, resident, world["tokens"]["c"]), 409, "cap_reached")
-    assert "10" in error["message"]
-    assert error["details"]["cap"] == 10
+    assert error["message"].endswith("今天已达每日上限 10 积分")
+    assert (error["details"]["cap"], error["details"]["remaining"]) == (10, 0)
     assert balance(api, resident) == 10
     # the refused check-in left no row behind: trying again is still the cap, not already_claimed
     assert_error(scan(api, resident, world["tokens"]["c"]), 409, "cap_reached")
