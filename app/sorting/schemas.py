@@ -9,6 +9,9 @@ from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
 MAX_LINES = 20
+# Positions are compared as given, so both sides must use one datum. In China that is GCJ-02, the datum of the
+# map pickers (wx.chooseLocation, Tencent and Amap maps); WGS-84 positions lie about 500 m off in Shanghai.
+DATUM = "GCJ-02 (wx.getLocation({type: 'gcj02'}), wx.chooseLocation, Tencent and Amap maps), as every position here"
 
 
 def _distinct(categories: list[str]) -> None:
@@ -22,8 +25,10 @@ class CollectionPointSchema(StrictSchema):
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
     address = Text(load_default="", validate=validate.Length(max=256))
-    lat = Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90))
-    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
+    lat = Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90),
+                metadata={"description": f"latitude in {DATUM}; with lng, or neither"})  # fmt: skip
+    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180),
+                metadata={"description": f"longitude in {DATUM}"})  # fmt: skip
     geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
@@ -71,7 +76,8 @@ class PointQuerySchema(StrictSchema):
     category = fields.String(
         load_default=None, validate=validate.OneOf(CATEGORIES), metadata={"description": "只列出收这一品类的回收点"}
     )
-    near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?\Z"))
+    near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?\Z"),
+                         metadata={"description": f"lat,lng in {DATUM}: the nearest first"})  # fmt: skip
     active = fields.Boolean(
         load_default=True,
         truthy={"true"},
@@ -107,9 +113,11 @@ class ScanSchema(StrictSchema):
         load_default=None,
         allow_none=True,
         validate=validate.Range(min=-90, max=90),
-        metadata={"description": "the resident's position, with lng; required at a point with a geofence (422)"},
-    )
-    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180))
+        metadata={"description": f"the resident's latitude in {DATUM}, with lng; required at a point with a "
+                                 "geofence (422)"},
+    )  # fmt: skip
+    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180),
+                metadata={"description": f"the resident's longitude in {DATUM}"})  # fmt: skip
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):

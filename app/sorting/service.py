@@ -141,7 +141,9 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     if (point.lat is None) != (point.lng is None):
         raise field_error("lat", "纬度和经度必须同时提供")
     if point.geofence_m is not None and point.lat is None:
-        raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
+        if "geofence_m" in data:
+            raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
+        raise field_error("lat", "该回收点设有电子围栏：清除位置前请先取消围栏（geofence_m 设为 null）")
     if data:
         audit.record(actor, "collection_point.update", "collection_point", point.id, data)
     if active is not None:
