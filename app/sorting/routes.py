@@ -93,7 +93,8 @@ def device_required(view):
             ("X-Timestamp", "Unix 秒；与服务器时间相差不得超过 5 分钟"),
             (
                 "X-Signature",
-                "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))；PATH 含查询字符串（如有）",
+                "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))；PATH 含查询字符串（如有）；"
+                "密钥为 secret 原样的 UTF-8 字节（不做十六进制解码）",
             ),
         )
     )
