@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from flask import flash, redirect, render_template, request, url_for
 
 from admin import labels, security
@@ -12,6 +14,7 @@ from app.auth.guards import session_after
 from app.auth.limits import failed_staff_logins, staff_login_attempts
 from app.auth.schemas import PasswordChangeSchema
 from app.errors import InvalidCredentials, field_error
+from app.extensions import limiter
 from app.people import service as people
 
 
@@ -19,6 +22,14 @@ def _login_page(error: str | None = None, status: int = 200):
     return render_template(
         "admin/login.html", error=error, username=text("username"), next=request.values.get("next")
     ), status
+
+
+def locked_login_page():
+    """The login form again, saying how long until the next try (the limiter's Retry-After, to the nearest
+    minute), rather than an error page without the form."""
+    current = limiter.current_limit
+    wait_s = max(current.reset_at - time.time(), 0) if current is not None and current.breached else 15 * 60
+    return _login_page(f"登录尝试次数过多，请 {max(round(wait_s / 60), 1)} 分钟后再试", 429)
 
 
 @bp.route("/login", methods=["GET", "POST"])

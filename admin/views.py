@@ -110,6 +110,9 @@ def _http_error(error: HTTPException):
     status = error.code or 500
     if status >= 500:
         return _unexpected(error)
+    if status == 429 and request.endpoint == "admin.login":
+        body, status = auth_pages.locked_login_page()
+        return body, status, {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
     message = HTTP_MESSAGES.get(status, "请求无效")
     if status == 400 and error.description and not error.description.isascii():
         message = error.description  # our own zh-CN reason, e.g. the CSRF refusal
@@ -144,7 +147,7 @@ def not_found(anything: str):
 
 # The page modules register their routes on `bp`.
 from admin import (  # noqa: E402
-    auth_pages,  # noqa: F401
+    auth_pages,
     dashboard,  # noqa: F401
     ledger_pages,  # noqa: F401
     people_pages,  # noqa: F401

@@ -719,6 +719,12 @@ def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeyp
     assert_error(response, 429, "rate_limited")
     assert 5 * 60 - 1 <= int(response.headers["Retry-After"]) <= 5 * 60 + 1
 
+    page = client.get("/admin/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"username": username, "password": PASSWORD, "csrf_token": csrf}
+    locked = client.post("/admin/login", data=form).get_data(as_text=True)
+    assert "登录尝试次数过多，请 5 分钟后再试" in locked
+
     now[0] += 5 * 60 + 2
     assert _login(client, username).status_code == 200
 
@@ -735,6 +741,9 @@ def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
     answers = [client.post("/admin/login", data=form) for _ in range(3)]
     assert [answer.status_code for answer in answers] == [401, 401, 429]
     assert 0 < int(answers[-1].headers["Retry-After"]) <= 15 * 60
+    locked = answers[-1].get_data(as_text=True)  # the form again, saying how long, not an error page without it
+    assert "登录尝试次数过多，请 15 分钟后再试" in locked
+    assert 'name="password"' in locked
     assert_error(_login(client, username), 429, "rate_limited")
 
 
