@@ -184,5 +184,7 @@ def set_resident_status(resident_id: int):
     resident = people.set_resident_status(current_admin_actor(), resident_id, data["status"], data["reason"])
     verb = "冻结" if resident.status == "frozen" else "解冻"
     flash(f"已{verb}居民「{resident.nickname or resident.id}」", "success")
-    # Back to the list as it was filtered; only the known filters, never arbitrary query keys, reach url_for.
-    return redirect(url_for("admin.residents", **{k: v for k, v in _resident_filters().items() if v is not None}))
+    # Back to the list as it was filtered, on the page it was on; only the known filters and the cursor, never
+    # arbitrary query keys, reach url_for.
+    back = _resident_filters() | {"cursor": request.args.get("cursor") or None}
+    return redirect(url_for("admin.residents", **{k: v for k, v in back.items() if v is not None}))

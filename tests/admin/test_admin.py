@@ -14,6 +14,7 @@ from flask.sessions import NullSession
 from app.audit.models import AuditEvent
 from app.auth.guards import Actor
 from app.carbon.models import Rule
+from app.common import encode_cursor
 from app.db import db
 from app.exchange.models import Store
 from app.ledger import service as ledger
@@ -631,12 +632,15 @@ def test_worker_cannot_freeze_another_communitys_resident(api, as_worker):
 
 
 def test_freezing_returns_to_the_filtered_list_and_ignores_other_query_keys(api, as_worker):
-    """Only the list's own filters go back into the redirect: a crafted ?endpoint= was a 500 (url_for clash)."""
+    """Only the list's own filters and its page go back into the redirect: a crafted ?endpoint= was a 500 (url_for
+    clash). The page's cursor goes too: freezing someone on page 2 no longer lands on page 1."""
     mine = api.resident(community_code="hengkang")
-    path = f"/admin/residents/{mine.id}/status?status=active&endpoint=x&_external=1&cursor=abc"
+    cursor = encode_cursor(mine.id + 1)
+    assert f"cursor={cursor}" in text(as_worker.get(f"/admin/residents?status=active&cursor={cursor}"))  # the form's
+    path = f"/admin/residents/{mine.id}/status?status=active&endpoint=x&_external=1&cursor={cursor}"
     response = as_worker.post(path, {"status": "frozen", "reason": "多次违规投放"})
     assert response.status_code == 302
-    assert response.headers["Location"] == "/admin/residents?status=active"
+    assert response.headers["Location"] == f"/admin/residents?status=active&cursor={cursor}"
     db.session.expire_all()
     assert db.session.get(Resident, mine.id).status == "frozen"
 
