@@ -181,9 +181,14 @@ def residents():
 @rerender_on_error(_residents_page)
 def set_resident_status(resident_id: int):
     data = load(ResidentUpdateSchema(), present("status", "reason"))
-    resident = people.set_resident_status(current_admin_actor(), resident_id, data["status"], data["reason"])
-    verb = "冻结" if resident.status == "frozen" else "解冻"
-    flash(f"已{verb}居民「{resident.nickname or resident.id}」", "success")
+    actor = current_admin_actor()
+    was = people.get_resident(actor, resident_id).status
+    resident = people.set_resident_status(actor, resident_id, data["status"], data["reason"])
+    name = resident.nickname or resident.id
+    if was == resident.status:  # a page opened before someone else's change
+        flash(f"居民「{name}」已处于{'冻结' if resident.status == 'frozen' else '正常'}状态，未作更改", "success")
+    else:
+        flash(f"已{'冻结' if resident.status == 'frozen' else '解冻'}居民「{name}」", "success")
     # Back to the list as it was filtered, on the page it was on; only the known filters and the cursor, never
     # arbitrary query keys, reach url_for.
     back = _resident_filters() | {"cursor": request.args.get("cursor") or None}

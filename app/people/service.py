@@ -363,8 +363,12 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
     actor.require_role("admin", "worker")
     resident = get_or_404(Resident, resident_id, "居民不存在")
     _resident_in_scope(actor, resident)
+    db.session.refresh(resident, with_for_update=True)  # two workers at once: one change, one audit record
     if resident.status == "closed":
         raise NotFound("居民不存在")
+    if resident.status == status:  # a stale page or a retry: nothing changes, so nothing is recorded
+        db.session.rollback()
+        return resident
     previous, resident.status = resident.status, status
     audit.record(actor, f"resident.{status}", "resident", resident.id, {"from": previous, "reason": reason})
     commit()

@@ -660,6 +660,13 @@ def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, as_worker)
     )
     db.session.expire_all()
     assert db.session.get(Resident, mine.id).status == "active"
+    # a page opened before that thaw sends it again: nothing changes, nothing more is recorded, and the page says so
+    again = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "active", "reason": "已整改"})
+    assert "已处于正常状态，未作更改" in text(as_worker.get(again.headers["Location"]))
+    actions = db.session.scalars(
+        sa.select(AuditEvent.action).filter_by(target_type="resident", target_id=str(mine.id))
+    ).all()
+    assert sorted(actions) == ["resident.active", "resident.frozen"]
 
 
 def test_freezing_needs_a_reason(api, as_admin):
