@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import active_switch, int_arg, load, many, nullable, present, rerender_on_error, switch, text
+from admin.forms import active_switch, int_arg, load, many, nullable, present, rerender_on_error, text
 from admin.security import current_admin_actor, only
 from app import qr
 from app.db import find
@@ -155,7 +155,7 @@ def _device_of_point(point_id: int, device_id: int):
 @rerender_on_error(_point_page)
 def set_device_active(point_id: int, device_id: int):
     device = _device_of_point(point_id, device_id)
-    active = switch("active")
+    active = active_switch("停用后该设备的投递请求将立即被拒绝")
     sorting.set_device_active(current_admin_actor(), device.id, active)
     flash(f"设备 {device.code} 已{'启用' if active else '停用'}", "success")
     return redirect(url_for("admin.point", point_id=point_id))

@@ -1085,7 +1085,12 @@ def test_a_bin_is_retired_and_brought_back_from_its_points_page(as_admin):
     device = sorting.register_device(SYSTEM, {"code": "bin-hk-002", "collection_point_id": point.id})
     page = text(as_admin.get(f"/admin/points/{point.id}"))
     assert f"/admin/points/{point.id}/devices/{device.id}/active" in page
-    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "0"})
+    unconfirmed = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "0"})
+    assert unconfirmed.status_code == 422  # one click is not enough to cut a bin off, as with a point
+    assert "请勾选确认：停用后该设备的投递请求将立即被拒绝" in text(unconfirmed)
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).active is True
+    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "0", "confirm": "yes"})
     assert response.status_code == 302
     db.session.expire_all()
     assert db.session.get(Device, device.id).active is False
@@ -1172,14 +1177,27 @@ def test_bins_are_managed_only_under_their_own_point_and_community(as_worker):
     their_bin = sorting.register_device(SYSTEM, {"code": "bin-xhw-001", "collection_point_id": theirs.id})
     secret = their_bin.secret
     assert (
-        as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/active", {"active": "0"}).status_code == 403
+        as_worker.post(
+            f"/admin/points/{theirs.id}/devices/{their_bin.id}/active", {"active": "0", "confirm": "yes"}
+        ).status_code
+        == 403
     )
     form = {"confirm": "yes", "replaces": their_bin.secret_fingerprint}
     rotate = as_worker.post(f"/admin/points/{theirs.id}/devices/{their_bin.id}/rotate", form)
     assert rotate.status_code == 403
     # a bin named under another point's URL is not found there, even the worker's own point
-    assert as_worker.post(f"/admin/points/{mine.id}/devices/{their_bin.id}/active", {"active": "0"}).status_code == 404
-    assert as_worker.post(f"/admin/points/{theirs.id}/devices/{my_bin.id}/active", {"active": "0"}).status_code == 404
+    assert (
+        as_worker.post(
+            f"/admin/points/{mine.id}/devices/{their_bin.id}/active", {"active": "0", "confirm": "yes"}
+        ).status_code
+        == 404
+    )
+    assert (
+        as_worker.post(
+            f"/admin/points/{theirs.id}/devices/{my_bin.id}/active", {"active": "0", "confirm": "yes"}
+        ).status_code
+        == 404
+    )
     db.session.expire_all()
     assert db.session.get(Device, their_bin.id).active is True
     assert db.session.get(Device, their_bin.id).secret == secret
