@@ -47,6 +47,14 @@ ENTRY_KINDS = {
     "reverse": "冲正",
 }
 
+# Where an entry's points came from (ledger_entries.source).
+SOURCES = {
+    "checkin": "分类打卡",
+    "sorting": "回收投递",
+    "admin": "人工调整",
+    "expiry": "年度到期",
+}
+
 UNITS = {"kg": "千克", "item": "件", "visit": "次", "day": "天", "person_km": "人·公里"}
 
 # Form field names as shown next to a validation message.

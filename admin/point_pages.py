@@ -72,6 +72,8 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
         deposits=deposits,
         # A worker opens only its own community's residents: the others are named, not linked to a 404.
         openable=people.residents_in_scope(actor, [d.resident_id for d in deposits["items"]]),
+        collectors=people.staff_names([d.collector_id for d in deposits["items"] if d.collector_id]),
+        device_codes={d.id: d.code for d in devices},
         new_device=device,
         rotated=rotated,
         categories=CATEGORIES,

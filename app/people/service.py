@@ -185,6 +185,14 @@ def get_staff(actor: Actor, staff_id: int) -> Staff:
     return staff
 
 
+def staff_names(staff_ids: list[int]) -> dict[int, str]:
+    """How these staff members are shown beside what they recorded: display name, else username."""
+    rows = db.session.execute(
+        sa.select(Staff.id, Staff.display_name, Staff.username).where(Staff.id.in_(set(staff_ids)))
+    )
+    return {row.id: row.display_name or row.username for row in rows}
+
+
 def can_manage_staff(actor: Actor, staff: Staff) -> bool:
     """Who may change an account: admins any; an alliance member its own organisation's clerks and alliance
     accounts (the roles it may create)."""

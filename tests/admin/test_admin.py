@@ -711,7 +711,8 @@ def test_adjustment_via_form_changes_the_balance_and_shows_the_entry(api, as_adm
     page = text(as_admin.get(f"/admin/residents/{resident.id}"))
     assert "已调整 +30 积分，当前余额 30" in page
     assert "活动补发" in page
-    assert "人工调整" in page
+    assert "<td>人工调整</td>" in page  # its source, in words: no code such as "admin" on the page
+    assert "<code>admin</code>" not in page
     assert '<div class="value">30</div>' in page
 
 
@@ -1046,6 +1047,7 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
     page = text(as_admin.get(f"/admin/points/{point.id}"))
     assert page.index("玻璃 10 克") < page.index("纸类 1500 克")
     assert "（不足 1 分）" in page
+    assert f"回收员 {username_of(collector)}" in page  # by name, not by id
     assert "纸类 1000 克" not in page
     older = re.search(r'href="([^"]+cursor=[^"]+)">更早的记录', page).group(1).replace("&amp;", "&")
     rest = text(as_admin.get(older))
