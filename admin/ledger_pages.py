@@ -32,6 +32,7 @@ def _resident_page(error=None, resident_id: int = 0) -> str:
         "admin/resident.html",
         resident=resident,
         profile=ledger.profile(resident_id),
+        status_history=people.status_history(current_admin_actor(), resident_id),
         page=ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE),
         # After a duplicate the adjustment it repeats has landed (the entries above show it): the form starts afresh,
         # with a reference of its own, rather than resending the same one for ever.

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy as sa
+
 from app.audit.models import AuditEvent
 from app.db import db
 
@@ -18,3 +20,15 @@ def record(actor, action: str, target_type: str, target_id: Any, details: dict[s
             details=details or {},
         )
     )
+
+
+def history(target_type: str, target_id: Any, actions: tuple[str, ...], limit: int) -> list[AuditEvent]:
+    """The latest of these actions on one record, newest first."""
+    stmt = (
+        sa.select(AuditEvent)
+        .where(AuditEvent.target_type == target_type, AuditEvent.target_id == str(target_id),
+               AuditEvent.action.in_(actions))
+        .order_by(AuditEvent.id.desc())
+        .limit(limit)
+    )  # fmt: skip
+    return list(db.session.scalars(stmt))

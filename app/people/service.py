@@ -367,6 +367,19 @@ def list_residents(
     return keyset_page(stmt, Resident.id, cursor, limit)
 
 
+def status_history(actor: Actor, resident_id: int, limit: int = 10) -> list[dict[str, Any]]:
+    """Who froze or thawed this resident, when and why, newest first: what a worker needs to answer "why can I not
+    earn points?"."""
+    get_resident(actor, resident_id)
+    events = audit.history("resident", resident_id, ("resident.frozen", "resident.active"), limit)
+    names = staff_names([e.actor_id for e in events if e.actor_type == "staff" and e.actor_id])
+    return [
+        {"status": e.action.removeprefix("resident."), "at": e.created_at, "reason": e.details.get("reason", ""),
+         "by": names.get(e.actor_id, "系统") if e.actor_type == "staff" else "系统"}
+        for e in events
+    ]  # fmt: skip
+
+
 def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> Resident:
     actor.require_role("admin", "worker")
     resident = get_or_404(Resident, resident_id, "居民不存在")

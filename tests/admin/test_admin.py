@@ -645,7 +645,7 @@ def test_freezing_returns_to_the_filtered_list_and_ignores_other_query_keys(api,
     assert db.session.get(Resident, mine.id).status == "frozen"
 
 
-def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, as_worker):
+def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, worker, as_worker):
     mine = api.resident(community_code="hengkang")
     response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": "多次违规投放"})
     assert response.status_code == 302
@@ -660,6 +660,10 @@ def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, as_worker)
     )
     db.session.expire_all()
     assert db.session.get(Resident, mine.id).status == "active"
+    history = text(as_worker.get(f"/admin/residents/{mine.id}"))  # why, when and by whom, newest first
+    assert "冻结与解冻记录" in history
+    assert history.index("已整改") < history.index("多次违规投放")
+    assert history.count(f"<td>{username_of(worker)}</td>") == 2
     # a page opened before that thaw sends it again: nothing changes, nothing more is recorded, and the page says so
     again = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "active", "reason": "已整改"})
     assert "已处于正常状态，未作更改" in text(as_worker.get(again.headers["Location"]))
