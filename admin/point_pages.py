@@ -125,6 +125,14 @@ def point_qr_svg(point_id: int):
     return _image(qr.to_svg(url), "image/svg+xml", f"collection-point-{point_id}.svg")
 
 
+@bp.get("/points/<page_id:point_id>/poster")
+def point_poster(point_id: int):
+    """A printable A4 poster: the QR with the point's name, community and what it takes, so that posters for several
+    points are told apart when they are put up."""
+    sorting.poster(current_admin_actor(), point_id)  # the caller's scope, and a retired point has no poster (409)
+    return render_template("admin/poster.html", point=sorting.get_point(point_id))
+
+
 @bp.post("/points/<page_id:point_id>/rotate")
 @rerender_on_error(_point_page)
 def rotate_poster(point_id: int):

@@ -1258,3 +1258,20 @@ def test_list_filters_and_cursors_beyond_the_database_are_not_a_500(as_admin, pa
     response = as_admin.get(f"{path}?{query}")
     assert response.status_code == (200 if query.startswith("community_id") else 422)
     assert response.mimetype == "text/html"
+
+
+def test_a_printable_poster_names_its_point_and_is_scoped(api, as_worker):
+    point = sorting.create_point(
+        SYSTEM,
+        {"name": "恒康社区3号楼投放点", "community_id": community_id("hengkang"), "kind": "station",
+         "lat": 30.87, "lng": 121.58, "geofence_m": 200, "categories": ["paper", "glass"]},
+    )  # fmt: skip
+    assert f"/admin/points/{point.id}/poster" in text(as_worker.get(f"/admin/points/{point.id}"))
+    page = text(as_worker.get(f"/admin/points/{point.id}/poster"))
+    expected = ["恒康社区3号楼投放点", "定时定点投放站", "200 米内", "纸类", "玻璃", f"回收点编号 {point.id}"]
+    for shown in [*expected, f'src="/admin/points/{point.id}/qr.svg"']:
+        assert shown in page, shown
+    theirs = make_point("鑫海湾站", "xinhaiwan")
+    assert as_worker.get(f"/admin/points/{theirs.id}/poster").status_code == 403
+    sorting.set_point_active(SYSTEM, point.id, False)
+    assert as_worker.get(f"/admin/points/{point.id}/poster").status_code == 409  # a retired point's poster would fail
