@@ -140,6 +140,12 @@ def create_staff(actor: Actor, data: dict[str, Any]) -> Staff:
     stores = _scoped_rows(Store, data.pop("store_ids", []), "store_ids", "兑换点")
     points = _scoped_rows(CollectionPoint, data.pop("collection_point_ids", []), "collection_point_ids", "回收点")
     _check_alliance_grant(actor, data, stores)
+    if data["role"] == "merchant" and data.get("organization_id") is None and stores:
+        # A clerk belongs to its stores' organisation: without it no alliance member would see or manage the account.
+        owners = {store.organization_id for store in stores}
+        if len(owners) > 1:
+            raise field_error("store_ids", "这些兑换点属于不同单位：请指定店员所属单位")
+        data["organization_id"] = owners.pop()
     if not actor.is_admin and data.get("community_id") is not None:
         home = db.session.get(Organization, data["organization_id"])
         if home is None or data["community_id"] != home.community_id:

@@ -416,6 +416,19 @@ def test_an_admin_cannot_lock_themself_out_and_switches_take_booleans_only(api, 
     assert_error(api.get("/staff/me", as_=other_admin), 401, "unauthorized")
 
 
+def test_a_clerk_created_without_an_organisation_belongs_to_its_stores(api, world):
+    """Otherwise no alliance member would see or manage the account."""
+    admin, boss = world["admin"], api.staff("alliance", organization_id=world["cafe"])
+    body = {"username": "clerk.inferred", "password": PASSWORD, "role": "merchant", "store_ids": [world["cafe_store"]]}
+    created = api.post("/staff", as_=admin, json=body)
+    assert created.status_code == 201, created.get_json()
+    assert created.get_json()["organization_id"] == world["cafe"]
+    assert "clerk.inferred" in {s["username"] for s in api.get("/staff", as_=boss).get_json()["items"]}
+    both = {**body, "username": "clerk.two.owners", "store_ids": [world["cafe_store"], world["shops_store"]]}
+    error = assert_error(api.post("/staff", as_=admin, json=both), 422, "validation_error")
+    assert "不同单位" in error["details"]["fields"]["store_ids"][0]
+
+
 def test_no_one_resets_their_own_password_without_the_current_one(api, world):
     """PATCH /staff/{id} asks for no current password: on the caller's own account it would let a borrowed session
     take the account over, around /auth/password's check and its tries."""
