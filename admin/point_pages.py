@@ -52,8 +52,6 @@ def create_point():
     if actor.role == "worker":
         data["community_id"] = str(actor.community_id)
     data["categories"] = many("categories")
-    if not data["categories"]:
-        raise field_error("categories", "请至少选择一个回收品类")
     point = sorting.create_point(actor, load(CollectionPointSchema(), data))
     flash(f"已创建回收点「{point.name}」", "success")
     return redirect(url_for("admin.point", point_id=point.id))

@@ -19,21 +19,24 @@ def _distinct(categories: list[str]) -> None:
         raise ValidationError("品类不能重复")
 
 
+_CATEGORY_LIST = [validate.Length(min=1, max=len(CATEGORIES), error="请至少选择一个回收品类"), _distinct]
+_LAT = {"description": f"latitude in {DATUM}; with lng, or neither"}
+_LNG = {"description": f"longitude in {DATUM}"}
+
+
 class CollectionPointSchema(StrictSchema):
     id = Integer(dump_only=True)
     name = Text(required=True, validate=validate.Length(min=1, max=128))
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
     address = Text(load_default="", validate=validate.Length(max=256))
-    lat = Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90),
-                metadata={"description": f"latitude in {DATUM}; with lng, or neither"})  # fmt: skip
-    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180),
-                metadata={"description": f"longitude in {DATUM}"})  # fmt: skip
+    lat = Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90), metadata=_LAT)
+    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180), metadata=_LNG)
     geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
         load_default=lambda: list(CATEGORIES),
-        validate=[validate.Length(min=1, max=len(CATEGORIES)), _distinct],
+        validate=_CATEGORY_LIST,
     )
     active = Boolean(dump_only=True)
     distance_m = Integer(dump_only=True, allow_none=True, dump_default=None)
@@ -54,12 +57,12 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     community_id = Id()
     kind = fields.String(validate=validate.OneOf(POINT_KINDS))
     address = Text(validate=validate.Length(max=256))
-    lat = Float(allow_none=True, validate=validate.Range(min=-90, max=90))
-    lng = Float(allow_none=True, validate=validate.Range(min=-180, max=180))
+    lat = Float(allow_none=True, validate=validate.Range(min=-90, max=90), metadata=_LAT)
+    lng = Float(allow_none=True, validate=validate.Range(min=-180, max=180), metadata=_LNG)
     geofence_m = Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
-        validate=[validate.Length(min=1, max=len(CATEGORIES)), _distinct],
+        validate=_CATEGORY_LIST,
     )
     active = Boolean()
 
@@ -194,7 +197,11 @@ class DepositSchema(StrictSchema):
 
 class DeviceCreateSchema(StrictSchema):
     code = fields.String(
-        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.-]+\Z")]
+        required=True,
+        validate=[
+            validate.Length(min=3, max=64),
+            validate.Regexp(r"^[A-Za-z0-9_.-]+\Z", error="只能包含英文字母、数字和 _ . -，如 HK-BIN-02"),
+        ],
     )
     collection_point_id = Id(required=True)
 

@@ -1275,3 +1275,13 @@ def test_a_printable_poster_names_its_point_and_is_scoped(api, as_worker):
     assert as_worker.get(f"/admin/points/{theirs.id}/poster").status_code == 403
     sorting.set_point_active(SYSTEM, point.id, False)
     assert as_worker.get(f"/admin/points/{point.id}/poster").status_code == 409  # a retired point's poster would fail
+
+
+def test_a_point_edited_without_categories_is_told_as_when_created(as_admin):
+    point = make_point()
+    form = {"name": point.name, "kind": "station", "address": "", "lat": "", "lng": "", "geofence_m": ""}
+    response = as_admin.post(f"/admin/points/{point.id}", form)
+    assert response.status_code == 422
+    assert "回收品类：请至少选择一个回收品类" in text(response)
+    bad_code = as_admin.post(f"/admin/points/{point.id}/devices", {"code": "箱 1"})
+    assert "只能包含英文字母、数字和 _ . -" in text(bad_code)
