@@ -141,9 +141,6 @@ def next_url() -> str:
 
 
 def before_request():
-    # The HTML 404/405 changes nothing, so it needs no token: a wrong method gets its 405, not a CSRF refusal.
-    if request.method in UNSAFE_METHODS and request.endpoint != NOT_FOUND and not csrf_valid():
-        abort(400, description="页面已过期或来源无效，请刷新页面后重试")
     g.admin_staff = None
     staff_id = session.get(STAFF_KEY)
     if staff_id is not None:
@@ -158,6 +155,10 @@ def before_request():
             return redirect(url_for("admin.login"))
         g.admin_staff = staff
         g.admin_actor = g.actor = actor_for_staff(staff)
+    # After the sign-in is known, so that a refusal (or a form too large to read) shows the signed-in page, menu and
+    # all. The HTML 404/405 changes nothing, so it needs no token: a wrong method gets its 405, not a CSRF refusal.
+    if request.method in UNSAFE_METHODS and request.endpoint != NOT_FOUND and not csrf_valid():
+        abort(400, description="页面已过期或来源无效，请刷新页面后重试")
     if g.admin_staff is None and request.endpoint not in PUBLIC_ENDPOINTS:
         target = request.full_path.rstrip("?") if request.method == "GET" else None
         return redirect(url_for("admin.login", next=_safe_next(target)))

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from flask import g
 from flask.sessions import NullSession
 
 from app.audit.models import AuditEvent
@@ -325,10 +326,14 @@ def test_api_requests_neither_read_nor_set_the_admin_cookie(as_admin, app):
 
 def test_post_without_csrf_token_is_refused(as_admin):
     before = db.session.scalar(sa.select(sa.func.count()).select_from(Community))
+    g.pop("admin_staff", None)  # the test's app context (and its g) outlives a request: start as a server would
     response = as_admin.post("/admin/communities", {"code": "nocsrf", "name": "无令牌社区"}, csrf=False)
     assert response.status_code == 400
     assert response.mimetype == "text/html"
     assert "页面已过期" in text(response)
+    assert "返回首页" in text(response)  # still signed in: the menu stays
+    assert "前往登录" not in text(response)
+    assert 'href="/admin/communities"' in text(response)
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Community)) == before
 
 
