@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import render_template
+from flask import current_app, render_template
 
 from admin.blueprint import bp
 from admin.security import current_admin_actor
+from app.clock import local_day, local_midnight, utcnow
 from app.db import db
 from app.ledger.models import Account
 from app.people.models import Resident, Staff
-from app.sorting.models import CollectionPoint
+from app.sorting.models import Checkin, CollectionPoint, Deposit
 
 
 def _scalar(stmt) -> int:
@@ -44,6 +45,19 @@ def _counts(actor) -> list[tuple[str, str, str]]:
             ("回收点", str(_scalar(points)), "全区在用"),
         ]
 
+    # Today at the points in scope, whoever the residents are: what the community's own bins and stations took in.
+    today = local_day(utcnow(), current_app.config["TIMEZONE"])
+    since = local_midnight(today, current_app.config["TIMEZONE"])
+    checkins = sa.select(sa.func.count()).select_from(Checkin).where(Checkin.day == today)
+    deposits = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(Deposit.weight_g), 0)).where(
+        Deposit.created_at >= since
+    )
+    if community is not None:
+        in_scope = sa.select(CollectionPoint.id).where(CollectionPoint.community_id == community)
+        checkins = checkins.where(Checkin.collection_point_id.in_(in_scope))
+        deposits = deposits.where(Deposit.collection_point_id.in_(in_scope))
+    deposit_count, deposit_g = db.session.execute(deposits).one()
+
     frozen = residents.where(Resident.status == "frozen")
     entries, earned, balance, co2e_g = db.session.execute(accounts).one()
     scope = "本社区" if community is not None else "全区"
@@ -51,6 +65,8 @@ def _counts(actor) -> list[tuple[str, str, str]]:
         ("居民", str(_scalar(residents)), f"{scope}，其中已冻结 {_scalar(frozen)} 人"),
         ("工作人员", str(_scalar(staff)), scope),
         ("回收点", str(_scalar(points)), f"{scope}在用"),
+        ("今日打卡", str(_scalar(checkins)), f"{scope}回收点，今天"),
+        ("今日回收", f"{int(deposit_g) / 1000:,.1f} kg", f"{scope}回收点今天 {int(deposit_count)} 笔投递"),
         ("积分记录", str(int(entries)), f"{scope}账本条目"),
         ("累计活动积分", str(int(earned)), f"{scope}，不含人工调整；当前余额合计 {int(balance)}"),
         ("累计减排", f"{int(co2e_g) / 1000:,.1f} kg", "CO₂e"),

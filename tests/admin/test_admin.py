@@ -1290,3 +1290,25 @@ def test_a_point_edited_without_categories_is_told_as_when_created(as_admin):
     assert "回收品类：请至少选择一个回收品类" in text(response)
     bad_code = as_admin.post(f"/admin/points/{point.id}/devices", {"code": "箱 1"})
     assert "只能包含英文字母、数字和 _ . -" in text(bad_code)
+
+
+def test_a_workers_dashboard_counts_today_at_its_own_points_whoever_comes(api, as_worker, clock):
+    """Residents of another community who bring recyclables to this community's points count for its points."""
+    mine, theirs = make_point("恒康站"), make_point("鑫海湾站", "xinhaiwan")
+    collector = api.staff("collector", collection_point_ids=[mine.id])
+    visitor = api.resident(community_code="xinhaiwan")
+    for point, weight in ((mine, 1500), (mine, 500)):
+        body = {"member_code": api.member_code(visitor), "collection_point_id": point.id,
+                "items": [{"category": "paper", "weight_g": weight}]}  # fmt: skip
+        assert api.post("/deposits", as_=collector, json=body).status_code == 201
+    for point in (mine, theirs):
+        token = sorting.poster(SYSTEM, point.id)["token"]
+        assert api.post("/scans", as_=visitor, json={"token": token}).status_code == 201
+
+    def cards() -> dict[str, str]:
+        return dict(re.findall(r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>',
+                               text(as_worker.get("/admin/"))))  # fmt: skip
+
+    assert (cards()["今日打卡"], cards()["今日回收"]) == ("1", "2.0 kg")
+    clock.advance(days=1)  # a new local day starts from nothing
+    assert (cards()["今日打卡"], cards()["今日回收"]) == ("0", "0.0 kg")
