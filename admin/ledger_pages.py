@@ -9,9 +9,9 @@ from flask import flash, redirect, render_template, request, url_for
 from admin.blueprint import bp
 from admin.forms import load, present, rerender_on_error
 from admin.security import current_admin_actor, only
-from app.errors import Duplicate
+from app.errors import Duplicate, NotFound, field_error
 from app.ledger import service as ledger
-from app.ledger.schemas import AdjustmentSchema
+from app.ledger.schemas import AdjustmentSchema, ReversalSchema
 from app.ledger.verify import verify_ledger
 from app.people import service as people
 from app.people.models import Resident
@@ -25,20 +25,25 @@ def _resident_in_scope(resident_id: int) -> Resident:
     return people.get_resident(current_admin_actor(), resident_id)
 
 
-def _resident_page(error=None, resident_id: int = 0) -> str:
+def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None) -> str:
     resident = _resident_in_scope(resident_id)
     landed = isinstance(error, Duplicate)
+    page = ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE)
     return render_template(
         "admin/resident.html",
         resident=resident,
         profile=ledger.profile(resident_id),
+        page=page,
+        failed_entry=entry_id if error else None,
+        row_error=error if entry_id else None,
+        reversed_ids=ledger.reversed_among([e.id for e in page["items"]]),
         status_history=people.status_history(current_admin_actor(), resident_id),
-        page=ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE),
         # After a duplicate the adjustment it repeats has landed (the entries above show it): the form starts afresh,
         # with a reference of its own, rather than resending the same one for ever.
-        form={} if landed else request.form,
+        form={} if landed or entry_id else request.form,
+        row_form=request.form if entry_id else {},
         reference=(not landed and request.form.get("reference")) or uuid.uuid4().hex,
-        error=error,
+        error=None if entry_id else error,
     )
 
 
@@ -56,6 +61,22 @@ def adjust(resident_id: int):
     reference = request.form.get("reference") or None
     entry = ledger.adjust(current_admin_actor(), resident_id, data["delta"], data["reason"], reference=reference)
     flash(f"已调整 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
+    return redirect(url_for("admin.resident", resident_id=resident_id))
+
+
+@bp.post("/residents/<page_id:resident_id>/entries/<page_id:entry_id>/reverse")
+@only("admin")
+@rerender_on_error(_resident_page)
+def reverse(resident_id: int, entry_id: int):
+    """Cancel one of this resident's entries with its exact opposite (a deposit weighed wrong, say), with a reason."""
+    _resident_in_scope(resident_id)
+    if ledger.resident_of_entry(entry_id) != resident_id:
+        raise NotFound("积分记录不存在")
+    data = load(ReversalSchema(), present("reason"))
+    if request.form.get("confirm") != "yes":
+        raise field_error("confirm", "请勾选确认：冲正记入账本，不可撤销")
+    entry = ledger.reverse_entry(current_admin_actor(), entry_id, data["reason"])
+    flash(f"已冲正 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
     return redirect(url_for("admin.resident", resident_id=resident_id))
 
 

@@ -18,7 +18,7 @@ from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import bound_row, commit, db, dialect_name, get_or_404, run
+from app.db import bound_row, commit, db, dialect_name, fits_key, get_or_404, run
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -477,6 +477,17 @@ def profile(resident_id: int) -> dict[str, Any]:
         "expiring_points": expiring_points,
         "expiring_at": expiring_at,
     }
+
+
+def resident_of_entry(entry_id: int) -> int | None:
+    stmt = sa.select(Account.resident_id).join(LedgerEntry, LedgerEntry.account_id == Account.id)
+    return db.session.scalar(stmt.where(LedgerEntry.id == entry_id)) if fits_key(entry_id, sa.BigInteger()) else None
+
+
+def reversed_among(entry_ids: list[int]) -> set[int]:
+    """Which of these entries have been reversed already."""
+    stmt = sa.select(LedgerEntry.reverses_id).where(LedgerEntry.reverses_id.in_(set(entry_ids)))
+    return set(db.session.scalars(stmt))
 
 
 def ledger_page(resident_id: int, cursor: str | None, limit: int) -> dict[str, Any]:

@@ -1312,3 +1312,46 @@ def test_a_workers_dashboard_counts_today_at_its_own_points_whoever_comes(api, a
     assert (cards()["今日打卡"], cards()["今日回收"]) == ("1", "2.0 kg")
     clock.advance(days=1)  # a new local day starts from nothing
     assert (cards()["今日打卡"], cards()["今日回收"]) == ("0", "0.0 kg")
+
+
+def test_an_admin_reverses_a_residents_entry_from_its_page_once_and_with_a_reason(api, admin, as_admin):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
+            "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
+    made = api.post("/deposits", as_=collector, json=body).get_json()
+    path = f"/admin/residents/{resident.id}/entries/{made['entry_id']}/reverse"
+    assert path in text(as_admin.get(f"/admin/residents/{resident.id}"))
+
+    unconfirmed = as_admin.post(path, {"reason": "称重错误"})
+    assert unconfirmed.status_code == 422
+    assert "请勾选确认" in text(unconfirmed)
+    assert 'value="称重错误"' in text(unconfirmed)  # kept on the row that failed
+    assert balance_of(resident.id) == made["points"]
+
+    response = as_admin.post(path, {"reason": "称重错误", "confirm": "yes"})
+    assert response.status_code == 302
+    assert balance_of(resident.id) == 0
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    assert f"已冲正 -{made['points']} 积分，当前余额 0" in page
+    assert path not in page  # marked 已冲正, no second form
+    again = as_admin.post(path, {"reason": "再冲一次", "confirm": "yes"})
+    assert again.status_code == 409
+    assert "该记录已被冲正" in text(again)
+    assert balance_of(resident.id) == 0
+
+    # an entry is reversed only under its own resident's page
+    other = api.resident(community_code="hengkang")
+    stranger = as_admin.post(f"/admin/residents/{other.id}/entries/{made['entry_id']}/reverse",
+                             {"reason": "错页", "confirm": "yes"})  # fmt: skip
+    assert stranger.status_code == 404
+
+
+def test_only_admins_reverse_entries_on_the_admin_site(api, as_worker):
+    resident = api.resident(community_code="hengkang")
+    entry = ledger.adjust(SYSTEM, resident.id, 20, "补发")
+    assert "/reverse" not in text(as_worker.get(f"/admin/residents/{resident.id}"))
+    path = f"/admin/residents/{resident.id}/entries/{entry.id}/reverse"
+    assert as_worker.post(path, {"reason": "越权", "confirm": "yes"}).status_code == 403
+    assert balance_of(resident.id) == 20
