@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -168,6 +169,16 @@ def fast_password_hashing(monkeypatch):
         people_service, "generate_password_hash", lambda password: generate_password_hash(password, method=FAST_HASH)
     )
     monkeypatch.setattr(auth_service, "_DUMMY_HASH", generate_password_hash("not-a-real-password", method=FAST_HASH))
+
+
+class Ticking:
+    """A clock a millisecond later at every read (from any thread), as a real one is between reads."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start, self.reads = start, itertools.count()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(milliseconds=next(self.reads))
 
 
 @pytest.fixture(autouse=True)

@@ -270,9 +270,9 @@ def post(
         raise ValueError("a ledger entry moves a non-zero number of points")
     if len({c.key for c in caps}) != len(caps):
         raise ValueError("one charge per daily counter: merge charges with the same key")
-    now = at or utcnow()
-    today = local_day(now, _tz())
     account, claim_id = _lock_account(resident_id, claim)
+    now = at or utcnow()  # read under the lock: one chain's entries are dated in the order they are appended
+    today = local_day(now, _tz())
     ref_id = ref_id if claim is None else str(claim_id)
     if account.balance + delta < 0:
         raise InsufficientPoints(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 
+from app import clock as app_clock
 from app.db import db
 from app.ledger.models import LedgerEntry
 from app.ledger.verify import verify_ledger
-from tests.conftest import PG_CONCURRENCY, race
+from tests.conftest import PG_CONCURRENCY, SHANGHAI, Ticking, race
 
 pytestmark = PG_CONCURRENCY
 
@@ -66,3 +69,17 @@ def test_parallel_reversals_of_one_credit_reverse_it_once_and_tell_the_others_so
     assert db.session.scalar(sa.select(sa.func.count()).where(LedgerEntry.reverses_id == entry_id)) == 1
     report = verify_ledger()
     assert report.ok, report.problems
+
+
+def test_parallel_postings_to_one_account_are_dated_in_the_order_they_are_appended(api, app):
+    """Each posting reads the clock once it holds the account's lock: a request that waited its turn is not dated
+    before the entries appended while it waited (an entry after local midnight would count on the day before)."""
+    me, admin = api.resident(), api.staff("admin")
+    path = f"/api/v1/residents/{me.id}/adjustments"
+    app_clock.set_clock(Ticking(datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI)))
+    responses = race(app, lambda c, i: c.post(path, json={"delta": 1, "reason": f"并发{i}"}, headers=admin.auth), 40)
+    assert [r.status_code for r in responses] == [201] * 40
+    db.session.expire_all()
+    dated = db.session.scalars(sa.select(LedgerEntry.created_at).order_by(LedgerEntry.seq)).all()
+    assert len(dated) == 40
+    assert dated == sorted(dated)

@@ -16,7 +16,15 @@ from app.clock import local_day
 from app.db import db
 from app.ledger.models import DailyEarning, LedgerEntry
 from app.sorting.models import Checkin
-from tests.conftest import SHANGHAI, assert_error, community_id, during_an_uncommitted_freeze, pg_concurrency, race
+from tests.conftest import (
+    SHANGHAI,
+    Ticking,
+    assert_error,
+    community_id,
+    during_an_uncommitted_freeze,
+    pg_concurrency,
+    race,
+)
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
@@ -295,17 +303,6 @@ def test_local_midnight_splits_days_not_utc_midnight(api, clock, world):
     clock.set(early)
     assert_error(scan(api, resident, world["tokens"]["b"]), 409, "already_claimed")
     assert balance(api, resident) == 15
-
-
-class Ticking:
-    """A clock a millisecond later at every read, as a real one is between the reads of one request."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start, self.reads = start, 0
-
-    def __call__(self) -> datetime:
-        self.reads += 1
-        return self.start + timedelta(milliseconds=self.reads - 1)
 
 
 def test_a_check_in_its_entry_and_its_cap_count_share_one_moment_across_local_midnight(api, clock, world):
