@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from functools import wraps
 from typing import Any
 
@@ -55,6 +56,15 @@ def active_switch(retire_warning: str) -> bool:
     if not active and request.form.get("confirm") != "yes":
         raise field_error("confirm", f"请勾选确认：{retire_warning}")
     return active
+
+
+def date_arg(name: str) -> date | None:
+    """A day (YYYY-MM-DD) from the query string; anything else is no filter."""
+    raw = request.args.get(name, "").strip()
+    try:
+        return date.fromisoformat(raw) if len(raw) == 10 else None
+    except ValueError:
+        return None
 
 
 def int_arg(name: str) -> int | None:

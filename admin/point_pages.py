@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import active_switch, int_arg, load, many, nullable, present, rerender_on_error, text
+from admin.forms import active_switch, date_arg, int_arg, load, many, nullable, present, rerender_on_error, text
 from admin.security import current_admin_actor, only
 from app import qr
 from app.db import find
@@ -61,13 +61,15 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
     actor = current_admin_actor()
     devices = sorting.list_devices(actor, point_id)  # checks the caller's scope over this point
     point = sorting.get_point(point_id)
-    deposits = sorting.point_deposits(actor, point_id, None, request.args.get("cursor") or None, DEPOSITS_PER_PAGE)
+    day = date_arg("day")
+    deposits = sorting.point_deposits(actor, point_id, day, request.args.get("cursor") or None, DEPOSITS_PER_PAGE)
     return render_template(
         "admin/point.html",
         point=point,
         poster=sorting.poster(actor, point_id) if point.active else None,
         devices=devices,
         deposits=deposits,
+        day=day,
         # A worker opens only its own community's residents: the others are named, not linked to a 404.
         openable=people.residents_in_scope(actor, [d.resident_id for d in deposits["items"]]),
         collectors=people.staff_names([d.collector_id for d in deposits["items"] if d.collector_id]),

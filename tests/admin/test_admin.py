@@ -1355,3 +1355,21 @@ def test_only_admins_reverse_entries_on_the_admin_site(api, as_worker):
     path = f"/admin/residents/{resident.id}/entries/{entry.id}/reverse"
     assert as_worker.post(path, {"reason": "越权", "confirm": "yes"}).status_code == 403
     assert balance_of(resident.id) == 20
+
+
+def test_a_points_deposits_are_shown_for_one_local_day(api, as_admin, clock):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    for weight in (1000, 2000):  # 10:00 on 15 June, then 10:00 on 16 June (Shanghai)
+        body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
+                "items": [{"category": "paper", "weight_g": weight}]}  # fmt: skip
+        assert api.post("/deposits", as_=collector, json=body).status_code == 201
+        clock.advance(days=1)
+    day = text(as_admin.get(f"/admin/points/{point.id}?day=2026-06-15"))
+    assert "纸类 1000 克" in day
+    assert "纸类 2000 克" not in day
+    assert 'value="2026-06-15"' in day
+    every = text(as_admin.get(f"/admin/points/{point.id}?day=not-a-day"))  # no filter, not an error
+    assert "纸类 1000 克" in every
+    assert "纸类 2000 克" in every
