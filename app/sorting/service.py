@@ -579,9 +579,12 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     ]
 
     def credit(claim: ledger.Claim | None = None, ref_id: int | None = None) -> LedgerEntry:
-        single_rule = rules[0].id if len({r.id for r in rules}) == 1 else None
+        # One category: the entry names its rule, as a check-in's does. Several: the entry names the deposit, whose
+        # lines keep each rule (an entry has room for one).
+        single = rules[0] if len({r.id for r in rules}) == 1 else None
         return ledger.post(
-            resident_id, points, kind="earn", source="sorting", activity="sorting", rule_id=single_rule,
+            resident_id, points, kind="earn", source="sorting", activity=single.activity if single else "sorting",
+            rule_id=single.id if single else None,
             co2e_g=co2e_g, ref_type="deposit", ref_id=ref_id, claim=claim, actor_type=recorder.kind,
             actor_id=recorder.id, memo=f"{point.name} 回收投递",
             caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now), at=now,

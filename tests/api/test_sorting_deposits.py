@@ -218,6 +218,10 @@ def test_points_are_rounded_once_on_the_whole_deposit(api, world, items, co2e_g,
     assert (entry["delta"], entry["kind"], entry["source"], entry["co2e_g"]) == (points, "earn", "sorting", co2e_g)
     assert (entry["ref_type"], entry["ref_id"]) == ("deposit", str(body["id"]))
     assert entry["id"] == body["entry_id"]
+    # the rule: the entry's own for one category, the lines' (through the deposit it names) for several
+    rules = {i["rule_id"] for i in body["items"]}
+    expected = (f"sorting:{items[0]['category']}", rules.pop()) if len(rules) == 1 else ("sorting", None)
+    assert (entry["activity"], entry["rule_id"]) == expected
 
 
 FACTORS = {
