@@ -54,7 +54,7 @@ class Checkin(db.Model):
     # The unique (resident, point, day) index also serves lookups by resident: no index of its own to maintain.
     resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"))
     collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
-    day: Mapped[date]
+    day: Mapped[date] = mapped_column(index=True)  # today's check-ins, on the dashboard
     lat: Mapped[float | None]
     lng: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -87,6 +87,8 @@ class DeviceSignature(db.Model):
     signature: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     device_id: Mapped[int] = mapped_column(sa.ForeignKey("devices.id"))
     seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # Burned by a refused request: its replay says so, so that a bin does not take 409 for "recorded".
+    refused: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
 
 class Deposit(db.Model):

@@ -787,13 +787,18 @@ _HEADER_SIG = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class ReplayedSignature(Duplicate):
-    """A signed request seen before, from an authentic device."""
+    """A signed request seen before, from an authentic device. `details.refused` says whether that first try was
+    refused, so that a bin that lost the answer does not take this 409 for "recorded"."""
 
     message = "重复的设备请求"
 
-    def __init__(self, device_id: int):
-        super().__init__()
+    def __init__(self, device_id: int, refused: bool = False):
+        message = "该请求已被拒绝过，签名已失效：请重新签名后再提交" if refused else "重复的设备请求：该请求已处理"
+        super().__init__(message, details={"refused": refused})
         self.device_id = device_id
+
+
+_REFUSED_BEFORE = sa.select(DeviceSignature.refused).where(DeviceSignature.signature == sa.bindparam("signature"))
 
 
 def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
@@ -820,7 +825,8 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
         raise Unauthorized("设备签名无效")
     if not _burn(device_id, signature):
         log.warning("replayed signature from device %s", device_id)
-        raise ReplayedSignature(device_id)
+        refused = bool(run(_REFUSED_BEFORE, {"signature": signature.lower()}).scalar())
+        raise ReplayedSignature(device_id, refused)
     actor = Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})
     )
@@ -834,9 +840,9 @@ def _burn_signature(dialect: str) -> sa.Insert:
     return insert.returning(table.c.device_id)
 
 
-def _burn(device_id: int, signature: str) -> bool:
+def _burn(device_id: int, signature: str, refused: bool = False) -> bool:
     """Record the signature as used; False if it was already."""
-    values = {"signature": signature.lower(), "device_id": device_id, "seen_at": utcnow()}
+    values = {"signature": signature.lower(), "device_id": device_id, "seen_at": utcnow(), "refused": refused}
     return run(_burn_signature(dialect_name()), values).scalar() is not None
 
 
@@ -844,7 +850,7 @@ def burn_refused_signature(device_id: int, signature: str) -> None:
     """A refused request's signature stays used. The refusal rolled back the row that burned it with the rest, and
     the same bytes sent again within the clock window, once the cause was gone (an account unfrozen), would be
     accepted: a captured refusal is a request anyone could send later. Its own transaction, after the rollback."""
-    _burn(device_id, signature)
+    _burn(device_id, signature, refused=True)
     db.session.commit()
 
 

@@ -377,7 +377,9 @@ def test_replaying_a_signed_request_is_duplicate(api, world):
     kwargs = signed(world["device"], body_for(api, world))
     first = api.post(PATH, **kwargs)
     assert first.status_code == 201
-    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    replay = assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    assert replay["details"] == {"refused": False}  # the first try went through
+    assert "已处理" in replay["message"]
     assert balance(api, world["resident"]) == 10
     assert count(Deposit) == 1
     assert count(DeviceSignature) == 1
@@ -431,7 +433,9 @@ def test_a_refused_request_burns_its_signature_and_nothing_else(api, world):
     kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
     kwargs["headers"]["Idempotency-Key"] = "bin-a-0004"
     assert_error(api.post(PATH, **kwargs), 403, "forbidden")
-    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    replay = assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    assert replay["details"] == {"refused": True}  # a bin that lost the 403 is not told "recorded"
+    assert "重新签名" in replay["message"]
     assert (count(Deposit), count(DeviceSignature), balance(api, world["resident"])) == (0, 1, 0)
 
 
@@ -444,7 +448,7 @@ def test_a_request_refused_while_the_account_was_frozen_is_not_accepted_once_it_
     assert_error(api.post(PATH, **kwargs), 403, "account_frozen")
     status = {"status": "active", "reason": "核查完毕"}
     assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
-    assert_error(api.post(PATH, **kwargs), 409, "duplicate")
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": True}
     assert (count(Deposit), balance(api, resident)) == (0, 0)
     # the bin signs the same deposit again: a new request, judged afresh
     fresh = signed(world["device"], json.loads(kwargs["data"]), timestamp=int(utcnow().timestamp()) + 1)
