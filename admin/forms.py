@@ -59,12 +59,13 @@ def active_switch(retire_warning: str) -> bool:
 
 
 def date_arg(name: str) -> date | None:
-    """A day (YYYY-MM-DD) from the query string; anything else is no filter."""
+    """A day (YYYY-MM-DD, years 2000 to 2099 as the API takes) from the query string; anything else is no filter."""
     raw = request.args.get(name, "").strip()
     try:
-        return date.fromisoformat(raw) if len(raw) == 10 else None
+        day = date.fromisoformat(raw) if len(raw) == 10 else None
     except ValueError:
         return None
+    return day if day is not None and 2000 <= day.year <= 2099 else None
 
 
 def int_arg(name: str) -> int | None:

@@ -29,13 +29,15 @@ def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None
     resident = _resident_in_scope(resident_id)
     landed = isinstance(error, Duplicate)
     page = ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE)
+    # A reversal's refusal shows on its row; for an entry not on this page (or not this resident's), above the rows.
+    on_row = entry_id is not None and any(e.id == entry_id for e in page["items"])
     return render_template(
         "admin/resident.html",
         resident=resident,
         profile=ledger.profile(resident_id),
         page=page,
-        failed_entry=entry_id if error else None,
-        row_error=error if entry_id else None,
+        failed_entry=entry_id if error and on_row else None,
+        row_error=error if on_row else None,
         reversed_ids=ledger.reversed_among([e.id for e in page["items"]]),
         status_history=people.status_history(current_admin_actor(), resident_id),
         # After a duplicate the adjustment it repeats has landed (the entries above show it): the form starts afresh,
@@ -43,7 +45,7 @@ def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None
         form={} if landed or entry_id else request.form,
         row_form=request.form if entry_id else {},
         reference=(not landed and request.form.get("reference")) or uuid.uuid4().hex,
-        error=None if entry_id else error,
+        error=None if on_row else error,
     )
 
 

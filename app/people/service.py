@@ -390,7 +390,9 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
     actor.require_role("admin", "worker")
     resident = get_or_404(Resident, resident_id, "居民不存在")
     _resident_in_scope(actor, resident)
-    db.session.refresh(resident, with_for_update=True)  # two workers at once: one change, one audit record
+    # Two workers at once: one change, one audit record. FOR NO KEY UPDATE: earnings, which only refer to the
+    # resident, are not held up.
+    db.session.refresh(resident, with_for_update={"key_share": True})
     if resident.status == "closed":
         raise NotFound("居民不存在")
     if resident.status == status:  # a stale page or a retry: nothing changes, so nothing is recorded

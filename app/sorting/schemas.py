@@ -19,7 +19,11 @@ def _distinct(categories: list[str]) -> None:
         raise ValidationError("品类不能重复")
 
 
-_CATEGORY_LIST = [validate.Length(min=1, max=len(CATEGORIES), error="请至少选择一个回收品类"), _distinct]
+_CATEGORY_LIST = [
+    validate.Length(min=1, error="请至少选择一个回收品类"),
+    validate.Length(max=len(CATEGORIES)),
+    _distinct,
+]
 _LAT = {"description": f"latitude in {DATUM}; with lng, or neither"}
 _LNG = {"description": f"longitude in {DATUM}"}
 

@@ -96,11 +96,13 @@ def get_point(point_id: int) -> CollectionPoint:
     return get_or_404(CollectionPoint, point_id, "回收点不存在")
 
 
-def _locked_point(point_id: int) -> CollectionPoint:
-    """The point read under a row lock, for a change checked against what it is now: two edits take turns, and the
-    second sees the first (a position cleared while a fence is set is refused, not a CHECK violation)."""
+def _managed_point(actor: Actor, point_id: int) -> CollectionPoint:
+    """A point the caller manages, read again under a row lock, for a change checked against what it is now: two
+    edits take turns, and the second sees the first (a position cleared while a fence is set is refused, not a CHECK
+    violation). FOR NO KEY UPDATE: check-ins and deposits, which only refer to the point, are not held up."""
     point = get_point(point_id)
-    db.session.refresh(point, with_for_update=True)
+    _require_manager(actor, point.community_id)
+    db.session.refresh(point, with_for_update={"key_share": True})
     return point
 
 
@@ -128,8 +130,7 @@ def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
 
 
 def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> CollectionPoint:
-    point = _locked_point(point_id)
-    _require_manager(actor, point.community_id)
+    point = _managed_point(actor, point_id)
     data = dict(data)
     active = data.pop("active", None)
     if "community_id" in data:
@@ -156,8 +157,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
 def set_point_active(actor: Actor, point_id: int, active: bool) -> CollectionPoint:
     """Retire a point (its posters stop working; its history stays) or bring it back. Setting what is already so
     changes and records nothing."""
-    point = _locked_point(point_id)
-    _require_manager(actor, point.community_id)
+    point = _managed_point(actor, point_id)
     if _change_active(actor, point, active):
         commit()
         clear_point_cache()
@@ -244,8 +244,7 @@ def _refuse_retired_poster(point: CollectionPoint) -> None:
 
 def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
     """A new secret revokes every poster printed so far."""
-    point = _locked_point(point_id)
-    _require_manager(actor, point.community_id)
+    point = _managed_point(actor, point_id)
     point.qr_secret = new_secret()  # allowed while retired too: a leaked poster is revoked before the point returns
     audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
     commit()
@@ -731,7 +730,7 @@ def _managed_device(actor: Actor, device_id: int, *, lock: bool = False) -> Devi
     device = get_or_404(Device, device_id, "设备不存在")
     _require_manager(actor, get_point(device.collection_point_id).community_id)
     if lock:  # read again under a row lock: a concurrent change is waited for, then seen
-        db.session.refresh(device, with_for_update=True)
+        db.session.refresh(device, with_for_update={"key_share": True})
     return device
 
 

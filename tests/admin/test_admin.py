@@ -1346,6 +1346,7 @@ def test_an_admin_reverses_a_residents_entry_from_its_page_once_and_with_a_reaso
     stranger = as_admin.post(f"/admin/residents/{other.id}/entries/{made['entry_id']}/reverse",
                              {"reason": "错页", "confirm": "yes"})  # fmt: skip
     assert stranger.status_code == 404
+    assert "积分记录不存在" in text(stranger)  # said above the rows, since the entry is not among them
 
 
 def test_only_admins_reverse_entries_on_the_admin_site(api, as_worker):
@@ -1373,3 +1374,9 @@ def test_a_points_deposits_are_shown_for_one_local_day(api, as_admin, clock):
     every = text(as_admin.get(f"/admin/points/{point.id}?day=not-a-day"))  # no filter, not an error
     assert "纸类 1000 克" in every
     assert "纸类 2000 克" in every
+
+
+@pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "2026-02-30"])
+def test_a_day_the_filter_cannot_take_is_no_filter_not_a_500(as_admin, day):
+    point = make_point()
+    assert as_admin.get(f"/admin/points/{point.id}?day={day}").status_code == 200

@@ -536,3 +536,37 @@ def test_a_freeze_committed_during_a_scan_is_seen(api, app, world):
     assert_error(response, 403, "account_frozen")
     assert checkin_count() == 0
     assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 0
+
+
+@pg_concurrency
+def test_a_point_being_edited_does_not_hold_up_its_check_ins(api, app, world):
+    """An edit holds the point's row lock (FOR NO KEY UPDATE) for its transaction; a check-in's reference to the point
+    (KEY SHARE) does not wait for it."""
+    import threading
+
+    from app.auth.guards import Actor
+    from app.sorting import service
+
+    locked, release = threading.Event(), threading.Event()
+
+    def edit_in_flight():
+        with app.app_context():
+            service._managed_point(Actor(kind="system", id=0, role="admin"), world["a"])
+            locked.set()
+            release.wait(timeout=10)
+            db.session.rollback()
+            db.session.remove()
+
+    editor = threading.Thread(target=edit_in_flight)
+    editor.start()
+    assert locked.wait(timeout=5)
+    answer: dict = {}
+    scanner = threading.Thread(target=lambda: answer.update(response=scan(api, api.resident(), world["tokens"]["a"])))
+    scanner.start()
+    scanner.join(timeout=5)
+    finished = not scanner.is_alive()
+    release.set()
+    editor.join(timeout=10)
+    scanner.join(timeout=10)
+    assert finished
+    assert answer["response"].status_code == 201
