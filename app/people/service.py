@@ -387,6 +387,11 @@ def status_history(actor: Actor, resident_id: int, limit: int = 10) -> list[dict
 
 
 def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> Resident:
+    return change_resident_status(actor, resident_id, status, reason)[0]
+
+
+def change_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> tuple[Resident, bool]:
+    """Freeze or thaw; (the resident, whether this call changed anything)."""
     actor.require_role("admin", "worker")
     resident = get_or_404(Resident, resident_id, "居民不存在")
     _resident_in_scope(actor, resident)
@@ -397,8 +402,8 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
         raise NotFound("居民不存在")
     if resident.status == status:  # a stale page or a retry: nothing changes, so nothing is recorded
         db.session.rollback()
-        return resident
+        return resident, False
     previous, resident.status = resident.status, status
     audit.record(actor, f"resident.{status}", "resident", resident.id, {"from": previous, "reason": reason})
     commit()
-    return resident
+    return resident, True
