@@ -242,7 +242,9 @@ def update_staff(actor: Actor, staff_id: int, data: dict[str, Any]) -> Staff:
     if data.get("active") is False and staff.id == actor.id:
         raise InvalidState("不能停用自己的账户：请另一位管理员操作")
     if "password" in data and staff.id == actor.id:
-        # A reset asks for no current password: on one's own account it would let a borrowed session take it over.
+        # A reset asks for no current password: on one's own account it would let a borrowed session take the account
+        # in one step. (A borrowed admin session can still make another admin and reset from there; that one is
+        # audited as a new account.)
         raise InvalidState("修改自己的密码请使用「修改密码」，需要输入当前密码")
     new_hash = generate_password_hash(data["password"]) if "password" in data else None  # slow: before the lock
     _lock_accounts(actor, staff)
