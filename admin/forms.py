@@ -11,7 +11,7 @@ import marshmallow as ma
 from flask import request
 
 from app.db import db, fits_key
-from app.errors import AppError, ValidationError, field_error
+from app.errors import AppError, field_error, fields_error
 
 
 def text(name: str) -> str:
@@ -39,7 +39,7 @@ def load(schema: ma.Schema, data: dict[str, Any]) -> dict[str, Any]:
     try:
         return schema.load(data)
     except ma.ValidationError as exc:
-        raise ValidationError(details={"fields": exc.normalized_messages()}) from exc
+        raise fields_error(exc.normalized_messages()) from exc
 
 
 def switch(name: str) -> bool:

@@ -84,6 +84,11 @@ HTTP_CODES = {
 }
 
 
+def fields_error(fields: dict[str, Any]) -> AppError:
+    """A validation error naming each field's messages, in the shape marshmallow gives them."""
+    return ValidationError(details={"fields": fields})
+
+
 def field_error(field: str, message: str) -> AppError:
     """A validation error for one field, in the same shape marshmallow errors take. The field's sentence is the
     envelope's message too: a client showing `message` shows what to do, not only that something was wrong."""

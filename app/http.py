@@ -22,7 +22,17 @@ from werkzeug.routing import ValidationError as NotThisRoute
 from app.apidoc import error_docs
 from app.common import ErrorEnvelopeSchema, StrictSchema
 from app.db import MAX_ID, db
-from app.errors import HTTP_CODES, AppError, BadRequest, InternalError, PayloadTooLarge, ValidationError, envelope
+from app.errors import (
+    HTTP_CODES,
+    AppError,
+    BadRequest,
+    InternalError,
+    PayloadTooLarge,
+    ValidationError,
+    envelope,
+    field_error,
+    fields_error,
+)
 
 log = logging.getLogger("app.http")
 
@@ -158,7 +168,7 @@ def _refuse_unstorable_json(data) -> None:
     else:
         fields = {"_schema": [UNSTORABLE_MESSAGE]} if _holds_unstorable_text(data) else {}
     if fields:
-        raise ValidationError(details={"fields": fields})
+        raise fields_error(fields)
 
 
 def _printable(key: str) -> str:
@@ -185,7 +195,7 @@ def refuse_unstorable_query_and_form() -> None:
         if _unstorable_text(name) or _unstorable_text(value)
     }
     if fields:
-        raise ValidationError(details={"fields": fields})
+        raise fields_error(fields)
 
 
 def _refuse_unstorable_outside_admin() -> None:
@@ -260,9 +270,9 @@ def no_body(view):
                 try:
                     _NO_FIELDS.load(data)  # every key is an unknown field, with the same message as anywhere else
                 except ma.ValidationError as exc:
-                    raise ValidationError(details={"fields": exc.normalized_messages()}) from None
+                    raise fields_error(exc.normalized_messages()) from None
             elif data is not None:
-                raise ValidationError(details={"fields": {"_schema": ["该请求不需要请求体"]}})
+                raise field_error("_schema", "该请求不需要请求体")
         return view(*args, **kwargs)
 
     return error_docs(ValidationError, BadRequest, PayloadTooLarge)(wrapper)
