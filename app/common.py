@@ -183,24 +183,31 @@ def keyset_page(stmt: sa.Select, key: sa.ColumnElement, cursor: str | None, limi
     return {"items": rows, "next": next_cursor}
 
 
-def list_page(items: list, key: Callable[[Any], list[int]], cursor: str | None, limit: int) -> dict[str, Any]:
-    """One page of a short list sorted in memory by `key`, whole numbers unique to each item (points by distance,
-    then id); the cursor is the last key seen, so an item that appears or goes between two pages shifts nothing,
-    and a cursor of another list (a single id) is refused rather than read as something else."""
+def _is_name(cursor: Any) -> bool:
+    return type(cursor) is str
+
+
+def _is_numbers(cursor: Any) -> bool:
+    return type(cursor) is list and bool(cursor) and all(type(v) is int for v in cursor)
+
+
+def _memory_page(items: list, key: Callable[[Any], Any], cursor: str | None, limit: int, fits: Callable[[Any], bool]):
+    """One page of a short list sorted in memory by `key`, unique to each item; the cursor is the last key seen, so
+    an item that appears or goes between two pages shifts nothing. `fits` says whether a decoded cursor has the
+    key's shape: a cursor of another list is refused rather than read as something else."""
     after = None if cursor is None else decode_cursor(cursor)
-    if after is not None and not (type(after) is list and after and all(type(v) is int for v in after)):
+    if after is not None and not fits(after):
         raise field_error("cursor", "分页游标无效")
     rest = [item for item in items if after is None or key(item) > after]
     page = rest[:limit]
     return {"items": page, "next": encode_cursor(key(page[-1])) if len(rest) > limit else None}
 
 
+def list_page(items: list, key: Callable[[Any], list[int]], cursor: str | None, limit: int) -> dict[str, Any]:
+    """Keyed by whole numbers (points by distance, then id)."""
+    return _memory_page(items, key, cursor, limit, _is_numbers)
+
+
 def named_page(items: list, name: Callable[[Any], str], cursor: str | None, limit: int) -> dict[str, Any]:
-    """One page of a short list in memory, sorted by a unique name (the rules in force, by activity); the cursor
-    is the last name seen, so an item that appears or goes between two pages shifts nothing."""
-    after = None if cursor is None else decode_cursor(cursor)
-    if after is not None and type(after) is not str:
-        raise field_error("cursor", "分页游标无效")
-    rest = [item for item in items if after is None or name(item) > after]
-    page = rest[:limit]
-    return {"items": page, "next": encode_cursor(name(page[-1])) if len(rest) > limit else None}
+    """Keyed by a unique name (the rules in force, by activity)."""
+    return _memory_page(items, name, cursor, limit, _is_name)
