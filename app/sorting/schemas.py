@@ -24,8 +24,23 @@ _CATEGORY_LIST = [
     validate.Length(max=len(CATEGORIES)),
     _distinct,
 ]
-_LAT = {"description": f"latitude in {DATUM}; with lng, or neither"}
-_LNG = {"description": f"longitude in {DATUM}"}
+
+
+def _latitude(whose: str = "", note: str = "with lng, or neither", **kwargs) -> Float:
+    description = f"{whose}latitude in {DATUM}; {note}"
+    return Float(allow_none=True, validate=validate.Range(min=-90, max=90), metadata={"description": description},
+                 **kwargs)  # fmt: skip
+
+
+def _longitude(whose: str = "", **kwargs) -> Float:
+    description = f"{whose}longitude in {DATUM}"
+    return Float(allow_none=True, validate=validate.Range(min=-180, max=180), metadata={"description": description},
+                 **kwargs)  # fmt: skip
+
+
+def _whole_position(data: dict) -> None:
+    if (data.get("lat") is None) != (data.get("lng") is None):
+        raise ValidationError("纬度和经度必须同时提供", "lat")
 
 
 class CollectionPointSchema(StrictSchema):
@@ -34,8 +49,8 @@ class CollectionPointSchema(StrictSchema):
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
     address = Text(load_default="", validate=validate.Length(max=256))
-    lat = Float(load_default=None, allow_none=True, validate=validate.Range(min=-90, max=90), metadata=_LAT)
-    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180), metadata=_LNG)
+    lat = _latitude(load_default=None)
+    lng = _longitude(load_default=None)
     geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
@@ -47,8 +62,7 @@ class CollectionPointSchema(StrictSchema):
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
-        if (data.get("lat") is None) != (data.get("lng") is None):
-            raise ValidationError("纬度和经度必须同时提供", "lat")
+        _whole_position(data)
         if data.get("geofence_m") is not None and data.get("lat") is None:
             raise ValidationError("设置电子围栏需要先提供回收点位置", "geofence_m")
 
@@ -61,8 +75,8 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     community_id = Id()
     kind = fields.String(validate=validate.OneOf(POINT_KINDS))
     address = Text(validate=validate.Length(max=256))
-    lat = Float(allow_none=True, validate=validate.Range(min=-90, max=90), metadata=_LAT)
-    lng = Float(allow_none=True, validate=validate.Range(min=-180, max=180), metadata=_LNG)
+    lat = _latitude()
+    lng = _longitude()
     geofence_m = Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
@@ -116,20 +130,12 @@ class MemberCodeSchema(StrictSchema):
 
 class ScanSchema(StrictSchema):
     token = fields.String(required=True, validate=validate.Length(min=1, max=512))
-    lat = Float(
-        load_default=None,
-        allow_none=True,
-        validate=validate.Range(min=-90, max=90),
-        metadata={"description": f"the resident's latitude in {DATUM}, with lng; required at a point with a "
-                                 "geofence (422)"},
-    )  # fmt: skip
-    lng = Float(load_default=None, allow_none=True, validate=validate.Range(min=-180, max=180),
-                metadata={"description": f"the resident's longitude in {DATUM}"})  # fmt: skip
+    lat = _latitude("the resident's ", "with lng; required at a point with a geofence (422)", load_default=None)
+    lng = _longitude("the resident's ", load_default=None)
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
-        if (data.get("lat") is None) != (data.get("lng") is None):
-            raise ValidationError("纬度和经度必须同时提供", "lat")
+        _whole_position(data)
 
 
 class ScanResultSchema(StrictSchema):

@@ -863,3 +863,15 @@ def test_a_delete_body_gets_the_same_checks_as_any_other(api):
     assert_envelope(api.delete(path, as_=admin, data=deep, content_type="application/json"), 400, "bad_request")
     assert_envelope(api.delete(path, as_=admin, data="x=1", content_type="text/plain"), 400, "bad_request")
     assert_envelope(api.delete(path, as_=admin, data=b'"\xff"', content_type="application/json"), 400, "bad_request")
+
+
+@pytest.mark.parametrize("schema", ["CollectionPoint", "CollectionPointUpdate", "Scan"])
+def test_every_position_field_names_its_datum(spec, schema):
+    """Positions are compared as given: the mini-program and the points must both use GCJ-02."""
+    properties = spec["components"]["schemas"][schema]["properties"]
+    assert all("GCJ-02" in properties[name]["description"] for name in ("lat", "lng"))
+
+
+def test_the_near_filter_names_its_datum(spec):
+    parameters = spec["paths"]["/api/v1/collection-points"]["get"]["parameters"]
+    assert "GCJ-02" in next(p for p in parameters if p["name"] == "near")["description"]
