@@ -182,7 +182,7 @@ def residents():
 def set_resident_status(resident_id: int):
     data = load(ResidentUpdateSchema(), present("status", "reason"))
     actor = current_admin_actor()
-    resident, changed = people.change_resident_status(actor, resident_id, data["status"], data["reason"])
+    resident, changed = people.set_resident_status(actor, resident_id, data["status"], data["reason"])
     name = resident.nickname or resident.id
     if not changed:  # a page opened before someone else's change
         flash(f"居民「{name}」已处于{'冻结' if resident.status == 'frozen' else '正常'}状态，未作更改", "success")

@@ -147,4 +147,4 @@ def list_residents(query):
 @blp.response(200, ResidentSchema)
 def update_resident(body, resident_id):
     """Freeze or unfreeze a resident, with a reason (audited)."""
-    return service.set_resident_status(current_actor(), resident_id, body["status"], body["reason"])
+    return service.set_resident_status(current_actor(), resident_id, body["status"], body["reason"])[0]

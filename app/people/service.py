@@ -388,11 +388,7 @@ def status_history(actor: Actor, resident_id: int, limit: int = 10) -> list[dict
     ]  # fmt: skip
 
 
-def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> Resident:
-    return change_resident_status(actor, resident_id, status, reason)[0]
-
-
-def change_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> tuple[Resident, bool]:
+def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> tuple[Resident, bool]:
     """Freeze or thaw; (the resident, whether this call changed anything)."""
     actor.require_role("admin", "worker")
     resident = get_or_404(Resident, resident_id, "居民不存在")

@@ -726,18 +726,19 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     return device
 
 
-def _managed_device(actor: Actor, device_id: int, *, lock: bool = False) -> Device:
+def _managed_device(actor: Actor, device_id: int) -> Device:
+    """A bin the caller manages, read again under a row lock: a concurrent change is waited for, then seen (two
+    retirements make one change and one audit record). FOR NO KEY UPDATE, as for a point."""
     device = get_or_404(Device, device_id, "设备不存在")
     _require_manager(actor, get_point(device.collection_point_id).community_id)
-    if lock:  # read again under a row lock: a concurrent change is waited for, then seen
-        db.session.refresh(device, with_for_update={"key_share": True})
+    db.session.refresh(device, with_for_update={"key_share": True})
     return device
 
 
 def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     """Retire a smart bin (lost, stolen, broken) or bring it back. Its next request is checked against this at
     once: devices are read fresh on every request."""
-    device = _managed_device(actor, device_id, lock=True)  # two retirements: one change, one audit record
+    device = _managed_device(actor, device_id)
     if device.active != active:
         device.active = active
         action = "device.reactivate" if active else "device.deactivate"
@@ -751,7 +752,7 @@ def rotate_device_secret(actor: Actor, device_id: int, replaces: str | None = No
     one is shown in this answer only. `replaces`, the fingerprint of the secret the caller saw, makes a form sent
     twice (a reload) a 409 instead of a second rotation that would void the secret just copied."""
     _require_key_holder(actor)
-    device = _managed_device(actor, device_id, lock=True)
+    device = _managed_device(actor, device_id)
     if replaces is not None and not hmac.compare_digest(replaces.encode(), device.secret_fingerprint.encode()):
         raise InvalidState("该设备的密钥已经更换过了，请刷新页面后再试")
     device.secret = new_secret()

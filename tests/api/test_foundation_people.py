@@ -642,6 +642,12 @@ def test_worker_freezes_only_residents_of_its_community(api):
     frozen = api.get("/residents?status=frozen", as_=worker).get_json()["items"]
     assert [r["id"] for r in frozen] == [home.id]
 
+    again = api.patch(f"/residents/{home.id}", as_=worker, json={"status": "frozen", "reason": "重复提交"})
+    assert again.status_code == 200  # already so: the same answer, and nothing more on record
+    assert again.get_json()["status"] == "frozen"
+    recorded = sa.select(sa.func.count()).select_from(AuditEvent).filter_by(action="resident.frozen")
+    assert db.session.scalar(recorded) == 1
+
 
 def test_staff_find_residents_by_nickname_or_id_within_their_scope(api):
     worker = api.staff("worker", community_id=community_id("hengkang"))
