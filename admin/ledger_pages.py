@@ -9,7 +9,7 @@ from flask import flash, redirect, render_template, request, url_for
 from admin.blueprint import bp
 from admin.forms import load, present, rerender_on_error
 from admin.security import current_admin_actor, only
-from app.errors import Duplicate, NotFound, field_error
+from app.errors import Duplicate, field_error
 from app.ledger import service as ledger
 from app.ledger.schemas import AdjustmentSchema, ReversalSchema
 from app.ledger.verify import verify_ledger
@@ -72,12 +72,10 @@ def adjust(resident_id: int):
 def reverse(resident_id: int, entry_id: int):
     """Cancel one of this resident's entries with its exact opposite (a deposit weighed wrong, say), with a reason."""
     _resident_in_scope(resident_id)
-    if ledger.resident_of_entry(entry_id) != resident_id:
-        raise NotFound("积分记录不存在")
     data = load(ReversalSchema(), present("reason"))
     if request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：冲正记入账本，不可撤销")
-    entry = ledger.reverse_entry(current_admin_actor(), entry_id, data["reason"])
+    entry = ledger.reverse_entry(current_admin_actor(), entry_id, data["reason"], of_resident=resident_id)
     flash(f"已冲正 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
     return redirect(url_for("admin.resident", resident_id=resident_id))
 

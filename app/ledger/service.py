@@ -18,7 +18,7 @@ from app.audit import service as audit
 from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
-from app.db import bound_row, commit, db, dialect_name, fits_key, get_or_404, run
+from app.db import bound_row, commit, db, dialect_name, get_or_404, run
 from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -339,12 +339,16 @@ def _release_caps(entry: LedgerEntry) -> None:
         run(_RELEASE, {"r_account_id": entry.account_id, "r_day": day, "r_key": charge.key, "r_amount": charge.amount})
 
 
+def _resident_of(entry: LedgerEntry) -> int:
+    return db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
+
+
 def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_type: str,
             actor_id: int | None, memo: str) -> LedgerEntry:  # fmt: skip
     """Undo an entry with its exact opposite. One reversal per entry is a unique constraint."""
     if entry.kind in ("reverse", "refund", "expire"):
         raise InvalidState("该记录不能被冲正")
-    resident_id = db.session.scalar(sa.select(Account.resident_id).where(Account.id == entry.account_id))
+    resident_id = _resident_of(entry)
     # Under the account's lock, which concurrent reversals and the expiry job also take: a reversal that lost a race
     # is told the entry is reversed (not that the points are gone), and no year expires between the check and the
     # posting.
@@ -406,9 +410,12 @@ def adjust(actor, resident_id: int, delta: int, reason: str, reference: str | No
     return entry
 
 
-def reverse_entry(actor, entry_id: int, reason: str) -> LedgerEntry:
+def reverse_entry(actor, entry_id: int, reason: str, of_resident: int | None = None) -> LedgerEntry:
+    """`of_resident`: the entry must be this resident's (a page about one resident reverses only its entries)."""
     actor.require_role("admin")
     entry = get_or_404(LedgerEntry, entry_id, "积分记录不存在")
+    if of_resident is not None and _resident_of(entry) != of_resident:
+        raise NotFound("积分记录不存在")
     try:
         with db.session.begin_nested():
             result = reverse(
@@ -477,11 +484,6 @@ def profile(resident_id: int) -> dict[str, Any]:
         "expiring_points": expiring_points,
         "expiring_at": expiring_at,
     }
-
-
-def resident_of_entry(entry_id: int) -> int | None:
-    stmt = sa.select(Account.resident_id).join(LedgerEntry, LedgerEntry.account_id == Account.id)
-    return db.session.scalar(stmt.where(LedgerEntry.id == entry_id)) if fits_key(entry_id, sa.BigInteger()) else None
 
 
 def reversed_among(entry_ids: list[int]) -> set[int]:
