@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import active_switch, date_arg, int_arg, load, many, nullable, present, rerender_on_error, text
+from admin.forms import active_switch, int_arg, load, many, nullable, present, query_value, rerender_on_error, text
 from admin.security import current_admin_actor, only
 from app import qr
 from app.db import find
@@ -14,7 +14,12 @@ from app.errors import NotFound, field_error
 from app.people import service as people
 from app.sorting import service as sorting
 from app.sorting.models import CATEGORIES, POINT_KINDS, Device
-from app.sorting.schemas import CollectionPointSchema, CollectionPointUpdateSchema, DeviceCreateSchema
+from app.sorting.schemas import (
+    CollectionPointSchema,
+    CollectionPointUpdateSchema,
+    DepositQuerySchema,
+    DeviceCreateSchema,
+)
 
 PAGE_SIZE = 50
 DEPOSITS_PER_PAGE = 20
@@ -61,7 +66,7 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
     actor = current_admin_actor()
     devices = sorting.list_devices(actor, point_id)  # checks the caller's scope over this point
     point = sorting.get_point(point_id)
-    day = date_arg("day")
+    day = query_value(DepositQuerySchema(only=("day",)), "day")
     deposits = sorting.point_deposits(actor, point_id, day, request.args.get("cursor") or None, DEPOSITS_PER_PAGE)
     return render_template(
         "admin/point.html",
