@@ -102,6 +102,12 @@ def make_point(name: str = "恒康一号站", community: str = "hengkang") -> Co
     return sorting.create_point(SYSTEM, {"name": name, "community_id": community_id(community), "kind": "station"})
 
 
+def dashboard_cards(browser) -> dict[str, str]:
+    """The dashboard's cards, label to value."""
+    page = text(browser.get("/admin/"))
+    return dict(re.findall(r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>', page))
+
+
 def balance_of(resident_id: int) -> int:
     return ledger.profile(resident_id)["balance"]
 
@@ -405,8 +411,7 @@ def test_worker_menu_and_dashboard_are_scoped(as_worker, api):
     api.resident(community_code="xinhaiwan")
     body = text(as_worker.get("/admin/"))
     assert "恒康社区" in body
-    cards = dict(re.findall(r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>', body))
-    assert cards["居民"] == "1"
+    assert dashboard_cards(as_worker)["居民"] == "1"
     assert "账本校验" not in body
     assert "居民" in body
     assert 'href="/admin/organizations"' in body  # every staff member reads the alliance members
@@ -430,16 +435,9 @@ def test_the_residents_page_finds_a_nickname_and_keeps_the_search_when_paging(ap
 
 
 def test_the_dashboard_counts_activity_points_apart_from_adjustments(as_admin, api):
-    def cards() -> dict[str, str]:
-        return dict(
-            re.findall(
-                r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>', text(as_admin.get("/admin/"))
-            )
-        )
-
-    before = int(cards()["累计活动积分"])
+    before = int(dashboard_cards(as_admin)["累计活动积分"])
     ledger.adjust(SYSTEM, api.resident().id, 50, "补发积分")
-    assert int(cards()["累计活动积分"]) == before  # an adjustment is not activity
+    assert int(dashboard_cards(as_admin)["累计活动积分"]) == before  # an adjustment is not activity
     assert "不含人工调整" in text(as_admin.get("/admin/"))
 
 
@@ -1305,13 +1303,9 @@ def test_a_workers_dashboard_counts_today_at_its_own_points_whoever_comes(api, a
         token = sorting.poster(SYSTEM, point.id)["token"]
         assert api.post("/scans", as_=visitor, json={"token": token}).status_code == 201
 
-    def cards() -> dict[str, str]:
-        return dict(re.findall(r'<div class="muted">([^<]+)</div><div class="value">([^<]+)</div>',
-                               text(as_worker.get("/admin/"))))  # fmt: skip
-
-    assert (cards()["今日打卡"], cards()["今日回收"]) == ("1", "2.0 kg")
+    assert (dashboard_cards(as_worker)["今日打卡"], dashboard_cards(as_worker)["今日回收"]) == ("1", "2.0 kg")
     clock.advance(days=1)  # a new local day starts from nothing
-    assert (cards()["今日打卡"], cards()["今日回收"]) == ("0", "0.0 kg")
+    assert (dashboard_cards(as_worker)["今日打卡"], dashboard_cards(as_worker)["今日回收"]) == ("0", "0.0 kg")
 
 
 def test_an_admin_reverses_a_residents_entry_from_its_page_once_and_with_a_reason(api, admin, as_admin):

@@ -612,6 +612,12 @@ def _login(client, username, password=PASSWORD):
     return client.post("/api/v1/auth/login", json={"username": username, "password": password})
 
 
+def _csrf_token(client, path: str) -> str:
+    """The CSRF token of an admin site form, as a browser would read it from the page."""
+    page = client.get(path).get_data(as_text=True)
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
 def _limited_staff(limited_app, name: str) -> str:
     with limited_app.app_context():
         db.session.add(
@@ -689,14 +695,12 @@ def test_parallel_guesses_at_the_current_password_are_counted_before_they_are_ch
 def test_the_admin_sites_password_page_has_its_own_sessions_tries(limited):
     client = limited.test_client()
     username = _limited_staff(limited, "page.user")
-    page = client.get("/admin/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    csrf = _csrf_token(client, "/admin/login")
     assert (
         client.post("/admin/login", data={"username": username, "password": PASSWORD, "csrf_token": csrf}).status_code
         == 302
     )
-    page = client.get("/admin/password").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    csrf = _csrf_token(client, "/admin/password")
     form = {"new_password": "a-new-password-2026", "confirm_password": "a-new-password-2026", "csrf_token": csrf}
     answers = [client.post("/admin/password", data=form | {"current_password": f"guess-{i}-xx"}) for i in range(5)]
     assert [answer.status_code for answer in answers] == [422] * 5
@@ -719,8 +723,7 @@ def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeyp
     assert_error(response, 429, "rate_limited")
     assert 5 * 60 - 1 <= int(response.headers["Retry-After"]) <= 5 * 60 + 1
 
-    page = client.get("/admin/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    csrf = _csrf_token(client, "/admin/login")
     form = {"username": username, "password": PASSWORD, "csrf_token": csrf}
     locked = client.post("/admin/login", data=form).get_data(as_text=True)
     assert "登录尝试次数过多，请 5 分钟后再试" in locked
@@ -735,8 +738,7 @@ def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
     username = _limited_staff(limited, "two.doors")
     for _ in range(3):
         assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
-    page = client.get("/admin/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    csrf = _csrf_token(client, "/admin/login")
     form = {"username": username, "password": "wrong-password", "csrf_token": csrf}
     answers = [client.post("/admin/login", data=form) for _ in range(3)]
     assert [answer.status_code for answer in answers] == [401, 401, 429]
@@ -788,8 +790,7 @@ def test_the_per_address_login_limit_is_shared_by_the_api_and_the_admin_site(lim
     client = limited.test_client()
     for i in range(30):
         assert_error(_login(client, f"spray-{i}", "wrong-password"), 401, "invalid_credentials")
-    page = client.get("/admin/login").get_data(as_text=True)
-    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    csrf = _csrf_token(client, "/admin/login")
     door = [
         client.post("/admin/login", data={"username": f"spray-admin-{i}", "password": "x", "csrf_token": csrf})
         for i in range(31)
