@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import flash, redirect, render_template, request, url_for
 
 from admin import labels, security
@@ -11,7 +9,7 @@ from admin.blueprint import bp
 from admin.forms import load, rerender_on_error, text
 from app.auth import service as auth
 from app.auth.guards import session_after
-from app.auth.limits import failed_staff_logins, staff_login_attempts
+from app.auth.limits import failed_staff_logins, seconds_until, staff_login_attempts
 from app.auth.schemas import PasswordChangeSchema
 from app.errors import InvalidCredentials, field_error
 from app.extensions import limiter
@@ -27,8 +25,8 @@ def _login_page(error: str | None = None, status: int = 200):
 def locked_login_page():
     """The login form again, saying how long until the next try (the limiter's Retry-After, to the nearest
     minute), rather than an error page without the form."""
-    current = limiter.current_limit
-    wait_s = max(current.reset_at - time.time(), 0) if current is not None and current.breached else 15 * 60
+    current = limiter.current_limit  # the breached limit, on a 429
+    wait_s = seconds_until(current.reset_at) if current is not None else 60
     return _login_page(f"登录尝试次数过多，请 {max(round(wait_s / 60), 1)} 分钟后再试", 429)
 
 

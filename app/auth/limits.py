@@ -42,6 +42,10 @@ def take_password_check(staff_id: int, session_id: str) -> None:
         return
     key = (current_app.config["RATELIMIT_KEY_PREFIX"], "password-check", f"{staff_id}:{session_id}")
     if not limiter.limiter.hit(_PASSWORD_CHECKS, *key):
-        reset_at = limiter.limiter.get_window_stats(_PASSWORD_CHECKS, *key).reset_time
-        wait = max(1, math.ceil(reset_at - time.time()))
+        wait = seconds_until(limiter.limiter.get_window_stats(_PASSWORD_CHECKS, *key).reset_time)
         raise RateLimited("修改密码尝试次数过多，请稍后再试", headers={"Retry-After": str(wait)})
+
+
+def seconds_until(reset_at: float) -> int:
+    """Whole seconds until a limit's window resets (at least 1): what Retry-After says."""
+    return max(1, math.ceil(reset_at - time.time()))
