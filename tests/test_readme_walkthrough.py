@@ -1,0 +1,152 @@
+"""The README's walkthrough, run as a newcomer runs it: `make run` on a fresh SQLite file, then every `bash` block of
+the walkthrough in one shell, with curl and jq. gunicorn's access log then says what each step answered, and that
+must be what the README's comments promise."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ("bash", "curl", "jq", "openssl", "sha256sum", "make")
+
+pytestmark = [
+    pytest.mark.skipif(
+        bool(os.environ.get("DATABASE_URL")), reason="the walkthrough follows `make run`, which serves SQLite"
+    ),
+    pytest.mark.skipif(
+        any(shutil.which(tool) is None for tool in TOOLS), reason=f"the walkthrough needs {', '.join(TOOLS)}"
+    ),
+]
+
+# What each request of the walkthrough answers, in order (method, path without the query string, status).
+EXPECTED = [
+    # Staff: a worker prints a poster
+    ("POST", "/api/v1/auth/login", 200),
+    ("GET", "/api/v1/collection-points", 200),
+    ("GET", "/api/v1/collection-points/1/qr", 200),
+    ("GET", "/api/v1/collection-points/1/qr.png", 200),
+    ("POST", "/api/v1/collection-points", 201),
+    ("GET", "/api/v1/collection-points", 200),
+    # Resident: log in, check in, show a member code
+    ("POST", "/api/v1/auth/wechat", 200),
+    ("GET", "/api/v1/collection-points", 200),
+    ("GET", "/api/v1/collection-points/1/qr", 200),
+    ("POST", "/api/v1/scans", 201),  # +5 points
+    ("POST", "/api/v1/scans", 409),  # already_claimed
+    ("POST", "/api/v1/scans", 403),  # too_far
+    # Collector: record weighed recyclables
+    ("POST", "/api/v1/auth/login", 200),
+    ("GET", "/api/v1/me/member-code", 200),
+    ("POST", "/api/v1/deposits", 201),
+    ("GET", "/api/v1/collection-points/2/deposits", 200),
+    # Resident: balance and history
+    ("GET", "/api/v1/me", 200),
+    ("GET", "/api/v1/me/ledger", 200),
+    ("GET", "/api/v1/me/deposits", 200),
+    ("GET", "/api/v1/rules", 200),
+    # Smart bin: a signed deposit, then an admin registers, retires, reactivates and re-keys a bin
+    ("POST", "/api/v1/auth/wechat", 200),
+    ("GET", "/api/v1/me/member-code", 200),
+    ("POST", "/api/v1/devices/deposits", 201),
+    ("POST", "/api/v1/auth/login", 200),
+    ("POST", "/api/v1/devices", 201),
+    ("PATCH", "/api/v1/devices/2", 200),
+    ("PATCH", "/api/v1/devices/2", 200),
+    ("POST", "/api/v1/devices/2/secret/rotate", 200),
+    # Merchant: the store's account
+    ("POST", "/api/v1/auth/login", 200),
+    ("GET", "/api/v1/staff/me", 200),
+    ("GET", "/api/v1/me/ledger", 403),  # a merchant has no resident ledger
+    # Admin: adjust points, publish a rule version, freeze, log out
+    ("POST", "/api/v1/auth/login", 200),
+    ("POST", "/api/v1/residents/1/adjustments", 201),
+    ("POST", "/api/v1/rules", 201),
+    ("PATCH", "/api/v1/residents/2", 200),
+    ("POST", "/api/v1/auth/logout", 204),
+]
+_REQUEST = re.compile(r'"(?P<method>[A-Z]+) (?P<path>[^ ?"]+)\S* HTTP/[0-9.]+" (?P<status>\d{3}) ')
+
+
+def walkthrough_script(readme: str, base: str) -> str:
+    """The walkthrough's bash blocks, in order, with the README's address replaced by `base`."""
+    section = readme.split("\n## Walkthrough\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```bash\n(.*?)^```$", section, flags=re.S | re.M)
+    assert blocks, "the README's walkthrough has no bash blocks"
+    return "set -euo pipefail\n" + "\n".join(blocks).replace("http://127.0.0.1:5000", base)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served(tmp_path):
+    """`make run` on a fresh SQLite file, as the README's top says; yields the address and the access log."""
+    bind = f"127.0.0.1:{_free_port()}"
+    access_log = tmp_path / "access.log"
+    env = {
+        **{name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+        "BIND": bind,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'walkthrough.db'}",
+        "ACCESS_LOG": str(access_log),
+        "WEB_CONCURRENCY": "2",
+    }
+    output = tmp_path / "make-run.log"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(
+            ["make", "-s", "run"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{bind}/healthz", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"make run did not serve: {output.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield bind, access_log, env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_the_walkthrough_answers_what_the_readme_says(served, tmp_path):
+    bind, access_log, env = served
+    script = walkthrough_script((ROOT / "README.md").read_text(encoding="utf-8"), f"http://{bind}")
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"the walkthrough stopped: {done.stderr[-3000:]}\n{done.stdout[-3000:]}"
+
+    def answered() -> list[tuple[str, str, int]]:  # the start-up's health checks are not the walkthrough's
+        lines = map(_REQUEST.search, access_log.read_text().splitlines())
+        return [(m["method"], m["path"], int(m["status"])) for m in lines if m and m["path"] != "/healthz"]
+
+    deadline = time.monotonic() + 10  # gunicorn logs a request after answering it, so the last may trail the client
+    while len(answered()) < len(EXPECTED) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert answered() == EXPECTED
+
+    out = done.stdout  # the answers the README's comments describe (curl prints compact JSON, jq indents)
+    assert '{"kind":"checkin","points":5,' in out  # 201: +5 points
+    assert '{"error":{"code":"already_claimed",' in out
+    assert '{"error":{"code":"too_far",' in out
+    assert '"points":32,"co2e_g":3200,"weight_g":1980,' in out  # 3200 g CO2e -> 32 points, rounded once
+    assert '"store_ids": [\n    1\n  ]' in out  # store_ids: [1]
+    assert "OK: every chain and balance verifies" in out  # flask ledger verify, after every step
