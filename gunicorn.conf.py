@@ -1,14 +1,12 @@
-import multiprocessing
 import os
 
-from app.config import listen_address
+from app.config import limits_counted_in_memory, listen_address, server_processes
 from app.serving import install_json_errors
 
 install_json_errors()
 
 bind = listen_address()
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+workers, threads = server_processes()
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = 30
 keepalive = 5
@@ -17,3 +15,13 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
 # Nothing here uses gunicorn's control interface, and its socket has one default path per user: a second server on
 # the machine (the benchmark's beside `make run`) would fight over it.
 control_socket_disable = True
+
+
+def when_ready(server):
+    if workers > 1 and limits_counted_in_memory():
+        server.log.warning(
+            "%d worker processes count the rate limits each in its own memory: a username locks after up to %d wrong "
+            "passwords, not 5. Set REDIS_URL, or leave WEB_CONCURRENCY unset for one process.",
+            workers,
+            5 * workers,
+        )

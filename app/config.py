@@ -61,6 +61,23 @@ def _number(name: str, value: str, low: float, high: float, kind=int):
     return number
 
 
+def limits_counted_in_memory(environ: Mapping[str, str] | None = None) -> bool:
+    """Rate limits are on and have no shared store (`REDIS_URL`): each server process counts its own."""
+    e = os.environ if environ is None else environ
+    return _bool("RATELIMIT_ENABLED", e.get("RATELIMIT_ENABLED"), True) and not e.get("REDIS_URL")
+
+
+def server_processes(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """gunicorn's worker processes and threads per process (`WEB_CONCURRENCY`, `GUNICORN_THREADS`). By default two
+    processes per core of one thread each, but one process of eight threads while the rate limits count in memory:
+    five wrong passwords then lock a username for the whole server, not for one of four workers."""
+    e = os.environ if environ is None else environ
+    alone = limits_counted_in_memory(e)
+    workers = _number("WEB_CONCURRENCY", e.get("WEB_CONCURRENCY") or str(1 if alone else 2 * os.cpu_count()), 1, 64)
+    threads = _number("GUNICORN_THREADS", e.get("GUNICORN_THREADS") or ("8" if alone else "1"), 1, 64)
+    return workers, threads
+
+
 @dataclass
 class Settings:
     env: str

@@ -4,6 +4,7 @@ must be what the README's comments promise."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -91,17 +93,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def served(tmp_path):
-    """`make run` on a fresh SQLite file, as the README's top says; yields the address and the access log."""
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """`make run` on a fresh SQLite file with nothing else configured, as on a fresh machine following the README;
+    yields the address, the access log and the environment."""
+    tmp_path = tmp_path_factory.mktemp("make-run")
     bind = f"127.0.0.1:{_free_port()}"
     access_log = tmp_path / "access.log"
+    left_out = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "REDIS_URL", "WEB_CONCURRENCY", "GUNICORN_THREADS")
     env = {
-        **{name: value for name, value in os.environ.items() if name not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+        **{name: value for name, value in os.environ.items() if name not in left_out},
         "BIND": bind,
         "DATABASE_URL": f"sqlite:///{tmp_path / 'walkthrough.db'}",
         "ACCESS_LOG": str(access_log),
-        "WEB_CONCURRENCY": "2",
     }
     output = tmp_path / "make-run.log"
     with output.open("wb") as sink:
@@ -126,7 +130,7 @@ def served(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_the_walkthrough_answers_what_the_readme_says(served, tmp_path):
+def test_the_walkthrough_answers_what_the_readme_says(served):
     bind, access_log, env = served
     script = walkthrough_script((ROOT / "README.md").read_text(encoding="utf-8"), f"http://{bind}")
     done = subprocess.run(
@@ -150,3 +154,28 @@ def test_the_walkthrough_answers_what_the_readme_says(served, tmp_path):
     assert '"points":32,"co2e_g":3200,"weight_g":1980,' in out  # 3200 g CO2e -> 32 points, rounded once
     assert '"store_ids": [\n    1\n  ]' in out  # store_ids: [1]
     assert "OK: every chain and balance verifies" in out  # flask ledger verify, after every step
+    by_category = re.findall(r'^\{\n  "name": "([^"]+)",\n  "distance_m": \d+\n\}$', out, flags=re.M)
+    assert by_category == ["恒康社区5号楼投放点", "恒康社区惠民回收服务点"]  # those taking e-waste, nearest first
+
+
+def _login(bind: str, username: str, password: str) -> int:
+    request = urllib.request.Request(
+        f"http://{bind}/api/v1/auth/login",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_five_wrong_passwords_lock_the_username_for_the_whole_server(served):
+    """API.md's five failed logins per username hold under `make run` as it starts, not once per worker process:
+    each try is a new connection, which any process of the server may take."""
+    bind, _, _ = served
+    tries = [_login(bind, "alliance.kx", f"wrong-{n}") for n in range(6)]
+    assert tries == [401] * 5 + [429]
+    assert _login(bind, "alliance.kx", "alliance-demo-2025") == 429  # locked, even with the right password
+    assert _login(bind, "worker.hk", "worker-demo-2025") == 200  # another username is not

@@ -202,6 +202,31 @@ def test_production_counts_rate_limits_in_redis_or_not_at_all():
     assert load(environ=PRODUCTION_SECRETS)["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/0"
 
 
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, (1, 8)),  # limits in this process's memory: one process, so that they are the whole server's
+        ({"REDIS_URL": "redis://127.0.0.1:6379/0"}, (2 * 3, 1)),
+        ({"RATELIMIT_ENABLED": "false"}, (2 * 3, 1)),
+        ({"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "2"}, (4, 2)),  # said outright: as said
+        ({"REDIS_URL": "redis://r", "WEB_CONCURRENCY": "3"}, (3, 1)),
+    ],
+)
+def test_gunicorn_runs_one_process_while_rate_limits_count_in_memory(monkeypatch, environ, expected):
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 3)
+    assert config.server_processes(environ) == expected
+    shared_or_off = bool({"REDIS_URL", "RATELIMIT_ENABLED"} & environ.keys())
+    assert config.limits_counted_in_memory(environ) is not shared_or_off
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("WEB_CONCURRENCY", "0"), ("WEB_CONCURRENCY", "four"), ("GUNICORN_THREADS", "-1")]
+)
+def test_a_bad_process_count_names_its_setting(name, value):
+    with pytest.raises(ConfigError, match=name):
+        config.server_processes({name: value})
+
+
 def test_production_needs_the_public_address_posters_are_printed_with():
     environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != "PUBLIC_BASE_URL"}
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -115,3 +117,26 @@ def test_the_app_still_answers_through_the_same_server(server):
     status, headers, body = _exchange(server, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("environ", "warned"),
+    [
+        ({"WEB_CONCURRENCY": "4"}, True),  # four processes, each counting the limits in its own memory
+        ({}, False),  # one process
+        ({"WEB_CONCURRENCY": "4", "REDIS_URL": "redis://127.0.0.1:6379/0"}, False),
+        ({"WEB_CONCURRENCY": "4", "RATELIMIT_ENABLED": "false"}, False),
+    ],
+)
+def test_gunicorn_warns_when_its_processes_would_each_count_the_limits(monkeypatch, environ, warned):
+    for name in ("WEB_CONCURRENCY", "GUNICORN_THREADS", "REDIS_URL", "RATELIMIT_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    said = []
+    settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
+    assert bool(said) is warned
+    if warned:
+        assert "up to 20 wrong passwords" in said[0]
+        assert "REDIS_URL" in said[0]
