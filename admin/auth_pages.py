@@ -9,10 +9,9 @@ from admin.blueprint import bp
 from admin.forms import load, rerender_on_error, text
 from app.auth import service as auth
 from app.auth.guards import session_after
-from app.auth.limits import failed_staff_logins, seconds_until, staff_login_attempts
+from app.auth.limits import failed_staff_logins, login_wait_message, staff_login_attempts
 from app.auth.schemas import PasswordChangeSchema
 from app.errors import InvalidCredentials, field_error
-from app.extensions import limiter
 from app.people import service as people
 
 
@@ -25,9 +24,7 @@ def _login_page(error: str | None = None, status: int = 200):
 def locked_login_page():
     """The login form again, saying how long until the next try (the limiter's Retry-After, to the nearest
     minute), rather than an error page without the form."""
-    current = limiter.current_limit  # the breached limit, on a 429
-    wait_s = seconds_until(current.reset_at) if current is not None else 60
-    return _login_page(f"登录尝试次数过多，请 {max(round(wait_s / 60), 1)} 分钟后再试", 429)
+    return _login_page(login_wait_message(), 429)
 
 
 @bp.route("/login", methods=["GET", "POST"])

@@ -70,6 +70,9 @@ def handle_http_exception(error: HTTPException):
     if status >= 500:
         return handle_unexpected(error)
     code, message = HTTP_CODES.get(status, ("bad_request", error.description or "请求无效"))
+    limit = getattr(error, "limit", None)  # a rate limit with a sentence of its own (a login's wait) says it
+    if status == 429 and limit is not None and limit.error_message:
+        message = error.description
     data = getattr(error, "data", None) or {}
     details: dict = {}
     # Keep the exception's own headers (Allow on a 405, WWW-Authenticate…), but not its HTML content type.

@@ -14,9 +14,19 @@ from app.errors import RateLimited
 from app.extensions import limiter
 
 
+def login_wait_message() -> str:
+    """What a refused login says: how long until the next try, to the nearest minute (Retry-After has it to the
+    second), for a person rather than a program."""
+    current = limiter.current_limit  # the breached limit, on a 429
+    wait_s = seconds_until(current.reset_at) if current is not None else 60
+    return f"登录尝试次数过多，请 {max(round(wait_s / 60), 1)} 分钟后再试"
+
+
 def staff_login_attempts():
     """Sixty staff login attempts per minute per address."""
-    return limiter.shared_limit("60 per minute", scope="staff-login", methods=["POST"])
+    return limiter.shared_limit(
+        "60 per minute", scope="staff-login", methods=["POST"], error_message=login_wait_message
+    )
 
 
 def failed_staff_logins(username: Callable[[], str]):
@@ -27,6 +37,7 @@ def failed_staff_logins(username: Callable[[], str]):
         methods=["POST"],
         key_func=lambda: f"login-user:{username()[:64].lower()}",
         deduct_when=lambda response: response.status_code == 401,
+        error_message=login_wait_message,
     )
 
 

@@ -634,9 +634,10 @@ def test_five_failed_logins_lock_the_username(limited):
         assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
 
     response = _login(client, username)
-    assert_error(response, 429, "rate_limited")
+    error = assert_error(response, 429, "rate_limited")
     retry_after = int(response.headers["Retry-After"])
     assert 0 < retry_after <= 15 * 60
+    assert error["message"] == f"登录尝试次数过多，请 {round(retry_after / 60)} 分钟后再试"  # a person reads minutes
     assert "X-Request-Id" in response.headers
 
     # A different username from the same address is not locked, and its answer does not tell it to wait.
@@ -796,7 +797,8 @@ def test_the_per_address_login_limit_is_shared_by_the_api_and_the_admin_site(lim
         for i in range(31)
     ]
     assert [r.status_code for r in door] == [401] * 30 + [429]
-    assert_error(_login(client, "spray-last", "wrong-password"), 429, "rate_limited")
+    error = assert_error(_login(client, "spray-last", "wrong-password"), 429, "rate_limited")
+    assert error["message"] == "登录尝试次数过多，请 1 分钟后再试"
 
 
 @pg_concurrency
