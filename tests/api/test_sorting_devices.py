@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 
@@ -339,6 +341,57 @@ def test_signature_binds_the_path(api, world):
     assert count(Deposit) == 0
     kwargs = signed(world["device"], body_for(api, world), path=f"{PATH}?batch=7")
     assert api.post(f"{PATH}?batch=7", **kwargs).status_code == 201
+
+
+def test_signature_follows_the_documented_recipe(api, world):
+    """Bins are programmed from the API docs, not from this code: hex(HMAC-SHA256(secret as UTF-8,
+    METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body)))), computed here without device_signature."""
+    device, raw = world["device"], json.dumps(body_for(api, world)).encode()
+    ts = str(int(utcnow().timestamp()))
+    message = f"POST\n{PATH}\n{ts}\n{hashlib.sha256(raw).hexdigest()}".encode()
+    signature = hmac.new(device["secret"].encode("utf-8"), message, hashlib.sha256).hexdigest()
+    assert device_signature(device["secret"], "post", PATH, ts, raw) == signature
+    headers = {"X-Device-Id": str(device["id"]), "X-Timestamp": ts, "X-Signature": signature}
+    response = api.post(PATH, data=raw, headers=headers, content_type="application/json")
+    assert response.status_code == 201, response.get_json()
+
+
+@pytest.mark.parametrize("position", [0, 31, 63])
+def test_every_character_of_the_signature_counts(api, world, position):
+    kwargs = signed(world["device"], body_for(api, world))
+    signature = kwargs["headers"]["X-Signature"]
+    flipped = "0" if signature[position] != "0" else "1"
+    kwargs["headers"]["X-Signature"] = signature[:position] + flipped + signature[position + 1 :]
+    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert (count(Deposit), count(DeviceSignature)) == (0, 0)
+
+
+def test_an_upper_case_signature_is_the_same_signature(api, world):
+    """Hex is hex in either case: accepted as sent, and burned once, so a re-cased copy is a replay."""
+    kwargs = signed(world["device"], body_for(api, world))
+    lower = kwargs["headers"]["X-Signature"]
+    kwargs["headers"]["X-Signature"] = lower.upper()
+    assert api.post(PATH, **kwargs).status_code == 201
+    for spelling in (lower, lower.upper(), lower[:32] + lower[32:].upper()):
+        kwargs["headers"]["X-Signature"] = spelling
+        assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": False}
+    assert (balance(api, world["resident"]), count(Deposit), count(DeviceSignature)) == (10, 1, 1)
+
+
+def test_a_refused_request_re_cased_is_still_a_replay(api, world):
+    kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
+    assert_error(api.post(PATH, **kwargs), 403, "forbidden")
+    kwargs["headers"]["X-Signature"] = kwargs["headers"]["X-Signature"].upper()
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": True}
+    assert (count(Deposit), count(DeviceSignature)) == (0, 1)
+
+
+def test_the_clock_window_compares_the_servers_whole_second(api, clock, world):
+    """A request stamped 300 s ago is accepted for the rest of the server's second, however far into it."""
+    now = int(utcnow().timestamp())
+    kwargs = signed(world["device"], body_for(api, world), timestamp=now - 300)
+    clock.advance(seconds=0.9)
+    assert api.post(PATH, **kwargs).status_code == 201
 
 
 def test_clock_window_is_five_minutes(api, clock, world):

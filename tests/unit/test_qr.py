@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import string
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -22,12 +25,14 @@ from app.qr import (
     POINT,
     ExpiredToken,
     InvalidToken,
+    MemberCode,
     QRError,
     TokenHeader,
     derive_key,
     extract_token,
     member_code,
     peek,
+    read_member_code,
     rotating_token,
     static_token,
     to_png,
@@ -116,6 +121,12 @@ def test_member_codes_differ_by_nonce() -> None:
     assert fixed_a.split(".")[3] == "abc"
 
 
+def test_read_member_code_names_the_resident_and_the_nonce() -> None:
+    """The nonce is what makes a code single-use: the caller gets it back exactly as issued."""
+    code, _ = member_code(5, MEMBER_KEY, NOW, nonce="abc")
+    assert read_member_code(code, MEMBER_KEY, NOW) == MemberCode(resident_id=5, nonce="abc")
+
+
 def test_tokens_are_compact_ascii() -> None:
     for token, _ in _all_tokens().values():
         assert token.isascii()
@@ -190,6 +201,8 @@ def test_wrong_kind_argument_is_a_programming_error() -> None:
         verify_static("p1.1.x", MEMBER, POINT_KEY)
     with pytest.raises(ValueError, match="not a rotating token kind"):
         rotating_token(POINT, 1, POINT_KEY, NOW)
+    with pytest.raises(ValueError, match="not a rotating token kind"):
+        verify_rotating(static_token(POINT, 1, POINT_KEY), POINT, POINT_KEY, NOW)
     with pytest.raises(ValueError, match="not a static token kind"):
         static_token("x", 1, POINT_KEY)
 
@@ -200,11 +213,25 @@ def test_bad_object_id_on_issue(object_id: int) -> None:
         static_token(POINT, object_id, POINT_KEY)
 
 
+def test_largest_object_id_round_trips() -> None:
+    token = static_token(POINT, 10**18 - 1, POINT_KEY)
+    assert verify_static(token, POINT, POINT_KEY) == 10**18 - 1
+
+
 def test_short_or_wrong_type_key_rejected() -> None:
     with pytest.raises(ValueError, match="at least 16 bytes"):
         static_token(POINT, 1, b"short")
     with pytest.raises(TypeError):
         static_token(POINT, 1, "a-str-key-is-not-bytes")  # type: ignore[arg-type]
+
+
+def test_key_length_is_checked_at_the_boundary_on_issue_and_verify() -> None:
+    key16 = bytes(range(16))
+    assert verify_static(static_token(POINT, 1, key16), POINT, key16) == 1
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        static_token(POINT, 1, key16[:15])
+    with pytest.raises(ValueError, match="at least 16 bytes"):
+        verify_static(static_token(POINT, 1, key16), POINT, key16[:15])
 
 
 def test_derive_key() -> None:
@@ -256,6 +283,17 @@ def test_rotating_custom_window() -> None:
         verify_rotating(token, EVENT, EVENT_KEY, NOW + timedelta(seconds=15), window_s=10)
     with pytest.raises(ValueError, match="window_s"):
         rotating_token(EVENT, 7, EVENT_KEY, NOW, window_s=0)
+    with pytest.raises(ValueError, match="window_s"):
+        verify_rotating(token, EVENT, EVENT_KEY, NOW, window_s=0)
+
+
+def test_rotating_default_window_is_thirty_seconds() -> None:
+    token, expires_at = rotating_token(EVENT, 7, EVENT_KEY, NOW)
+    assert token == rotating_token(EVENT, 7, EVENT_KEY, NOW, WINDOW)[0]
+    assert expires_at == datetime(2025, 6, 1, 12, 1, 0, tzinfo=UTC)
+    assert verify_rotating(token, EVENT, EVENT_KEY, expires_at - timedelta(microseconds=1)) == 7
+    with pytest.raises(ExpiredToken):
+        verify_rotating(token, EVENT, EVENT_KEY, expires_at)
 
 
 def test_member_code_expiry() -> None:
@@ -278,6 +316,37 @@ def test_forged_expired_member_code_is_invalid() -> None:
     forged, _ = member_code(5, derive_key("attacker", "x"), NOW)
     with pytest.raises(InvalidToken):
         verify_member_code(forged, MEMBER_KEY, NOW + timedelta(days=1))
+
+
+def test_member_code_nonce_carries_64_random_bits() -> None:
+    nonces = {member_code(5, MEMBER_KEY, NOW)[0].split(".")[3] for _ in range(20)}
+    assert len(nonces) == 20
+    assert all(len(nonce) >= 11 for nonce in nonces)  # base64url of 8 bytes
+
+
+@pytest.mark.parametrize(
+    ("arguments", "match"),
+    [
+        ({"ttl_s": 0}, "ttl_s"),
+        ({"ttl_s": -1}, "ttl_s"),
+        ({"nonce": ""}, "nonce"),
+        ({"nonce": "a.b"}, "nonce"),
+        ({"nonce": "a!b"}, "nonce"),
+        ({"nonce": "x" * 33}, "nonce"),
+    ],
+)
+def test_member_code_issue_arguments_are_checked(arguments: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        member_code(5, MEMBER_KEY, NOW, **arguments)
+
+
+def test_times_before_the_epoch_are_refused() -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="epoch"):
+        rotating_token(EVENT, 7, EVENT_KEY, epoch - timedelta(microseconds=1))
+    with pytest.raises(ValueError, match="epoch"):
+        member_code(5, MEMBER_KEY, epoch - timedelta(seconds=120), ttl_s=120)  # would expire at the epoch itself
+    assert rotating_token(EVENT, 7, EVENT_KEY, epoch)[0].startswith("e1.7.0.")
 
 
 def test_naive_datetimes_rejected() -> None:
@@ -312,6 +381,16 @@ def test_naive_datetimes_rejected() -> None:
         "p1.1_0.AAAAAAAAAAAAAAAAAAAAAA",
         "p1.\u0661.AAAAAAAAAAAAAAAAAAAAAA",  # Arabic-Indic digit one
         "p1.1.AAAAAAAAAAAAAAAAAAAAAA.extra",
+        "p2.1.AAAAAAAAAAAAAAAAAAAAAA",  # well-formed apart from the version
+        "p9.1.AAAAAAAAAAAAAAAAAAAAAA",
+        "p1.1000000000000000000.AAAAAAAAAAAAAAAAAAAAAA",  # 19 digits: beyond a signed 64-bit column
+        "p1.1.AAAAAAAAAAAAAAAAAAAAAAA",  # 23 signature characters
+        "e1.1.01.AAAAAAAAAAAAAAAAAAAAAA",  # a window has one spelling
+        "e1.1.1x.AAAAAAAAAAAAAAAAAAAAAA",
+        "e1.1.1234567890123.AAAAAAAAAAAAAAAAAAAAAA",
+        "m1.1.0123.abc.AAAAAAAAAAAAAAAAAAAAAA",
+        "m1.1.123..AAAAAAAAAAAAAAAAAAAAAA",  # empty nonce
+        "m1.1.123.a!b.AAAAAAAAAAAAAAAAAAAAAA",
         "p1.1.short",
         "p01.1.AAAAAAAAAAAAAAAAAAAAAA",
         "P1.1.AAAAAAAAAAAAAAAAAAAAAA",
@@ -350,6 +429,48 @@ def test_extract_token() -> None:
 def test_extract_token_rejects(scanned: str) -> None:
     with pytest.raises(InvalidToken):
         extract_token(scanned)
+
+
+def test_extract_token_length_limit_is_2048() -> None:
+    token = static_token(POINT, 42, POINT_KEY)
+    prefix = f"https://example.cn/q/{token}?from="
+    longest = prefix + "x" * (2048 - len(prefix))
+    assert extract_token(f" {longest} ") == token  # counted after stripping
+    with pytest.raises(InvalidToken):
+        extract_token(longest + "x")
+
+
+# --- wire format ---------------------------------------------------------------------------------
+# Printed posters must keep working across releases: tokens and keys are checked against the layout in
+# app/qr/tokens.py's docstring, computed here independently.
+
+
+def _documented_sig(key: bytes, signed: str) -> str:
+    mac = hmac.new(key, signed.encode("ascii"), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def test_key_derivation_is_pinned() -> None:
+    message = b"qr-kdf-v1" + b"\x00\x00\x00\x05point" + b"\x00\x00\x00\x13per-point-secret-v1"
+    expected = hmac.new(MASTER.encode(), message, hashlib.sha256).digest()
+    assert derive_key(MASTER, "point", "per-point-secret-v1") == expected
+
+
+def test_token_layout_is_pinned() -> None:
+    assert static_token(POINT, 42, POINT_KEY) == "p1.42." + _documented_sig(POINT_KEY, "p1.42")
+    assert static_token(DEVICE, 9, POINT_KEY) == "d1.9." + _documented_sig(POINT_KEY, "d1.9")
+    window = int(NOW.timestamp()) // WINDOW
+    event = f"e1.7.{window}"
+    assert rotating_token(EVENT, 7, EVENT_KEY, NOW)[0] == f"{event}.{_documented_sig(EVENT_KEY, event)}"
+    member = f"m1.5.{int(NOW.timestamp()) + 120}.abc"
+    assert member_code(5, MEMBER_KEY, NOW, nonce="abc")[0] == f"{member}.{_documented_sig(MEMBER_KEY, member)}"
+
+
+def test_a_correctly_signed_token_of_an_unsupported_version_is_invalid() -> None:
+    for version in ("0", "2"):
+        signed = f"p{version}.42"
+        with pytest.raises(InvalidToken, match="version"):
+            verify_static(f"{signed}.{_documented_sig(POINT_KEY, signed)}", POINT, POINT_KEY)
 
 
 # --- fuzzing -----------------------------------------------------------------------------------
