@@ -276,6 +276,18 @@ def test_expiry_oldest_first_and_idempotent(api, app, clock):
     assert verify_ledger().ok
 
 
+def test_a_spend_bigger_than_the_oldest_lot_empties_it_and_takes_the_rest_from_the_next(api, clock):
+    me = api.resident()
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 100, "y2025")
+    clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 50, "y2026")
+    spend(me.id, 120, "r1")  # all 100 of 2025, then 20 of 2026's 50
+    body = api.get("/me", as_=me).get_json()
+    # 2025 has nothing left (not minus 20), so what expires next is 2026's 30, when 2028 begins in Shanghai
+    assert (body["balance"], body["expiring_points"], body["expiring_at"]) == (30, 30, "2027-12-31T16:00:00+00:00")
+
+
 def test_taking_back_an_earning_empties_its_own_years_lot(api, clock):
     me, admin = api.resident(), api.staff("admin")
     clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
@@ -291,6 +303,26 @@ def test_taking_back_an_earning_empties_its_own_years_lot(api, clock):
         db.session.execute(sa.select(PointLot.year, PointLot.credited).filter_by(account_id=wrong.account_id)).all()
     )
     assert lots == {2025: 100, 2026: 0}
+
+
+def test_points_earned_before_8am_on_new_years_day_are_the_new_local_years(api, clock):
+    """2026-01-01 07:00 in Shanghai is still 2025 in UTC: the points are 2026's, expire when 2028 begins, and taking
+    them back empties 2026's lot."""
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 100, "y2025")
+    clock.set(datetime(2026, 1, 1, 7, tzinfo=SHANGHAI))
+    early = earn(me.id, 50, "new-year")
+
+    def lots() -> dict[int, int]:
+        rows = sa.select(PointLot.year, PointLot.credited).filter_by(account_id=early.account_id)
+        return dict(db.session.execute(rows).all())
+
+    assert lots() == {2025: 100, 2026: 50}
+    assert api.post(f"/ledger/entries/{early.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201
+    assert lots() == {2025: 100, 2026: 0}
+    body = api.get("/me", as_=me).get_json()
+    assert (body["balance"], body["expiring_points"], body["expiring_at"]) == (100, 100, "2026-12-31T16:00:00+00:00")
 
 
 def test_a_spend_given_back_in_a_new_year_keeps_its_points_expiry(api, clock):
@@ -361,7 +393,9 @@ def test_an_earning_spent_before_its_year_expired_is_still_taken_back(api, app, 
     clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
     earn(me.id, 150, "y2026")
     runner = app.test_cli_runner()
-    assert "'entries': 0" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    output = runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    assert "'accounts': 0" in output  # no account holds 2025 points any more
+    assert "'entries': 0" in output
     clock.set(datetime(2027, 1, 5, 12, tzinfo=SHANGHAI))
     # nothing of 2025 expired: the mistaken points were spent, so they are taken back from what is left
     assert api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201

@@ -31,6 +31,39 @@ def test_rules_in_force_are_public_and_cited(api):
     }
 
 
+# FACTORS.md: activity → (g CO2e per unit, fixed points, daily cap, exempt from the daily total)
+FACTORS_MD = {
+    "sorting:paper": (1760, None, 200, False),
+    "sorting:cardboard": (3160, None, 200, False),
+    "sorting:plastic": (1370, None, 200, False),
+    "sorting:metal": (1830, None, 200, False),
+    "sorting:aluminium": (8110, None, 200, False),
+    "sorting:glass": (260, None, 200, False),
+    "sorting:textile": (2000, None, 200, False),
+    "sorting:ewaste": (4700, None, 200, False),
+    "tradein:refrigerator": (30000, None, None, True),
+    "tradein:air_conditioner": (30000, None, None, True),
+    "tradein:washing_machine": (20000, None, None, True),
+    "tradein:television": (15000, None, None, True),
+    "tradein:phone": (25000, None, None, True),
+    "checkin:sorting": (0, 5, 10, False),
+    "event:checkin": (0, 20, None, False),
+    "market:gift": (0, 10, 30, False),
+    "market:swap": (0, 10, 30, False),
+    "travel:bus": (26.9, None, None, False),
+    "travel:metro": (46.7, None, None, False),
+    "daily:total": (0, None, 500, False),
+}
+
+
+def test_the_seeded_methodology_is_the_one_in_factors_md(api):
+    rules = {r["activity"]: r for r in api.get("/rules?limit=100").get_json()["items"]}
+    assert {
+        activity: (r["co2e_g_per_unit"], r["points"], r["daily_cap_points"], r["daily_total_exempt"])
+        for activity, r in rules.items()
+    } == FACTORS_MD
+
+
 def test_new_version_supersedes_and_old_entries_keep_theirs(api, clock):
     admin, collector_point = api.staff("admin"), 1
     del collector_point
@@ -117,6 +150,18 @@ def test_a_mistaken_future_version_is_replaced_by_publishing_again(api, clock):
     clock.advance(days=301)
     clear_cache()
     assert rule_in_force(api, "sorting:metal")["version"] == 3
+
+
+def test_a_version_published_again_for_the_same_start_withdraws_the_first(api, clock):
+    admin = api.staff("admin")
+    start = clock.now + timedelta(days=10)
+    assert _publish(api, admin, "sorting:metal", 2000, start).status_code == 201
+    assert _publish(api, admin, "sorting:metal", 2100, start).status_code == 201
+    versions = _versions("sorting:metal")
+    assert versions[2].valid_to == versions[2].valid_from  # withdrawn: the same start is "at or after" it
+    assert versions[1].valid_to == versions[3].valid_from
+    event = db.session.scalars(sa.select(AuditEvent).filter_by(action="rule.publish").order_by(AuditEvent.id)).all()
+    assert event[-1].details["withdrawn_versions"] == [2]
 
 
 def test_a_version_starting_before_a_future_one_keeps_it_and_one_after_ends_it(api, clock):

@@ -13,14 +13,24 @@ import sqlalchemy as sa
 import zxingcpp
 from PIL import Image
 
-from app.clock import utcnow
+from app import clock as app_clock
+from app.carbon.models import Rule
+from app.clock import local_day, utcnow
 from app.db import db
 from app.ledger.models import Account, DailyEarning, LedgerEntry
 from app.ledger.verify import verify_ledger
 from app.people.models import Resident
 from app.sorting.models import Deposit, DepositItem
 from app.sorting.service import clear_point_cache
-from tests.conftest import SHANGHAI, assert_error, community_id, during_an_uncommitted_freeze, pg_concurrency, race
+from tests.conftest import (
+    SHANGHAI,
+    Ticking,
+    assert_error,
+    community_id,
+    during_an_uncommitted_freeze,
+    pg_concurrency,
+    race,
+)
 
 
 def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
@@ -194,6 +204,10 @@ def test_a_member_code_for_no_resident_is_invalid(api, app, world):
         (lines(("aluminium", 100), ("ewaste", 100), ("cardboard", 100)), 1597, 16, 16),
         # 1 kg metal = 1830 g → 18.3 → 18.
         (lines(("metal", 1000)), 1830, 18, 18),
+        # 1 kg e-waste = 4700 g → 47 exactly; 1 kg aluminium = 8110 g → 81.1 → 81; 1 kg cardboard = 3160 g → 31.6 → 32.
+        (lines(("ewaste", 1000)), 4700, 47, 47),
+        (lines(("aluminium", 1000)), 8110, 81, 81),
+        (lines(("cardboard", 1000)), 3160, 32, 32),
     ],
 )
 def test_points_are_rounded_once_on_the_whole_deposit(api, world, items, co2e_g, points, per_line_rounding):
@@ -296,6 +310,24 @@ def test_a_deposit_worth_zero_points_is_recorded_without_an_entry(api, world):
     assert count(LedgerEntry) == 0
     assert me(api, world["resident"])["balance"] == 0
     assert api.get("/me/ledger", as_=world["resident"]).get_json()["items"] == []
+
+
+def test_grams_are_rounded_once_on_the_whole_deposit_too(api, world):
+    # 10 g glass = 2.6 g, twice, + 1 kg paper = 1760 g → 1765.2 g → 1765 (rounding each line would give 3 + 3 + 1760
+    # = 1766); 17.652 points → 18. The lines share 1765 g as 2.59970… : 2.59970… : 1759.80… → floors 2, 2, 1759 and
+    # the two spare grams go to the largest remainders: paper (.80), then the first of the tied glass lines.
+    body = deposit_ok(api, world, lines(("glass", 10), ("glass", 10), ("paper", 1000)))
+    assert (body["co2e_g"], body["points"]) == (1765, 18)
+    assert [(i["co2e_g"], i["points"]) for i in body["items"]] == [(3, 0), (2, 0), (1760, 18)]
+    assert me(api, world["resident"])["co2e_g"] == 1765
+
+
+def test_points_follow_the_configured_rate(api, app, monkeypatch, world):
+    """POINTS_PER_KG_CO2E is configurable: at 25 points a kg, 1 kg paper (1760 g) is 44 points, not 18."""
+    monkeypatch.setitem(app.config, "POINTS_PER_KG_CO2E", 25)
+    body = deposit_ok(api, world, lines(("paper", 1000), ("glass", 10)))  # 1762.6 g x 25 / 1000 = 44.065 → 44
+    assert (body["points"], body["co2e_g"]) == (44, 1763)
+    assert me(api, world["resident"])["balance"] == 44
 
 
 def test_deposit_can_be_read_back_in_scope(api, world):
@@ -439,6 +471,7 @@ def test_unknown_or_retired_point_is_a_validation_error(api, world):
         pytest.param(lines(("paper", -5)), id="negative"),
         pytest.param(lines(("paper", 200_001)), id="over-200kg"),
         pytest.param(lines(("paper", 1.5)), id="fraction"),
+        pytest.param(lines(("paper", 1000.0)), id="whole-float"),  # integers in grams on the wire (FACTORS.md)
         pytest.param(lines(("paper", "12")), id="string"),
         pytest.param(lines(("paper", True)), id="bool"),
         pytest.param(lines(("paper", None)), id="null"),
@@ -539,6 +572,56 @@ def reverse(api, world, entry_id: int):
     assert response.status_code == 201, response.get_json()
 
 
+def _publish(api, world, clock, activity: str, **changes) -> dict:
+    response = api.post(
+        "/rules", as_=world["admin"], json={"activity": activity, "source": "测试：调整规则", **changes}
+    )
+    assert response.status_code == 201, response.get_json()
+    clock.advance(seconds=11)  # in force once every worker's rule cache can have seen it
+    return response.get_json()
+
+
+def test_an_exempt_category_counts_against_its_own_cap_but_not_the_daily_total(api, clock, world):
+    _publish(api, world, clock, "sorting:glass", daily_total_exempt=True)
+    deposit_ok(api, world, lines(("paper", 10_000)))  # 176
+    deposit_ok(api, world, lines(("cardboard", 6000)))  # 190
+    deposit_ok(api, world, lines(("aluminium", 1600)))  # 130 → 496 counted in all
+    # 20 kg glass = 5200 g → 52 points: 548 if glass counted, but it is exempt
+    assert deposit_ok(api, world, lines(("glass", 20_000)))["points"] == 52
+    resident = world["resident"]
+    assert _counters(resident.id)["daily:total"] == 496
+    assert _counters(resident.id)["sorting:glass"] == 52
+    # a mixed deposit: 1 kg glass (2.6) + 1 kg plastic (13.7) = 16.3 → 16 points, split 3 : 13 (shares 2.55 : 13.45);
+    # only the plastic's 13 count towards the total, and 509 is over it
+    error = assert_error(deposit(api, world, lines(("glass", 1000), ("plastic", 1000))), 409, "cap_reached")
+    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 13, "remaining": 4}
+    # the total lowered below what was counted today: a deposit of exempt glass alone charges nothing to the total
+    _publish(api, world, clock, "daily:total", daily_cap_points=400)
+    assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 3
+    error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")
+    assert (error["details"]["activity"], error["details"]["cap"], error["details"]["remaining"]) == (
+        "daily:total",
+        400,
+        0,
+    )
+    assert me(api, resident)["balance"] == 496 + 52 + 3
+
+
+def test_a_category_without_a_daily_cap_is_counted_but_never_refused(api, clock, world):
+    _publish(api, world, clock, "sorting:paper", daily_cap_points=None)
+    assert deposit_ok(api, world, lines(("paper", 12_000)))["points"] == 211  # 21 120 g: over the old 200 cap
+    # the second one adds to a counter that exists already (the first only created it)
+    assert deposit_ok(api, world, lines(("paper", 12_000)))["points"] == 211
+    assert _counters(world["resident"].id) == {"sorting:paper": 422, "daily:total": 422}
+
+
+def test_a_deposit_worth_exactly_the_category_cap_fits(api, world):
+    # 11 364 g paper = 20 000.64 g → 200.0064 → 200 points: exactly the cap, in one deposit
+    assert deposit_ok(api, world, lines(("paper", 11_364)))["points"] == 200
+    error = assert_error(deposit(api, world, lines(("paper", 30))), 409, "cap_reached")  # 52.8 g → 1 more
+    assert (error["details"]["used"], error["details"]["remaining"]) == (200, 0)
+
+
 def test_reversing_a_deposit_gives_the_days_cap_room_back(api, world):
     """A mis-weighed deposit is reversed and weighed again: the cap counts what the resident keeps."""
     wrong = deposit_ok(api, world, lines(("paper", 11_000), ("plastic", 1000)))  # rounded once: 193 + 14
@@ -563,6 +646,15 @@ def test_reversing_a_deposit_gives_the_days_cap_room_back(api, world):
     assert_error(deposit(api, world, lines(("paper", 1000))), 409, "cap_reached")  # the cap still holds
 
 
+def test_reversing_a_deposit_made_before_8am_gives_back_that_local_days_room(api, clock, world):
+    """07:30 in Shanghai is 23:30 UTC the day before: the room given back is the local day the deposit counted on."""
+    clock.set(datetime(2026, 6, 16, 7, 30, tzinfo=SHANGHAI))
+    wrong = deposit_ok(api, world, lines(("paper", 11_000)))  # 19 360 g → 194
+    reverse(api, world, wrong["entry_id"])
+    assert _counters(world["resident"].id) == {"sorting:paper": 0, "daily:total": 0}
+    assert deposit_ok(api, world, lines(("paper", 11_000)))["points"] == 194
+
+
 def test_reversing_yesterdays_deposit_leaves_todays_count(api, clock, world):
     yesterday = deposit_ok(api, world, lines(("paper", 11_000)))
     clock.advance(days=1)
@@ -575,6 +667,68 @@ def test_daily_caps_are_per_resident(api, world):
     assert deposit_ok(api, world, lines(("paper", 11_000)))["points"] == 194  # 19 360 g
     neighbour = api.resident()
     assert deposit_ok(api, world, lines(("paper", 11_000)), resident=neighbour)["points"] == 194
+
+
+# --- rule versions and moments ---------------------------------------------------------------------------------------
+
+
+def test_a_deposit_at_the_very_start_of_a_version_uses_it(api, clock, world):
+    start = clock.now + timedelta(hours=1)
+    body = {"activity": "sorting:paper", "co2e_g_per_unit": "2000", "source": "测试：新因子",
+            "effective_from": start.astimezone(SHANGHAI).isoformat()}  # fmt: skip
+    published = api.post("/rules", as_=world["admin"], json=body)
+    assert published.status_code == 201, published.get_json()
+    v2 = published.get_json()["id"]
+    clock.set(start - timedelta(microseconds=1))
+    before = deposit_ok(api, world, lines(("paper", 1000)))  # 1760 g → 17.6 → 18
+    assert (before["points"], before["co2e_g"]) == (18, 1760)
+    assert before["items"][0]["rule_id"] != v2
+    clock.set(start)  # valid_from is inclusive
+    at = deposit_ok(api, world, lines(("paper", 1000)))  # 2000 g → 20
+    assert (at["points"], at["co2e_g"], at["items"][0]["rule_id"]) == (20, 2000, v2)
+
+
+def test_a_deposit_uses_the_rule_in_force_at_its_own_moment(api, clock, world):
+    """A deposit read a few milliseconds before a new version starts is computed, and named, by the version in force
+    at its own moment (its created_at), even if the clock has passed the start by the time it is written."""
+    start = clock.now + timedelta(hours=1)
+    body = {"activity": "sorting:paper", "co2e_g_per_unit": "2000", "source": "测试：新因子",
+            "effective_from": start.astimezone(SHANGHAI).isoformat()}  # fmt: skip
+    published = api.post("/rules", as_=world["admin"], json=body)
+    assert published.status_code == 201, published.get_json()
+    v1 = db.session.scalar(sa.select(Rule.id).filter_by(activity="sorting:paper", version=1))
+    v2 = published.get_json()["id"]
+    residents = [api.resident() for _ in range(20)]
+    seen = set()
+    for offset_ms, resident in enumerate(residents, start=1):
+        app_clock.set_clock(Ticking(start - timedelta(milliseconds=offset_ms)))
+        answer = deposit_ok(api, world, lines(("paper", 1000)), resident=resident)
+        expected = (v2, 20) if datetime.fromisoformat(answer["created_at"]) >= start else (v1, 18)
+        assert (answer["items"][0]["rule_id"], answer["points"]) == expected, offset_ms
+        entry = db.session.get(LedgerEntry, answer["entry_id"])
+        assert (entry.rule_id, entry.delta) == expected
+        seen.add(expected)
+    app_clock.set_clock(clock)
+    assert seen == {(v1, 18), (v2, 20)}  # the deposits straddled the start
+
+
+def test_a_deposit_its_entry_and_its_cap_count_share_one_moment_across_local_midnight(api, clock, world):
+    """A deposit that begins a few reads of the clock before local midnight counts on the day it is dated, as its
+    entry is; reading the clock again for the posting would count it (and date the entry) on the next day."""
+    midnight = datetime(2026, 6, 16, tzinfo=SHANGHAI)
+    residents = [api.resident() for _ in range(20)]
+    days = set()
+    for offset_ms, resident in enumerate(residents, start=1):
+        app_clock.set_clock(Ticking(midnight - timedelta(milliseconds=offset_ms)))
+        answer = deposit_ok(api, world, lines(("paper", 1000)), resident=resident)
+        day = local_day(datetime.fromisoformat(answer["created_at"]), "Asia/Shanghai")
+        entry = db.session.get(LedgerEntry, answer["entry_id"])
+        counted = db.session.scalars(sa.select(DailyEarning.day).filter_by(account_id=entry.account_id)).all()
+        assert local_day(entry.created_at, "Asia/Shanghai") == day, offset_ms
+        assert set(counted) == {day}, offset_ms
+        days.add(day)
+    app_clock.set_clock(clock)
+    assert days == {midnight.date() - timedelta(days=1), midnight.date()}  # the deposits straddled midnight
 
 
 # --- idempotency ---------------------------------------------------------------------------------------------------

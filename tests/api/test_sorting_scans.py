@@ -285,6 +285,23 @@ def test_a_check_in_rule_without_fixed_points_converts_its_grams(api, clock, wor
     assert db.session.get(LedgerEntry, body["entry_id"]).co2e_g == 350
 
 
+def test_a_check_in_rounds_its_grams_and_its_points_once_each_from_the_exact_grams(api, clock, world):
+    publish_checkin_rule(api, world["admin"], clock, points=None, co2e_g_per_unit="349.5")
+    body = scan_ok(api, api.resident(), world["tokens"]["a"])
+    # 349.5 g → 350 g, half up; 349.5 × 10 / 1000 = 3.495 → 3 points (not 350 g → 3.5 → 4: rounded twice)
+    assert (body["points"], body["co2e_g"]) == (3, 350)
+    assert db.session.get(LedgerEntry, body["entry_id"]).co2e_g == 350
+
+
+def test_check_in_grams_follow_the_configured_rate(api, app, clock, monkeypatch, world):
+    monkeypatch.setitem(app.config, "POINTS_PER_KG_CO2E", 25)
+    resident = api.resident()
+    assert scan_ok(api, resident, world["tokens"]["a"])["points"] == 5  # fixed points do not scale with the rate
+    publish_checkin_rule(api, world["admin"], clock, points=None, co2e_g_per_unit=200)
+    assert scan_ok(api, resident, world["tokens"]["b"])["points"] == 5  # 200 g × 25 / 1000 = 5 (2 at 10 a kg)
+    assert balance(api, resident) == 10
+
+
 def test_local_midnight_splits_days_not_utc_midnight(api, clock, world):
     resident = api.resident()
     before, after = datetime(2026, 6, 15, 23, 59, tzinfo=SHANGHAI), datetime(2026, 6, 16, 0, 1, tzinfo=SHANGHAI)

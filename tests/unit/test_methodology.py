@@ -47,3 +47,16 @@ def test_exact_points_prefers_the_rules_fixed_points_per_unit():
     assert exact_points(20, Decimal("2200"), Decimal("1.25"), 10) == 25  # 20 a kg × 1.25 kg; the grams are ignored
     assert exact_points(0, Decimal("2200"), Decimal("1.25"), 10) == 0  # fixed at nothing means nothing
     assert exact_points(None, Decimal("1000.1"), Decimal("0.73"), 10) == Decimal("10.001")  # grams converted
+
+
+def test_exact_points_convert_grams_at_the_rate_given():
+    # POINTS_PER_KG_CO2E is configurable (1 to 1000): 1000 g at 25 points a kg is 25 points, at 1 a kg 1 point.
+    assert exact_points(None, Decimal(1000), Decimal(1), 25) == 25
+    assert exact_points(None, Decimal(1760), Decimal(1), 1) == Decimal("1.76")
+
+
+def test_allocate_gives_a_tied_spare_unit_to_the_earlier_line():
+    # 5 over 2.6 : 2.6 → shares 2.5 and 2.5, floors 2 and 2; the spare unit goes to the first line, so a deposit's
+    # lines (and the category caps they charge) do not depend on anything but their order.
+    assert allocate(5, [Decimal("2.6"), Decimal("2.6")]) == [3, 2]
+    assert allocate(1, [Decimal(1), Decimal(1), Decimal(1)]) == [1, 0, 0]
