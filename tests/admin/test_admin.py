@@ -1374,3 +1374,93 @@ def test_a_points_deposits_are_shown_for_one_local_day(api, as_admin, clock):
 def test_a_day_the_filter_cannot_take_is_no_filter_not_a_500(as_admin, day):
     point = make_point()
     assert as_admin.get(f"/admin/points/{point.id}?day={day}").status_code == 200
+
+
+# --- scope: what the other roles on the admin site may not reach --------------------------------------------------
+
+
+def test_an_alliance_member_of_a_community_manages_none_of_its_points(api, browser):
+    """An alliance account may carry its organisation's community, as a worker does; it still manages no point
+    there: the points pages and their forms are for admins and that community's workers."""
+    point = make_point()
+    bin_ = sorting.register_device(SYSTEM, {"code": "bin-hk-ally", "collection_point_id": point.id})
+    secret, poster = db.session.get(CollectionPoint, point.id).qr_secret, bin_.secret
+    cafe = db.session.scalar(sa.select(Organization.id).filter_by(name="科学咖啡社"))
+    member = api.staff("alliance", organization_id=cafe, community_id=community_id("hengkang"))
+    assert browser.login(username_of(member)).status_code == 302
+    for path in ("/admin/points", f"/admin/points/{point.id}", f"/admin/points/{point.id}/poster"):
+        response = browser.get(path)
+        assert response.status_code == 403, path
+        assert point.name not in text(response), path
+    assert browser.get(f"/admin/points/{point.id}/qr.png").status_code == 403
+    hengkang = str(community_id("hengkang"))
+    forms = [
+        (f"/admin/points/{point.id}", {"name": "联盟改名", "kind": "station", "categories": ["paper"]}),
+        (f"/admin/points/{point.id}/active", {"active": "0", "confirm": "yes"}),
+        (f"/admin/points/{point.id}/rotate", {"confirm": "yes"}),
+        (f"/admin/points/{point.id}/devices/{bin_.id}/active", {"active": "0", "confirm": "yes"}),
+        ("/admin/points", {"name": "联盟的站", "kind": "station", "categories": ["paper"], "community_id": hengkang}),
+    ]
+    for path, form in forms:
+        assert browser.post(path, form).status_code == 403, path
+    db.session.expire_all()
+    unchanged = db.session.get(CollectionPoint, point.id)
+    assert (unchanged.name, unchanged.active, unchanged.qr_secret) == (point.name, True, secret)
+    assert (db.session.get(Device, bin_.id).active, db.session.get(Device, bin_.id).secret) == (True, poster)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(CollectionPoint)) == 1
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).filter_by(actor_id=member.id)) == 0
+
+
+def test_a_workers_points_list_is_its_own_communitys_whatever_the_query(as_worker):
+    mine, theirs = make_point("恒康站"), make_point("鑫海湾站", "xinhaiwan")
+    for query in ("", f"?community_id={community_id('xinhaiwan')}", "?status=retired"):
+        body = text(as_worker.get(f"/admin/points{query}"))
+        assert f"/admin/points/{theirs.id}" not in body, query
+        assert theirs.name not in body, query
+    assert f"/admin/points/{mine.id}" in text(as_worker.get(f"/admin/points?community_id={community_id('xinhaiwan')}"))
+
+
+def test_a_workers_dashboard_leaves_out_other_communities_deposits_and_accounts(api, as_worker):
+    """Today's deposits at another community's points, and its residents' entries, points and CO2e, are not on a
+    worker's dashboard."""
+    mine, theirs = make_point("恒康站"), make_point("鑫海湾站", "xinhaiwan")
+    neighbour, stranger = api.resident(community_code="hengkang"), api.resident(community_code="xinhaiwan")
+    for point, resident, weight in ((mine, neighbour, 1000), (theirs, stranger, 3000), (theirs, stranger, 2000)):
+        collector = api.staff("collector", collection_point_ids=[point.id])
+        body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
+                "items": [{"category": "paper", "weight_g": weight}]}  # fmt: skip
+        assert api.post("/deposits", as_=collector, json=body).status_code == 201
+    ledger.adjust(SYSTEM, stranger.id, 500, "补发积分")
+    own = api.get("/me", as_=neighbour).get_json()
+    assert own["balance"] > 0
+    cards = dashboard_cards(as_worker)
+    assert cards["今日回收"] == "1.0 kg"
+    assert cards["积分记录"] == "1"
+    assert cards["累计活动积分"] == str(own["lifetime_earned"])
+    assert cards["累计减排"] == f"{own['co2e_g'] / 1000:,.1f} kg"
+    page = text(as_worker.get("/admin/"))
+    assert "今天 1 笔投递" in page
+    assert f"当前余额合计 {own['balance']}" in page
+
+
+def test_an_alliance_members_dashboard_and_staff_form_show_only_its_own_organisation(api, browser):
+    cafe, shops = (
+        db.session.scalar(sa.select(Organization.id).filter_by(name=n)) for n in ("科学咖啡社", "鑫海湾沿街商铺联合会")
+    )
+    cafe_store, shops_store = (
+        Store(name="咖啡社兑换点", organization_id=cafe),
+        Store(name="沿街兑换点", organization_id=shops),
+    )
+    db.session.add_all([cafe_store, shops_store])
+    db.session.commit()
+    mine = api.staff("alliance", organization_id=cafe)
+    api.staff("merchant", organization_id=cafe, store_ids=[cafe_store.id])
+    api.staff("merchant", organization_id=shops, store_ids=[shops_store.id])
+    api.staff("alliance", organization_id=shops)
+    api.staff("worker", community_id=community_id("hengkang"))
+    browser.login(username_of(mine))
+    assert dashboard_cards(browser)["本单位工作人员"] == "2"
+    page = text(browser.get("/admin/staff"))
+    assert f'name="store_ids" value="{cafe_store.id}"' in page
+    assert f'name="store_ids" value="{shops_store.id}"' not in page
+    assert "沿街兑换点" not in page

@@ -831,3 +831,18 @@ def test_a_change_to_a_collectors_account_does_not_hold_up_its_deposits(app, api
     assert went_through
     assert answers["deposit"].status_code == 201
     assert answers["change"].status_code == 200
+
+
+def test_callers_without_a_role_over_residents_are_refused_before_their_request_is_read(api, world):
+    """A collector, an alliance member or a resident gets 403 whatever it sends, not a validation error about a
+    resident list or status change it could never ask for; nobody's status changes."""
+    target = api.resident(community_code="hengkang")
+    collector = api.staff("collector", collection_point_ids=[make_point(api, world["admin"], "恒康回收站")],
+                          community_id=community_id("hengkang"))  # fmt: skip
+    alliance = api.staff("alliance", organization_id=world["cafe"])
+    for caller in (collector, alliance, api.resident(community_code="hengkang")):
+        assert_error(api.get("/residents?status=bogus", as_=caller), 403, "forbidden")
+        assert_error(api.get("/residents?limit=0", as_=caller), 403, "forbidden")
+        assert_error(api.patch(f"/residents/{target.id}", as_=caller, json={}), 403, "forbidden")
+        assert_error(api.patch(f"/residents/{target.id}", as_=caller, json={"status": "frozen"}), 403, "forbidden")
+    assert api.get("/me", as_=target).status_code == 200

@@ -517,3 +517,37 @@ def test_an_adjustment_given_as_a_whole_float_is_that_whole_number(api):
     response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 3.0, "reason": "测试整数"})
     assert response.status_code == 201, response.get_json()
     assert api.get("/me", as_=me).get_json()["balance"] == 3
+
+
+def test_callers_without_the_admin_role_are_refused_before_their_request_is_read(api):
+    """Adjusting and reversing are for admins: a worker, a collector or a resident gets 403 whatever it sends, not a
+    validation error about a change it could never make, and the balance stays."""
+    me = api.resident()
+    entry = earn(me.id, 20, "a")
+    worker = api.staff("worker", community_id=1)
+    for caller in (worker, me):
+        for body in ({}, {"delta": 0.5, "reason": "x"}):
+            assert_error(api.post(f"/residents/{me.id}/adjustments", as_=caller, json=body), 403, "forbidden")
+        for body in ({}, {"reason": ""}):
+            assert_error(api.post(f"/ledger/entries/{entry.id}/reverse", as_=caller, json=body), 403, "forbidden")
+    assert api.get("/me", as_=me).get_json()["balance"] == 20
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+
+
+def test_the_adjustment_services_refuse_a_worker_whoever_calls_them(api):
+    """The API and the admin site each let only admins adjust or reverse; the ledger service checks again for any
+    other caller, whatever the resident's community."""
+    from app.auth.guards import Actor
+    from app.errors import Forbidden
+
+    me = api.resident()
+    entry = earn(me.id, 20, "a")
+    worker = Actor(kind="staff", id=1, role="worker", community_id=1)
+    with pytest.raises(Forbidden):
+        ledger.adjust(worker, me.id, 500, "自己补发")
+    db.session.rollback()
+    with pytest.raises(Forbidden):
+        ledger.reverse_entry(worker, entry.id, "撤销")
+    db.session.rollback()
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert api.get("/me", as_=me).get_json()["balance"] == 20

@@ -892,3 +892,49 @@ def test_a_point_retired_by_another_worker_refuses_deposits_at_once(api, world):
         assert error["details"]["fields"] == {"collection_point_id": ["该回收点已停用"]}
     assert api.get("/me", as_=late).get_json()["balance"] == 0
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Deposit)) == 1
+
+
+# --- who is refused before the request is read ----------------------------------------------------------------------
+
+
+def test_only_residents_get_a_member_code_in_either_form(api, world):
+    """A member code pays for deposits as its resident: a staff token names a staff id, never a resident's, so no
+    staff member gets a code, as JSON or as the QR image."""
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    for caller in (world["collector"], worker, world["admin"]):
+        for path in ("/me/member-code", "/me/member-code.png"):
+            response = api.get(path, as_=caller)
+            assert_error(response, 403, "forbidden")
+            assert response.mimetype == "application/json"
+    assert_error(api.get("/me/member-code.png"), 401, "unauthorized")
+
+
+def test_callers_without_the_role_are_refused_before_their_request_is_read(api, world):
+    """The role is checked first: a caller who may not record or list deposits gets 403 whatever it sent, not a
+    validation error that answers about a request it could never make."""
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    for caller in (worker, world["admin"], world["resident"]):
+        assert_error(api.post("/deposits", as_=caller, json={}), 403, "forbidden")
+        assert_error(api.post("/deposits", as_=caller, json={"items": "junk"}), 403, "forbidden")
+    for caller in (world["resident"], api.resident()):
+        assert_error(api.get(f"/collection-points/{world['a']}/deposits?day=yesterday", as_=caller), 403, "forbidden")
+    assert count(Deposit) == 0
+
+
+def test_the_deposit_service_refuses_a_non_collector_whoever_calls_it(api, world):
+    """The API lets only collectors in; the service checks the role again for any other caller (a worker of the
+    point's community, an admin), before it reads the point or the code."""
+    from app.auth.guards import Actor
+    from app.errors import Forbidden
+    from app.sorting import service as sorting
+
+    body = {"member_code": api.member_code(world["resident"]), "collection_point_id": world["a"],
+            "items": lines(("paper", 1000))}  # fmt: skip
+    for role in ("worker", "admin"):
+        actor = Actor(kind="staff", id=world["admin"].id, role=role, community_id=community_id("hengkang"),
+                      collection_point_ids=frozenset({world["a"]}))  # fmt: skip
+        with pytest.raises(Forbidden):
+            sorting.record_deposit(actor, body)
+    db.session.rollback()
+    assert count(Deposit) == 0
+    assert count(LedgerEntry) == 0

@@ -14,7 +14,7 @@ from app.audit.models import AuditEvent
 from app.auth.guards import Actor
 from app.clock import utcnow
 from app.db import db
-from app.errors import InvalidState
+from app.errors import Forbidden, InvalidState
 from app.ledger.models import LedgerEntry
 from app.sorting import service as sorting
 from app.sorting.models import Deposit, Device, DeviceSignature
@@ -612,3 +612,34 @@ def test_parallel_rotations_of_the_secret_one_page_showed_replace_it_once(api, a
 def test_a_device_id_beyond_the_database_is_unauthorized(api, world):
     body = {"collection_point_id": world["a"], "member_code": "x", "items": []}
     assert_error(api.post(PATH, **signed({**world["device"], "id": 10**17}, body)), 401, "unauthorized")
+
+
+def test_callers_without_the_role_are_refused_before_their_request_is_read(api, world):
+    """Registering is for admins, retiring and listing for the point's managers: anyone else gets 403 whatever it
+    sent, not a validation error about a request it could never make."""
+    device = world["device"]
+    collector = api.staff("collector", collection_point_ids=[world["a"]])
+    assert_error(api.post("/devices", as_=world["worker"], json={}), 403, "forbidden")
+    assert_error(api.post("/devices", as_=world["worker"], json={"code": ""}), 403, "forbidden")
+    for caller in (collector, world["resident"]):
+        assert_error(api.patch(f"/devices/{device['id']}", as_=caller, json={}), 403, "forbidden")
+        assert_error(api.patch(f"/devices/{device['id']}", as_=caller, json={"active": "no"}), 403, "forbidden")
+        assert_error(api.get(f"/collection-points/{world['a']}/devices?limit=0", as_=caller), 403, "forbidden")
+    assert count(Device) == 1
+    assert db.session.get(Device, device["id"]).active is True
+
+
+def test_the_bin_key_services_refuse_a_worker_whoever_calls_them(api, world):
+    """The API and the admin site each let only admins register or re-key a bin; the service checks again, for any
+    other caller: a worker of the point's own community gets no secret."""
+    device = world["device"]
+    worker = Actor(kind="staff", id=world["worker"].id, role="worker", community_id=community_id("hengkang"))
+    with pytest.raises(Forbidden):
+        sorting.register_device(worker, {"code": "WORKER-OWN-BIN", "collection_point_id": world["a"]})
+    db.session.rollback()
+    with pytest.raises(Forbidden):
+        sorting.rotate_device_secret(worker, device["id"])
+    db.session.rollback()
+    assert count(Device) == 1
+    assert db.session.get(Device, device["id"]).secret == device["secret"]
+    assert [action for action, _ in device_audit(device["id"])] == ["device.register"]

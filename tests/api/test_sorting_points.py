@@ -458,3 +458,15 @@ def test_parallel_edits_and_retirements_of_one_point_take_turns(api, app, admin)
     assert stored.geofence_m is None or stored.lat is not None
     retirements = sa.select(sa.func.count()).select_from(AuditEvent).filter_by(action="collection_point.deactivate")
     assert db.session.scalar(retirements) == 1  # the others found it retired already
+
+
+def test_callers_without_the_role_are_refused_before_their_point_is_read(api, admin):
+    """A collector, a merchant or a resident gets 403 whatever it sends, not a validation error about a point it
+    could never create."""
+    point = make_point(api, admin)
+    collector = api.staff("collector", collection_point_ids=[point["id"]])
+    before = point_count()
+    for caller in (collector, api.resident()):
+        assert_error(api.post("/collection-points", as_=caller, json={}), 403, "forbidden")
+        assert_error(api.post("/collection-points", as_=caller, json={"kind": "landfill"}), 403, "forbidden")
+    assert point_count() == before
