@@ -1411,6 +1411,17 @@ def test_an_alliance_member_of_a_community_manages_none_of_its_points(api, brows
     assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).filter_by(actor_id=member.id)) == 0
 
 
+def test_an_alliance_member_is_refused_a_new_point_before_its_form_is_read(api, browser):
+    cafe = db.session.scalar(sa.select(Organization.id).filter_by(name="科学咖啡社"))
+    member = api.staff("alliance", organization_id=cafe, community_id=community_id("hengkang"))
+    browser.login(username_of(member))
+    for form in ({"name": "", "kind": "nonsense"}, {"name": "联盟的站", "kind": "station", "lat": "91"}):
+        response = browser.post("/admin/points", form)
+        assert response.status_code == 403, form
+        assert "没有权限" in text(response)
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(CollectionPoint)) == 0
+
+
 def test_a_workers_points_list_is_its_own_communitys_whatever_the_query(as_worker):
     mine, theirs = make_point("恒康站"), make_point("鑫海湾站", "xinhaiwan")
     for query in ("", f"?community_id={community_id('xinhaiwan')}", "?status=retired"):
