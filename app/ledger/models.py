@@ -63,8 +63,9 @@ class LedgerEntry(db.Model):
 
 
 class DailyEarning(db.Model):
-    """Points counted per resident, local day and activity (or the daily total), for caps; `cap` is the
-    limit in force at the last charge, kept so the counter can refuse in the same statement that counts."""
+    """Points counted per resident, local day and activity (or the daily total), for caps. A charge is refused against
+    the limit it carries, the one in force now, so a cap changed during the day counts from the next charge; `cap`
+    records that limit as of the last charge, for whoever reads the counter."""
 
     __tablename__ = "daily_earnings"
 

@@ -226,6 +226,37 @@ def test_one_refused_counter_refuses_the_whole_posting(api):
     assert verify_ledger().ok
 
 
+def test_a_daily_cap_changed_during_the_day_counts_from_the_next_charge(api):
+    """A new rule version can raise, lower, lift or impose a daily cap in the middle of a day: each charge is judged
+    against the cap in force for it (not the one stored with the counter at its last charge), on what the day has
+    counted so far; and the counter keeps the cap of its last charge."""
+    me = api.resident()
+
+    def charge(points: int, cap: int | None, ref: str) -> None:
+        earn(me.id, points, ref, caps=[CapCharge("test:earn", points, cap, "测试")])
+
+    def refused(points: int, cap: int | None, ref: str) -> dict:
+        with pytest.raises(CapReached) as refusal:
+            charge(points, cap, ref)
+        db.session.rollback()
+        return refusal.value.details
+
+    def counter() -> tuple[int, int | None]:
+        return tuple(db.session.execute(sa.select(DailyEarning.points, DailyEarning.cap)).one())
+
+    charge(15, 20, "first")
+    charge(10, 30, "raised")  # 25 fits the raised cap, though not the 20 it was counted under
+    assert counter() == (25, 30)
+    assert refused(1, 25, "lowered") == {"cap": 25, "used": 25, "activity": "test:earn", "points": 1, "remaining": 0}
+    charge(10, None, "lifted")  # counted, never refused
+    assert counter() == (35, None)
+    assert refused(10, 40, "imposed")["remaining"] == 5
+    charge(5, 40, "fits")
+    assert counter() == (40, 40)
+    assert api.get("/me", as_=me).get_json()["balance"] == 40
+    assert verify_ledger().ok
+
+
 @pytest.mark.parametrize("both", [True, False], ids=["ref-and-claim", "neither"])
 def test_a_posting_refers_to_a_ref_or_a_claim_exactly(api, both):
     me = api.resident()
@@ -303,6 +334,29 @@ def test_taking_back_an_earning_empties_its_own_years_lot(api, clock):
         db.session.execute(sa.select(PointLot.year, PointLot.credited).filter_by(account_id=wrong.account_id)).all()
     )
     assert lots == {2025: 100, 2026: 0}
+
+
+def test_last_years_earning_taken_back_this_year_empties_last_years_lot_and_a_spend_writes_no_lot(api, clock):
+    """The reversal's lot is the credit's year, not the year it is reversed in; a debit credits no lot at all (not
+    even an empty one for this year): lots hold only what was earned, per year."""
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
+    earn(me.id, 100, "y2025")
+    wrong = earn(me.id, 30, "y2025-wrong")
+    clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
+    spend(me.id, 20, "r1")
+
+    def lots() -> dict[int, int]:
+        rows = sa.select(PointLot.year, PointLot.credited).filter_by(account_id=wrong.account_id)
+        return dict(db.session.execute(rows).all())
+
+    assert lots() == {2025: 130}
+    assert api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201
+    assert lots() == {2025: 100}
+    body = api.get("/me", as_=me).get_json()
+    # what is left (80) is all 2025's, and expires when 2027 begins in Shanghai
+    assert (body["balance"], body["expiring_points"], body["expiring_at"]) == (80, 80, "2026-12-31T16:00:00+00:00")
+    assert verify_ledger().ok
 
 
 def test_points_earned_before_8am_on_new_years_day_are_the_new_local_years(api, clock):

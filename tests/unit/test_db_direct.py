@@ -121,6 +121,31 @@ def test_an_escaped_bind_name_gets_its_processor(db_session):
     assert at.tzinfo is UTC
 
 
+def test_a_statement_that_answers_several_rows_answers_them_all(resident):
+    """Each worker's copy of the points is one read of every point: all of them (the fixture's and two more), as
+    SQLAlchemy answers them."""
+    db.session.add_all(
+        CollectionPoint(name=f"直连测试点{n}", community_id=1, kind="station", categories=["glass"]) for n in (2, 3)
+    )
+    db.session.flush()
+    assert db_module._direct(sorting._ALL_POINTS, db.session.get_bind().dialect, {}) is not None
+    expected = db.session.connection().execute(sorting._ALL_POINTS).all()
+    answered = run(sorting._ALL_POINTS).all()
+    assert len(expected) == 3
+    assert sorted(answered, key=lambda row: row.id) == sorted(expected, key=lambda row: row.id)
+
+
+def test_a_label_longer_than_postgresql_keeps_is_still_the_answers_key(db_session):
+    """The server truncates an identifier to 63 bytes in its answer; the Result is keyed as SQLAlchemy keys it, by the
+    compiled columns, not by the names the server answers with."""
+    label = "points_credited_to_this_years_lot_by_the_posting_that_was_just_appended"
+    statement = sa.select(sa.literal(5).label(label), sa.literal(7).label("seq"))
+    assert db_module._direct(statement, db.session.get_bind().dialect, {}) is not None
+    answered = run(statement)
+    assert list(answered.keys()) == list(db.session.connection().execute(statement).keys()) == [label, "seq"]
+    assert answered.mappings().one() == {label: 5, "seq": 7}
+
+
 def test_result_processors_apply_to_direct_answers(resident):
     """The posting answers the counters that accepted as an ARRAY, through its result processor, and a refusal
     names the counter that refused."""
