@@ -130,6 +130,15 @@ def test_residents_cannot_be_closed_through_the_status_endpoint(api):
     assert "status" in assert_error(response, 422, "validation_error")["details"]["fields"]
 
 
+def test_a_closed_residents_tokens_stop_working(api):
+    """Closing is not done through the API, but a closed account's sessions must not outlive it."""
+    resident = api.resident()
+    db.session.execute(sa.update(Resident).where(Resident.id == resident.id).values(status="closed"))
+    db.session.commit()
+    assert_error(api.get("/me", as_=resident), 401, "unauthorized")
+    assert_error(api.post("/auth/refresh", headers=_bearer(resident.refresh)), 401, "unauthorized")
+
+
 # --- staff login ----------------------------------------------------------------------------------------
 
 
@@ -200,6 +209,7 @@ def test_refresh_gives_a_working_access_token(api):
 def test_refresh_for_staff_keeps_the_role(api):
     worker = api.staff("worker", community_id=community_id("hengkang"))
     token = api.post("/auth/refresh", headers=_bearer(worker.refresh)).get_json()["access_token"]
+    assert _claims(token)["role"] == "worker"
     me = api.get("/staff/me", headers=_bearer(token))
     assert me.status_code == 200
     assert me.get_json()["role"] == "worker"
@@ -328,6 +338,19 @@ def test_logout_with_the_refresh_token_ends_the_session(api):
     assert api.post("/auth/refresh", headers=_bearer(other.refresh)).status_code == 200
 
 
+def test_a_logout_is_remembered_as_long_as_its_refresh_token_could_be_used(api, app, clock):
+    from app.auth.service import prune_revoked_sessions
+
+    resident = api.resident()
+    assert api.post("/auth/logout", as_=resident).status_code == 204
+    assert prune_revoked_sessions() == 0
+    clock.advance(seconds=app.config["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds())
+    assert prune_revoked_sessions() == 0  # not before its refresh token would have expired
+    assert_error(api.post("/auth/refresh", headers=_bearer(resident.refresh)), 401, "token_revoked")
+    clock.advance(seconds=1)
+    assert prune_revoked_sessions() == 1
+
+
 # --- bad tokens -----------------------------------------------------------------------------------------
 
 
@@ -431,6 +454,14 @@ def test_a_remembered_token_keeps_working_and_revocation_still_applies(api, app)
     assert_error(api.get("/me", headers=headers), 401, "token_revoked")
 
 
+def test_the_remembered_tokens_are_bounded(api, monkeypatch):
+    """A worker's memory of verified tokens is forgotten when full, not grown without end."""
+    monkeypatch.setattr(jwt, "MAX_TOKENS", 2)
+    for _ in range(3):
+        assert api.get("/me", as_=api.resident()).status_code == 200
+        assert len(jwt._verified) <= 2
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -471,6 +502,7 @@ def test_a_validly_signed_token_for_no_one_is_unauthorized(api, app, sub):
         (None, {"sid": {"nested": 1}}),
         (None, {"sid": ["x"]}),
         (None, {"sid": "x" * 65}),
+        (None, {"sid": ""}),
         (None, {"since": "abc"}),
         (None, {"since": 1.5}),
         (None, {"since": True}),
@@ -733,6 +765,20 @@ def test_a_locked_username_is_told_the_time_left_not_the_window(limited, monkeyp
     assert _login(client, username).status_code == 200
 
 
+def test_a_lock_about_to_lift_says_one_minute_not_zero(limited, monkeypatch):
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    client = limited.test_client()
+    username = _limited_staff(limited, "nearly.free")
+    for _ in range(5):
+        assert_error(_login(client, username, "wrong-password"), 401, "invalid_credentials")
+    now[0] += 15 * 60 - 20
+    response = _login(client, username)
+    error = assert_error(response, 429, "rate_limited")
+    assert 1 <= int(response.headers["Retry-After"]) <= 21
+    assert error["message"] == "登录尝试次数过多，请 1 分钟后再试"
+
+
 def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
     """Five guesses per username in all: the admin site's login is not a second allowance."""
     client = limited.test_client()
@@ -902,6 +948,21 @@ def test_a_staff_member_changes_its_own_password_and_every_earlier_session_ends(
     assert api.post("/auth/login", json={"username": username, "password": "a-new-password-9"}).status_code == 200
     event = db.session.scalars(sa.select(AuditEvent).filter_by(action="staff.password_change")).one()
     assert event.details == {"password_reset": True}
+
+
+def test_a_password_change_within_a_millisecond_still_starts_a_working_session(api, clock):
+    """The cut-off falls inside a millisecond; the answer's session, and its refreshed tokens, begin at the next one,
+    so they are not cut off with the sessions begun before."""
+    member = api.staff("worker", community_id=community_id("hengkang"))
+    clock.advance(microseconds=400)
+    response = _change(api, member, PASSWORD, "a-new-password-9")
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert api.get("/residents", headers=_bearer(body["access_token"])).status_code == 200
+    refreshed = api.post("/auth/refresh", headers=_bearer(body["refresh_token"]))
+    assert refreshed.status_code == 200, refreshed.get_json()
+    assert api.get("/residents", headers=_bearer(refreshed.get_json()["access_token"])).status_code == 200
+    assert_error(api.get("/residents", headers=member.auth), 401, "token_revoked")
 
 
 @pytest.mark.parametrize(

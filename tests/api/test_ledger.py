@@ -150,6 +150,41 @@ def test_idempotent_adjustment_replays_and_conflicts(api):
     assert_error(too_long, 422, "validation_error")
 
 
+@pytest.mark.parametrize("key", ["", "tab\there", "bell\x07", "del\x7f"])
+def test_an_idempotency_key_that_is_empty_or_has_a_control_character_is_refused(api, key):
+    me, admin = api.resident(), api.staff("admin")
+    body = {"delta": 15, "reason": "补发"}
+    response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers={"Idempotency-Key": key})
+    assert "Idempotency-Key" in assert_error(response, 422, "validation_error")["details"]["fields"]
+    assert api.get("/me", as_=me).get_json()["balance"] == 0
+
+
+def test_an_idempotency_key_reused_for_another_resident_is_a_conflict_not_their_answer(api):
+    """The same key and body sent to another resident's path is another request: neither the first resident's answer
+    replayed nor a second adjustment."""
+    first, second, admin = api.resident(), api.resident(), api.staff("admin")
+    headers = {"Idempotency-Key": "adj-same-body"}
+    body = {"delta": 15, "reason": "补发"}
+    assert api.post(f"/residents/{first.id}/adjustments", as_=admin, json=body, headers=headers).status_code == 201
+    other = api.post(f"/residents/{second.id}/adjustments", as_=admin, json=body, headers=headers)
+    assert_error(other, 409, "idempotency_conflict")
+    assert api.get("/me", as_=first).get_json()["balance"] == 15
+    assert api.get("/me", as_=second).get_json()["balance"] == 0
+
+
+def test_an_idempotent_retry_whose_json_lists_the_fields_in_another_order_is_replayed(api):
+    """Requests are compared as JSON, not as bytes: a client that rebuilt the same body gets the first answer."""
+    me, admin = api.resident(), api.staff("admin")
+    headers = {"Idempotency-Key": "adj-reordered"}
+    path, json = f"/residents/{me.id}/adjustments", "application/json"
+    first = api.post(path, as_=admin, data='{"delta": 15, "reason": "补发"}', content_type=json, headers=headers)
+    again = api.post(path, as_=admin, data='{"reason": "补发", "delta": 15}', content_type=json, headers=headers)
+    assert first.status_code == again.status_code == 201, again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert api.get("/me", as_=me).get_json()["balance"] == 15
+
+
 def test_an_adjustment_retried_after_its_key_was_pruned_is_refused_not_applied_again(api, app, clock):
     from app.idempotency.service import prune_keys
 
@@ -179,6 +214,31 @@ def test_failed_request_is_not_stored_under_its_key(api):
     retry = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
     assert retry.status_code == 201
     assert api.get("/me", as_=me).get_json()["balance"] == 0
+
+
+@pytest.mark.parametrize("status", [409, 503])
+def test_an_answer_returned_as_a_failure_is_not_stored_under_its_key(api, app, status):
+    """Views raise their errors today; one that returned a failed answer instead must not have it replayed."""
+    from flask import jsonify
+
+    from app.db import commit
+    from app.idempotency.models import IdempotencyKey
+    from app.idempotency.service import run_idempotent
+
+    def answer(code: int):
+        commit()  # as every use case ends: deferred, so nothing lands before the answer is judged
+        response = jsonify({"status": code})
+        response.status_code = code
+        return response
+
+    request = {"method": "POST", "json": {"n": 1}, "headers": {"Idempotency-Key": f"failed-{status}"}}
+    with app.test_request_context("/api/v1/anything", **request):
+        assert run_idempotent("staff:1", answer, status).status_code == status
+    with app.test_request_context("/api/v1/anything", **request):
+        retry = run_idempotent("staff:1", answer, 201)
+    assert retry.status_code == 201
+    assert "Idempotent-Replayed" not in retry.headers
+    assert db.session.scalar(sa.select(IdempotencyKey.status_code)) == 201
 
 
 def test_caps_count_the_local_day_not_the_utc_day(api, clock):

@@ -481,6 +481,19 @@ def test_a_byte_identical_retry_with_its_idempotency_key_gets_the_first_answer(a
     assert_error(api.post(PATH, **kwargs), 409, "duplicate")
 
 
+def test_a_replayed_request_sent_under_another_requests_key_is_a_conflict_not_that_answer(api, world):
+    """Headers are not signed: resending the bytes of one deposit with the key of another must not answer the other."""
+    first = signed(world["device"], body_for(api, world))
+    first["headers"]["Idempotency-Key"] = "bin-a-0005"
+    assert api.post(PATH, **first).status_code == 201
+    second = signed(world["device"], body_for(api, world), timestamp=int(utcnow().timestamp()) + 1)
+    second["headers"]["Idempotency-Key"] = "bin-a-0006"
+    assert api.post(PATH, **second).status_code == 201
+    second["headers"]["Idempotency-Key"] = "bin-a-0005"
+    assert_error(api.post(PATH, **second), 409, "idempotency_conflict")
+    assert (balance(api, world["resident"]), count(Deposit)) == (20, 2)
+
+
 def test_a_refused_request_burns_its_signature_and_nothing_else(api, world):
     """A refusal leaves no deposit and no points, but its signature stays used: resent, it is a replay."""
     kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
