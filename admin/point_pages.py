@@ -50,10 +50,10 @@ def points():
 
 
 @bp.post("/points")
+@only("admin", "worker")
 @rerender_on_error(_points_page)
 def create_point():
     actor = current_admin_actor()
-    actor.require_role("admin", "worker")  # before the form is read: a caller without the role learns nothing of it
     data = present("name", "kind", "address", "lat", "lng", "geofence_m", "community_id")
     if actor.role == "worker":
         data["community_id"] = str(actor.community_id)
