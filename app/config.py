@@ -73,7 +73,9 @@ def server_processes(environ: Mapping[str, str] | None = None) -> tuple[int, int
     five wrong passwords then lock a username for the whole server, not for one of four workers."""
     e = os.environ if environ is None else environ
     alone = limits_counted_in_memory(e)
-    workers = _number("WEB_CONCURRENCY", e.get("WEB_CONCURRENCY") or str(1 if alone else 2 * os.cpu_count()), 1, 64)
+    workers = _number(
+        "WEB_CONCURRENCY", e.get("WEB_CONCURRENCY") or str(1 if alone else 2 * (os.cpu_count() or 1)), 1, 64
+    )
     threads = _number("GUNICORN_THREADS", e.get("GUNICORN_THREADS") or ("8" if alone else "1"), 1, 64)
     return workers, threads
 

@@ -219,6 +219,11 @@ def test_gunicorn_runs_one_process_while_rate_limits_count_in_memory(monkeypatch
     assert config.limits_counted_in_memory(environ) is not shared_or_off
 
 
+def test_an_unknown_core_count_still_gives_gunicorn_workers(monkeypatch):
+    monkeypatch.setattr(config.os, "cpu_count", lambda: None)  # os.cpu_count() may not know
+    assert config.server_processes({"REDIS_URL": "redis://r"}) == (2, 1)
+
+
 @pytest.mark.parametrize(
     ("name", "value"), [("WEB_CONCURRENCY", "0"), ("WEB_CONCURRENCY", "four"), ("GUNICORN_THREADS", "-1")]
 )
