@@ -32,6 +32,12 @@ def spend(resident_id: int, points: int, ref: str):
     return entry
 
 
+def lots_of(account_id: int) -> dict[int, int]:
+    """Points credited per local year (the lots expiry consumes)."""
+    rows = sa.select(PointLot.year, PointLot.credited).filter_by(account_id=account_id)
+    return dict(db.session.execute(rows).all())
+
+
 def test_post_moves_balance_and_chains(api):
     me = api.resident()
     first = earn(me.id, 30, "a")
@@ -390,10 +396,7 @@ def test_taking_back_an_earning_empties_its_own_years_lot(api, clock):
     # the 2025 points are all still there, and still expire when 2027 begins
     assert (body["balance"], body["expiring_points"]) == (100, 100)
     assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"
-    lots = dict(
-        db.session.execute(sa.select(PointLot.year, PointLot.credited).filter_by(account_id=wrong.account_id)).all()
-    )
-    assert lots == {2025: 100, 2026: 0}
+    assert lots_of(wrong.account_id) == {2025: 100, 2026: 0}
 
 
 def test_last_years_earning_taken_back_this_year_empties_last_years_lot_and_a_spend_writes_no_lot(api, clock):
@@ -406,13 +409,9 @@ def test_last_years_earning_taken_back_this_year_empties_last_years_lot_and_a_sp
     clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
     spend(me.id, 20, "r1")
 
-    def lots() -> dict[int, int]:
-        rows = sa.select(PointLot.year, PointLot.credited).filter_by(account_id=wrong.account_id)
-        return dict(db.session.execute(rows).all())
-
-    assert lots() == {2025: 130}
+    assert lots_of(wrong.account_id) == {2025: 130}
     assert api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201
-    assert lots() == {2025: 100}
+    assert lots_of(wrong.account_id) == {2025: 100}
     body = api.get("/me", as_=me).get_json()
     # what is left (80) is all 2025's, and expires when 2027 begins in Shanghai
     assert (body["balance"], body["expiring_points"], body["expiring_at"]) == (80, 80, "2026-12-31T16:00:00+00:00")
@@ -428,13 +427,9 @@ def test_points_earned_before_8am_on_new_years_day_are_the_new_local_years(api, 
     clock.set(datetime(2026, 1, 1, 7, tzinfo=SHANGHAI))
     early = earn(me.id, 50, "new-year")
 
-    def lots() -> dict[int, int]:
-        rows = sa.select(PointLot.year, PointLot.credited).filter_by(account_id=early.account_id)
-        return dict(db.session.execute(rows).all())
-
-    assert lots() == {2025: 100, 2026: 50}
+    assert lots_of(early.account_id) == {2025: 100, 2026: 50}
     assert api.post(f"/ledger/entries/{early.id}/reverse", as_=admin, json={"reason": "误发"}).status_code == 201
-    assert lots() == {2025: 100, 2026: 0}
+    assert lots_of(early.account_id) == {2025: 100, 2026: 0}
     body = api.get("/me", as_=me).get_json()
     assert (body["balance"], body["expiring_points"], body["expiring_at"]) == (100, 100, "2026-12-31T16:00:00+00:00")
 
