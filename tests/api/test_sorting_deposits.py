@@ -674,11 +674,7 @@ def test_daily_caps_are_per_resident(api, world):
 
 def test_a_deposit_at_the_very_start_of_a_version_uses_it(api, clock, world):
     start = clock.now + timedelta(hours=1)
-    body = {"activity": "sorting:paper", "co2e_g_per_unit": "2000", "source": "测试：新因子",
-            "effective_from": start.astimezone(SHANGHAI).isoformat()}  # fmt: skip
-    published = api.post("/rules", as_=world["admin"], json=body)
-    assert published.status_code == 201, published.get_json()
-    v2 = published.get_json()["id"]
+    v2 = _publish(api, world, clock, "sorting:paper", co2e_g_per_unit="2000", effective_from=start.isoformat())["id"]
     clock.set(start - timedelta(microseconds=1))
     before = deposit_ok(api, world, lines(("paper", 1000)))  # 1760 g → 17.6 → 18
     assert (before["points"], before["co2e_g"]) == (18, 1760)
@@ -692,12 +688,8 @@ def test_a_deposit_uses_the_rule_in_force_at_its_own_moment(api, clock, world):
     """A deposit read a few milliseconds before a new version starts is computed, and named, by the version in force
     at its own moment (its created_at), even if the clock has passed the start by the time it is written."""
     start = clock.now + timedelta(hours=1)
-    body = {"activity": "sorting:paper", "co2e_g_per_unit": "2000", "source": "测试：新因子",
-            "effective_from": start.astimezone(SHANGHAI).isoformat()}  # fmt: skip
-    published = api.post("/rules", as_=world["admin"], json=body)
-    assert published.status_code == 201, published.get_json()
+    v2 = _publish(api, world, clock, "sorting:paper", co2e_g_per_unit="2000", effective_from=start.isoformat())["id"]
     v1 = db.session.scalar(sa.select(Rule.id).filter_by(activity="sorting:paper", version=1))
-    v2 = published.get_json()["id"]
     residents = [api.resident() for _ in range(20)]
     seen = set()
     for offset_ms, resident in enumerate(residents, start=1):
