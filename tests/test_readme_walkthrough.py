@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "curl", "jq", "openssl", "sha256sum", "make")
@@ -87,18 +88,12 @@ def walkthrough_script(readme: str, base: str) -> str:
     return "set -euo pipefail\n" + "\n".join(blocks).replace("http://127.0.0.1:5000", base)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """`make run` on a fresh SQLite file with nothing else configured, as on a fresh machine following the README;
     yields the address, the access log and the environment."""
     tmp_path = tmp_path_factory.mktemp("make-run")
-    bind = f"127.0.0.1:{_free_port()}"
+    bind = f"127.0.0.1:{free_port()}"
     access_log = tmp_path / "access.log"
     left_out = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "REDIS_URL", "WEB_CONCURRENCY", "GUNICORN_THREADS")
     env = {
