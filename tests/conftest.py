@@ -3,10 +3,15 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import signal
+import subprocess
 import tempfile
 import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -77,6 +82,35 @@ def during_an_uncommitted_freeze(app, resident_id: int, request):
     return during_an_uncommitted(
         app, sa.update(Resident).where(Resident.id == resident_id).values(status="frozen"), request
     )
+
+
+@contextmanager
+def running_server(
+    command: list[str], *, cwd: Path, env: dict[str, str], output: Path, healthy: Callable[[], bool], within_s: float
+) -> Iterator[subprocess.Popen]:
+    """A server process (gunicorn, `make run`) in its own process group, once `healthy()` answers; stopped with its
+    children afterwards. Its output goes to `output`, which a failure to start quotes."""
+    with output.open("wb") as sink:
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + within_s
+        while not _answers(healthy):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{' '.join(command)} did not serve: {output.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _answers(healthy: Callable[[], bool]) -> bool:
+    try:
+        return healthy()
+    except OSError:  # not listening yet
+        return False
 
 
 def _worker_database(tmp_path_factory, worker: str) -> str:

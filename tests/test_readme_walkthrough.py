@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import free_port
+from tests.conftest import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "curl", "jq", "openssl", "sha256sum", "make")
@@ -102,27 +102,15 @@ def served(tmp_path_factory):
         "DATABASE_URL": f"sqlite:///{tmp_path / 'walkthrough.db'}",
         "ACCESS_LOG": str(access_log),
     }
-    output = tmp_path / "make-run.log"
-    with output.open("wb") as sink:
-        proc = subprocess.Popen(
-            ["make", "-s", "run"], cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://{bind}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"make run did not serve: {output.read_text()[-3000:]}")
-            time.sleep(0.2)
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"http://{bind}/healthz", timeout=2) as answer:
+            return answer.status == 200
+
+    with running_server(
+        ["make", "-s", "run"], cwd=ROOT, env=env, output=tmp_path / "make-run.log", healthy=healthy, within_s=120
+    ):
         yield bind, access_log, env
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_the_walkthrough_answers_what_the_readme_says(served):

@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import os
 import runpy
-import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +14,7 @@ import pytest
 
 from app.errors import HTTP_CODES
 from app.serving import error_bytes
+from tests.conftest import running_server
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,30 +46,15 @@ def server(tmp_path_factory):
         "DATABASE_URL": f"sqlite:///{folder / 'serving.db'}",
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
-    proc = subprocess.Popen(
+    with running_server(
         [str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.1)
+        output=folder / "gunicorn.log",
+        healthy=lambda: _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200,
+        within_s=30,
+    ):
         yield sock
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        proc.stderr.close()
 
 
 @pytest.mark.parametrize(
