@@ -63,8 +63,7 @@ def _number(name: str, value: str, low: float, high: float, kind=int):
 
 def limits_counted_in_memory(environ: Mapping[str, str] | None = None) -> bool:
     """Rate limits are on and have no shared store (`REDIS_URL`): each server process counts its own."""
-    e = os.environ if environ is None else environ
-    return _bool("RATELIMIT_ENABLED", e.get("RATELIMIT_ENABLED"), True) and not e.get("REDIS_URL")
+    return Settings.from_env(environ).limits_in_memory
 
 
 def server_processes(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
@@ -166,11 +165,16 @@ class Settings:
             raise ConfigError("production needs WECHAT_APPID and WECHAT_SECRET")
         if not self.public_base_url:
             raise ConfigError("production needs PUBLIC_BASE_URL: poster QR codes are printed with it")
-        if self.ratelimit_enabled and not self.redis_url:
+        if self.limits_in_memory:
             raise ConfigError(
                 "production needs REDIS_URL for its rate limits: in memory, each worker would count its own "
                 "(or set RATELIMIT_ENABLED=false)"
             )
+
+    @property
+    def limits_in_memory(self) -> bool:
+        """Rate limits on without a shared store: each server process counts its own."""
+        return self.ratelimit_enabled and not self.redis_url
 
     def flask_config(self) -> dict[str, Any]:
         engine_options: dict[str, Any] = {}  # no pool_pre_ping: db.ping_idle_connections checks idle ones
