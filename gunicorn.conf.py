@@ -1,5 +1,8 @@
 import os
 
+from limits import parse
+
+from app.auth.limits import FAILED_LOGINS
 from app.config import limits_counted_in_memory, listen_address, server_processes
 from app.serving import install_json_errors
 
@@ -19,9 +22,11 @@ control_socket_disable = True
 
 def when_ready(server):
     if workers > 1 and limits_counted_in_memory():
+        allowed = parse(FAILED_LOGINS).amount
         server.log.warning(
             "%d worker processes count the rate limits each in its own memory: a username locks after up to %d wrong "
-            "passwords, not 5. Set REDIS_URL, or leave WEB_CONCURRENCY unset for one process.",
+            "passwords, not %d. Set REDIS_URL, or leave WEB_CONCURRENCY unset for one process.",
             workers,
-            5 * workers,
+            allowed * workers,
+            allowed,
         )

@@ -29,10 +29,13 @@ def staff_login_attempts():
     )
 
 
+FAILED_LOGINS = "5 per 15 minutes"  # per username, API.md's lock
+
+
 def failed_staff_logins(username: Callable[[], str]):
     """Five failed staff logins per username per 15 minutes."""
     return limiter.shared_limit(
-        "5 per 15 minutes",
+        FAILED_LOGINS,
         scope="failed-staff-login",
         methods=["POST"],
         key_func=lambda: f"login-user:{username()[:64].lower()}",

@@ -121,5 +121,18 @@ def test_gunicorn_warns_when_its_processes_would_each_count_the_limits(monkeypat
     settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
     assert bool(said) is warned
     if warned:
-        assert "up to 20 wrong passwords" in said[0]
+        assert "up to 20 wrong passwords, not 5" in said[0]
         assert "REDIS_URL" in said[0]
+
+
+def test_gunicorn_warning_counts_from_the_login_limit_itself(monkeypatch):
+    from app.auth import limits
+
+    for name in ("GUNICORN_THREADS", "REDIS_URL", "RATELIMIT_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setattr(limits, "FAILED_LOGINS", "4 per 15 minutes")
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    said = []
+    settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
+    assert "up to 12 wrong passwords, not 4" in said[0]
