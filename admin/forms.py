@@ -76,12 +76,14 @@ def int_arg(name: str) -> int | None:
     return value if fits_key(value) else None
 
 
-def field_messages(error: AppError | None) -> list[tuple[str, str]]:
-    """(field, message) pairs from an error's details, flattened for display."""
+def field_messages(error: AppError | None, labels: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """(field, message) pairs from an error's details, flattened for display; `labels` names fields as the page's
+    form does where it differs from the usual name."""
     from admin.labels import FIELDS
 
     if error is None:
         return []
+    names = FIELDS | (labels or {})
     found: list[tuple[str, str]] = []
 
     def walk(prefix: str, value: Any) -> None:
@@ -92,7 +94,7 @@ def field_messages(error: AppError | None) -> list[tuple[str, str]]:
             for inner in value:
                 walk(prefix, inner)
         else:
-            found.append((FIELDS.get(prefix, prefix), str(value)))
+            found.append((names.get(prefix, prefix), str(value)))
 
     walk("", (error.details or {}).get("fields", {}))
     return found

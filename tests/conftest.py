@@ -32,6 +32,7 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 PG = bool(os.environ.get("DATABASE_URL"))
 # Races are only meaningful on PostgreSQL.
 PG_CONCURRENCY = [pytest.mark.skipif(not PG, reason="concurrency is tested against PostgreSQL")]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 RACE_LOCK = Path(tempfile.gettempdir()) / "tanpuhui-test-races.lock"
 
 

@@ -12,14 +12,12 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from bench.common import free_port
-from tests.conftest import running_server
+from tests.conftest import ROOT, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ("bash", "curl", "jq", "openssl", "sha256sum", "make")
 
 pytestmark = [

@@ -6,13 +6,13 @@ from app.common import Boolean, Id, Integer, NewPassword, PageArgsSchema, Strict
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
+CODE_CHARACTERS = validate.Regexp(r"^[A-Za-z0-9_-]+\Z", error="只能包含英文字母、数字和 _ -，如 hengkang")
+USERNAME_CHARACTERS = validate.Regexp(r"^[A-Za-z0-9_.@-]+\Z", error="只能包含英文字母、数字和 _ . @ -，如 worker.hk")
 
 
 class CommunitySchema(StrictSchema):
     id = Integer(dump_only=True)
-    code = fields.String(
-        required=True, validate=[validate.Length(min=1, max=32), validate.Regexp(r"^[A-Za-z0-9_-]+\Z")]
-    )
+    code = fields.String(required=True, validate=[validate.Length(min=1, max=32), CODE_CHARACTERS])
     name = Text(required=True, validate=NAME)
 
 
@@ -29,9 +29,7 @@ class OrganizationQuerySchema(PageArgsSchema):
 
 
 class StaffCreateSchema(StrictSchema):
-    username = fields.String(
-        required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[A-Za-z0-9_.@-]+\Z")]
-    )
+    username = fields.String(required=True, validate=[validate.Length(min=3, max=64), USERNAME_CHARACTERS])
     password = NewPassword(required=True)
     role = fields.String(required=True, validate=validate.OneOf(STAFF_ROLES))
     display_name = Text(load_default="", validate=validate.Length(max=64))

@@ -23,7 +23,7 @@ from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
 from app.sorting.models import CollectionPoint, Device
-from tests.conftest import SHANGHAI, assert_error, community_id, without_append_only_guard
+from tests.conftest import ROOT, SHANGHAI, assert_error, community_id, without_append_only_guard
 
 PASSWORD = "password-123"
 SYSTEM = Actor(kind="system", id=0, role="admin")
@@ -488,7 +488,7 @@ def test_duplicate_community_rerenders_the_form_with_409(as_admin):
 def test_invalid_community_code_shows_the_field_message(as_admin):
     response = as_admin.post("/admin/communities", {"code": "空 格", "name": "测试社区"})
     assert response.status_code == 422
-    assert "编码：格式不正确" in text(response)
+    assert "编码：只能包含英文字母、数字和 _ -" in text(response)
 
 
 def test_worker_cannot_create_a_community(as_worker):
@@ -1475,3 +1475,73 @@ def test_an_alliance_members_dashboard_and_staff_form_show_only_its_own_organisa
     assert f'name="store_ids" value="{cafe_store.id}"' in page
     assert f'name="store_ids" value="{shops_store.id}"' not in page
     assert "沿街兑换点" not in page
+
+
+# --- what browsers check before a form is sent -----------------------------------------------------------------
+
+_V_MODE_SYNTAX = set("()[]{}/-\\|")  # literal in a character class only when escaped, under the `v` flag
+_V_MODE_DOUBLES = ("&&", "!!", "##", "$$", "%%", "**", "++", ",,", "..", "::", ";;", "<<", "==", ">>", "??", "@@",
+                   "^^", "``", "~~")  # fmt: skip
+
+
+def _v_mode_problems(pattern: str) -> list[str]:
+    """Why a browser would throw the pattern away: an input's pattern compiles with the `v` flag, where a character
+    class takes a literal - ( ) [ ] { } / | only escaped, and no doubled punctuator."""
+    problems, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            i += 2
+            continue
+        if pattern[i] != "[":
+            i += 1
+            continue
+        end, members = i + 1, []
+        while end < len(pattern) and pattern[end] != "]":
+            step = 2 if pattern[end] == "\\" else 1
+            members.append(pattern[end : end + step])
+            end += step
+        body = "".join(members)
+        for at, member in enumerate(members):
+            ranged = member == "-" and 0 < at < len(members) - 1 and len(members[at - 1]) == len(members[at + 1]) == 1
+            if member in _V_MODE_SYNTAX and not ranged:
+                problems.append(f"unescaped {member!r} in [{body}]")
+        problems += [f"{double!r} in [{body}]" for double in _V_MODE_DOUBLES if double in body]
+        i = end + 1
+    return problems
+
+
+def test_the_v_mode_check_itself():
+    assert _v_mode_problems("[A-Za-z0-9_.\\-]+") == []
+    assert _v_mode_problems("[A-Za-z0-9_.-]+") == ["unescaped '-' in [A-Za-z0-9_.-]"]
+    assert _v_mode_problems("[a|b]") == ["unescaped '|' in [a|b]"]
+    assert _v_mode_problems("(a|b)[x]") == []
+
+
+def test_every_input_pattern_is_one_browsers_accept():
+    """Chrome compiles a pattern attribute with the `v` flag and ignores one that does not compile, so the field
+    would go unchecked until the server said 格式不正确."""
+    templates = sorted((ROOT / "admin" / "templates").rglob("*.html"))
+    patterns = [(path.name, p) for path in templates for p in re.findall(r'pattern="([^"]*)"', path.read_text())]
+    assert len(patterns) >= 3
+    assert [(name, p, _v_mode_problems(p)) for name, p in patterns if _v_mode_problems(p)] == []
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "shown"),
+    [
+        ("/admin/staff", {"username": "张三丰", "password": "a-long-password", "role": "admin"},
+         "用户名：只能包含英文字母、数字和 _ . @ -"),
+        ("/admin/communities", {"code": "中文编号", "name": "测试社区"}, "编码：只能包含英文字母、数字和 _ -"),
+    ],
+)  # fmt: skip
+def test_a_code_in_the_wrong_characters_says_which_are_allowed(as_admin, path, form, shown):
+    response = as_admin.post(path, form)
+    assert response.status_code == 422
+    assert shown in text(response)
+
+
+def test_a_bin_code_refused_is_named_as_the_form_names_it(as_admin):
+    point = make_point()
+    response = as_admin.post(f"/admin/points/{point.id}/devices", {"code": "中文编号"})
+    assert response.status_code == 422
+    assert "设备编号：只能包含英文字母、数字和 _ . -" in text(response)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -16,9 +15,9 @@ from app.exchange.models import Store
 from app.idempotency.models import IdempotencyKey
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting.models import CollectionPoint, Device, DeviceSignature
-from tests.conftest import _wipe, community_id
+from tests.conftest import ROOT, _wipe, community_id
 
-SEEDS = Path(__file__).resolve().parents[2] / "seeds"
+SEEDS = ROOT / "seeds"
 REFERENCE = (Community, Organization, Rule)
 DEMO = (Store, CollectionPoint, Device, Staff, Resident)
 

@@ -14,9 +14,7 @@ import pytest
 
 from app.errors import HTTP_CODES
 from app.serving import error_bytes
-from tests.conftest import running_server
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import ROOT, running_server
 
 
 def _exchange(path: Path, raw: bytes) -> tuple[int, dict[str, str], bytes]:
