@@ -88,7 +88,7 @@ FIELDS = {
     "geofence_m": "电子围栏半径",
     "categories": "回收品类",
     "collection_point_id": "回收点",
-    "confirm": "确认",
+    "confirm": "",  # its messages begin 请勾选确认
     "cursor": "分页",
 }
 

@@ -1545,3 +1545,14 @@ def test_a_bin_code_refused_is_named_as_the_form_names_it(as_admin):
     response = as_admin.post(f"/admin/points/{point.id}/devices", {"code": "中文编号"})
     assert response.status_code == 422
     assert "设备编号：只能包含英文字母、数字和 _ . -" in text(response)
+
+
+def test_deactivating_staff_asks_for_the_box_before_sending_and_answers_at_the_row(api, as_admin):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    page = text(as_admin.get("/admin/staff"))
+    form = re.search(rf'<form[^>]*action="/admin/staff/{worker.id}/active#staff-{worker.id}".*?</form>', page, re.S)
+    assert form is not None  # the answer opens at the row, where its message is shown
+    assert re.search(r'name="confirm" value="yes" required', form[0])
+    assert f'id="staff-{worker.id}"' in page
+    refused = text(as_admin.post(f"/admin/staff/{worker.id}/active", {"active": "0"}))
+    assert "<li>请勾选确认：停用后该账号的所有登录立即失效</li>" in refused  # not 确认：请勾选确认：
