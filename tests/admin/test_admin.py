@@ -337,6 +337,8 @@ def test_post_without_csrf_token_is_refused(as_admin):
     assert response.status_code == 400
     assert response.mimetype == "text/html"
     assert "页面已过期" in text(response)
+    # A reload would send the same stale form again; going back keeps what was typed, on a page with a fresh token.
+    assert "请返回上一页重新提交" in text(response)
     assert "返回首页" in text(response)  # still signed in: the menu stays
     assert "前往登录" not in text(response)
     assert 'href="/admin/communities"' in text(response)
