@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 import marshmallow as ma
-from flask import request
+from flask import flash, make_response, redirect, request
+from markupsafe import Markup
 
 from app.db import db, fits_key
 from app.errors import AppError, field_error, fields_error
+from app.idempotency.service import run_once
+
+FORM_KEY = "form_key"
 
 
 def text(name: str) -> str:
@@ -116,6 +123,47 @@ def rerender_on_error(page: Callable[..., str]):
                 except AppError:
                     raise error from None
                 return body, error.status, dict(error.headers)
+
+        return wrapper
+
+    return decorator
+
+
+def form_key_field() -> Markup:
+    """The hidden one-time key of a form that creates something (see `once_per_form`)."""
+    return Markup('<input type="hidden" name="{}" value="{}">').format(FORM_KEY, secrets.token_urlsafe(16))
+
+
+def once_per_form(replayed: str = "这份表单刚才已经提交过，没有重复提交", then: Callable[..., str] | None = None):
+    """A form that creates something carries a one-time key. Sent again exactly as it was (a double click, or a
+    reload of the answer, which the browser sends again), it is not acted on twice: the repeat goes where the first
+    answer led and says `replayed`. `then(**view_kwargs)` is where that is when the first answer was a page rather
+    than a redirect (a secret shown once, which is never shown again). The same form sent with other values (the
+    user went back and changed them) is a new submission."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(**kwargs):
+            from admin.security import CSRF_FIELD, current_admin_actor
+
+            if not request.form.get(FORM_KEY):
+                return view(**kwargs)
+            values = sorted((k, v) for k, vs in request.form.lists() if k != CSRF_FIELD for v in vs)
+            digest = hashlib.sha256(json.dumps([request.path, values], ensure_ascii=False).encode()).hexdigest()
+
+            def answer(response) -> dict[str, str] | None:
+                if 300 <= response.status_code < 400:
+                    return {"location": response.location}
+                if 200 <= response.status_code < 300 and then is not None:
+                    return {"location": then(**kwargs)}
+                return None
+
+            def replay(row):
+                flash(replayed, "success")
+                return redirect(row.response_body["location"])
+
+            scope = f"admin-form:{current_admin_actor().identity}"
+            return run_once(scope, digest, digest, lambda: make_response(view(**kwargs)), answer, replay)
 
         return wrapper
 

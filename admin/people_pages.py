@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import active_switch, int_arg, load, many, present, rerender_on_error
+from admin.forms import active_switch, int_arg, load, many, once_per_form, present, rerender_on_error
 from admin.security import current_admin_actor, only
 from app.db import db
 from app.exchange.models import Store
@@ -38,6 +38,7 @@ def communities():
 @bp.post("/communities")
 @only("admin")
 @rerender_on_error(_communities_page)
+@once_per_form()
 def create_community():
     data = load(CommunitySchema(), present("code", "name"))
     community = people.create_community(current_admin_actor(), data)
@@ -65,6 +66,7 @@ def organizations():
 @bp.post("/organizations")
 @only("admin")
 @rerender_on_error(_organizations_page)
+@once_per_form()
 def create_organization():
     data = load(OrganizationSchema(), present("name", "kind", "community_id"))
     org = people.create_organization(current_admin_actor(), data)
@@ -112,6 +114,7 @@ def staff():
 
 @bp.post("/staff")
 @rerender_on_error(_staff_page)
+@once_per_form()
 def create_staff():
     data = present("username", "password", "role", "display_name", "community_id", "organization_id")
     data["password"] = request.form.get("password") or ""  # as typed: spaces are part of a password

@@ -6,7 +6,18 @@ from __future__ import annotations
 from flask import Response, flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import active_switch, int_arg, load, many, nullable, present, query_value, rerender_on_error, text
+from admin.forms import (
+    active_switch,
+    int_arg,
+    load,
+    many,
+    nullable,
+    once_per_form,
+    present,
+    query_value,
+    rerender_on_error,
+    text,
+)
 from admin.security import current_admin_actor, only
 from app import qr
 from app.db import find
@@ -52,6 +63,7 @@ def points():
 @bp.post("/points")
 @only("admin", "worker")
 @rerender_on_error(_points_page)
+@once_per_form()
 def create_point():
     actor = current_admin_actor()
     data = present("name", "kind", "address", "lat", "lng", "geofence_m", "community_id")
@@ -152,6 +164,10 @@ def rotate_poster(point_id: int):
 @bp.post("/points/<page_id:point_id>/devices")
 @only("admin")
 @rerender_on_error(_point_page)
+@once_per_form(
+    "该设备刚才已经登记。密钥只显示一次：如未记下，请为它更换密钥",
+    then=lambda point_id: url_for("admin.point", point_id=point_id),
+)
 def register_device(point_id: int):
     """The device secret is shown on this response only: never stored in the session or a redirect."""
     data = load(DeviceCreateSchema(), {"code": text("code"), "collection_point_id": point_id})
@@ -180,6 +196,10 @@ def set_device_active(point_id: int, device_id: int):
 @bp.post("/points/<page_id:point_id>/devices/<page_id:device_id>/rotate")
 @only("admin")
 @rerender_on_error(_point_page)
+@once_per_form(
+    "该设备的密钥刚才已经更换。新密钥只显示一次：如未记下，请再更换一次",
+    then=lambda point_id, device_id: url_for("admin.point", point_id=point_id),
+)
 def rotate_device_secret(point_id: int, device_id: int):
     """Like registration, the new secret is shown on this response only. The form names the secret it replaces, so
     reloading this page (which sends the form again) does not void the secret just shown."""

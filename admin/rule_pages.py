@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import load, nullable, rerender_on_error, text
+from admin.forms import load, nullable, once_per_form, rerender_on_error, text
 from admin.security import current_admin_actor, only
 from admin.views import local_time
 from app.carbon import service as carbon
@@ -42,6 +42,7 @@ def publish_rule_form():
 @bp.post("/rules/publish")
 @only("admin")
 @rerender_on_error(_publish_page)
+@once_per_form()
 def publish_rule():
     """The form comes filled with the version in force; what is submitted becomes the next version.
     A blank fixed-points or cap field means none (points from grams; no daily cap)."""

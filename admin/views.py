@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from admin import labels, security
 from admin.blueprint import bp
-from admin.forms import field_messages
+from admin.forms import field_messages, form_key_field
 from app.db import db
 from app.errors import AppError, NotFound
 from app.http import refuse_unstorable_query_and_form
@@ -82,6 +82,7 @@ def _template_helpers():
         "me": staff,
         "nav": nav,
         "csrf_field": security.csrf_field,
+        "form_key_field": form_key_field,
         "L": labels,
         "label": labels.label,
         "local_time": local_time,

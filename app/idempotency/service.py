@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import timedelta
-from functools import cache, wraps
+from functools import cache, partial, wraps
 
 import sqlalchemy as sa
 from flask import current_app, g, jsonify, request
@@ -72,18 +72,32 @@ def run_idempotent(scope: str, view, *args, **kwargs):
     if not 1 <= len(key) <= 64 or not key.isprintable():
         raise field_error(HEADER, "幂等键长度必须为 1 到 64 个可见字符")
     request_hash = _request_hash()
+
+    def answer(response):
+        return response.get_json() if 200 <= response.status_code < 300 else None
+
+    return run_once(
+        scope, key, request_hash, partial(view, *args, **kwargs), answer, lambda row: _replay(row, request_hash)
+    )
+
+
+def run_once(scope: str, key: str, request_hash: str, view, answer, replay):
+    """Run `view()` once per (scope, key): its effects and `answer(response)` are committed together, and a repeat
+    gets `replay(stored row)` (after the first has ended, if they overlap). An answer of None stores nothing and
+    rolls back, so that a failed request can be tried again."""
     claim = {"scope": scope, "key": key, "request_hash": request_hash, "status_code": 0, "response_body": {},
              "created_at": utcnow()}  # fmt: skip
     key_id = run(_claim(dialect_name()), claim).scalar()
     if key_id is None:  # answered before (committed together with its effects): replay it
-        return _replay(run(_STORED, {"scope": scope, "key": key}).one(), request_hash)
+        return replay(run(_STORED, {"scope": scope, "key": key}).one())
     g.defer_commit = True
     try:
-        response = view(*args, **kwargs)
+        response = view()
     finally:
         g.defer_commit = False
-    if 200 <= response.status_code < 300:
-        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": response.get_json()}).scalar_one()
+    body = answer(response)
+    if body is not None:
+        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": body}).scalar_one()
         db.session.commit()
     else:
         db.session.rollback()

@@ -1558,3 +1558,107 @@ def test_deactivating_staff_asks_for_the_box_before_sending_and_answers_at_the_r
     assert f'id="staff-{worker.id}"' in page
     refused = text(as_admin.post(f"/admin/staff/{worker.id}/active", {"active": "0"}))
     assert "<li>请勾选确认：停用后该账号的所有登录立即失效</li>" in refused  # not 确认：请勾选确认：
+
+
+# --- a form sent twice ------------------------------------------------------------------------------------------
+
+
+def form_key(page: str, action: str) -> str:
+    """The one-time key of the form posting to `action`."""
+    form = re.search(rf'<form method="post" action="{re.escape(action)}".*?</form>', page, re.S)
+    return re.search(r'name="form_key" value="([^"]+)"', form[0])[1]
+
+
+def count(model, **filters) -> int:
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**filters))
+
+
+def test_a_create_form_sent_twice_creates_once_and_the_repeat_lands_where_the_first_did(as_worker):
+    form = {"name": "双击站", "kind": "station", "categories": ["paper"]}
+    form["form_key"] = form_key(text(as_worker.get("/admin/points")), "/admin/points")
+    first = as_worker.post("/admin/points", form)
+    again = as_worker.post("/admin/points", form)
+    assert first.status_code == again.status_code == 302
+    assert again.location == first.location
+    assert count(CollectionPoint, name="双击站") == 1
+    assert "这份表单刚才已经提交过，没有重复提交" in text(as_worker.get(again.location))
+    # The same form with other values (the user went back and changed them) is another point.
+    assert as_worker.post("/admin/points", form | {"name": "双击二站"}).status_code == 302
+    assert count(CollectionPoint, name="双击二站") == 1
+    # Without a key (an older page), a form acts as it always did.
+    del form["form_key"]
+    assert as_worker.post("/admin/points", form).status_code == 302
+    assert count(CollectionPoint, name="双击站") == 2
+
+
+def test_a_refused_form_can_be_corrected_and_sent_with_the_same_key(as_worker):
+    key = form_key(text(as_worker.get("/admin/points")), "/admin/points")
+    refused = as_worker.post("/admin/points", {"name": "改正站", "kind": "station", "form_key": key})
+    assert refused.status_code == 422  # no category: nothing stored, not even the key
+    sent = as_worker.post(
+        "/admin/points", {"name": "改正站", "kind": "station", "categories": ["glass"], "form_key": key}
+    )
+    assert sent.status_code == 302
+    assert count(CollectionPoint, name="改正站") == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "model", "filters"),
+    [
+        ("/admin/communities", {"code": "twice", "name": "两次社区"}, Community, {"code": "twice"}),
+        ("/admin/organizations", {"name": "两次公司", "kind": "enterprise"}, Organization, {"name": "两次公司"}),
+        ("/admin/staff", {"username": "twice", "password": "a-long-password", "role": "admin"}, Staff,
+         {"username": "twice"}),
+    ],
+)  # fmt: skip
+def test_every_create_form_carries_its_key(as_admin, path, form, model, filters):
+    form = form | {"form_key": form_key(text(as_admin.get(path)), path)}
+    assert as_admin.post(path, form).status_code == as_admin.post(path, form).status_code == 302
+    assert count(model, **filters) == 1  # not 409 编码已存在 for the first one's own repeat
+
+
+def test_publishing_a_rule_twice_makes_one_version(as_admin):
+    page = text(as_admin.get("/admin/rules/publish?activity=sorting:paper"))
+    form = {"activity": "sorting:paper", "co2e_g_per_unit": "1500", "points": "", "daily_cap_points": "80",
+            "source": "双击测试", "form_key": form_key(page, "/admin/rules/publish")}  # fmt: skip
+    versions = count(Rule, activity="sorting:paper")
+    assert as_admin.post("/admin/rules/publish", form).status_code == 302
+    assert as_admin.post("/admin/rules/publish", form).status_code == 302
+    assert count(Rule, activity="sorting:paper") == versions + 1
+
+
+def test_reloading_a_bins_registration_keeps_its_secret_and_says_so(as_admin):
+    point = make_point()
+    action = f"/admin/points/{point.id}/devices"
+    form = {"code": "bin-reload-1", "form_key": form_key(text(as_admin.get(f"/admin/points/{point.id}")), action)}
+    shown = as_admin.post(action, form)
+    assert shown.status_code == 201
+    device = db.session.scalar(sa.select(Device).filter_by(code="bin-reload-1"))
+    assert device.secret in text(shown)
+    reloaded = as_admin.post(action, form)
+    assert reloaded.status_code == 302
+    assert reloaded.location == f"/admin/points/{point.id}"
+    page = text(as_admin.get(reloaded.location))
+    assert "该设备刚才已经登记。密钥只显示一次：如未记下，请为它更换密钥" in page
+    assert "设备编号已存在" not in page
+    assert device.secret not in page
+    db.session.expire_all()
+    assert count(Device, code="bin-reload-1") == 1
+    assert db.session.get(Device, device.id).secret == device.secret
+
+
+def test_reloading_a_bins_new_secret_keeps_it_and_says_so(as_admin):
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-reload-2", "collection_point_id": point.id})
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    action = f"/admin/points/{point.id}/devices/{device.id}/rotate"
+    replaces = re.search(r'name="replaces" value="([0-9a-f]+)"', page)[1]
+    form = {"confirm": "yes", "replaces": replaces, "form_key": form_key(page, action)}
+    assert as_admin.post(action, form).status_code == 200
+    db.session.expire_all()
+    new = db.session.get(Device, device.id).secret
+    reloaded = as_admin.post(action, form)
+    assert (reloaded.status_code, reloaded.location) == (302, f"/admin/points/{point.id}")
+    assert "该设备的密钥刚才已经更换。新密钥只显示一次：如未记下，请再更换一次" in text(as_admin.get(reloaded.location))
+    db.session.expire_all()
+    assert db.session.get(Device, device.id).secret == new
