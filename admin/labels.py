@@ -27,14 +27,14 @@ POINT_KINDS = {
     "recycling_service_point": "惠民回收服务点",
 }
 
-CATEGORIES = {
-    "paper": "纸类",
+CATEGORIES = {  # the seeded rules' titles, as deposits and caps name them
+    "paper": "废纸",
     "cardboard": "纸板",
     "plastic": "塑料",
     "metal": "金属",
-    "aluminium": "铝制品",
+    "aluminium": "铝罐",
     "glass": "玻璃",
-    "textile": "纺织物",
+    "textile": "旧衣物",
     "ewaste": "电子废弃物",
 }
 
@@ -77,7 +77,7 @@ FIELDS = {
     "reason": "原因",
     "delta": "调整积分",
     "activity": "活动",
-    "co2e_g_per_unit": "减排量（克/单位）",
+    "co2e_g_per_unit": "减排量（克 CO₂e / 单位）",
     "points": "固定积分",
     "daily_cap_points": "每日上限",
     "source": "依据来源",

@@ -23,10 +23,12 @@ def _publish_page(error=None) -> str:
     rule = carbon.rule_in_force(activity)
     if rule is None:
         raise NotFound(f"规则 {activity} 不存在或未生效")
+    upcoming = carbon.upcoming_versions(activity)
     return render_template(
         "admin/rule_publish.html",
         rule=rule,
-        upcoming=carbon.upcoming_versions(activity),
+        base=upcoming[-1] if upcoming else rule,  # correcting a version not yet in force starts from it
+        upcoming=upcoming,
         next_version=carbon.next_version(activity),
         form=request.form,
         error=error,

@@ -820,7 +820,7 @@ def test_rule_publish_validates_through_the_api_schema(as_admin):
     )
     assert response.status_code == 422
     body = text(response)
-    assert "减排量（克/单位）" in body
+    assert "减排量（克 CO₂e / 千克）" in body
     assert "依据来源" in body
     assert db.session.scalar(sa.select(sa.func.count()).select_from(Rule).filter_by(activity="sorting:paper")) == 1
 
@@ -1054,13 +1054,13 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
                 "items": [{"category": "glass" if weight == 10 else "paper", "weight_g": weight}]}  # fmt: skip
         assert api.post("/deposits", as_=collector, json=body).status_code == 201
     page = text(as_admin.get(f"/admin/points/{point.id}"))
-    assert page.index("玻璃 10 克") < page.index("纸类 1500 克")
+    assert page.index("玻璃 10 克") < page.index("废纸 1500 克")
     assert "（不足 1 分）" in page
     assert f"回收员 {username_of(collector)}" in page  # by name, not by id
-    assert "纸类 1000 克" not in page
+    assert "废纸 1000 克" not in page
     older = re.search(r'href="([^"]+cursor=[^"]+)">更早的记录', page).group(1).replace("&amp;", "&")
     rest = text(as_admin.get(older))
-    assert "纸类 1000 克" in rest
+    assert "废纸 1000 克" in rest
     assert "玻璃 10 克" not in rest
     assert "更早的记录" not in rest
 
@@ -1273,7 +1273,7 @@ def test_a_printable_poster_names_its_point_and_is_scoped(api, as_worker):
     )  # fmt: skip
     assert f"/admin/points/{point.id}/poster" in text(as_worker.get(f"/admin/points/{point.id}"))
     page = text(as_worker.get(f"/admin/points/{point.id}/poster"))
-    expected = ["恒康社区3号楼投放点", "定时定点投放站", "200 米内", "纸类", "玻璃", f"回收点编号 {point.id}"]
+    expected = ["恒康社区3号楼投放点", "定时定点投放站", "200 米内", "废纸", "玻璃", f"回收点编号 {point.id}"]
     for shown in [*expected, f'src="/admin/points/{point.id}/qr.svg"']:
         assert shown in page, shown
     theirs = make_point("鑫海湾站", "xinhaiwan")
@@ -1364,12 +1364,12 @@ def test_a_points_deposits_are_shown_for_one_local_day(api, as_admin, clock):
         assert api.post("/deposits", as_=collector, json=body).status_code == 201
         clock.advance(days=1)
     day = text(as_admin.get(f"/admin/points/{point.id}?day=2026-06-15"))
-    assert "纸类 1000 克" in day
-    assert "纸类 2000 克" not in day
+    assert "废纸 1000 克" in day
+    assert "废纸 2000 克" not in day
     assert 'value="2026-06-15"' in day
     every = text(as_admin.get(f"/admin/points/{point.id}?day=not-a-day"))  # no filter, not an error
-    assert "纸类 1000 克" in every
-    assert "纸类 2000 克" in every
+    assert "废纸 1000 克" in every
+    assert "废纸 2000 克" in every
 
 
 @pytest.mark.parametrize("day", ["9999-12-31", "0001-01-01", "2026-02-30"])
@@ -1662,3 +1662,35 @@ def test_reloading_a_bins_new_secret_keeps_it_and_says_so(as_admin):
     assert "该设备的密钥刚才已经更换。新密钥只显示一次：如未记下，请再更换一次" in text(as_admin.get(reloaded.location))
     db.session.expire_all()
     assert db.session.get(Device, device.id).secret == new
+
+
+def test_the_sites_category_names_are_the_rules_titles(db_session):
+    """A category is called the same on the point form, in a deposit's lines and in the rules (废纸, not 纸类)."""
+    from admin.labels import CATEGORIES
+
+    titles = {
+        r.activity.removeprefix("sorting:"): r.title for r in db.session.scalars(sa.select(Rule).filter_by(version=1))
+    }
+    assert {code: titles[code] for code in CATEGORIES} == CATEGORIES
+
+
+def test_correcting_a_version_not_yet_in_force_starts_from_it(api, as_admin, clock):
+    start = (clock.now + timedelta(days=30)).astimezone(SHANGHAI)
+    body = {"activity": "sorting:glass", "co2e_g_per_unit": 333, "source": "待生效的复核值", "daily_cap_points": 150,
+            "effective_from": start.isoformat()}  # fmt: skip
+    assert api.post("/rules", as_=api.staff("admin"), json=body).status_code == 201
+    page = text(as_admin.get("/admin/rules/publish?activity=sorting:glass"))
+    assert "表单已填入第 2 版（尚未生效）的数值" in page
+    assert 'name="co2e_g_per_unit" inputmode="decimal" value="333"' in page
+    assert 'value="150"' in page
+    assert ">待生效的复核值</textarea>" in page
+
+
+def test_the_rules_page_gives_a_long_source_in_full_on_hover_and_the_form_names_its_fields_as_shown(as_admin):
+    rules = text(as_admin.get("/admin/rules"))
+    full = "中国家电回收行业协会（China household appliance recycling association），2023 年：每吨回收物 4.7 吨 CO₂e"
+    assert f'title="{full}"' in rules
+    refused = as_admin.post(
+        "/admin/rules/publish", {"activity": "sorting:paper", "co2e_g_per_unit": "x", "source": "改"}
+    )
+    assert "减排量（克 CO₂e / 千克）：" in text(refused)

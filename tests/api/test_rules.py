@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 
 import pytest
@@ -25,6 +26,9 @@ def test_rules_in_force_are_public_and_cited(api):
     assert rules["daily:total"]["daily_cap_points"] == 500
     assert rules["tradein:refrigerator"]["daily_total_exempt"] is True
     assert "PLACEHOLDER" in rules["sorting:textile"]["source"]
+    # Residents and staff read these in zh-CN; the cited works keep their own names.
+    assert rules["sorting:paper"]["source"] == "EPA WARM v15（美国环保署废弃物减量模型）：混合废纸"
+    assert all(re.search(r"[\u4e00-\u9fff]", r["source"]) for r in rules.values()), "a source without zh-CN"
     only = api.get("/rules?prefix=tradein:").get_json()["items"]
     assert {r["activity"] for r in only} == {
         f"tradein:{kind}" for kind in ("refrigerator", "air_conditioner", "washing_machine", "television", "phone")
