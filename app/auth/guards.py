@@ -126,7 +126,7 @@ def _state_of(model, *columns) -> sa.Select:
 
 
 _STATE = {
-    "resident": _state_of(Resident, Resident.status),
+    "resident": _state_of(Resident, Resident.status, Resident.sessions_valid_after),
     # One row per store or collection point in scope (or one row with none): a single round trip for staff too.
     "staff": _state_of(
         Staff,
@@ -180,6 +180,8 @@ def load_actor(claims: dict) -> Actor:
             raise Unauthorized("账户不存在或已注销")
         if row.status == "frozen":
             raise AccountFrozen()
+        if issued_before(session_start(claims), row.sessions_valid_after):
+            raise TokenRevoked("账户曾被冻结，请重新登录")
         return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
     if row is None or not row.active:
         raise Unauthorized("账户不存在或已停用")

@@ -48,8 +48,9 @@ def login_resident(code: str) -> dict[str, Any]:
     if resident.status == "frozen":
         db.session.rollback()
         raise AccountFrozen()
+    tokens = _tokens(identity_for("resident", resident.id), "resident")  # begun under the row's lock, before a freeze
     commit()
-    return {**_tokens(identity_for("resident", resident.id), "resident"), "resident": resident}
+    return {**tokens, "resident": resident}
 
 
 def login_staff(username: str, password: str) -> dict[str, Any]:

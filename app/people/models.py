@@ -41,6 +41,9 @@ class Resident(Timestamped, db.Model):
     nickname: Mapped[str] = mapped_column(sa.String(32), default="")
     community_id: Mapped[int | None] = mapped_column(sa.ForeignKey("communities.id"), index=True)
     status: Mapped[str] = mapped_column(sa.String(16), default="active")
+    # Tokens issued before this moment no longer work: set by a freeze, so a session the freeze was meant to stop
+    # does not come back with a thaw.
+    sessions_valid_after: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 

@@ -301,9 +301,10 @@ def change_own_password(actor: Actor, session_id: str, current: str, new: str) -
 
 
 def resident_for_openid(openid: str, unionid: str | None) -> Resident:
-    """First login creates the resident and its points account; a concurrent first login reuses it."""
+    """First login creates the resident and its points account; a concurrent first login reuses it. An existing
+    resident is read FOR SHARE: a freeze in flight finishes first, and one that comes later waits for this login."""
     stmt = sa.select(Resident).where(Resident.openid == openid)
-    resident = db.session.scalar(stmt)
+    resident = db.session.scalar(stmt.with_for_update(read=True))
     if resident is not None:
         return resident
     resident = Resident(openid=openid, unionid=unionid, nickname=f"居民{openid[-4:]}")
@@ -402,6 +403,9 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
         db.session.rollback()
         return resident, False
     previous, resident.status = resident.status, status
+    if status == "frozen":
+        # Read under the lock: a login that held the row began before now (and read its `since` under it).
+        resident.sessions_valid_after = utcnow()
     audit.record(actor, f"resident.{status}", "resident", resident.id, {"from": previous, "reason": reason})
     commit()
     return resident, True
