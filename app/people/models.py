@@ -15,6 +15,7 @@ RESIDENT_STATUSES = ("active", "frozen", "closed")
 
 class Community(Timestamped, db.Model):
     __tablename__ = "communities"
+    __table_args__ = (sa.Index("uq_communities_code_lower", sa.func.lower(sa.column("code")), unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     code: Mapped[str] = mapped_column(sa.String(32), unique=True)

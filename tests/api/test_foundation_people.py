@@ -115,7 +115,14 @@ def test_residents_and_anonymous_cannot_create_communities(api):
     assert len(api.get("/communities").get_json()["items"]) == 2
 
 
-@pytest.mark.parametrize("body", [{"name": "另一个恒康", "code": "hengkang"}, {"name": "恒康社区", "code": "hk2"}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "另一个恒康", "code": "hengkang"},
+        {"name": "另一个恒康", "code": "HengKang"},  # one code whatever its case, as usernames and bin codes
+        {"name": "恒康社区", "code": "hk2"},
+    ],
+)
 def test_duplicate_community_is_409(api, body):
     admin = api.staff("admin")
     assert_error(api.post("/communities", as_=admin, json=body), 409, "duplicate")
