@@ -341,12 +341,15 @@ def _resident_in_scope(actor: Actor, resident: Resident) -> None:
         raise NotFound("居民不存在")
 
 
-def residents_in_scope(actor: Actor, resident_ids: list[int]) -> set[int]:
-    """Which of these residents the caller may open (`get_resident`), in one query: a page links only to those."""
+def residents_in_scope(actor: Actor, resident_ids: list[int]) -> dict[int, str]:
+    """The nicknames of those of these residents the caller may open (`get_resident`), in one query: a page links
+    only to those, by name."""
     if not resident_ids:
-        return set()
-    rows = db.session.execute(sa.select(Resident.id, Resident.community_id).where(Resident.id.in_(set(resident_ids))))
-    return {resident_id for resident_id, community_id in rows if _may_open(actor, community_id)}
+        return {}
+    rows = db.session.execute(
+        sa.select(Resident.id, Resident.community_id, Resident.nickname).where(Resident.id.in_(set(resident_ids)))
+    )
+    return {row.id: row.nickname for row in rows if _may_open(actor, row.community_id)}
 
 
 def get_resident(actor: Actor, resident_id: int) -> Resident:

@@ -1063,6 +1063,8 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
     assert "废纸 1000 克" in rest
     assert "玻璃 10 克" not in rest
     assert "更早的记录" not in rest
+    assert f'href="/admin/points/{point.id}">« 最新记录</a>' in rest  # back to the first page
+    assert "最新记录" not in page
 
 
 def test_a_points_page_marks_a_reversed_deposit(api, as_admin):
@@ -1080,12 +1082,15 @@ def test_a_workers_point_page_links_only_to_residents_it_may_open(api, as_worker
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])
     mine, elsewhere = api.resident(community_code="hengkang"), api.resident()  # the second never set a community
+    assert api.patch("/me", as_=mine, json={"nickname": "楼下王阿姨"}).status_code == 200
+    assert api.patch("/me", as_=elsewhere, json={"nickname": "外区老李"}).status_code == 200
     for resident in (mine, elsewhere):
         body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
                 "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
         assert api.post("/deposits", as_=collector, json=body).status_code == 201
     page = as_worker.get(f"/admin/points/{point.id}").get_data(as_text=True)
-    assert f'href="/admin/residents/{mine.id}"' in page
+    assert f'href="/admin/residents/{mine.id}">楼下王阿姨</a> <span class="muted">#{mine.id}</span>' in page
+    assert "外区老李" not in page  # a nickname the worker may not look up is not shown either
     assert f'href="/admin/residents/{elsewhere.id}"' not in page
     assert f'居民 {elsewhere.id} <span class="muted">（非本社区）</span>' in page
     assert as_worker.get(f"/admin/residents/{elsewhere.id}").status_code == 404
