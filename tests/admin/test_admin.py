@@ -1699,3 +1699,19 @@ def test_the_rules_page_gives_a_long_source_in_full_on_hover_and_the_form_names_
         "/admin/rules/publish", {"activity": "sorting:paper", "co2e_g_per_unit": "x", "source": "改"}
     )
     assert "减排量（克 CO₂e / 千克）：" in text(refused)
+
+
+def test_pages_carry_their_own_icon_so_browsers_ask_for_no_favicon(browser):
+    """Without one a browser asks for /favicon.ico on every page, which is the API's 404."""
+    page = text(browser.get("/admin/login"))
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml,[^"]+">', page)
+    assert "img-src 'self' data:" in browser.get("/admin/login").headers["Content-Security-Policy"]
+
+
+def test_create_forms_fold_away_above_their_lists_until_needed(as_worker):
+    """On a phone the form would fill the first screen, and the points a worker looks after most days come below."""
+    assert '<details class="panel create" open>' in text(as_worker.get("/admin/points"))  # nothing to list yet
+    make_point()
+    assert '<details class="panel create">' in text(as_worker.get("/admin/points"))
+    refused = text(as_worker.post("/admin/points", {"name": "", "kind": "station"}))
+    assert '<details class="panel create" open>' in refused  # the message and what was typed stay in view
