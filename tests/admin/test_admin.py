@@ -1701,11 +1701,13 @@ def test_the_rules_page_gives_a_long_source_in_full_on_hover_and_the_form_names_
     assert "减排量（克 CO₂e / 千克）：" in text(refused)
 
 
-def test_pages_carry_their_own_icon_so_browsers_ask_for_no_favicon(browser):
+def test_pages_carry_their_own_icon_so_browsers_ask_for_no_favicon(as_worker):
     """Without one a browser asks for /favicon.ico on every page, which is the API's 404."""
-    page = text(browser.get("/admin/login"))
+    page = text(as_worker.get("/admin/"))
     assert re.search(r'<link rel="icon" href="data:image/svg\+xml,[^"]+">', page)
-    assert "img-src 'self' data:" in browser.get("/admin/login").headers["Content-Security-Policy"]
+    poster = text(as_worker.get(f"/admin/points/{make_point().id}/poster"))  # a page of its own, not the site's
+    assert re.search(r'<link rel="icon" href="data:image/svg\+xml,[^"]+">', poster)
+    assert "img-src 'self' data:" in as_worker.get("/admin/").headers["Content-Security-Policy"]
 
 
 def test_create_forms_fold_away_above_their_lists_until_needed(as_worker):
