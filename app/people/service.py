@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import sqlalchemy as sa
@@ -307,7 +308,8 @@ def resident_for_openid(openid: str, unionid: str | None) -> Resident:
     resident = db.session.scalar(stmt.with_for_update(read=True))
     if resident is not None:
         return resident
-    resident = Resident(openid=openid, unionid=unionid, nickname=f"居民{openid[-4:]}")
+    # A placeholder until the resident picks one: nothing of the openid, which staff pages and lists show.
+    resident = Resident(openid=openid, unionid=unionid, nickname=f"居民{secrets.randbelow(10000):04d}")
     try:
         with db.session.begin_nested():
             db.session.add(resident)

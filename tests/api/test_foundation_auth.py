@@ -71,7 +71,8 @@ def test_wechat_stub_login_creates_the_resident_once(api):
     assert {"id", "nickname", "community_id", "status"} <= set(resident)
     assert resident["status"] == "active"
     assert resident["community_id"] is None
-    assert resident["nickname"]
+    assert resident["nickname"].startswith("居民")
+    assert "ogin" not in resident["nickname"]  # nothing of the openid, which staff and lists would otherwise show
 
     second = api.post("/auth/wechat", json={"code": "stub:o-first-login"})
     assert second.status_code == 200
