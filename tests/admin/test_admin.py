@@ -1717,3 +1717,15 @@ def test_create_forms_fold_away_above_their_lists_until_needed(as_worker):
     assert '<details class="panel create">' in text(as_worker.get("/admin/points"))
     refused = text(as_worker.post("/admin/points", {"name": "", "kind": "station"}))
     assert '<details class="panel create" open>' in refused  # the message and what was typed stay in view
+
+
+def test_the_staff_form_groups_collection_points_by_community(as_admin):
+    """With every point of the zone to pick from, a collector's point is found under its community."""
+    xinhai, hengkang = make_point("鑫海湾一号站", "xinhaiwan"), make_point("恒康二号站")
+    fieldset = re.search(
+        r"<legend[^>]*>回收点（回收员）</legend>(.*?)</fieldset>", text(as_admin.get("/admin/staff")), re.S
+    )[1]
+    groups = dict(re.findall(r'<div><span class="muted">([^<]+)：</span>(.*?)</div>', fieldset, re.S))
+    assert f'value="{hengkang.id}"' in groups["恒康社区"]
+    assert f'value="{xinhai.id}"' not in groups["恒康社区"]
+    assert f'value="{xinhai.id}"' in groups["鑫海湾"]
