@@ -134,12 +134,16 @@ def form_key_field() -> Markup:
     return Markup('<input type="hidden" name="{}" value="{}">').format(FORM_KEY, secrets.token_urlsafe(16))
 
 
-def once_per_form(replayed: str = "这份表单刚才已经提交过，没有重复提交", then: Callable[..., str] | None = None):
+def once_per_form(
+    replayed: str = "这份表单刚才已经提交过，没有重复提交",
+    then: Callable[..., str] | None = None,
+    category: str = "success",
+):
     """A form that creates something carries a one-time key. Sent again exactly as it was (a double click, or a
     reload of the answer, which the browser sends again), it is not acted on twice: the repeat goes where the first
     answer led and says `replayed`. `then(**view_kwargs)` is where that is when the first answer was a page rather
-    than a redirect (a secret shown once, which is never shown again). The same form sent with other values (the
-    user went back and changed them) is a new submission."""
+    than a redirect (a secret shown once, which is never shown again); `category` is the message's flash category.
+    The same form sent with other values (the user went back and changed them) is a new submission."""
 
     def decorator(view):
         @wraps(view)
@@ -151,19 +155,27 @@ def once_per_form(replayed: str = "这份表单刚才已经提交过，没有重
             values = sorted((k, v) for k, vs in request.form.lists() if k != CSRF_FIELD for v in vs)
             digest = hashlib.sha256(json.dumps([request.path, values], ensure_ascii=False).encode()).hexdigest()
 
-            def answer(response) -> dict[str, str] | None:
+            def answer(response) -> dict[str, str]:
                 if 300 <= response.status_code < 400:
                     return {"location": response.location}
-                if 200 <= response.status_code < 300 and then is not None:
-                    return {"location": then(**kwargs)}
-                return None
+                if then is None:
+                    raise TypeError(f"{view.__name__} answers with a page: once_per_form needs then= to send a repeat")
+                return {"location": then(**kwargs)}
 
             def replay(row):
-                flash(replayed, "success")
+                flash(replayed, category)
                 return redirect(row.response_body["location"])
 
             scope = f"admin-form:{current_admin_actor().identity}"
-            return run_once(scope, digest, digest, lambda: make_response(view(**kwargs)), answer, replay)
+            return run_once(
+                scope,
+                digest,
+                digest,
+                lambda: make_response(view(**kwargs)),
+                keep=lambda response: response.status_code < 400,
+                answer=answer,
+                replay=replay,
+            )
 
         return wrapper
 

@@ -167,6 +167,7 @@ def rotate_poster(point_id: int):
 @once_per_form(
     "该设备刚才已经登记。密钥只显示一次：如未记下，请为它更换密钥",
     then=lambda point_id: url_for("admin.point", point_id=point_id),
+    category="warning",
 )
 def register_device(point_id: int):
     """The device secret is shown on this response only: never stored in the session or a redirect."""
@@ -199,6 +200,7 @@ def set_device_active(point_id: int, device_id: int):
 @once_per_form(
     "该设备的密钥刚才已经更换。新密钥只显示一次：如未记下，请再更换一次",
     then=lambda point_id, device_id: url_for("admin.point", point_id=point_id),
+    category="warning",
 )
 def rotate_device_secret(point_id: int, device_id: int):
     """Like registration, the new secret is shown on this response only. The form names the secret it replaces, so

@@ -223,6 +223,16 @@ def commit() -> None:
         db.session.commit()
 
 
+def after_commit(action: Callable[[], None]) -> None:
+    """Run `action` once the use case's writes are committed: at once after `commit()`, or after the idempotency
+    layer's commit when it defers it (and never if that rolls back). A cache cleared before the commit could be
+    filled again from the old rows by another request in between."""
+    if has_request_context() and g.get("defer_commit"):
+        g.setdefault("after_commit", []).append(action)
+    else:
+        action()
+
+
 def ping_idle_connections(engine: Engine, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
     """Pessimistic disconnect handling without a round trip on every request. A connection given back to the
     pool less than `idle_s` ago worked then; one idle for longer is pinged at checkout, and a dead one is

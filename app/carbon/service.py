@@ -15,7 +15,7 @@ from app.carbon.methodology import CapCharge
 from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import utcnow
 from app.common import named_page
-from app.db import commit, db
+from app.db import after_commit, commit, db
 from app.errors import InvalidState, NotFound, field_error
 
 RULE_CACHE_TTL_S = 10.0
@@ -171,5 +171,5 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
         details["withdrawn_versions"] = [version.version for version in withdrawn]
     audit.record(actor, "rule.publish", "rule", rule.id, details)
     commit()
-    clear_cache()
+    after_commit(clear_cache)
     return rule

@@ -73,18 +73,21 @@ def run_idempotent(scope: str, view, *args, **kwargs):
         raise field_error(HEADER, "幂等键长度必须为 1 到 64 个可见字符")
     request_hash = _request_hash()
 
-    def answer(response):
-        return response.get_json() if 200 <= response.status_code < 300 else None
-
     return run_once(
-        scope, key, request_hash, partial(view, *args, **kwargs), answer, lambda row: _replay(row, request_hash)
+        scope,
+        key,
+        request_hash,
+        partial(view, *args, **kwargs),
+        keep=lambda response: 200 <= response.status_code < 300,
+        answer=lambda response: response.get_json(),
+        replay=lambda row: _replay(row, request_hash),
     )
 
 
-def run_once(scope: str, key: str, request_hash: str, view, answer, replay):
-    """Run `view()` once per (scope, key): its effects and `answer(response)` are committed together, and a repeat
-    gets `replay(stored row)` (after the first has ended, if they overlap). An answer of None stores nothing and
-    rolls back, so that a failed request can be tried again."""
+def run_once(scope: str, key: str, request_hash: str, view, keep, answer, replay):
+    """Run `view()` once per (scope, key). A response that `keep(response)` accepts is committed with its effects and
+    `answer(response)` (what a repeat needs); a repeat gets `replay(stored row)`, after the first has ended if they
+    overlap. Any other response is rolled back with its effects, so that a failed request can be tried again."""
     claim = {"scope": scope, "key": key, "request_hash": request_hash, "status_code": 0, "response_body": {},
              "created_at": utcnow()}  # fmt: skip
     key_id = run(_claim(dialect_name()), claim).scalar()
@@ -95,10 +98,12 @@ def run_once(scope: str, key: str, request_hash: str, view, answer, replay):
         response = view()
     finally:
         g.defer_commit = False
-    body = answer(response)
-    if body is not None:
-        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": body}).scalar_one()
+        pending = g.pop("after_commit", [])
+    if keep(response):
+        run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": answer(response)}).scalar_one()
         db.session.commit()
+        for action in pending:
+            action()
     else:
         db.session.rollback()
     return response

@@ -28,6 +28,7 @@ from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
 from app.db import (
     MAX_ID,
+    after_commit,
     bound_row,
     commit,
     db,
@@ -150,7 +151,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     if active is not None:
         _change_active(actor, point, active)
     commit()
-    clear_point_cache()
+    after_commit(clear_point_cache)
     return point
 
 
@@ -160,7 +161,7 @@ def set_point_active(actor: Actor, point_id: int, active: bool) -> CollectionPoi
     point = _managed_point(actor, point_id)
     if _change_active(actor, point, active):
         commit()
-        clear_point_cache()
+        after_commit(clear_point_cache)
     return point
 
 
@@ -248,7 +249,7 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
     point.qr_secret = new_secret()  # allowed while retired too: a leaked poster is revoked before the point returns
     audit.record(actor, "collection_point.rotate_qr", "collection_point", point.id)
     commit()
-    clear_point_cache()
+    after_commit(clear_point_cache)
     return _poster_of(point)
 
 

@@ -1729,3 +1729,43 @@ def test_the_staff_form_groups_collection_points_by_community(as_admin):
     assert f'value="{hengkang.id}"' in groups["恒康社区"]
     assert f'value="{xinhai.id}"' not in groups["恒康社区"]
     assert f'value="{xinhai.id}"' in groups["鑫海湾"]
+
+
+def test_a_cache_is_cleared_after_the_forms_writes_are_committed(app, as_admin, monkeypatch):
+    """Under a form's one-time key the use case's commit waits for the key's; a rule cache cleared before it could be
+    filled again from the old versions by another request in between."""
+    from app.carbon import service as carbon
+
+    other = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
+    seen: list[int] = []
+
+    def clear_cache():
+        with other.connect() as conn:  # what any other request would read now
+            seen.append(conn.scalar(sa.select(sa.func.count()).select_from(Rule).filter_by(activity="sorting:glass")))
+        carbon._rules.clear()
+
+    monkeypatch.setattr(carbon, "clear_cache", clear_cache)
+    page = text(as_admin.get("/admin/rules/publish?activity=sorting:glass"))
+    form = {"activity": "sorting:glass", "co2e_g_per_unit": "300", "points": "", "daily_cap_points": "",
+            "source": "复核", "form_key": form_key(page, "/admin/rules/publish")}  # fmt: skip
+    try:
+        assert as_admin.post("/admin/rules/publish", form).status_code == 302
+    finally:
+        other.dispose()
+    assert seen == [2]  # version 2 was visible to others when the cache went
+
+
+def test_a_once_per_form_view_that_answers_with_a_page_must_say_where_a_repeat_goes(app, as_admin):
+    from admin.forms import once_per_form
+
+    @once_per_form()
+    def page_only():
+        db.session.add(Community(code="pageonly", name="只回页面"))
+        return "ok", 200
+
+    with app.test_request_context("/admin/x", method="POST", data={"form_key": "k1"}):
+        g.admin_actor = SYSTEM
+        with pytest.raises(TypeError, match="needs then="):
+            page_only()
+        db.session.rollback()
+    assert count(Community, code="pageonly") == 0
