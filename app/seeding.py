@@ -26,8 +26,18 @@ def _load(name: str) -> Any:
     return json.loads((SEEDS / name).read_text(encoding="utf-8"))
 
 
+# One whatever their case (unique indexes on lower()), so found whatever case an admin has given them since.
+_ANY_CASE = {(Community, "code"), (Staff, "username"), (Device, "code")}
+
+
 def _one(model, **where):
-    return db.session.scalar(sa.select(model).filter_by(**where))
+    conditions = [
+        sa.func.lower(getattr(model, name)) == value.lower()
+        if (model, name) in _ANY_CASE
+        else getattr(model, name) == value
+        for name, value in where.items()
+    ]
+    return db.session.scalar(sa.select(model).where(*conditions))
 
 
 def _community_id(code: str | None) -> int | None:

@@ -146,10 +146,13 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     for version in withdrawn:
         version.valid_to = version.valid_from
     current = db.session.scalar(live.where(Rule.valid_from < effective_from).order_by(Rule.version.desc()).limit(1))
-    if current is not None and "unit" in changes and changes["unit"] != current.unit:
+    # What the new version does not say comes from the version it replaces: the latest one it withdraws (a mistaken
+    # future version corrected keeps its other changes), else the one in force.
+    replaced = withdrawn[-1] if withdrawn else current
+    if replaced is not None and "unit" in changes and changes["unit"] != replaced.unit:
         # Every version of a rule is read in the same unit (deposits weigh in kg): a new unit is a new activity.
         raise field_error("unit", "已有规则不能更改计量单位")
-    fields = {f: getattr(current, f) for f in RULE_FIELDS} if current else {}
+    fields = {f: getattr(replaced, f) for f in RULE_FIELDS} if replaced else {}
     fields.update({k: v for k, v in changes.items() if k in RULE_FIELDS})
     if current is not None:
         current.valid_to = effective_from

@@ -304,8 +304,8 @@ def change_own_password(actor: Actor, session_id: str, current: str, new: str) -
 def resident_for_openid(openid: str, unionid: str | None) -> Resident:
     """First login creates the resident and its points account; a concurrent first login reuses it. An existing
     resident is read FOR SHARE: a freeze in flight finishes first, and one that comes later waits for this login."""
-    stmt = sa.select(Resident).where(Resident.openid == openid)
-    resident = db.session.scalar(stmt.with_for_update(read=True))
+    stmt = sa.select(Resident).where(Resident.openid == openid).with_for_update(read=True)
+    resident = db.session.scalar(stmt)
     if resident is not None:
         return resident
     # A placeholder until the resident picks one: nothing of the openid, which staff pages and lists show.

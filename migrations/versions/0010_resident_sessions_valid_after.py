@@ -5,6 +5,8 @@ Revises: 0009
 Create Date: 2026-12-01 14:10:00
 """
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,6 +18,12 @@ depends_on = None
 
 def upgrade():
     op.add_column("residents", sa.Column("sessions_valid_after", sa.DateTime(timezone=True), nullable=True))
+    # Residents frozen already: their sessions so far end too, or a thaw after the upgrade would bring them back.
+    op.execute(
+        sa.text("UPDATE residents SET sessions_valid_after = :now WHERE status = 'frozen'").bindparams(
+            sa.bindparam("now", datetime.now(UTC), type_=sa.DateTime(timezone=True))
+        )
+    )
 
 
 def downgrade():

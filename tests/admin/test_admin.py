@@ -1092,7 +1092,7 @@ def test_a_workers_point_page_links_only_to_residents_it_may_open(api, as_worker
     assert f'href="/admin/residents/{mine.id}">楼下王阿姨</a> <span class="muted">#{mine.id}</span>' in page
     assert "外区老李" not in page  # a nickname the worker may not look up is not shown either
     assert f'href="/admin/residents/{elsewhere.id}"' not in page
-    assert f'居民 {elsewhere.id} <span class="muted">（非本社区）</span>' in page
+    assert f'<span class="muted">#{elsewhere.id}（非本社区居民）</span>' in page  # not 居民 42, like a nickname
     assert as_worker.get(f"/admin/residents/{elsewhere.id}").status_code == 404
 
 

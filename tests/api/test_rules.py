@@ -257,3 +257,15 @@ def test_rules_come_in_pages_that_add_up_to_the_whole_methodology(api):
 @pytest.mark.parametrize("query", ["limit=0", "limit=101", "cursor=bm90LWEtbnVtYmVy", "cursor=LTE"])
 def test_a_bad_rules_page_request_is_refused(api, query):
     assert_error(api.get(f"/rules?{query}"), 422, "validation_error")
+
+
+def test_a_correction_of_a_future_version_starts_from_it(api, clock):
+    """What the new version does not say comes from the version it replaces, not from the one in force before both:
+    correcting one figure of a mistaken future version keeps its other changes."""
+    admin = api.staff("admin")
+    future = {"activity": "sorting:metal", "co2e_g_per_unit": 2000, "source": "复核", "title": "金属（复核）",
+              "daily_total_exempt": True, "effective_from": (clock.now + timedelta(days=300)).isoformat()}  # fmt: skip
+    assert api.post("/rules", as_=admin, json=future).status_code == 201
+    assert _publish(api, admin, "sorting:metal", 1900).status_code == 201
+    corrected = _versions("sorting:metal")[3]
+    assert (corrected.title, corrected.daily_total_exempt, corrected.co2e_g_per_unit) == ("金属（复核）", True, 1900)

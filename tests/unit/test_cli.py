@@ -100,6 +100,20 @@ def test_seed_demo_is_idempotent(runner):
     assert _counts(REFERENCE) == reference
 
 
+def test_seed_finds_what_it_seeded_whatever_case_an_admin_gave_it_since(runner):
+    """Codes and usernames are one whatever their case (unique indexes on lower()): a re-seed after an admin renamed
+    hengkang to HengKang finds it rather than failing on the index."""
+    assert _invoke(runner, "seed", "--demo").exit_code == 0
+    counts = _counts(REFERENCE) | _counts(DEMO)
+    db.session.execute(sa.update(Community).where(Community.code == "hengkang").values(code="HengKang"))
+    db.session.execute(sa.update(Staff).where(Staff.username == "worker.hk").values(username="Worker.HK"))
+    db.session.execute(sa.update(Device).values(code=sa.func.upper(Device.code)))
+    db.session.commit()
+    again = _invoke(runner, "seed", "--demo")
+    assert again.exit_code == 0, again.output
+    assert _counts(REFERENCE) | _counts(DEMO) == counts
+
+
 def test_seed_demo_staff_have_their_scopes_and_passwords(runner):
     assert _invoke(runner, "seed", "--demo").exit_code == 0
     for row in _seed_file("demo.json")["staff"]:

@@ -34,7 +34,7 @@ def empty_database(tmp_path, worker_id):
     admin.dispose()
 
 
-EXPRESSION_INDEXES = {"uq_staff_username_lower", "uq_devices_code_lower"}
+EXPRESSION_INDEXES = {"uq_staff_username_lower", "uq_devices_code_lower", "uq_communities_code_lower"}
 
 
 def test_upgrade_head_matches_models(empty_database):
@@ -192,3 +192,36 @@ def test_revision_0007_stops_on_usernames_that_differ_only_in_case(empty_databas
         rename = "UPDATE staff SET username = 'boss2' WHERE username = 'Boss'"
         _stops_until_renamed("0007", "0006", "boss", rename, capfd)
         db.engine.dispose()
+
+
+def test_revision_0011_stops_on_community_codes_that_differ_only_in_case(empty_database, capfd):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    insert = sa.text("INSERT INTO communities (code, name, created_at) VALUES (:code, :name, CURRENT_TIMESTAMP)")
+    with app.app_context():
+        upgrade(revision="0010")
+        with db.engine.begin() as conn:
+            conn.execute(insert, [{"code": "hengkang", "name": "恒康社区"}, {"code": "HengKang", "name": "恒康二"}])
+        rename = "UPDATE communities SET code = 'hengkang2' WHERE code = 'HengKang'"
+        _stops_until_renamed("0011", "0010", "hengkang", rename, capfd)
+        db.engine.dispose()
+
+
+def test_revision_0010_dates_the_cut_off_of_residents_already_frozen(empty_database):
+    """A resident frozen before the upgrade must not get the sessions from before the freeze back at a thaw."""
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    insert = sa.text(
+        "INSERT INTO residents (openid, nickname, status, created_at, updated_at) "
+        "VALUES (:openid, '', :status, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+    )
+    with app.app_context():
+        upgrade(revision="0009")
+        with db.engine.begin() as conn:
+            conn.execute(
+                insert, [{"openid": "o-frozen", "status": "frozen"}, {"openid": "o-active", "status": "active"}]
+            )
+        upgrade(revision="0010")
+        with db.engine.connect() as conn:
+            cut_offs = dict(conn.execute(sa.text("SELECT openid, sessions_valid_after FROM residents")).all())
+        db.engine.dispose()
+    assert cut_offs["o-frozen"] is not None
+    assert cut_offs["o-active"] is None
