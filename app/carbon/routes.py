@@ -30,7 +30,8 @@ def list_rules(query):
 def publish_rule(body):
     """Publish a new version of a rule (admin). Past entries keep the version they used. `effective_from` is at least
     10 seconds and at most a year ahead; versions not yet in force that would start at or after it are withdrawn
-    (their `valid_to` equals their `valid_from`), so a wrong future date is corrected by publishing again. A rule's
-    unit never changes."""
+    (their `valid_to` equals their `valid_from`), so a wrong future date is corrected by publishing again. Fields not
+    given are those of the version replaced (the latest one withdrawn, else the one before). A rule's unit never
+    changes."""
     body = dict(body)
     return service.publish_rule(current_actor(), body.pop("activity"), body, body.pop("effective_from"))
