@@ -103,12 +103,18 @@ def insert_unique(obj, message: str):
     """Insert one row whose natural key is unique; a clash becomes 409 duplicate, not a 500,
     and the rest of the transaction survives (a savepoint)."""
     db.session.add(obj)
+    flush_unique(message)
+    return obj
+
+
+def flush_unique(message: str) -> None:
+    """Write the session's pending changes, which may clash with a unique key: 409 duplicate, not a 500 (a savepoint
+    keeps the rest of the transaction)."""
     try:
         with db.session.begin_nested():
             db.session.flush()
     except IntegrityError as exc:
         raise Duplicate(message) from exc
-    return obj
 
 
 def run(statement: sa.Executable, params: dict[str, Any] | list[dict[str, Any]] | None = None) -> sa.Result:

@@ -29,6 +29,8 @@ class CollectionPoint(Timestamped, db.Model):
         # Distances need a whole position, and a geofence a position to measure from.
         sa.CheckConstraint("(lat IS NULL) = (lng IS NULL)", name="whole_position"),
         sa.CheckConstraint("geofence_m IS NULL OR lat IS NOT NULL", name="geofence_has_position"),
+        # Residents and posters tell points apart by name: one name per community (a retired one is brought back).
+        sa.Index("uq_collection_points_community_name", "community_id", "name", unique=True),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -35,6 +35,7 @@ from app.db import (
     dialect_name,
     find,
     fits_key,
+    flush_unique,
     get_or_404,
     insert_unique,
     require_exists,
@@ -119,12 +120,14 @@ def _require_staff_in_scope(actor: Actor, point: CollectionPoint) -> None:
         _require_manager(actor, point.community_id)
 
 
+def _name_taken(name: str) -> str:
+    return f"本社区已有名为「{name}」的回收点（已停用的可重新启用）"
+
+
 def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
     _require_manager(actor, data["community_id"])
     require_exists(Community, data["community_id"], "community_id", "社区不存在")
-    point = CollectionPoint(**data)
-    db.session.add(point)
-    db.session.flush()
+    point = insert_unique(CollectionPoint(**data), _name_taken(data["name"]))
     audit.record(actor, "collection_point.create", "collection_point", point.id, {"name": point.name})
     commit()
     return point
@@ -146,6 +149,8 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         if "geofence_m" in data:
             raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
         raise field_error("lat", "该回收点设有电子围栏：清除位置前请先取消围栏（geofence_m 设为 null）")
+    if {"name", "community_id"} & data.keys():
+        flush_unique(_name_taken(point.name))
     if data:
         audit.record(actor, "collection_point.update", "collection_point", point.id, data)
     if active is not None:

@@ -71,6 +71,27 @@ def test_admin_creates_a_point_with_defaults(api, admin):
     assert api.get(f"/collection-points/{point['id']}").get_json()["name"] == "鑫海湾智能箱"
 
 
+def test_a_communitys_points_have_different_names(api, admin):
+    """Residents and posters tell points apart by name. Another community may use it; a retired point keeps its name,
+    to be brought back rather than made again."""
+    first = api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "hengkang")).get_json()
+    again = api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "hengkang"))
+    assert (
+        assert_error(again, 409, "duplicate")["message"] == "本社区已有名为「海湾一号站」的回收点（已停用的可重新启用）"
+    )
+    assert api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "xinhaiwan")).status_code == 201
+    other = api.post("/collection-points", as_=admin, json=point_body("海湾二号站", "hengkang")).get_json()
+    assert_error(
+        api.patch(f"/collection-points/{other['id']}", as_=admin, json={"name": "海湾一号站"}), 409, "duplicate"
+    )
+    moved = api.patch(f"/collection-points/{other['id']}", as_=admin, json={"community_id": community_id("xinhaiwan")})
+    assert moved.status_code == 200  # 海湾二号站 is free there
+    assert api.delete(f"/collection-points/{first['id']}", as_=admin).status_code in (200, 204)
+    assert_error(api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "hengkang")), 409, "duplicate")
+    db.session.expire_all()
+    assert db.session.get(CollectionPoint, other["id"]).name == "海湾二号站"  # the refused rename left it as it was
+
+
 def test_worker_creates_points_only_in_its_own_community(api, worker):
     response = api.post(
         "/collection-points", as_=worker, json=point_body("恒康二号站", lat=31.2, lng=121.5, geofence_m=100)

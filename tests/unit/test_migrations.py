@@ -143,12 +143,12 @@ def test_revision_0004_clears_half_positions_then_refuses_them(empty_database):
         db.engine.dispose()
 
 
-def _stops_until_renamed(revision: str, before: str, clash: str, rename: str, capfd) -> None:
-    """`upgrade(revision)` stops on the clash, naming it, and leaves the database at `before`; once `rename` has
-    settled it, the upgrade goes through."""
+def _stops_until_renamed(revision: str, before: str, clash: str, rename: str, capfd, said: str = "") -> None:
+    """`upgrade(revision)` stops on the clash, naming it (`said`, by default as the case clashes are named), and
+    leaves the database at `before`; once `rename` has settled it, the upgrade goes through."""
     with pytest.raises(SystemExit):  # flask-migrate logs the error and exits
         upgrade(revision=revision)
-    assert f"differ only in case: {clash}" in capfd.readouterr().err
+    assert (said or f"differ only in case: {clash}") in capfd.readouterr().err
     with db.engine.connect() as conn:
         assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) == before
     with db.engine.begin() as conn:
@@ -225,3 +225,25 @@ def test_revision_0010_dates_the_cut_off_of_residents_already_frozen(empty_datab
         db.engine.dispose()
     assert cut_offs["o-frozen"] is not None
     assert cut_offs["o-active"] is None
+
+
+def test_revision_0012_stops_on_points_of_one_community_with_the_same_name(empty_database, capfd):
+    from app.people.models import Community
+    from app.sorting.models import CollectionPoint
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    with app.app_context():
+        upgrade(revision="0011")
+        here, there = Community(name="恒康社区", code="hengkang"), Community(name="鑫海湾", code="xinhaiwan")
+        db.session.add_all([here, there])
+        db.session.flush()
+        db.session.add_all(
+            [CollectionPoint(name="一号站", community_id=c.id, kind="station") for c in (here, here, there)]
+        )
+        db.session.commit()
+        newer = db.session.scalar(sa.select(sa.func.max(CollectionPoint.id)).filter_by(community_id=here.id))
+        db.session.remove()
+        rename = f"UPDATE collection_points SET name = '一号站（东）' WHERE id = {newer}"
+        said = "collection points of one community with the same name: 一号站"
+        _stops_until_renamed("0012", "0011", "一号站", rename, capfd, said=said)
+        db.engine.dispose()
