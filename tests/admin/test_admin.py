@@ -1531,6 +1531,8 @@ def test_every_input_pattern_is_one_browsers_accept():
     patterns = [(path.name, p) for path in templates for p in re.findall(r'pattern="([^"]*)"', path.read_text())]
     assert len(patterns) >= 3
     assert [(name, p, _v_mode_problems(p)) for name, p in patterns if _v_mode_problems(p)] == []
+    inputs = [tag for path in templates for tag in re.findall(r"<input[^>]*pattern=[^>]*>", path.read_text())]
+    assert all('title="' in tag for tag in inputs)  # the browser's refusal then says which characters it takes
 
 
 @pytest.mark.parametrize(
@@ -1586,7 +1588,8 @@ def test_a_create_form_sent_twice_creates_once_and_the_repeat_lands_where_the_fi
     assert first.status_code == again.status_code == 302
     assert again.location == first.location
     assert count(CollectionPoint, name="双击站") == 1
-    assert "这份表单刚才已经提交过，没有重复提交" in text(as_worker.get(again.location))
+    assert as_worker.post("/admin/points", form).location == first.location  # a third time, before looking
+    assert text(as_worker.get(again.location)).count("这份表单刚才已经提交过，没有重复提交") == 1
     # The same form with other values (the user went back and changed them) is another point.
     assert as_worker.post("/admin/points", form | {"name": "双击二站"}).status_code == 302
     assert count(CollectionPoint, name="双击二站") == 1
@@ -1772,3 +1775,9 @@ def test_a_once_per_form_view_that_answers_with_a_page_must_say_where_a_repeat_g
             page_only()
         db.session.rollback()
     assert count(Community, code="pageonly") == 0
+
+
+def test_a_points_name_opens_its_page(as_worker):
+    """On a phone the last column, once the only link, is off screen."""
+    point = make_point()
+    assert f'<a href="/admin/points/{point.id}">{point.name}</a>' in text(as_worker.get("/admin/points"))
