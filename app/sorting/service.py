@@ -271,14 +271,18 @@ def member_code(resident_id: int) -> dict[str, Any]:
 _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam("id"))
 
 
-def _member_code(code: str) -> qr.MemberCode:
+def _member_code(code: str, point_id: int) -> qr.MemberCode:
     """The resident a member code names, by its signature and expiry. Whether the account can take points, and
     whether the code is still unspent, is checked where the deposit is written, in the same statement on
-    PostgreSQL."""
+    PostgreSQL. An expired code that paid for a deposit says so, as a fresh one would: a retry whose answer was lost
+    must not read as "fetch a new code and record it again"."""
     try:
-        return qr.read_member_code(qr.extract_token(code), _qr_key("member"), utcnow())
+        token = qr.extract_token(code)
+        return qr.read_member_code(token, _qr_key("member"), utcnow())
     except qr.ExpiredToken as exc:
-        raise QrExpired("会员码已过期，请让居民刷新后重试") from exc
+        late = qr.read_member_code(token, _qr_key("member"), utcnow(), expired=True)
+        spent = _spent_refusal(late.resident_id, late.nonce, point_id)
+        raise spent or QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
         raise InvalidQr("无效的会员码") from exc
 
@@ -300,11 +304,10 @@ _CODE_SPENT = sa.select(Deposit.id, Deposit.collection_point_id, Deposit.points)
 )
 
 
-def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
-    """Why a deposit was not written: its member code paid for one already, the point was retired, or the account
-    cannot take it."""
-    spent = run(_CODE_SPENT, {"resident_id": deposit["resident_id"], "nonce": deposit["member_code_nonce"]}).first()
-    if spent is not None and spent.collection_point_id == deposit["collection_point_id"]:
+def _spent_refusal(resident_id: int, nonce: str, point_id: int) -> Exception | None:
+    """The refusal of a member code that paid for a deposit already; None if it is unspent."""
+    spent = run(_CODE_SPENT, {"resident_id": resident_id, "nonce": nonce}).first()
+    if spent is not None and spent.collection_point_id == point_id:
         # Most likely a retry whose answer was lost: say it went through, so nobody records the recyclables twice.
         return Duplicate(
             f"该会员码已在本回收点记过一笔投递（编号 {spent.id}，{spent.points} 积分）；"
@@ -313,6 +316,15 @@ def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
         )
     if spent is not None:
         return Duplicate("该会员码已使用，请让居民刷新会员码后重试")
+    return None
+
+
+def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
+    """Why a deposit was not written: its member code paid for one already, the point was retired, or the account
+    cannot take it."""
+    spent = _spent_refusal(deposit["resident_id"], deposit["member_code_nonce"], deposit["collection_point_id"])
+    if spent is not None:
+        return spent
     now = _point_now(point)
     if now is None or not now.active:  # retired since this worker read it
         return field_error("collection_point_id", "该回收点已停用")
@@ -556,7 +568,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     categories = {line["category"] for line in data["items"]}
     if not point.active:
         raise field_error("collection_point_id", "该回收点已停用")
-    resident_id, nonce = _member_code(data["member_code"])
+    resident_id, nonce = _member_code(data["member_code"], point.id)
     refused = sorted(categories - set(point.categories))
     if refused:
         names = [getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused]  # as caps name them

@@ -112,13 +112,29 @@ def test_member_code_png_decodes_to_a_working_code(api, world):
 
 
 def test_member_code_expires_after_two_minutes(api, clock, world):
-    code = api.member_code(world["resident"])
+    code, other = api.member_code(world["resident"]), api.member_code(world["resident"])
     clock.advance(seconds=119)
     assert deposit_ok(api, world, lines(("paper", 1000)), code=code)["points"] == 18
-    clock.advance(seconds=2)  # 121 s after it was issued
-    assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 410, "qr_expired")
+    clock.advance(seconds=2)  # 121 s after both were issued
+    assert_error(deposit(api, world, lines(("paper", 1000)), code=other), 410, "qr_expired")
     assert me(api, world["resident"])["balance"] == 18
     assert count(Deposit) == 1
+
+
+def test_a_late_retry_of_a_deposit_that_went_through_says_so_rather_than_expired(api, clock, world):
+    """A collector whose answer was lost retries after the code's two minutes: 410 qr_expired would have them record
+    the recyclables again with a fresh code, so a spent code says where it went, expired or not."""
+    code = api.member_code(world["resident"])
+    made = deposit_ok(api, world, lines(("paper", 1000)), code=code)
+    clock.advance(seconds=300)
+    late = assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 409, "duplicate")
+    assert late["details"] == {"deposit_id": made["id"], "points": made["points"]}
+    assert f"编号 {made['id']}" in late["message"]
+    elsewhere = api.staff("collector", collection_point_ids=[world["b"]])
+    other = deposit(api, world, lines(("paper", 1000)), code=code, point=world["b"], collector=elsewhere)
+    assert assert_error(other, 409, "duplicate")["message"] == "该会员码已使用，请让居民刷新会员码后重试"
+    assert count(Deposit) == 1
+    assert me(api, world["resident"])["balance"] == made["points"]
 
 
 def test_expired_code_after_121_seconds(api, clock, world):

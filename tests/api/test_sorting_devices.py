@@ -276,6 +276,17 @@ def test_signed_deposit_is_credited(api, world):
     assert (entry["ref_type"], entry["ref_id"], entry["source"]) == ("deposit", str(body["id"]), "sorting")
 
 
+def test_a_bin_resending_after_the_codes_two_minutes_hears_its_deposit_went_through(api, clock, world):
+    """A bin whose answer was lost signs the same body again later (a new timestamp, so no replay): its code has
+    expired, but it paid for this deposit, which is what the bin must hear, or it would count the load again."""
+    body = body_for(api, world)
+    made = api.post(PATH, **signed(world["device"], body)).get_json()
+    clock.advance(seconds=127)
+    late = api.post(PATH, **signed(world["device"], body))
+    assert assert_error(late, 409, "duplicate")["details"] == {"deposit_id": made["id"], "points": made["points"]}
+    assert balance(api, world["resident"]) == made["points"]
+
+
 def test_bad_signature_is_unauthorized_and_logged(api, world, caplog):
     body = body_for(api, world)
     kwargs = signed(world["device"], body, secret="0" * 32)
