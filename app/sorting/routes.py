@@ -89,12 +89,18 @@ def device_required(view):
     headers = tuple(
         {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
         for name, text in (
-            ("X-Device-Id", "设备编号（登记时返回的 id）"),
-            ("X-Timestamp", "Unix 秒；与服务器时间相差不得超过 5 分钟"),
+            ("X-Device-Id", "设备的数字 id（登记时返回的 id，十进制；不是设备编号 code）"),
+            ("X-Timestamp", "Unix 时间，整数秒（不是毫秒）；与服务器时间相差不得超过 5 分钟"),
             (
                 "X-Signature",
-                "hex(HMAC-SHA256(secret, METHOD\\nPATH\\nTIMESTAMP\\nhex(SHA256(body))))；PATH 含查询字符串（如有）；"
-                "密钥为 secret 原样的 UTF-8 字节（不做十六进制解码）",
+                'hex(HMAC-SHA256(secret, METHOD + "\\n" + PATH + "\\n" + TIMESTAMP + "\\n" + '
+                "hex(SHA256(body))))，十六进制大小写均可，末尾没有换行。METHOD 为大写（POST）；"
+                "PATH 为请求行里的路径，含 /api/v1 前缀（如 /api/v1/devices/deposits），有查询字符串时按发送原样"
+                "接上 ?query（不重排、不解码；没有时不带 ?）；TIMESTAMP 与 X-Timestamp 相同；body 为发送的原始字节；"
+                "密钥为 secret 原样的 UTF-8 字节（不做十六进制解码）。同一时间戳、同一正文的签名相同，会被当作重放："
+                "重发请换新的时间戳，并带上同一个 Idempotency-Key。401 的 details.reason 说明原因：bad_headers"
+                "（details.headers 列出有误的头）、unknown_device、device_retired、stale_timestamp"
+                "（附 details.server_time）、bad_signature",
             ),
         )
     )

@@ -171,11 +171,17 @@ class DepositCreateSchema(StrictSchema):
     )
 
 
+_LINE_SHARE = (
+    "：整笔投递按各行精确值合计后只四舍五入一次，再按最大余数法分到各行，各行之和等于整笔；"
+    "因此单看一行，可能与该行单独四舍五入相差 1"
+)
+
+
 class DepositItemSchema(StrictSchema):
     category = fields.String(required=True)
     weight_g = Integer(required=True)
-    co2e_g = Integer(required=True)
-    points = Integer(required=True)
+    co2e_g = Integer(required=True, metadata={"description": "本行分得的减排量（克）" + _LINE_SHARE})
+    points = Integer(required=True, metadata={"description": "本行分得的积分" + _LINE_SHARE})
     rule_id = Integer(required=True)
 
 

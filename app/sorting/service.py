@@ -799,9 +799,12 @@ def device_signature(secret: str, method: str, path: str, timestamp: str, body: 
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-_HEADER_ID = re.compile(r"[1-9][0-9]{0,17}")
-_HEADER_TS = re.compile(r"[0-9]{1,12}")
-_HEADER_SIG = re.compile(r"[0-9a-fA-F]{64}")
+# What each signature header must look like: the bin's numeric id, Unix seconds, and the hex HMAC.
+_DEVICE_HEADERS = {
+    "X-Device-Id": re.compile(r"[1-9][0-9]{0,17}"),
+    "X-Timestamp": re.compile(r"[0-9]{1,11}"),
+    "X-Signature": re.compile(r"[0-9a-fA-F]{64}"),
+}
 
 
 class ReplayedSignature(Duplicate):
@@ -821,26 +824,39 @@ _REFUSED_BEFORE = sa.select(DeviceSignature.refused).where(DeviceSignature.signa
 
 def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     """Verify the device's signature and timestamp, and burn the signature so it cannot be replayed."""
-    raw_id, timestamp, signature = (headers.get(h, "") for h in ("X-Device-Id", "X-Timestamp", "X-Signature"))
+    """Each refusal's `details.reason` says what a bin should fix: bad_headers (with the headers named),
+    unknown_device, device_retired (only to the key's holder), stale_timestamp (with the server's time) or
+    bad_signature."""
+    values = {name: headers.get(name, "") for name in _DEVICE_HEADERS}
     # ASCII digits of bounded length only (str.isdigit() accepts "²", which int() refuses, and a huge id
     # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
-    if not (_HEADER_ID.fullmatch(raw_id) and _HEADER_TS.fullmatch(timestamp) and _HEADER_SIG.fullmatch(signature)):
-        raise Unauthorized("缺少或无效的设备签名头")
+    wrong = [name for name, pattern in _DEVICE_HEADERS.items() if not pattern.fullmatch(values[name])]
+    if wrong:
+        raise Unauthorized(
+            f"缺少或无效的设备签名头：{'、'.join(wrong)}", details={"reason": "bad_headers", "headers": wrong}
+        )
+    raw_id, timestamp, signature = values.values()
     device = find(Device, int(raw_id))
-    if device is None or not device.active:
+    signed_by_it = device is not None and hmac.compare_digest(
+        device_signature(device.secret, method, path, timestamp, body), signature.lower()
+    )
+    if device is None or (not device.active and not signed_by_it):
         log.warning("device request from unknown or inactive device %s", raw_id)
-        raise Unauthorized("设备未登记或已停用")
+        raise Unauthorized("设备未登记或已停用", details={"reason": "unknown_device"})
     device_id = device.id  # read before a failed flush expires the instance
+    if not device.active:
+        log.warning("signed request from retired device %s", device_id)
+        raise Unauthorized("该设备已停用，请联系社区工作者重新启用", details={"reason": "device_retired"})
     now = int(utcnow().timestamp())
     skew = abs(now - int(timestamp))
     if skew > _config("DEVICE_CLOCK_SKEW_SECONDS"):
         log.warning("device %s timestamp off by %.0f s", device_id, skew)
         # The server's clock, so that a registered bin can correct its own and sign again.
-        raise Unauthorized("设备时间与服务器相差过大，请校准时间", details={"server_time": now})
-    expected = device_signature(device.secret, method, path, timestamp, body)
-    if not hmac.compare_digest(expected, signature.lower()):
+        details = {"reason": "stale_timestamp", "server_time": now}
+        raise Unauthorized("设备时间与服务器相差过大，请校准时间", details=details)
+    if not signed_by_it:
         log.warning("bad signature from device %s", device_id)
-        raise Unauthorized("设备签名无效")
+        raise Unauthorized("设备签名无效", details={"reason": "bad_signature"})
     if not _burn(device_id, signature):
         log.warning("replayed signature from device %s", device_id)
         refused = bool(run(_REFUSED_BEFORE, {"signature": signature.lower()}).scalar())

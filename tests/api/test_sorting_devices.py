@@ -192,7 +192,14 @@ def test_a_retired_bin_is_refused_until_it_is_brought_back(api, world):
     assert response.status_code == 200, response.get_json()
     assert response.get_json()["active"] is False
     assert "secret" not in response.get_json()
-    assert_error(api.post(PATH, **signed(device, body_for(api, world))), 401, "unauthorized")
+    retired = assert_error(api.post(PATH, **signed(device, body_for(api, world))), 401, "unauthorized")
+    assert (retired["details"]["reason"], retired["message"]) == (
+        "device_retired",
+        "该设备已停用，请联系社区工作者重新启用",
+    )
+    # Only the key's holder learns that: a wrong signature for a retired bin reads as for no bin at all.
+    forged = assert_error(api.post(PATH, **signed(device, body_for(api, world), secret="0" * 32)), 401, "unauthorized")
+    assert forged["details"] == {"reason": "unknown_device"}
     listed = api.get(f"/collection-points/{world['a']}/devices", as_=worker).get_json()["items"]
     assert [d["active"] for d in listed] == [False]
     # retiring it again changes nothing and records nothing
@@ -314,30 +321,42 @@ def _timestamp_minus_one(kwargs):
     return _with(**{"X-Timestamp": str(int(kwargs["headers"]["X-Timestamp"]) - 1)})(kwargs)
 
 
+SIG, TS, DEV = "X-Signature", "X-Timestamp", "X-Device-Id"
+
+
 @pytest.mark.parametrize(
-    "alter",
+    ("alter", "reason", "named"),
     [
-        pytest.param(lambda kw: {**kw, "data": kw["data"].replace(b"730", b"930")}, id="body-changed"),
-        pytest.param(_timestamp_minus_one, id="timestamp-changed"),
-        pytest.param(_with(**{"X-Signature": "0" * 64}), id="zero-signature"),
-        pytest.param(_with(**{"X-Signature": "abc"}), id="short-signature"),
-        pytest.param(_with(**{"X-Signature": None}), id="no-signature"),
-        pytest.param(_with(**{"X-Timestamp": None}), id="no-timestamp"),
-        pytest.param(_with(**{"X-Device-Id": None}), id="no-device"),
-        pytest.param(_with(**{"X-Device-Id": "abc"}), id="device-not-a-number"),
-        pytest.param(_with(**{"X-Device-Id": "\xb2"}), id="superscript-device-id"),
-        pytest.param(_with(**{"X-Device-Id": "9" * 30}), id="huge-device-id"),
-        pytest.param(_with(**{"X-Timestamp": "-5"}), id="negative-timestamp"),
-        pytest.param(_with(**{"X-Timestamp": "\xb2"}), id="superscript-timestamp"),
-        pytest.param(_with(**{"X-Timestamp": "9" * 30}), id="huge-timestamp"),
-        pytest.param(_with(**{"X-Timestamp": "1781488800.5"}), id="fractional-timestamp"),
-        pytest.param(_with(**{"X-Signature": "g" * 64}), id="non-hex-signature"),
-        pytest.param(_with(**{"X-Signature": "\xe9" * 64}), id="latin1-signature"),
+        pytest.param(lambda kw: {**kw, "data": kw["data"].replace(b"730", b"930")}, "bad_signature", None,
+                     id="body-changed"),
+        pytest.param(_timestamp_minus_one, "bad_signature", None, id="timestamp-changed"),
+        pytest.param(_with(**{SIG: "0" * 64}), "bad_signature", None, id="zero-signature"),
+        pytest.param(_with(**{SIG: "abc"}), "bad_headers", [SIG], id="short-signature"),
+        pytest.param(_with(**{SIG: None}), "bad_headers", [SIG], id="no-signature"),
+        pytest.param(_with(**{TS: None}), "bad_headers", [TS], id="no-timestamp"),
+        pytest.param(_with(**{DEV: None}), "bad_headers", [DEV], id="no-device"),
+        pytest.param(_with(**{DEV: "abc"}), "bad_headers", [DEV], id="device-not-a-number"),
+        pytest.param(_with(**{DEV: "\xb2"}), "bad_headers", [DEV], id="superscript-device-id"),
+        pytest.param(_with(**{DEV: "9" * 30}), "bad_headers", [DEV], id="huge-device-id"),
+        pytest.param(_with(**{DEV: "BIN-A-001"}), "bad_headers", [DEV], id="device-code-for-id"),
+        pytest.param(_with(**{TS: "-5"}), "bad_headers", [TS], id="negative-timestamp"),
+        pytest.param(_with(**{TS: "\xb2"}), "bad_headers", [TS], id="superscript-timestamp"),
+        pytest.param(_with(**{TS: "9" * 30}), "bad_headers", [TS], id="huge-timestamp"),
+        pytest.param(_with(**{TS: "1781488800.5"}), "bad_headers", [TS], id="fractional-timestamp"),
+        pytest.param(_with(**{TS: "1781488800123"}), "bad_headers", [TS], id="milliseconds"),
+        pytest.param(_with(**{SIG: "g" * 64}), "bad_headers", [SIG], id="non-hex-signature"),
+        pytest.param(_with(**{SIG: "\xe9" * 64}), "bad_headers", [SIG], id="latin1-signature"),
+        pytest.param(_with(**{SIG: None, TS: None}), "bad_headers", [TS, SIG], id="two-missing"),
+        pytest.param(_with(**{DEV: "999999"}), "unknown_device", None, id="unknown-device"),
     ],
-)
-def test_altered_requests_are_unauthorized(api, world, alter):
+)  # fmt: skip
+def test_altered_requests_are_unauthorized_and_say_why(api, world, alter, reason, named):
+    """The code stays unauthorized; `details.reason` tells a bin's firmware what to fix (its clock, its headers, its
+    key), and which headers it sent wrong."""
     kwargs = alter(signed(world["device"], body_for(api, world)))
-    assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    details = assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]
+    assert details["reason"] == reason
+    assert details.get("headers") == named
     assert count(Deposit) == 0
 
 
@@ -409,7 +428,8 @@ def test_clock_window_is_five_minutes(api, clock, world):
     now = int(utcnow().timestamp())
     for skew in (301, -301):
         kwargs = signed(world["device"], body_for(api, world), timestamp=now + skew)
-        assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"] == {"server_time": now}
+        stale = {"reason": "stale_timestamp", "server_time": now}
+        assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"] == stale
     assert count(Deposit) == 0
     # a request signed 300 s ago (the device's clock lags) is still inside the window
     kwargs = signed(world["device"], body_for(api, world), timestamp=now - 300)
@@ -417,7 +437,8 @@ def test_clock_window_is_five_minutes(api, clock, world):
     # and one signed now but delivered 301 s later is outside it
     kwargs = signed(world["device"], body_for(api, world, items=[{"category": "paper", "weight_g": 1000}]))
     clock.advance(seconds=301)
-    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"] == {"server_time": now + 301}
+    stale = {"reason": "stale_timestamp", "server_time": now + 301}
+    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"] == stale
     assert count(Deposit) == 1
 
 
