@@ -284,7 +284,7 @@ def _member_code(code: str, point_id: int) -> qr.MemberCode:
         spent = _spent_refusal(late.resident_id, late.nonce, point_id)
         raise spent or QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
-        raise InvalidQr("无效的会员码") from exc
+        raise InvalidQr("这不是有效的会员码：请居民在小程序中打开「会员码」再扫") from exc
 
 
 def _frozen(resident_id: int) -> bool:
@@ -295,7 +295,7 @@ def _frozen(resident_id: int) -> bool:
 def _holder_refusal(resident_id: int) -> Exception:
     """Why a resident's account cannot take a deposit."""
     if _frozen(resident_id):
-        return AccountFrozen("该居民账户已冻结")
+        return AccountFrozen("该居民账户已冻结，无法记录积分：请居民联系所在社区")
     return InvalidQr("会员码对应的账户不存在")
 
 

@@ -158,7 +158,8 @@ def test_tampered_member_code_is_invalid_qr(api, world, tamper):
     code = api.member_code(world["resident"])
     forged = tamper(code)
     assert forged != code
-    assert_error(deposit(api, world, lines(("paper", 1000)), code=forged), 422, "invalid_qr")
+    refused = assert_error(deposit(api, world, lines(("paper", 1000)), code=forged), 422, "invalid_qr")
+    assert refused["message"] == "这不是有效的会员码：请居民在小程序中打开「会员码」再扫"  # what to do, read aloud
     assert count(Deposit) == 0
 
 
@@ -174,7 +175,8 @@ def test_frozen_residents_code_is_refused(api, world):
         f"/residents/{world['resident'].id}", as_=world["admin"], json={"status": "frozen", "reason": "测试冻结"}
     )
     assert response.status_code == 200, response.get_json()
-    assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 403, "account_frozen")
+    refused = assert_error(deposit(api, world, lines(("paper", 1000)), code=code), 403, "account_frozen")
+    assert refused["message"] == "该居民账户已冻结，无法记录积分：请居民联系所在社区"
     assert count(Deposit) == 0
 
 
