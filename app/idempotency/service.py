@@ -65,8 +65,20 @@ def _claim(dialect: str) -> sa.Executable:
     return upsert_insert(dialect)(table).on_conflict_do_nothing(index_elements=["scope", "key"]).returning(table.c.id)
 
 
+def _key() -> str | None:
+    """The request's Idempotency-Key as the client wrote it: a WSGI server reads header bytes as Latin-1, and a key
+    in other scripts comes as UTF-8."""
+    raw = request.headers.get(HEADER)
+    if raw is None:
+        return None
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return raw
+
+
 def run_idempotent(scope: str, view, *args, **kwargs):
-    key = request.headers.get(HEADER)
+    key = _key()
     if key is None:
         return view(*args, **kwargs)
     if not 1 <= len(key) <= 64 or not key.isprintable():
@@ -111,7 +123,7 @@ def run_once(scope: str, key: str, request_hash: str, view, keep, answer, replay
 
 def stored_answer(scope: str):
     """The first answer to this request's Idempotency-Key in `scope`, replayed; None without a key or an answer."""
-    key = request.headers.get(HEADER)
+    key = _key()
     if key is None:
         return None
     row = run(_STORED, {"scope": scope, "key": key}).one_or_none()
@@ -134,7 +146,7 @@ def key_reference() -> str | None:
     """A reference for this request drawn from its Idempotency-Key and caller, or None without a key. A use case
     whose once-only rule is a constraint on such a reference (an adjustment) then refuses a retry even after the
     key's stored answer was pruned."""
-    key = request.headers.get(HEADER)
+    key = _key()
     if key is None:
         return None
     return "key-" + hashlib.sha256(f"{current_actor().identity}\n{key}".encode()).hexdigest()[:40]

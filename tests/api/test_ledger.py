@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from app.carbon.methodology import CapCharge
 from app.db import db
 from app.errors import CapReached
+from app.idempotency.models import IdempotencyKey
 from app.ledger import service as ledger
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
 from app.ledger.verify import verify_ledger
@@ -156,7 +157,26 @@ def test_idempotent_adjustment_replays_and_conflicts(api):
     assert_error(too_long, 422, "validation_error")
 
 
-@pytest.mark.parametrize("key", ["", "tab\there", "bell\x07", "del\x7f"])
+def on_the_wire(key: str) -> str:
+    """A header as a WSGI server hands it over: its UTF-8 bytes read as Latin-1."""
+    return key.encode().decode("latin-1")
+
+
+def test_an_idempotency_key_may_be_any_visible_text_as_documented(api):
+    """The OpenAPI pattern allows any visible characters; a client sends them as UTF-8."""
+    me, admin = api.resident(), api.staff("admin")
+    body, headers = {"delta": 15, "reason": "补发"}, {"Idempotency-Key": on_the_wire("重试-1")}
+    first = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    again = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    assert first.status_code == again.status_code == 201, first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert api.get("/me", as_=me).get_json()["balance"] == 15
+    assert db.session.scalar(sa.select(IdempotencyKey.key).filter_by(key="重试-1")) == "重试-1"
+
+
+@pytest.mark.parametrize(
+    "key", ["", "tab\there", "bell\x07", "del\x7f", on_the_wire("重试\x07"), on_the_wire("长" * 65)]
+)
 def test_an_idempotency_key_that_is_empty_or_has_a_control_character_is_refused(api, key):
     me, admin = api.resident(), api.staff("admin")
     body = {"delta": 15, "reason": "补发"}
