@@ -218,19 +218,21 @@ def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | 
 
 
 def _refuse(account_id: int, day: date, refused: Sequence[CapCharge]) -> None:
-    """Raise for the first charge that its daily counter refused."""
-    charge = refused[0]
-    keys = {"account_id": account_id, "day": day, "activity": charge.key}
-    used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
-    remaining = max(charge.limit - used, 0)
-    if remaining == 0:
-        message = f"{charge.label}今天已达每日上限 {charge.limit} 积分"
-    else:  # what would still fit: a collector can record less, or the rest another day
-        message = (f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分，"
-                   f"本次 {charge.amount} 积分超出剩余的 {remaining} 积分")  # fmt: skip
-    details = {"cap": charge.limit, "used": used, "activity": charge.key, "points": charge.amount,
-               "remaining": remaining}  # fmt: skip
-    raise CapReached(message, details=details)
+    """Raise for the charges their daily counters refused, naming each (a collector takes them all off at once);
+    `details` describe the first and list every refused counter."""
+    messages, first = [], None
+    for charge in refused:
+        keys = {"account_id": account_id, "day": day, "activity": charge.key}
+        used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
+        remaining = max(charge.limit - used, 0)
+        if remaining == 0:
+            messages.append(f"{charge.label}今天已达每日上限 {charge.limit} 积分")
+        else:  # what would still fit: a collector can record less, or the rest another day
+            messages.append(f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分，"
+                            f"本次 {charge.amount} 积分超出剩余的 {remaining} 积分")  # fmt: skip
+        first = first or {"cap": charge.limit, "used": used, "activity": charge.key, "points": charge.amount,
+                          "remaining": remaining}  # fmt: skip
+    raise CapReached("；".join(messages), details=first | {"refused": [charge.key for charge in refused]})
 
 
 def post(

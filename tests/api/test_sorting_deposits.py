@@ -558,6 +558,16 @@ def test_per_category_daily_cap_refuses_and_writes_nothing(api, clock, world):
     assert deposit_ok(api, world, lines(("paper", 2000)), code=api.member_code(world["resident"]))["points"] == 35
 
 
+def test_a_deposit_over_several_caps_names_each_of_them(api, world):
+    """The collector learns every category to take off at once, not one refusal per try."""
+    error = assert_error(deposit(api, world, lines(("cardboard", 100_000), ("metal", 100_000))), 409, "cap_reached")
+    assert "纸板每日上限为 200 积分" in error["message"]
+    assert "金属每日上限为 200 积分" in error["message"]
+    assert error["details"]["activity"] == "sorting:cardboard"  # the first, described as before
+    assert error["details"]["refused"] == ["sorting:cardboard", "sorting:metal", "daily:total"]
+    assert count(Deposit) == 0
+
+
 def test_lines_of_one_category_share_its_cap(api, world):
     # 6 kg + 6 kg paper = 21 120 g → 211 points, over the 200 cap although each line alone is not
     error = assert_error(deposit(api, world, lines(("paper", 6000), ("paper", 6000))), 409, "cap_reached")
@@ -572,7 +582,8 @@ def test_daily_total_cap_across_categories(api, world):
     assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
     error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
     assert error["message"] == "全部活动合计每日上限为 500 积分，今天已获得 496 积分，本次 14 积分超出剩余的 4 积分"
-    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 14, "remaining": 4}
+    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 14, "remaining": 4,
+                                "refused": ["daily:total"]}  # fmt: skip
     assert me(api, world["resident"])["balance"] == 496
     assert count(Deposit) == 3
     assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 499
@@ -612,7 +623,8 @@ def test_an_exempt_category_counts_against_its_own_cap_but_not_the_daily_total(a
     # a mixed deposit: 1 kg glass (2.6) + 1 kg plastic (13.7) = 16.3 → 16 points, split 3 : 13 (shares 2.55 : 13.45);
     # only the plastic's 13 count towards the total, and 509 is over it
     error = assert_error(deposit(api, world, lines(("glass", 1000), ("plastic", 1000))), 409, "cap_reached")
-    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 13, "remaining": 4}
+    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 13, "remaining": 4,
+                                "refused": ["daily:total"]}  # fmt: skip
     # the total lowered below what was counted today: a deposit of exempt glass alone charges nothing to the total
     _publish(api, world, clock, "daily:total", daily_cap_points=400)
     assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 3
