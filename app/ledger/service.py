@@ -217,13 +217,19 @@ def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | 
     return entry_id, counted
 
 
-def _refuse(account_id: int, day: date, refused: Sequence[CapCharge]) -> None:
-    """Raise for the charges their daily counters refused, naming each (a collector takes them all off at once);
+def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[str] | None = None) -> None:
+    """Raise for the charges their daily counters refuse, naming each (a collector takes them all off at once):
+    those in `refused` (the counters' own verdict), or else every charge that today's count leaves no room for.
     `details` describe the first and list every refused counter."""
+    counters = sa.select(DailyEarning.activity, DailyEarning.points).where(
+        DailyEarning.account_id == account_id, DailyEarning.day == day, DailyEarning.activity.in_([c.key for c in caps])
+    )
+    today = dict(db.session.execute(counters).all())
+    if refused is None:
+        refused = {c.key for c in caps if c.limit is not None and today.get(c.key, 0) + c.amount > c.limit}
     messages, first = [], None
-    for charge in refused:
-        keys = {"account_id": account_id, "day": day, "activity": charge.key}
-        used = db.session.scalar(sa.select(DailyEarning.points).filter_by(**keys)) or 0
+    for charge in [c for c in caps if c.key in refused]:
+        used = today.get(charge.key, 0)
         remaining = max(charge.limit - used, 0)
         if remaining == 0:
             messages.append(f"{charge.label}今天已达每日上限 {charge.limit} 积分")
@@ -232,7 +238,7 @@ def _refuse(account_id: int, day: date, refused: Sequence[CapCharge]) -> None:
                             f"本次 {charge.amount} 积分超出剩余的 {remaining} 积分")  # fmt: skip
         first = first or {"cap": charge.limit, "used": used, "activity": charge.key, "points": charge.amount,
                           "remaining": remaining}  # fmt: skip
-    raise CapReached("；".join(messages), details=first | {"refused": [charge.key for charge in refused]})
+    raise CapReached("；".join(messages), details=first | {"refused": [c.key for c in caps if c.key in refused]})
 
 
 def post(
@@ -281,9 +287,8 @@ def post(
             f"积分不足：当前余额 {account.balance}，需要 {-delta}",
             details={"balance": account.balance, "required": -delta},
         )
-    over = [c for c in caps if c.limit is not None and c.amount > c.limit]
-    if over:
-        _refuse(account.id, today, over)
+    if any(c.limit is not None and c.amount > c.limit for c in caps):
+        _refuse(account.id, today, caps)  # with every other counter that today's count leaves no room for
     seq, balance_after = account.last_seq + 1, account.balance + delta
     values = {
         "account_id": account.id, "seq": seq, "delta": delta, "balance_after": balance_after, "kind": kind,
@@ -302,7 +307,7 @@ def post(
     params |= {"p_lifetime": lifetime, "p_year": lot_year, "p_lot": lot_points, "p_day": today}
     entry_id, counted = _apply(params, caps)
     if entry_id is None:
-        _refuse(account.id, today, [c for c in caps if c.key not in counted])
+        _refuse(account.id, today, caps, {c.key for c in caps if c.key not in counted})
     return LedgerEntry(id=entry_id, **values)
 
 

@@ -568,6 +568,14 @@ def test_a_deposit_over_several_caps_names_each_of_them(api, world):
     assert count(Deposit) == 0
 
 
+def test_a_line_over_its_cap_alone_and_one_over_what_is_left_today_are_both_named(api, world):
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    # cardboard alone is over its cap; 2 kg of paper (35 points) is over only with today's 176
+    error = assert_error(deposit(api, world, lines(("cardboard", 100_000), ("paper", 2000))), 409, "cap_reached")
+    assert error["details"]["refused"] == ["sorting:cardboard", "sorting:paper", "daily:total"]
+    assert "今天已获得 176 积分" in error["message"]
+
+
 def test_lines_of_one_category_share_its_cap(api, world):
     # 6 kg + 6 kg paper = 21 120 g → 211 points, over the 200 cap although each line alone is not
     error = assert_error(deposit(api, world, lines(("paper", 6000), ("paper", 6000))), 409, "cap_reached")
