@@ -60,12 +60,13 @@ def race(app, request, times: int):
             return list(pool.map(run, range(times)))
 
 
-def during_an_uncommitted(app, change: sa.Executable, request):
-    """Send `request()` while another connection holds `change` (an UPDATE), uncommitted; check the request waits on
-    that row lock, commit the change, and answer the request's response."""
+def during_an_uncommitted(app, change: sa.Executable | list[sa.Executable], request):
+    """Send `request()` while another connection holds `change` (an UPDATE, or several statements), uncommitted;
+    check the request waits on that row lock, commit the change, and answer the request's response."""
     changer = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
     with changer.connect() as conn:
-        conn.execute(change)
+        for statement in change if isinstance(change, list) else [change]:
+            conn.execute(statement)
         answer: dict = {}
         thread = threading.Thread(target=lambda: answer.update(response=request()))
         thread.start()

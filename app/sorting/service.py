@@ -271,6 +271,9 @@ def member_code(resident_id: int) -> dict[str, Any]:
 _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam("id"))
 
 
+_WAIT_FOR_POSTINGS = sa.select(Account.id).where(Account.resident_id == sa.bindparam("id")).with_for_update(read=True)
+
+
 def _member_code(code: str, point_id: int) -> qr.MemberCode:
     """The resident a member code names, by its signature and expiry. Whether the account can take points, and
     whether the code is still unspent, is checked where the deposit is written, in the same statement on
@@ -281,6 +284,9 @@ def _member_code(code: str, point_id: int) -> qr.MemberCode:
         return qr.read_member_code(token, _qr_key("member"), utcnow())
     except qr.ExpiredToken as exc:
         late = qr.read_member_code(token, _qr_key("member"), utcnow(), expired=True)
+        # A first try still writing holds the account's row lock (a fresh code would wait on the spending index):
+        # wait for it, so that what it wrote is seen.
+        run(_WAIT_FOR_POSTINGS, {"id": late.resident_id}).all()
         spent = _spent_refusal(late.resident_id, late.nonce, point_id)
         raise spent or QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:

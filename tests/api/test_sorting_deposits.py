@@ -27,6 +27,7 @@ from tests.conftest import (
     Ticking,
     assert_error,
     community_id,
+    during_an_uncommitted,
     during_an_uncommitted_freeze,
     pg_concurrency,
     race,
@@ -566,6 +567,28 @@ def test_a_deposit_over_several_caps_names_each_of_them(api, world):
     assert error["details"]["activity"] == "sorting:cardboard"  # the first, described as before
     assert error["details"]["refused"] == ["sorting:cardboard", "sorting:metal", "daily:total"]
     assert count(Deposit) == 0
+
+
+@pg_concurrency
+def test_a_late_retry_waits_for_the_first_try_still_in_flight(app, api, clock, world):
+    """The first try is still writing when its code expires and the collector retries: the retry waits for it and
+    hears that it went through, not 410 (which would have the load recorded again)."""
+    from app import qr
+    from app.ledger.models import Account
+
+    code = api.member_code(world["resident"])
+    key = qr.derive_key(app.config["QR_SECRET"], "member")
+    nonce = qr.read_member_code(qr.extract_token(code), key, clock.now).nonce
+    first_try = [  # as a deposit worth points writes: the account locked, then the deposit that spends the code
+        sa.update(Account).where(Account.resident_id == world["resident"].id).values(balance=Account.balance + 18),
+        sa.insert(Deposit).values(resident_id=world["resident"].id, member_code_nonce=nonce,
+                                  collection_point_id=world["a"], collector_id=world["collector"].id, points=18,
+                                  co2e_g=1760, weight_g=1000, created_at=clock.now),
+    ]  # fmt: skip
+    clock.advance(seconds=300)
+    late = during_an_uncommitted(app, first_try, lambda: deposit(api, world, lines(("paper", 1000)), code=code))
+    assert assert_error(late, 409, "duplicate")["details"]["points"] == 18
+    assert count(Deposit) == 1
 
 
 def test_a_line_over_its_cap_alone_and_one_over_what_is_left_today_are_both_named(api, world):
