@@ -101,18 +101,22 @@ def get_or_404(model, obj_id: int, message: str = "资源不存在"):
 
 def insert_unique(obj, message: str):
     """Insert one row whose natural key is unique; a clash becomes 409 duplicate, not a 500,
-    and the rest of the transaction survives (a savepoint)."""
-    db.session.add(obj)
-    flush_unique(message)
+    and the rest of the transaction survives: the row is added inside a savepoint (opening one flushes what was
+    pending before it)."""
+    try:
+        with db.session.begin_nested():
+            db.session.add(obj)
+            db.session.flush()
+    except IntegrityError as exc:
+        raise Duplicate(message) from exc
     return obj
 
 
 def flush_unique(message: str) -> None:
-    """Write the session's pending changes, which may clash with a unique key: 409 duplicate, not a 500 (a savepoint
-    keeps the rest of the transaction)."""
+    """Write the session's pending changes to rows already there, whose unique keys another transaction may have
+    taken meanwhile: 409 duplicate, not a 500. The transaction is spent then; the refusal rolls the request back."""
     try:
-        with db.session.begin_nested():
-            db.session.flush()
+        db.session.flush()
     except IntegrityError as exc:
         raise Duplicate(message) from exc
 

@@ -121,12 +121,26 @@ def _require_staff_in_scope(actor: Actor, point: CollectionPoint) -> None:
 
 
 def _name_taken(name: str) -> str:
-    return f"本社区已有名为「{name}」的回收点（已停用的可重新启用）"
+    return f"本社区已有名为「{name}」的回收点"
+
+
+def _refuse_taken_name(community_id: int, name: str, point_id: int | None = None) -> None:
+    """A community's points have different names (a unique index, which also refuses a point named meanwhile)."""
+    same = (CollectionPoint.community_id == community_id, CollectionPoint.name == name)
+    other = sa.select(CollectionPoint.active).where(*same)
+    if point_id is not None:
+        other = other.where(CollectionPoint.id != point_id)
+    active = db.session.scalar(other)
+    if active is False:
+        raise Duplicate(_name_taken(name) + "（已停用，可在已停用列表中重新启用）")
+    if active:
+        raise Duplicate(_name_taken(name))
 
 
 def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:
     _require_manager(actor, data["community_id"])
     require_exists(Community, data["community_id"], "community_id", "社区不存在")
+    _refuse_taken_name(data["community_id"], data["name"])
     point = insert_unique(CollectionPoint(**data), _name_taken(data["name"]))
     audit.record(actor, "collection_point.create", "collection_point", point.id, {"name": point.name})
     commit()
@@ -141,6 +155,8 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         _require_manager(actor, data["community_id"])
         require_exists(Community, data["community_id"], "community_id", "社区不存在")
         people.refuse_stranding_collectors(point.id, data["community_id"])
+    if {"name", "community_id"} & data.keys():
+        _refuse_taken_name(data.get("community_id", point.community_id), data.get("name", point.name), point.id)
     for key, value in data.items():
         setattr(point, key, value)
     if (point.lat is None) != (point.lng is None):

@@ -155,6 +155,18 @@ def test_admin_creates_an_organization(api):
     assert_error(api.post("/organizations", as_=admin, json=body), 409, "duplicate")
 
 
+def test_a_refused_unique_insert_keeps_the_rest_of_the_transaction(api):
+    """Its own savepoint: what the use case wrote before (here an organisation, pending) survives the refusal."""
+    from app.db import insert_unique
+    from app.errors import Duplicate
+
+    db.session.add(Organization(name="先写的单位", kind="enterprise"))
+    with pytest.raises(Duplicate):
+        insert_unique(Community(code="hengkang", name="另一个恒康"), "社区名称或编码已存在")
+    assert db.session.scalar(sa.select(Organization.kind).filter_by(name="先写的单位")) == "enterprise"
+    db.session.rollback()
+
+
 def test_organization_without_community_is_allowed(api):
     admin = api.staff("admin")
     response = api.post("/organizations", as_=admin, json={"name": "区级单位", "kind": "government"})
