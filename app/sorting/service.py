@@ -8,7 +8,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
@@ -845,10 +845,11 @@ _REFUSED_BEFORE = sa.select(DeviceSignature.refused).where(DeviceSignature.signa
 
 
 def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
-    """Verify the device's signature and timestamp, and burn the signature so it cannot be replayed."""
-    """Each refusal's `details.reason` says what a bin should fix: bad_headers (with the headers named),
-    unknown_device, device_retired (only to the key's holder), stale_timestamp (with the server's time) or
-    bad_signature."""
+    """Verify the device's signature and timestamp, and burn the signature so it cannot be replayed. Each refusal's
+    `details.reason` says what a bin should fix: bad_headers (with the headers named), unknown_device,
+    stale_timestamp (with the server's time), device_retired (only to the key's holder, on a fresh request) or
+    bad_signature. An authentic request refused for a cause that can pass (a bin brought back, a clock that catches
+    up) stays refused: its signature is burned too."""
     values = {name: headers.get(name, "") for name in _DEVICE_HEADERS}
     # ASCII digits of bounded length only (str.isdigit() accepts "²", which int() refuses, and a huge id
     # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
@@ -866,16 +867,19 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
         log.warning("device request from unknown or inactive device %s", raw_id)
         raise Unauthorized("设备未登记或已停用", details={"reason": "unknown_device"})
     device_id = device.id  # read before a failed flush expires the instance
-    if not device.active:
-        log.warning("signed request from retired device %s", device_id)
-        raise Unauthorized("该设备已停用，请联系社区工作者重新启用", details={"reason": "device_retired"})
     now = int(utcnow().timestamp())
     skew = abs(now - int(timestamp))
     if skew > _config("DEVICE_CLOCK_SKEW_SECONDS"):
         log.warning("device %s timestamp off by %.0f s", device_id, skew)
+        if signed_by_it and int(timestamp) > now:  # kept as seen at its own time, so pruning keeps it long enough
+            burn_refused_signature(device_id, signature, datetime.fromtimestamp(int(timestamp), UTC))
         # The server's clock, so that a registered bin can correct its own and sign again.
         details = {"reason": "stale_timestamp", "server_time": now}
         raise Unauthorized("设备时间与服务器相差过大，请校准时间", details=details)
+    if not device.active:
+        log.warning("signed request from retired device %s", device_id)
+        burn_refused_signature(device_id, signature)
+        raise Unauthorized("该设备已停用，请联系社区工作者重新启用", details={"reason": "device_retired"})
     if not signed_by_it:
         log.warning("bad signature from device %s", device_id)
         raise Unauthorized("设备签名无效", details={"reason": "bad_signature"})
@@ -896,17 +900,19 @@ def _burn_signature(dialect: str) -> sa.Insert:
     return insert.returning(table.c.device_id)
 
 
-def _burn(device_id: int, signature: str, refused: bool = False) -> bool:
+def _burn(device_id: int, signature: str, refused: bool = False, seen_at: datetime | None = None) -> bool:
     """Record the signature as used; False if it was already."""
-    values = {"signature": signature.lower(), "device_id": device_id, "seen_at": utcnow(), "refused": refused}
+    values = {"signature": signature.lower(), "device_id": device_id, "seen_at": seen_at or utcnow(),
+              "refused": refused}  # fmt: skip
     return run(_burn_signature(dialect_name()), values).scalar() is not None
 
 
-def burn_refused_signature(device_id: int, signature: str) -> None:
+def burn_refused_signature(device_id: int, signature: str, seen_at: datetime | None = None) -> None:
     """A refused request's signature stays used. The refusal rolled back the row that burned it with the rest, and
     the same bytes sent again within the clock window, once the cause was gone (an account unfrozen), would be
-    accepted: a captured refusal is a request anyone could send later. Its own transaction, after the rollback."""
-    _burn(device_id, signature, refused=True)
+    accepted: a captured refusal is a request anyone could send later. Its own transaction, after the rollback (or
+    before anything else, when authentication refuses it)."""
+    _burn(device_id, signature, refused=True, seen_at=seen_at)
     db.session.commit()
 
 

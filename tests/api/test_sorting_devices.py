@@ -416,6 +416,34 @@ def test_a_refused_request_re_cased_is_still_a_replay(api, world):
     assert (count(Deposit), count(DeviceSignature)) == (0, 1)
 
 
+def test_an_authentic_request_dated_ahead_stays_refused_when_its_time_comes(api, clock, world):
+    """Refused as too far ahead, it would pass once the server's clock reached it: anyone who saw it could send it
+    then. Its signature is kept as used until it is too old anyway."""
+    now = int(utcnow().timestamp())
+    kwargs = signed(world["device"], body_for(api, world), timestamp=now + 600)
+    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]["reason"] == "stale_timestamp"
+    clock.advance(seconds=600)
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": True}
+    from app.sorting.service import prune_device_signatures
+
+    assert prune_device_signatures() == 0  # kept as seen at its own time, not the time it came
+    assert count(Deposit) == 0
+
+
+def test_a_retired_bins_request_is_not_accepted_once_the_bin_is_back(api, world):
+    device = world["device"]
+    api.patch(f"/devices/{device['id']}", as_=world["worker"], json={"active": False})
+    kwargs = signed(device, body_for(api, world))
+    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]["reason"] == "device_retired"
+    assert api.patch(f"/devices/{device['id']}", as_=world["admin"], json={"active": True}).status_code == 200
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": True}
+    # a stale request of a retired bin says only that it is stale: only a fresh one learns the bin is retired
+    api.patch(f"/devices/{device['id']}", as_=world["worker"], json={"active": False})
+    old = signed(device, body_for(api, world), timestamp=int(utcnow().timestamp()) - 3600)
+    assert assert_error(api.post(PATH, **old), 401, "unauthorized")["details"]["reason"] == "stale_timestamp"
+    assert count(Deposit) == 0
+
+
 def test_the_clock_window_compares_the_servers_whole_second(api, clock, world):
     """A request stamped 300 s ago is accepted for the rest of the server's second, however far into it."""
     now = int(utcnow().timestamp())
