@@ -77,11 +77,15 @@ def _key() -> str | None:
         return raw
 
 
+def _usable(key: str) -> bool:
+    return 1 <= len(key) <= 64 and key.isprintable()
+
+
 def run_idempotent(scope: str, view, *args, **kwargs):
     key = _key()
     if key is None:
         return view(*args, **kwargs)
-    if not 1 <= len(key) <= 64 or not key.isprintable():
+    if not _usable(key):
         raise field_error(HEADER, "幂等键长度必须为 1 到 64 个可见字符")
     request_hash = _request_hash()
 
@@ -124,7 +128,7 @@ def run_once(scope: str, key: str, request_hash: str, view, keep, answer, replay
 def stored_answer(scope: str):
     """The first answer to this request's Idempotency-Key in `scope`, replayed; None without a key or an answer."""
     key = _key()
-    if key is None:
+    if key is None or not _usable(key):  # read before any view validates it: a key no request could have kept
         return None
     row = run(_STORED, {"scope": scope, "key": key}).one_or_none()
     if row is None or not row.status_code:

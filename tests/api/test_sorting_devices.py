@@ -525,6 +525,16 @@ def test_device_retry_re_signed_with_the_same_idempotency_key_credits_once(api, 
     assert count(Deposit) == 1
 
 
+@pytest.mark.parametrize("key", ["nul\x00key", "k" * 65])
+def test_a_replay_with_an_unusable_idempotency_key_is_refused_as_a_replay(api, world, key):
+    """The replay's stored-answer lookup reads the key before any view validates it: a NUL (which PostgreSQL cannot
+    compare) or an overlong key finds no answer rather than failing."""
+    kwargs = signed(world["device"], body_for(api, world))
+    assert api.post(PATH, **kwargs).status_code == 201
+    kwargs["headers"]["Idempotency-Key"] = key
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": False}
+
+
 def test_a_byte_identical_retry_with_its_idempotency_key_gets_the_first_answer(api, world):
     """The bin resends exactly the request whose answer it lost: the same key is its proof of a retry."""
     kwargs = signed(world["device"], body_for(api, world))
