@@ -180,8 +180,8 @@ def load_actor(claims: dict) -> Actor:
             raise Unauthorized("账户不存在或已注销")
         if row.status == "frozen":
             raise AccountFrozen()
-        if issued_before(session_start(claims), row.sessions_valid_after):
-            raise TokenRevoked("账户曾被冻结，请重新登录")
+        if row.sessions_valid_after is not None and issued_before(session_start(claims), row.sessions_valid_after):
+            raise TokenRevoked("账户曾被冻结，请重新登录")  # most residents were never frozen: no cut-off to read
         return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
     if row is None or not row.active:
         raise Unauthorized("账户不存在或已停用")
