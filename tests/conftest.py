@@ -36,6 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository
 RACE_LOCK = Path(tempfile.gettempdir()) / "tanpuhui-test-races.lock"
 
 
+def count(model, **where) -> int:
+    """Rows of `model` (that match `where`), read by the test's session."""
+    from app.db import db
+
+    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**where))
+
+
 def pg_concurrency(test):
     for mark in PG_CONCURRENCY:
         test = mark(test)

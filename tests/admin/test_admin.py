@@ -23,7 +23,7 @@ from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
 from app.sorting.models import CollectionPoint, Device
-from tests.conftest import ROOT, SHANGHAI, assert_error, community_id, without_append_only_guard
+from tests.conftest import ROOT, SHANGHAI, assert_error, community_id, count, without_append_only_guard
 
 PASSWORD = "password-123"
 SYSTEM = Actor(kind="system", id=0, role="admin")
@@ -331,7 +331,7 @@ def test_api_requests_neither_read_nor_set_the_admin_cookie(as_admin, app):
 
 
 def test_post_without_csrf_token_is_refused(as_admin):
-    before = db.session.scalar(sa.select(sa.func.count()).select_from(Community))
+    before = count(Community)
     g.pop("admin_staff", None)  # the test's app context (and its g) outlives a request: start as a server would
     response = as_admin.post("/admin/communities", {"code": "nocsrf", "name": "无令牌社区"}, csrf=False)
     assert response.status_code == 400
@@ -342,7 +342,7 @@ def test_post_without_csrf_token_is_refused(as_admin):
     assert "返回首页" in text(response)  # still signed in: the menu stays
     assert "前往登录" not in text(response)
     assert 'href="/admin/communities"' in text(response)
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Community)) == before
+    assert count(Community) == before
 
 
 def test_post_with_a_wrong_csrf_token_is_refused(as_admin):
@@ -822,7 +822,7 @@ def test_rule_publish_validates_through_the_api_schema(as_admin):
     body = text(response)
     assert "减排量（克 CO₂e / 千克）" in body
     assert "依据来源" in body
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Rule).filter_by(activity="sorting:paper")) == 1
+    assert count(Rule, activity="sorting:paper") == 1
 
 
 def test_publishing_an_unknown_rule_is_a_404_page(as_admin):
@@ -1183,7 +1183,7 @@ def test_a_worker_retires_its_bins_but_neither_registers_nor_rekeys_them(as_work
     assert refused.status_code == 403
     assert secret not in text(refused)
     db.session.expire_all()
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Device)) == 1
+    assert count(Device) == 1
     assert db.session.get(Device, device.id).secret == secret
 
 
@@ -1414,8 +1414,8 @@ def test_an_alliance_member_of_a_community_manages_none_of_its_points(api, brows
     unchanged = db.session.get(CollectionPoint, point.id)
     assert (unchanged.name, unchanged.active, unchanged.qr_secret) == (point.name, True, secret)
     assert (db.session.get(Device, bin_.id).active, db.session.get(Device, bin_.id).secret) == (True, poster)
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(CollectionPoint)) == 1
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(AuditEvent).filter_by(actor_id=member.id)) == 0
+    assert count(CollectionPoint) == 1
+    assert count(AuditEvent, actor_id=member.id) == 0
 
 
 def test_an_alliance_member_is_refused_a_new_point_before_its_form_is_read(api, browser):
@@ -1426,7 +1426,7 @@ def test_an_alliance_member_is_refused_a_new_point_before_its_form_is_read(api, 
         response = browser.post("/admin/points", form)
         assert response.status_code == 403, form
         assert "没有权限" in text(response)
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(CollectionPoint)) == 0
+    assert count(CollectionPoint) == 0
 
 
 def test_a_workers_points_list_is_its_own_communitys_whatever_the_query(as_worker):
@@ -1574,10 +1574,6 @@ def form_key(page: str, action: str) -> str:
     """The one-time key of the form posting to `action`."""
     form = re.search(rf'<form method="post" action="{re.escape(action)}".*?</form>', page, re.S)
     return re.search(r'name="form_key" value="([^"]+)"', form[0])[1]
-
-
-def count(model, **filters) -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**filters))
 
 
 def test_a_create_form_sent_twice_creates_once_and_the_repeat_lands_where_the_first_did(as_worker):

@@ -26,6 +26,7 @@ from tests.conftest import (
     ApiClient,
     assert_error,
     community_id,
+    count,
     during_an_uncommitted,
     during_an_uncommitted_freeze,
     pg_concurrency,
@@ -33,10 +34,6 @@ from tests.conftest import (
 from tests.fake_wechat import FakeWeChat, serve_fake_wechat
 
 PASSWORD = "password-123"
-
-
-def _count(model, **where) -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**where))
 
 
 def _staff_login(api, username, password=PASSWORD):
@@ -78,7 +75,7 @@ def test_wechat_stub_login_creates_the_resident_once(api):
     assert second.status_code == 200
     assert second.get_json()["resident"]["id"] == resident["id"]
     assert second.get_json()["access_token"] != body["access_token"]
-    assert _count(Resident, openid="o-first-login") == 1
+    assert count(Resident, openid="o-first-login") == 1
 
     me = api.get("/me", headers=_bearer(body["access_token"]))
     assert me.status_code == 200
@@ -93,9 +90,9 @@ def test_two_openids_are_two_residents(api):
 
 @pytest.mark.parametrize("code", ["o-123", "stub:", "stub:has space", "STUB:o-123", "stub:" + "x" * 65])
 def test_invalid_stub_code_is_invalid_credentials(api, code):
-    before = _count(Resident)
+    before = count(Resident)
     assert_error(api.post("/auth/wechat", json={"code": code}), 401, "invalid_credentials")
-    assert _count(Resident) == before
+    assert count(Resident) == before
 
 
 # --- frozen residents -----------------------------------------------------------------------------------
@@ -279,7 +276,7 @@ def test_logout_revokes_the_session_but_not_other_sessions(api):
 
     assert api.get("/me", as_=session_b).status_code == 200
     assert api.post("/auth/refresh", headers=_bearer(session_b.refresh)).status_code == 200
-    assert _count(RevokedSession) == 1
+    assert count(RevokedSession) == 1
 
 
 def test_an_access_token_refreshed_before_logout_is_revoked_too(api):
@@ -636,11 +633,11 @@ def test_real_mode_does_not_accept_stub_codes(real_app, fake_wechat):
 
 def test_real_mode_failure_creates_no_resident(real_app):
     with real_app.app_context():
-        before = db.session.scalar(sa.select(sa.func.count()).select_from(Resident))
+        before = count(Resident)
     for code in ("bad", "html"):
         assert real_app.test_client().post("/api/v1/auth/wechat", json={"code": code}).status_code >= 400
     with real_app.app_context():
-        assert db.session.scalar(sa.select(sa.func.count()).select_from(Resident)) == before
+        assert count(Resident) == before
 
 
 # --- login rate limits ----------------------------------------------------------------------------------

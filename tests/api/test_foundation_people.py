@@ -13,7 +13,7 @@ from app.clock import utcnow
 from app.db import db
 from app.exchange.models import Store
 from app.people.models import Community, Organization, Staff
-from tests.conftest import assert_error, community_id, during_an_uncommitted, pg_concurrency, race
+from tests.conftest import assert_error, community_id, count, during_an_uncommitted, pg_concurrency, race
 
 PASSWORD = "password-123"
 
@@ -288,7 +288,7 @@ def test_duplicate_username_is_409(api):
     admin = api.staff("admin")
     assert api.post("/staff", as_=admin, json=_staff_body("same.name", "admin")).status_code == 201
     assert_error(api.post("/staff", as_=admin, json=_staff_body("same.name", "admin")), 409, "duplicate")
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Staff).filter_by(username="same.name")) == 1
+    assert count(Staff, username="same.name") == 1
 
 
 # --- staff: alliance ------------------------------------------------------------------------------------
@@ -348,9 +348,9 @@ def test_alliance_cannot_grant_outside_its_organisation(api, world, case):
         "other-org-alliance": _staff_body("x.boss", "alliance", organization_id=world["shops"]),
         "mixed-stores": _staff_body("x.clerk", "merchant", store_ids=[world["cafe_store"], world["shops_store"]]),
     }[case]
-    before = db.session.scalar(sa.select(sa.func.count()).select_from(Staff))
+    before = count(Staff)
     assert_error(api.post("/staff", as_=alliance, json=body), 403, "forbidden")
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Staff)) == before
+    assert count(Staff) == before
 
 
 @pytest.mark.parametrize("role", ["merchant", "worker", "collector"])
@@ -486,7 +486,7 @@ def test_a_collector_of_a_community_serves_only_its_points(api, world):
     assert assert_error(refused, 422, "validation_error")["details"]["fields"] == {
         "collection_point_ids": [f"回收点不属于该回收员所在社区：{there}"]
     }
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Staff).filter_by(username="x.mixed")) == 0
+    assert count(Staff, username="x.mixed") == 0
     # Without a community of its own, a collector may serve points in several communities.
     roaming = api.post("/staff", as_=admin, json=_staff_body("x.roaming", "collector", collection_point_ids=both))
     assert roaming.status_code == 201, roaming.get_json()

@@ -12,7 +12,7 @@ from app.idempotency.models import IdempotencyKey
 from app.ledger import service as ledger
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
 from app.ledger.verify import verify_ledger
-from tests.conftest import SHANGHAI, assert_error, without_append_only_guard
+from tests.conftest import SHANGHAI, assert_error, count, without_append_only_guard
 
 
 def earn(resident_id: int, points: int, ref: str, caps=()):
@@ -60,7 +60,7 @@ def test_overspend_is_refused_and_writes_nothing(api):
     )
     error = assert_error(response, 409, "insufficient_points")
     assert error["details"] == {"balance": 5, "required": 6}
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert count(LedgerEntry) == 1
 
 
 def test_me_shows_balance_and_ledger_newest_first_with_cursor(api):
@@ -663,7 +663,7 @@ def test_callers_without_the_admin_role_are_refused_before_their_request_is_read
         for body in ({}, {"reason": ""}):
             assert_error(api.post(f"/ledger/entries/{entry.id}/reverse", as_=caller, json=body), 403, "forbidden")
     assert api.get("/me", as_=me).get_json()["balance"] == 20
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert count(LedgerEntry) == 1
 
 
 def test_the_adjustment_services_refuse_a_worker_whoever_calls_them(api):
@@ -681,5 +681,5 @@ def test_the_adjustment_services_refuse_a_worker_whoever_calls_them(api):
     with pytest.raises(Forbidden):
         ledger.reverse_entry(worker, entry.id, "撤销")
     db.session.rollback()
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert count(LedgerEntry) == 1
     assert api.get("/me", as_=me).get_json()["balance"] == 20

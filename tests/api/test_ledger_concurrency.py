@@ -10,7 +10,7 @@ from app import clock as app_clock
 from app.db import db
 from app.ledger.models import LedgerEntry
 from app.ledger.verify import verify_ledger
-from tests.conftest import PG_CONCURRENCY, SHANGHAI, Ticking, race
+from tests.conftest import PG_CONCURRENCY, SHANGHAI, Ticking, count, race
 
 pytestmark = PG_CONCURRENCY
 
@@ -27,7 +27,7 @@ def test_fifty_replays_of_one_key_credit_once(api, app):
     assert len({r.get_data() for r in responses}) == 1
     db.session.expire_all()
     assert api.get("/me", as_=me).get_json()["balance"] == 25
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert count(LedgerEntry) == 1
 
 
 def test_fifty_spends_from_a_balance_that_covers_five(api, app):

@@ -27,6 +27,7 @@ from tests.conftest import (
     Ticking,
     assert_error,
     community_id,
+    count,
     during_an_uncommitted,
     during_an_uncommitted_freeze,
     pg_concurrency,
@@ -45,10 +46,6 @@ def me(api, resident) -> dict:
     response = api.get("/me", as_=resident)
     assert response.status_code == 200, response.get_json()
     return response.get_json()
-
-
-def count(model) -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
 
 
 def lines(*pairs) -> list[dict]:
@@ -944,7 +941,7 @@ def test_a_point_retired_by_another_worker_refuses_deposits_at_once(api, world):
         error = assert_error(deposit(api, world, items, resident=late), 422, "validation_error")
         assert error["details"]["fields"] == {"collection_point_id": ["该回收点已停用"]}
     assert api.get("/me", as_=late).get_json()["balance"] == 0
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Deposit)) == 1
+    assert count(Deposit) == 1
 
 
 # --- who is refused before the request is read ----------------------------------------------------------------------

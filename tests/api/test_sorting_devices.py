@@ -19,7 +19,7 @@ from app.ledger.models import LedgerEntry
 from app.sorting import service as sorting
 from app.sorting.models import Deposit, Device, DeviceSignature
 from app.sorting.service import device_signature
-from tests.conftest import assert_error, community_id, pg_concurrency, race
+from tests.conftest import assert_error, community_id, count, pg_concurrency, race
 
 PATH = "/api/v1/devices/deposits"
 
@@ -41,10 +41,6 @@ def balance(api, resident) -> int:
     response = api.get("/me", as_=resident)
     assert response.status_code == 200, response.get_json()
     return response.get_json()["balance"]
-
-
-def count(model) -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(model))
 
 
 def signed(

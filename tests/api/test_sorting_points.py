@@ -9,7 +9,7 @@ from app.audit.models import AuditEvent
 from app.db import db
 from app.people.models import Staff
 from app.sorting.models import CATEGORIES, CollectionPoint
-from tests.conftest import assert_error, community_id, during_an_uncommitted, pg_concurrency, race
+from tests.conftest import assert_error, community_id, count, during_an_uncommitted, pg_concurrency, race
 
 
 def point_body(name: str = "恒康一号站", community: str = "hengkang", **extra) -> dict:
@@ -32,10 +32,6 @@ def poster_token(api, caller, point_id: int) -> str:
     response = api.get(f"/collection-points/{point_id}/qr", as_=caller)
     assert response.status_code == 200, response.get_json()
     return response.get_json()["token"]
-
-
-def point_count() -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(CollectionPoint))
 
 
 @pytest.fixture
@@ -103,20 +99,20 @@ def test_worker_creates_points_only_in_its_own_community(api, worker):
         121.5,
         100,
     )
-    before = point_count()
+    before = count(CollectionPoint)
     assert_error(api.post("/collection-points", as_=worker, json=point_body("越界站", "xinhaiwan")), 403, "forbidden")
-    assert point_count() == before
+    assert count(CollectionPoint) == before
 
 
 def test_collectors_residents_and_anonymous_cannot_create_points(api, admin):
     point = make_point(api, admin)
     collector = api.staff("collector", collection_point_ids=[point["id"]])
     resident = api.resident()
-    before = point_count()
+    before = count(CollectionPoint)
     assert_error(api.post("/collection-points", as_=collector, json=point_body("回收员的站")), 403, "forbidden")
     assert_error(api.post("/collection-points", as_=resident, json=point_body("居民的站")), 403, "forbidden")
     assert_error(api.post("/collection-points", json=point_body("匿名的站")), 401, "unauthorized")
-    assert point_count() == before
+    assert count(CollectionPoint) == before
 
 
 @pytest.mark.parametrize(
@@ -140,10 +136,10 @@ def test_collectors_residents_and_anonymous_cannot_create_points(api, admin):
     ],
 )
 def test_invalid_points_are_validation_errors(api, admin, extra, field):
-    before = point_count()
+    before = count(CollectionPoint)
     error = assert_error(api.post("/collection-points", as_=admin, json=point_body(**extra)), 422, "validation_error")
     assert field in error["details"]["fields"], error
-    assert point_count() == before
+    assert count(CollectionPoint) == before
 
 
 def test_names_are_kept_without_surrounding_spaces(api, admin):
@@ -487,8 +483,8 @@ def test_callers_without_the_role_are_refused_before_their_point_is_read(api, ad
     could never create."""
     point = make_point(api, admin)
     collector = api.staff("collector", collection_point_ids=[point["id"]])
-    before = point_count()
+    before = count(CollectionPoint)
     for caller in (collector, api.resident()):
         assert_error(api.post("/collection-points", as_=caller, json={}), 403, "forbidden")
         assert_error(api.post("/collection-points", as_=caller, json={"kind": "landfill"}), 403, "forbidden")
-    assert point_count() == before
+    assert count(CollectionPoint) == before

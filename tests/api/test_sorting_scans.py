@@ -21,6 +21,7 @@ from tests.conftest import (
     Ticking,
     assert_error,
     community_id,
+    count,
     during_an_uncommitted_freeze,
     pg_concurrency,
     race,
@@ -50,10 +51,6 @@ def balance(api, resident) -> int:
     response = api.get("/me", as_=resident)
     assert response.status_code == 200, response.get_json()
     return response.get_json()["balance"]
-
-
-def checkin_count() -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(Checkin))
 
 
 def scan(api, resident, token: str, **extra):
@@ -185,7 +182,7 @@ def test_a_point_retired_by_another_worker_refuses_scans_at_once(api, world):
     error = assert_error(scan(api, late, world["tokens"]["a"]), 422, "invalid_qr")
     assert error["message"] == "该回收点已停用"
     assert api.get("/me", as_=late).get_json()["balance"] == 0
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Checkin)) == 1
+    assert count(Checkin) == 1
 
 
 def test_an_old_poster_stops_at_once_when_another_worker_rotates_it(api, world):
@@ -201,7 +198,7 @@ def test_an_old_poster_stops_at_once_when_another_worker_rotates_it(api, world):
     late = api.resident()
     assert_error(scan(api, late, old), 422, "invalid_qr")
     assert api.get("/me", as_=late).get_json()["balance"] == 0
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(Checkin)) == 1
+    assert count(Checkin) == 1
     # the refusal dropped the stale copy: the new poster pays, and the old one stays refused
     assert scan_ok(api, late, poster(api, world["admin"], world["a"])["token"])["points"] == 5
     assert_error(scan(api, api.resident(), old), 422, "invalid_qr")
@@ -240,7 +237,7 @@ def test_same_point_twice_a_day_is_already_claimed(api, clock, world):
     clock.advance(hours=5)
     assert_error(scan(api, resident, world["tokens"]["a"]), 409, "already_claimed")
     assert balance(api, resident) == 5
-    assert checkin_count() == 1
+    assert count(Checkin) == 1
     # another resident is not affected
     assert scan_ok(api, api.resident(), world["tokens"]["a"])["balance"] == 5
     # the next local day the same point counts again
@@ -263,8 +260,8 @@ def test_a_check_in_rule_worth_nothing_still_counts_the_visit_once_a_day(api, cl
     publish_checkin_rule(api, world["admin"], clock, points=0)  # an admin pauses check-in points
     paused = scan_ok(api, resident, world["tokens"]["b"])
     assert (paused["points"], paused["co2e_g"], paused["balance"], paused["entry_id"]) == (0, 0, 5, None)
-    assert checkin_count() == 2
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert count(Checkin) == 2
+    assert count(LedgerEntry) == 1
     assert_error(scan(api, resident, world["tokens"]["b"]), 409, "already_claimed")
     # No fixed points and no grams: also worth nothing, and no 500.
     publish_checkin_rule(api, world["admin"], clock, points=None)
@@ -347,7 +344,7 @@ def test_daily_checkin_cap_is_ten_points(api, clock, world):
     assert balance(api, resident) == 10
     # the refused check-in left no row behind: trying again is still the cap, not already_claimed
     assert_error(scan(api, resident, world["tokens"]["c"]), 409, "cap_reached")
-    assert checkin_count() == 2
+    assert count(Checkin) == 2
     clock.set(datetime(2026, 6, 16, 0, 0, tzinfo=SHANGHAI))
     assert scan_ok(api, resident, world["tokens"]["c"])["balance"] == 15
 
@@ -375,7 +372,7 @@ def test_geofence(api, world):
     assert error["details"]["geofence_m"] == 100
     assert 990 <= error["details"]["distance_m"] <= 1010
     assert balance(api, resident) == 0
-    assert checkin_count() == 0
+    assert count(Checkin) == 0
     # about 55 m away is inside the fence
     assert scan_ok(api, resident, token, lat=31.2309, lng=121.4737)["balance"] == 5
     # a fenced point needs the position: a scan without one would pass any fence
@@ -384,7 +381,7 @@ def test_geofence(api, world):
     assert "定位" in error["details"]["fields"]["lat"][0]
     assert error["message"] == error["details"]["fields"]["lat"][0]  # what the mini-program shows says what to do
     assert balance(api, stranger) == 0
-    assert checkin_count() == 1
+    assert count(Checkin) == 1
     # a half position is refused
     error = assert_error(scan(api, api.resident(), token, lat=31.2304), 422, "validation_error")
     assert "lat" in error["details"]["fields"]
@@ -433,7 +430,7 @@ def test_forged_tokens_are_invalid_qr(api, world, forge):
     resident = api.resident()
     assert_error(scan(api, resident, forged), 422, "invalid_qr")
     assert balance(api, resident) == 0
-    assert checkin_count() == 0
+    assert count(Checkin) == 0
 
 
 def test_member_code_is_not_a_poster(api, world):
@@ -458,7 +455,7 @@ def test_staff_and_anonymous_cannot_scan(api, world):
     for caller in (world["admin"], world["worker"], collector):
         assert_error(api.post("/scans", as_=caller, json={"token": token}), 403, "forbidden")
     assert_error(api.post("/scans", json={"token": token}), 401, "unauthorized")
-    assert checkin_count() == 0
+    assert count(Checkin) == 0
 
 
 def test_frozen_resident_cannot_scan(api, world):
@@ -468,7 +465,7 @@ def test_frozen_resident_cannot_scan(api, world):
     )
     assert response.status_code == 200, response.get_json()
     assert_error(scan(api, resident, world["tokens"]["a"]), 403, "account_frozen")
-    assert checkin_count() == 0
+    assert count(Checkin) == 0
 
 
 # --- idempotency --------------------------------------------------------------------------------------------------
@@ -486,7 +483,7 @@ def test_idempotent_scan_replays_and_credits_once(api, world):
     assert second.headers["Idempotent-Replayed"] == "true"
     assert second.get_json() == first.get_json()
     assert balance(api, resident) == 5
-    assert checkin_count() == 1
+    assert count(Checkin) == 1
 
     other = {"token": world["tokens"]["b"]}
     assert_error(api.post("/scans", as_=resident, json=other, headers=headers), 409, "idempotency_conflict")
@@ -526,8 +523,8 @@ def test_twenty_parallel_replays_of_one_scan_key_credit_once(api, app, world):
     assert sum("Idempotent-Replayed" not in r.headers for r in responses) == 1
     db.session.expire_all()
     assert balance(api, resident) == 5
-    assert checkin_count() == 1
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 1
+    assert count(Checkin) == 1
+    assert count(LedgerEntry) == 1
 
 
 @pg_concurrency
@@ -541,7 +538,7 @@ def test_twenty_parallel_scans_without_key_claim_once(api, app, world):
     assert {r.get_json()["error"]["code"] for r in responses if r.status_code == 409} == {"already_claimed"}
     db.session.expire_all()
     assert balance(api, resident) == 5
-    assert checkin_count() == 1
+    assert count(Checkin) == 1
 
 
 @pg_concurrency
@@ -551,8 +548,8 @@ def test_a_freeze_committed_during_a_scan_is_seen(api, app, world):
     resident = api.resident()
     response = during_an_uncommitted_freeze(app, resident.id, lambda: scan(api, resident, world["tokens"]["a"]))
     assert_error(response, 403, "account_frozen")
-    assert checkin_count() == 0
-    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerEntry)) == 0
+    assert count(Checkin) == 0
+    assert count(LedgerEntry) == 0
 
 
 @pg_concurrency

@@ -15,19 +15,15 @@ from app.exchange.models import Store
 from app.idempotency.models import IdempotencyKey
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting.models import CollectionPoint, Device, DeviceSignature
-from tests.conftest import ROOT, _wipe, community_id
+from tests.conftest import ROOT, _wipe, community_id, count
 
 SEEDS = ROOT / "seeds"
 REFERENCE = (Community, Organization, Rule)
 DEMO = (Store, CollectionPoint, Device, Staff, Resident)
 
 
-def _count(model, **where) -> int:
-    return db.session.scalar(sa.select(sa.func.count()).select_from(model).filter_by(**where))
-
-
 def _counts(models) -> dict[str, int]:
-    return {model.__tablename__: _count(model) for model in models}
+    return {model.__tablename__: count(model) for model in models}
 
 
 def _seed_file(name: str):
@@ -147,7 +143,7 @@ def test_staff_create_worker(runner):
 def test_staff_create_admin_needs_no_scope(runner):
     result = _invoke(runner, "staff", "create", "--username", "u.admin", "--password", "pppppppp", "--role", "admin")
     assert result.exit_code == 0, result.output
-    assert _count(Staff, username="u.admin", role="admin") == 1
+    assert count(Staff, username="u.admin", role="admin") == 1
 
 
 def test_staff_create_merchant_with_stores(runner):
@@ -171,7 +167,7 @@ def test_staff_create_bad_role_fails(runner):
     assert result.exit_code != 0
     assert "--role" in result.output
     assert "boss" in result.output
-    assert _count(Staff, username="u.bad") == 0
+    assert count(Staff, username="u.bad") == 0
 
 
 def test_staff_create_worker_without_community_fails(runner):
@@ -179,7 +175,7 @@ def test_staff_create_worker_without_community_fails(runner):
     assert result.exit_code != 0
     assert "validation_error" in result.output
     assert "community_id" in result.output
-    assert _count(Staff, username="u.lost") == 0
+    assert count(Staff, username="u.lost") == 0
 
 
 def test_staff_create_unknown_community_fails(runner):
@@ -190,14 +186,14 @@ def test_staff_create_unknown_community_fails(runner):
     )
     assert result.exit_code != 0
     assert "community_id" in result.output
-    assert _count(Staff, username="u.nowhere") == 0
+    assert count(Staff, username="u.nowhere") == 0
 
 
 def test_staff_create_short_password_fails(runner):
     result = _invoke(runner, "staff", "create", "--username", "u.short", "--password", "short", "--role", "admin")
     assert result.exit_code != 0
     assert "password" in result.output
-    assert _count(Staff, username="u.short") == 0
+    assert count(Staff, username="u.short") == 0
 
 
 def test_staff_create_duplicate_username_fails(runner):
@@ -206,14 +202,14 @@ def test_staff_create_duplicate_username_fails(runner):
     again = _invoke(runner, *args)
     assert again.exit_code != 0
     assert "duplicate" in again.output
-    assert _count(Staff, username="u.twice") == 1
+    assert count(Staff, username="u.twice") == 1
 
 
 def test_staff_create_missing_options_fail(runner):
     result = _invoke(runner, "staff", "create", "--username", "u.nopw", "--role", "admin")
     assert result.exit_code != 0
     assert "--password" in result.output
-    assert _count(Staff, username="u.nopw") == 0
+    assert count(Staff, username="u.nopw") == 0
 
 
 # --- scheduled pruning -----------------------------------------------------------------------------------------
