@@ -27,7 +27,7 @@ def _publish_page(error=None) -> str:
     return render_template(
         "admin/rule_publish.html",
         rule=rule,
-        base=upcoming[-1] if upcoming else rule,  # correcting a version not yet in force starts from it
+        base=carbon.version_replaced(upcoming, rule),  # what the form's blanks would keep
         upcoming=upcoming,
         next_version=carbon.next_version(activity),
         form=request.form,

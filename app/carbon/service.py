@@ -118,6 +118,13 @@ def upcoming_versions(activity: str) -> list[Rule]:
     )
 
 
+def version_replaced(upcoming: list[Rule], in_force: Any) -> Any:
+    """The version a new one replaces, whose values it keeps where it says nothing: the latest of those not yet in
+    force that it withdraws (a mistaken future version corrected keeps its other changes), else the one before it.
+    The admin's publish form starts from it too."""
+    return upcoming[-1] if upcoming else in_force
+
+
 def next_version(activity: str) -> int:
     return (db.session.scalar(sa.select(sa.func.max(Rule.version)).where(Rule.activity == activity)) or 0) + 1
 
@@ -146,9 +153,7 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     for version in withdrawn:
         version.valid_to = version.valid_from
     current = db.session.scalar(live.where(Rule.valid_from < effective_from).order_by(Rule.version.desc()).limit(1))
-    # What the new version does not say comes from the version it replaces: the latest one it withdraws (a mistaken
-    # future version corrected keeps its other changes), else the one in force.
-    replaced = withdrawn[-1] if withdrawn else current
+    replaced = version_replaced(withdrawn, current)
     if replaced is not None and "unit" in changes and changes["unit"] != replaced.unit:
         # Every version of a rule is read in the same unit (deposits weigh in kg): a new unit is a new activity.
         raise field_error("unit", "已有规则不能更改计量单位")
