@@ -1,10 +1,18 @@
 import os
+import sys
 
 from limits import parse
 
 from app.auth.limits import FAILED_LOGINS
-from app.config import limits_counted_in_memory, listen_address, server_processes
+from app.config import ConfigError, Settings, limits_counted_in_memory, listen_address, server_processes
 from app.serving import install_json_errors
+
+# Checked once here, in the master, so that a refused configuration is one line naming every problem rather than a
+# traceback from each worker.
+try:
+    Settings.from_env().validate()
+except ConfigError as exc:
+    sys.exit(f"refusing to start: {exc}")
 
 install_json_errors()
 
@@ -14,7 +22,7 @@ worker_class = "gthread" if threads > 1 else "sync"
 timeout = 30
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG", "-") or None  # empty: no access log
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
+access_log_format = '%(t)s %(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
 # Nothing here uses gunicorn's control interface, and its socket has one default path per user: a second server on
 # the machine (the benchmark's beside `make run`) would fight over it.
 control_socket_disable = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Flask
@@ -16,7 +17,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(app_config.load(overrides))
     if app.config["PROXY_HOPS"]:
         # Behind nginx, every request comes from the proxy: the client's address (per-IP login limits, logs) and
-        # scheme (secure admin cookies) are taken from the headers the trusted proxies set, and only theirs.
+        # scheme are taken from the headers the trusted proxies set, and only theirs.
         hops = app.config["PROXY_HOPS"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     register_logging(app)
@@ -32,7 +33,11 @@ def register_logging(app: Flask) -> None:
     from app.http import RequestIdFilter
 
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    formatter = logging.Formatter(
+        "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
+    )
+    formatter.converter = time.gmtime  # UTC and saying so, like gunicorn's own lines
+    handler.setFormatter(formatter)
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger("app")
     root.setLevel(logging.INFO)

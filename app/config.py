@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
@@ -15,6 +16,11 @@ INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 DEV_SECRET = "dev-secret-change-me"
 DEV_JWT_SECRET = "dev-jwt-secret-change-me-0123456789abcdef"
 DEV_QR_SECRET = "dev-qr-secret-change-me"
+# HS256 tokens, session cookies and QR signatures are only as strong as their key; a short one can be guessed offline.
+MIN_SECRET_LENGTH = 32
+
+ENVIRONMENTS = ("development", "test", "production")
+MAX_PROCESSES = 64
 
 
 DEFAULT_BIND = "127.0.0.1:5000"
@@ -28,6 +34,11 @@ def listen_address(environ: Mapping[str, str] | None = None) -> str:
 
 class ConfigError(RuntimeError):
     """The configuration is unsafe or invalid; the app refuses to start."""
+
+
+def _absolute_url(url: str, schemes: set[str]) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in schemes and bool(parts.hostname) and not (parts.query or parts.fragment)
 
 
 def database_url(raw: str | None) -> str:
@@ -66,15 +77,22 @@ def limits_counted_in_memory(environ: Mapping[str, str] | None = None) -> bool:
     return Settings.from_env(environ).limits_in_memory
 
 
+def _cores() -> int:
+    """The cores this process may run on (a container's cpuset, not the host's count), at least one."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def server_processes(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
     """gunicorn's worker processes and threads per process (`WEB_CONCURRENCY`, `GUNICORN_THREADS`). By default two
     processes per core of one thread each, but one process of eight threads while the rate limits count in memory:
     five wrong passwords then lock a username for the whole server, not for one of four workers."""
     e = os.environ if environ is None else environ
     alone = limits_counted_in_memory(e)
-    workers = _number(
-        "WEB_CONCURRENCY", e.get("WEB_CONCURRENCY") or str(1 if alone else 2 * (os.cpu_count() or 1)), 1, 64
-    )
+    default_workers = 1 if alone else min(2 * _cores(), MAX_PROCESSES)
+    workers = _number("WEB_CONCURRENCY", e.get("WEB_CONCURRENCY") or str(default_workers), 1, MAX_PROCESSES)
     threads = _number("GUNICORN_THREADS", e.get("GUNICORN_THREADS") or ("8" if alone else "1"), 1, 64)
     return workers, threads
 
@@ -110,13 +128,16 @@ class Settings:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         e = os.environ if environ is None else environ
-        env = e.get("APP_ENV", "development")
+        env = (e.get("APP_ENV") or "development").strip().lower()
+        if env not in ENVIRONMENTS:
+            # A typo such as APP_ENV=prod must not fall back to development's stub logins and known secrets.
+            raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}, not {e.get('APP_ENV')!r}")
         return cls(
             env=env,
             database_url=database_url(e.get("DATABASE_URL")),
-            secret_key=e.get("SECRET_KEY", DEV_SECRET),
-            jwt_secret_key=e.get("JWT_SECRET_KEY", DEV_JWT_SECRET),
-            qr_secret=e.get("QR_SECRET", DEV_QR_SECRET),
+            secret_key=e.get("SECRET_KEY") or DEV_SECRET,
+            jwt_secret_key=e.get("JWT_SECRET_KEY") or DEV_JWT_SECRET,
+            qr_secret=e.get("QR_SECRET") or DEV_QR_SECRET,
             timezone=e.get("TIMEZONE", "Asia/Shanghai"),
             wechat_mode=e.get("WECHAT_MODE", "real" if env == "production" else "stub"),
             wechat_appid=e.get("WECHAT_APPID", ""),
@@ -143,33 +164,57 @@ class Settings:
         )
 
     def validate(self) -> None:
+        """Refuse an unsafe or invalid configuration, naming every problem at once, so that an operator mends them
+        in one go rather than one restart each."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        found = []
         try:
             ZoneInfo(self.timezone)
-        except Exception as exc:
-            raise ConfigError(f"TIMEZONE {self.timezone!r} is not a known zone") from exc
+        except Exception:
+            found.append(f"TIMEZONE {self.timezone!r} is not a known zone")
         if self.wechat_mode not in {"stub", "real"}:
-            raise ConfigError("WECHAT_MODE must be 'stub' or 'real'")
-        if self.env != "production":
-            return
-        defaults = {
-            "SECRET_KEY": self.secret_key == DEV_SECRET,
-            "JWT_SECRET_KEY": self.jwt_secret_key == DEV_JWT_SECRET,
-            "QR_SECRET": self.qr_secret == DEV_QR_SECRET,
+            found.append("WECHAT_MODE must be 'stub' or 'real'")
+        if self.public_base_url and not _absolute_url(self.public_base_url, {"http", "https"}):
+            found.append(f"PUBLIC_BASE_URL must be an address such as https://example.cn, not {self.public_base_url!r}")
+        if self.env == "production":
+            found += self._production_problems()
+        return found
+
+    def _production_problems(self) -> list[str]:
+        found = []
+        secrets = {
+            "SECRET_KEY": (self.secret_key, DEV_SECRET),
+            "JWT_SECRET_KEY": (self.jwt_secret_key, DEV_JWT_SECRET),
+            "QR_SECRET": (self.qr_secret, DEV_QR_SECRET),
         }
-        left = [name for name, is_default in defaults.items() if is_default]
+        left = [name for name, (value, default) in secrets.items() if value == default]
         if left:
-            raise ConfigError(f"production refuses default secrets: {', '.join(left)}")
+            found.append(f"production refuses default secrets: {', '.join(left)}")
+        short = [
+            name for name, (value, default) in secrets.items() if value != default and len(value) < MIN_SECRET_LENGTH
+        ]
+        if short:
+            found.append(f"production needs secrets of at least {MIN_SECRET_LENGTH} characters: {', '.join(short)}")
         if self.wechat_mode != "real":
-            raise ConfigError("production refuses WECHAT_MODE=stub")
+            found.append("production refuses WECHAT_MODE=stub")
         if not (self.wechat_appid and self.wechat_secret):
-            raise ConfigError("production needs WECHAT_APPID and WECHAT_SECRET")
+            found.append("production needs WECHAT_APPID and WECHAT_SECRET")
         if not self.public_base_url:
-            raise ConfigError("production needs PUBLIC_BASE_URL: poster QR codes are printed with it")
+            found.append("production needs PUBLIC_BASE_URL: poster QR codes are printed with it")
+        elif not _absolute_url(self.public_base_url, {"https"}):
+            found.append(
+                "production needs an https:// PUBLIC_BASE_URL: posters and the admin site's cookies rely on it"
+            )
         if self.limits_in_memory:
-            raise ConfigError(
+            found.append(
                 "production needs REDIS_URL for its rate limits: in memory, each worker would count its own "
                 "(or set RATELIMIT_ENABLED=false)"
             )
+        return found
 
     @property
     def limits_in_memory(self) -> bool:
@@ -177,7 +222,9 @@ class Settings:
         return self.ratelimit_enabled and not self.redis_url
 
     def flask_config(self) -> dict[str, Any]:
-        engine_options: dict[str, Any] = {}  # no pool_pre_ping: db.ping_idle_connections checks idle ones
+        # No pool_pre_ping: db.ping_idle_connections checks idle ones. A failed statement's error (and so the log)
+        # leaves out its parameters, which hold openids, password hashes and device secrets.
+        engine_options: dict[str, Any] = {"hide_parameters": True}
         if self.database_url.startswith("postgresql"):
             engine_options |= {"pool_size": 10, "max_overflow": 40}
         return {

@@ -11,9 +11,9 @@ from app.config import ConfigError, Settings, database_url, load
 
 PRODUCTION_SECRETS = {
     "APP_ENV": "production",
-    "SECRET_KEY": "prod-secret-key",
+    "SECRET_KEY": "prod-secret-key-0123456789abcdefgh",
     "JWT_SECRET_KEY": "prod-jwt-secret-key-0123456789abcdef",
-    "QR_SECRET": "prod-qr-secret",
+    "QR_SECRET": "prod-qr-secret-0123456789abcdefghij",
     "WECHAT_APPID": "wx-prod",
     "WECHAT_SECRET": "wx-prod-secret",
     "PUBLIC_BASE_URL": "https://tanpuhui.example.cn/",
@@ -126,18 +126,48 @@ def test_production_with_real_secrets_loads():
     flask = load(environ=PRODUCTION_SECRETS)
     assert flask["APP_ENV"] == "production"
     assert flask["WECHAT_MODE"] == "real"
-    assert flask["SECRET_KEY"] == "prod-secret-key"
+    assert flask["SECRET_KEY"] == PRODUCTION_SECRETS["SECRET_KEY"]
+    assert flask["SQLALCHEMY_ENGINE_OPTIONS"]["hide_parameters"] is True  # no openids or hashes in error logs
 
 
-def test_production_refuses_stub_mode():
-    with pytest.raises(ConfigError, match="stub"):
-        load(environ={**PRODUCTION_SECRETS, "WECHAT_MODE": "stub"})
+@pytest.mark.parametrize("name", ["SECRET_KEY", "JWT_SECRET_KEY", "QR_SECRET"])
+def test_production_reads_an_empty_secret_as_unset(name):
+    with pytest.raises(ConfigError, match=rf"default secrets: {name}$"):
+        load(environ={**PRODUCTION_SECRETS, name: ""})
 
 
-def test_production_needs_wechat_credentials():
-    environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != "WECHAT_SECRET"}
-    with pytest.raises(ConfigError, match="WECHAT_APPID and WECHAT_SECRET"):
+def test_production_refuses_secrets_short_enough_to_guess():
+    environ = {**PRODUCTION_SECRETS, "SECRET_KEY": "a", "QR_SECRET": "x" * 31}
+    with pytest.raises(ConfigError, match=r"at least 32 characters: SECRET_KEY, QR_SECRET$"):
         load(environ=environ)
+    assert load(environ={**environ, "SECRET_KEY": "s" * 32, "QR_SECRET": "q" * 32})["QR_SECRET"] == "q" * 32
+
+
+@pytest.mark.parametrize("env", ["prod", "Prod", "staging", "dev"])
+def test_an_unknown_app_env_is_refused_not_read_as_development(env):
+    # APP_ENV=prod must not start with stub logins and the development secrets
+    with pytest.raises(ConfigError, match="APP_ENV must be one of development, test, production"):
+        load(environ={**PRODUCTION_SECRETS, "APP_ENV": env})
+
+
+def test_app_env_is_read_whatever_its_case():
+    assert load(environ={**PRODUCTION_SECRETS, "APP_ENV": "PRODUCTION"})["APP_ENV"] == "production"
+    with pytest.raises(ConfigError, match="WECHAT_APPID"):
+        load(environ={"APP_ENV": " Production", "SECRET_KEY": "x" * 40})
+
+
+def test_every_production_problem_is_named_at_once():
+    with pytest.raises(ConfigError) as excinfo:
+        load(environ={"APP_ENV": "production", "TIMEZONE": "Mars/Base", "WECHAT_MODE": "stub"})
+    assert str(excinfo.value).split("; ") == [
+        "TIMEZONE 'Mars/Base' is not a known zone",
+        "production refuses default secrets: SECRET_KEY, JWT_SECRET_KEY, QR_SECRET",
+        "production refuses WECHAT_MODE=stub",
+        "production needs WECHAT_APPID and WECHAT_SECRET",
+        "production needs PUBLIC_BASE_URL: poster QR codes are printed with it",
+        "production needs REDIS_URL for its rate limits: in memory, each worker would count its own "
+        "(or set RATELIMIT_ENABLED=false)",
+    ]
 
 
 @pytest.mark.parametrize("zone", ["Mars/Olympus_Mons", "Asia/Shanghai2", "../etc/passwd", ""])
@@ -213,15 +243,24 @@ def test_production_counts_rate_limits_in_redis_or_not_at_all():
     ],
 )
 def test_gunicorn_runs_one_process_while_rate_limits_count_in_memory(monkeypatch, environ, expected):
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 3)
+    monkeypatch.setattr(config, "_cores", lambda: 3)
     assert config.server_processes(environ) == expected
     shared_or_off = bool({"REDIS_URL", "RATELIMIT_ENABLED"} & environ.keys())
     assert config.limits_counted_in_memory(environ) is not shared_or_off
 
 
 def test_an_unknown_core_count_still_gives_gunicorn_workers(monkeypatch):
+    monkeypatch.delattr(config.os, "sched_getaffinity", raising=False)  # not on Linux
     monkeypatch.setattr(config.os, "cpu_count", lambda: None)  # os.cpu_count() may not know
     assert config.server_processes({"REDIS_URL": "redis://r"}) == (2, 1)
+
+
+def test_a_big_host_gets_as_many_workers_as_allowed_not_a_refusal(monkeypatch):
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: set(range(48)))
+    assert config.server_processes({"REDIS_URL": "redis://r"}) == (64, 1)
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1})  # a container's two cores of 48
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 48)
+    assert config.server_processes({"REDIS_URL": "redis://r"}) == (4, 1)
 
 
 @pytest.mark.parametrize(
@@ -237,6 +276,22 @@ def test_production_needs_the_public_address_posters_are_printed_with():
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
         load(environ=environ)
     assert load(environ=PRODUCTION_SECRETS)["PUBLIC_BASE_URL"] == "https://tanpuhui.example.cn"
+
+
+@pytest.mark.parametrize("url", ["http://tanpuhui.example.cn", "tanpuhui.example.cn", "https://", "https:///q"])
+def test_production_needs_an_https_public_address(url):
+    # posters are printed with it, and the admin cookie is Secure only over https
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        load(environ={**PRODUCTION_SECRETS, "PUBLIC_BASE_URL": url})
+
+
+@pytest.mark.parametrize("url", ["tanpuhui.example.cn", "ftp://x.cn", "http://x.cn/?a=1", "http://x.cn/#q"])
+def test_a_public_address_that_no_phone_could_open_is_refused_anywhere(url):
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL must be an address"):
+        load(environ={"PUBLIC_BASE_URL": url})
+    assert load(environ={"PUBLIC_BASE_URL": "http://192.168.1.5:5000/green"})["PUBLIC_BASE_URL"] == (
+        "http://192.168.1.5:5000/green"
+    )
 
 
 def test_outside_production_poster_links_follow_the_listening_address():

@@ -6,6 +6,7 @@ import json
 import os
 import runpy
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -134,3 +135,26 @@ def test_gunicorn_warning_counts_from_the_login_limit_itself(monkeypatch):
     said = []
     settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
     assert "up to 12 wrong passwords, not 4" in said[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["gunicorn", "-c", "gunicorn.conf.py", "--check-config", "wsgi:app"], ["flask", "--app", "wsgi", "db", "current"]],
+)
+def test_a_refused_configuration_is_one_line_naming_every_problem(tmp_path, command):
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_ENV": "production",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'never.db'}",
+        "SECRET_KEY": "short",
+    }
+    executable = Path(sys.executable).with_name(command[0])
+    done = subprocess.run([str(executable), *command[1:]], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback, and not one per worker
+    assert lines[0].startswith("refusing to start: ")
+    for problem in ("at least 32 characters: SECRET_KEY", "default secrets: JWT_SECRET_KEY, QR_SECRET", "WECHAT_APPID",
+                    "PUBLIC_BASE_URL", "REDIS_URL"):  # fmt: skip
+        assert problem in lines[0]
+    assert not (tmp_path / "never.db").exists()
