@@ -244,6 +244,8 @@ class Settings:
             "JWT_ERROR_MESSAGE_KEY": "message",
             "RATELIMIT_ENABLED": self.ratelimit_enabled,
             "RATELIMIT_STORAGE_URI": self.redis_url or "memory://",
+            # A Redis that hangs must not hold a worker until gunicorn's timeout: a second, then 503.
+            "RATELIMIT_STORAGE_OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1} if self.redis_url else {},
             "RATELIMIT_HEADERS_ENABLED": True,
             "RATELIMIT_KEY_PREFIX": "tph",
             "API_TITLE": "上海湾区高新区 碳普惠积分 API",

@@ -11,6 +11,8 @@ from decimal import Decimal
 from functools import wraps
 
 import marshmallow as ma
+import redis
+import sqlalchemy as sa
 from flask import Flask, g, has_request_context, jsonify, request
 from flask.sessions import NullSession, SecureCookieSessionInterface
 from flask_smorest import Api
@@ -28,6 +30,7 @@ from app.errors import (
     BadRequest,
     InternalError,
     PayloadTooLarge,
+    ServiceUnavailable,
     ValidationError,
     envelope,
     field_error,
@@ -92,8 +95,35 @@ def handle_app_error(error: AppError):
     return error_response(error.code, error.message, error.status, error.details, error.headers)
 
 
+def _unreachable(error: Exception) -> str | None:
+    """Which shared service a failure is the absence of: PostgreSQL gone or refusing connections (SQLSTATE classes
+    08 and 57P, or no SQLSTATE at all when it never answered), or the rate limits' Redis."""
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return "redis"
+    if isinstance(error, sa.exc.DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's; SQLite's errors have none
+        if error.connection_invalidated or sqlstate is None or sqlstate.startswith(("08", "57P")):
+            return "database"
+    return None
+
+
+# How long a client waits before trying again while a shared service is away: a restart or a failover.
+OUTAGE_RETRY_AFTER_S = 10
+
+
 def handle_unexpected(error: Exception):
     db.session.rollback()
+    service = _unreachable(error)
+    if service:
+        # An outage, not a bug: one line each, not a traceback per request while it lasts.
+        log.error("%s unreachable on %s %s: %s", service, request.method, request.path, str(error).splitlines()[0])
+        return error_response(
+            ServiceUnavailable.code,
+            ServiceUnavailable.message,
+            503,
+            {"request_id": g.get("request_id")},
+            {"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
+        )
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(InternalError.code, InternalError.message, 500, {"request_id": g.get("request_id")})
 

@@ -368,6 +368,68 @@ def test_unexpected_error_echoes_the_callers_request_id(fresh_app):
     assert error["details"]["request_id"] == "trace-0001-abcd"
 
 
+# --- outages of the shared services ---------------------------------------------------------------------
+
+NOBODY_LISTENS = "127.0.0.1:1"  # connection refused at once
+
+
+def _no_traceback(caplog, service: str) -> None:
+    said = [r for r in caplog.records if r.name == "app.http"]
+    assert [r.levelname for r in said] == ["ERROR"], [r.getMessage() for r in said]
+    assert said[0].getMessage().startswith(f"{service} unreachable on ")
+    assert said[0].exc_info is None  # one line per request while it lasts, not a traceback
+
+
+def test_a_database_that_does_not_answer_is_503_service_unavailable_not_a_bug(fresh_app, caplog):
+    gone = fresh_app(SQLALCHEMY_DATABASE_URI=f"postgresql+psycopg://postgres@{NOBODY_LISTENS}/gone")
+    client = gone.test_client()
+    response = client.get("/api/v1/rules")
+    error = assert_envelope(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "10"
+    assert error["details"]["request_id"] == response.headers["X-Request-Id"]
+    _no_traceback(caplog, "database")
+    assert_envelope(client.post("/api/v1/auth/login", json={"username": "a", "password": "b" * 8}), 503,
+                    "service_unavailable")  # fmt: skip
+    assert_envelope(client.get("/readyz"), 503, "not_ready")  # the load balancer's signal
+    assert client.get("/healthz").status_code == 200  # the process itself is alive
+
+
+def test_an_error_of_the_database_that_is_not_an_outage_is_still_a_bug(fresh_app):
+    boom_app = fresh_app()
+
+    @boom_app.get("/api/v1/_test/bad-sql")
+    def bad_sql():
+        db.session.execute(sa.text("SELECT no_such_column FROM communities"))
+
+    assert_envelope(boom_app.test_client().get("/api/v1/_test/bad-sql"), 500, "internal_error")
+
+
+@pytest.fixture
+def limits_in_a_redis_that_is_down(fresh_app):
+    from app.extensions import limiter
+
+    was = limiter.enabled
+    url = f"redis://{NOBODY_LISTENS}/0"
+    yield fresh_app(RATELIMIT_ENABLED=True, RATELIMIT_STORAGE_URI=url, REDIS_URL=url)
+    limiter.enabled = was
+
+
+def test_while_the_rate_limits_redis_is_down_staff_logins_wait_and_the_rest_carries_on(
+    limits_in_a_redis_that_is_down, caplog
+):
+    client = limits_in_a_redis_that_is_down.test_client()
+    # Five wrong passwords lock a username; uncounted, guesses would be unlimited, so logins wait for Redis.
+    response = client.post("/api/v1/auth/login", json={"username": "admin", "password": "guess-1234"})
+    assert_envelope(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "10"
+    _no_traceback(caplog, "redis")
+    assert client.post("/api/v1/auth/wechat", json={"code": "stub:redis-down-resident"}).status_code == 200
+    assert client.get("/api/v1/rules").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200  # every instance shares this Redis: pulling them all would stop scans too
+    assert ready.get_json() == {"status": "ok", "database": "ok", "rate_limits": "unavailable"}
+
+
 # --- request ids ----------------------------------------------------------------------------------------
 
 
