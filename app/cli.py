@@ -27,6 +27,12 @@ def seed(demo: bool) -> None:
     """Load reference data (communities, alliance members, methodology). Safe to run again."""
     from app import seeding
 
+    if demo and current_app.config["APP_ENV"] == "production":
+        raise click.ClickException(
+            "demo data is never loaded in production: its staff passwords and its smart bin's secret are published "
+            "in the README. Run `flask seed` for the reference data and `flask staff create --role admin` for the "
+            "first admin."
+        )
     click.echo(f"reference: {seeding.seed_reference()}")
     if demo:
         click.echo(f"demo: {seeding.seed_demo()}")
@@ -37,7 +43,13 @@ staff = AppGroup("staff", help="Staff accounts.")
 
 @staff.command("create")
 @click.option("--username", required=True)
-@click.option("--password", required=True)
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="asked for when left out, so that it stays out of the shell's history and the process list",
+)
 @click.option("--role", required=True, type=click.Choice(["collector", "merchant", "alliance", "worker", "admin"]))
 @click.option("--display-name", default="")
 @click.option("--community-id", type=int)
@@ -61,6 +73,23 @@ def staff_create(**options) -> None:
             raise click.ClickException(str(exc)) from exc
         raise
     click.echo(f"created staff {created.id} {created.username} ({created.role})")
+
+
+@staff.command("unlock")
+@click.argument("username")
+def staff_unlock(username: str) -> None:
+    """Let a username log in again at once after five wrong passwords locked it for 15 minutes."""
+    from app.auth.limits import unlock_username
+
+    if not current_app.config.get("REDIS_URL"):
+        raise click.ClickException(
+            "without REDIS_URL the server counts failed logins in its own memory, which this command cannot reach: "
+            "restarting the server forgets them"
+        )
+    if unlock_username(username):
+        click.echo(f"unlocked {username}")
+    else:
+        click.echo(f"{username} was not locked")
 
 
 points = AppGroup("points", help="Scheduled points jobs.")

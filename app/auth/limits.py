@@ -3,6 +3,7 @@ second door does not double the guesses."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from limits import parse
 
 from app.errors import RateLimited
 from app.extensions import limiter
+
+log = logging.getLogger("app.auth")
 
 
 def login_wait_message() -> str:
@@ -30,18 +33,38 @@ def staff_login_attempts():
 
 
 FAILED_LOGINS = "5 per 15 minutes"  # per username, API.md's lock
+_FAILED_LOGINS_SCOPE = "failed-staff-login"
+
+
+def _username_key(username: str) -> str:
+    return f"login-user:{username[:64].lower()}"
+
+
+def _log_lock(limit) -> None:
+    log.warning("staff login refused: %s, %s failed within the window", limit.key, limit.limit)
 
 
 def failed_staff_logins(username: Callable[[], str]):
     """Five failed staff logins per username per 15 minutes."""
     return limiter.shared_limit(
         FAILED_LOGINS,
-        scope="failed-staff-login",
+        scope=_FAILED_LOGINS_SCOPE,
         methods=["POST"],
-        key_func=lambda: f"login-user:{username()[:64].lower()}",
+        key_func=lambda: _username_key(username()),
         deduct_when=lambda response: response.status_code == 401,
         error_message=login_wait_message,
+        on_breach=_log_lock,
     )
+
+
+def unlock_username(username: str) -> bool:
+    """Forget a username's failed logins, so that its owner can log in before the 15 minutes are up (someone
+    else's wrong guesses locked it). Whether it was locked."""
+    limit = parse(FAILED_LOGINS)
+    identifiers = (current_app.config["RATELIMIT_KEY_PREFIX"], _username_key(username), _FAILED_LOGINS_SCOPE)
+    locked = not limiter.limiter.test(limit, *identifiers)
+    limiter.limiter.clear(limit, *identifiers)
+    return locked
 
 
 _PASSWORD_CHECKS = parse("5 per 15 minutes")

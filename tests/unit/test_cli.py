@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.carbon.models import Rule
 from app.db import db
@@ -205,11 +206,110 @@ def test_staff_create_duplicate_username_fails(runner):
     assert count(Staff, username="u.twice") == 1
 
 
-def test_staff_create_missing_options_fail(runner):
-    result = _invoke(runner, "staff", "create", "--username", "u.nopw", "--role", "admin")
+def test_staff_create_asks_for_a_password_left_out_and_does_not_show_it(runner):
+    args = ("staff", "create", "--username", "u.asked", "--role", "admin")
+    result = runner.invoke(args=list(args), input="typed-secret-1\ntyped-secret-1\n")
+    db.session.rollback()
+    assert result.exit_code == 0, result.output
+    assert "Password: " in result.output
+    assert "Repeat for confirmation: " in result.output
+    assert "typed-secret-1" not in result.output
+    staff = db.session.scalar(sa.select(Staff).filter_by(username="u.asked"))
+    assert check_password_hash(staff.password_hash, "typed-secret-1")
+
+
+def test_staff_create_with_no_password_typed_creates_nothing(runner):
+    result = runner.invoke(args=["staff", "create", "--username", "u.nopw", "--role", "admin"], input="")
+    db.session.rollback()
     assert result.exit_code != 0
-    assert "--password" in result.output
+    assert "Aborted" in result.output
     assert count(Staff, username="u.nopw") == 0
+
+
+def test_seed_never_loads_the_demo_data_in_production(runner, app, monkeypatch):
+    _wipe()
+    monkeypatch.setitem(app.config, "APP_ENV", "production")
+    result = _invoke(runner, "seed", "--demo")
+    assert result.exit_code != 0
+    assert "demo data is never loaded in production" in result.output
+    assert "flask staff create --role admin" in result.output
+    assert _counts(DEMO) == {"stores": 0, "collection_points": 0, "devices": 0, "staff": 0, "residents": 0}
+    assert _counts(REFERENCE)["communities"] == 0  # refused before anything, not half done
+    assert _invoke(runner, "seed").exit_code == 0  # the reference data is production's
+    assert _counts(REFERENCE)["communities"] > 0
+
+
+# --- staff unlock ---------------------------------------------------------------------------------------
+
+
+def test_staff_unlock_says_it_cannot_reach_limits_counted_in_a_servers_memory(runner):
+    result = _invoke(runner, "staff", "unlock", "someone")
+    assert result.exit_code != 0
+    assert "without REDIS_URL" in result.output
+    assert "restarting the server forgets them" in result.output
+
+
+@pytest.fixture
+def limits_in_redis(app, db_session):
+    """An app whose login limits count in this machine's Redis (database 15, a key prefix of its own)."""
+    import redis
+
+    from app import create_app
+    from app.extensions import limiter
+
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.exceptions.ConnectionError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    db_session.commit()
+    prefix = f"tph-test-{uuid.uuid4().hex}"
+    was = limiter.enabled
+    limited = create_app(
+        {
+            "TESTING": True,
+            "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"],
+            "RATELIMIT_ENABLED": True,
+            "RATELIMIT_STORAGE_URI": url,
+            "REDIS_URL": url,
+            "RATELIMIT_KEY_PREFIX": prefix,
+        }
+    )
+    yield limited
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter(f"*{prefix}*"):
+        client.delete(key)
+    limiter.enabled = was
+    with limited.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_staff_unlock_lets_a_locked_username_log_in_again_at_once(limits_in_redis, caplog):
+    from tests.conftest import FAST_HASH
+
+    with limits_in_redis.app_context():
+        password_hash = generate_password_hash("right-password", method=FAST_HASH)
+        db.session.add(Staff(username="locked.out", password_hash=password_hash, role="admin"))
+        db.session.commit()
+    client = limits_in_redis.test_client()
+
+    def login(password: str) -> int:
+        return client.post("/api/v1/auth/login", json={"username": "locked.out", "password": password}).status_code
+
+    assert [login("wrong-password") for _ in range(5)] == [401] * 5
+    assert login("right-password") == 429
+    refused = [r.getMessage() for r in caplog.records if r.name == "app.auth"]
+    assert len(refused) == 1
+    assert "login-user:locked.out" in refused[0]  # the operator sees whose login is locked
+    runner = limits_in_redis.test_cli_runner()
+    with limits_in_redis.app_context():  # the command's app, not the session app the fixtures pushed
+        result = runner.invoke(args=["staff", "unlock", "Locked.Out"])  # usernames are one whatever their case
+        assert result.exit_code == 0, result.output
+        assert "unlocked Locked.Out" in result.output
+        assert login("right-password") == 200
+        again = runner.invoke(args=["staff", "unlock", "locked.out"])
+    assert "locked.out was not locked" in again.output
 
 
 # --- scheduled pruning -----------------------------------------------------------------------------------------
