@@ -33,6 +33,8 @@ NAMING_CONVENTION = {
 # is simply not found; sent to PostgreSQL it would be an overflow error.
 MAX_ID = 2**31 - 1
 MAX_BIG_ID = 2**63 - 1
+# PostgreSQL advisory lock that `flask db upgrade` holds while it migrates (migrations/env.py).
+MIGRATION_LOCK_KEY = 0x7470685F6D6967  # "tph_mig"
 
 
 class UTCDateTime(sa.TypeDecorator):

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from flask_migrate import downgrade, upgrade
 
 from app import create_app
 from app.config import database_url
-from app.db import db
+from app.db import MIGRATION_LOCK_KEY, db
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -247,3 +253,44 @@ def test_revision_0012_stops_on_points_of_one_community_with_the_same_name(empty
         said = "collection points of one community with the same name: 一号站"
         _stops_until_renamed("0012", "0011", "一号站", rename, capfd, said=said)
         db.engine.dispose()
+
+
+def test_upgrades_started_together_wait_for_one_another(empty_database):
+    """Hosts released together all run `flask db upgrade`: the first migrates while the others wait on the
+    migration lock, then find the database at head."""
+    if not empty_database.startswith("postgresql"):
+        pytest.skip("SQLite has one host")
+    engine = sa.create_engine(database_url(empty_database))
+    flask = Path(sys.executable).with_name("flask")
+    env = {**os.environ, "DATABASE_URL": empty_database}
+    waiting = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+    with engine.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        hosts = [
+            subprocess.Popen(
+                [str(flask), "--app", "wsgi", "db", "upgrade"],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        with engine.connect() as watcher:
+            deadline = time.monotonic() + 60
+            while (
+                watcher.execute(waiting).scalar() < 2
+                and time.monotonic() < deadline
+                and not any(host.poll() is not None for host in hosts)
+            ):
+                watcher.rollback()
+                time.sleep(0.05)  # polling the other processes' state, not waiting out a timer
+        assert [host.poll() for host in hosts] == [None, None]  # both wait on the lock, before any DDL
+        holder.rollback()  # releases it
+    outputs = [host.communicate(timeout=120)[0] for host in hosts]
+    assert [host.returncode for host in hosts] == [0, 0], outputs
+    with engine.connect() as conn:
+        head = ScriptDirectory(str(ROOT / "migrations")).get_current_head()
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
+    engine.dispose()
