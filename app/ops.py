@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 import sqlalchemy as sa
 import swagger_ui_bundle
+from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, render_template_string, send_from_directory
 
 from app.db import db
@@ -44,19 +45,41 @@ def healthz():
 
 @blp.route("/readyz", methods=["GET"])
 @blp.response(200, HealthSchema)
-@blp.alt_response(503, description="not_ready: the database does not answer")
+@blp.alt_response(503, description="not_ready: the database does not answer, or is not migrated to this code's schema")
 def readyz():
-    """Readiness: the database answers. The rate limits' Redis is reported but does not decide it: every instance
-    shares it, so taking them all out of the load balancer would stop scans and deposits too."""
+    """Readiness: the database answers and is migrated to this code's schema. The rate limits' Redis is reported
+    but does not decide it: every instance shares it, so taking them all out of the load balancer would stop scans
+    and deposits too."""
     try:
         db.session.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError:
         db.session.rollback()
         return error_response("not_ready", "数据库不可用", 503)
+    migrated, expected = _schema_revision(), _code_revision()
+    if migrated != expected:
+        # New code on an old schema (or none) fails its requests: keep it out until `flask db upgrade` has run.
+        details = {"database_revision": migrated, "code_revision": expected}
+        return error_response("not_ready", "数据库结构不是最新版本，请先运行 flask db upgrade", 503, details)
     answer = {"status": "ok", "database": "ok"}
     if current_app.config.get("REDIS_URL") and limiter.enabled:
         answer["rate_limits"] = "ok" if limiter.storage.check() else "unavailable"
     return answer
+
+
+def _schema_revision() -> str | None:
+    try:
+        return db.session.scalar(sa.text("SELECT version_num FROM alembic_version"))
+    except sa.exc.SQLAlchemyError:  # never migrated
+        db.session.rollback()
+        return None
+
+
+def _code_revision() -> str:
+    """The newest migration this code ships, read once per process."""
+    if "code_revision" not in current_app.extensions:
+        scripts = ScriptDirectory(current_app.extensions["migrate"].directory)
+        current_app.extensions["code_revision"] = scripts.get_current_head()
+    return current_app.extensions["code_revision"]
 
 
 @pages.get("/q/<token>")

@@ -19,6 +19,25 @@ def test_not_ready_when_the_database_does_not_answer(api, monkeypatch):
     assert api.get("/healthz").status_code == 200
 
 
+def test_not_ready_until_the_database_is_migrated_to_this_codes_schema(api, db_session):
+    head = db.session.scalar(sa.text("SELECT version_num FROM alembic_version"))
+    db.session.execute(sa.text("UPDATE alembic_version SET version_num = '0011'"))
+    db_session.commit()
+    try:
+        error = assert_error(api.get("/readyz"), 503, "not_ready")
+        assert error["message"] == "数据库结构不是最新版本，请先运行 flask db upgrade"
+        assert error["details"] == {"database_revision": "0011", "code_revision": head}
+        db.session.execute(sa.text("DELETE FROM alembic_version"))
+        db_session.commit()
+        error = assert_error(api.get("/readyz"), 503, "not_ready")  # never migrated
+        assert error["details"]["database_revision"] is None
+    finally:
+        db.session.execute(sa.text("DELETE FROM alembic_version"))
+        db.session.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": head})
+        db_session.commit()
+    assert api.get("/readyz").status_code == 200
+
+
 def test_operational_endpoints_are_documented(api):
     paths = api.get("/api/v1/openapi.json").get_json()["paths"]
     assert "503" in paths["/readyz"]["get"]["responses"]

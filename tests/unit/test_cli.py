@@ -251,7 +251,8 @@ def test_staff_unlock_says_it_cannot_reach_limits_counted_in_a_servers_memory(ru
 
 @pytest.fixture
 def limits_in_redis(app, db_session):
-    """An app whose login limits count in this machine's Redis (database 15, a key prefix of its own)."""
+    """An app whose login limits count in this machine's Redis (database 15), and a username no other run uses (the
+    Limiter keeps the key prefix of the first app it served)."""
     import redis
 
     from app import create_app
@@ -263,7 +264,7 @@ def limits_in_redis(app, db_session):
     except redis.exceptions.ConnectionError:
         pytest.skip("no Redis on 127.0.0.1:6379")
     db_session.commit()
-    prefix = f"tph-test-{uuid.uuid4().hex}"
+    username = f"locked.{uuid.uuid4().hex[:12]}"
     was = limiter.enabled
     limited = create_app(
         {
@@ -272,12 +273,11 @@ def limits_in_redis(app, db_session):
             "RATELIMIT_ENABLED": True,
             "RATELIMIT_STORAGE_URI": url,
             "REDIS_URL": url,
-            "RATELIMIT_KEY_PREFIX": prefix,
         }
     )
-    yield limited
+    yield limited, username
     client = redis.Redis.from_url(url)
-    for key in client.scan_iter(f"*{prefix}*"):
+    for key in client.scan_iter(f"*login-user:{username}/*"):
         client.delete(key)
     limiter.enabled = was
     with limited.app_context():
@@ -288,28 +288,29 @@ def limits_in_redis(app, db_session):
 def test_staff_unlock_lets_a_locked_username_log_in_again_at_once(limits_in_redis, caplog):
     from tests.conftest import FAST_HASH
 
-    with limits_in_redis.app_context():
+    limited, username = limits_in_redis
+    with limited.app_context():
         password_hash = generate_password_hash("right-password", method=FAST_HASH)
-        db.session.add(Staff(username="locked.out", password_hash=password_hash, role="admin"))
+        db.session.add(Staff(username=username, password_hash=password_hash, role="admin"))
         db.session.commit()
-    client = limits_in_redis.test_client()
+    client = limited.test_client()
 
     def login(password: str) -> int:
-        return client.post("/api/v1/auth/login", json={"username": "locked.out", "password": password}).status_code
+        return client.post("/api/v1/auth/login", json={"username": username, "password": password}).status_code
 
     assert [login("wrong-password") for _ in range(5)] == [401] * 5
     assert login("right-password") == 429
     refused = [r.getMessage() for r in caplog.records if r.name == "app.auth"]
     assert len(refused) == 1
-    assert "login-user:locked.out" in refused[0]  # the operator sees whose login is locked
-    runner = limits_in_redis.test_cli_runner()
-    with limits_in_redis.app_context():  # the command's app, not the session app the fixtures pushed
-        result = runner.invoke(args=["staff", "unlock", "Locked.Out"])  # usernames are one whatever their case
+    assert f"login-user:{username}/" in refused[0]  # the operator sees whose login is locked
+    runner = limited.test_cli_runner()
+    with limited.app_context():  # the command's app, not the session app the fixtures pushed
+        result = runner.invoke(args=["staff", "unlock", username.upper()])  # one username whatever its case
         assert result.exit_code == 0, result.output
-        assert "unlocked Locked.Out" in result.output
+        assert f"unlocked {username.upper()}" in result.output
         assert login("right-password") == 200
-        again = runner.invoke(args=["staff", "unlock", "locked.out"])
-    assert "locked.out was not locked" in again.output
+        again = runner.invoke(args=["staff", "unlock", username])
+    assert f"{username} was not locked" in again.output
 
 
 # --- scheduled pruning -----------------------------------------------------------------------------------------
