@@ -11,6 +11,7 @@ from typing import Any
 from app.errors import AppError
 
 ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+RETRY_AFTER = {"Retry-After": {"description": "多少秒后再试", "schema": {"type": "integer", "minimum": 1}}}
 
 
 def _manual(func) -> dict[str, Any]:
@@ -25,6 +26,8 @@ def error_docs(*errors: type[AppError]):
         responses = _manual(func).setdefault("responses", {})
         for error in errors:
             entry = responses.setdefault(str(error.status), {"description": "", "content": ERROR_CONTENT})
+            if error.status == 429:
+                entry["headers"] = RETRY_AFTER
             codes = [c for c in entry["description"].split(", ") if c]
             if error.code not in codes:
                 codes.append(error.code)

@@ -60,6 +60,7 @@ ValidationError = _error("ValidationError", 422, "validation_error", "提交的�
 InvalidQr = _error("InvalidQr", 422, "invalid_qr", "无效的二维码")
 RateLimited = _error("RateLimited", 429, "rate_limited", "操作太频繁，请稍后再试")
 InternalError = _error("InternalError", 500, "internal_error", "服务器内部错误，请稍后再试")
+NotReady = _error("NotReady", 503, "not_ready", "数据库不可用")
 ServiceUnavailable = _error("ServiceUnavailable", 503, "service_unavailable", "服务暂时不可用，请稍后再试")
 UpstreamUnavailable = _error("UpstreamUnavailable", 503, "upstream_unavailable", "微信服务暂时不可用，请稍后再试")
 UpstreamError = _error("UpstreamError", 502, "upstream_error", "微信服务返回了无法识别的结果，请稍后再试")

@@ -136,6 +136,10 @@ class AppApi(Api):
     def handle_http_exception(self, error):
         return handle_http_exception(error)
 
+    def _register_pagination_header(self):
+        """Lists page by cursor (`{items, next}`), not by flask-smorest's page numbers: its PaginationMetadata
+        schema would only mislead a client reading the document."""
+
 
 def _assign_request_id() -> None:
     incoming = request.headers.get("X-Request-Id", "")
@@ -389,6 +393,16 @@ def _decimal_bounds_as_numbers(self, field, ret, **kwargs) -> dict:
     return {key: int(value) if value == value.to_integral_value() else float(value) for key, value in bounds.items()}
 
 
+def _ecma_patterns(self, field, ret, **kwargs) -> dict:
+    """OpenAPI patterns are ECMA-262 regular expressions, where Python's end-of-string `\\Z` is an invalid escape
+    (JavaScript validators reject every value, or fail to compile): it is published as `$`, which without the
+    multiline flag means the same there."""
+    pattern = ret.get("pattern")
+    if isinstance(pattern, str) and pattern.endswith("\\Z"):
+        return {"pattern": pattern[:-2] + "$"}
+    return {}
+
+
 def _bearer_in_any_case() -> None:
     """An authentication scheme is case-insensitive (RFC 9110), but Flask-JWT-Extended looks for `Bearer` exactly:
     `bearer <token>` is read as the same thing."""
@@ -409,6 +423,7 @@ def register_http(app: Flask) -> None:
     app.url_map.converters["page_id"] = IntegerConverter
     api.register_converter(IdConverter, integerconverter2paramschema)
     api.ma_plugin.converter.add_attribute_function(_decimal_bounds_as_numbers)
+    api.ma_plugin.converter.add_attribute_function(_ecma_patterns)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
     app.before_request(_assign_request_id)

@@ -8,7 +8,9 @@ import swagger_ui_bundle
 from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, render_template_string, send_from_directory
 
+from app.apidoc import error_docs
 from app.db import db
+from app.errors import NotReady
 from app.extensions import limiter
 from app.http import Blueprint as ApiBlueprint
 from app.http import error_response
@@ -45,21 +47,22 @@ def healthz():
 
 @blp.route("/readyz", methods=["GET"])
 @blp.response(200, HealthSchema)
-@blp.alt_response(503, description="not_ready: the database does not answer, or is not migrated to this code's schema")
+@error_docs(NotReady)
 def readyz():
-    """Readiness: the database answers and is migrated to this code's schema. The rate limits' Redis is reported
-    but does not decide it: every instance shares it, so taking them all out of the load balancer would stop scans
-    and deposits too."""
+    """Readiness: the database answers and is migrated to this code's schema (503 not_ready otherwise). The rate
+    limits' Redis is reported but does not decide it: every instance shares it, so taking them all out of the load
+    balancer would stop scans and deposits too."""
     try:
         db.session.execute(sa.text("SELECT 1"))
     except sa.exc.SQLAlchemyError:
         db.session.rollback()
-        return error_response("not_ready", "数据库不可用", 503)
+        return error_response(NotReady.code, NotReady.message, NotReady.status)
     migrated, expected = _schema_revision(), _code_revision()
     if migrated != expected:
         # New code on an old schema (or none) fails its requests: keep it out until `flask db upgrade` has run.
         details = {"database_revision": migrated, "code_revision": expected}
-        return error_response("not_ready", "数据库结构不是最新版本，请先运行 flask db upgrade", 503, details)
+        message = "数据库结构不是最新版本，请先运行 flask db upgrade"
+        return error_response(NotReady.code, message, NotReady.status, details)
     answer = {"status": "ok", "database": "ok"}
     if current_app.config.get("REDIS_URL") and limiter.enabled:
         answer["rate_limits"] = "ok" if limiter.storage.check() else "unavailable"

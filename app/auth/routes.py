@@ -14,7 +14,14 @@ from app.auth.schemas import (
     StaffTokensSchema,
     WeChatLoginSchema,
 )
-from app.errors import AccountFrozen, InvalidCredentials, RateLimited, UpstreamError, UpstreamUnavailable
+from app.errors import (
+    AccountFrozen,
+    Forbidden,
+    InvalidCredentials,
+    RateLimited,
+    UpstreamError,
+    UpstreamUnavailable,
+)
 from app.http import Blueprint, no_body
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="登录、刷新与退出")
@@ -27,7 +34,7 @@ def _username() -> str:
 
 
 @blp.route("/wechat", methods=["POST"])
-@error_docs(InvalidCredentials, AccountFrozen, RateLimited, UpstreamError, UpstreamUnavailable)
+@error_docs(InvalidCredentials, AccountFrozen, Forbidden, RateLimited, UpstreamError, UpstreamUnavailable)
 @blp.arguments(WeChatLoginSchema)
 @blp.response(200, ResidentTokensSchema)
 def wechat_login(body):

@@ -141,7 +141,8 @@ def _error_for(errcode: Any, errmsg: Any) -> AppError:
     if errcode in (_ERR_CODE_INVALID, _ERR_CODE_USED):
         return InvalidCredentials("微信登录凭证无效或已使用，请重新登录", details=details)
     if errcode == _ERR_FREQ_LIMIT:
-        return RateLimited("微信登录太频繁，请稍后再试", details=details)
+        # WeChat does not say for how long; a minute is its usual window. API.md: every 429 says when to retry.
+        return RateLimited("微信登录太频繁，请稍后再试", details=details, headers={"Retry-After": "60"})
     if errcode == _ERR_RISKY_USER:
         return Forbidden("该微信账号存在风险，暂时无法登录", details=details)
     if errcode == _ERR_SYSTEM_BUSY:

@@ -119,6 +119,7 @@ def list_points(query):
 
 @blp.route("/collection-points", methods=["POST"])
 @login_required("admin", "worker")
+@error_docs(Duplicate)
 @blp.arguments(CollectionPointSchema)
 @blp.response(201, CollectionPointSchema)
 def create_point(body):
@@ -136,7 +137,7 @@ def get_point(point_id):
 
 @blp.route("/collection-points/<int:point_id>", methods=["PATCH"])
 @login_required("admin", "worker")
-@error_docs(NotFound)
+@error_docs(NotFound, Duplicate)
 @blp.arguments(CollectionPointUpdateSchema)
 @blp.response(200, CollectionPointSchema)
 def update_point(body, point_id):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
+import subprocess
 
 import pytest
 import sqlalchemy as sa
@@ -556,6 +559,39 @@ def test_openapi_lists_the_foundation_paths(spec):
     assert missing == []
     assert set(spec["paths"]["/api/v1/communities"]) >= {"get", "post"}
     assert set(spec["paths"]["/api/v1/me"]) >= {"get", "patch"}
+
+
+def _patterns(spec) -> list[tuple[str, str]]:
+    """(field or parameter name, pattern) for every pattern the document publishes."""
+    found = [(name, prop["pattern"]) for schema in spec["components"]["schemas"].values()
+             for name, prop in schema.get("properties", {}).items() if "pattern" in prop]  # fmt: skip
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else operation:
+                if "pattern" in parameter.get("schema", {}):
+                    found.append((parameter["name"], parameter["schema"]["pattern"]))
+    return found
+
+
+# A value each published pattern must accept, as a JavaScript client's validator reads it.
+PATTERN_SAMPLES = {"near": "30.87,121.58", "code": "HK-BIN-02", "username": "worker.hk", "activity": "sorting:paper",
+                   "Idempotency-Key": "重试-1"}  # fmt: skip
+
+
+def test_openapi_patterns_are_ecmascript_regular_expressions(spec):
+    patterns = _patterns(spec)
+    assert {name for name, _ in patterns} >= set(PATTERN_SAMPLES)
+    for name, pattern in patterns:
+        # Python-only syntax is an invalid escape or group in ECMA-262, the dialect OpenAPI 3.0 names
+        assert not re.search(r"\\[AZ]|\(\?P|\(\?[aiLmsux]", pattern), (name, pattern)
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("no Node.js to compile the patterns with")
+    checks = [(pattern, PATTERN_SAMPLES[name]) for name, pattern in patterns if name in PATTERN_SAMPLES]
+    script = "const c = JSON.parse(process.argv[1]);" \
+             "console.log(JSON.stringify(c.map(([p, s]) => new RegExp(p, 'u').test(s))))"  # fmt: skip
+    done = subprocess.run([node, "-e", script, json.dumps(checks)], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == [True] * len(checks), checks
 
 
 def test_openapi_documents_changing_ones_own_password(spec):

@@ -39,9 +39,19 @@ def test_not_ready_until_the_database_is_migrated_to_this_codes_schema(api, db_s
 
 
 def test_operational_endpoints_are_documented(api):
-    paths = api.get("/api/v1/openapi.json").get_json()["paths"]
-    assert "503" in paths["/readyz"]["get"]["responses"]
+    spec = api.get("/api/v1/openapi.json").get_json()
+    paths = spec["paths"]
+    not_ready = paths["/readyz"]["get"]["responses"]["503"]
+    assert not_ready["description"] == "not_ready"
+    assert not_ready["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorEnvelope"}
     assert "200" in paths["/healthz"]["get"]["responses"]
+    assert "PaginationMetadata" not in spec["components"]["schemas"]  # lists page by cursor, not page number
+    login = paths["/api/v1/auth/login"]["post"]["responses"]["429"]
+    assert login["headers"]["Retry-After"]["schema"]["type"] == "integer"
+    assert "forbidden" in paths["/api/v1/auth/wechat"]["post"]["responses"]["403"]["description"]
+    for method in ("post", "patch"):  # a name the community already has
+        point = paths["/api/v1/collection-points" + ("" if method == "post" else "/{point_id}")][method]
+        assert "duplicate" in point["responses"]["409"]["description"]
 
 
 def test_resident_login_and_me(api):

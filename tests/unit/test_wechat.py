@@ -108,6 +108,8 @@ def test_errcode_mapping(
     warnings = _warnings(caplog)
     assert len(warnings) == 1
     assert str(errcode) in warnings[0].getMessage()
+    if error is RateLimited:  # API.md: every 429 says when to try again
+        assert exc.headers == {"Retry-After": "60"}
 
 
 def test_status_codes_of_mapped_errors(client: WeChatClient) -> None:
