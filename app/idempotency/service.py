@@ -1,8 +1,11 @@
 """`Idempotency-Key` for every POST that moves points or stock.
 
 The key row is inserted before the use case runs, so a concurrent duplicate blocks on the unique index
-until the first commits, then finds the stored response. Only successful responses are stored: a failed
-request rolled back everything, so retrying it is safe and re-evaluates."""
+until the first commits, then finds the stored response. As API.md says, a retry gets the first status and body and
+changes nothing, a refusal's included: the refused use case's writes are rolled back to a savepoint taken after the
+key row, and the refusal is kept in their place. Only answers that say nothing about the request are not kept, so
+that the same key works once the cause has passed: 401 (who asks is not known yet), 429 (asked too often) and 5xx
+(the server failed)."""
 
 from __future__ import annotations
 
@@ -13,12 +16,13 @@ from functools import cache, partial, wraps
 
 import sqlalchemy as sa
 from flask import current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from app.apidoc import extend_doc
 from app.auth.guards import current_actor
 from app.clock import utcnow
 from app.db import db, dialect_name, run, upsert_insert
-from app.errors import IdempotencyConflict, field_error
+from app.errors import AppError, IdempotencyConflict, field_error
 from app.idempotency.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -28,7 +32,8 @@ HEADER_DOC = {
     "required": False,
     # Control characters are refused as well (not printable); the pattern says as much as JSON Schema can.
     "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^\\u0000-\\u001f\\u007f]+$"},
-    "description": "重试时携带相同的键（1 到 64 个可见字符）：同样的请求只生效一次，并返回第一次的结果",
+    "description": "重试时携带相同的键（1 到 64 个可见字符）：同样的请求只生效一次，并返回第一次的结果（拒绝也一样，"
+    "401、429 和 5xx 除外）；同一个键配不同的请求内容是 409 idempotency_conflict",
 }
 
 
@@ -93,11 +98,34 @@ def run_idempotent(scope: str, view, *args, **kwargs):
         scope,
         key,
         request_hash,
-        partial(view, *args, **kwargs),
-        keep=lambda response: 200 <= response.status_code < 300,
+        partial(_answer_or_refusal, partial(view, *args, **kwargs)),
+        keep=lambda response: _kept(response.status_code),
         answer=lambda response: response.get_json(),
         replay=lambda row: _replay(row, request_hash),
     )
+
+
+def _kept(status: int) -> bool:
+    return status < 500 and status not in (401, 429)
+
+
+def _answer_or_refusal(view):
+    """The view's answer, or the refusal it raised as an answer to keep, with the use case's writes undone."""
+    from app.http import error_response, handle_http_exception
+
+    savepoint = db.session.begin_nested()
+    try:
+        response = view()
+    except (AppError, HTTPException) as error:
+        status = error.status if isinstance(error, AppError) else (error.code or 500)
+        if not _kept(status):
+            raise
+        savepoint.rollback()
+        if isinstance(error, AppError):
+            return error_response(error.code, error.message, error.status, error.details, error.headers)
+        return handle_http_exception(error)
+    savepoint.commit()
+    return response
 
 
 def run_once(scope: str, key: str, request_hash: str, view, keep, answer, replay):

@@ -280,7 +280,7 @@ def device_deposit(body):
     """A smart bin records a deposit, HMAC-signed. Each signature is used once, whether its request was accepted or
     refused (sent again, it answers 409 duplicate), and each member code pays for one deposit: to retry after a
     lost answer, send the same Idempotency-Key as the first try, with the same signed bytes or signed again, to get
-    the first answer back. After a refusal, sign again.
+    the first answer back, a refusal's too. To try again after a refusal, sign again with a new key.
     A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
     seconds), so that the bin can correct its own and sign again."""
     return service.record_device_deposit(current_actor(), body)

@@ -229,22 +229,53 @@ def test_an_adjustment_retried_after_its_key_was_pruned_is_refused_not_applied_a
     assert api.get("/me", as_=me).get_json()["balance"] == 30
 
 
-def test_failed_request_is_not_stored_under_its_key(api):
+def test_a_refused_request_keeps_its_answer_under_its_key_and_changes_nothing(api):
+    """API.md: a retry with the same key and body returns the first status and body and changes nothing; the same
+    key with another body is a conflict. A refusal is an answer like any other."""
     me, admin = api.resident(), api.staff("admin")
     headers = {"Idempotency-Key": "retry-me"}
     body = {"delta": -10, "reason": "扣减"}
-    assert_error(
-        api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers), 409, "insufficient_points"
-    )
+    first = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
+    assert_error(first, 409, "insufficient_points")
     earn(me.id, 10, "a")
     retry = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=headers)
-    assert retry.status_code == 201
+    assert retry.status_code == 409
+    assert retry.get_json() == first.get_json()
+    assert retry.headers["Idempotent-Replayed"] == "true"
+    assert api.get("/me", as_=me).get_json()["balance"] == 10  # the retry changed nothing
+    other = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={**body, "delta": -5}, headers=headers)
+    assert_error(other, 409, "idempotency_conflict")
+    fresh = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers={"Idempotency-Key": "again"})
+    assert fresh.status_code == 201  # a new key is a new request
     assert api.get("/me", as_=me).get_json()["balance"] == 0
 
 
-@pytest.mark.parametrize("status", [409, 503])
-def test_an_answer_returned_as_a_failure_is_not_stored_under_its_key(api, app, status):
-    """Views raise their errors today; one that returned a failed answer instead must not have it replayed."""
+def test_a_refusal_keeps_nothing_of_what_its_use_case_wrote(api, app):
+    """The refused use case's writes are undone to a savepoint taken after the key; the kept refusal is all that
+    lands."""
+    from app.db import commit
+    from app.errors import CapReached
+    from app.idempotency.models import IdempotencyKey
+    from app.idempotency.service import run_idempotent
+    from app.people.models import Community
+
+    def writes_then_refuses():
+        db.session.add(Community(code="half-written", name="写了一半"))
+        db.session.flush()
+        raise CapReached()
+
+    request = {"method": "POST", "json": {"n": 1}, "headers": {"Idempotency-Key": "half"}}
+    with app.test_request_context("/api/v1/anything", **request):
+        assert run_idempotent("staff:1", writes_then_refuses).status_code == 409
+        commit()
+    db.session.rollback()
+    assert count(Community, code="half-written") == 0
+    assert db.session.scalar(sa.select(IdempotencyKey.status_code).filter_by(key="half")) == 409
+
+
+@pytest.mark.parametrize("status", [401, 429, 500, 503])
+def test_an_answer_that_says_nothing_of_the_request_is_not_kept(api, app, status):
+    """Not yet authenticated, asked too often, or the server failed: the same key works once that has passed."""
     from flask import jsonify
 
     from app.db import commit
@@ -265,6 +296,21 @@ def test_an_answer_returned_as_a_failure_is_not_stored_under_its_key(api, app, s
     assert retry.status_code == 201
     assert "Idempotent-Replayed" not in retry.headers
     assert db.session.scalar(sa.select(IdempotencyKey.status_code)) == 201
+
+
+def test_a_rate_limit_raised_inside_is_not_kept_either(api, app):
+    from app.errors import RateLimited
+    from app.idempotency.models import IdempotencyKey
+    from app.idempotency.service import run_idempotent
+
+    def limited():
+        raise RateLimited()
+
+    request = {"method": "POST", "json": {"n": 1}, "headers": {"Idempotency-Key": "limited"}}
+    with app.test_request_context("/api/v1/anything", **request), pytest.raises(RateLimited):
+        run_idempotent("staff:1", limited)
+    db.session.rollback()
+    assert count(IdempotencyKey, key="limited") == 0
 
 
 def test_caps_count_the_local_day_not_the_utc_day(api, clock):

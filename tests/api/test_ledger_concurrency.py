@@ -30,6 +30,30 @@ def test_fifty_replays_of_one_key_credit_once(api, app):
     assert count(LedgerEntry) == 1
 
 
+def test_fifty_replays_of_one_refused_key_give_its_one_refusal(api, app):
+    """The first to hold the key is refused; the others wait on the key, then replay that refusal. Meanwhile the
+    balance comes to cover the spend, and still none applies."""
+    me, admin = api.resident(), api.staff("admin")
+    headers = {**admin.auth, "Idempotency-Key": "refused-key"}
+    path = f"/api/v1/residents/{me.id}/adjustments"
+    responses = race(
+        app, lambda c, _: c.post(path, json={"delta": -10, "reason": "并发扣减"}, headers=headers), THREADS
+    )
+    assert [r.status_code for r in responses] == [409] * THREADS
+    assert {r.get_json()["error"]["code"] for r in responses} == {"insufficient_points"}
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == THREADS - 1
+    assert (
+        api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 10, "reason": "补发积分"}).status_code
+        == 201
+    )
+    again = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": -10, "reason": "并发扣减"},
+                     headers={"Idempotency-Key": "refused-key"})  # fmt: skip
+    assert again.status_code == 409
+    db.session.expire_all()
+    assert api.get("/me", as_=me).get_json()["balance"] == 10
+    assert count(LedgerEntry) == 1
+
+
 def test_fifty_spends_from_a_balance_that_covers_five(api, app):
     me, admin = api.resident(), api.staff("admin")
     assert (

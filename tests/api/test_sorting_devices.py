@@ -563,12 +563,27 @@ def test_a_replayed_request_sent_under_another_requests_key_is_a_conflict_not_th
 def test_a_refused_request_burns_its_signature_and_nothing_else(api, world):
     """A refusal leaves no deposit and no points, but its signature stays used: resent, it is a replay."""
     kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
-    kwargs["headers"]["Idempotency-Key"] = "bin-a-0004"
     assert_error(api.post(PATH, **kwargs), 403, "forbidden")
     replay = assert_error(api.post(PATH, **kwargs), 409, "duplicate")
     assert replay["details"] == {"refused": True}  # a bin that lost the 403 is not told "recorded"
     assert "重新签名" in replay["message"]
     assert (count(Deposit), count(DeviceSignature), balance(api, world["resident"])) == (0, 1, 0)
+
+
+def test_a_refused_request_resent_with_its_idempotency_key_gets_the_refusal_back(api, world):
+    """API.md: a retry with the same key and body returns the first status and body, a refusal's too: a bin that
+    lost the 403 learns why, not only that it was refused."""
+    kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
+    kwargs["headers"]["Idempotency-Key"] = "bin-a-0004"
+    first = api.post(PATH, **kwargs)
+    assert_error(first, 403, "forbidden")
+    again = api.post(PATH, **kwargs)
+    assert (again.status_code, again.get_json()) == (403, first.get_json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+    resigned = signed(world["device"], json.loads(kwargs["data"]), timestamp=int(utcnow().timestamp()) + 1)
+    resigned["headers"]["Idempotency-Key"] = "bin-a-0004"
+    assert api.post(PATH, **resigned).status_code == 403  # the same request signed again: still its first answer
+    assert (count(Deposit), count(DeviceSignature), balance(api, world["resident"])) == (0, 2, 0)
 
 
 def test_a_request_refused_while_the_account_was_frozen_is_not_accepted_once_it_thaws(api, world):
