@@ -124,7 +124,10 @@ def _answer_or_refusal(view):
         if isinstance(error, AppError):
             return error_response(error.code, error.message, error.status, error.details, error.headers)
         return handle_http_exception(error)
-    savepoint.commit()
+    if 200 <= response.status_code < 300:
+        savepoint.commit()
+    else:  # a refusal answered rather than raised keeps nothing either
+        savepoint.rollback()
     return response
 
 

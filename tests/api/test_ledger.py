@@ -253,6 +253,8 @@ def test_a_refused_request_keeps_its_answer_under_its_key_and_changes_nothing(ap
 def test_a_refusal_keeps_nothing_of_what_its_use_case_wrote(api, app):
     """The refused use case's writes are undone to a savepoint taken after the key; the kept refusal is all that
     lands."""
+    from flask import jsonify
+
     from app.db import commit
     from app.errors import CapReached
     from app.idempotency.models import IdempotencyKey
@@ -264,13 +266,22 @@ def test_a_refusal_keeps_nothing_of_what_its_use_case_wrote(api, app):
         db.session.flush()
         raise CapReached()
 
-    request = {"method": "POST", "json": {"n": 1}, "headers": {"Idempotency-Key": "half"}}
-    with app.test_request_context("/api/v1/anything", **request):
-        assert run_idempotent("staff:1", writes_then_refuses).status_code == 409
-        commit()
-    db.session.rollback()
+    def writes_then_answers_a_refusal():
+        db.session.add(Community(code="half-answered", name="写了一半"))
+        db.session.flush()
+        response = jsonify({"error": {"code": "cap_reached", "message": "已达到今日积分上限", "details": {}}})
+        response.status_code = 409
+        return response
+
+    for key, view in (("half", writes_then_refuses), ("half-answered", writes_then_answers_a_refusal)):
+        request = {"method": "POST", "json": {"n": 1}, "headers": {"Idempotency-Key": key}}
+        with app.test_request_context("/api/v1/anything", **request):
+            assert run_idempotent("staff:1", view).status_code == 409
+            commit()
+        db.session.rollback()
+        assert db.session.scalar(sa.select(IdempotencyKey.status_code).filter_by(key=key)) == 409
     assert count(Community, code="half-written") == 0
-    assert db.session.scalar(sa.select(IdempotencyKey.status_code).filter_by(key="half")) == 409
+    assert count(Community, code="half-answered") == 0
 
 
 @pytest.mark.parametrize("status", [401, 429, 500, 503])
