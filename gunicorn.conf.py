@@ -22,7 +22,8 @@ worker_class = "gthread" if threads > 1 else "sync"
 timeout = 30
 keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG", "-") or None  # empty: no access log
-access_log_format = '%(t)s %(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
+# The path without its query: queries carry residents' positions (?near=) and nicknames searched for (?q=).
+access_log_format = '%(t)s %(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
 # Nothing here uses gunicorn's control interface, and its socket has one default path per user: a second server on
 # the machine (the benchmark's beside `make run`) would fight over it.
 control_socket_disable = True
