@@ -9,7 +9,12 @@ from admin.blueprint import bp
 from admin.forms import load, rerender_on_error, text
 from app.auth import service as auth
 from app.auth.guards import session_after
-from app.auth.limits import failed_staff_logins, login_wait_message, staff_login_attempts
+from app.auth.limits import (
+    failed_staff_logins,
+    login_wait_message,
+    password_change_attempts,
+    staff_login_attempts,
+)
 from app.auth.schemas import PasswordChangeSchema
 from app.errors import InvalidCredentials, field_error
 from app.people import service as people
@@ -64,7 +69,7 @@ def password_form():
 
 
 @bp.post("/password")
-@staff_login_attempts()
+@password_change_attempts()
 @rerender_on_error(_password_page)
 def change_password():
     """The signed-in member's own password. Every other session ends; this browser starts a new one."""

@@ -156,7 +156,7 @@ MAX_CURSOR = 256  # the cursors handed out are a few ids or a name; anything lon
 
 
 def decode_cursor(cursor: str | None) -> Any:
-    if cursor is None:
+    if not cursor:  # `?cursor=` from a client that fills in a null `next`: the first page
         return None
     try:
         if len(cursor) > MAX_CURSOR:

@@ -17,18 +17,33 @@ from app.extensions import limiter
 log = logging.getLogger("app.auth")
 
 
+def _minutes_to_wait() -> int:
+    current = limiter.current_limit  # the breached limit, on a 429
+    wait_s = seconds_until(current.reset_at) if current is not None else 60
+    return max(round(wait_s / 60), 1)
+
+
 def login_wait_message() -> str:
     """What a refused login says: how long until the next try, to the nearest minute (Retry-After has it to the
     second), for a person rather than a program."""
-    current = limiter.current_limit  # the breached limit, on a 429
-    wait_s = seconds_until(current.reset_at) if current is not None else 60
-    return f"登录尝试次数过多，请 {max(round(wait_s / 60), 1)} 分钟后再试"
+    return f"登录尝试次数过多，请 {_minutes_to_wait()} 分钟后再试"
 
 
 def staff_login_attempts():
     """Sixty staff login attempts per minute per address."""
     return limiter.shared_limit(
         "60 per minute", scope="staff-login", methods=["POST"], error_message=login_wait_message
+    )
+
+
+def password_change_attempts():
+    """Sixty password changes per minute per address, counted apart from logins: requests refused before any check
+    (a resident's token, none at all) must not use up the staff logins of everyone behind the same address."""
+    return limiter.shared_limit(
+        "60 per minute",
+        scope="password-change",
+        methods=["POST"],
+        error_message=lambda: f"修改密码尝试次数过多，请 {_minutes_to_wait()} 分钟后再试",
     )
 
 

@@ -5,7 +5,7 @@ from flask import request
 from app.apidoc import error_docs
 from app.auth import service
 from app.auth.guards import STAFF, current_actor, login_required
-from app.auth.limits import failed_staff_logins, staff_login_attempts
+from app.auth.limits import failed_staff_logins, password_change_attempts, staff_login_attempts
 from app.auth.schemas import (
     AccessTokenSchema,
     PasswordChangeSchema,
@@ -54,7 +54,7 @@ def staff_login(body):
 
 
 @blp.route("/password", methods=["POST"])
-@staff_login_attempts()
+@password_change_attempts()
 @login_required(*STAFF)
 @error_docs(RateLimited)
 @blp.arguments(PasswordChangeSchema)

@@ -106,7 +106,7 @@ def get_staff(staff_id):
 @blp.route("/staff/<int:staff_id>", methods=["PATCH"])
 @login_required("admin", "alliance")
 @error_docs(NotFound, InvalidState)
-@blp.arguments(StaffUpdateSchema)
+@blp.arguments(StaffUpdateSchema, required=False)  # no body changes nothing, and answers as it is
 @blp.response(200, StaffSchema)
 def update_staff(body, staff_id):
     """Deactivate, reset the password of, or re-scope a staff account."""
@@ -123,7 +123,7 @@ def get_me():
 
 @blp.route("/me", methods=["PATCH"])
 @login_required(RESIDENT)
-@blp.arguments(MeUpdateSchema)
+@blp.arguments(MeUpdateSchema, required=False)  # no body changes nothing, and answers as it is
 @blp.response(200, MeSchema)
 def update_me(body):
     """Change the nickname or the community."""

@@ -138,7 +138,7 @@ def get_point(point_id):
 @blp.route("/collection-points/<int:point_id>", methods=["PATCH"])
 @login_required("admin", "worker")
 @error_docs(NotFound, Duplicate)
-@blp.arguments(CollectionPointUpdateSchema)
+@blp.arguments(CollectionPointUpdateSchema, required=False)  # no body changes nothing, and answers as it is
 @blp.response(200, CollectionPointSchema)
 def update_point(body, point_id):
     """Change a collection point (admin; a worker in its own community). Check-ins and deposits see the change

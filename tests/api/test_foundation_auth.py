@@ -734,6 +734,21 @@ def test_guessing_the_current_password_stops_after_five_tries_per_session(limite
     assert_error(client.get("/api/v1/staff/me", headers=stolen), 401, "token_revoked")
 
 
+def test_password_changes_refused_at_the_door_do_not_use_up_the_addresses_staff_logins(limited):
+    """Sixty residents' (or nobody's) posts to /auth/password from one address, all refused before any check, leave
+    the staff behind that address able to log in; password changes count against a limit of their own."""
+    client = limited.test_client()
+    username = _limited_staff(limited, "office.user")
+    resident = client.post("/api/v1/auth/wechat", json={"code": "stub:same-address"}).get_json()["access_token"]
+    for auth in ({"Authorization": f"Bearer {resident}"}, {}):
+        statuses = {_password_change(client, auth, "whatever-xx").status_code for _ in range(30)}
+        assert statuses == {403 if auth else 401}
+    assert _login(client, username).status_code == 200
+    refused = [_password_change(client, {}, "whatever-xx") for _ in range(2)]  # the 61st and 62nd
+    error = assert_error(refused[-1], 429, "rate_limited")
+    assert error["message"].startswith("修改密码尝试次数过多")
+
+
 def test_parallel_guesses_at_the_current_password_are_counted_before_they_are_checked(limited):
     """Each try is counted before the slow hash runs, so tries sent together cannot all pass a test made before any
     of them was counted."""

@@ -693,6 +693,13 @@ def test_a_cursor_that_is_no_valid_key_is_refused(api, cursor):
         assert "cursor" in error["details"]["fields"], path
 
 
+def test_an_empty_cursor_is_the_first_page(api):
+    """`?cursor=` from a client that fills in a null `next`."""
+    api.post("/communities", as_=api.staff("admin"), json={"name": "游标社区", "code": "cursor-first"})
+    first = api.get("/communities?limit=1").get_json()
+    assert api.get("/communities?limit=1&cursor=").get_json() == first
+
+
 @pytest.mark.parametrize("delta", [1.5, -0.5, "2.5", 1e400, True])
 def test_an_adjustment_of_a_fraction_of_a_point_is_refused_not_truncated(api, delta):
     me, admin = api.resident(), api.staff("admin")

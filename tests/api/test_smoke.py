@@ -49,6 +49,9 @@ def test_operational_endpoints_are_documented(api):
     login = paths["/api/v1/auth/login"]["post"]["responses"]["429"]
     assert login["headers"]["Retry-After"]["schema"]["type"] == "integer"
     assert "forbidden" in paths["/api/v1/auth/wechat"]["post"]["responses"]["403"]["description"]
+    for path in ("/api/v1/me", "/api/v1/collection-points/{point_id}", "/api/v1/staff/{staff_id}"):
+        assert not paths[path]["patch"]["requestBody"].get("required")  # no body answers the resource unchanged
+    assert paths["/api/v1/residents/{resident_id}"]["patch"]["requestBody"]["required"] is True  # status is required
     for method in ("post", "patch"):  # a name the community already has
         point = paths["/api/v1/collection-points" + ("" if method == "post" else "/{point_id}")][method]
         assert "duplicate" in point["responses"]["409"]["description"]
