@@ -80,11 +80,17 @@ def device_required(view):
                 raise
             return answer
         try:
-            return view(*args, **kwargs)
+            response = view(*args, **kwargs)
         except AppError:
             db.session.rollback()
             service.burn_refused_signature(g.actor.id, request.headers["X-Signature"])
             raise
+        if response.status_code >= 400:  # a refusal the Idempotency-Key kept, or one it replayed for a new signature
+            db.session.rollback()
+            service.burn_refused_signature(g.actor.id, request.headers["X-Signature"])
+        elif response.headers.get("Idempotent-Replayed"):  # the answer is old, but this signature is spent too
+            db.session.commit()
+        return response
 
     headers = tuple(
         {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}

@@ -586,6 +586,40 @@ def test_a_refused_request_resent_with_its_idempotency_key_gets_the_refusal_back
     assert (count(Deposit), count(DeviceSignature), balance(api, world["resident"])) == (0, 2, 0)
 
 
+def test_a_refusal_kept_under_a_key_still_burns_every_signature_that_asked(api, world):
+    """The refusal kept under the key commits its signature as used; it must say refused, and a bin's re-signed retry
+    answered from the key is spent as refused too: neither's captured bytes pass once the cause is gone."""
+    resident = world["resident"]
+    first = signed(world["device"], body_for(api, world))
+    first["headers"]["Idempotency-Key"] = "bin-a-frozen"
+    status = {"status": "frozen", "reason": "核查异常投放"}
+    assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
+    assert_error(api.post(PATH, **first), 403, "account_frozen")
+    bare_first = {**first, "headers": {k: v for k, v in first["headers"].items() if k != "Idempotency-Key"}}
+    assert assert_error(api.post(PATH, **bare_first), 409, "duplicate")["details"] == {"refused": True}
+    second = signed(world["device"], json.loads(first["data"]), timestamp=int(utcnow().timestamp()) + 1)
+    second["headers"]["Idempotency-Key"] = "bin-a-frozen"
+    assert_error(api.post(PATH, **second), 403, "account_frozen")  # the key's first answer
+    status = {"status": "active", "reason": "核查完毕"}
+    assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
+    del second["headers"]["Idempotency-Key"]
+    assert assert_error(api.post(PATH, **second), 409, "duplicate")["details"] == {"refused": True}
+    assert (count(Deposit), balance(api, resident)) == (0, 0)
+
+
+def test_a_re_signed_retry_answered_from_its_key_spends_its_signature(api, world):
+    first = signed(world["device"], body_for(api, world))
+    first["headers"]["Idempotency-Key"] = "bin-a-lost"
+    assert api.post(PATH, **first).status_code == 201
+    second = signed(world["device"], json.loads(first["data"]), timestamp=int(utcnow().timestamp()) + 1)
+    second["headers"]["Idempotency-Key"] = "bin-a-lost"
+    again = api.post(PATH, **second)
+    assert (again.status_code, again.headers["Idempotent-Replayed"]) == (201, "true")
+    del second["headers"]["Idempotency-Key"]
+    assert assert_error(api.post(PATH, **second), 409, "duplicate")["details"] == {"refused": False}
+    assert (count(Deposit), count(DeviceSignature)) == (1, 2)
+
+
 def test_a_request_refused_while_the_account_was_frozen_is_not_accepted_once_it_thaws(api, world):
     """Replaying the captured bytes of a refusal after its cause is gone is still a replay."""
     resident = world["resident"]
