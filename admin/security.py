@@ -39,11 +39,11 @@ CSP = (
 
 
 def configure_cookies(app: Flask) -> None:
-    """HttpOnly and SameSite=Lax on the session cookie; Secure when the site is served over HTTPS."""
+    """HttpOnly and SameSite=Lax on the session cookie; Secure in production."""
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     if not app.config.get("SESSION_COOKIE_SAMESITE"):
         app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-    if app.config.get("APP_ENV") == "production" and str(app.config.get("PUBLIC_BASE_URL", "")).startswith("https:"):
+    if app.config.get("APP_ENV") == "production":  # which is served over https only (app.config refuses otherwise)
         app.config["SESSION_COOKIE_SECURE"] = True
 
 

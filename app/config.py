@@ -37,8 +37,14 @@ class ConfigError(RuntimeError):
 
 
 def _absolute_url(url: str, schemes: set[str]) -> bool:
+    """An address posters can end with /q/<token>: the scheme as written, a host, no query or fragment (not even an
+    empty one), no spaces."""
     parts = urlsplit(url)
-    return parts.scheme in schemes and bool(parts.hostname) and not (parts.query or parts.fragment)
+    return (
+        url.split(":", 1)[0] in schemes
+        and bool(parts.hostname)
+        and not any(character in url for character in "?# \t\r\n")
+    )
 
 
 def database_url(raw: str | None) -> str:

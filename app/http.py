@@ -95,14 +95,16 @@ def handle_app_error(error: AppError):
     return error_response(error.code, error.message, error.status, error.details, error.headers)
 
 
-def _unreachable(error: Exception) -> str | None:
+def unreachable(error: Exception) -> str | None:
     """Which shared service a failure is the absence of: PostgreSQL gone or refusing connections (SQLSTATE classes
-    08 and 57P, or no SQLSTATE at all when it never answered), or the rate limits' Redis."""
+    08 and 57P, or an operational error with no SQLSTATE, when it never answered), or the rate limits' Redis. A
+    driver's own complaint with no SQLSTATE (a value it cannot adapt) is a bug, not an outage."""
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return "redis"
     if isinstance(error, sa.exc.DBAPIError):
         sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's; SQLite's errors have none
-        if error.connection_invalidated or sqlstate is None or sqlstate.startswith(("08", "57P")):
+        never_answered = sqlstate is None and isinstance(error, sa.exc.OperationalError)
+        if error.connection_invalidated or never_answered or (sqlstate or "").startswith(("08", "57P")):
             return "database"
     return None
 
@@ -113,7 +115,7 @@ OUTAGE_RETRY_AFTER_S = 10
 
 def handle_unexpected(error: Exception):
     db.session.rollback()
-    service = _unreachable(error)
+    service = unreachable(error)
     if service:
         # An outage, not a bug: one line each, not a traceback per request while it lasts.
         log.error("%s unreachable on %s %s: %s", service, request.method, request.path, str(error).splitlines()[0])

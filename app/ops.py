@@ -58,8 +58,10 @@ def readyz():
         db.session.rollback()
         return error_response(NotReady.code, NotReady.message, NotReady.status)
     migrated, expected = _schema_revision(), _code_revision()
-    if migrated != expected:
-        # New code on an old schema (or none) fails its requests: keep it out until `flask db upgrade` has run.
+    if migrated != expected and _behind(migrated):
+        # New code on an old schema (or none) fails its requests: keep it out until `flask db upgrade` has run. A
+        # revision this code does not know is a newer one (a release migrated first, this host restarts next): it
+        # stays in, since migrations add to the schema the old code reads.
         details = {"database_revision": migrated, "code_revision": expected}
         message = "数据库结构不是最新版本，请先运行 flask db upgrade"
         return error_response(NotReady.code, message, NotReady.status, details)
@@ -77,12 +79,21 @@ def _schema_revision() -> str | None:
         return None
 
 
-def _code_revision() -> str:
-    """The newest migration this code ships, read once per process."""
-    if "code_revision" not in current_app.extensions:
+def _scripts() -> tuple[str, frozenset[str]]:
+    """The newest migration this code ships and all it knows, read once per process."""
+    if "code_revisions" not in current_app.extensions:
         scripts = ScriptDirectory(current_app.extensions["migrate"].directory)
-        current_app.extensions["code_revision"] = scripts.get_current_head()
-    return current_app.extensions["code_revision"]
+        known = frozenset(script.revision for script in scripts.walk_revisions())
+        current_app.extensions["code_revisions"] = (scripts.get_current_head(), known)
+    return current_app.extensions["code_revisions"]
+
+
+def _code_revision() -> str:
+    return _scripts()[0]
+
+
+def _behind(migrated: str | None) -> bool:
+    return migrated is None or migrated in _scripts()[1]
 
 
 @pages.get("/q/<token>")

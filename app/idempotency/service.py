@@ -114,20 +114,26 @@ def _answer_or_refusal(view):
     from app.http import error_response, handle_http_exception
 
     savepoint = db.session.begin_nested()
+    pending = len(g.get("after_commit", []))
+
+    def undo() -> None:  # the writes, and what was to follow their commit
+        savepoint.rollback()
+        del g.setdefault("after_commit", [])[pending:]
+
     try:
         response = view()
     except (AppError, HTTPException) as error:
         status = error.status if isinstance(error, AppError) else (error.code or 500)
         if not _kept(status):
             raise
-        savepoint.rollback()
+        undo()
         if isinstance(error, AppError):
             return error_response(error.code, error.message, error.status, error.details, error.headers)
         return handle_http_exception(error)
     if 200 <= response.status_code < 300:
         savepoint.commit()
     else:  # a refusal answered rather than raised keeps nothing either
-        savepoint.rollback()
+        undo()
     return response
 
 

@@ -407,6 +407,35 @@ def test_an_error_of_the_database_that_is_not_an_outage_is_still_a_bug(fresh_app
     assert_envelope(boom_app.test_client().get("/api/v1/_test/bad-sql"), 500, "internal_error")
 
 
+def test_a_value_the_driver_cannot_send_is_a_bug_not_an_outage(fresh_app, caplog):
+    """psycopg refuses to adapt it with no SQLSTATE, as it does when PostgreSQL never answered; only the latter is
+    an outage."""
+    boom_app = fresh_app()
+
+    @boom_app.get("/api/v1/_test/unadaptable")
+    def unadaptable():
+        db.session.execute(sa.text("SELECT :x"), {"x": object()})
+
+    assert_envelope(boom_app.test_client().get("/api/v1/_test/unadaptable"), 500, "internal_error")
+    assert any(r.exc_info for r in caplog.records if r.name == "app.http")  # with its traceback
+
+
+def test_the_admin_site_answers_an_outage_with_a_page_saying_to_come_back(app, caplog):
+    import psycopg
+
+    from admin.views import _unexpected
+
+    never_answered = sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
+    with app.test_request_context("/admin/"):
+        body, status, headers = _unexpected(never_answered)
+    assert (status, headers) == (503, {"Retry-After": "10"})
+    assert "服务暂时不可用" in body
+    said = [r for r in caplog.records if r.name == "app.admin"]
+    assert [r.getMessage().split(":")[0] for r in said] == ["admin"]
+    assert said[0].getMessage().startswith("admin: database unreachable on GET /admin/")
+    assert said[0].exc_info is None  # one line, not a traceback per page while it lasts
+
+
 @pytest.fixture
 def limits_in_a_redis_that_is_down(fresh_app):
     from app.extensions import limiter
@@ -973,3 +1002,10 @@ def test_every_position_field_names_its_datum(spec, schema):
 def test_the_near_filter_names_its_datum(spec):
     parameters = spec["paths"]["/api/v1/collection-points"]["get"]["parameters"]
     assert "GCJ-02" in next(p for p in parameters if p["name"] == "near")["description"]
+
+
+def test_the_admin_cookie_is_secure_in_production_whatever_the_address_says(fresh_app):
+    # production only starts with an https:// PUBLIC_BASE_URL; the cookie does not depend on how it is spelled
+    production = fresh_app(APP_ENV="production", PUBLIC_BASE_URL="HTTPS://green.example.cn")
+    assert production.config["SESSION_COOKIE_SECURE"] is True
+    assert fresh_app().config.get("SESSION_COOKIE_SECURE") is not True  # `make run` serves plain http

@@ -284,6 +284,24 @@ def test_a_refusal_keeps_nothing_of_what_its_use_case_wrote(api, app):
     assert count(Community, code="half-answered") == 0
 
 
+def test_a_refused_use_case_does_not_run_what_was_to_follow_its_commit(api, app):
+    """`after_commit` actions (cache clears) belong to writes; a refusal undoes the writes, and so the actions."""
+    from app.db import after_commit
+    from app.errors import CapReached
+    from app.idempotency.service import run_idempotent
+
+    ran = []
+
+    def clears_then_refuses():
+        after_commit(lambda: ran.append("cleared"))
+        raise CapReached()
+
+    request = {"method": "POST", "json": {"n": 1}, "headers": {"Idempotency-Key": "no-after"}}
+    with app.test_request_context("/api/v1/anything", **request):
+        assert run_idempotent("staff:1", clears_then_refuses).status_code == 409
+    assert ran == []
+
+
 @pytest.mark.parametrize("status", [401, 429, 500, 503])
 def test_an_answer_that_says_nothing_of_the_request_is_not_kept(api, app, status):
     """Not yet authenticated, asked too often, or the server failed: the same key works once that has passed."""

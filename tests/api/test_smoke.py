@@ -31,6 +31,10 @@ def test_not_ready_until_the_database_is_migrated_to_this_codes_schema(api, db_s
         db_session.commit()
         error = assert_error(api.get("/readyz"), 503, "not_ready")  # never migrated
         assert error["details"]["database_revision"] is None
+        db.session.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES ('0099_next_release')"))
+        db_session.commit()
+        # a newer release migrated first and this host restarts next: it stays in (migrations add to the schema)
+        assert api.get("/readyz").status_code == 200
     finally:
         db.session.execute(sa.text("DELETE FROM alembic_version"))
         db.session.execute(sa.text("INSERT INTO alembic_version (version_num) VALUES (:head)"), {"head": head})

@@ -278,7 +278,11 @@ def test_production_needs_the_public_address_posters_are_printed_with():
     assert load(environ=PRODUCTION_SECRETS)["PUBLIC_BASE_URL"] == "https://tanpuhui.example.cn"
 
 
-@pytest.mark.parametrize("url", ["http://tanpuhui.example.cn", "tanpuhui.example.cn", "https://", "https:///q"])
+@pytest.mark.parametrize(
+    "url",
+    ["http://tanpuhui.example.cn", "tanpuhui.example.cn", "https://", "https:///q", "HTTPS://tanpuhui.example.cn",
+     "https://tanpuhui.example.cn/?", "https://tanpuhui.example.cn/#", "https://tanpu hui.example.cn"],
+)  # fmt: skip
 def test_production_needs_an_https_public_address(url):
     # posters are printed with it, and the admin cookie is Secure only over https
     with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
