@@ -128,6 +128,7 @@ def _unexpected(error: Exception):
     if service:  # an outage, as on the API: one line each, and the page says to come back
         log.error("admin: %s unreachable on %s %s: %s", service, request.method, request.path,
                   str(error).splitlines()[0])  # fmt: skip
+        g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)
         body, status = render_error(503, "服务暂时不可用，请稍后再试")
         return body, status, {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}
     log.exception("admin: unhandled error on %s %s", request.method, request.path)

@@ -83,8 +83,9 @@ def staff_unlock(username: str) -> None:
 
     if not current_app.config.get("REDIS_URL"):
         raise click.ClickException(
-            "without REDIS_URL the server counts failed logins in its own memory, which this command cannot reach: "
-            "restarting the server forgets them"
+            "this shell has no REDIS_URL: load the server's environment first (set -a; . /etc/tanpuhui.env). A server "
+            "without REDIS_URL counts failed logins in its own memory, which this command cannot reach: restarting "
+            "the server forgets them"
         )
     if unlock_username(username):
         click.echo(f"unlocked {username}")

@@ -20,6 +20,7 @@ DEV_QR_SECRET = "dev-qr-secret-change-me"
 MIN_SECRET_LENGTH = 32
 
 ENVIRONMENTS = ("development", "test", "production")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 MAX_PROCESSES = 64
 
 
@@ -184,6 +185,8 @@ class Settings:
             found.append(f"TIMEZONE {self.timezone!r} is not a known zone")
         if self.wechat_mode not in {"stub", "real"}:
             found.append("WECHAT_MODE must be 'stub' or 'real'")
+        if self.redis_url and self.redis_url.split(":", 1)[0] not in REDIS_SCHEMES:
+            found.append(f"REDIS_URL must start with {', '.join(s + '://' for s in REDIS_SCHEMES)}")
         if self.public_base_url and not _absolute_url(self.public_base_url, {"http", "https"}):
             found.append(f"PUBLIC_BASE_URL must be an address such as https://example.cn, not {self.public_base_url!r}")
         if self.env == "production":
@@ -220,6 +223,10 @@ class Settings:
                 "production needs REDIS_URL for its rate limits: in memory, each worker would count its own "
                 "(or set RATELIMIT_ENABLED=false)"
             )
+        if not self.database_url.startswith("postgresql"):
+            found.append("production needs DATABASE_URL=postgresql://…: without it the server would open a SQLite file")
+        if not _absolute_url(self.wechat_api_base, {"https"}):
+            found.append("production needs an https:// WECHAT_API_BASE: the mini-program's secret is sent to it")
         return found
 
     @property

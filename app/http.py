@@ -119,6 +119,7 @@ def handle_unexpected(error: Exception):
     if service:
         # An outage, not a bug: one line each, not a traceback per request while it lasts.
         log.error("%s unreachable on %s %s: %s", service, request.method, request.path, str(error).splitlines()[0])
+        g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)
         return error_response(
             ServiceUnavailable.code,
             ServiceUnavailable.message,
@@ -332,6 +333,8 @@ def _retry_after_only_when_refused(response):
     only on a refusal."""
     if response.status_code not in (429, 503):
         response.headers.pop("Retry-After", None)
+    elif g.get("outage_retry_after"):  # the limiter's own figure is its window's, not the outage's
+        response.headers["Retry-After"] = g.outage_retry_after
     return response
 
 

@@ -397,6 +397,23 @@ def test_a_database_that_does_not_answer_is_503_service_unavailable_not_a_bug(fr
     assert client.get("/healthz").status_code == 200  # the process itself is alive
 
 
+def test_an_outage_on_a_rate_limited_route_says_the_outages_wait_not_the_limits(fresh_app):
+    from app.extensions import limiter
+
+    was = limiter.enabled
+    try:
+        gone = fresh_app(
+            SQLALCHEMY_DATABASE_URI=f"postgresql+psycopg://postgres@{NOBODY_LISTENS}/gone",
+            RATELIMIT_ENABLED=True,
+            RATELIMIT_STORAGE_URI="memory://",
+        )
+        response = gone.test_client().post("/api/v1/auth/login", json={"username": "admin", "password": "b" * 8})
+    finally:
+        limiter.enabled = was
+    assert_envelope(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "10"  # the limiter would have put its own window's figure here
+
+
 def test_an_error_of_the_database_that_is_not_an_outage_is_still_a_bug(fresh_app):
     boom_app = fresh_app()
 

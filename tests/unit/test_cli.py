@@ -245,7 +245,7 @@ def test_seed_never_loads_the_demo_data_in_production(runner, app, monkeypatch):
 def test_staff_unlock_says_it_cannot_reach_limits_counted_in_a_servers_memory(runner):
     result = _invoke(runner, "staff", "unlock", "someone")
     assert result.exit_code != 0
-    assert "without REDIS_URL" in result.output
+    assert "this shell has no REDIS_URL: load the server's environment first" in result.output
     assert "restarting the server forgets them" in result.output
 
 

@@ -18,6 +18,7 @@ PRODUCTION_SECRETS = {
     "WECHAT_SECRET": "wx-prod-secret",
     "PUBLIC_BASE_URL": "https://tanpuhui.example.cn/",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DATABASE_URL": "postgresql://tanpuhui@db.internal:5432/tanpuhui",
 }
 
 
@@ -167,6 +168,7 @@ def test_every_production_problem_is_named_at_once():
         "production needs PUBLIC_BASE_URL: poster QR codes are printed with it",
         "production needs REDIS_URL for its rate limits: in memory, each worker would count its own "
         "(or set RATELIMIT_ENABLED=false)",
+        "production needs DATABASE_URL=postgresql://…: without it the server would open a SQLite file",
     ]
 
 
@@ -320,3 +322,28 @@ def test_the_client_address_comes_from_the_trusted_proxy_only_when_configured(tm
     answer = app.test_client().get("/_probe", headers=headers, environ_base={"REMOTE_ADDR": "10.0.0.9"})
     # one hop: the address the proxy itself appended, never one the client wrote in front of it
     assert answer.get_data(as_text=True) == f"{seen} {'https' if hops else 'http'}"
+
+
+@pytest.mark.parametrize("url", [None, "sqlite:////var/lib/points.db"])
+def test_production_runs_on_postgresql_only(url):
+    environ = {k: v for k, v in PRODUCTION_SECRETS.items() if k != "DATABASE_URL"}
+    if url:
+        environ["DATABASE_URL"] = url
+    with pytest.raises(ConfigError, match=r"production needs DATABASE_URL=postgresql://…: without it"):
+        load(environ=environ)
+    assert load(environ={**environ, "DATABASE_URL": "postgres://u@db/points"})["SQLALCHEMY_DATABASE_URI"].startswith(
+        "postgresql+psycopg://"
+    )
+
+
+def test_production_sends_the_wechat_secret_over_https_only():
+    with pytest.raises(ConfigError, match="https:// WECHAT_API_BASE"):
+        load(environ={**PRODUCTION_SECRETS, "WECHAT_API_BASE": "http://wechat.internal"})
+    assert load(environ={"WECHAT_API_BASE": "http://fake:8080"})["WECHAT_API_BASE"] == "http://fake:8080"  # tests
+
+
+@pytest.mark.parametrize("url", ["cache.internal:6379", "http://cache:6379", "memcached://cache"])
+def test_a_redis_url_without_its_scheme_is_refused_in_one_line(url):
+    with pytest.raises(ConfigError, match="REDIS_URL must start with redis://, rediss://, unix://"):
+        load(environ={"REDIS_URL": url})
+    assert load(environ={"REDIS_URL": "rediss://cache:6380/0"})["RATELIMIT_STORAGE_URI"] == "rediss://cache:6380/0"
