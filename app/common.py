@@ -26,12 +26,18 @@ def _from_text(field: fields.Field) -> bool:
     return getattr(field.root, "text_input", False)
 
 
+def _text_ok(field: fields.Field, value: Any) -> bool:
+    """A string is a number only in text input, and only in ASCII digits: Python's int() and float() also read "٣"
+    and "१", which no client means and no log reader recognises."""
+    return not isinstance(value, str) or (_from_text(field) and value.isascii())
+
+
 class Integer(fields.Integer):
     """A whole number. In a JSON body a JSON number: 2 or 2.0, but not the string "2", which marshmallow would take,
     nor 2.5, which it would silently truncate to 2. In a query string or a form, its digits ("2.0" never was)."""
 
     def _validated(self, value: Any) -> int:
-        if (isinstance(value, float) and not value.is_integer()) or (isinstance(value, str) and not _from_text(self)):
+        if (isinstance(value, float) and not value.is_integer()) or not _text_ok(self, value):
             raise self.make_error("invalid", input=value)
         return super()._validated(value)
 
@@ -40,7 +46,7 @@ class Float(fields.Float):
     """A JSON number in a body (not the string "30.87"); digits in a query string or a form."""
 
     def _validated(self, value: Any) -> float:
-        if isinstance(value, str) and not _from_text(self):
+        if not _text_ok(self, value):
             raise self.make_error("invalid", input=value)
         return super()._validated(value)
 

@@ -377,7 +377,9 @@ def list_residents(
         stmt = stmt.where(Resident.status == status)
     if q:
         found = Resident.nickname.icontains(q, autoescape=True)
-        stmt = stmt.where(found | (Resident.id == int(q)) if q.isdecimal() and int(q) <= MAX_ID else found)
+        stmt = stmt.where(
+            found | (Resident.id == int(q)) if q.isascii() and q.isdecimal() and int(q) <= MAX_ID else found
+        )
     return keyset_page(stmt, Resident.id, cursor, limit)
 
 

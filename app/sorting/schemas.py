@@ -97,8 +97,11 @@ class PointQuerySchema(StrictSchema):
     category = fields.String(
         load_default=None, validate=validate.OneOf(CATEGORIES), metadata={"description": "只列出收这一品类的回收点"}
     )
-    near = fields.String(load_default=None, validate=validate.Regexp(r"^-?\d{1,3}(\.\d+)?,-?\d{1,3}(\.\d+)?\Z"),
-                         metadata={"description": f"lat,lng in {DATUM}: the nearest first"})  # fmt: skip
+    near = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"^-?[0-9]{1,3}(\.[0-9]+)?,-?[0-9]{1,3}(\.[0-9]+)?\Z"),  # ASCII digits, not \d's
+        metadata={"description": f"lat,lng in {DATUM}: the nearest first"},
+    )
     active = fields.Boolean(
         load_default=True,
         truthy={"true"},

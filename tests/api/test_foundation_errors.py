@@ -323,6 +323,28 @@ def test_query_string_errors_are_listed_per_field(api):
     assert "limit" in fields
 
 
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("limit=%D9%A3", "limit"), ("limit=%C2%852", "limit"), ("community_id=%E0%A5%A7", "community_id"),
+     ("near=%D9%A3%D9%A0.8,121.5", "near")],
+)  # fmt: skip
+def test_a_number_in_a_query_is_ascii_digits(bare, query, field):
+    """int() reads Arabic-Indic ٣ and Devanagari १ as 3 and 1; a client never means them, and a log reader would
+    not recognise them."""
+    path = "/collection-points" if field != "limit" else "/organizations"
+    fields = assert_envelope(bare.get(f"{path}?{query}"), 422, "validation_error")["details"]["fields"]
+    assert field in fields
+
+
+def test_a_resident_is_found_by_id_in_ascii_digits_only(api):
+    admin = api.staff("admin")
+    me = api.resident()
+    found = api.get(f"/residents?q={me.id}", as_=admin).get_json()["items"]
+    assert [r["id"] for r in found] == [me.id]
+    arabic = "".join(chr(0x0660 + int(d)) for d in str(me.id))
+    assert api.get(f"/residents?q={arabic}", as_=admin).get_json()["items"] == []
+
+
 def test_a_json_array_body_is_a_validation_error(bare):
     response = bare.post("/auth/wechat", json=["stub:a"])
     assert_envelope(response, 422, "validation_error")
