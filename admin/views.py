@@ -129,6 +129,7 @@ def _unexpected(error: Exception):
         log.error("admin: %s unreachable on %s %s: %s", service, request.method, request.path,
                   str(error).splitlines()[0])  # fmt: skip
         g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)
+        g.admin_staff = None  # the page's menu would read the signed-in member from the database that is away
         body, status = render_error(503, "服务暂时不可用，请稍后再试")
         return body, status, {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}
     log.exception("admin: unhandled error on %s %s", request.method, request.path)

@@ -20,7 +20,7 @@ DEV_QR_SECRET = "dev-qr-secret-change-me"
 MIN_SECRET_LENGTH = 32
 
 ENVIRONMENTS = ("development", "test", "production")
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+REDIS_SCHEMES = ("redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")  # what `limits` opens
 MAX_PROCESSES = 64
 
 

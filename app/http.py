@@ -97,14 +97,18 @@ def handle_app_error(error: AppError):
 
 def unreachable(error: Exception) -> str | None:
     """Which shared service a failure is the absence of: PostgreSQL gone or refusing connections (SQLSTATE classes
-    08 and 57P, or an operational error with no SQLSTATE, when it never answered), or the rate limits' Redis. A
+    08 and 57P, too many connections, or an operational error with no SQLSTATE, when it never answered; or the pool
+    had no connection to give), or the rate limits' Redis. A
     driver's own complaint with no SQLSTATE (a value it cannot adapt) is a bug, not an outage."""
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return "redis"
+    if isinstance(error, sa.exc.TimeoutError):  # every pooled connection busy for pool_timeout
+        return "database"
     if isinstance(error, sa.exc.DBAPIError):
         sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's; SQLite's errors have none
         never_answered = sqlstate is None and isinstance(error, sa.exc.OperationalError)
-        if error.connection_invalidated or never_answered or (sqlstate or "").startswith(("08", "57P")):
+        refusing = (sqlstate or "").startswith(("08", "57P", "53300"))  # 53300: too many connections
+        if error.connection_invalidated or never_answered or refusing:
             return "database"
     return None
 

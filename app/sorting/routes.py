@@ -3,6 +3,7 @@ from __future__ import annotations
 from functools import wraps
 
 from flask import Response, g, request
+from werkzeug.exceptions import HTTPException
 
 from app import qr
 from app.apidoc import error_docs, extend_doc, file_docs
@@ -79,11 +80,14 @@ def device_required(view):
             if answer is None:
                 raise
             return answer
+        # The signature's row stays written (and its unique index held) through a refusal: an identical request
+        # waiting on that index must find it used, not slip in between a rollback and a burn of its own.
+        after_signature = db.session.begin_nested()
         try:
             response = view(*args, **kwargs)
-        except AppError:
-            db.session.rollback()
-            service.burn_refused_signature(g.actor.id, request.headers["X-Signature"])
+        except (AppError, HTTPException):  # a use case's refusal, or the body's (400, 422)
+            after_signature.rollback()
+            service.mark_signature_refused(request.headers["X-Signature"])
             raise
         if response.status_code >= 400:  # a refusal the Idempotency-Key kept, or one it replayed for a new signature
             db.session.rollback()

@@ -927,6 +927,20 @@ def burn_refused_signature(device_id: int, signature: str, seen_at: datetime | N
     db.session.commit()
 
 
+_MARK_REFUSED = (
+    sa.update(DeviceSignature.__table__)
+    .where(DeviceSignature.__table__.c.signature == sa.bindparam("sig"))
+    .values(refused=True)
+)
+
+
+def mark_signature_refused(signature: str) -> None:
+    """The request whose signature this transaction burned was refused: say so on its row, and commit the row with
+    nothing else of the request."""
+    run(_MARK_REFUSED, {"sig": signature.lower()})
+    db.session.commit()
+
+
 def prune_device_signatures() -> int:
     """Signatures older than the clock window can never be accepted again, so they need not be kept. A signature
     stamped T is accepted while the server's whole second is within the window of T, which lasts until just before

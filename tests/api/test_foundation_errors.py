@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import flask
 import pytest
 import sqlalchemy as sa
 from openapi_spec_validator import validate
@@ -436,6 +437,20 @@ def test_an_outage_on_a_rate_limited_route_says_the_outages_wait_not_the_limits(
     assert response.headers["Retry-After"] == "10"  # the limiter would have put its own window's figure here
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        sa.exc.TimeoutError("QueuePool limit of size 10 overflow 40 reached"),
+        sa.exc.OperationalError("SELECT 1", {}, type("TooMany", (Exception,), {"sqlstate": "53300"})("too many")),
+    ],
+    ids=["pool-exhausted", "too-many-connections"],
+)
+def test_a_database_refusing_more_connections_is_an_outage(error):
+    from app.http import unreachable
+
+    assert unreachable(error) == "database"
+
+
 def test_an_error_of_the_database_that_is_not_an_outage_is_still_a_bug(fresh_app):
     boom_app = fresh_app()
 
@@ -464,8 +479,14 @@ def test_the_admin_site_answers_an_outage_with_a_page_saying_to_come_back(app, c
 
     from admin.views import _unexpected
 
+    class SignedInStaff:  # expired by the rollback: reading it would go to the database that is away
+        @property
+        def role(self):
+            raise never_answered
+
     never_answered = sa.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("connection refused"))
     with app.test_request_context("/admin/"):
+        flask.g.admin_staff = SignedInStaff()
         body, status, headers = _unexpected(never_answered)
     assert (status, headers) == (503, {"Retry-After": "10"})
     assert "服务暂时不可用" in body

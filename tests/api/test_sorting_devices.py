@@ -607,6 +607,18 @@ def test_a_refusal_kept_under_a_key_still_burns_every_signature_that_asked(api, 
     assert (count(Deposit), balance(api, resident)) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("change", "status"), [({"items": [{"category": "paper", "weight_g": 0}]}, 422), (None, 400)], ids=["422", "400"]
+)
+def test_a_body_the_api_refuses_burns_its_signature_as_refused(api, world, change, status):
+    body = body_for(api, world)
+    kwargs = signed(world["device"], {**body, **change} if change else b'{"member_code": ')
+    assert api.post(PATH, **kwargs).status_code == status
+    db.session.remove()  # as the server ends a request: nothing uncommitted may stand in for the burn
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": True}
+    assert count(DeviceSignature, refused=True) == 1
+
+
 def test_a_re_signed_retry_answered_from_its_key_spends_its_signature(api, world):
     first = signed(world["device"], body_for(api, world))
     first["headers"]["Idempotency-Key"] = "bin-a-lost"
@@ -711,6 +723,27 @@ def test_twenty_parallel_copies_of_one_signed_request_credit_once(api, app, worl
     assert count(Deposit) == 1
     assert count(LedgerEntry) == 1
     assert count(DeviceSignature) == 1
+
+
+@pg_concurrency
+def test_twenty_parallel_copies_of_one_refused_request_are_judged_once_and_never_accepted(api, app, world):
+    """The refused copy's signature row is kept written while it is marked refused: the others, waiting on its
+    unique index, find it used, rather than slipping in between a rollback and a burn and being judged again (and
+    accepted, had the account thawed in between)."""
+    resident = world["resident"]
+    kwargs = signed(world["device"], body_for(api, world))
+    status = {"status": "frozen", "reason": "核查异常投放"}
+    assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
+    threads = 20
+    responses = race(app, lambda client, _: client.post(PATH, **kwargs), threads)
+    codes = sorted(r.get_json()["error"]["code"] for r in responses)
+    assert codes == ["account_frozen"] + ["duplicate"] * (threads - 1), codes
+    assert all(r.get_json()["error"]["details"] == {"refused": True} for r in responses if r.status_code == 409)
+    status = {"status": "active", "reason": "核查完毕"}
+    assert api.patch(f"/residents/{resident.id}", as_=world["admin"], json=status).status_code == 200
+    assert assert_error(api.post(PATH, **kwargs), 409, "duplicate")["details"] == {"refused": True}
+    db.session.expire_all()
+    assert (count(Deposit), balance(api, resident), count(DeviceSignature, refused=True)) == (0, 0, 1)
 
 
 @pg_concurrency

@@ -342,8 +342,12 @@ def test_production_sends_the_wechat_secret_over_https_only():
     assert load(environ={"WECHAT_API_BASE": "http://fake:8080"})["WECHAT_API_BASE"] == "http://fake:8080"  # tests
 
 
-@pytest.mark.parametrize("url", ["cache.internal:6379", "http://cache:6379", "memcached://cache"])
-def test_a_redis_url_without_its_scheme_is_refused_in_one_line(url):
-    with pytest.raises(ConfigError, match="REDIS_URL must start with redis://, rediss://, unix://"):
+@pytest.mark.parametrize("url", ["cache.internal:6379", "http://cache:6379", "memcached://cache", "unix:///r.sock"])
+def test_a_redis_url_the_limits_cannot_open_is_refused_in_one_line(url):
+    with pytest.raises(ConfigError, match=r"REDIS_URL must start with redis://, rediss://, redis\+unix://"):
         load(environ={"REDIS_URL": url})
-    assert load(environ={"REDIS_URL": "rediss://cache:6380/0"})["RATELIMIT_STORAGE_URI"] == "rediss://cache:6380/0"
+
+
+@pytest.mark.parametrize("url", ["rediss://cache:6380/0", "redis+unix:///run/redis.sock", "redis://:pw@cache/1"])
+def test_a_redis_url_the_limits_can_open_is_taken(url):
+    assert load(environ={"REDIS_URL": url})["RATELIMIT_STORAGE_URI"] == url
