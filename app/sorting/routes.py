@@ -49,7 +49,7 @@ blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾�
 PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
 DevicePage = page_schema(DeviceSchema, "DevicePage")
 DepositPage = page_schema(DepositSchema, "DepositPage")
-DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached, Duplicate)
+DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached, Duplicate, InvalidState)
 
 
 def _image(data: bytes, mimetype: str) -> Response:

@@ -316,9 +316,13 @@ def _frozen(resident_id: int) -> bool:
 
 
 def _holder_refusal(resident_id: int) -> Exception:
-    """Why a resident's account cannot take a deposit."""
-    if _frozen(resident_id):
+    """Why a resident's account cannot take a deposit. Active by now: it was thawed while the deposit was written
+    (which read it frozen), so the deposit may simply be sent again."""
+    status = run(_RESIDENT_STATUS, {"id": resident_id}).scalar()
+    if status == "frozen":
         return AccountFrozen("该居民账户已冻结，无法记录积分：请居民联系所在社区")
+    if status == "active":
+        return InvalidState("该居民账户的状态刚刚变更，请重新提交这笔投递")
     return InvalidQr("会员码对应的账户不存在")
 
 

@@ -988,3 +988,17 @@ def test_the_deposit_service_refuses_a_non_collector_whoever_calls_it(api, world
     db.session.rollback()
     assert count(Deposit) == 0
     assert count(LedgerEntry) == 0
+
+
+def test_a_deposit_refused_for_an_account_that_is_active_by_now_says_to_send_it_again(api):
+    """A deposit reads the account frozen; a thaw commits before the refusal is explained. Telling the collector the
+    account does not exist would be wrong: it was thawed, and the deposit may be sent again."""
+    from app.errors import AccountFrozen, InvalidQr, InvalidState
+    from app.sorting.service import _holder_refusal
+
+    me = api.resident()
+    assert isinstance(_holder_refusal(me.id), InvalidState)  # active now
+    db.session.execute(sa.update(Resident).where(Resident.id == me.id).values(status="frozen"))
+    assert isinstance(_holder_refusal(me.id), AccountFrozen)
+    db.session.rollback()
+    assert isinstance(_holder_refusal(987654), InvalidQr)  # no such account
