@@ -90,8 +90,7 @@ def device_required(view):
             service.mark_signature_refused(request.headers["X-Signature"])
             raise
         if response.status_code >= 400:  # a refusal the Idempotency-Key kept, or one it replayed for a new signature
-            db.session.rollback()
-            service.burn_refused_signature(g.actor.id, request.headers["X-Signature"])
+            service.mark_signature_refused(request.headers["X-Signature"])
         elif response.headers.get("Idempotent-Replayed"):  # the answer is old, but this signature is spent too
             db.session.commit()
         return response

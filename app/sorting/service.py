@@ -912,22 +912,11 @@ def _burn(device_id: int, signature: str, refused: bool = False, seen_at: dateti
     return run(_burn_signature(dialect_name()), values).scalar() is not None
 
 
-@cache
-def _burn_refused_signature(dialect: str) -> sa.Insert:
-    table = DeviceSignature.__table__
-    insert = upsert_insert(dialect)(table)
-    return insert.on_conflict_do_update(index_elements=["signature"], set_={"refused": True})
-
-
 def burn_refused_signature(device_id: int, signature: str, seen_at: datetime | None = None) -> None:
-    """A refused request's signature stays used. The refusal rolled back the row that burned it with the rest, and
-    the same bytes sent again within the clock window, once the cause was gone (an account unfrozen), would be
-    accepted: a captured refusal is a request anyone could send later. Its own transaction, after the rollback (or
-    before anything else, when authentication refuses it). A refusal kept under an Idempotency-Key committed the
-    row as used: it is marked refused, so that the same bytes resent are told so."""
-    values = {"signature": signature.lower(), "device_id": device_id, "seen_at": seen_at or utcnow(),
-              "refused": True}  # fmt: skip
-    run(_burn_refused_signature(dialect_name()), values)
+    """Authentication refused an authentic request for a cause that can pass (a bin brought back, a clock catching
+    up): its signature is used all the same, in its own transaction, so that its bytes cannot be sent later. One
+    already seen keeps its row as it is (an accepted request resent late stays accepted)."""
+    _burn(device_id, signature, refused=True, seen_at=seen_at)
     db.session.commit()
 
 
@@ -939,8 +928,9 @@ _MARK_REFUSED = (
 
 
 def mark_signature_refused(signature: str) -> None:
-    """The request whose signature this transaction burned was refused: say so on its row, and commit the row with
-    nothing else of the request."""
+    """The request whose signature this transaction burned (or an earlier one, under the same Idempotency-Key,
+    committed) was refused: say so on its row, and commit. The row is never released on the way, so an identical
+    request waiting on its unique index finds it used rather than being judged again."""
     run(_MARK_REFUSED, {"sig": signature.lower()})
     db.session.commit()
 
