@@ -15,7 +15,7 @@ from admin.blueprint import bp
 from admin.forms import field_messages, form_key_field
 from app.db import db
 from app.errors import AppError, NotFound
-from app.http import OUTAGE_RETRY_AFTER_S, refuse_unstorable_query_and_form, unreachable
+from app.http import note_outage, refuse_unstorable_query_and_form
 from app.people import service as people
 
 log = logging.getLogger("app.admin")
@@ -124,14 +124,11 @@ def _http_error(error: HTTPException):
 @bp.errorhandler(Exception)
 def _unexpected(error: Exception):
     db.session.rollback()
-    service = unreachable(error)
-    if service:  # an outage, as on the API: one line each, and the page says to come back
-        log.error("admin: %s unreachable on %s %s: %s", service, request.method, request.path,
-                  str(error).splitlines()[0])  # fmt: skip
-        g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)
+    headers = note_outage(error, log, prefix="admin: ")
+    if headers:  # the page says to come back
         g.admin_staff = None  # the page's menu would read the signed-in member from the database that is away
         body, status = render_error(503, "服务暂时不可用，请稍后再试")
-        return body, status, {"Retry-After": str(OUTAGE_RETRY_AFTER_S)}
+        return body, status, headers
     log.exception("admin: unhandled error on %s %s", request.method, request.path)
     return render_error(500, "服务器内部错误，请稍后再试")
 

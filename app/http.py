@@ -117,22 +117,26 @@ def unreachable(error: Exception) -> str | None:
 OUTAGE_RETRY_AFTER_S = 10
 
 
+def note_outage(error: Exception, logger: logging.Logger = log, prefix: str = "") -> dict[str, str] | None:
+    """If `error` is an outage rather than a bug, log it in one line (not a traceback per request while it lasts)
+    and answer the headers its 503 carries; None for a bug. The API and the admin site answer it each in its way."""
+    service = unreachable(error)
+    if service is None:
+        return None
+    message = str(error).splitlines()[0]
+    logger.error("%s%s unreachable on %s %s: %s", prefix, service, request.method, request.path, message)
+    g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)  # not the rate limiter's figure (_retry_after_only_when_refused)
+    return {"Retry-After": g.outage_retry_after}
+
+
 def handle_unexpected(error: Exception):
     db.session.rollback()
-    service = unreachable(error)
-    if service:
-        # An outage, not a bug: one line each, not a traceback per request while it lasts.
-        log.error("%s unreachable on %s %s: %s", service, request.method, request.path, str(error).splitlines()[0])
-        g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)
-        return error_response(
-            ServiceUnavailable.code,
-            ServiceUnavailable.message,
-            503,
-            {"request_id": g.get("request_id")},
-            {"Retry-After": str(OUTAGE_RETRY_AFTER_S)},
-        )
+    details = {"request_id": g.get("request_id")}
+    headers = note_outage(error)
+    if headers:
+        return error_response(ServiceUnavailable.code, ServiceUnavailable.message, 503, details, headers)
     log.exception("unhandled error on %s %s", request.method, request.path)
-    return error_response(InternalError.code, InternalError.message, 500, {"request_id": g.get("request_id")})
+    return error_response(InternalError.code, InternalError.message, 500, details)
 
 
 class AppApi(Api):
