@@ -57,8 +57,8 @@ def readyz():
     except sa.exc.SQLAlchemyError:
         db.session.rollback()
         return error_response(NotReady.code, NotReady.message, NotReady.status)
-    migrated, expected = _schema_revision(), _code_revision()
-    if migrated != expected and _behind(migrated):
+    migrated, (expected, known) = _schema_revision(), _code_revisions()
+    if migrated != expected and (migrated is None or migrated in known):
         # New code on an old schema (or none) fails its requests: keep it out until `flask db upgrade` has run. A
         # revision this code does not know is a newer one (a release migrated first, this host restarts next): it
         # stays in, since migrations add to the schema the old code reads.
@@ -79,21 +79,13 @@ def _schema_revision() -> str | None:
         return None
 
 
-def _scripts() -> tuple[str, frozenset[str]]:
+def _code_revisions() -> tuple[str, frozenset[str]]:
     """The newest migration this code ships and all it knows, read once per process."""
     if "code_revisions" not in current_app.extensions:
         scripts = ScriptDirectory(current_app.extensions["migrate"].directory)
         known = frozenset(script.revision for script in scripts.walk_revisions())
         current_app.extensions["code_revisions"] = (scripts.get_current_head(), known)
     return current_app.extensions["code_revisions"]
-
-
-def _code_revision() -> str:
-    return _scripts()[0]
-
-
-def _behind(migrated: str | None) -> bool:
-    return migrated is None or migrated in _scripts()[1]
 
 
 @pages.get("/q/<token>")

@@ -29,22 +29,19 @@ def login_wait_message() -> str:
     return f"登录尝试次数过多，请 {_minutes_to_wait()} 分钟后再试"
 
 
+def _per_address(scope: str, error_message: Callable[[], str]):
+    return limiter.shared_limit("60 per minute", scope=scope, methods=["POST"], error_message=error_message)
+
+
 def staff_login_attempts():
     """Sixty staff login attempts per minute per address."""
-    return limiter.shared_limit(
-        "60 per minute", scope="staff-login", methods=["POST"], error_message=login_wait_message
-    )
+    return _per_address("staff-login", login_wait_message)
 
 
 def password_change_attempts():
     """Sixty password changes per minute per address, counted apart from logins: requests refused before any check
     (a resident's token, none at all) must not use up the staff logins of everyone behind the same address."""
-    return limiter.shared_limit(
-        "60 per minute",
-        scope="password-change",
-        methods=["POST"],
-        error_message=lambda: f"修改密码尝试次数过多，请 {_minutes_to_wait()} 分钟后再试",
-    )
+    return _per_address("password-change", lambda: f"修改密码尝试次数过多，请 {_minutes_to_wait()} 分钟后再试")
 
 
 FAILED_LOGINS = "5 per 15 minutes"  # per username, API.md's lock

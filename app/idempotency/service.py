@@ -23,6 +23,7 @@ from app.auth.guards import current_actor
 from app.clock import utcnow
 from app.db import db, dialect_name, run, upsert_insert
 from app.errors import AppError, IdempotencyConflict, field_error
+from app.http import error_response, handle_http_exception
 from app.idempotency.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
@@ -111,8 +112,6 @@ def _kept(status: int) -> bool:
 
 def _answer_or_refusal(view):
     """The view's answer, or the refusal it raised as an answer to keep, with the use case's writes undone."""
-    from app.http import error_response, handle_http_exception
-
     savepoint = db.session.begin_nested()
     pending = len(g.get("after_commit", []))
 
