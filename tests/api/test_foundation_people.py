@@ -13,7 +13,7 @@ from app.clock import utcnow
 from app.db import db
 from app.exchange.models import Store
 from app.people.models import Community, Organization, Staff
-from tests.conftest import assert_error, community_id, count, during_an_uncommitted, pg_concurrency, race
+from tests.conftest import assert_error, community_id, count, during_an_uncommitted, make_point, pg_concurrency, race
 
 PASSWORD = "password-123"
 
@@ -29,14 +29,6 @@ def make_store(name: str, organization_id: int, community: str | None = None) ->
     db.session.add(store)
     db.session.commit()
     return store.id
-
-
-def make_point(api, admin, name: str, community: str = "hengkang") -> int:
-    response = api.post(
-        "/collection-points", as_=admin, json={"name": name, "community_id": community_id(community), "kind": "station"}
-    )
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 @pytest.fixture

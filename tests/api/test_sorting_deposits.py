@@ -30,16 +30,10 @@ from tests.conftest import (
     count,
     during_an_uncommitted,
     during_an_uncommitted_freeze,
+    make_point,
     pg_concurrency,
     race,
 )
-
-
-def make_point(api, admin, name: str, community: str = "hengkang", **extra) -> int:
-    body = {"name": name, "community_id": community_id(community), "kind": "station", **extra}
-    response = api.post("/collection-points", as_=admin, json=body)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 def me(api, resident) -> dict:

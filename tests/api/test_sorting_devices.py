@@ -19,16 +19,9 @@ from app.ledger.models import LedgerEntry
 from app.sorting import service as sorting
 from app.sorting.models import Deposit, Device, DeviceSignature
 from app.sorting.service import device_signature
-from tests.conftest import assert_error, community_id, count, pg_concurrency, race
+from tests.conftest import assert_error, community_id, count, make_point, pg_concurrency, race
 
 PATH = "/api/v1/devices/deposits"
-
-
-def make_point(api, admin, name: str, community: str = "hengkang") -> int:
-    body = {"name": name, "community_id": community_id(community), "kind": "smart_bin"}
-    response = api.post("/collection-points", as_=admin, json=body)
-    assert response.status_code == 201, response.get_json()
-    return response.get_json()["id"]
 
 
 def register(api, caller, point_id: int, code: str) -> dict:
@@ -63,8 +56,8 @@ def signed(
 @pytest.fixture
 def world(api):
     admin = api.staff("admin")
-    a = make_point(api, admin, "恒康智能箱")
-    b = make_point(api, admin, "恒康乙箱")
+    a = make_point(api, admin, "恒康智能箱", kind="smart_bin")
+    b = make_point(api, admin, "恒康乙箱", kind="smart_bin")
     worker = api.staff("worker", community_id=community_id("hengkang"))
     return {
         "admin": admin,
@@ -157,7 +150,7 @@ def test_registration_is_validated(api, world):
         assert "code" in error["details"]["fields"]
     body = {"code": "BIN-NOWHERE", "collection_point_id": 999999}
     # a retired point takes no bins: every deposit there would be refused
-    retired = make_point(api, world["admin"], "已停用站")
+    retired = make_point(api, world["admin"], "已停用站", kind="smart_bin")
     assert api.delete(f"/collection-points/{retired}", as_=world["admin"]).status_code == 204
     body_retired = {"code": "BIN-RETIRED", "collection_point_id": retired}
     error = assert_error(api.post("/devices", as_=world["admin"], json=body_retired), 422, "validation_error")
