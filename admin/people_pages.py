@@ -12,8 +12,8 @@ from app.db import db
 from app.exchange.models import Store
 from app.people import service as people
 from app.people.schemas import (
-    CommunitySchema,
-    OrganizationSchema,
+    CommunityCreateSchema,
+    OrganizationCreateSchema,
     ResidentUpdateSchema,
     StaffCreateSchema,
     StaffUpdateSchema,
@@ -40,7 +40,7 @@ def communities():
 @rerender_on_error(_communities_page)
 @once_per_form()
 def create_community():
-    data = load(CommunitySchema(), present("code", "name"))
+    data = load(CommunityCreateSchema(), present("code", "name"))
     community = people.create_community(current_admin_actor(), data)
     flash(f"已创建社区「{community.name}」", "success")
     return redirect(url_for("admin.communities"))
@@ -68,7 +68,7 @@ def organizations():
 @rerender_on_error(_organizations_page)
 @once_per_form()
 def create_organization():
-    data = load(OrganizationSchema(), present("name", "kind", "community_id"))
+    data = load(OrganizationCreateSchema(), present("name", "kind", "community_id"))
     org = people.create_organization(current_admin_actor(), data)
     flash(f"已添加联盟单位「{org.name}」", "success")
     return redirect(url_for("admin.organizations"))

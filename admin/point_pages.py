@@ -26,7 +26,7 @@ from app.people import service as people
 from app.sorting import service as sorting
 from app.sorting.models import CATEGORIES, POINT_KINDS, Device
 from app.sorting.schemas import (
-    CollectionPointSchema,
+    CollectionPointCreateSchema,
     CollectionPointUpdateSchema,
     DepositQuerySchema,
     DeviceCreateSchema,
@@ -70,7 +70,7 @@ def create_point():
     if actor.role == "worker":
         data["community_id"] = str(actor.community_id)
     data["categories"] = many("categories")
-    point = sorting.create_point(actor, load(CollectionPointSchema(), data))
+    point = sorting.create_point(actor, load(CollectionPointCreateSchema(), data))
     flash(f"已创建回收点「{point.name}」", "success")
     return redirect(url_for("admin.point", point_id=point.id))
 

@@ -127,14 +127,35 @@ class StrictSchema(ma.Schema):
         unknown = ma.RAISE
 
 
-class ErrorBodySchema(ma.Schema):
-    code = fields.String(required=True, metadata={"example": "validation_error"})
-    message = fields.String(required=True, metadata={"example": "提交的内容有误"})
-    details = fields.Dict(metadata={"example": {"fields": {"weight_g": ["必须大于 0"]}}})
+class ResponseSchema(StrictSchema):
+    """An answer's shape. Every field is in every answer (null where it allows null), so the OpenAPI document marks
+    each one required and a client's generated types need no check for absence. A field that an answer may leave
+    out says so with metadata={"optional": True}. Dumping is unchanged: the suite checks every answer it receives
+    against the document (tests.conftest.assert_documented)."""
+
+    def on_bind_field(self, field_name: str, field_obj: fields.Field) -> None:
+        if not field_obj.load_only and not field_obj.metadata.get("optional"):
+            field_obj.required = True
 
 
-class ErrorEnvelopeSchema(ma.Schema):
-    error = fields.Nested(ErrorBodySchema, required=True)
+class ErrorBodySchema(ResponseSchema):
+    code = fields.String(metadata={"example": "validation_error"})
+    message = fields.String(metadata={"example": "提交的内容有误"})
+    details = fields.Dict(
+        metadata={
+            "description": "more about the refusal, by code; {} when there is nothing more. validation_error: "
+            "fields, each field's messages (a list's or a nested body's errors nested by index and name); too_far: "
+            "distance_m, geofence_m; cap_reached: activity, cap, used, remaining, points, refused; "
+            "insufficient_points: balance, required; duplicate of a paid member code: deposit_id, points; a smart "
+            "bin's 401: reason (bad_headers, unknown_device, device_retired, stale_timestamp, bad_signature), "
+            "headers, server_time; 5xx: request_id",
+            "example": {"fields": {"items": {"0": {"weight_g": ["重量必须在 1 克到 200 千克之间"]}}}},
+        }
+    )
+
+
+class ErrorEnvelopeSchema(ResponseSchema):
+    error = fields.Nested(ErrorBodySchema)
 
 
 class PageArgsSchema(ma.Schema):

@@ -9,6 +9,7 @@ from alembic.script import ScriptDirectory
 from flask import Blueprint, current_app, render_template_string, send_from_directory
 
 from app.apidoc import error_docs
+from app.common import ResponseSchema
 from app.db import db
 from app.errors import NotReady
 from app.extensions import limiter
@@ -20,11 +21,12 @@ pages = Blueprint("pages", __name__)
 docs_assets = Blueprint("docs_assets", __name__)
 
 
-class HealthSchema(ma.Schema):
-    status = ma.fields.String(required=True, metadata={"example": "ok"})
-    database = ma.fields.String(metadata={"example": "ok"})
+class HealthSchema(ResponseSchema):
+    status = ma.fields.String(metadata={"example": "ok"})
+    database = ma.fields.String(metadata={"optional": True, "example": "ok", "description": "/readyz only"})
     rate_limits = ma.fields.String(
         metadata={
+            "optional": True,
             "example": "ok",
             "description": "ok, or unavailable while the rate limits' Redis does not answer: staff logins then answer "
             "503 service_unavailable, and everything else carries on (so the instance stays ready)",

@@ -20,6 +20,9 @@ from zoneinfo import ZoneInfo
 import flask_migrate
 import pytest
 import sqlalchemy as sa
+from openapi_core import OpenAPI
+from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
+from openapi_core.testing import MockRequest, MockResponse
 
 from app import clock as app_clock
 from app import create_app
@@ -258,6 +261,27 @@ class Caller:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+_documents: dict[int, OpenAPI] = {}
+
+
+def assert_documented(app, response) -> None:
+    """The answer is one the OpenAPI document describes for its operation: a documented status, and a body of that
+    status's schema (required fields present, types, nulls, enums; no undeclared field where the schema forbids
+    them). A request for an operation the document does not have (an unknown path, a method not served) is not
+    checked."""
+    document = _documents.get(id(app))
+    if document is None:
+        document = _documents[id(app)] = OpenAPI.from_dict(app.test_client().get("/api/v1/openapi.json").get_json())
+    request = MockRequest("http://localhost", response.request.method.lower(), response.request.path)
+    answer = MockResponse(response.get_data(), response.status_code, headers=dict(response.headers),
+                          content_type=response.mimetype)  # fmt: skip
+    errors = [f"{e!r}: {[m.message for m in getattr(e.__cause__, 'schema_errors', ())]}"
+              for e in document.unmarshal_response(request, answer).errors
+              if not isinstance(e, PathNotFound | OperationNotFound)]  # fmt: skip
+    assert not errors, (response.request.method, response.request.path, response.status_code, errors,
+                        response.get_data(as_text=True)[:500])  # fmt: skip
+
+
 class ApiClient:
     def __init__(self, client):
         self.client = client
@@ -269,7 +293,10 @@ class ApiClient:
         url = path
         if not url.startswith(("/api", "/healthz", "/readyz", "/q/", "/admin")):
             url = "/api/v1" + url
-        return self.client.open(url, method=method, headers=headers, **kwargs)
+        response = self.client.open(url, method=method, headers=headers, **kwargs)
+        if not url.startswith(("/admin", "/api/v1/openapi.json", "/api/v1/docs")):
+            assert_documented(self.client.application, response)
+        return response
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import NewPassword, StrictSchema
+from app.common import NewPassword, ResponseSchema, StrictSchema
 from app.people.schemas import ResidentSchema, StaffSchema
 
 
@@ -15,19 +15,19 @@ class StaffLoginSchema(StrictSchema):
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=128))
 
 
-class ResidentTokensSchema(StrictSchema):
+class ResidentTokensSchema(ResponseSchema):
     access_token = fields.String(required=True)
     refresh_token = fields.String(required=True)
     resident = fields.Nested(ResidentSchema, required=True)
 
 
-class StaffTokensSchema(StrictSchema):
+class StaffTokensSchema(ResponseSchema):
     access_token = fields.String(required=True)
     refresh_token = fields.String(required=True)
     staff = fields.Nested(StaffSchema, required=True)
 
 
-class AccessTokenSchema(StrictSchema):
+class AccessTokenSchema(ResponseSchema):
     access_token = fields.String(required=True)
 
 

@@ -5,14 +5,14 @@ from datetime import UTC, datetime
 from marshmallow import fields, validate
 
 from app.carbon.models import UNITS
-from app.common import Boolean, Integer, Number, PageArgsSchema, StrictSchema, Text
+from app.common import Boolean, Integer, Number, PageArgsSchema, ResponseSchema, StrictSchema, Text
 
 
-class RuleSchema(StrictSchema):
+class RuleSchema(ResponseSchema):
     id = Integer()
     activity = fields.String()
     title = fields.String()
-    unit = fields.String()
+    unit = fields.String(validate=validate.OneOf(UNITS))
     co2e_g_per_unit = Number()
     points = Integer(allow_none=True)
     daily_cap_points = Integer(allow_none=True)

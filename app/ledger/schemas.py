@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Integer, StrictSchema, Text
+from app.common import Integer, ResponseSchema, StrictSchema, Text
+from app.ledger.models import KINDS
 
 
-class EntrySchema(StrictSchema):
+class EntrySchema(ResponseSchema):
     id = Integer()
     seq = Integer()
     delta = Integer()
     balance_after = Integer()
-    kind = fields.String()
+    kind = fields.String(validate=validate.OneOf(KINDS))
     source = fields.String()
     activity = fields.String(allow_none=True)
     rule_id = Integer(allow_none=True)

@@ -8,9 +8,11 @@ from app.http import Blueprint
 from app.ledger import service as ledger
 from app.people import service
 from app.people.schemas import (
+    CommunityCreateSchema,
     CommunitySchema,
     MeSchema,
     MeUpdateSchema,
+    OrganizationCreateSchema,
     OrganizationQuerySchema,
     OrganizationSchema,
     ResidentQuerySchema,
@@ -40,7 +42,7 @@ def list_communities(query):
 @blp.route("/communities", methods=["POST"])
 @login_required("admin")
 @error_docs(Duplicate)
-@blp.arguments(CommunitySchema)
+@blp.arguments(CommunityCreateSchema)
 @blp.response(201, CommunitySchema)
 def create_community(body):
     """Create a community (admin)."""
@@ -58,7 +60,7 @@ def list_organizations(query):
 @blp.route("/organizations", methods=["POST"])
 @login_required("admin")
 @error_docs(Duplicate)
-@blp.arguments(OrganizationSchema)
+@blp.arguments(OrganizationCreateSchema)
 @blp.response(201, OrganizationSchema)
 def create_organization(body):
     """Create an alliance organisation (admin)."""

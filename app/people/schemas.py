@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from app.common import Boolean, Id, Integer, NewPassword, PageArgsSchema, StrictSchema, Text
+from app.common import Boolean, Id, Integer, NewPassword, PageArgsSchema, ResponseSchema, StrictSchema, Text
 from app.people.models import ORG_KINDS, RESIDENT_STATUSES, STAFF_ROLES
 
 NAME = validate.Length(min=1, max=64)
@@ -10,17 +10,28 @@ CODE_CHARACTERS = validate.Regexp(r"^[A-Za-z0-9_-]+\Z", error="只能包含英�
 USERNAME_CHARACTERS = validate.Regexp(r"^[A-Za-z0-9_.@-]+\Z", error="只能包含英文字母、数字和 _ . @ -，如 worker.hk")
 
 
-class CommunitySchema(StrictSchema):
-    id = Integer(dump_only=True)
+class CommunityCreateSchema(StrictSchema):
     code = fields.String(required=True, validate=[validate.Length(min=1, max=32), CODE_CHARACTERS])
     name = Text(required=True, validate=NAME)
 
 
-class OrganizationSchema(StrictSchema):
-    id = Integer(dump_only=True)
+class CommunitySchema(ResponseSchema):
+    id = Integer()
+    code = fields.String()
+    name = fields.String()
+
+
+class OrganizationCreateSchema(StrictSchema):
     name = Text(required=True, validate=validate.Length(min=1, max=128))
     kind = fields.String(required=True, validate=validate.OneOf(ORG_KINDS))
     community_id = Id(load_default=None, allow_none=True)
+
+
+class OrganizationSchema(ResponseSchema):
+    id = Integer()
+    name = fields.String()
+    kind = fields.String(validate=validate.OneOf(ORG_KINDS))
+    community_id = Integer(allow_none=True)
 
 
 class OrganizationQuerySchema(PageArgsSchema):
@@ -47,23 +58,23 @@ class StaffUpdateSchema(StrictSchema):
     collection_point_ids = fields.List(Id(), validate=validate.Length(max=50))
 
 
-class StaffSchema(StrictSchema):
+class StaffSchema(ResponseSchema):
     id = Integer()
     username = fields.String()
     display_name = fields.String()
-    role = fields.String()
-    community_id = Id(allow_none=True)
-    organization_id = Id(allow_none=True)
-    store_ids = fields.List(Id())
-    collection_point_ids = fields.List(Id())
+    role = fields.String(validate=validate.OneOf(STAFF_ROLES))
+    community_id = Integer(allow_none=True)
+    organization_id = Integer(allow_none=True)
+    store_ids = fields.List(Integer())
+    collection_point_ids = fields.List(Integer())
     active = Boolean()
     created_at = fields.AwareDateTime()
 
 
-class MeSchema(StrictSchema):
+class MeSchema(ResponseSchema):
     id = Integer()
     nickname = fields.String()
-    community_id = Id(allow_none=True)
+    community_id = Integer(allow_none=True)
     balance = Integer()
     co2e_g = Integer()
     lifetime_earned = Integer()
@@ -76,11 +87,11 @@ class MeUpdateSchema(StrictSchema):
     community_id = Id(allow_none=True)
 
 
-class ResidentSchema(StrictSchema):
+class ResidentSchema(ResponseSchema):
     id = Integer()
     nickname = fields.String()
-    community_id = Id(allow_none=True)
-    status = fields.String()
+    community_id = Integer(allow_none=True)
+    status = fields.String(validate=validate.OneOf(RESIDENT_STATUSES))
     created_at = fields.AwareDateTime()
 
 

@@ -28,6 +28,7 @@ from app.http import Blueprint, no_body
 from app.idempotency.service import idempotent, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
+    CollectionPointCreateSchema,
     CollectionPointSchema,
     CollectionPointUpdateSchema,
     DepositCreateSchema,
@@ -129,7 +130,7 @@ def list_points(query):
 @blp.route("/collection-points", methods=["POST"])
 @login_required("admin", "worker")
 @error_docs(Duplicate)
-@blp.arguments(CollectionPointSchema)
+@blp.arguments(CollectionPointCreateSchema)
 @blp.response(201, CollectionPointSchema)
 def create_point(body):
     """Create a collection point (admin; a worker in its own community)."""

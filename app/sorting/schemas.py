@@ -4,7 +4,7 @@ from datetime import date
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from app.common import Boolean, Float, Id, Integer, PageArgsSchema, StrictSchema, Text
+from app.common import Boolean, Float, Id, Integer, PageArgsSchema, ResponseSchema, StrictSchema, Text
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
@@ -43,8 +43,7 @@ def _whole_position(data: dict) -> None:
         raise ValidationError("纬度和经度必须同时提供", "lat")
 
 
-class CollectionPointSchema(StrictSchema):
-    id = Integer(dump_only=True)
+class CollectionPointCreateSchema(StrictSchema):
     name = Text(required=True, validate=validate.Length(min=1, max=128))
     community_id = Id(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
@@ -57,8 +56,6 @@ class CollectionPointSchema(StrictSchema):
         load_default=lambda: list(CATEGORIES),
         validate=_CATEGORY_LIST,
     )
-    active = Boolean(dump_only=True)
-    distance_m = Integer(dump_only=True, allow_none=True, dump_default=None)
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
@@ -67,7 +64,7 @@ class CollectionPointSchema(StrictSchema):
             raise ValidationError("设置电子围栏需要先提供回收点位置", "geofence_m")
 
 
-class CollectionPointUpdateSchema(CollectionPointSchema):
+class CollectionPointUpdateSchema(CollectionPointCreateSchema):
     class Meta:
         partial = True
 
@@ -88,6 +85,22 @@ class CollectionPointUpdateSchema(CollectionPointSchema):
     def _position_pairs(self, data, **kwargs):
         if ("lat" in data) != ("lng" in data):
             raise ValidationError("纬度和经度必须同时修改", "lat")
+
+
+class CollectionPointSchema(ResponseSchema):
+    id = Integer()
+    name = fields.String()
+    community_id = Integer()
+    kind = fields.String(validate=validate.OneOf(POINT_KINDS))
+    address = fields.String()
+    lat = Float(allow_none=True, metadata={"description": f"latitude in {DATUM}; null when the point has no position"})
+    lng = Float(allow_none=True, metadata={"description": f"longitude in {DATUM}"})
+    geofence_m = Integer(allow_none=True, metadata={"description": "scans must be within this many metres; null: none"})
+    categories = fields.List(fields.String(validate=validate.OneOf(CATEGORIES)))
+    active = Boolean()
+    distance_m = Integer(
+        allow_none=True, dump_default=None, metadata={"description": "metres from ?near=; null without it"}
+    )
 
 
 class PointQuerySchema(StrictSchema):
@@ -121,14 +134,14 @@ class DepositQuerySchema(PageArgsSchema):
     )
 
 
-class PosterSchema(StrictSchema):
-    token = fields.String(required=True)
-    url = fields.String(required=True)
+class PosterSchema(ResponseSchema):
+    token = fields.String()
+    url = fields.String()
 
 
-class MemberCodeSchema(StrictSchema):
-    token = fields.String(required=True)
-    expires_at = fields.AwareDateTime(required=True)
+class MemberCodeSchema(ResponseSchema):
+    token = fields.String()
+    expires_at = fields.AwareDateTime()
 
 
 class ScanSchema(StrictSchema):
@@ -141,18 +154,20 @@ class ScanSchema(StrictSchema):
         _whole_position(data)
 
 
-class ScanResultSchema(StrictSchema):
-    kind = fields.String(required=True, metadata={"example": "checkin"})
-    points = Integer(required=True)
-    co2e_g = Integer(required=True)
-    balance = Integer(required=True)
+class ScanResultSchema(ResponseSchema):
+    kind = fields.String(
+        validate=validate.OneOf(["checkin"]),
+        metadata={"description": "checkin: a collection point's poster", "example": "checkin"},
+    )
+    points = Integer()
+    co2e_g = Integer()
+    balance = Integer()
     entry_id = Integer(
-        required=True,
         allow_none=True,
         metadata={"description": "the ledger entry; null when the check-in rule gives 0 points"},
     )
-    collection_point_id = Integer()
-    day = fields.Date()
+    collection_point_id = Integer(metadata={"optional": True, "description": "the point checked in at (kind checkin)"})
+    day = fields.Date(metadata={"optional": True, "description": "the local day (Shanghai) the check-in counts for"})
 
 
 class DepositLineSchema(StrictSchema):
@@ -180,29 +195,28 @@ _LINE_SHARE = (
 )
 
 
-class DepositItemSchema(StrictSchema):
-    category = fields.String(required=True)
-    weight_g = Integer(required=True)
-    co2e_g = Integer(required=True, metadata={"description": "本行分得的减排量（克）" + _LINE_SHARE})
-    points = Integer(required=True, metadata={"description": "本行分得的积分" + _LINE_SHARE})
-    rule_id = Integer(required=True)
+class DepositItemSchema(ResponseSchema):
+    category = fields.String(validate=validate.OneOf(CATEGORIES))
+    weight_g = Integer()
+    co2e_g = Integer(metadata={"description": "本行分得的减排量（克）" + _LINE_SHARE})
+    points = Integer(metadata={"description": "本行分得的积分" + _LINE_SHARE})
+    rule_id = Integer()
 
 
-class DepositSchema(StrictSchema):
-    id = Integer(required=True)
-    resident_id = Integer(required=True)
-    collection_point_id = Integer(required=True)
-    collector_id = Integer(allow_none=True)
-    device_id = Integer(allow_none=True)
-    points = Integer(required=True)
+class DepositSchema(ResponseSchema):
+    id = Integer()
+    resident_id = Integer()
+    collection_point_id = Integer()
+    collector_id = Integer(allow_none=True, metadata={"description": "the collector who weighed it; null for a bin"})
+    device_id = Integer(allow_none=True, metadata={"description": "the smart bin that sent it; null for a collector"})
+    points = Integer()
     co2e_g = Integer(
-        required=True,
         metadata={
             "description": "the deposit's CO2e in grams, as weighed; the resident's /me co2e_g counts what the ledger "
             "credits, so a deposit worth 0 points (entry_id null) is recorded here but not added there"
         },
     )
-    weight_g = Integer(required=True)
+    weight_g = Integer()
     entry_id = Integer(allow_none=True, metadata={"description": "the ledger entry; null for a deposit worth 0 points"})
     reversal_entry_id = Integer(
         allow_none=True,
@@ -210,8 +224,8 @@ class DepositSchema(StrictSchema):
             "description": "the entry that reversed this deposit's credit (its points were taken back); else null"
         },
     )
-    items = fields.List(fields.Nested(DepositItemSchema), required=True)
-    created_at = fields.AwareDateTime(required=True)
+    items = fields.List(fields.Nested(DepositItemSchema))
+    created_at = fields.AwareDateTime()
 
 
 class DeviceCreateSchema(StrictSchema):
@@ -229,10 +243,10 @@ class DeviceUpdateSchema(StrictSchema):
     active = Boolean(required=True, metadata={"description": "false 停用（设备请求将被拒绝），true 重新启用"})
 
 
-class DeviceSchema(StrictSchema):
+class DeviceSchema(ResponseSchema):
     id = Integer()
     code = fields.String()
-    collection_point_id = Id()
+    collection_point_id = Integer()
     active = Boolean()
     created_at = fields.AwareDateTime()
 
