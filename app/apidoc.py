@@ -12,6 +12,13 @@ from app.errors import AppError
 
 ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
 RETRY_AFTER = {"Retry-After": {"description": "多少秒后再试", "schema": {"type": "integer", "minimum": 1}}}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "true: the first answer to this request's Idempotency-Key, sent again; nothing was done now",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 def _manual(func) -> dict[str, Any]:
@@ -19,19 +26,23 @@ def _manual(func) -> dict[str, Any]:
     return func._apidoc.setdefault("manual_doc", {})
 
 
+def document_errors(responses: dict[str, Any], *errors: type[AppError]) -> None:
+    """Add these error codes to an operation's responses, merged per status."""
+    for error in errors:
+        entry = responses.setdefault(str(error.status), {"description": "", "content": ERROR_CONTENT})
+        if error.status in (429, 503):
+            entry["headers"] = RETRY_AFTER
+        codes = [c for c in entry["description"].split(", ") if c]
+        if error.code not in codes:
+            codes.append(error.code)
+        entry["description"] = ", ".join(codes)
+
+
 def error_docs(*errors: type[AppError]):
-    """Document the error codes a view can answer with, merged per status."""
+    """Document the error codes a view can answer with."""
 
     def decorator(func):
-        responses = _manual(func).setdefault("responses", {})
-        for error in errors:
-            entry = responses.setdefault(str(error.status), {"description": "", "content": ERROR_CONTENT})
-            if error.status == 429:
-                entry["headers"] = RETRY_AFTER
-            codes = [c for c in entry["description"].split(", ") if c]
-            if error.code not in codes:
-                codes.append(error.code)
-            entry["description"] = ", ".join(codes)
+        document_errors(_manual(func).setdefault("responses", {}), *errors)
         return func
 
     return decorator

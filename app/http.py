@@ -21,7 +21,7 @@ from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 from werkzeug.routing import ValidationError as NotThisRoute
 
-from app.apidoc import error_docs
+from app.apidoc import IDEMPOTENCY_HEADER, REPLAYED, document_errors, error_docs
 from app.common import ErrorEnvelopeSchema, StrictSchema
 from app.db import MAX_ID, db
 from app.errors import (
@@ -374,6 +374,23 @@ class Blueprint(SmorestBlueprint):
         errors = (ValidationError, BadRequest, PayloadTooLarge) if body else (ValidationError,)
         return lambda view: error_docs(*errors)(parse(view))
 
+    def _store_endpoint_docs(self, endpoint, obj, parameters, tags, **options):
+        """What every operation has, once all its decorators have documented it: an operationId (the view's name,
+        which client generators name their functions after), the outage and server error answers any request can
+        get, and on an operation that honours Idempotency-Key, the header that marks a replayed answer."""
+        super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
+        operations = {method: doc for method, doc in self._docs[endpoint].items() if method != "parameters"}
+        for method, doc in operations.items():
+            manual = doc.setdefault("manual_doc", {})
+            manual.setdefault("operationId", endpoint if len(operations) == 1 else f"{endpoint}_{method}")
+            responses = manual.setdefault("responses", {})
+            document_errors(responses, InternalError, ServiceUnavailable)
+            if any(p.get("name") == IDEMPOTENCY_HEADER for p in manual.get("parameters", [])):
+                # flask-smorest keys a success answer as its decorator was given the status (201, an int)
+                for status in [*doc.get("success_status_codes", []), *responses]:
+                    if str(status)[0] in "234" and str(status) not in ("401", "429"):  # never kept under a key
+                        responses.setdefault(status, {}).setdefault("headers", {}).update(REPLAYED)
+
 
 class _NoCookieSession(NullSession):
     def _fail(self, *args, **kwargs):
@@ -416,6 +433,19 @@ def _ecma_patterns(self, field, ret, **kwargs) -> dict:
     return {}
 
 
+def _no_null_defaults(self, field, ret, **kwargs) -> dict:
+    """A default of null says nothing a client can use, and generators read any default as "always present", which
+    makes an optional field required in a request type. A query string cannot carry null at all (`?kind=null` is the
+    text "null"), so a query parameter is neither nullable nor has null among its values."""
+    if "default" in ret and ret["default"] is None:
+        del ret["default"]
+    if getattr(field.root, "text_input", False):  # a query string's schema (common._from_text)
+        ret.pop("nullable", None)
+        if "enum" in ret:
+            ret["enum"] = [value for value in ret["enum"] if value is not None]
+    return {}
+
+
 def _bearer_in_any_case() -> None:
     """An authentication scheme is case-insensitive (RFC 9110), but Flask-JWT-Extended looks for `Bearer` exactly:
     `bearer <token>` is read as the same thing."""
@@ -437,6 +467,7 @@ def register_http(app: Flask) -> None:
     api.register_converter(IdConverter, integerconverter2paramschema)
     api.ma_plugin.converter.add_attribute_function(_decimal_bounds_as_numbers)
     api.ma_plugin.converter.add_attribute_function(_ecma_patterns)
+    api.ma_plugin.converter.add_attribute_function(_no_null_defaults)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
     app.before_request(_assign_request_id)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from flask import current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app.apidoc import extend_doc
+from app.apidoc import IDEMPOTENCY_HEADER, extend_doc
 from app.auth.guards import current_actor
 from app.clock import utcnow
 from app.db import db, dialect_name, run, upsert_insert
@@ -26,7 +26,7 @@ from app.errors import AppError, IdempotencyConflict, field_error
 from app.http import error_response, handle_http_exception
 from app.idempotency.models import IdempotencyKey
 
-HEADER = "Idempotency-Key"
+HEADER = IDEMPOTENCY_HEADER
 HEADER_DOC = {
     "in": "header",
     "name": HEADER,

@@ -731,6 +731,110 @@ def test_openapi_documents_the_roles_of_bin_keys_and_deposit_reads(spec):
     assert "查询字符串" in signature["description"]
 
 
+def _operations(spec):
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method in {"get", "post", "put", "patch", "delete"}:
+                yield path, method, operation
+
+
+def _components(spec, nodes) -> set[str]:
+    """The names of the component schemas these schema nodes use, nested ones included."""
+    found: set[str] = set()
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/components/schemas/"):
+                name = ref.rpartition("/")[2]
+                if name not in found:
+                    found.add(name)
+                    stack.append(spec["components"]["schemas"][name])
+            elif ref:
+                stack.append(_resolve(spec, node))
+            stack.extend(value for key, value in node.items() if key != "$ref")
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _answer_components(spec) -> set[str]:
+    return _components(spec, [answer for _, _, op in _operations(spec) for answer in op["responses"].values()])
+
+
+def _request_components(spec) -> set[str]:
+    return _components(spec, [op["requestBody"] for _, _, op in _operations(spec) if "requestBody" in op])
+
+
+# Fields an answer may leave out: the probes' extra checks, and where a scan checked in (event check-ins to come).
+SOMETIMES_ABSENT = {("Health", "database"), ("Health", "rate_limits"), ("ScanResult", "collection_point_id"),
+                    ("ScanResult", "day")}  # fmt: skip
+
+
+def test_openapi_marks_every_field_an_answer_always_has_required(spec):
+    """Generated client types make a field that is not required optional, and every use of it a check for absence.
+    The suite checks every answer it receives against these lists (tests.conftest.assert_documented)."""
+    answers = _answer_components(spec)
+    assert {"Me", "Entry", "CollectionPoint", "Deposit", "DepositItem", "ScanResult", "Staff", "ErrorBody"} <= answers
+    optional = set()
+    for name in answers:
+        schema = spec["components"]["schemas"][name]
+        optional |= {(name, field) for field in schema.get("properties", {}) if field not in schema.get("required", [])}
+    assert optional == SOMETIMES_ABSENT
+
+
+def test_openapi_request_types_hold_no_read_only_fields(spec):
+    """A request body's type offers only what the server takes: ids and computed fields are answers' alone."""
+    requests = _request_components(spec)
+    assert {"CollectionPointCreate", "CollectionPointUpdate", "CommunityCreate", "OrganizationCreate"} <= requests
+    assert not requests & _answer_components(spec)
+    for name in requests:
+        properties = spec["components"]["schemas"][name].get("properties", {})
+        assert not {"id", "distance_m", "created_at"} & set(properties), name
+        assert not [field for field, value in properties.items() if value.get("readOnly")], name
+
+
+def test_openapi_gives_no_null_defaults_and_no_null_query_values(spec):
+    """`default: null` makes an optional field required in generated types, and a query string cannot carry null:
+    `?kind=null` is the text "null"."""
+    text = json.dumps(spec)
+    assert '"default": null' not in text
+    for path, method, operation in _operations(spec):
+        for parameter in operation.get("parameters", []):
+            schema = parameter.get("schema", {})
+            assert not schema.get("nullable"), (path, method, parameter)
+            assert None not in schema.get("enum", []), (path, method, parameter)
+
+
+def test_openapi_documents_outages_and_server_errors_on_every_operation(spec):
+    for path, method, operation in _operations(spec):
+        responses = operation["responses"]
+        assert "service_unavailable" in _error_codes(spec, path, method, 503), (path, method)
+        assert "Retry-After" in _resolve(spec, responses["503"]).get("headers", {}), (path, method)
+        assert "internal_error" in _error_codes(spec, path, method, 500), (path, method)
+
+
+def test_openapi_names_every_operation_once(spec):
+    """Client generators name their functions after operationId."""
+    ids = [operation.get("operationId") for _, _, operation in _operations(spec)]
+    assert None not in ids
+    assert len(ids) == len(set(ids))
+    assert spec["paths"]["/api/v1/scans"]["post"]["operationId"] == "scan"
+
+
+def test_openapi_documents_the_replay_header_of_idempotent_operations(spec):
+    keyed = [(path, method, operation) for path, method, operation in _operations(spec)
+             if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))]  # fmt: skip
+    assert {("/api/v1/scans", "post"), ("/api/v1/deposits", "post"), ("/api/v1/devices/deposits", "post")} <= {
+        (path, method) for path, method, _ in keyed
+    }
+    for path, method, operation in keyed:
+        for status, answer in operation["responses"].items():
+            if status not in {"401", "429", "500", "503", "default"}:  # never kept under a key
+                assert "Idempotent-Replayed" in _resolve(spec, answer).get("headers", {}), (path, method, status)
+
+
 def test_openapi_declares_bearer_auth(spec):
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
