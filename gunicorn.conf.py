@@ -16,6 +16,12 @@ except ConfigError as exc:
 
 install_json_errors()
 
+# A request's statement gives up before gunicorn's worker timeout would kill the worker (a 503 to try again, not a
+# bare 500), and PostgreSQL ends a transaction a hung worker left open, releasing its locks. The workers read these
+# when they build the app; the command line does not, so long jobs and checks keep no such bounds.
+os.environ.setdefault("DB_STATEMENT_TIMEOUT_MS", "25000")
+os.environ.setdefault("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "60000")
+
 bind = listen_address()
 workers, threads = server_processes()
 worker_class = "gthread" if threads > 1 else "sync"

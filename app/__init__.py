@@ -49,10 +49,11 @@ def register_logging(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     from app import models  # noqa: F401  (every table in the metadata, for migrations)
     from app.auth.jwt import register_jwt
-    from app.db import ping_idle_connections
+    from app.db import end_request_transaction, ping_idle_connections
     from app.extensions import api, db, jwt, limiter, migrate
 
     db.init_app(app)
+    app.teardown_appcontext(end_request_transaction)  # runs before Flask-SQLAlchemy's, registered earlier
     with app.app_context():
         ping_idle_connections(db.engine, app.config["DB_PING_AFTER_IDLE_SECONDS"])
     migrate.init_app(app, db, directory=str(app_config.INSTANCE_DIR.parent / "migrations"))

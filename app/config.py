@@ -129,6 +129,9 @@ class Settings:
     device_clock_skew_s: int
     idempotency_keep_days: int
     db_ping_after_idle_s: float
+    db_lock_timeout_ms: int
+    db_statement_timeout_ms: int
+    db_idle_in_transaction_timeout_ms: int
     proxy_hops: int
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -168,6 +171,13 @@ class Settings:
                 "DB_PING_AFTER_IDLE_SECONDS", e.get("DB_PING_AFTER_IDLE_SECONDS", "1"), 0, 3600, float
             ),
             proxy_hops=_number("PROXY_HOPS", e.get("PROXY_HOPS", "0"), 0, 5),
+            db_lock_timeout_ms=_number("DB_LOCK_TIMEOUT_MS", e.get("DB_LOCK_TIMEOUT_MS", "5000"), 0, 3_600_000),
+            db_statement_timeout_ms=_number(
+                "DB_STATEMENT_TIMEOUT_MS", e.get("DB_STATEMENT_TIMEOUT_MS", "0"), 0, 86_400_000
+            ),
+            db_idle_in_transaction_timeout_ms=_number(
+                "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", e.get("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "0"), 0, 86_400_000
+            ),
         )
 
     def validate(self) -> None:
@@ -234,12 +244,23 @@ class Settings:
         """Rate limits on without a shared store: each server process counts its own."""
         return self.ratelimit_enabled and not self.redis_url
 
+    def pg_options(self) -> str:
+        """PostgreSQL session settings (0 is no limit). A row lock held by a stuck transaction (a host that hung
+        mid-request, whose half-open connection PostgreSQL keeps for hours) makes a request wait at most the lock
+        timeout, then answer 503 to try again, instead of holding a worker until gunicorn kills it. gunicorn.conf.py
+        also bounds a statement below its worker timeout and ends a transaction left idle by a hung host; the
+        command line keeps no such bounds, for jobs and checks that take longer."""
+        return (
+            f"-c lock_timeout={self.db_lock_timeout_ms} -c statement_timeout={self.db_statement_timeout_ms} "
+            f"-c idle_in_transaction_session_timeout={self.db_idle_in_transaction_timeout_ms}"
+        )
+
     def flask_config(self) -> dict[str, Any]:
         # No pool_pre_ping: db.ping_idle_connections checks idle ones. A failed statement's error (and so the log)
         # leaves out its parameters, which hold openids, password hashes and device secrets.
         engine_options: dict[str, Any] = {"hide_parameters": True}
         if self.database_url.startswith("postgresql"):
-            engine_options |= {"pool_size": 10, "max_overflow": 40}
+            engine_options |= {"pool_size": 10, "max_overflow": 40, "connect_args": {"options": self.pg_options()}}
         return {
             "APP_ENV": self.env,
             "SECRET_KEY": self.secret_key,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -243,6 +244,17 @@ def after_commit(action: Callable[[], None]) -> None:
         g.setdefault("after_commit", []).append(action)
     else:
         action()
+
+
+def end_request_transaction(_error: BaseException | None = None) -> None:
+    """Roll back what a request left open (a read's transaction) before Flask-SQLAlchemy closes the session. A
+    connection lost after the answer was made (a restart, a failover) would otherwise be raised out of the request's
+    teardown, and gunicorn would replace the finished answer with a bare 500; the connection is dropped instead."""
+    try:
+        db.session.rollback()
+    except sa.exc.DBAPIError:
+        logging.getLogger("app.db").warning("database connection lost while ending a request; its answer stands")
+        db.session().invalidate()  # no round trip: the connection is discarded, not rolled back
 
 
 def ping_idle_connections(engine: Engine, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:

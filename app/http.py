@@ -98,7 +98,7 @@ def handle_app_error(error: AppError):
 def unreachable(error: Exception) -> str | None:
     """Which shared service a failure is the absence of: PostgreSQL gone or refusing connections (SQLSTATE classes
     08 and 57P, too many connections, or an operational error with no SQLSTATE, when it never answered; or the pool
-    had no connection to give), or the rate limits' Redis. A
+    had no connection to give), too busy to answer in time (a lock or statement timeout), or the rate limits' Redis. A
     driver's own complaint with no SQLSTATE (a value it cannot adapt) is a bug, not an outage."""
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return "redis"
@@ -108,7 +108,9 @@ def unreachable(error: Exception) -> str | None:
         sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's; SQLite's errors have none
         never_answered = sqlstate is None and isinstance(error, sa.exc.OperationalError)
         refusing = (sqlstate or "").startswith(("08", "57P", "53300"))  # 53300: too many connections
-        if error.connection_invalidated or never_answered or refusing:
+        # 55P03: a lock waited for longer than lock_timeout; 57014: a statement cancelled (statement_timeout)
+        busy = sqlstate in ("55P03", "57014")
+        if error.connection_invalidated or never_answered or refusing or busy:
             return "database"
     return None
 

@@ -103,6 +103,10 @@ def run_migrations_online():
 
             with context.begin_transaction():
                 if connection.dialect.name == "postgresql":
+                    # A migration waits for the locks it needs however long requests hold them (the app's lock
+                    # timeout is for requests), and may take as long as its tables need.
+                    connection.execute(sa.text("SET LOCAL lock_timeout = 0"))
+                    connection.execute(sa.text("SET LOCAL statement_timeout = 0"))
                     # Hosts released together each upgrade: one migrates, the others wait here, then find the
                     # database at head, instead of failing on the tables the first one created.
                     connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})

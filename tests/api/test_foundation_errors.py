@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from app import create_app
 from app.db import db
 from app.people.models import Community
-from tests.conftest import ApiClient, assert_error, community_id
+from tests.conftest import PG, ROOT, ApiClient, assert_error, community_id
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -459,6 +459,67 @@ def test_an_error_of_the_database_that_is_not_an_outage_is_still_a_bug(fresh_app
         db.session.execute(sa.text("SELECT no_such_column FROM communities"))
 
     assert_envelope(boom_app.test_client().get("/api/v1/_test/bad-sql"), 500, "internal_error")
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG, reason="a backend to lose is PostgreSQL's")
+def test_a_connection_lost_after_the_answer_was_made_keeps_the_answer(fresh_app, caplog):
+    """A read leaves its transaction open until the request ends, when the session rolls it back. A connection
+    lost in between (a restart, a failover) used to turn the finished answer into gunicorn's bare 500; the answer
+    stands, the connection is dropped from the pool, and the next request gets a working one."""
+    lossy = fresh_app()
+
+    @lossy.get("/api/v1/_test/read-then-lose")
+    def read_then_lose():
+        pid = db.session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with sa.create_engine(lossy.config["SQLALCHEMY_DATABASE_URI"]).connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return {"read": pid}
+
+    client = lossy.test_client()
+    response = client.get("/api/v1/_test/read-then-lose")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert "read" in response.get_json()
+    assert any("connection lost" in r.getMessage() for r in caplog.records if r.name == "app.db")
+    assert client.get("/api/v1/rules").status_code == 200  # the pool hands out a live connection next
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG, reason="lock timeouts are PostgreSQL's")
+def test_a_lock_held_by_a_stuck_transaction_is_a_503_to_try_again_not_a_worker_held(fresh_app, caplog):
+    """A transaction left open on an account (a host that hung mid-request) makes a request for that account wait
+    the lock timeout, then answer 503 with Retry-After and write nothing, rather than wait until gunicorn kills the
+    worker and answers a bare 500."""
+    from app.config import Settings
+
+    impatient = fresh_app(SQLALCHEMY_ENGINE_OPTIONS={
+        "connect_args": {"options": Settings.from_env({"DB_LOCK_TIMEOUT_MS": "200"}).pg_options()}})  # fmt: skip
+    api = ApiClient(impatient.test_client())
+    admin, resident = api.staff("admin"), api.resident()
+    body = {"delta": 5, "reason": "锁等待测试"}
+    with sa.create_engine(impatient.config["SQLALCHEMY_DATABASE_URI"]).connect() as stuck:
+        stuck.execute(sa.text("SELECT 1 FROM accounts WHERE resident_id = :id FOR UPDATE"), {"id": resident.id})
+        response = api.post(f"/residents/{resident.id}/adjustments", as_=admin, json=body)
+        error = assert_error(response, 503, "service_unavailable")
+        assert response.headers["Retry-After"] == "10"
+        assert error["details"]["request_id"]
+        stuck.rollback()
+    assert any("lock timeout" in r.getMessage() for r in caplog.records if r.name == "app.http")
+    assert api.get("/me", as_=resident).get_json()["balance"] == 0  # nothing was written
+    assert api.post(f"/residents/{resident.id}/adjustments", as_=admin, json=body).status_code == 201
+
+
+def test_the_server_bounds_statements_and_idle_transactions_and_the_command_line_does_not():
+    from app.config import Settings
+
+    assert "-c lock_timeout=5000 " in Settings.from_env({}).pg_options()
+    assert "statement_timeout=0 " in Settings.from_env({}).pg_options()
+    config = (ROOT / "gunicorn.conf.py").read_text()
+    assert 'setdefault("DB_STATEMENT_TIMEOUT_MS", "25000")' in config
+    assert "timeout = 30\n" in config  # a statement gives up before the worker is killed
+    bounded = Settings.from_env({"DB_STATEMENT_TIMEOUT_MS": "25000", "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS": "60000"})
+    assert bounded.pg_options().endswith("statement_timeout=25000 -c idle_in_transaction_session_timeout=60000")
+    assert bounded.flask_config()["SQLALCHEMY_ENGINE_OPTIONS"].get("connect_args") is None  # SQLite: none
 
 
 def test_a_value_the_driver_cannot_send_is_a_bug_not_an_outage(fresh_app, caplog):
