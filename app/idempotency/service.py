@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cache, partial, wraps
 
@@ -151,7 +152,11 @@ def run_once(scope: str, key: str, request_hash: str, view, keep, answer, replay
     finally:
         g.defer_commit = False
         pending = g.pop("after_commit", [])
+        refusal_notes = g.pop("on_kept_refusal", [])
     if keep(response):
+        if response.status_code >= 400:
+            for note in refusal_notes:
+                note()
         run(_RECORD, {"key_id": key_id, "status": response.status_code, "body": answer(response)}).scalar_one()
         db.session.commit()
         for action in pending:
@@ -159,6 +164,12 @@ def run_once(scope: str, key: str, request_hash: str, view, keep, answer, replay
     else:
         db.session.rollback()
     return response
+
+
+def on_kept_refusal(note: Callable[[], None]) -> None:
+    """Write `note` into the transaction that keeps this request's refusal under its Idempotency-Key, before that
+    commits: what must be true of every kept refusal lands with it, or not at all."""
+    g.setdefault("on_kept_refusal", []).append(note)
 
 
 def stored_answer(scope: str):

@@ -25,7 +25,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.http import Blueprint, no_body
-from app.idempotency.service import idempotent, stored_answer
+from app.idempotency.service import idempotent, on_kept_refusal, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
     CollectionPointCreateSchema,
@@ -83,15 +83,26 @@ def device_required(view):
             return answer
         # The signature's row stays written (and its unique index held) through a refusal: an identical request
         # waiting on that index must find it used, not slip in between a rollback and a burn of its own.
+        signature = request.headers["X-Signature"]
+        marked = False
+
+        def mark_with_the_kept_refusal() -> None:  # in the commit that keeps it: no gap to lose the mark in
+            nonlocal marked
+            service.mark_signature_refused(signature)
+            marked = True
+
+        on_kept_refusal(mark_with_the_kept_refusal)
         after_signature = db.session.begin_nested()
         try:
             response = view(*args, **kwargs)
         except (AppError, HTTPException):  # a use case's refusal, or the body's (400, 422)
             after_signature.rollback()
-            service.mark_signature_refused(request.headers["X-Signature"])
+            service.mark_signature_refused(signature)
+            db.session.commit()
             raise
-        if response.status_code >= 400:  # a refusal the Idempotency-Key kept, or one it replayed for a new signature
-            service.mark_signature_refused(request.headers["X-Signature"])
+        if response.status_code >= 400 and not marked:  # a refusal the Idempotency-Key replayed for a new signature
+            service.mark_signature_refused(signature)
+            db.session.commit()
         elif response.headers.get("Idempotent-Replayed"):  # the answer is old, but this signature is spent too
             db.session.commit()
         return response

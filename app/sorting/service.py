@@ -929,10 +929,9 @@ _MARK_REFUSED = (
 
 def mark_signature_refused(signature: str) -> None:
     """The request whose signature this transaction burned (or an earlier one, under the same Idempotency-Key,
-    committed) was refused: say so on its row, and commit. The row is never released on the way, so an identical
-    request waiting on its unique index finds it used rather than being judged again."""
+    committed) was refused: say so on its row, in this transaction (the caller commits). The row is never released
+    on the way, so an identical request waiting on its unique index finds it used rather than being judged again."""
     run(_MARK_REFUSED, {"sig": signature.lower()})
-    db.session.commit()
 
 
 def prune_device_signatures() -> int:

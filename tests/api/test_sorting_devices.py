@@ -600,6 +600,31 @@ def test_a_refusal_kept_under_a_key_still_burns_every_signature_that_asked(api, 
     assert (count(Deposit), balance(api, resident)) == (0, 0)
 
 
+def test_a_refusal_kept_under_a_key_is_marked_refused_in_the_commit_that_keeps_it(api, world):
+    """Marked in a second transaction, a connection lost between the two (found by a chaos run) left the signature
+    "accepted" for good, and the same bytes without the key were told the deposit was recorded. Every commit that
+    keeps an answer under the key must already say the signature was refused."""
+    from app.idempotency.models import IdempotencyKey
+
+    seen: list[tuple[int, bool]] = []
+
+    def check(session):
+        kept = session.execute(sa.select(IdempotencyKey.status_code).filter_by(key="bin-a-lost")).scalar()
+        refused = session.execute(sa.select(DeviceSignature.refused)).scalar()
+        if kept:
+            seen.append((kept, refused))
+
+    kwargs = signed(world["device"], body_for(api, world, point=world["b"]))  # not this bin's point: 403
+    kwargs["headers"]["Idempotency-Key"] = "bin-a-lost"
+    sa.event.listen(db.session(), "before_commit", check)
+    try:
+        assert_error(api.post(PATH, **kwargs), 403, "forbidden")
+    finally:
+        sa.event.remove(db.session(), "before_commit", check)
+    assert seen
+    assert seen[0] == (403, True)
+
+
 @pytest.mark.parametrize(
     ("change", "status"), [({"items": [{"category": "paper", "weight_g": 0}]}, 422), (None, 400)], ids=["422", "400"]
 )
