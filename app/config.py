@@ -68,6 +68,16 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
     return word in {"1", "true", "yes", "on"}
 
 
+API_CONVENTIONS = (
+    "约定（详见 API.md）：请求与应答均为 UTF-8 JSON；时间为带时区偏移的 ISO 8601（服务器给出 UTC），"
+    '“一天”指上海本地日。每个 4xx/5xx 应答都是 {"error": {"code", "message", "details"}}，'
+    "code 稳定可判断，message 为可直接展示的中文。每个应答带 X-Request-Id（请求可自带 8 到 64 位的 "
+    "[A-Za-z0-9._-]），报障时请附上；500 的 details.request_id 与之相同。列表按游标分页：?limit= 与上一页的 "
+    "next 作为 ?cursor=，next 为 null 即最后一页。写操作可带 Idempotency-Key 安全重试，重放的应答带 "
+    "Idempotent-Replayed: true。429 与 503 带 Retry-After（秒）。"
+)
+
+
 def _number(name: str, value: str, low: float, high: float, kind=int):
     """A number within the bounds that make sense for the setting: 0 keep-days would prune every stored answer."""
     try:
@@ -284,6 +294,7 @@ class Settings:
             "RATELIMIT_KEY_PREFIX": "tph",
             "API_TITLE": "上海湾区高新区 碳普惠积分 API",
             "API_VERSION": "v1",
+            "API_SPEC_OPTIONS": {"info": {"description": API_CONVENTIONS}},
             "OPENAPI_VERSION": "3.0.3",
             "OPENAPI_URL_PREFIX": "/api/v1",
             "OPENAPI_JSON_PATH": "openapi.json",

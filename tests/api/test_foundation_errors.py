@@ -896,6 +896,12 @@ def test_openapi_documents_the_replay_header_of_idempotent_operations(spec):
                 assert "Idempotent-Replayed" in _resolve(spec, answer).get("headers", {}), (path, method, status)
 
 
+def test_openapi_states_the_conventions_every_operation_shares(spec):
+    conventions = spec["info"]["description"]
+    for term in ("X-Request-Id", "Idempotency-Key", "Idempotent-Replayed", "Retry-After", "cursor", "UTC", "error"):
+        assert term in conventions, term
+
+
 def test_openapi_declares_bearer_auth(spec):
     assert spec["components"]["securitySchemes"]["bearerAuth"] == {
         "type": "http",
