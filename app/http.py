@@ -388,9 +388,11 @@ class Blueprint(SmorestBlueprint):
             responses = manual.setdefault("responses", {})
             document_errors(responses, InternalError, ServiceUnavailable)
             if any(p.get("name") == IDEMPOTENCY_HEADER for p in manual.get("parameters", [])):
+                from app.idempotency.service import kept  # which imports this module
+
                 # flask-smorest keys a success answer as its decorator was given the status (201, an int)
                 for status in [*doc.get("success_status_codes", []), *responses]:
-                    if str(status)[0] in "234" and str(status) not in ("401", "429"):  # never kept under a key
+                    if str(status).isdigit() and kept(int(status)):
                         responses.setdefault(status, {}).setdefault("headers", {}).update(REPLAYED)
 
 

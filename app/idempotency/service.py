@@ -101,13 +101,15 @@ def run_idempotent(scope: str, view, *args, **kwargs):
         key,
         request_hash,
         partial(_answer_or_refusal, partial(view, *args, **kwargs)),
-        keep=lambda response: _kept(response.status_code),
+        keep=lambda response: kept(response.status_code),
         answer=lambda response: response.get_json(),
         replay=lambda row: _replay(row, request_hash),
     )
 
 
-def _kept(status: int) -> bool:
+def kept(status: int) -> bool:
+    """Whether an answer with this status is kept under its Idempotency-Key (and replayed to a retry): all but those
+    that say nothing about the request, 401, 429 and 5xx."""
     return status < 500 and status not in (401, 429)
 
 
@@ -124,7 +126,7 @@ def _answer_or_refusal(view):
         response = view()
     except (AppError, HTTPException) as error:
         status = error.status if isinstance(error, AppError) else (error.code or 500)
-        if not _kept(status):
+        if not kept(status):
             raise
         undo()
         if isinstance(error, AppError):
