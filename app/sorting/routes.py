@@ -84,14 +84,8 @@ def device_required(view):
         # The signature's row stays written (and its unique index held) through a refusal: an identical request
         # waiting on that index must find it used, not slip in between a rollback and a burn of its own.
         signature = request.headers["X-Signature"]
-        marked = False
-
-        def mark_with_the_kept_refusal() -> None:  # in the commit that keeps it: no gap to lose the mark in
-            nonlocal marked
-            service.mark_signature_refused(signature)
-            marked = True
-
-        on_kept_refusal(mark_with_the_kept_refusal)
+        # A refusal kept under an Idempotency-Key is marked in the commit that keeps it: no gap to lose the mark in.
+        on_kept_refusal(lambda: service.mark_signature_refused(signature))
         after_signature = db.session.begin_nested()
         try:
             response = view(*args, **kwargs)
@@ -100,10 +94,9 @@ def device_required(view):
             service.mark_signature_refused(signature)
             db.session.commit()
             raise
-        if response.status_code >= 400 and not marked:  # a refusal the Idempotency-Key replayed for a new signature
-            service.mark_signature_refused(signature)
-            db.session.commit()
-        elif response.headers.get("Idempotent-Replayed"):  # the answer is old, but this signature is spent too
+        if response.headers.get("Idempotent-Replayed"):  # the key's first answer, but this signature is spent too
+            if response.status_code >= 400:
+                service.mark_signature_refused(signature)
             db.session.commit()
         return response
 
