@@ -38,8 +38,8 @@ class ConfigError(RuntimeError):
 
 
 def _absolute_url(url: str, schemes: set[str]) -> bool:
-    """An address posters can end with /q/<token>: the scheme as written, a host, no query or fragment (not even an
-    empty one), no spaces."""
+    """A base address that paths are appended to (posters' /q/<token>, WeChat's /sns/jscode2session): one of these
+    schemes as written, a host, no query or fragment (not even an empty one), no spaces."""
     parts = urlsplit(url)
     return (
         url.split(":", 1)[0] in schemes

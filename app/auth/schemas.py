@@ -16,19 +16,19 @@ class StaffLoginSchema(StrictSchema):
 
 
 class ResidentTokensSchema(ResponseSchema):
-    access_token = fields.String(required=True)
-    refresh_token = fields.String(required=True)
-    resident = fields.Nested(ResidentSchema, required=True)
+    access_token = fields.String()
+    refresh_token = fields.String()
+    resident = fields.Nested(ResidentSchema)
 
 
 class StaffTokensSchema(ResponseSchema):
-    access_token = fields.String(required=True)
-    refresh_token = fields.String(required=True)
-    staff = fields.Nested(StaffSchema, required=True)
+    access_token = fields.String()
+    refresh_token = fields.String()
+    staff = fields.Nested(StaffSchema)
 
 
 class AccessTokenSchema(ResponseSchema):
-    access_token = fields.String(required=True)
+    access_token = fields.String()
 
 
 class PasswordChangeSchema(StrictSchema):
