@@ -249,12 +249,15 @@ def after_commit(action: Callable[[], None]) -> None:
 def end_request_transaction(_error: BaseException | None = None) -> None:
     """Roll back what a request left open (a read's transaction) before Flask-SQLAlchemy closes the session. A
     connection lost after the answer was made (a restart, a failover) would otherwise be raised out of the request's
-    teardown, and gunicorn would replace the finished answer with a bare 500; the connection is dropped instead."""
+    teardown, and gunicorn would replace the finished answer with a bare 500; the connection is dropped instead.
+    A request that never used the database (/healthz), or committed, has nothing to end: no session is made for it."""
+    if not db.session.registry.has() or not (session := db.session()).in_transaction():
+        return
     try:
-        db.session.rollback()
+        session.rollback()
     except sa.exc.DBAPIError:
         logging.getLogger("app.db").warning("database connection lost while ending a request; its answer stands")
-        db.session().invalidate()  # no round trip: the connection is discarded, not rolled back
+        session.invalidate()  # no round trip: the connection is discarded, not rolled back
 
 
 def ping_idle_connections(engine: Engine, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
