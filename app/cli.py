@@ -9,6 +9,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from app.clock import local_midnight, utcnow
+from app.people.models import STAFF_ROLES
 
 
 def register(app: Flask) -> None:
@@ -50,7 +51,7 @@ staff = AppGroup("staff", help="Staff accounts.")
     confirmation_prompt=True,
     help="asked for when left out, so that it stays out of the shell's history and the process list",
 )
-@click.option("--role", required=True, type=click.Choice(["collector", "merchant", "alliance", "worker", "admin"]))
+@click.option("--role", required=True, type=click.Choice(STAFF_ROLES))
 @click.option("--display-name", default="")
 @click.option("--community-id", type=int)
 @click.option("--organization-id", type=int)
