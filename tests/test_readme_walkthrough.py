@@ -126,7 +126,11 @@ def test_the_walkthrough_answers_what_the_readme_says(served):
     deadline = time.monotonic() + 10  # gunicorn logs a request after answering it, so the last may trail the client
     while len(answered()) < len(EXPECTED) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert answered() == EXPECTED
+    got = answered()
+    assert sorted(got) == sorted(EXPECTED)  # every step, each answered as the README says
+    # `make run` serves with threads, and each logs its request after answering it: the walkthrough's next request,
+    # answered by another thread, can be logged first. The order holds up to such neighbours.
+    assert all(got[i] in EXPECTED[max(i - 1, 0) : i + 2] for i in range(len(got))), got
 
     out = done.stdout  # the answers the README's comments describe (curl prints compact JSON, jq indents)
     assert '{"kind":"checkin","points":5,' in out  # 201: +5 points
