@@ -167,11 +167,11 @@ class _Direct:
         try:
             with conn.connection.dbapi_connection.cursor() as cursor:
                 cursor.execute(self.sql, values)
-                description, rows = cursor.description, cursor.fetchall()
+                if self.shape is None:
+                    self.shape = self._shape(cursor.description)
+                rows = cursor.fetchall()
         except Exception as exc:
             conn._handle_dbapi_exception(exc, self.sql, values, cursor, None)  # raises
-        if self.shape is None:
-            self.shape = self._shape(description)
         metadata, processors = self.shape
         if any(processors):
             rows = [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in rows]
