@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import runpy
@@ -135,6 +136,16 @@ def test_gunicorn_warning_counts_from_the_login_limit_itself(monkeypatch):
     said = []
     settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
     assert "up to 12 wrong passwords, not 4" in said[0]
+
+
+def test_a_worker_freezes_the_loaded_app_out_of_the_collector():
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    gc.unfreeze()
+    try:
+        settings["post_worker_init"](SimpleNamespace())
+        assert gc.get_freeze_count() > 10_000  # the app's modules, schemas and statements, loaded before the hook
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize(
