@@ -98,8 +98,9 @@ def handle_app_error(error: AppError):
 def unreachable(error: Exception) -> str | None:
     """Which shared service a failure is the absence of: PostgreSQL gone or refusing connections (SQLSTATE classes
     08 and 57P, too many connections, or an operational error with no SQLSTATE, when it never answered; or the pool
-    had no connection to give), too busy to answer in time (a lock or statement timeout), or the rate limits' Redis. A
-    driver's own complaint with no SQLSTATE (a value it cannot adapt) is a bug, not an outage."""
+    had no connection to give), too busy to answer in time (a lock or statement timeout: logged as such, since the
+    cure differs), or the rate limits' Redis. A driver's own complaint with no SQLSTATE (a value it cannot adapt) is
+    a bug, not an outage."""
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         return "redis"
     if isinstance(error, sa.exc.TimeoutError):  # every pooled connection busy for pool_timeout
@@ -108,11 +109,15 @@ def unreachable(error: Exception) -> str | None:
         sqlstate = getattr(error.orig, "sqlstate", "")  # psycopg's; SQLite's errors have none
         never_answered = sqlstate is None and isinstance(error, sa.exc.OperationalError)
         refusing = (sqlstate or "").startswith(("08", "57P", "53300"))  # 53300: too many connections
-        # 55P03: a lock waited for longer than lock_timeout; 57014: a statement cancelled (statement_timeout)
-        busy = sqlstate in ("55P03", "57014")
-        if error.connection_invalidated or never_answered or refusing or busy:
+        if error.connection_invalidated or never_answered or refusing or _too_busy(error):
             return "database"
     return None
+
+
+def _too_busy(error: Exception) -> bool:
+    """PostgreSQL answered, but gave up waiting: 55P03, a lock waited for longer than lock_timeout; 57014, a statement
+    cancelled by statement_timeout."""
+    return isinstance(error, sa.exc.DBAPIError) and getattr(error.orig, "sqlstate", None) in ("55P03", "57014")
 
 
 # How long a client waits before trying again while a shared service is away: a restart or a failover.
@@ -126,7 +131,8 @@ def note_outage(error: Exception, logger: logging.Logger = log, prefix: str = ""
     if service is None:
         return None
     message = str(error).splitlines()[0]
-    logger.error("%s%s unreachable on %s %s: %s", prefix, service, request.method, request.path, message)
+    state = "too busy" if _too_busy(error) else "unreachable"
+    logger.error("%s%s %s on %s %s: %s", prefix, service, state, request.method, request.path, message)
     g.outage_retry_after = str(OUTAGE_RETRY_AFTER_S)  # not the rate limiter's figure (_retry_after_only_when_refused)
     return {"Retry-After": g.outage_retry_after}
 

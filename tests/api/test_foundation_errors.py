@@ -504,7 +504,10 @@ def test_a_lock_held_by_a_stuck_transaction_is_a_503_to_try_again_not_a_worker_h
         assert response.headers["Retry-After"] == "10"
         assert error["details"]["request_id"]
         stuck.rollback()
-    assert any("lock timeout" in r.getMessage() for r in caplog.records if r.name == "app.http")
+    said = [r.getMessage() for r in caplog.records if r.name == "app.http"]
+    assert len(said) == 1
+    assert said[0].startswith(f"database too busy on POST /api/v1/residents/{resident.id}/")
+    assert "lock timeout" in said[0]  # PostgreSQL's own reason follows
     assert api.get("/me", as_=resident).get_json()["balance"] == 0  # nothing was written
     assert api.post(f"/residents/{resident.id}/adjustments", as_=admin, json=body).status_code == 201
 
