@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from marshmallow import fields, validate
 
 import app.i18n  # noqa: F401  (zh-CN validation messages before any schema is defined)
+from app import errors
 from app.db import MAX_ID, db, fits_key
-from app.errors import field_error
+from app.errors import AppError, field_error
 
 MAX_LIMIT = 100
 
@@ -138,20 +139,78 @@ class ResponseSchema(StrictSchema):
             field_obj.required = True
 
 
-class ErrorBodySchema(ResponseSchema):
-    code = fields.String(metadata={"example": "validation_error"})
-    message = fields.String(metadata={"example": "提交的内容有误"})
-    details = fields.Dict(
-        metadata={
-            "description": "more about the refusal, by code; {} when there is nothing more. validation_error: "
-            "fields, each field's messages (a list's or a nested body's errors nested by index and name); too_far: "
-            "distance_m, geofence_m; cap_reached: activity, cap, used, remaining, points, refused; "
-            "insufficient_points: balance, required; duplicate of a paid member code: deposit_id, points; a smart "
-            "bin's 401: reason (bad_headers, unknown_device, device_retired, stale_timestamp, bad_signature), "
-            "headers, server_time; 5xx: request_id",
-            "example": {"fields": {"items": {"0": {"weight_g": ["重量必须在 1 克到 200 千克之间"]}}}},
-        }
+def _error_codes() -> list[str]:
+    """Every code an error answer can carry: the domain's errors and the HTTP layer's refusals."""
+    domain = {value.code for value in vars(errors).values() if isinstance(value, type) and issubclass(value, AppError)}
+    return sorted(domain | {code for code, _ in errors.HTTP_CODES.values()})
+
+
+def _about(text: str, **more: Any) -> dict[str, Any]:
+    return {"description": text, **more}
+
+
+class ErrorDetailsSchema(StrictSchema):
+    """More about a refusal, by its code; {} when there is nothing more. Each property comes only with the codes its
+    description names, so none is required."""
+
+    validation_fields = fields.Dict(
+        keys=fields.String(),
+        values=fields.Raw(),
+        data_key="fields",
+        metadata=_about(
+            "validation_error: each field's messages (a list's or a nested body's errors nested by index and name)",
+            example={"items": {"0": {"weight_g": ["重量必须在 1 克到 200 千克之间"]}}},
+        ),
     )
+    distance_m = fields.Integer(metadata=_about("too_far: how far from the point the scan was made, in metres"))
+    geofence_m = fields.Integer(metadata=_about("too_far: how near the point a scan must be, in metres"))
+    activity = fields.String(metadata=_about("cap_reached: the first refused daily counter (an activity or category)"))
+    cap = fields.Integer(metadata=_about("cap_reached: that counter's daily cap, in points"))
+    used = fields.Integer(metadata=_about("cap_reached: the points it has counted today"))
+    remaining = fields.Integer(metadata=_about("cap_reached: the points it still has room for today"))
+    points = fields.Integer(
+        metadata=_about(
+            "cap_reached: the points this request would have added to it; duplicate (a member code already paid for "
+            "a deposit): the points that deposit credited"
+        )
+    )
+    refused = fields.Raw(
+        metadata=_about(
+            "cap_reached: every refused counter; duplicate (a smart bin's replayed request): true if its first try "
+            "was refused, so the bin signs it again, false if it was recorded",
+            oneOf=[{"type": "boolean"}, {"type": "array", "items": {"type": "string"}}],
+        )
+    )
+    balance = fields.Integer(metadata=_about("insufficient_points: the balance now"))
+    required = fields.Integer(metadata=_about("insufficient_points: the points the request needs"))
+    deposit_id = fields.Integer(metadata=_about("duplicate (a member code already paid for a deposit): its deposit"))
+    reason = fields.String(
+        metadata=_about(
+            "unauthorized, to a smart bin: what it should fix, one of bad_headers, unknown_device, stale_timestamp, "
+            "device_retired, bad_signature; a request the server refused before the app read it (bad_request, "
+            "uri_too_long, headers_too_large): the server's own diagnosis, in English"
+        )
+    )
+    headers = fields.List(
+        fields.String(), metadata=_about("unauthorized, to a smart bin (bad_headers): the signature headers at fault")
+    )
+    server_time = fields.Integer(
+        metadata=_about("unauthorized, to a smart bin (stale_timestamp): the server's clock, in Unix seconds")
+    )
+    year = fields.Integer(metadata=_about("invalid_state (reversing a credit): the year whose points have expired"))
+    http_status = fields.Integer(metadata=_about("upstream_error, upstream_unavailable: WeChat's HTTP status"))
+    errcode = fields.Integer(metadata=_about("a WeChat login that WeChat refused: its error code"))
+    request_id = fields.String(metadata=_about("internal_error, service_unavailable: the X-Request-Id, to report"))
+    database_revision = fields.String(
+        allow_none=True, metadata=_about("not_ready (/readyz): the schema's migration, null before any")
+    )
+    code_revision = fields.String(metadata=_about("not_ready (/readyz): the migration this code expects"))
+
+
+class ErrorBodySchema(ResponseSchema):
+    code = fields.String(validate=validate.OneOf(_error_codes()), metadata={"example": "validation_error"})
+    message = fields.String(metadata={"example": "提交的内容有误"})
+    details = fields.Nested(ErrorDetailsSchema)
 
 
 class ErrorEnvelopeSchema(ResponseSchema):

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+from unittest.mock import ANY
 
 import flask
 import pytest
@@ -842,10 +843,39 @@ def test_openapi_marks_every_field_an_answer_always_has_required(spec):
     answers = _answer_components(spec)
     assert {"Me", "Entry", "CollectionPoint", "Deposit", "DepositItem", "ScanResult", "Staff", "ErrorBody"} <= answers
     optional = set()
-    for name in answers:
+    for name in answers - {"ErrorDetails"}:  # each of its properties comes with the codes it names
         schema = spec["components"]["schemas"][name]
         optional |= {(name, field) for field in schema.get("properties", {}) if field not in schema.get("required", [])}
     assert optional == SOMETIMES_ABSENT
+
+
+def test_openapi_names_every_error_code_and_types_each_detail(spec):
+    """A typed client switches on `error.code` and reads `details` without casts: the codes are an enum of every code
+    the server answers with, and each detail a refusal carries has its type. An undeclared detail is refused too, so
+    the suite's check of every answer against the document (tests.conftest.assert_documented) finds one left out."""
+    from app import errors
+
+    body = spec["components"]["schemas"]["ErrorBody"]
+    every_code = {code for code, _ in errors.HTTP_CODES.values()} | {
+        error.code for error in vars(errors).values() if isinstance(error, type) and issubclass(error, errors.AppError)
+    }
+    assert set(body["properties"]["code"]["enum"]) == every_code
+    details = _resolve(spec, body["properties"]["details"])
+    assert details is spec["components"]["schemas"]["ErrorDetails"]
+    assert details["additionalProperties"] is False
+    assert "required" not in details
+    properties = details["properties"]
+    for name in ("distance_m", "geofence_m", "cap", "used", "remaining", "points", "balance", "required", "deposit_id",
+                 "server_time", "year", "http_status", "errcode"):  # fmt: skip
+        assert properties[name]["type"] == "integer", name
+    assert properties["fields"]["type"] == "object"
+    assert properties["headers"] == {"type": "array", "items": {"type": "string"}, "description": ANY}
+    assert properties["reason"]["type"] == "string"  # a bin's refusal, or gunicorn's diagnosis (app/serving.py)
+    assert {"type": "boolean"} in properties["refused"]["oneOf"]  # a bin's replayed request: was it refused
+    assert {"type": "array", "items": {"type": "string"}} in properties["refused"]["oneOf"]  # the counters at cap
+    assert properties["database_revision"]["nullable"] is True  # /readyz before any migration
+    for name, schema in properties.items():
+        assert schema["description"], name  # which codes carry it, and what it means
 
 
 def test_openapi_request_types_hold_no_read_only_fields(spec):
