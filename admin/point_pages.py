@@ -34,6 +34,7 @@ from app.sorting.schemas import (
 
 PAGE_SIZE = 50
 DEPOSITS_PER_PAGE = 20
+CHECKINS_PER_PAGE = 20
 
 
 def _points_page(error=None) -> str:
@@ -81,15 +82,21 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
     point = sorting.get_point(point_id)
     day = query_value(DepositQuerySchema(only=("day",)), "day")
     deposits = sorting.point_deposits(actor, point_id, day, request.args.get("cursor") or None, DEPOSITS_PER_PAGE)
+    checkins = sorting.point_checkins(
+        actor, point_id, day, request.args.get("checkins_cursor") or None, CHECKINS_PER_PAGE
+    )
     return render_template(
         "admin/point.html",
         point=point,
         poster=sorting.poster(actor, point_id) if point.active else None,
         devices=devices,
         deposits=deposits,
+        checkins=checkins,
         day=day,
         # A worker opens only its own community's residents: the others are named, not linked to a 404.
-        openable=people.residents_in_scope(actor, [d.resident_id for d in deposits["items"]]),
+        openable=people.residents_in_scope(
+            actor, [d.resident_id for d in deposits["items"]] + [c.resident_id for c in checkins["items"]]
+        ),
         collectors=people.staff_names([d.collector_id for d in deposits["items"] if d.collector_id]),
         device_codes={d.id: d.code for d in devices},
         new_device=device,

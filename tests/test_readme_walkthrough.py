@@ -45,6 +45,7 @@ EXPECTED = [
     ("POST", "/api/v1/scans", 201),  # +5 points
     ("POST", "/api/v1/scans", 409),  # already_claimed
     ("POST", "/api/v1/scans", 403),  # too_far
+    ("GET", "/api/v1/collection-points/1/checkins", 200),  # who checked in today, for the worker
     # Collector: record weighed recyclables
     ("POST", "/api/v1/auth/login", 200),
     ("GET", "/api/v1/me/member-code", 200),

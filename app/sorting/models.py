@@ -50,12 +50,16 @@ class Checkin(db.Model):
     """A sorting check-in: once per resident, point and local day, enforced by the database."""
 
     __tablename__ = "checkins"
-    __table_args__ = (sa.UniqueConstraint("resident_id", "collection_point_id", "day"),)
+    __table_args__ = (
+        sa.UniqueConstraint("resident_id", "collection_point_id", "day"),
+        # A point's check-ins newest first, a page at a time, without sorting all of them (as deposits).
+        sa.Index("ix_checkins_collection_point_id_id", "collection_point_id", "id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # The unique (resident, point, day) index also serves lookups by resident: no index of its own to maintain.
     resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"))
-    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"), index=True)
+    collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"))
     day: Mapped[date] = mapped_column(index=True)  # today's check-ins, on the dashboard
     lat: Mapped[float | None]
     lng: Mapped[float | None]

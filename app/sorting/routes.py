@@ -28,6 +28,8 @@ from app.http import Blueprint, no_body
 from app.idempotency.service import idempotent, on_kept_refusal, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
+    CheckinQuerySchema,
+    CheckinSchema,
     CollectionPointCreateSchema,
     CollectionPointSchema,
     CollectionPointUpdateSchema,
@@ -50,6 +52,7 @@ blp = Blueprint("sorting", __name__, url_prefix="/api/v1", description="垃圾�
 PointPage = page_schema(CollectionPointSchema, "CollectionPointPage")
 DevicePage = page_schema(DeviceSchema, "DevicePage")
 DepositPage = page_schema(DepositSchema, "DepositPage")
+CheckinPage = page_schema(CheckinSchema, "CheckinPage")
 DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached, Duplicate, InvalidState)
 
 
@@ -273,6 +276,17 @@ def list_point_deposits(query, point_id):
     """A point's deposits, newest first; `day` keeps one local day's (its collectors, the community's worker,
     admins)."""
     return service.point_deposits(current_actor(), point_id, **query)
+
+
+@blp.route("/collection-points/<int:point_id>/checkins", methods=["GET"])
+@login_required("admin", "worker")
+@error_docs(NotFound)
+@blp.arguments(CheckinQuerySchema, location="query")
+@blp.response(200, CheckinPage)
+def list_point_checkins(query, point_id):
+    """Who checked in at a point and when, newest first; `day` keeps one local day's (the community's worker,
+    admins)."""
+    return service.point_checkins(current_actor(), point_id, **query)
 
 
 @blp.route(f"/deposits/<int(max={MAX_BIG_ID}):deposit_id>", methods=["GET"])

@@ -125,13 +125,21 @@ class PointQuerySchema(StrictSchema):
     limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
-class DepositQuerySchema(PageArgsSchema):
-    day = fields.Date(
+def _one_day(of_what: str) -> fields.Date:
+    return fields.Date(
         "%Y-%m-%d",
         load_default=None,
         validate=validate.Range(min=date(2000, 1, 1), max=date(2099, 12, 31)),
-        metadata={"description": "只看这一天（上海时间）的投递，YYYY-MM-DD"},
+        metadata={"description": f"只看这一天（上海时间）的{of_what}，YYYY-MM-DD"},
     )
+
+
+class DepositQuerySchema(PageArgsSchema):
+    day = _one_day("投递")
+
+
+class CheckinQuerySchema(PageArgsSchema):
+    day = _one_day("打卡")
 
 
 class PosterSchema(ResponseSchema):
@@ -168,6 +176,17 @@ class ScanResultSchema(ResponseSchema):
     )
     collection_point_id = Integer(metadata={"optional": True, "description": "the point checked in at (kind checkin)"})
     day = fields.Date(metadata={"optional": True, "description": "the local day (Shanghai) the check-in counts for"})
+
+
+class CheckinSchema(ResponseSchema):
+    """Who checked in at a point, and when; not where they stood (a resident's position is kept for the geofence
+    alone)."""
+
+    id = Integer()
+    resident_id = Integer()
+    collection_point_id = Integer()
+    day = fields.Date(metadata={"description": "the local day (Shanghai) the check-in counts for"})
+    created_at = fields.DateTime()
 
 
 class DepositLineSchema(StrictSchema):

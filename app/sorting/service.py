@@ -749,6 +749,17 @@ def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | 
     return _deposit_page(stmt, cursor, limit)
 
 
+def point_checkins(actor: Actor, point_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    """A point's check-ins, newest first, optionally of one local day, for the community's worker and admins: who
+    came and when. A poster shared beyond the point shows up here, and is the cue to rotate it."""
+    point = get_point(point_id)
+    _require_manager(actor, point.community_id)
+    stmt = sa.select(Checkin).where(Checkin.collection_point_id == point.id)
+    if day is not None:
+        stmt = stmt.where(Checkin.day == day)
+    return keyset_page(stmt, Checkin.id, cursor, limit)
+
+
 # Smart-bin devices
 
 

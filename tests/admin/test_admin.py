@@ -1067,6 +1067,65 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
     assert "最新记录" not in page
 
 
+def _check_in(api, resident, point: CollectionPoint) -> None:
+    response = api.post("/scans", as_=resident, json={"token": sorting.poster(SYSTEM, point.id)["token"]})
+    assert response.status_code == 201, response.get_json()
+
+
+def test_a_workers_point_page_shows_who_checked_in_newest_first_in_pages(api, as_worker, clock, monkeypatch):
+    """Who came and when, for the worker who may have to rotate a poster shared beyond the point; residents of other
+    communities are named by number only, as under deposits."""
+    import admin.point_pages
+
+    monkeypatch.setattr(admin.point_pages, "CHECKINS_PER_PAGE", 2)
+    point, other_point = make_point(), make_point("恒康二号站")
+    first, second, elsewhere = api.resident(community_code="hengkang"), api.resident(), api.resident()
+    assert api.patch("/me", as_=first, json={"nickname": "早起的张阿姨"}).status_code == 200
+    for resident in (first, second):
+        _check_in(api, resident, point)
+        clock.advance(minutes=10)
+    _check_in(api, elsewhere, other_point)
+    page = text(as_worker.get(f"/admin/points/{point.id}"))
+    listed = page[page.index("打卡记录") :]
+    assert f'<span class="muted">#{second.id}（非本社区居民）</span>' in listed
+    assert f'href="/admin/residents/{first.id}">早起的张阿姨</a>' in listed
+    assert listed.index(f"#{second.id}") < listed.index(f"#{first.id}")  # newest first
+    assert f"#{elsewhere.id}" not in listed
+    assert "更早的打卡" not in listed
+
+    _check_in(api, elsewhere, point)
+    page = text(as_worker.get(f"/admin/points/{point.id}"))
+    listed = page[page.index("打卡记录") :]
+    assert f"#{first.id}" not in listed
+    older = re.search(r'href="([^"]+checkins_cursor=[^"]+)">更早的打卡', listed).group(1).replace("&amp;", "&")
+    rest = text(as_worker.get(older))
+    rest = rest[rest.index("打卡记录") :]
+    assert f'href="/admin/residents/{first.id}">早起的张阿姨</a>' in rest
+    assert f"#{elsewhere.id}" not in rest
+    assert f'href="/admin/points/{point.id}">« 最新打卡</a>' in rest
+
+
+def test_a_points_check_ins_are_shown_for_one_local_day(api, as_admin, clock):
+    point = make_point()
+    early, late = api.resident(), api.resident()
+    _check_in(api, early, point)
+    clock.advance(days=1)
+    _check_in(api, late, point)
+    day = text(as_admin.get(f"/admin/points/{point.id}?day=2026-06-15"))  # the clock starts at 10:00 on 15 June
+    day = day[day.index("打卡记录") :]
+    assert f'href="/admin/residents/{early.id}"' in day
+    assert f'href="/admin/residents/{late.id}"' not in day
+
+
+def test_another_communitys_point_shows_its_check_ins_to_no_worker(api, as_worker):
+    point = make_point("鑫海湾一号站", "xinhaiwan")
+    resident = api.resident()
+    _check_in(api, resident, point)
+    page = as_worker.get(f"/admin/points/{point.id}")
+    assert page.status_code == 403
+    assert "打卡记录" not in text(page)
+
+
 def test_a_points_page_marks_a_reversed_deposit(api, as_admin):
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])

@@ -354,6 +354,66 @@ def test_a_reversed_check_in_gives_its_cap_room_back_but_not_its_visit(api, worl
     assert_error(scan(api, resident, world["tokens"]["a"]), 409, "already_claimed")  # the visit still happened
 
 
+# --- who checked in where: the community's view -----------------------------------------------------------------
+
+
+def checkins(api, caller, point_id: int, query: str = "") -> dict:
+    response = api.get(f"/collection-points/{point_id}/checkins{query}", as_=caller)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def test_a_points_check_ins_are_listed_newest_first_a_page_at_a_time(api, clock, world):
+    """A worker sees who checked in at a point and when: a poster shared in a group chat shows up as residents
+    checking in from far away, or many of them at once, and is the worker's cue to rotate it."""
+    clock.set(datetime(2026, 6, 15, 9, 0, tzinfo=SHANGHAI))
+    first, second, elsewhere = api.resident(), api.resident(), api.resident()
+    scan_ok(api, first, world["tokens"]["a"], lat=31.2304, lng=121.4737)
+    clock.advance(minutes=5)
+    scan_ok(api, second, world["tokens"]["a"])
+    scan_ok(api, elsewhere, world["tokens"]["b"])
+    page = checkins(api, world["worker"], world["a"])
+    assert page["next"] is None
+    assert [(c["resident_id"], c["collection_point_id"], c["day"]) for c in page["items"]] == [
+        (second.id, world["a"], "2026-06-15"), (first.id, world["a"], "2026-06-15")
+    ]  # fmt: skip
+    assert page["items"][0]["created_at"] == "2026-06-15T01:05:00+00:00"
+    assert set(page["items"][0]) == {"id", "resident_id", "collection_point_id", "day", "created_at"}  # no position
+    one = checkins(api, world["admin"], world["a"], "?limit=1")
+    assert [c["resident_id"] for c in one["items"]] == [second.id]
+    rest = checkins(api, world["admin"], world["a"], f"?limit=1&cursor={one['next']}")
+    assert ([c["resident_id"] for c in rest["items"]], rest["next"]) == ([first.id], None)
+    assert [c["resident_id"] for c in checkins(api, world["admin"], world["b"])["items"]] == [elsewhere.id]
+
+
+def test_a_points_check_ins_of_one_local_day(api, clock, world):
+    resident = api.resident()
+    clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI))
+    late = scan_ok(api, resident, world["tokens"]["a"])
+    clock.advance(seconds=1)  # midnight in Shanghai, 16:00 UTC: a new day, and a new check-in
+    early = scan_ok(api, resident, world["tokens"]["a"])
+    days = lambda day: [c["day"] for c in checkins(api, world["worker"], world["a"], f"?day={day}")["items"]]  # noqa: E731
+    assert (late["day"], early["day"]) == ("2026-06-15", "2026-06-16")
+    assert days("2026-06-15") == ["2026-06-15"]
+    assert days("2026-06-16") == ["2026-06-16"]
+    assert days("2026-06-17") == []
+
+
+def test_a_points_check_ins_are_for_its_community_staff_only(api, world):
+    path = f"/collection-points/{world['a']}/checkins"
+    scan_ok(api, api.resident(), world["tokens"]["a"])
+    outsider = api.staff("worker", community_id=community_id("xinhaiwan"))
+    collector = api.staff("collector", collection_point_ids=[world["a"]])  # weighs deposits; check-ins are not theirs
+    for caller in (outsider, collector, api.resident()):
+        assert_error(api.get(path, as_=caller), 403, "forbidden")
+    assert_error(api.get(path), 401, "unauthorized")
+    assert len(checkins(api, world["worker"], world["a"])["items"]) == 1
+    assert checkins(api, outsider, world["x"]) == {"items": [], "next": None}
+    assert_error(api.get("/collection-points/999999/checkins", as_=world["admin"]), 404, "not_found")
+    for query in ("?day=2026-13-01", "?day=yesterday", "?cursor=%%%", "?limit=0", "?limit=101"):
+        assert_error(api.get(path + query, as_=world["admin"]), 422, "validation_error")
+
+
 # --- geofence ----------------------------------------------------------------------------------------------------
 
 
