@@ -72,6 +72,10 @@ from app.sorting.models import (
 log = logging.getLogger(__name__)
 
 CHECKIN_ACTIVITY = "checkin:sorting"
+# What each refusal tells the person in front of the point to do.
+POSTER_REPLACED = "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"
+RETIRED_FOR_SCANS = "该回收点已停用，请到附近其他回收点打卡"
+RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
 EARTH_RADIUS_M = 6_371_000
 
 
@@ -354,7 +358,7 @@ def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
         return spent
     now = _point_now(point)
     if now is None or not now.active:  # retired since this worker read it
-        return field_error("collection_point_id", "该回收点已停用")
+        return field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
     return _holder_refusal(deposit["resident_id"])
 
 
@@ -442,10 +446,12 @@ def _checkin_claim(dialect: str) -> sa.Insert:
 
 def _checkin_refusal(resident_id: int, point) -> Exception:
     now = _point_now(point)
-    if now is None or now.qr_secret != point.qr_secret:
+    if now is None:
         return InvalidQr()
+    if now.qr_secret != point.qr_secret:
+        return InvalidQr(POSTER_REPLACED)
     if not now.active:
-        return InvalidQr("该回收点已停用")
+        return InvalidQr(RETIRED_FOR_SCANS)
     if _frozen(resident_id):
         return AccountFrozen()
     return AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
@@ -471,10 +477,12 @@ def _point_from_poster(token: str):
         raise InvalidQr() from exc
     signed = cache(lambda secret: _signed_with(secret, raw))  # the cached point's secret is checked once
     point = _point_row(header.object_id, accepts=lambda p: p.active and signed(p.qr_secret))
-    if point is None or not signed(point.qr_secret):
+    if point is None:
         raise InvalidQr()
+    if not signed(point.qr_secret):  # a rotated poster, most likely, or a forgery naming a real point
+        raise InvalidQr(POSTER_REPLACED)
     if not point.active:
-        raise InvalidQr("该回收点已停用")
+        raise InvalidQr(RETIRED_FOR_SCANS)
     return point
 
 
@@ -594,7 +602,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     categories = {line["category"] for line in data["items"]}
     if not point.active:
-        raise field_error("collection_point_id", "该回收点已停用")
+        raise field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
     resident_id, nonce = _member_code(data["member_code"], point.id)
     refused = sorted(categories - set(point.categories))
     if refused:

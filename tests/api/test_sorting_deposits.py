@@ -933,7 +933,7 @@ def test_a_point_retired_by_another_worker_refuses_deposits_at_once(api, world):
     late = api.resident()
     for items in (lines(("paper", 1000)), lines(("glass", 10))):  # worth points, and worth none (no ledger entry)
         error = assert_error(deposit(api, world, items, resident=late), 422, "validation_error")
-        assert error["details"]["fields"] == {"collection_point_id": ["该回收点已停用"]}
+        assert error["details"]["fields"] == {"collection_point_id": ["该回收点已停用，不能记录投递：请联系社区工作者"]}
     assert api.get("/me", as_=late).get_json()["balance"] == 0
     assert count(Deposit) == 1
 

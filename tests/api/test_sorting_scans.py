@@ -145,7 +145,8 @@ def test_rotating_revokes_old_posters(api, world):
     assert poster(api, collector, world["a"])["token"] == new
 
     resident = api.resident()
-    assert_error(scan(api, resident, old), 422, "invalid_qr")
+    error = assert_error(scan(api, resident, old), 422, "invalid_qr")
+    assert error["message"] == "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"  # what to do
     assert scan_ok(api, resident, new)["balance"] == 5
     # other points' posters are untouched
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
@@ -174,7 +175,7 @@ def test_a_point_retired_by_another_worker_refuses_scans_at_once(api, world):
     db.session.commit()
     late = api.resident()
     error = assert_error(scan(api, late, world["tokens"]["a"]), 422, "invalid_qr")
-    assert error["message"] == "该回收点已停用"
+    assert error["message"] == "该回收点已停用，请到附近其他回收点打卡"
     assert api.get("/me", as_=late).get_json()["balance"] == 0
     assert count(Checkin) == 1
 
@@ -190,7 +191,8 @@ def test_an_old_poster_stops_at_once_when_another_worker_rotates_it(api, world):
     db.session.execute(rotate)
     db.session.commit()
     late = api.resident()
-    assert_error(scan(api, late, old), 422, "invalid_qr")
+    error = assert_error(scan(api, late, old), 422, "invalid_qr")
+    assert error["message"] == "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"
     assert api.get("/me", as_=late).get_json()["balance"] == 0
     assert count(Checkin) == 1
     # the refusal dropped the stale copy: the new poster pays, and the old one stays refused
