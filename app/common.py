@@ -195,7 +195,16 @@ class ErrorDetailsSchema(StrictSchema):
         fields.String(), metadata=_about("unauthorized, to a smart bin (bad_headers): the signature headers at fault")
     )
     server_time = fields.Integer(
-        metadata=_about("unauthorized, to a smart bin (stale_timestamp): the server's clock, in Unix seconds")
+        metadata=_about(
+            "unauthorized, to a smart bin (stale_timestamp, or bad_headers naming X-Timestamp): the server's clock, in "
+            "Unix seconds"
+        )
+    )
+    string_to_sign = fields.String(
+        metadata=_about(
+            "unauthorized, to a smart bin (bad_signature): what the server signed, METHOD, PATH, TIMESTAMP and the "
+            "body's SHA-256 in lower-case hex, one per line, to compare with what the bin signed"
+        )
     )
     year = fields.Integer(metadata=_about("invalid_state (reversing a credit): the year whose points have expired"))
     http_status = fields.Integer(metadata=_about("upstream_error, upstream_unavailable: WeChat's HTTP status"))

@@ -839,14 +839,19 @@ def device_page(actor: Actor, point_id: int, cursor: str | None, limit: int) -> 
     return keyset_page(_devices_of(actor, point_id), Device.id, cursor, limit, desc=False)
 
 
+def string_to_sign(method: str, path: str, timestamp: str, body: bytes) -> str:
+    """What a bin signs: method, path, timestamp and the body's SHA-256 in lower-case hex, one per line."""
+    return f"{method.upper()}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}"
+
+
 def device_signature(secret: str, method: str, path: str, timestamp: str, body: bytes) -> str:
-    """HMAC-SHA256 over method, path, timestamp and the body's SHA-256, hex encoded."""
-    message = f"{method.upper()}\n{path}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}"
+    """HMAC-SHA256 of the string to sign, hex encoded."""
+    message = string_to_sign(method, path, timestamp, body)
     return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
 # What each signature header must look like: the bin's numeric id, Unix seconds, and the hex HMAC.
-_DEVICE_HEADERS = {
+DEVICE_HEADERS = {
     "X-Device-Id": re.compile(r"[1-9][0-9]{0,17}"),
     "X-Timestamp": re.compile(r"[0-9]{1,11}"),
     "X-Signature": re.compile(r"[0-9a-fA-F]{64}"),
@@ -874,14 +879,16 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     stale_timestamp (with the server's time), device_retired (only to the key's holder, on a fresh request) or
     bad_signature. An authentic request refused for a cause that can pass (a bin brought back, a clock that catches
     up) stays refused: its signature is burned too."""
-    values = {name: headers.get(name, "") for name in _DEVICE_HEADERS}
+    values = {name: headers.get(name, "") for name in DEVICE_HEADERS}
     # ASCII digits of bounded length only (str.isdigit() accepts "²", which int() refuses, and a huge id
     # overflows the driver); hex only, since compare_digest raises on non-ASCII text.
-    wrong = [name for name, pattern in _DEVICE_HEADERS.items() if not pattern.fullmatch(values[name])]
+    wrong = [name for name, pattern in DEVICE_HEADERS.items() if not pattern.fullmatch(values[name])]
     if wrong:
-        raise Unauthorized(
-            f"缺少或无效的设备签名头：{'、'.join(wrong)}", details={"reason": "bad_headers", "headers": wrong}
-        )
+        message, details = f"缺少或无效的设备签名头：{'、'.join(wrong)}", {"reason": "bad_headers", "headers": wrong}
+        if "X-Timestamp" in wrong:  # milliseconds, most often: the server's clock, in seconds, to sign again with
+            message += "（X-Timestamp 应为 Unix 时间的整数秒，不是毫秒）"
+            details["server_time"] = int(utcnow().timestamp())
+        raise Unauthorized(message, details=details)
     raw_id, timestamp, signature = values.values()
     device = find(Device, int(raw_id))
     signed_by_it = device is not None and hmac.compare_digest(
@@ -906,7 +913,9 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
         raise Unauthorized("该设备已停用，请联系社区工作者重新启用", details={"reason": "device_retired"})
     if not signed_by_it:
         log.warning("bad signature from device %s", device_id)
-        raise Unauthorized("设备签名无效", details={"reason": "bad_signature"})
+        # What the server signed, to compare with what the bin signed: every part of it is the bin's own.
+        details = {"reason": "bad_signature", "string_to_sign": string_to_sign(method, path, timestamp, body)}
+        raise Unauthorized("设备签名无效：请核对 details.string_to_sign 与设备签名的内容是否一致", details=details)
     if not _burn(device_id, signature):
         log.warning("replayed signature from device %s", device_id)
         refused = bool(run(_REFUSED_BEFORE, {"signature": signature.lower()}).scalar())

@@ -296,6 +296,42 @@ def test_bad_signature_is_unauthorized_and_logged(api, world, caplog):
     assert balance(api, world["resident"]) == 0
 
 
+def test_a_bad_signature_shows_the_bin_what_the_server_signed(api, world, clock):
+    """The one thing a bin cannot work out from a refusal is which of its inputs the server saw differently (the path's
+    /api/v1 prefix, the body hash's case, a trailing newline): the answer carries the string the server would have
+    signed. It holds nothing secret; the bin sent each part."""
+    raw = json.dumps(body_for(api, world)).encode()
+    kwargs = signed(world["device"], raw, path="/devices/deposits")  # the prefix left out, as a first try might
+    details = assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]
+    ts = kwargs["headers"]["X-Timestamp"]
+    assert details == {
+        "reason": "bad_signature",
+        "string_to_sign": f"POST\n/api/v1/devices/deposits\n{ts}\n{hashlib.sha256(raw).hexdigest()}",
+    }
+    secret = world["device"]["secret"].encode()
+    fixed = hmac.new(secret, details["string_to_sign"].encode(), hashlib.sha256).hexdigest()
+    again = {**kwargs, "headers": {**kwargs["headers"], "X-Signature": fixed}}
+    assert api.post(PATH, **again).status_code == 201  # signing what the answer showed is right
+
+
+def test_a_timestamp_in_milliseconds_is_named_with_the_servers_clock(api, world):
+    kwargs = signed(world["device"], body_for(api, world))
+    kwargs["headers"]["X-Timestamp"] += "123"
+    error = assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert error["details"]["headers"] == ["X-Timestamp"]
+    assert error["details"]["server_time"] == int(utcnow().timestamp())  # to set its clock by, in seconds
+    assert "秒" in error["message"]
+
+
+def test_the_signature_headers_publish_their_formats(api):
+    spec = api.get("/api/v1/openapi.json").get_json()
+    parameters = {p["name"]: p for p in spec["paths"]["/api/v1/devices/deposits"]["post"]["parameters"]}
+    patterns = {name: parameters[name]["schema"]["pattern"] for name in ("X-Device-Id", "X-Timestamp", "X-Signature")}
+    assert patterns == {"X-Device-Id": "^[1-9][0-9]{0,17}$", "X-Timestamp": "^[0-9]{1,11}$",
+                        "X-Signature": "^[0-9a-fA-F]{64}$"}  # fmt: skip
+    assert "小写" in parameters["X-Signature"]["description"]  # the body hash's case, which the bin must match
+
+
 def _with(**changes):
     """Alter the signed headers: a value replaces a header, None drops it."""
 
