@@ -149,6 +149,16 @@ def _about(text: str, **more: Any) -> dict[str, Any]:
     return {"description": text, **more}
 
 
+class CapCounterSchema(ResponseSchema):
+    """One daily counter that refused a request (cap_reached), as the details' first-counter fields describe it."""
+
+    activity = fields.String(metadata=_about("the counter: an activity (sorting:paper) or daily:total"))
+    cap = fields.Integer(metadata=_about("its daily cap, in points"))
+    used = fields.Integer(metadata=_about("the points it has counted today"))
+    remaining = fields.Integer(metadata=_about("the points it still has room for today"))
+    points = fields.Integer(metadata=_about("the points this request would have added to it"))
+
+
 class ErrorDetailsSchema(StrictSchema):
     """More about a refusal, by its code; {} when there is nothing more. Each property comes only with the codes its
     description names, so none is required."""
@@ -173,6 +183,10 @@ class ErrorDetailsSchema(StrictSchema):
             "cap_reached: the points this request would have added to it; duplicate (a member code already paid for "
             "a deposit): the points that deposit credited"
         )
+    )
+    counters = fields.List(
+        fields.Nested(CapCounterSchema),
+        metadata=_about("cap_reached: every refused daily counter with its own figures, the first one first"),
     )
     refused = fields.Raw(
         metadata=_about(

@@ -220,14 +220,14 @@ def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | 
 def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[str] | None = None) -> None:
     """Raise for the charges their daily counters refuse, naming each (a collector takes them all off at once):
     those in `refused` (the counters' own verdict), or else every charge that today's count leaves no room for.
-    `details` describe the first and list every refused counter."""
+    `details` describe the first, as before, and list every refused counter with its own figures."""
     counters = sa.select(DailyEarning.activity, DailyEarning.points).where(
         DailyEarning.account_id == account_id, DailyEarning.day == day, DailyEarning.activity.in_([c.key for c in caps])
     )
     today = dict(db.session.execute(counters).all())
     if refused is None:
         refused = {c.key for c in caps if c.limit is not None and today.get(c.key, 0) + c.amount > c.limit}
-    messages, first = [], None
+    messages, counters = [], []
     for charge in [c for c in caps if c.key in refused]:
         used = today.get(charge.key, 0)
         remaining = max(charge.limit - used, 0)
@@ -236,9 +236,10 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
         else:  # what would still fit: a collector can record less, or the rest another day
             messages.append(f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分，"
                             f"本次 {charge.amount} 积分超出剩余的 {remaining} 积分")  # fmt: skip
-        first = first or {"cap": charge.limit, "used": used, "activity": charge.key, "points": charge.amount,
-                          "remaining": remaining}  # fmt: skip
-    raise CapReached("；".join(messages), details=first | {"refused": [c.key for c in caps if c.key in refused]})
+        counters.append({"activity": charge.key, "cap": charge.limit, "used": used, "remaining": remaining,
+                         "points": charge.amount})  # fmt: skip
+    details = counters[0] | {"refused": [c["activity"] for c in counters], "counters": counters}
+    raise CapReached("；".join(messages), details=details)
 
 
 def post(

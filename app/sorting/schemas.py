@@ -228,11 +228,17 @@ class DepositSchema(ResponseSchema):
     collection_point_id = Integer()
     collector_id = Integer(allow_none=True, metadata={"description": "the collector who weighed it; null for a bin"})
     device_id = Integer(allow_none=True, metadata={"description": "the smart bin that sent it; null for a collector"})
-    points = Integer()
+    points = Integer(
+        metadata={
+            "description": "the exact grams (the sum of weight × factor over the lines) converted to points, rounded "
+            "half up once; not co2e_g / 100, which is rounded first (3649.5 g: co2e_g 3650, points 36)"
+        },
+    )
     co2e_g = Integer(
         metadata={
-            "description": "the deposit's CO2e in grams, as weighed; the resident's /me co2e_g counts what the ledger "
-            "credits, so a deposit worth 0 points (entry_id null) is recorded here but not added there"
+            "description": "the deposit's CO2e in grams, as weighed: the exact grams rounded half up once; the "
+            "resident's /me co2e_g counts what the ledger credits, so a deposit worth 0 points (entry_id null) is "
+            "recorded here but not added there"
         },
     )
     weight_g = Integer()

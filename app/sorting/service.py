@@ -45,6 +45,7 @@ from app.db import (
 from app.errors import (
     AccountFrozen,
     AlreadyClaimed,
+    CapReached,
     Duplicate,
     Forbidden,
     InvalidQr,
@@ -76,6 +77,7 @@ CHECKIN_ACTIVITY = "checkin:sorting"
 POSTER_REPLACED = "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"
 RETIRED_FOR_SCANS = "该回收点已停用，请到附近其他回收点打卡"
 RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
+CAP_GUIDANCE = "本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
 EARTH_RADIUS_M = 6_371_000
 
 
@@ -653,6 +655,8 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
                 entry = credit(ref_id=deposit_id)
     except NotFound:  # no account to lock: the code names no resident who can take points
         raise _holder_refusal(resident_id) from None
+    except CapReached as refusal:  # what the collector (or the bin) can do about it
+        raise CapReached(f"{refusal.message}。{CAP_GUIDANCE}", details=refusal.details) from None
     commit()
     return deposit | {
         "id": deposit_id,

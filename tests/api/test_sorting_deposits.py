@@ -585,9 +585,20 @@ def test_a_late_retry_waits_for_the_first_try_still_in_flight(app, api, clock, w
 def test_a_line_over_its_cap_alone_and_one_over_what_is_left_today_are_both_named(api, world):
     assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
     # cardboard alone is over its cap; 2 kg of paper (35 points) is over only with today's 176
-    error = assert_error(deposit(api, world, lines(("cardboard", 100_000), ("paper", 2000))), 409, "cap_reached")
+    error_code = api.member_code(world["resident"])
+    over = lines(("cardboard", 100_000), ("paper", 2000))
+    error = assert_error(deposit(api, world, over, code=error_code), 409, "cap_reached")
     assert error["details"]["refused"] == ["sorting:cardboard", "sorting:paper", "daily:total"]
     assert "今天已获得 176 积分" in error["message"]
+    # each refused counter with its own figures, so the collector sees how much room each has left
+    assert error["details"]["counters"] == [
+        {"activity": "sorting:cardboard", "cap": 200, "used": 0, "remaining": 200, "points": 3160},  # 100 kg × 3160 g
+        {"activity": "sorting:paper", "cap": 200, "used": 176, "remaining": 24, "points": 35},  # 2 kg × 1760 g
+        {"activity": "daily:total", "cap": 500, "used": 176, "remaining": 324, "points": 3195},
+    ]
+    # and what to do: the same member code still pays for the rest
+    assert error["message"].endswith("。本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交")
+    assert deposit_ok(api, world, lines(("paper", 1000)), code=error_code)["points"] == 18
 
 
 def test_lines_of_one_category_share_its_cap(api, world):
@@ -603,9 +614,10 @@ def test_daily_total_cap_across_categories(api, world):
     assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190  # 18 960 g
     assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
     error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
-    assert error["message"] == "全部活动合计每日上限为 500 积分，今天已获得 496 积分，本次 14 积分超出剩余的 4 积分"
-    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 14, "remaining": 4,
-                                "refused": ["daily:total"]}  # fmt: skip
+    said = "全部活动合计每日上限为 500 积分，今天已获得 496 积分，本次 14 积分超出剩余的 4 积分"
+    assert error["message"] == f"{said}。本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
+    total = {"cap": 500, "used": 496, "activity": "daily:total", "points": 14, "remaining": 4}
+    assert error["details"] == total | {"refused": ["daily:total"], "counters": [total]}
     assert me(api, world["resident"])["balance"] == 496
     assert count(Deposit) == 3
     assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 499
@@ -645,8 +657,8 @@ def test_an_exempt_category_counts_against_its_own_cap_but_not_the_daily_total(a
     # a mixed deposit: 1 kg glass (2.6) + 1 kg plastic (13.7) = 16.3 → 16 points, split 3 : 13 (shares 2.55 : 13.45);
     # only the plastic's 13 count towards the total, and 509 is over it
     error = assert_error(deposit(api, world, lines(("glass", 1000), ("plastic", 1000))), 409, "cap_reached")
-    assert error["details"] == {"cap": 500, "used": 496, "activity": "daily:total", "points": 13, "remaining": 4,
-                                "refused": ["daily:total"]}  # fmt: skip
+    total = {"cap": 500, "used": 496, "activity": "daily:total", "points": 13, "remaining": 4}
+    assert error["details"] == total | {"refused": ["daily:total"], "counters": [total]}
     # the total lowered below what was counted today: a deposit of exempt glass alone charges nothing to the total
     _publish(api, world, clock, "daily:total", daily_cap_points=400)
     assert deposit_ok(api, world, lines(("glass", 1000)))["points"] == 3  # 260 g → 2.6 → 3
