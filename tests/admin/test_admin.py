@@ -1175,6 +1175,17 @@ def test_a_bin_is_retired_and_brought_back_from_its_points_page(as_admin):
     assert db.session.get(Device, device.id).active is True
 
 
+def test_a_retired_points_bins_are_not_shown_as_in_use(as_admin):
+    """Their deposits are refused while the point is retired, whatever the bin's own switch says."""
+    point = make_point()
+    sorting.register_device(SYSTEM, {"code": "bin-hk-004", "collection_point_id": point.id})
+    assert '<span class="tag ok">在用</span>' in text(as_admin.get(f"/admin/points/{point.id}"))
+    sorting.set_point_active(SYSTEM, point.id, False)
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    assert '<span class="tag ok">在用</span>' not in page
+    assert '回收点已停用</span> <span class="muted">投递暂被拒绝，回收点重新启用后恢复' in page
+
+
 def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     point = make_point()
     device = sorting.register_device(SYSTEM, {"code": "bin-hk-003", "collection_point_id": point.id})
