@@ -95,7 +95,9 @@ class Text(fields.String):
         if any((unicodedata.category(char) == "Cc" and char not in allowed) or char in _BIDI_CONTROLS for char in text):
             raise ma.ValidationError("不能包含控制字符或文字方向控制符")
         if not any(unicodedata.category(char) not in _INVISIBLE for char in text):
-            return ""  # only zero-width and space characters: shows as a blank, so it counts as empty
+            text = ""  # only zero-width and space characters: shows as a blank, so it counts as empty
+        if not text and any(isinstance(v, validate.Length) and (v.min or 0) > 0 for v in self.validators):
+            raise self.make_error("required")  # said as for a field left out: blank is not a length to fix
         return text
 
 
