@@ -33,6 +33,8 @@ class Actor:
     organization_id: int | None = None
     store_ids: frozenset[int] = field(default_factory=frozenset)
     collection_point_ids: frozenset[int] = field(default_factory=frozenset)
+    # A smart bin's: when it signed the request (its X-Timestamp, which the signature vouches for, within the window).
+    signed_at: datetime | None = None
 
     @property
     def identity(self) -> str:

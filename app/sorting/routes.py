@@ -113,7 +113,11 @@ def device_required(view):
         }
         for name, text in (
             ("X-Device-Id", "设备的数字 id（登记时返回的 id，十进制；不是设备编号 code）"),
-            ("X-Timestamp", "Unix 时间，整数秒（不是毫秒）；与服务器时间相差不得超过 5 分钟"),
+            (
+                "X-Timestamp",
+                "Unix 时间，整数秒（不是毫秒）；与服务器时间相差不得超过 5 分钟。会员码按签名时刻判断是否过期"
+                "（设备时钟快于服务器时按服务器时间）：扫码后立即签名，网络延迟时在 5 分钟内送达仍然有效",
+            ),
             (
                 "X-Signature",
                 'hex(HMAC-SHA256(secret, METHOD + "\\n" + PATH + "\\n" + TIMESTAMP + "\\n" + '

@@ -297,16 +297,16 @@ _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam(
 _WAIT_FOR_POSTINGS = sa.select(Account.id).where(Account.resident_id == sa.bindparam("id")).with_for_update(read=True)
 
 
-def _member_code(code: str, point_id: int) -> qr.MemberCode:
-    """The resident a member code names, by its signature and expiry. Whether the account can take points, and
-    whether the code is still unspent, is checked where the deposit is written, in the same statement on
+def _member_code(code: str, point_id: int, at: datetime) -> qr.MemberCode:
+    """The resident a member code names, by its signature and its expiry at `at`. Whether the account can take
+    points, and whether the code is still unspent, is checked where the deposit is written, in the same statement on
     PostgreSQL. An expired code that paid for a deposit says so, as a fresh one would: a retry whose answer was lost
     must not read as "fetch a new code and record it again"."""
     try:
         token = qr.extract_token(code)
-        return qr.read_member_code(token, _qr_key("member"), utcnow())
+        return qr.read_member_code(token, _qr_key("member"), at)
     except qr.ExpiredToken as exc:
-        late = qr.read_member_code(token, _qr_key("member"), utcnow(), expired=True)
+        late = qr.read_member_code(token, _qr_key("member"), at, expired=True)
         # A first try still writing holds the account's row lock (a fresh code would wait on the spending index):
         # wait for it, so that what it wrote is seen.
         run(_WAIT_FOR_POSTINGS, {"id": late.resident_id}).all()
@@ -605,12 +605,15 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     categories = {line["category"] for line in data["items"]}
     if not point.active:
         raise field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
-    resident_id, nonce = _member_code(data["member_code"], point.id)
+    now = utcnow()
+    # A bin's request may arrive late (its network dropped): the code is judged when the bin signed, as the resident
+    # showed it, unless the bin's clock runs ahead of the server's.
+    shown_at = min(now, recorder.signed_at) if recorder.signed_at else now
+    resident_id, nonce = _member_code(data["member_code"], point.id, shown_at)
     refused = sorted(categories - set(point.categories))
     if refused:
         names = [getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused]  # as caps name them
         raise field_error("items", f"该回收点不收：{'、'.join(names)}")
-    now = utcnow()
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
     exact = [grams(rule.co2e_g_per_unit, kg) for rule, kg in zip(rules, kilograms, strict=True)]
@@ -924,10 +927,10 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
         log.warning("replayed signature from device %s", device_id)
         refused = bool(run(_REFUSED_BEFORE, {"signature": signature.lower()}).scalar())
         raise ReplayedSignature(device_id, refused)
-    actor = Actor(
-        kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id})
-    )
-    return actor
+    return Actor(
+        kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id}),
+        signed_at=datetime.fromtimestamp(int(timestamp), UTC),
+    )  # fmt: skip
 
 
 @cache

@@ -761,6 +761,25 @@ def test_expired_member_code_through_a_device(api, clock, world):
     assert count(Deposit) == 0
 
 
+def test_a_bins_deposit_delayed_on_the_way_is_judged_when_the_bin_signed_it(api, clock, world):
+    """A bin signs the deposit while the resident stands at it, then its 4G drops: the request arrives minutes
+    later, still inside the signature's window. The code was valid when the bin signed, which the signature vouches
+    for, so the load is recorded rather than lost with the resident gone."""
+    body = body_for(api, world)
+    kwargs = signed(world["device"], body)  # at once, as the code is shown
+    clock.advance(seconds=290)  # the code's 2 minutes are long gone; the signature's 5 are not
+    assert api.post(PATH, **kwargs).status_code == 201
+    assert balance(api, world["resident"]) == 10
+
+
+def test_a_bin_whose_clock_runs_ahead_does_not_age_the_code(api, clock, world):
+    """A clock a few minutes fast (inside the window) must not make a fresh code look expired: the code is judged at
+    the earlier of the bin's time and the server's."""
+    body = body_for(api, world)
+    kwargs = signed(world["device"], body, timestamp=int(utcnow().timestamp()) + 240)
+    assert api.post(PATH, **kwargs).status_code == 201
+
+
 # --- concurrency (PostgreSQL) --------------------------------------------------------------------------------------
 
 
