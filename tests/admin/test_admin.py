@@ -678,6 +678,16 @@ def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, worker, as
     assert sorted(actions) == ["resident.active", "resident.frozen"]
 
 
+def test_a_worker_is_told_who_may_lift_an_admins_freeze(api, as_worker):
+    resident = api.resident(community_code="hengkang")
+    people.set_resident_status(Actor(kind="staff", id=1, role="admin"), resident.id, "frozen", "疑似刷分，平台核查中")
+    response = as_worker.post(f"/admin/residents/{resident.id}/status", {"status": "active", "reason": "居民申诉"})
+    assert response.status_code == 403
+    assert "该账户由平台管理员冻结，请联系经发办解冻" in text(response)
+    db.session.expire_all()
+    assert db.session.get(Resident, resident.id).status == "frozen"
+
+
 def test_freezing_needs_a_reason(api, as_admin):
     resident = api.resident(community_code="hengkang")
     response = as_admin.post(f"/admin/residents/{resident.id}/status", {"status": "frozen", "reason": ""})

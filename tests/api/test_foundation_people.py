@@ -660,6 +660,24 @@ def test_worker_freezes_only_residents_of_its_community(api):
     assert db.session.scalar(recorded) == 1
 
 
+def test_a_freeze_by_the_platforms_admin_is_lifted_by_an_admin_only(api):
+    """经发办 freezes an account over suspected fraud across communities; the community's worker, who may freeze and
+    thaw its own residents, cannot undo that. A freeze the worker made, the worker (or an admin) lifts."""
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    admin = api.staff("admin")
+    resident = api.resident(community_code="hengkang")
+    freeze, thaw = {"status": "frozen", "reason": "疑似刷分，平台核查中"}, {"status": "active", "reason": "居民申诉"}
+    assert api.patch(f"/residents/{resident.id}", as_=admin, json=freeze).status_code == 200
+    error = assert_error(api.patch(f"/residents/{resident.id}", as_=worker, json=thaw), 403, "forbidden")
+    assert error["message"] == "该账户由平台管理员冻结，请联系经发办解冻"
+    frozen = api.get("/residents?status=frozen", as_=worker).get_json()["items"]
+    assert [r["id"] for r in frozen] == [resident.id]
+    assert api.patch(f"/residents/{resident.id}", as_=admin, json=thaw).status_code == 200
+
+    assert api.patch(f"/residents/{resident.id}", as_=worker, json=freeze).status_code == 200  # the worker's own
+    assert api.patch(f"/residents/{resident.id}", as_=worker, json=thaw).get_json()["status"] == "active"
+
+
 def test_staff_find_residents_by_nickname_or_id_within_their_scope(api):
     worker = api.staff("worker", community_id=community_id("hengkang"))
     admin = api.staff("admin")
