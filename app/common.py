@@ -97,7 +97,8 @@ class Text(fields.String):
         if not any(unicodedata.category(char) not in _INVISIBLE for char in text):
             text = ""  # only zero-width and space characters: shows as a blank, so it counts as empty
         if not text and any(isinstance(v, validate.Length) and (v.min or 0) > 0 for v in self.validators):
-            raise self.make_error("required")  # said as for a field left out: blank is not a length to fix
+            # Blank is not a length to fix: a required field says so as if left out, an optional one that it is empty.
+            raise self.make_error("required" if self.required else "null")
         return text
 
 
@@ -151,19 +152,26 @@ def _about(text: str, **more: Any) -> dict[str, Any]:
     return {"description": text, **more}
 
 
-class CapCounterSchema(ResponseSchema):
-    """One daily counter that refused a request (cap_reached), as the details' first-counter fields describe it."""
+class _CapCounterFields(ma.Schema):
+    """A daily counter that refused a request (cap_reached)."""
 
-    activity = fields.String(metadata=_about("the counter: an activity (sorting:paper) or daily:total"))
-    cap = fields.Integer(metadata=_about("its daily cap, in points"))
-    used = fields.Integer(metadata=_about("the points it has counted today"))
-    remaining = fields.Integer(metadata=_about("the points it still has room for today"))
-    points = fields.Integer(metadata=_about("the points this request would have added to it"))
+    activity = fields.String(
+        metadata=_about("cap_reached: the refused counter, an activity (sorting:paper) or daily:total")
+    )
+    cap = fields.Integer(metadata=_about("cap_reached: its daily cap, in points"))
+    used = fields.Integer(metadata=_about("cap_reached: the points it has counted today"))
+    remaining = fields.Integer(metadata=_about("cap_reached: the points it still has room for today"))
+    points = fields.Integer(metadata=_about("cap_reached: the points this request would have added to it"))
 
 
-class ErrorDetailsSchema(StrictSchema):
+class CapCounterSchema(_CapCounterFields, ResponseSchema):
+    """One refused counter in `details.counters`."""
+
+
+class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
     """More about a refusal, by its code; {} when there is nothing more. Each property comes only with the codes its
-    description names, so none is required."""
+    description names, so none is required; a later version may add details, which a client should ignore. A
+    cap_reached refusal describes its first refused counter at the top, as before `counters` listed them all."""
 
     validation_fields = fields.Dict(
         keys=fields.String(),
@@ -176,10 +184,6 @@ class ErrorDetailsSchema(StrictSchema):
     )
     distance_m = fields.Integer(metadata=_about("too_far: how far from the point the scan was made, in metres"))
     geofence_m = fields.Integer(metadata=_about("too_far: how near the point a scan must be, in metres"))
-    activity = fields.String(metadata=_about("cap_reached: the first refused daily counter (an activity or category)"))
-    cap = fields.Integer(metadata=_about("cap_reached: that counter's daily cap, in points"))
-    used = fields.Integer(metadata=_about("cap_reached: the points it has counted today"))
-    remaining = fields.Integer(metadata=_about("cap_reached: the points it still has room for today"))
     points = fields.Integer(
         metadata=_about(
             "cap_reached: the points this request would have added to it; duplicate (a member code already paid for "
@@ -203,8 +207,8 @@ class ErrorDetailsSchema(StrictSchema):
     reason = fields.String(
         metadata=_about(
             "unauthorized, to a smart bin: what it should fix, one of bad_headers, unknown_device, stale_timestamp, "
-            "device_retired, bad_signature; a request the server refused before the app read it (bad_request, "
-            "uri_too_long, headers_too_large): the server's own diagnosis, in English"
+            "device_retired, bad_signature; any refusal the HTTP server writes before the app reads the request "
+            "(app/serving.py: bad_request, uri_too_long, headers_too_large and others): its own diagnosis, in English"
         )
     )
     headers = fields.List(
@@ -233,7 +237,14 @@ class ErrorDetailsSchema(StrictSchema):
 
 
 class ErrorBodySchema(ResponseSchema):
-    code = fields.String(validate=validate.OneOf(_error_codes()), metadata={"example": "validation_error"})
+    code = fields.String(
+        validate=validate.OneOf(_error_codes()),
+        metadata={
+            "example": "validation_error",
+            "description": "stable, for programs; a later version may add codes, which a client should handle as the "
+            "status's general case",
+        },
+    )
     message = fields.String(metadata={"example": "提交的内容有误"})
     details = fields.Nested(ErrorDetailsSchema)
 

@@ -22,6 +22,7 @@ ERRCODE_BODIES: dict[str, dict[str, object]] = {
     "freq": {"errcode": 45011, "errmsg": "api minute-quota reach limit"},
     "risk": {"errcode": 40226, "errmsg": "high risk user"},
     "weird": {"errcode": 99999, "errmsg": "something new"},
+    "text-code": {"errcode": "40029", "errmsg": "a code that is not a number"},
 }
 
 

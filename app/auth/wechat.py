@@ -137,7 +137,7 @@ class WeChatClient:
 def _error_for(errcode: Any, errmsg: Any) -> AppError:
     # errmsg is WeChat's own text (plus a request id) and holds no secrets; truncated in case it is huge.
     log.warning("wechat jscode2session failed: errcode=%r errmsg=%.200s", errcode, errmsg)
-    details = {"errcode": errcode}
+    details = {"errcode": errcode} if type(errcode) is int else {}  # typed in the answer; anything else is logged
     if errcode in (_ERR_CODE_INVALID, _ERR_CODE_USED):
         return InvalidCredentials("微信登录凭证无效或已使用，请重新登录", details=details)
     if errcode == _ERR_FREQ_LIMIT:

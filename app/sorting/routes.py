@@ -116,20 +116,22 @@ def device_required(view):
             (
                 "X-Timestamp",
                 "Unix 时间，整数秒（不是毫秒）；与服务器时间相差不得超过 5 分钟。会员码按签名时刻判断是否过期"
-                "（设备时钟快于服务器时按服务器时间）：扫码后立即签名，网络延迟时在 5 分钟内送达仍然有效",
+                "（设备时钟快于服务器时按服务器时间；最多宽限一个会员码有效期）：扫码后立即签名，网络延迟时稍后送达仍然有效",
             ),
             (
                 "X-Signature",
-                'hex(HMAC-SHA256(secret, METHOD + "\\n" + PATH + "\\n" + TIMESTAMP + "\\n" + '
-                "hex(SHA256(body))))，末尾没有换行；签名本身十六进制大小写均可，body 的 SHA256 须为小写十六进制。"
-                "METHOD 为大写（POST）；PATH 为路径，含 /api/v1 前缀（如 /api/v1/devices/deposits），按 %xx 解码后的"
-                "形式（路径里不要用 %xx 编码），有查询字符串时按发送原样接上 ?query（不重排、不解码；没有查询字符串，"
-                "或 ? 后为空时不带 ?）；TIMESTAMP 与 X-Timestamp 相同；body 为发送的原始字节；密钥为 secret 原样的 "
-                "UTF-8 字节（不做十六进制解码）。同一时间戳、同一正文的签名相同，会被当作重放：重发请换新的时间戳，"
-                "并带上同一个 Idempotency-Key。401 的 details.reason 说明原因：bad_headers（details.headers 列出有误"
-                "的头；X-Timestamp 有误时附 details.server_time）、unknown_device、device_retired、stale_timestamp"
-                "（附 details.server_time）、bad_signature（附 details.string_to_sign：服务器按上式拼出的待签名字符串，"
-                "可与设备签名的内容逐字比对）",
+                'hex(HMAC-SHA256(secret, METHOD + "\\n" + PATH + "\\n" + TIMESTAMP + "\\n" + hex(SHA256(body))))，'
+                "末尾没有换行；签名本身十六进制大小写均可，body 的 SHA256 须为小写十六进制。METHOD 为大写（POST）；"
+                "PATH 为路径，含 /api/v1 前缀（如 /api/v1/devices/deposits），按 %xx 解码后的形式"
+                "（路径里不要用 %xx 编码），有查询字符串时按发送原样接上 ?query（不重排、不解码；没有查询字符串，"
+                "或 ? 后为空时不带 ?）；TIMESTAMP 与 X-Timestamp 相同；body 为发送的原始字节；"
+                "密钥为 secret 原样的 UTF-8 字节（不做十六进制解码）。同一时间戳、同一正文的签名相同，会被当作重放："
+                "没收到应答时，5 分钟内原样重发（同一时间戳、同一签名）并带上同一个 Idempotency-Key，"
+                "会拿到第一次的应答，第一次未送达则按原签名时刻记录；超过 5 分钟才换新的时间戳重新签名"
+                "（仍用同一个 Idempotency-Key）。401 的 details.reason 说明原因：bad_headers（details.headers "
+                "列出有误的头；X-Timestamp 有误时附 details.server_time）、unknown_device、device_retired、"
+                "stale_timestamp（附 details.server_time）、bad_signature（附 details.string_to_sign："
+                "服务器按上式拼出的待签名字符串，可与设备签名的内容逐字比对）",
             ),
         )
     )

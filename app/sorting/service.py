@@ -600,15 +600,21 @@ def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]], point)
     return deposit_id
 
 
+def _when_a_bin_scanned(signed_at: datetime, now: datetime) -> datetime:
+    """The moment a bin's member code is judged at. Its request may arrive late (the network dropped): the code counts
+    as shown when the bin signed, unless the bin's clock runs ahead of the server's; but by one more code lifetime at
+    most, so that a slow clock (or a bin choosing its timestamp) cannot keep a code alive for the whole clock window."""
+    grace = timedelta(seconds=_config("MEMBER_CODE_TTL_SECONDS"))
+    return max(min(now, signed_at), now - grace)
+
+
 def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     categories = {line["category"] for line in data["items"]}
     if not point.active:
         raise field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
     now = utcnow()
-    # A bin's request may arrive late (its network dropped): the code is judged when the bin signed, as the resident
-    # showed it, unless the bin's clock runs ahead of the server's.
-    shown_at = min(now, recorder.signed_at) if recorder.signed_at else now
+    shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
     resident_id, nonce = _member_code(data["member_code"], point.id, shown_at)
     refused = sorted(categories - set(point.categories))
     if refused:

@@ -17,6 +17,7 @@ from app.auth.guards import Actor
 from app.carbon.models import Rule
 from app.common import encode_cursor
 from app.db import db
+from app.errors import Forbidden
 from app.exchange.models import Store
 from app.ledger import service as ledger
 from app.people import service as people
@@ -1113,6 +1114,11 @@ def test_a_workers_point_page_shows_who_checked_in_newest_first_in_pages(api, as
     assert f'href="/admin/residents/{first.id}">早起的张阿姨</a>' in rest
     assert f"#{elsewhere.id}" not in rest
     assert f'href="/admin/points/{point.id}">« 最新打卡</a>' in rest
+    # paging one list keeps the other where it was
+    checkins_cursor, deposits_cursor = older.split("checkins_cursor=")[1], encode_cursor(10**6)
+    both = text(as_worker.get(f"{older}&cursor={deposits_cursor}"))
+    assert f'cursor={deposits_cursor}">« 最新打卡</a>' in both
+    assert f'checkins_cursor={checkins_cursor}">« 最新记录</a>' in both
 
 
 def test_a_points_check_ins_are_shown_for_one_local_day(api, as_admin, clock):
@@ -1129,11 +1135,13 @@ def test_a_points_check_ins_are_shown_for_one_local_day(api, as_admin, clock):
 
 def test_another_communitys_point_shows_its_check_ins_to_no_worker(api, as_worker):
     point = make_point("鑫海湾一号站", "xinhaiwan")
-    resident = api.resident()
-    _check_in(api, resident, point)
+    _check_in(api, api.resident(), point)
     page = as_worker.get(f"/admin/points/{point.id}")
     assert page.status_code == 403
     assert "打卡记录" not in text(page)
+    worker = Actor(kind="staff", id=1, role="worker", community_id=community_id("hengkang"))
+    with pytest.raises(Forbidden):  # the list refuses on its own, whatever the page reads before it
+        sorting.point_checkins(worker, point.id, None, None, 20)
 
 
 def test_a_points_page_marks_a_reversed_deposit(api, as_admin):

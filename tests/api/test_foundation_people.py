@@ -660,6 +660,14 @@ def test_worker_freezes_only_residents_of_its_community(api):
     assert db.session.scalar(recorded) == 1
 
 
+def test_a_blank_optional_text_is_empty_not_missing(api):
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    error = assert_error(api.get("/residents?q=%20%20", as_=worker), 422, "validation_error")
+    assert error["details"]["fields"] == {"q": ["不能为空"]}  # a filter is never required
+    error = assert_error(api.patch("/me", as_=api.resident(), json={"nickname": " "}), 422, "validation_error")
+    assert error["details"]["fields"] == {"nickname": ["不能为空"]}
+
+
 def test_a_freeze_by_the_platforms_admin_is_lifted_by_an_admin_only(api):
     """经发办 freezes an account over suspected fraud across communities; the community's worker, who may freeze and
     thaw its own residents, cannot undo that. A freeze the worker made, the worker (or an admin) lifts."""

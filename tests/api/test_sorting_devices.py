@@ -767,9 +767,35 @@ def test_a_bins_deposit_delayed_on_the_way_is_judged_when_the_bin_signed_it(api,
     for, so the load is recorded rather than lost with the resident gone."""
     body = body_for(api, world)
     kwargs = signed(world["device"], body)  # at once, as the code is shown
-    clock.advance(seconds=290)  # the code's 2 minutes are long gone; the signature's 5 are not
+    clock.advance(seconds=230)  # the code's 2 minutes are gone; the grace of one more lifetime is not
     assert api.post(PATH, **kwargs).status_code == 201
     assert balance(api, world["resident"]) == 10
+
+
+def test_a_bin_that_lost_its_answer_resends_the_same_bytes_and_the_deposit_counts(api, clock, world):
+    """The documented retry: within the signature's 5 minutes the same bytes (the same X-Timestamp) and the same
+    Idempotency-Key. The code is judged when the bin first signed, so the load is recorded; a retry re-signed later
+    would be judged later."""
+    kwargs = signed(world["device"], body_for(api, world))
+    kwargs["headers"]["Idempotency-Key"] = "bin-retry-1"
+    clock.advance(seconds=200)  # the first try never arrived
+    first = api.post(PATH, **kwargs)
+    assert first.status_code == 201
+    again = api.post(PATH, **kwargs)  # its answer was lost too
+    assert (again.status_code, again.get_json()) == (201, first.get_json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_a_bins_slow_clock_stretches_a_code_by_one_lifetime_at_most(api, clock, world):
+    """Judging the code when the bin signed must not let a bin (or a clock 5 minutes slow) keep a code alive for the
+    whole clock window: the grace is one more code lifetime."""
+    body = body_for(api, world)
+    clock.advance(seconds=250)  # expired 130 s ago: beyond the 120 s of grace
+    kwargs = signed(world["device"], body, timestamp=int(utcnow().timestamp()) - 299)
+    assert_error(api.post(PATH, **kwargs), 410, "qr_expired")
+    body = body_for(api, world)
+    clock.advance(seconds=230)  # expired 110 s ago: within the grace
+    assert api.post(PATH, **signed(world["device"], body, timestamp=int(utcnow().timestamp()) - 299)).status_code == 201
 
 
 def test_a_bin_whose_clock_runs_ahead_does_not_age_the_code(api, clock, world):

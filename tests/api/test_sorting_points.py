@@ -148,7 +148,7 @@ def test_names_are_kept_without_surrounding_spaces(api, admin):
     error = assert_error(
         api.patch(f"/collection-points/{point['id']}", as_=admin, json={"name": "\u3000 "}), 422, "validation_error"
     )
-    assert error["details"]["fields"] == {"name": ["必填项"]}  # as when left out: blank is not a length to fix
+    assert error["details"]["fields"] == {"name": ["不能为空"]}  # blank is not a length to fix
     assert api.get(f"/collection-points/{point['id']}").get_json()["name"] == "恒康一号站"
     body = {"name": " ", "community_id": point["community_id"], "kind": "station"}
     error = assert_error(api.post("/collection-points", as_=admin, json=body), 422, "validation_error")

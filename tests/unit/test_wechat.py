@@ -112,6 +112,14 @@ def test_errcode_mapping(
         assert exc.headers == {"Retry-After": "60"}
 
 
+def test_an_errcode_that_is_not_a_number_is_logged_not_passed_on(client, caplog) -> None:
+    """The answer's details are typed (an integer errcode); what WeChat sent otherwise is only in the log."""
+    with pytest.raises(UpstreamError) as excinfo:
+        client.code2session("text-code")
+    assert excinfo.value.details == {}
+    assert "'40029'" in _warnings(caplog)[0].getMessage()
+
+
 def test_status_codes_of_mapped_errors(client: WeChatClient) -> None:
     statuses = {}
     for code in ("bad", "freq", "risk", "busy", "weird"):
