@@ -204,6 +204,9 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
     balance = fields.Integer(metadata=_about("insufficient_points: the balance now"))
     required = fields.Integer(metadata=_about("insufficient_points: the points the request needs"))
     deposit_id = fields.Integer(metadata=_about("duplicate (a member code already paid for a deposit): its deposit"))
+    collection_point_id = fields.Integer(
+        metadata=_about("duplicate (a point's name its community already has): that point, to open or bring back")
+    )
     reason = fields.String(
         metadata=_about(
             "unauthorized, to a smart bin: what it should fix, one of bad_headers, unknown_device, stale_timestamp, "

@@ -133,14 +133,13 @@ def _name_taken(name: str) -> str:
 def _refuse_taken_name(community_id: int, name: str, point_id: int | None = None) -> None:
     """A community's points have different names (a unique index, which also refuses a point named meanwhile)."""
     same = (CollectionPoint.community_id == community_id, CollectionPoint.name == name)
-    other = sa.select(CollectionPoint.active).where(*same)
+    other = sa.select(CollectionPoint.id, CollectionPoint.active).where(*same)
     if point_id is not None:
         other = other.where(CollectionPoint.id != point_id)
-    active = db.session.scalar(other)
-    if active is False:
-        raise Duplicate(_name_taken(name) + "（已停用，可在已停用列表中重新启用）")
-    if active:
-        raise Duplicate(_name_taken(name))
+    taken = db.session.execute(other).first()
+    if taken is not None:
+        retired = "" if taken.active else "（已停用，可在已停用列表中重新启用）"
+        raise Duplicate(_name_taken(name) + retired, details={"collection_point_id": taken.id})
 
 
 def create_point(actor: Actor, data: dict[str, Any]) -> CollectionPoint:

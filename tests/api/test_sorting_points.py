@@ -72,7 +72,9 @@ def test_a_communitys_points_have_different_names(api, admin):
     to be brought back rather than made again."""
     first = api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "hengkang")).get_json()
     again = api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "hengkang"))
-    assert assert_error(again, 409, "duplicate")["message"] == "本社区已有名为「海湾一号站」的回收点"
+    error = assert_error(again, 409, "duplicate")
+    assert error["message"] == "本社区已有名为「海湾一号站」的回收点"
+    assert error["details"] == {"collection_point_id": first["id"]}  # the point to open instead
     assert api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "xinhaiwan")).status_code == 201
     other = api.post("/collection-points", as_=admin, json=point_body("海湾二号站", "hengkang")).get_json()
     assert_error(
@@ -82,9 +84,9 @@ def test_a_communitys_points_have_different_names(api, admin):
     assert moved.status_code == 200  # 海湾二号站 is free there
     assert api.delete(f"/collection-points/{first['id']}", as_=admin).status_code in (200, 204)
     retired = api.post("/collection-points", as_=admin, json=point_body("海湾一号站", "hengkang"))
-    assert assert_error(retired, 409, "duplicate")["message"] == (
-        "本社区已有名为「海湾一号站」的回收点（已停用，可在已停用列表中重新启用）"
-    )
+    error = assert_error(retired, 409, "duplicate")
+    assert error["message"] == "本社区已有名为「海湾一号站」的回收点（已停用，可在已停用列表中重新启用）"
+    assert error["details"] == {"collection_point_id": first["id"]}
     db.session.expire_all()
     assert db.session.get(CollectionPoint, other["id"]).name == "海湾二号站"  # the refused rename left it as it was
 
