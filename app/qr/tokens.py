@@ -21,6 +21,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
+from urllib.parse import unquote
 
 POINT = "p"  # collection point poster (static)
 EVENT = "e"  # event rotating check-in code
@@ -173,12 +174,14 @@ def _unix_seconds(now: datetime) -> int:
 
 
 def extract_token(scanned: str) -> str:
-    """Return the bare token from either a bare token or a ``{base}/q/<token>`` URL."""
+    """Return the bare token from either a bare token or a ``{base}/q/<token>`` URL, percent-encoded or not."""
     if not isinstance(scanned, str):
         raise InvalidToken("scanned value must be text")
     text = scanned.strip()
     if len(text) > MAX_SCANNED_LEN:
         raise InvalidToken("scanned value too long")
+    if "%" in text:  # the URL as WeChat hands it to a mini-program (options.q): a token never holds a %
+        text = unquote(text)
     # Split by hand rather than urllib.parse: urlsplit raises ValueError on odd netlocs.
     text = text.split("#", 1)[0].split("?", 1)[0]
     if "/" in text:

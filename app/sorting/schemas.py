@@ -153,7 +153,15 @@ class MemberCodeSchema(ResponseSchema):
 
 
 class ScanSchema(StrictSchema):
-    token = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    token = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=512),
+        metadata={
+            "description": "what the poster's QR holds, as scanned: the URL {PUBLIC_BASE_URL}/q/<token> (as "
+            "wx.scanCode reads it, or percent-encoded, as a page opened from WeChat's scanner gets it in options.q), "
+            "or the bare token"
+        },
+    )
     lat = _latitude("the resident's ", "with lng; required at a point with a geofence (422)", load_default=None)
     lng = _longitude("the resident's ", load_default=None)
 

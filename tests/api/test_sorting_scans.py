@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -118,6 +119,8 @@ def test_poster_png_decodes_to_the_url_and_the_url_checks_in(api, world):
     entry = api.get("/me/ledger", as_=resident).get_json()["items"][0]
     assert entry["id"] == body["entry_id"]
     assert (entry["delta"], entry["kind"], entry["source"], entry["ref_type"]) == (5, "earn", "checkin", "checkin")
+    # opened from WeChat's scanner, the mini-program gets the URL percent-encoded (options.q), and may pass it on so
+    assert scan_ok(api, api.resident(), quote(url, safe=""))["points"] == 5
 
 
 def test_poster_svg_is_svg(api, world):

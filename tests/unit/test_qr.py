@@ -425,6 +425,16 @@ def test_extract_token() -> None:
     assert verify_static(extract_token(f"https://example.cn/q/{token}"), POINT, POINT_KEY) == 42
 
 
+def test_extract_token_from_the_encoded_url_wechat_hands_a_mini_program() -> None:
+    """A poster that opens the mini-program through WeChat's scanner arrives as options.q, percent-encoded; a token
+    never holds a %, so the text is decoded once."""
+    token = static_token(POINT, 42, POINT_KEY)
+    assert extract_token(f"https%3A%2F%2Fexample.cn%2Fq%2F{token}") == token
+    assert extract_token(f"https%3a%2f%2fexample.cn%2fq%2F{token}%3Fscancode_time%3D1700000000") == token
+    with pytest.raises(InvalidToken):
+        extract_token("https%3A%2F%2Fexample.cn%2Fother%2Fx")
+
+
 @pytest.mark.parametrize("scanned", ["", "   ", "https://example.cn/other/x", "https://example.cn/q/", "x" * 5000])
 def test_extract_token_rejects(scanned: str) -> None:
     with pytest.raises(InvalidToken):
