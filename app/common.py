@@ -182,7 +182,9 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
             example={"items": {"0": {"weight_g": ["重量必须在 1 克到 200 千克之间"]}}},
         ),
     )
-    distance_m = fields.Integer(metadata=_about("too_far: how far from the point the scan was made, in metres"))
+    distance_m = fields.Integer(
+        metadata=_about("too_far: how far from the point the scan was made, in metres, rounded up")
+    )
     geofence_m = fields.Integer(metadata=_about("too_far: how near the point a scan must be, in metres"))
     points = fields.Integer(
         metadata=_about(
@@ -210,8 +212,10 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
     reason = fields.String(
         metadata=_about(
             "unauthorized, to a smart bin: what it should fix, one of bad_headers, unknown_device, stale_timestamp, "
-            "device_retired, bad_signature; any refusal the HTTP server writes before the app reads the request "
-            "(app/serving.py: bad_request, uri_too_long, headers_too_large and others): its own diagnosis, in English"
+            "device_retired, bad_signature; validation_error of a scan: location_required, at a point with a geofence "
+            "when the scan gave no position (ask for it: wx.getLocation); any refusal the HTTP server writes before "
+            "the app reads the request (app/serving.py: bad_request, uri_too_long, headers_too_large and others): its "
+            "own diagnosis, in English"
         )
     )
     headers = fields.List(

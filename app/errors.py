@@ -91,7 +91,8 @@ def fields_error(fields: dict[str, Any]) -> AppError:
     return ValidationError(details={"fields": fields})
 
 
-def field_error(field: str, message: str) -> AppError:
+def field_error(field: str, message: str, **more: Any) -> AppError:
     """A validation error for one field, in the same shape marshmallow errors take. The field's sentence is the
-    envelope's message too: a client showing `message` shows what to do, not only that something was wrong."""
-    return ValidationError(message, details={"fields": {field: [message]}})
+    envelope's message too: a client showing `message` shows what to do, not only that something was wrong. `more`
+    adds details a program keys on (a `reason`)."""
+    return ValidationError(message, details={"fields": {field: [message]}, **more})

@@ -491,10 +491,10 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     point = _point_from_poster(token)
     if point.geofence_m and point.lat is not None:
         if lat is None:  # a fence that a scan could pass by not saying where it is would keep nobody out
-            raise field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码")
+            raise field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码", reason="location_required")
         away = distance_m(lat, lng, point.lat, point.lng)
-        if away > point.geofence_m:
-            raise TooFar(details={"distance_m": round(away), "geofence_m": point.geofence_m})
+        if away > point.geofence_m:  # reported rounded up: never "300 m away, must be within 300 m"
+            raise TooFar(details={"distance_m": math.ceil(away), "geofence_m": point.geofence_m})
     now = utcnow()
     day = local_day(now, _config("TIMEZONE"))
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)

@@ -439,11 +439,23 @@ def test_geofence(api, world):
     error = assert_error(scan(api, stranger, token), 422, "validation_error")
     assert "定位" in error["details"]["fields"]["lat"][0]
     assert error["message"] == error["details"]["fields"]["lat"][0]  # what the mini-program shows says what to do
+    assert error["details"]["reason"] == "location_required"  # and what it keys on to ask for the position
     assert balance(api, stranger) == 0
     assert count(Checkin) == 1
     # a half position is refused
     error = assert_error(scan(api, api.resident(), token, lat=31.2304), 422, "validation_error")
     assert "lat" in error["details"]["fields"]
+    assert "reason" not in error["details"]  # a malformed body, not a missing position
+
+
+def test_too_far_never_reports_the_fence_itself_as_the_distance(api, world):
+    """Compared unrounded, reported rounded up: 300.4 m away from a 300 m fence reads 301 m, not "300 m, must be
+    within 300 m"."""
+    fenced = make_point(api, world["admin"], "三百米站", lat=31.0, lng=121.0, geofence_m=300)
+    token = poster(api, world["admin"], fenced)["token"]
+    just_outside = 31.0 + 300.4 / 111_194.93  # metres per degree of latitude on the haversine's sphere
+    error = assert_error(scan(api, api.resident(), token, lat=just_outside, lng=121.0), 403, "too_far")
+    assert (error["details"]["distance_m"], error["details"]["geofence_m"]) == (301, 300)
 
 
 def test_position_without_a_fence_is_accepted(api, world):
