@@ -59,13 +59,14 @@ def extend_doc(wrapper, view, *, errors=(), headers: tuple[dict[str, Any], ...] 
     return error_docs(*errors)(wrapper)
 
 
-def file_docs(mimetype: str):
-    """Document a view's 200 answer as a file of this media type: without a schema, flask-smorest describes no
-    content at all."""
+def file_docs(mimetype: str, headers: dict[str, Any] | None = None):
+    """Document a view's 200 answer as a file of this media type (without a schema, flask-smorest describes no
+    content at all), with the headers it carries."""
 
     def decorator(func):
         content = {mimetype: {"schema": {"type": "string", "format": "binary"}}}
-        _manual(func).setdefault("responses", {})["200"] = {"description": "OK", "content": content}
+        answer = {"description": "OK", "content": content} | ({"headers": headers} if headers else {})
+        _manual(func).setdefault("responses", {})["200"] = answer
         return func
 
     return decorator

@@ -54,6 +54,16 @@ DevicePage = page_schema(DeviceSchema, "DevicePage")
 DepositPage = page_schema(DepositSchema, "DepositPage")
 CheckinPage = page_schema(CheckinSchema, "CheckinPage")
 DEPOSIT_ERRORS = (InvalidQr, QrExpired, AccountFrozen, CapReached, Duplicate, InvalidState)
+MEMBER_CODE_IMAGE_HEADERS = {
+    "X-Expires-At": {
+        "description": "when this image's code expires",
+        "schema": {"type": "string", "format": "date-time"},
+    },
+    "X-Expires-In": {
+        "description": "seconds until it expires, counted from this answer",
+        "schema": {"type": "integer"},
+    },
+}
 
 
 def _image(data: bytes, mimetype: str) -> Response:
@@ -242,10 +252,13 @@ def my_member_code():
 @blp.route("/me/member-code.png", methods=["GET"])
 @login_required(RESIDENT)
 @blp.response(200, content_type="image/png")
-@file_docs("image/png")
+@file_docs("image/png", headers=MEMBER_CODE_IMAGE_HEADERS)
 def my_member_code_png():
-    """The member code as a QR image."""
-    return _image(qr.to_png(service.member_code(current_actor().id)["token"]), "image/png")
+    """The member code as a QR image; its headers say when this code expires (the JSON answer makes another code)."""
+    code = service.member_code(current_actor().id)
+    response = _image(qr.to_png(code["token"]), "image/png")
+    response.headers.update({"X-Expires-At": code["expires_at"].isoformat(), "X-Expires-In": str(code["expires_in"])})
+    return response
 
 
 @blp.route("/me/deposits", methods=["GET"])

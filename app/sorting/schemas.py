@@ -150,6 +150,12 @@ class PosterSchema(ResponseSchema):
 class MemberCodeSchema(ResponseSchema):
     token = fields.String()
     expires_at = fields.AwareDateTime()
+    expires_in = Integer(
+        metadata={
+            "description": "seconds until it expires, counted from this answer: refresh a little before, whatever the "
+            "phone's clock says"
+        }
+    )
 
 
 class ScanSchema(StrictSchema):

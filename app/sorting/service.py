@@ -284,10 +284,9 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
 
 
 def member_code(resident_id: int) -> dict[str, Any]:
-    token, expires_at = qr.member_code(
-        resident_id, _qr_key("member"), utcnow(), ttl_s=_config("MEMBER_CODE_TTL_SECONDS")
-    )
-    return {"token": token, "expires_at": expires_at}
+    ttl_s = _config("MEMBER_CODE_TTL_SECONDS")
+    token, expires_at = qr.member_code(resident_id, _qr_key("member"), utcnow(), ttl_s=ttl_s)
+    return {"token": token, "expires_at": expires_at, "expires_in": ttl_s}
 
 
 _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam("id"))

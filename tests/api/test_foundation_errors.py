@@ -1133,6 +1133,11 @@ def test_image_operations_document_their_media_type(spec, path, media_type):
     assert content == {media_type: {"schema": {"type": "string", "format": "binary"}}}
 
 
+def test_the_member_code_image_documents_its_expiry_headers(spec):
+    headers = spec["paths"]["/api/v1/me/member-code.png"]["get"]["responses"]["200"]["headers"]
+    assert set(headers) == {"X-Expires-At", "X-Expires-In"}
+
+
 @pytest.mark.parametrize(
     ("path", "method", "status", "fields"),
     [

@@ -81,8 +81,9 @@ def test_member_code_is_short_lived_and_signed(api, clock, world):
     response = api.get("/me/member-code", as_=world["resident"])
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"token", "expires_at"}
+    assert set(body) == {"token", "expires_at", "expires_in"}
     assert datetime.fromisoformat(body["expires_at"]) == clock.now + timedelta(seconds=120)
+    assert body["expires_in"] == 120  # counted from this answer: a phone whose clock is off still refreshes in time
     assert body["token"].startswith("m1.")
     assert response.headers["Cache-Control"] == "no-store"  # a code is one person's and short-lived
     # every request gives a fresh code
@@ -91,11 +92,14 @@ def test_member_code_is_short_lived_and_signed(api, clock, world):
     assert_error(api.get("/me/member-code", as_=world["collector"]), 403, "forbidden")
 
 
-def test_member_code_png_decodes_to_a_working_code(api, world):
+def test_member_code_png_decodes_to_a_working_code(api, clock, world):
     response = api.get("/me/member-code.png", as_=world["resident"])
     assert response.status_code == 200
     assert response.mimetype == "image/png"
     assert response.headers["Cache-Control"] == "no-store"
+    # the image's own code's expiry, for an app that shows the image (the JSON answer makes another code)
+    assert datetime.fromisoformat(response.headers["X-Expires-At"]) == clock.now + timedelta(seconds=120)
+    assert response.headers["X-Expires-In"] == "120"
     found = zxingcpp.read_barcodes(Image.open(BytesIO(response.get_data())))
     assert len(found) == 1
     code = found[0].text
