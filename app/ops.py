@@ -37,7 +37,8 @@ class HealthSchema(ResponseSchema):
 _LANDING = """<!doctype html><html lang="zh-CN"><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1"><title>绿色积分</title>
 <body style="font-family:sans-serif;text-align:center;padding:3em 1em">
-<h2>请使用微信扫一扫</h2><p>打开"湾区绿色积分"小程序扫描此二维码即可打卡积分。</p></body></html>"""
+<h2>请在小程序中扫码打卡</h2><p>请在「湾区绿色积分」小程序中点击「扫码打卡」，再扫描此二维码，即可打卡领取积分。</p>
+</body></html>"""
 
 
 @blp.route("/healthz", methods=["GET"])

@@ -220,7 +220,11 @@ def test_poster_url_opened_in_a_browser_lands_on_html(api, world):
     response = api.get(f"/q/{world['tokens']['a']}")
     assert response.status_code == 200
     assert response.mimetype == "text/html"
-    assert "<html" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "<html" in page
+    # whoever reads this has just scanned with WeChat's own scanner: the page says where to scan instead
+    assert "请在「湾区绿色积分」小程序中点击「扫码打卡」" in page
+    assert "微信扫一扫" not in page
 
 
 # --- once per point per local day ------------------------------------------------------------------------------
