@@ -75,6 +75,7 @@ log = logging.getLogger(__name__)
 CHECKIN_ACTIVITY = "checkin:sorting"
 # What each refusal tells the person in front of the point to do.
 POSTER_REPLACED = "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"
+NOT_A_POSTER = "这不是回收点的海报二维码，分类打卡请扫描回收点张贴的海报"
 RETIRED_FOR_SCANS = "该回收点已停用，请到附近其他回收点打卡"
 RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
 CAP_GUIDANCE = "本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
@@ -469,12 +470,14 @@ def _point_from_poster(token: str):
     try:
         raw = qr.extract_token(token)
         header = qr.peek(raw)
-        if header.kind != qr.POINT:
-            raise qr.InvalidToken("not a collection point poster")
     except qr.ExpiredToken as exc:
         raise QrExpired() from exc
     except qr.QRError as exc:
-        raise InvalidQr() from exc
+        raise InvalidQr(NOT_A_POSTER) from exc
+    if header.kind == qr.MEMBER:  # a resident's own code, or a neighbour's, scanned by mistake
+        raise InvalidQr("这是会员码，请出示给回收员；分类打卡请扫描回收点张贴的海报")
+    if header.kind != qr.POINT:
+        raise InvalidQr(NOT_A_POSTER)
     signed = cache(lambda secret: _signed_with(secret, raw))  # the cached point's secret is checked once
     point = _point_row(header.object_id, accepts=lambda p: p.active and signed(p.qr_secret))
     if point is None:

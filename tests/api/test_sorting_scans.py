@@ -511,7 +511,10 @@ def test_forged_tokens_are_invalid_qr(api, world, forge):
 def test_member_code_is_not_a_poster(api, world):
     resident = api.resident()
     code = api.get("/me/member-code", as_=resident).get_json()["token"]
-    assert_error(scan(api, resident, code), 422, "invalid_qr")
+    error = assert_error(scan(api, resident, code), 422, "invalid_qr")
+    assert error["message"] == "这是会员码，请出示给回收员；分类打卡请扫描回收点张贴的海报"
+    error = assert_error(scan(api, resident, "https://example.cn/some/other/page"), 422, "invalid_qr")
+    assert error["message"] == "这不是回收点的海报二维码，分类打卡请扫描回收点张贴的海报"
     # a well-formed poster for a real point, signed with a key the server does not use
     wrong_key = qr.static_token(qr.POINT, world["b"], qr.derive_key("not-the-server-secret", "point", "x"))
     assert_error(scan(api, resident, wrong_key), 422, "invalid_qr")
