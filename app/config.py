@@ -74,7 +74,9 @@ API_CONVENTIONS = (
     "code 稳定可判断，message 为可直接展示的中文。每个应答带 X-Request-Id（请求可自带 8 到 64 位的 "
     "[A-Za-z0-9._-]），报障时请附上；500 的 details.request_id 与之相同。列表按游标分页：?limit= 与上一页的 "
     "next 作为 ?cursor=，next 为 null 即最后一页。写操作可带 Idempotency-Key 安全重试，重放的应答带 "
-    "Idempotent-Replayed: true。429 与 503 带 Retry-After（秒）。"
+    "Idempotent-Replayed: true。429 与 503 带 Retry-After（秒）。401 token_expired：用 refresh token 调 "
+    "/auth/refresh 换新的 access token（/auth/refresh 本身答 token_expired 或 token_revoked 时请重新登录）；"
+    "401 token_revoked、unauthorized：请重新登录。新版本可能增加 code、details 字段与枚举值，客户端应能容忍。"
 )
 
 

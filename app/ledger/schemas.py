@@ -12,7 +12,12 @@ class EntrySchema(ResponseSchema):
     delta = Integer()
     balance_after = Integer()
     kind = fields.String(validate=validate.OneOf(KINDS))
-    source = fields.String()
+    source = fields.String(
+        metadata={
+            "description": "where the points came from: checkin, sorting (a deposit), admin (an adjustment), expiry; "
+            "later versions add more (events, trade-ins, the green exchange)"
+        }
+    )
     activity = fields.String(allow_none=True)
     rule_id = Integer(allow_none=True)
     co2e_g = Integer()

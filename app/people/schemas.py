@@ -77,7 +77,12 @@ class MeSchema(ResponseSchema):
     community_id = Integer(allow_none=True)
     balance = Integer()
     co2e_g = Integer()
-    lifetime_earned = Integer()
+    lifetime_earned = Integer(
+        metadata={
+            "description": "points earned in all (entries of kind earn), less earnings reversed; adjustments, spends "
+            "and expiry do not count, so it is not the balance"
+        }
+    )
     expiring_points = Integer()
     expiring_at = fields.AwareDateTime(allow_none=True)
 
