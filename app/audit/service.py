@@ -6,6 +6,7 @@ import sqlalchemy as sa
 
 from app.audit.models import AuditEvent
 from app.db import db
+from app.people.models import Staff
 
 
 def record(actor, action: str, target_type: str, target_id: Any, details: dict[str, Any] | None = None) -> None:
@@ -32,3 +33,15 @@ def history(target_type: str, target_id: Any, actions: tuple[str, ...], limit: i
         .limit(limit)
     )  # fmt: skip
     return list(db.session.scalars(stmt))
+
+
+def done_by_an_admin(target_type: str, target_id: Any, action: str) -> bool:
+    """Whether the latest `action` on this record was an admin's: what an admin did (a freeze, a bin retired) a
+    community's worker is not the one to undo. The role is kept in the event's details as by_role; an event from
+    before that names the staff member, whose role is read now."""
+    last = history(target_type, target_id, (action,), 1)
+    if not last or last[0].actor_type != "staff":
+        return False
+    event = last[0]
+    role = event.details.get("by_role") or db.session.scalar(sa.select(Staff.role).where(Staff.id == event.actor_id))
+    return role == "admin"

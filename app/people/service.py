@@ -396,17 +396,6 @@ def status_history(actor: Actor, resident_id: int, limit: int = 10) -> list[dict
     ]  # fmt: skip
 
 
-def _frozen_by_an_admin(resident_id: int) -> bool:
-    """Whether the freeze in force was an admin's: 经发办 freezes over suspected fraud across communities, which the
-    community's worker, who freezes and thaws its own residents, is not the one to undo."""
-    last = audit.history("resident", resident_id, ("resident.frozen",), 1)
-    if not last or last[0].actor_type != "staff":
-        return False
-    freeze = last[0]  # a record from before by_role was kept names the staff member, whose role is read now
-    role = freeze.details.get("by_role") or db.session.scalar(sa.select(Staff.role).where(Staff.id == freeze.actor_id))
-    return role == "admin"
-
-
 def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> tuple[Resident, bool]:
     """Freeze or thaw; (the resident, whether this call changed anything)."""
     actor.require_role("admin", "worker")
@@ -420,7 +409,9 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
     if resident.status == status:  # a stale page or a retry: nothing changes, so nothing is recorded
         db.session.rollback()
         return resident, False
-    if status == "active" and not actor.is_admin and _frozen_by_an_admin(resident.id):
+    # 经发办 freezes over suspected fraud across communities; the community's worker, who freezes and thaws its own
+    # residents, is not the one to undo that.
+    if status == "active" and not actor.is_admin and audit.done_by_an_admin("resident", resident.id, "resident.frozen"):
         raise Forbidden("该账户由平台管理员冻结，请联系经发办解冻")
     previous, resident.status = resident.status, status
     if status == "frozen":

@@ -818,9 +818,12 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     once: devices are read fresh on every request."""
     device = _managed_device(actor, device_id)
     if device.active != active:
+        if active and not actor.is_admin and audit.done_by_an_admin("device", device.id, "device.deactivate"):
+            # An admin retires a bin whose key may have leaked; bringing it back revives that key.
+            raise Forbidden("该设备由平台管理员停用，请联系经发办重新启用或更换密钥")
         device.active = active
         action = "device.reactivate" if active else "device.deactivate"
-        audit.record(actor, action, "device", device.id, {"code": device.code})
+        audit.record(actor, action, "device", device.id, {"code": device.code, "by_role": actor.role})
         commit()
     return device
 

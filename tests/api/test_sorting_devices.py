@@ -200,6 +200,20 @@ def test_a_retired_bin_is_refused_until_it_is_brought_back(api, world):
                                                                     "device.reactivate"]  # fmt: skip
 
 
+def test_a_bin_an_admin_retired_is_brought_back_by_an_admin_only(api, world):
+    """An admin retires a bin whose secret may have leaked (it was stolen, say); the community's worker, who retires
+    and reactivates its own bins, must not bring that key back to life."""
+    device, worker, admin = world["device"], world["worker"], world["admin"]
+    assert api.patch(f"/devices/{device['id']}", as_=admin, json={"active": False}).status_code == 200
+    error = assert_error(api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}), 403, "forbidden")
+    assert error["message"] == "该设备由平台管理员停用，请联系经发办重新启用或更换密钥"
+    assert_error(api.post(PATH, **signed(device, body_for(api, world))), 401, "unauthorized")
+    assert api.patch(f"/devices/{device['id']}", as_=admin, json={"active": True}).status_code == 200
+    # one the worker retired, the worker brings back
+    assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": False}).status_code == 200
+    assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}).get_json()["active"] is True
+
+
 def test_a_rotated_secret_replaces_the_old_one_at_once(api, world):
     device = world["device"]
     response = api.post(f"/devices/{device['id']}/secret/rotate", as_=world["admin"])
