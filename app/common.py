@@ -212,7 +212,9 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
     reason = fields.String(
         metadata=_about(
             "unauthorized, to a smart bin: what it should fix, one of bad_headers, unknown_device, stale_timestamp, "
-            "device_retired, bad_signature; validation_error of a scan: location_required, at a point with a geofence "
+            "device_retired, bad_signature; invalid_qr of a scan: not_a_poster, member_code (the resident's own code, "
+            "to show a collector), poster_replaced, point_retired (offer the nearby points); validation_error of a "
+            "scan: location_required, at a point with a geofence "
             "when the scan gave no position (ask for it: wx.getLocation); any refusal the HTTP server writes before "
             "the app reads the request (app/serving.py: bad_request, uri_too_long, headers_too_large and others): its "
             "own diagnosis, in English"

@@ -73,10 +73,13 @@ from app.sorting.models import (
 log = logging.getLogger(__name__)
 
 CHECKIN_ACTIVITY = "checkin:sorting"
-# What each refusal tells the person in front of the point to do.
-POSTER_REPLACED = "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"
-NOT_A_POSTER = "这不是回收点的海报二维码，分类打卡请扫描回收点张贴的海报"
-RETIRED_FOR_SCANS = "该回收点已停用，请到附近其他回收点打卡"
+# What a scan's refusal tells the resident to do, by the reason it gives the mini-program.
+_SCAN_REFUSALS = {
+    "not_a_poster": "这不是回收点的海报二维码，分类打卡请扫描回收点张贴的海报",
+    "member_code": "这是会员码，请出示给回收员；分类打卡请扫描回收点张贴的海报",
+    "poster_replaced": "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报",
+    "point_retired": "该回收点已停用，请到附近其他回收点打卡",
+}
 RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
 CAP_GUIDANCE = "本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
 EARTH_RADIUS_M = 6_371_000
@@ -448,11 +451,11 @@ def _checkin_claim(dialect: str) -> sa.Insert:
 def _checkin_refusal(resident_id: int, point) -> Exception:
     now = _point_now(point)
     if now is None:
-        return InvalidQr()
+        return _scan_refusal("not_a_poster")
     if now.qr_secret != point.qr_secret:
-        return InvalidQr(POSTER_REPLACED)
+        return _scan_refusal("poster_replaced")
     if not now.active:
-        return InvalidQr(RETIRED_FOR_SCANS)
+        return _scan_refusal("point_retired")
     if _frozen(resident_id):
         return AccountFrozen()
     return AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
@@ -466,6 +469,10 @@ def _signed_with(secret: str, raw: str) -> bool:
     return True
 
 
+def _scan_refusal(reason: str) -> Exception:
+    return InvalidQr(_SCAN_REFUSALS[reason], details={"reason": reason})
+
+
 def _point_from_poster(token: str):
     try:
         raw = qr.extract_token(token)
@@ -473,19 +480,19 @@ def _point_from_poster(token: str):
     except qr.ExpiredToken as exc:
         raise QrExpired() from exc
     except qr.QRError as exc:
-        raise InvalidQr(NOT_A_POSTER) from exc
+        raise _scan_refusal("not_a_poster") from exc
     if header.kind == qr.MEMBER:  # a resident's own code, or a neighbour's, scanned by mistake
-        raise InvalidQr("这是会员码，请出示给回收员；分类打卡请扫描回收点张贴的海报")
+        raise _scan_refusal("member_code")
     if header.kind != qr.POINT:
-        raise InvalidQr(NOT_A_POSTER)
+        raise _scan_refusal("not_a_poster")
     signed = cache(lambda secret: _signed_with(secret, raw))  # the cached point's secret is checked once
     point = _point_row(header.object_id, accepts=lambda p: p.active and signed(p.qr_secret))
     if point is None:
-        raise InvalidQr()
+        raise _scan_refusal("not_a_poster")
     if not signed(point.qr_secret):  # a rotated poster, most likely, or a forgery naming a real point
-        raise InvalidQr(POSTER_REPLACED)
+        raise _scan_refusal("poster_replaced")
     if not point.active:
-        raise InvalidQr(RETIRED_FOR_SCANS)
+        raise _scan_refusal("point_retired")
     return point
 
 

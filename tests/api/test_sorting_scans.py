@@ -150,6 +150,7 @@ def test_rotating_revokes_old_posters(api, world):
     resident = api.resident()
     error = assert_error(scan(api, resident, old), 422, "invalid_qr")
     assert error["message"] == "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"  # what to do
+    assert error["details"] == {"reason": "poster_replaced"}
     assert scan_ok(api, resident, new)["balance"] == 5
     # other points' posters are untouched
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
@@ -179,6 +180,7 @@ def test_a_point_retired_by_another_worker_refuses_scans_at_once(api, world):
     late = api.resident()
     error = assert_error(scan(api, late, world["tokens"]["a"]), 422, "invalid_qr")
     assert error["message"] == "该回收点已停用，请到附近其他回收点打卡"
+    assert error["details"] == {"reason": "point_retired"}  # the app can open the nearby list
     assert api.get("/me", as_=late).get_json()["balance"] == 0
     assert count(Checkin) == 1
 
@@ -196,6 +198,7 @@ def test_an_old_poster_stops_at_once_when_another_worker_rotates_it(api, world):
     late = api.resident()
     error = assert_error(scan(api, late, old), 422, "invalid_qr")
     assert error["message"] == "二维码已失效，海报可能已更换：请扫描回收点现场张贴的最新海报"
+    assert error["details"] == {"reason": "poster_replaced"}  # found by the claim, as by the worker's copy
     assert api.get("/me", as_=late).get_json()["balance"] == 0
     assert count(Checkin) == 1
     # the refusal dropped the stale copy: the new poster pays, and the old one stays refused
@@ -513,8 +516,10 @@ def test_member_code_is_not_a_poster(api, world):
     code = api.get("/me/member-code", as_=resident).get_json()["token"]
     error = assert_error(scan(api, resident, code), 422, "invalid_qr")
     assert error["message"] == "这是会员码，请出示给回收员；分类打卡请扫描回收点张贴的海报"
+    assert error["details"] == {"reason": "member_code"}  # for the app to key on, as the message is for people
     error = assert_error(scan(api, resident, "https://example.cn/some/other/page"), 422, "invalid_qr")
     assert error["message"] == "这不是回收点的海报二维码，分类打卡请扫描回收点张贴的海报"
+    assert error["details"] == {"reason": "not_a_poster"}
     # a well-formed poster for a real point, signed with a key the server does not use
     wrong_key = qr.static_token(qr.POINT, world["b"], qr.derive_key("not-the-server-secret", "point", "x"))
     assert_error(scan(api, resident, wrong_key), 422, "invalid_qr")
