@@ -205,7 +205,12 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
     )
     balance = fields.Integer(metadata=_about("insufficient_points: the balance now"))
     required = fields.Integer(metadata=_about("insufficient_points: the points the request needs"))
-    deposit_id = fields.Integer(metadata=_about("duplicate (a member code already paid for a deposit): its deposit"))
+    deposit_id = fields.Integer(
+        metadata=_about(
+            "duplicate (a member code already paid for a deposit, or a smart bin's replayed request that was "
+            "recorded): that deposit"
+        )
+    )
     collection_point_id = fields.Integer(
         metadata=_about("duplicate (a point's name its community already has): that point, to open or bring back")
     )

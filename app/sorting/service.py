@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import math
 import re
@@ -884,14 +885,26 @@ DEVICE_HEADERS = {
 
 class ReplayedSignature(Duplicate):
     """A signed request seen before, from an authentic device. `details.refused` says whether that first try was
-    refused, so that a bin that lost the answer does not take this 409 for "recorded"."""
+    refused, so that a bin that lost the answer does not take this 409 for "recorded"; one that was recorded names
+    the deposit (`deposit_id`, `points`), for the bin to show the resident."""
 
     message = "重复的设备请求"
 
-    def __init__(self, device_id: int, refused: bool = False):
+    def __init__(self, device_id: int, refused: bool = False, recorded: dict[str, int] | None = None):
         message = "该请求已被拒绝过，签名已失效：请重新签名后再提交" if refused else "重复的设备请求：该请求已处理"
-        super().__init__(message, details={"refused": refused})
+        super().__init__(message, details={"refused": refused} | (recorded or {}))
         self.device_id = device_id
+
+
+def _recorded_by(body: bytes) -> dict[str, int] | None:
+    """The deposit a request recorded, found by the member code it paid with; None if its body names none."""
+    try:
+        code = json.loads(body)["member_code"]
+        member = qr.read_member_code(qr.extract_token(code), _qr_key("member"), utcnow(), expired=True)
+    except (ValueError, KeyError, TypeError, qr.QRError):
+        return None
+    spent = run(_CODE_SPENT, {"resident_id": member.resident_id, "nonce": member.nonce}).first()
+    return {"deposit_id": spent.id, "points": spent.points} if spent is not None else None
 
 
 _REFUSED_BEFORE = sa.select(DeviceSignature.refused).where(DeviceSignature.signature == sa.bindparam("signature"))
@@ -943,7 +956,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     if not _burn(device_id, signature):
         log.warning("replayed signature from device %s", device_id)
         refused = bool(run(_REFUSED_BEFORE, {"signature": signature.lower()}).scalar())
-        raise ReplayedSignature(device_id, refused)
+        raise ReplayedSignature(device_id, refused, None if refused else _recorded_by(body))
     return Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id}),
         signed_at=datetime.fromtimestamp(int(timestamp), UTC),
