@@ -188,8 +188,8 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
     geofence_m = fields.Integer(metadata=_about("too_far: how near the point a scan must be, in metres"))
     points = fields.Integer(
         metadata=_about(
-            "cap_reached: the points this request would have added to it; duplicate (a member code already paid for "
-            "a deposit): the points that deposit credited"
+            "cap_reached: the points this request would have added to it; duplicate (with deposit_id): the points "
+            "that deposit credited"
         )
     )
     counters = fields.List(
