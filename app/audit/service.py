@@ -40,8 +40,10 @@ def done_by_an_admin(target_type: str, target_id: Any, action: str) -> bool:
     community's worker is not the one to undo. The role is kept in the event's details as by_role; an event from
     before that names the staff member, whose role is read now."""
     last = history(target_type, target_id, (action,), 1)
-    if not last or last[0].actor_type != "staff":
+    if not last:
         return False
     event = last[0]
-    role = event.details.get("by_role") or db.session.scalar(sa.select(Staff.role).where(Staff.id == event.actor_id))
+    role = event.details.get("by_role")
+    if role is None and event.actor_type == "staff":
+        role = db.session.scalar(sa.select(Staff.role).where(Staff.id == event.actor_id))
     return role == "admin"

@@ -406,15 +406,19 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
     db.session.refresh(resident, with_for_update={"key_share": True})
     if resident.status == "closed":
         raise NotFound("居民不存在")
-    if resident.status == status:  # a stale page or a retry: nothing changes, so nothing is recorded
-        db.session.rollback()
-        return resident, False
     # 经发办 freezes over suspected fraud across communities; the community's worker, who freezes and thaws its own
     # residents, is not the one to undo that.
-    if status == "active" and not actor.is_admin and audit.done_by_an_admin("resident", resident.id, "resident.frozen"):
+    frozen_by_an_admin = resident.status == "frozen" and audit.done_by_an_admin(
+        "resident", resident.id, "resident.frozen"
+    )
+    if resident.status == status and (status == "active" or not actor.is_admin or frozen_by_an_admin):
+        db.session.rollback()  # a stale page or a retry: nothing changes, so nothing is recorded
+        return resident, False
+    if status == "active" and not actor.is_admin and frozen_by_an_admin:
         raise Forbidden("该账户由平台管理员冻结，请联系经发办解冻")
+    # (An admin freezing what a worker froze changes no state, but makes the freeze the admin's.)
     previous, resident.status = resident.status, status
-    if status == "frozen":
+    if status == "frozen" and previous != "frozen":
         # Read under the lock: a login that held the row began before now (and read its `since` under it).
         resident.sessions_valid_after = utcnow()
     details = {"from": previous, "reason": reason, "by_role": actor.role}

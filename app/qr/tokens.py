@@ -181,7 +181,7 @@ def extract_token(scanned: str) -> str:
     if len(text) > MAX_SCANNED_LEN:
         raise InvalidToken("scanned value too long")
     if "%" in text:  # the URL as WeChat hands it to a mini-program (options.q): a token never holds a %
-        text = unquote(text)
+        text = unquote(text).strip()
     # Split by hand rather than urllib.parse: urlsplit raises ValueError on odd netlocs.
     text = text.split("#", 1)[0].split("?", 1)[0]
     if "/" in text:

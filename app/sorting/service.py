@@ -289,9 +289,10 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
 
 
 def member_code(resident_id: int) -> dict[str, Any]:
-    ttl_s = _config("MEMBER_CODE_TTL_SECONDS")
-    token, expires_at = qr.member_code(resident_id, _qr_key("member"), utcnow(), ttl_s=ttl_s)
-    return {"token": token, "expires_at": expires_at, "expires_in": ttl_s}
+    now = utcnow()
+    token, expires_at = qr.member_code(resident_id, _qr_key("member"), now, ttl_s=_config("MEMBER_CODE_TTL_SECONDS"))
+    # The code expires on a whole second: the time left is up to a second short of the configured lifetime.
+    return {"token": token, "expires_at": expires_at, "expires_in": int((expires_at - now).total_seconds())}
 
 
 _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam("id"))
@@ -825,14 +826,18 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     """Retire a smart bin (lost, stolen, broken) or bring it back. Its next request is checked against this at
     once: devices are read fresh on every request."""
     device = _managed_device(actor, device_id)
+    retired_by_an_admin = not device.active and audit.done_by_an_admin("device", device.id, "device.deactivate")
     if device.active != active:
-        if active and not actor.is_admin and audit.done_by_an_admin("device", device.id, "device.deactivate"):
+        if active and not actor.is_admin and retired_by_an_admin:
             # An admin retires a bin whose key may have leaked; bringing it back revives that key.
-            raise Forbidden("该设备由平台管理员停用，请联系经发办重新启用或更换密钥")
+            raise Forbidden("该设备由平台管理员停用，请联系经发办重新启用")
         device.active = active
-        action = "device.reactivate" if active else "device.deactivate"
-        audit.record(actor, action, "device", device.id, {"code": device.code, "by_role": actor.role})
-        commit()
+    elif active or not actor.is_admin or retired_by_an_admin:
+        return device  # as it is already: nothing to record
+    # A retirement an admin repeats over a worker's is recorded as the admin's, so the worker cannot undo it.
+    action = "device.reactivate" if active else "device.deactivate"
+    audit.record(actor, action, "device", device.id, {"code": device.code, "by_role": actor.role})
+    commit()
     return device
 
 
@@ -896,14 +901,18 @@ class ReplayedSignature(Duplicate):
         self.device_id = device_id
 
 
-def _recorded_by(body: bytes) -> dict[str, int] | None:
-    """The deposit a request recorded, found by the member code it paid with; None if its body names none."""
+_RECORDED_BY_DEVICE = _CODE_SPENT.where(Deposit.device_id == sa.bindparam("device_id"))
+
+
+def _recorded_by(device_id: int, body: bytes) -> dict[str, int] | None:
+    """The deposit this bin's request recorded, found by the member code it paid with; None if there is none."""
     try:
         code = json.loads(body)["member_code"]
         member = qr.read_member_code(qr.extract_token(code), _qr_key("member"), utcnow(), expired=True)
     except (ValueError, KeyError, TypeError, qr.QRError):
         return None
-    spent = run(_CODE_SPENT, {"resident_id": member.resident_id, "nonce": member.nonce}).first()
+    params = {"resident_id": member.resident_id, "nonce": member.nonce, "device_id": device_id}
+    spent = run(_RECORDED_BY_DEVICE, params).first()
     return {"deposit_id": spent.id, "points": spent.points} if spent is not None else None
 
 
@@ -956,7 +965,7 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     if not _burn(device_id, signature):
         log.warning("replayed signature from device %s", device_id)
         refused = bool(run(_REFUSED_BEFORE, {"signature": signature.lower()}).scalar())
-        raise ReplayedSignature(device_id, refused, None if refused else _recorded_by(body))
+        raise ReplayedSignature(device_id, refused, None if refused else _recorded_by(device_id, body))
     return Actor(
         kind="device", id=device.id, role="device", collection_point_ids=frozenset({device.collection_point_id}),
         signed_at=datetime.fromtimestamp(int(timestamp), UTC),

@@ -685,6 +685,11 @@ def test_a_freeze_by_the_platforms_admin_is_lifted_by_an_admin_only(api):
     assert api.patch(f"/residents/{resident.id}", as_=worker, json=freeze).status_code == 200  # the worker's own
     assert api.patch(f"/residents/{resident.id}", as_=worker, json=thaw).get_json()["status"] == "active"
 
+    # the worker froze first, then 经发办 froze too: the freeze is the admin's now
+    assert api.patch(f"/residents/{resident.id}", as_=worker, json=freeze).status_code == 200
+    assert api.patch(f"/residents/{resident.id}", as_=admin, json=freeze).status_code == 200
+    assert_error(api.patch(f"/residents/{resident.id}", as_=worker, json=thaw), 403, "forbidden")
+
 
 def test_staff_find_residents_by_nickname_or_id_within_their_scope(api):
     worker = api.staff("worker", community_id=community_id("hengkang"))

@@ -206,12 +206,30 @@ def test_a_bin_an_admin_retired_is_brought_back_by_an_admin_only(api, world):
     device, worker, admin = world["device"], world["worker"], world["admin"]
     assert api.patch(f"/devices/{device['id']}", as_=admin, json={"active": False}).status_code == 200
     error = assert_error(api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}), 403, "forbidden")
-    assert error["message"] == "该设备由平台管理员停用，请联系经发办重新启用或更换密钥"
+    assert error["message"] == "该设备由平台管理员停用，请联系经发办重新启用"
     assert_error(api.post(PATH, **signed(device, body_for(api, world))), 401, "unauthorized")
     assert api.patch(f"/devices/{device['id']}", as_=admin, json={"active": True}).status_code == 200
     # one the worker retired, the worker brings back
     assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": False}).status_code == 200
     assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}).get_json()["active"] is True
+
+
+def test_an_admin_retiring_a_bin_a_worker_retired_first_makes_the_retirement_the_admins(api, world):
+    """A theft reported at the community first: the worker retires the bin, then 经发办 does too. The admin's answer
+    must mean what it says, so the worker cannot bring the bin back after it."""
+    device, worker, admin = world["device"], world["worker"], world["admin"]
+    assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": False}).status_code == 200
+    assert api.patch(f"/devices/{device['id']}", as_=admin, json={"active": False}).status_code == 200
+    assert_error(api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}), 403, "forbidden")
+    assert api.patch(f"/devices/{device['id']}", as_=admin, json={"active": False}).status_code == 200  # a retry
+    assert [action for action, _ in device_audit(device["id"])] == ["device.register", "device.deactivate",
+                                                                    "device.deactivate"]  # fmt: skip
+
+
+def test_a_bin_retired_by_the_system_as_an_admin_stays_retired_for_workers(api, world):
+    device = world["device"]
+    sorting.set_device_active(Actor(kind="system", id=0, role="admin"), device["id"], False)
+    assert_error(api.patch(f"/devices/{device['id']}", as_=world["worker"], json={"active": True}), 403, "forbidden")
 
 
 def test_a_rotated_secret_replaces_the_old_one_at_once(api, world):

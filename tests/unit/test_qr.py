@@ -431,6 +431,7 @@ def test_extract_token_from_the_encoded_url_wechat_hands_a_mini_program() -> Non
     token = static_token(POINT, 42, POINT_KEY)
     assert extract_token(f"https%3A%2F%2Fexample.cn%2Fq%2F{token}") == token
     assert extract_token(f"https%3a%2f%2fexample.cn%2fq%2F{token}%3Fscancode_time%3D1700000000") == token
+    assert extract_token(f"{token}%0A%20") == token  # encoded spaces are spaces too
     with pytest.raises(InvalidToken):
         extract_token("https%3A%2F%2Fexample.cn%2Fother%2Fx")
 
