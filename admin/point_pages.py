@@ -99,6 +99,7 @@ def _point_page(error=None, point_id: int = 0, device=None, rotated: bool = Fals
         ),
         collectors=people.staff_names([d.collector_id for d in deposits["items"] if d.collector_id]),
         device_codes={d.id: d.code for d in devices},
+        retired_by_an_admin=sorting.retired_by_an_admin(devices),
         new_device=device,
         rotated=rotated,
         categories=CATEGORIES,

@@ -826,13 +826,13 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     """Retire a smart bin (lost, stolen, broken) or bring it back. Its next request is checked against this at
     once: devices are read fresh on every request."""
     device = _managed_device(actor, device_id)
-    retired_by_an_admin = not device.active and audit.done_by_an_admin("device", device.id, "device.deactivate")
+    admins = bool(retired_by_an_admin([device]))
     if device.active != active:
-        if active and not actor.is_admin and retired_by_an_admin:
+        if active and not actor.is_admin and admins:
             # An admin retires a bin whose key may have leaked; bringing it back revives that key.
             raise Forbidden("该设备由平台管理员停用，请联系经发办重新启用")
         device.active = active
-    elif active or not actor.is_admin or retired_by_an_admin:
+    elif active or not actor.is_admin or admins:
         return device  # as it is already: nothing to record
     # A retirement an admin repeats over a worker's is recorded as the admin's, so the worker cannot undo it.
     action = "device.reactivate" if active else "device.deactivate"
@@ -863,6 +863,11 @@ def _devices_of(actor: Actor, point_id: int) -> sa.Select:
 
 def list_devices(actor: Actor, point_id: int) -> list[Device]:
     return list(db.session.scalars(_devices_of(actor, point_id).order_by(Device.id)))
+
+
+def retired_by_an_admin(devices: list[Device]) -> set[int]:
+    """Which of these retired bins an admin retired: only an admin brings those back (their keys may have leaked)."""
+    return {d.id for d in devices if not d.active and audit.done_by_an_admin("device", d.id, "device.deactivate")}
 
 
 def device_page(actor: Actor, point_id: int, cursor: str | None, limit: int) -> dict[str, Any]:

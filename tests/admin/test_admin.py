@@ -1204,6 +1204,22 @@ def test_a_retired_points_bins_are_not_shown_as_in_use(as_admin):
     assert '回收点已停用</span> <span class="muted">投递暂被拒绝，回收点重新启用后恢复' in page
 
 
+def test_a_worker_is_not_offered_to_bring_back_a_bin_an_admin_retired(api, as_worker):
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-005", "collection_point_id": point.id})
+    mine = sorting.register_device(SYSTEM, {"code": "bin-hk-006", "collection_point_id": point.id})
+    sorting.set_device_active(SYSTEM, device.id, False)  # SYSTEM acts as an admin
+    worker = Actor(kind="staff", id=2, role="worker", community_id=community_id("hengkang"))
+    sorting.set_device_active(worker, mine.id, False)
+    page = text(as_worker.get(f"/admin/points/{point.id}"))
+    assert page.count("由平台管理员停用，请联系经发办重新启用") == 1
+    assert f"/admin/points/{point.id}/devices/{device.id}/active" not in page
+    assert f"/admin/points/{point.id}/devices/{mine.id}/active" in page  # the worker's own retirement it may undo
+    response = as_worker.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "1"})
+    assert response.status_code == 403  # a stale page is refused all the same
+    assert "由平台管理员停用" in text(response)
+
+
 def test_a_bins_secret_is_rotated_once_confirmed_and_shown_once(as_admin):
     point = make_point()
     device = sorting.register_device(SYSTEM, {"code": "bin-hk-003", "collection_point_id": point.id})
