@@ -171,6 +171,7 @@ def _residents_page(error=None, **_ignored) -> str:
         communities=people.list_communities(),
         form=request.form,
         failed_id=request.view_args.get("resident_id") if error else None,
+        frozen_by_an_admin=people.frozen_by_an_admin(page["items"]) if not actor.is_admin else set(),
         error=error,
     )
 

@@ -396,6 +396,13 @@ def status_history(actor: Actor, resident_id: int, limit: int = 10) -> list[dict
     ]  # fmt: skip
 
 
+def frozen_by_an_admin(residents: list[Resident]) -> set[int]:
+    """Which of these frozen residents an admin froze: only an admin thaws those."""
+    return {
+        r.id for r in residents if r.status == "frozen" and audit.done_by_an_admin("resident", r.id, "resident.frozen")
+    }
+
+
 def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> tuple[Resident, bool]:
     """Freeze or thaw; (the resident, whether this call changed anything)."""
     actor.require_role("admin", "worker")
@@ -408,13 +415,11 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
         raise NotFound("居民不存在")
     # 经发办 freezes over suspected fraud across communities; the community's worker, who freezes and thaws its own
     # residents, is not the one to undo that.
-    frozen_by_an_admin = resident.status == "frozen" and audit.done_by_an_admin(
-        "resident", resident.id, "resident.frozen"
-    )
-    if resident.status == status and (status == "active" or not actor.is_admin or frozen_by_an_admin):
+    admins = bool(frozen_by_an_admin([resident]))
+    if resident.status == status and (status == "active" or not actor.is_admin or admins):
         db.session.rollback()  # a stale page or a retry: nothing changes, so nothing is recorded
         return resident, False
-    if status == "active" and not actor.is_admin and frozen_by_an_admin:
+    if status == "active" and not actor.is_admin and admins:
         raise Forbidden("该账户由平台管理员冻结，请联系经发办解冻")
     # (An admin freezing what a worker froze changes no state, but makes the freeze the admin's.)
     previous, resident.status = resident.status, status

@@ -682,6 +682,9 @@ def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, worker, as
 def test_a_worker_is_told_who_may_lift_an_admins_freeze(api, as_worker):
     resident = api.resident(community_code="hengkang")
     people.set_resident_status(Actor(kind="staff", id=1, role="admin"), resident.id, "frozen", "疑似刷分，平台核查中")
+    listed = text(as_worker.get("/admin/residents"))
+    assert "由平台管理员冻结，请联系经发办" in listed  # said before the worker tries
+    assert f"/admin/residents/{resident.id}/status" not in listed
     response = as_worker.post(f"/admin/residents/{resident.id}/status", {"status": "active", "reason": "居民申诉"})
     assert response.status_code == 403
     assert "该账户由平台管理员冻结，请联系经发办解冻" in text(response)
@@ -1074,7 +1077,7 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
     assert "废纸 1000 克" in rest
     assert "玻璃 10 克" not in rest
     assert "更早的记录" not in rest
-    assert f'href="/admin/points/{point.id}">« 最新记录</a>' in rest  # back to the first page
+    assert f'href="/admin/points/{point.id}#deposits">« 最新记录</a>' in rest  # back to the first page, at the list
     assert "最新记录" not in page
 
 
@@ -1113,12 +1116,12 @@ def test_a_workers_point_page_shows_who_checked_in_newest_first_in_pages(api, as
     rest = rest[rest.index("打卡记录") :]
     assert f'href="/admin/residents/{first.id}">早起的张阿姨</a>' in rest
     assert f"#{elsewhere.id}" not in rest
-    assert f'href="/admin/points/{point.id}">« 最新打卡</a>' in rest
+    assert f'href="/admin/points/{point.id}#checkins">« 最新打卡</a>' in rest
     # paging one list keeps the other where it was
-    checkins_cursor, deposits_cursor = older.split("checkins_cursor=")[1], encode_cursor(10**6)
-    both = text(as_worker.get(f"{older}&cursor={deposits_cursor}"))
-    assert f'cursor={deposits_cursor}">« 最新打卡</a>' in both
-    assert f'checkins_cursor={checkins_cursor}">« 最新记录</a>' in both
+    checkins_cursor, deposits_cursor = older.split("checkins_cursor=")[1].split("#")[0], encode_cursor(10**6)
+    both = text(as_worker.get(f"{older.split('#')[0]}&cursor={deposits_cursor}"))
+    assert f'cursor={deposits_cursor}#checkins">« 最新打卡</a>' in both
+    assert f'checkins_cursor={checkins_cursor}#deposits">« 最新记录</a>' in both
 
 
 def test_a_points_check_ins_are_shown_for_one_local_day(api, as_admin, clock):
@@ -1385,6 +1388,10 @@ def test_a_printable_poster_names_its_point_and_is_scoped(api, as_worker):
     expected = ["恒康社区3号楼投放点", "定时定点投放站", "200 米内", "废纸", "玻璃", f"回收点编号 {point.id}"]
     for shown in [*expected, f'src="/admin/points/{point.id}/qr.svg"']:
         assert shown in page, shown
+    # the way the poster says to scan it is the way that works: WeChat's own scanner lands on a page, not a check-in
+    assert "小程序，点「扫码打卡」扫描此码" in page
+    assert "微信扫一扫" not in page
+    assert "GCJ-02" in text(as_worker.get(f"/admin/points/{point.id}"))  # positions a fence can compare
     theirs = make_point("鑫海湾站", "xinhaiwan")
     assert as_worker.get(f"/admin/points/{theirs.id}/poster").status_code == 403
     sorting.set_point_active(SYSTEM, point.id, False)
