@@ -40,6 +40,8 @@ def login():
         if security.current_staff() is not None:
             return redirect(security.next_url())
         return _login_page()
+    if not security.csrf_valid():  # a page left open too long, or a forged sign-in: no password is checked
+        return _login_page("页面已过期，请重新输入密码登录", 400)
     try:
         staff = auth.login_staff(text("username"), request.form.get("password") or "")["staff"]
     except InvalidCredentials as error:

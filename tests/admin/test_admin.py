@@ -357,6 +357,21 @@ def test_login_itself_needs_the_csrf_token(browser, admin):
     assert browser.get("/admin/").status_code == 302
 
 
+def test_a_login_page_left_open_too_long_is_shown_again_ready_to_sign_in(browser, admin):
+    """Its token went with an old cookie (12 hours, or a sign-in in another tab): the form comes back with the
+    username kept and a fresh token, not an error page to find the way back from."""
+    stale = {"username": username_of(admin), "password": PASSWORD, "csrf_token": "from-a-page-long-gone"}
+    response = browser.client.post("/admin/login?next=/admin/points", data=stale)
+    assert response.status_code == 400
+    page = text(response)
+    assert "页面已过期，请重新输入密码登录" in page
+    assert f'value="{username_of(admin)}"' in page
+    assert browser.get("/admin/").status_code == 302  # not signed in by the stale form
+    fresh = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    again = browser.client.post("/admin/login?next=/admin/points", data=stale | {"csrf_token": fresh})
+    assert (again.status_code, again.headers["Location"]) == (302, "/admin/points")
+
+
 def test_unknown_admin_paths_are_html_404s(as_admin, browser):
     response = as_admin.get("/admin/no-such-page")
     assert response.status_code == 404
