@@ -398,9 +398,7 @@ def status_history(actor: Actor, resident_id: int, limit: int = 10) -> list[dict
 
 def frozen_by_an_admin(residents: list[Resident]) -> set[int]:
     """Which of these frozen residents an admin froze: only an admin thaws those."""
-    return {
-        r.id for r in residents if r.status == "frozen" and audit.done_by_an_admin("resident", r.id, "resident.frozen")
-    }
+    return audit.held_by_admins("resident", "resident.frozen", [r.id for r in residents if r.status == "frozen"])
 
 
 def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str) -> tuple[Resident, bool]:
@@ -413,15 +411,14 @@ def set_resident_status(actor: Actor, resident_id: int, status: str, reason: str
     db.session.refresh(resident, with_for_update={"key_share": True})
     if resident.status == "closed":
         raise NotFound("居民不存在")
-    # 经发办 freezes over suspected fraud across communities; the community's worker, who freezes and thaws its own
-    # residents, is not the one to undo that.
-    admins = bool(frozen_by_an_admin([resident]))
-    if resident.status == status and (status == "active" or not actor.is_admin or admins):
-        db.session.rollback()  # a stale page or a retry: nothing changes, so nothing is recorded
+    recorded = audit.records_hold_change(
+        actor, held=resident.status == "frozen", hold=status == "frozen",
+        held_by_an_admin=bool(frozen_by_an_admin([resident])),
+        refusal=Forbidden("该账户由平台管理员冻结，请联系经发办解冻"),
+    )  # fmt: skip
+    if not recorded:  # a stale page or a retry: nothing changes, so nothing is recorded
+        db.session.rollback()
         return resident, False
-    if status == "active" and not actor.is_admin and admins:
-        raise Forbidden("该账户由平台管理员冻结，请联系经发办解冻")
-    # (An admin freezing what a worker froze changes no state, but makes the freeze the admin's.)
     previous, resident.status = resident.status, status
     if status == "frozen" and previous != "frozen":
         # Read under the lock: a login that held the row began before now (and read its `since` under it).

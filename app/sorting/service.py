@@ -826,15 +826,13 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     """Retire a smart bin (lost, stolen, broken) or bring it back. Its next request is checked against this at
     once: devices are read fresh on every request."""
     device = _managed_device(actor, device_id)
-    admins = bool(retired_by_an_admin([device]))
-    if device.active != active:
-        if active and not actor.is_admin and admins:
-            # An admin retires a bin whose key may have leaked; bringing it back revives that key.
-            raise Forbidden("该设备由平台管理员停用，请联系经发办重新启用")
-        device.active = active
-    elif active or not actor.is_admin or admins:
-        return device  # as it is already: nothing to record
-    # A retirement an admin repeats over a worker's is recorded as the admin's, so the worker cannot undo it.
+    recorded = audit.records_hold_change(
+        actor, held=not device.active, hold=not active, held_by_an_admin=bool(retired_by_an_admin([device])),
+        refusal=Forbidden("该设备由平台管理员停用，请联系经发办重新启用"),
+    )  # fmt: skip
+    if not recorded:
+        return device
+    device.active = active
     action = "device.reactivate" if active else "device.deactivate"
     audit.record(actor, action, "device", device.id, {"code": device.code, "by_role": actor.role})
     commit()
@@ -867,7 +865,7 @@ def list_devices(actor: Actor, point_id: int) -> list[Device]:
 
 def retired_by_an_admin(devices: list[Device]) -> set[int]:
     """Which of these retired bins an admin retired: only an admin brings those back (their keys may have leaked)."""
-    return {d.id for d in devices if not d.active and audit.done_by_an_admin("device", d.id, "device.deactivate")}
+    return audit.held_by_admins("device", "device.deactivate", [d.id for d in devices if not d.active])
 
 
 def device_page(actor: Actor, point_id: int, cursor: str | None, limit: int) -> dict[str, Any]:
