@@ -152,6 +152,9 @@ def _about(text: str, **more: Any) -> dict[str, Any]:
     return {"description": text, **more}
 
 
+_CAP_POINTS = "cap_reached: the points this request would have added to it"
+
+
 class _CapCounterFields(ma.Schema):
     """A daily counter that refused a request (cap_reached)."""
 
@@ -161,7 +164,7 @@ class _CapCounterFields(ma.Schema):
     cap = fields.Integer(metadata=_about("cap_reached: its daily cap, in points"))
     used = fields.Integer(metadata=_about("cap_reached: the points it has counted today"))
     remaining = fields.Integer(metadata=_about("cap_reached: the points it still has room for today"))
-    points = fields.Integer(metadata=_about("cap_reached: the points this request would have added to it"))
+    points = fields.Integer(metadata=_about(_CAP_POINTS))
 
 
 class CapCounterSchema(_CapCounterFields, ResponseSchema):
@@ -186,12 +189,7 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
         metadata=_about("too_far: how far from the point the scan was made, in metres, rounded up")
     )
     geofence_m = fields.Integer(metadata=_about("too_far: how near the point a scan must be, in metres"))
-    points = fields.Integer(
-        metadata=_about(
-            "cap_reached: the points this request would have added to it; duplicate (with deposit_id): the points "
-            "that deposit credited"
-        )
-    )
+    points = fields.Integer(metadata=_about(f"{_CAP_POINTS}; duplicate (with deposit_id): the points it credited"))
     counters = fields.List(
         fields.Nested(CapCounterSchema),
         metadata=_about("cap_reached: every refused daily counter with its own figures, the first one first"),

@@ -28,6 +28,7 @@ from app.http import Blueprint, no_body
 from app.idempotency.service import idempotent, on_kept_refusal, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
+    EXPIRES_IN,
     CheckinQuerySchema,
     CheckinSchema,
     CollectionPointCreateSchema,
@@ -60,7 +61,7 @@ MEMBER_CODE_IMAGE_HEADERS = {
         "schema": {"type": "string", "format": "date-time"},
     },
     "X-Expires-In": {
-        "description": "seconds until it expires, counted from this answer",
+        "description": EXPIRES_IN,
         "schema": {"type": "integer"},
     },
 }

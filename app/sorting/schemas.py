@@ -8,6 +8,8 @@ from app.common import Boolean, Float, Id, Integer, PageArgsSchema, ResponseSche
 from app.sorting.models import CATEGORIES, POINT_KINDS
 
 MAX_LINE_G = 200_000
+CHECKIN_DAY = "the local day (Shanghai) the check-in counts for"
+EXPIRES_IN = "seconds until it expires, counted from this answer"
 MAX_LINES = 20
 # Positions are compared as given, so both sides must use one datum. In China that is GCJ-02, the datum of the
 # map pickers (wx.chooseLocation, Tencent and Amap maps); WGS-84 positions lie about 500 m off in Shanghai.
@@ -151,10 +153,7 @@ class MemberCodeSchema(ResponseSchema):
     token = fields.String()
     expires_at = fields.AwareDateTime()
     expires_in = Integer(
-        metadata={
-            "description": "seconds until it expires, counted from this answer: refresh a little before, whatever the "
-            "phone's clock says"
-        }
+        metadata={"description": f"{EXPIRES_IN}: refresh a little before, whatever the phone's clock says"}
     )
 
 
@@ -189,7 +188,7 @@ class ScanResultSchema(ResponseSchema):
         metadata={"description": "the ledger entry; null when the check-in rule gives 0 points"},
     )
     collection_point_id = Integer(metadata={"optional": True, "description": "the point checked in at (kind checkin)"})
-    day = fields.Date(metadata={"optional": True, "description": "the local day (Shanghai) the check-in counts for"})
+    day = fields.Date(metadata={"optional": True, "description": CHECKIN_DAY})
 
 
 class CheckinSchema(ResponseSchema):
@@ -199,8 +198,8 @@ class CheckinSchema(ResponseSchema):
     id = Integer()
     resident_id = Integer()
     collection_point_id = Integer()
-    day = fields.Date(metadata={"description": "the local day (Shanghai) the check-in counts for"})
-    created_at = fields.DateTime()
+    day = fields.Date(metadata={"description": CHECKIN_DAY})
+    created_at = fields.AwareDateTime()
 
 
 class DepositLineSchema(StrictSchema):
