@@ -31,6 +31,8 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Endpoints reachable without a login: the login form itself and the HTML 404.
 NOT_FOUND = "admin.not_found"
 PUBLIC_ENDPOINTS = frozenset({"admin.login", NOT_FOUND})
+# The HTML 404/405 changes nothing; the login form checks its own token, to show itself again, not an error page.
+NO_TOKEN_CHECK = frozenset({NOT_FOUND, "admin.login"})
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
@@ -156,10 +158,8 @@ def before_request():
         g.admin_staff = staff
         g.admin_actor = g.actor = actor_for_staff(staff)
     # After the sign-in is known, so that a refusal (or a form too large to read) shows the signed-in page, menu and
-    # all. The HTML 404/405 changes nothing, so it needs no token: a wrong method gets its 405, not a CSRF refusal.
-    # The login form checks its own token, to show itself again rather than an error page.
-    checks_own_token = (NOT_FOUND, "admin.login")
-    if request.method in UNSAFE_METHODS and request.endpoint not in checks_own_token and not csrf_valid():
+    # all; a wrong method gets its 405, not a CSRF refusal.
+    if request.method in UNSAFE_METHODS and request.endpoint not in NO_TOKEN_CHECK and not csrf_valid():
         abort(400, description="页面已过期或来源无效（例如在别的窗口重新登录过），请返回上一页重新提交")
     if g.admin_staff is None and request.endpoint not in PUBLIC_ENDPOINTS:
         target = request.full_path.rstrip("?") if request.method == "GET" else None
