@@ -1,7 +1,12 @@
+import json
+from types import SimpleNamespace
+
+import pytest
 import sqlalchemy as sa
+from flask import Response
 
 from app.db import db
-from tests.conftest import assert_error
+from tests.conftest import assert_documented, assert_error
 
 
 def test_health(api):
@@ -90,3 +95,29 @@ def test_decorators_document_their_headers_security_and_errors(api):
     assert scan["security"] == [{"bearerAuth": []}]
     assert "token_revoked" in scan["responses"]["401"]["description"]
     assert "too_far" in scan["responses"]["403"]["description"]
+
+
+def test_the_suites_answer_check_refuses_what_the_document_does_not_describe(api, app):
+    """Every answer the suite receives goes through assert_documented; it must be able to fail."""
+    resident = api.resident()
+    me = api.get("/me", as_=resident)
+    body = me.get_json()
+
+    def answer(path: str, status: int, data) -> Response:
+        response = Response(json.dumps(data), status=status, mimetype="application/json")
+        response.request = me.request if path == "/api/v1/me" else SimpleNamespace(method="GET", path=path)
+        return response
+
+    assert_documented(app, answer("/api/v1/me", 200, body))
+    assert_documented(app, answer("/api/v1/no-such-thing", 200, {"anything": 1}))  # no operation, nothing to check
+    required = next(iter(body))
+    refused = [
+        answer("/api/v1/me", 200, {k: v for k, v in body.items() if k != required}),  # a required field missing
+        answer("/api/v1/me", 200, {**body, "id": "one"}),  # a wrong type
+        answer("/api/v1/me", 201, body),  # a status the operation does not answer with this body (default: errors)
+        answer("/api/v1/me", 401, {"error": {"code": "unauthorized", "message": "x", "stray": 1}}),  # undeclared field
+        answer("/api/v1/me", 401, {"error": {"code": "not-a-code", "message": "x"}}),  # outside the enum
+    ]
+    for bad in refused:
+        with pytest.raises(AssertionError):
+            assert_documented(app, bad)
