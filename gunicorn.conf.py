@@ -31,6 +31,7 @@ keepalive = 5
 accesslog = os.environ.get("ACCESS_LOG", "-") or None  # empty: no access log
 # The path without its query: queries carry residents' positions (?near=) and nicknames searched for (?q=).
 access_log_format = '%(t)s %(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
+logger_class = "app.serving.AccessLogger"  # %(U)s as the client sent it: a %0A in a path cannot forge a log line
 # Nothing here uses gunicorn's control interface, and its socket has one default path per user: a second server on
 # the machine (the benchmark's beside `make run`) would fight over it.
 control_socket_disable = True

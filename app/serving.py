@@ -1,4 +1,5 @@
-"""What gunicorn answers by itself, before a request reaches the app, in the project's JSON envelope.
+"""What gunicorn answers by itself, before a request reaches the app, in the project's JSON envelope; and what its
+access log writes of a request's path.
 
 Gunicorn refuses a request line over 4094 bytes (414), too many or too large headers (431) and malformed requests
 (400) with an HTML page of its own. Clients of this API read every error as `{"error": {...}}`, so those answers are
@@ -9,6 +10,9 @@ before the workers fork, covers every worker class.
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
+
+from gunicorn.glogging import Logger
 
 from app.errors import HTTP_CODES, InternalError, envelope
 
@@ -37,3 +41,15 @@ def install_json_errors() -> None:
         util.write_nonblock(sock, error_bytes(status_int, reason, mesg))
 
     util.write_error = write_error
+
+
+class AccessLogger(Logger):
+    """Logs a request's path as the client sent it, still percent-encoded. Gunicorn's `%(U)s` is the decoded path, in
+    which a `%0A` starts a new line: anyone could write a line of their own (a time, an address, a login) into the log
+    that operators search."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        path = urlsplit(environ.get("RAW_URI") or "").path
+        atoms["U"] = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)
+        return atoms

@@ -9,8 +9,10 @@ import runpy
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pytest
 
@@ -42,7 +44,7 @@ def server(tmp_path_factory):
         "BIND": f"unix:{sock}",
         "WEB_CONCURRENCY": "1",
         "GUNICORN_THREADS": "1",
-        "ACCESS_LOG": "/dev/null",
+        "ACCESS_LOG": str(folder / "access.log"),
         "DATABASE_URL": f"sqlite:///{folder / 'serving.db'}",
     }
     gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -94,6 +96,34 @@ def test_a_status_gunicorn_may_add_later_still_gets_an_envelope():
         "details": {},
     }
     assert json.loads(error_bytes(418, "Teapot", "odd").partition(b"\r\n\r\n")[2])["error"]["code"] == "bad_request"
+
+
+def _logged(server, mark: str) -> list[str]:
+    """The access log's lines that mention `mark`, once there are any (gunicorn writes them after answering)."""
+    log = server.parent / "access.log"
+    for _ in range(200):
+        if lines := [line for line in log.read_text().splitlines() if mark in line]:
+            return lines
+        time.sleep(0.05)
+    pytest.fail(f"nothing in the access log mentions {mark}")
+
+
+def test_a_line_break_in_a_path_cannot_forge_a_line_in_the_access_log(server):
+    forged = '[01/Dec/2026:22:00:00 +0000] 203.0.113.9 "POST /api/v1/auth/login HTTP/1.1" 200 99 0.01s rid=forged'
+    path = "/api/v1/forged-log%0A" + quote(forged) + "%0D%0A%09%00"
+    request = f"GET {path}?near=31.23,121.47 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    assert _exchange(server, request.encode())[0] == 404
+    (line,) = _logged(server, "forged-log")
+    assert path in line  # as sent, still percent-encoded, on the request's own line
+    assert "near=" not in line  # queries carry positions
+    assert not any(entry.startswith("[01/Dec/2026:22:00:00") for entry in (server.parent / "access.log").open())
+
+
+def test_a_paths_characters_are_logged_as_sent(server):
+    path = "/api/v1/logged-%E6%81%92%E5%BA%B7/a%20b"
+    assert _exchange(server, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())[0] == 404
+    (line,) = _logged(server, "logged-")
+    assert f'"GET {path} HTTP/1.1" 404' in line
 
 
 def test_the_app_still_answers_through_the_same_server(server):
