@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 import uuid
 from decimal import Decimal
 from functools import wraps
@@ -271,28 +270,41 @@ def _whole_body() -> bytes:
     return body
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return data
+
+
 def _check_json_body(body: bytes) -> None:
-    """What no body parser further down answers well, refused up front: nesting deeper than MAX_JSON_DEPTH (a
+    """What no body parser further down answers well, refused up front: a name given twice in one object (the
+    parsers would keep the last value and silently drop the first), nesting deeper than MAX_JSON_DEPTH (a
     RecursionError in whichever parser recurses), an integer of more digits than Python reads (4,300: json.loads
-    raises a plain ValueError) and text the database cannot store. The raw bytes tell whether a body could hold any
-    of them, so most bodies are never parsed here, and the others once."""
-    deep = body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
-    limit = sys.get_int_max_str_digits()
-    long = bool(limit) and len(body) > limit
-    escaped = b"\\u" in body  # in UTF-8, JSON carries U+0000 or a lone surrogate only as a \u escape
-    if not (deep or long or escaped):
-        return
+    raises a plain ValueError) and text the database cannot store. The raw bytes tell whether a body could nest too
+    deep or hold such text, so only those bodies are walked for them."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise BadRequest("JSON 嵌套层数过多") from None
+    except _DuplicateKey as exc:
+        raise BadRequest(f"JSON 中的字段重复出现：{_printable(exc.key)}") from None
     except json.JSONDecodeError:
         return  # not JSON: the body's parser answers with its own error
     except ValueError:
         raise BadRequest("JSON 中的数字位数过多") from None
-    if deep:
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
         _refuse_deep_nesting(data)
-    if escaped:
+    if b"\\u" in body:  # in UTF-8, JSON carries U+0000 or a lone surrogate only as a \u escape
         _refuse_unstorable_json(data)
 
 

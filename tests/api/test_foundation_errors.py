@@ -16,8 +16,8 @@ from openapi_spec_validator import validate
 
 from app import create_app
 from app.db import db
-from app.people.models import Community
-from tests.conftest import PG, ROOT, ApiClient, assert_error, community_id
+from app.people.models import Community, Resident
+from tests.conftest import PG, ROOT, ApiClient, assert_error, community_id, count
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -126,6 +126,31 @@ def test_body_under_the_limit_is_not_rejected_for_size(bare):
 def test_malformed_json_is_bad_request(bare, raw):
     response = bare.post("/auth/wechat", data=raw, content_type="application/json")
     assert_envelope(response, 400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ('{"nickname": "a", "nickname": "b"}', "nickname"),
+        ('{"nickname": "a", "community_id": null, "nickname": "a"}', "nickname"),  # even with the same value
+        ('{"nickname": "a", "x": {"k": 1, "k": 2}}', "k"),  # in a nested object too
+        ('{"nickname": "a", "\\u0000": 1, "\\u0000": 2}', "\\x00"),  # named printably
+    ],
+)
+def test_a_name_given_twice_in_one_object_is_bad_request(api, raw, key):
+    """JSON parsers keep the last of two values under one name and drop the first without a word: refused instead,
+    naming it, and nothing is changed."""
+    me = api.resident()
+    before = api.get("/me", as_=me).get_json()
+    response = api.patch("/me", as_=me, data=raw, content_type="application/json")
+    assert assert_envelope(response, 400, "bad_request")["message"] == f"JSON 中的字段重复出现：{key}"
+    assert api.get("/me", as_=me).get_json() == before
+
+
+def test_a_login_with_a_name_given_twice_logs_nobody_in(api):
+    response = api.post("/auth/wechat", data='{"code": "stub:a", "code": "stub:b"}', content_type="application/json")
+    assert assert_envelope(response, 400, "bad_request")["message"] == "JSON 中的字段重复出现：code"
+    assert count(Resident) == 0
 
 
 def nested(levels: int) -> str:
