@@ -476,6 +476,17 @@ def _bearer_in_any_case() -> None:
         request.environ["HTTP_AUTHORIZATION"] = "Bearer " + value[7:]
 
 
+def _options_answer(app: Flask):
+    """OPTIONS names a path's methods in Allow, with no content: Flask's own answer is an empty 200 labelled HTML."""
+
+    def answer():
+        response = Flask.make_default_options_response(app)
+        response.status_code = 204
+        return response
+
+    return answer
+
+
 def register_http(app: Flask) -> None:
     from flask_smorest.spec.plugins import integerconverter2paramschema
 
@@ -492,6 +503,7 @@ def register_http(app: Flask) -> None:
     api.ma_plugin.converter.add_attribute_function(_no_null_defaults)
     app.json.ensure_ascii = False  # readable zh-CN on the wire; the body is UTF-8 either way
     app.json.sort_keys = False
+    app.make_default_options_response = _options_answer(app)
     app.before_request(_assign_request_id)
     app.before_request(_bearer_in_any_case)
     app.before_request(_require_json_body)

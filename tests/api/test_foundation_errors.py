@@ -93,6 +93,16 @@ def test_wrong_method_is_method_not_allowed_with_allow_header(bare):
     assert {"GET", "POST"} <= allowed
 
 
+@pytest.mark.parametrize(("path", "methods"), [("/me", {"GET", "PATCH"}), ("/communities", {"GET", "POST"})])
+def test_options_names_the_methods_with_no_content(bare, path, methods):
+    response = bare.request("OPTIONS", path)
+    assert response.status_code == 204
+    assert methods <= {m.strip() for m in response.headers["Allow"].split(",")}
+    assert "Content-Type" not in response.headers
+    assert response.get_data() == b""
+    assert response.headers["X-Request-Id"]
+
+
 def test_body_over_64_kib_is_payload_too_large(bare):
     response = bare.post(
         "/auth/wechat", data=b'{"code": "' + b"x" * (64 * 1024) + b'"}', content_type="application/json"
