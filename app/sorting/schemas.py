@@ -57,6 +57,7 @@ class CollectionPointCreateSchema(StrictSchema):
         fields.String(validate=validate.OneOf(CATEGORIES)),
         load_default=lambda: list(CATEGORIES),
         validate=_CATEGORY_LIST,
+        metadata={"uniqueItems": True},
     )
 
     @validates_schema
@@ -80,6 +81,7 @@ class CollectionPointUpdateSchema(CollectionPointCreateSchema):
     categories = fields.List(
         fields.String(validate=validate.OneOf(CATEGORIES)),
         validate=_CATEGORY_LIST,
+        metadata={"uniqueItems": True},
     )
     active = Boolean()
 
@@ -98,7 +100,7 @@ class CollectionPointSchema(ResponseSchema):
     lat = Float(allow_none=True, metadata={"description": f"latitude in {DATUM}; null when the point has no position"})
     lng = Float(allow_none=True, metadata={"description": f"longitude in {DATUM}"})
     geofence_m = Integer(allow_none=True, metadata={"description": "scans must be within this many metres; null: none"})
-    categories = fields.List(fields.String(validate=validate.OneOf(CATEGORIES)))
+    categories = fields.List(fields.String(validate=validate.OneOf(CATEGORIES)), metadata={"uniqueItems": True})
     active = Boolean()
     distance_m = Integer(
         allow_none=True, dump_default=None, metadata={"description": "metres from ?near=; null without it"}
@@ -115,7 +117,7 @@ class PointQuerySchema(StrictSchema):
     near = fields.String(
         load_default=None,
         validate=validate.Regexp(r"^-?[0-9]{1,3}(\.[0-9]+)?,-?[0-9]{1,3}(\.[0-9]+)?\Z"),  # ASCII digits, not \d's
-        metadata={"description": f"lat,lng in {DATUM}: the nearest first"},
+        metadata={"description": f"lat,lng in {DATUM} (lat -90 to 90, lng -180 to 180): the nearest first"},
     )
     active = fields.Boolean(
         load_default=True,
