@@ -10,7 +10,6 @@ before the workers fork, covers every worker class.
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 from gunicorn.glogging import Logger
 
@@ -50,6 +49,6 @@ class AccessLogger(Logger):
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
-        path = urlsplit(environ.get("RAW_URI") or "").path
+        path = (environ.get("RAW_URI") or "").partition("?")[0]
         atoms["U"] = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)
         return atoms

@@ -119,10 +119,12 @@ def test_a_line_break_in_a_path_cannot_forge_a_line_in_the_access_log(server):
     assert not any(entry.startswith("[01/Dec/2026:22:00:00") for entry in (server.parent / "access.log").open())
 
 
-def test_a_paths_characters_are_logged_as_sent(server):
-    path = "/api/v1/logged-%E6%81%92%E5%BA%B7/a%20b"
+@pytest.mark.parametrize(
+    ("path", "mark"), [("/api/v1/logged-%E6%81%92%E5%BA%B7/a%20b", "logged-%E6"), ("//logged-twice/scans", "logged-tw")]
+)
+def test_a_paths_characters_are_logged_as_sent(server, path, mark):
     assert _exchange(server, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())[0] == 404
-    (line,) = _logged(server, "logged-")
+    (line,) = _logged(server, mark)
     assert f'"GET {path} HTTP/1.1" 404' in line
 
 
