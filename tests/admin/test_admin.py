@@ -1413,6 +1413,17 @@ def test_a_printable_poster_names_its_point_and_is_scoped(api, as_worker):
     assert as_worker.get(f"/admin/points/{point.id}/poster").status_code == 409  # a retired point's poster would fail
 
 
+@pytest.mark.parametrize(("length", "long"), [(40, False), (41, True), (128, True)])
+def test_a_posters_long_name_is_set_smaller_so_the_poster_stays_one_page(as_admin, length, long):
+    """Checked by printing to PDF in Chromium: at the longest name and address a point may have, the poster is one
+    A4 page, its QR (60 mm, not 120) still decoding. The print layout gives the QR's height up to the text."""
+    point = make_point("恒" * length)
+    page = text(as_admin.get(f"/admin/points/{point.id}/poster"))
+    assert ('<p class="name long">' in page) is long
+    assert "height: 273mm" in page
+    assert "min-height: 60mm" in page
+
+
 def test_a_point_edited_without_categories_is_told_as_when_created(as_admin):
     point = make_point()
     form = {"name": point.name, "kind": "station", "address": "", "lat": "", "lng": "", "geofence_m": ""}
