@@ -814,7 +814,7 @@ def test_rule_publish_creates_version_2(as_admin, clock):
     starts = (clock.now + timedelta(seconds=10)).astimezone(SHANGHAI)
     scheduled = text(as_admin.get("/admin/rules"))  # the page after the redirect: the flash, version 1 still in force
     assert f"第 2 版，将于 {starts:%Y-%m-%d %H:%M:%S} 生效" in scheduled
-    assert f"新版本将于 {starts:%Y-%m-%d %H:%M:%S} 生效" in scheduled
+    assert f'新版本将于 <span class="nowrap">{starts:%Y-%m-%d %H:%M:%S}</span> 生效' in scheduled  # kept on one line
     assert "立即生效" not in scheduled
     clock.advance(seconds=11)  # a new version starts once every worker's rule cache can have seen it
     page = text(as_admin.get("/admin/rules"))
@@ -831,7 +831,8 @@ def test_the_publish_page_names_the_future_version_it_will_replace(api, as_admin
         "effective_from": start.isoformat(),
     }
     assert api.post("/rules", as_=api.staff("admin"), json=body).status_code == 201
-    assert f"新版本将于 {start:%Y-%m-%d %H:%M:%S} 生效" in text(as_admin.get("/admin/rules"))
+    rules = text(as_admin.get("/admin/rules"))
+    assert f'新版本将于 <span class="nowrap">{start:%Y-%m-%d %H:%M:%S}</span> 生效' in rules
     page = text(as_admin.get("/admin/rules/publish?activity=sorting:metal"))
     assert f"第 2 版（{start:%Y-%m-%d %H:%M:%S} 起）" in page
     assert "发布第 3 版" in page
