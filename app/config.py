@@ -70,8 +70,9 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
 
 API_CONVENTIONS = (
     "约定（详见 API.md）：请求与应答均为 UTF-8 JSON；同一对象中的字段名不可重复（400 bad_request），"
-    "未声明的字段是 422 validation_error；文本字段不接受空字符、控制字符与文字方向控制符（原因、来源等多行文本"
-    "可含换行与制表符），前后空白会被去掉，只有空白的必填文本视为未填。时间为带时区偏移的 ISO 8601（服务器给出 UTC），"
+    "未声明的字段与查询参数是 422 validation_error；文本字段不接受空字符、控制字符与文字方向控制符"
+    "（原因、来源等多行文本可含换行与制表符），前后空白会被去掉，只有空白的必填文本视为未填。"
+    "时间为带时区偏移的 ISO 8601（服务器给出 UTC），"
     '“一天”指上海本地日。每个 4xx/5xx 应答都是 {"error": {"code", "message", "details"}}，'
     "code 稳定可判断，message 为可直接展示的中文。每个应答带 X-Request-Id（请求可自带 8 到 64 位的 "
     "[A-Za-z0-9._-]），报障时请附上；500 的 details.request_id 与之相同。列表按游标分页：?limit= 与上一页的 "

@@ -385,10 +385,13 @@ class IdConverter(IntegerConverter):
 
 class Blueprint(SmorestBlueprint):
     """flask-smorest's blueprint, with argument schemas built once: given a class, the parser would instantiate
-    (and deep-copy the fields of) a new schema on every request. A view that takes arguments documents the
-    errors their parsing answers with: 422 validation_error, and 400/413 for a JSON body."""
+    (and deep-copy the fields of) a new schema on every request. A query parameter the schema does not name is
+    refused, as a body's unknown field is. A view that takes arguments documents the errors their parsing answers
+    with: 422 validation_error, and 400/413 for a JSON body."""
 
     def arguments(self, schema, **kwargs):
+        if kwargs.get("location") == "query":  # webargs ignores unknown query parameters: a typo'd filter would too
+            kwargs.setdefault("unknown", ma.RAISE)
         parse = super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)
         body = kwargs.get("location", "json") == "json"
         errors = (ValidationError, BadRequest, PayloadTooLarge) if body else (ValidationError,)

@@ -361,6 +361,22 @@ def test_query_string_errors_are_listed_per_field(api):
 
 
 @pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/collection-points", "categories=glass", "categories"),  # the filter is ?category=
+        ("/collection-points", "category=glass&page=2", "page"),  # lists page by cursor
+        ("/me/ledger", "limit=5&since=2026-01-01", "since"),
+        ("/rules", "activity=sorting:paper", "activity"),
+    ],
+)
+def test_a_query_parameter_a_list_does_not_take_is_refused_not_ignored(api, path, query, field):
+    """A typo in a filter would otherwise give the whole, unfiltered list, and look like it worked."""
+    me = api.resident()
+    fields = assert_envelope(api.get(f"{path}?{query}", as_=me), 422, "validation_error")["details"]["fields"]
+    assert fields == {field: ["不支持的字段"]}
+
+
+@pytest.mark.parametrize(
     ("query", "field"),
     [("limit=%D9%A3", "limit"), ("limit=%C2%852", "limit"), ("community_id=%E0%A5%A7", "community_id"),
      ("near=%D9%A3%D9%A0.8,121.5", "near")],
