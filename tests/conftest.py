@@ -281,7 +281,7 @@ def db_session(app):
         _wipe()
         carbon.clear_cache()
         clear_point_cache()
-        seed_reference()
+        _reseed_reference()
         yield db.session
         db.session.remove()
 
