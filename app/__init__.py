@@ -30,10 +30,10 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
 
 
 def register_logging(app: Flask) -> None:
-    from app.http import RequestIdFilter
+    from app.http import OneLineFormatter, RequestIdFilter
 
     handler = logging.StreamHandler()
-    formatter = logging.Formatter(
+    formatter = OneLineFormatter(
         "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S%z"
     )
     formatter.converter = time.gmtime  # UTC and saying so, like gunicorn's own lines

@@ -41,6 +41,18 @@ log = logging.getLogger("app.http")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}\Z")
 
 
+_LINE_BREAKING = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class OneLineFormatter(logging.Formatter):
+    """A message stays on its own line: a username or a path in it may carry a line break, which would start a line
+    of the sender's choosing in the log operators search. A traceback appended after the message keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return _LINE_BREAKING.sub(lambda m: m.group().encode("unicode_escape").decode(), line)
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = g.get("request_id", "-") if has_request_context() else "-"

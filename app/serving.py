@@ -45,10 +45,11 @@ def install_json_errors() -> None:
 class AccessLogger(Logger):
     """Logs a request's path as the client sent it, still percent-encoded. Gunicorn's `%(U)s` is the decoded path, in
     which a `%0A` starts a new line: anyone could write a line of their own (a time, an address, a login) into the log
-    that operators search."""
+    that operators search. What a path may not hold unencoded (RFC 3986), a quote or a backslash that would end the
+    quoted field early, is percent-encoded here."""
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
         path = (environ.get("RAW_URI") or "").partition("?")[0]
-        atoms["U"] = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in path)
+        atoms["U"] = "".join(c if c.isprintable() and c not in '"\\' else f"%{ord(c):02X}" for c in path)
         return atoms

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import runpy
 import socket
@@ -16,7 +17,9 @@ from urllib.parse import quote
 
 import pytest
 
+from app import register_logging
 from app.errors import HTTP_CODES
+from app.http import OneLineFormatter
 from app.serving import error_bytes
 from tests.conftest import ROOT, running_server
 
@@ -120,12 +123,17 @@ def test_a_line_break_in_a_path_cannot_forge_a_line_in_the_access_log(server):
 
 
 @pytest.mark.parametrize(
-    ("path", "mark"), [("/api/v1/logged-%E6%81%92%E5%BA%B7/a%20b", "logged-%E6"), ("//logged-twice/scans", "logged-tw")]
+    ("path", "logged"),
+    [
+        ("/api/v1/logged-%E6%81%92%E5%BA%B7/a%20b", None),
+        ("//logged-twice/scans", None),
+        ('/api/v1/logged-quote\\"_200_-', "/api/v1/logged-quote%5C%22_200_-"),  # would end the quoted field early
+    ],
 )
-def test_a_paths_characters_are_logged_as_sent(server, path, mark):
+def test_a_paths_characters_are_logged_as_sent(server, path, logged):
     assert _exchange(server, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())[0] == 404
-    (line,) = _logged(server, mark)
-    assert f'"GET {path} HTTP/1.1" 404' in line
+    (line,) = _logged(server, path[:18])
+    assert f'"GET {logged or path} HTTP/1.1" 404' in line
 
 
 def test_the_app_still_answers_through_the_same_server(server):
@@ -201,3 +209,30 @@ def test_a_refused_configuration_is_one_line_naming_every_problem(tmp_path, comm
                     "PUBLIC_BASE_URL", "REDIS_URL"):  # fmt: skip
         assert problem in lines[0]
     assert not (tmp_path / "never.db").exists()
+
+
+def test_a_logged_message_stays_on_its_own_line():
+    """A username or a path in a message may carry a line break; escaped, it cannot start a line of its own."""
+    formatter = OneLineFormatter("%(levelname)s %(name)s: %(message)s")
+    forged = "rvzz\n[01/Dec/2026:22:00:00 +0000] forged\r\u2028\x85end"
+    record = logging.LogRecord("app.auth", logging.WARNING, __file__, 1, "login locked: %s", (forged,), None)
+    assert formatter.format(record) == (
+        "WARNING app.auth: login locked: rvzz\\n[01/Dec/2026:22:00:00 +0000] forged\\r\\u2028\\x85end"
+    )
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord("app", logging.ERROR, __file__, 1, "failed: %s", ("a\nb",), sys.exc_info())
+    first, *traceback = formatter.format(failed).splitlines()
+    assert first == "ERROR app: failed: a\\nb"
+    assert traceback[0] == "Traceback (most recent call last):"  # a traceback keeps its lines
+    assert traceback[-1] == "ValueError: boom"
+
+
+def test_the_apps_log_handler_keeps_messages_on_their_own_lines(monkeypatch):
+    logger = logging.getLogger("app")
+    monkeypatch.setattr(logger, "handlers", [])
+    monkeypatch.setattr(logger, "propagate", True)
+    register_logging(SimpleNamespace(testing=False))
+    (handler,) = logger.handlers
+    assert isinstance(handler.formatter, OneLineFormatter)
