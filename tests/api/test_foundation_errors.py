@@ -377,6 +377,19 @@ def test_a_query_parameter_a_list_does_not_take_is_refused_not_ignored(api, path
 
 
 @pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/collection-points", "category=paper&category=glass", "category"),  # one category per list
+        ("/me/ledger", "limit=5&limit=6", "limit"),
+    ],
+)
+def test_a_query_parameter_given_twice_is_refused_not_half_read(api, path, query, field):
+    me = api.resident()
+    fields = assert_envelope(api.get(f"{path}?{query}", as_=me), 422, "validation_error")["details"]["fields"]
+    assert fields == {field: ["参数不能重复出现"]}
+
+
+@pytest.mark.parametrize(
     ("query", "field"),
     [("limit=%D9%A3", "limit"), ("limit=%C2%852", "limit"), ("community_id=%E0%A5%A7", "community_id"),
      ("near=%D9%A3%D9%A0.8,121.5", "near")],
