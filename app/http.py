@@ -8,7 +8,7 @@ import re
 import uuid
 from decimal import Decimal
 from functools import wraps
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import marshmallow as ma
 import redis
@@ -284,6 +284,9 @@ def _whole_body() -> bytes:
     return body
 
 
+_JSON_BODY, _UNREAD = "app.json_body", object()
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: str) -> None:
         self.key = key
@@ -320,6 +323,13 @@ def _check_json_body(body: bytes) -> None:
         _refuse_deep_nesting(data)
     if b"\\u" in body:  # in UTF-8, JSON carries U+0000 or a lone surrogate only as a \u escape
         _refuse_unstorable_json(data)
+    request.environ[_JSON_BODY] = data  # the request's own: `g` lives as long as an app context, which may hold many
+
+
+def json_body(default: Any = None) -> Any:
+    """The request's JSON body as parsed once, up front, by the checks above, for every later reader (webargs, the
+    idempotency layer); `default` if there is none (no body, or one that is not JSON)."""
+    return request.environ.get(_JSON_BODY, default)
 
 
 def _refuse_deep_nesting(data) -> None:
@@ -397,9 +407,10 @@ class IdConverter(IntegerConverter):
             raise NotFound() from None
 
 
-class QueryStrictParser(FlaskParser):
+class ApiParser(FlaskParser):
     """webargs, refusing what it would pass over in a query string: a parameter the schema does not name (a typo'd
-    filter would give the whole list as if it had worked), and one given twice (only the first would be read)."""
+    filter would give the whole list as if it had worked), and one given twice (only the first would be read). A JSON
+    body is the one the request's checks parsed, not parsed again."""
 
     DEFAULT_UNKNOWN_BY_LOCATION: ClassVar[dict[str, str | None]] = {
         **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
@@ -412,6 +423,10 @@ class QueryStrictParser(FlaskParser):
             raise fields_error({name: ["参数不能重复出现"] for name in repeated})
         return super().load_querystring(req, schema)
 
+    def _raw_load_json(self, req):
+        body = json_body(_UNREAD)  # parsed already; webargs' own parse answers a body that is not JSON
+        return super()._raw_load_json(req) if body is _UNREAD else body
+
 
 class Blueprint(SmorestBlueprint):
     """flask-smorest's blueprint, with argument schemas built once: given a class, the parser would instantiate
@@ -419,7 +434,7 @@ class Blueprint(SmorestBlueprint):
     refused, as a body's unknown field is. A view that takes arguments documents the errors their parsing answers
     with: 422 validation_error, and 400/413 for a JSON body."""
 
-    ARGUMENTS_PARSER = QueryStrictParser()
+    ARGUMENTS_PARSER = ApiParser()
 
     def arguments(self, schema, **kwargs):
         parse = super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)

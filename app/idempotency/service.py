@@ -24,7 +24,7 @@ from app.auth.guards import current_actor
 from app.clock import utcnow
 from app.db import db, dialect_name, run, upsert_insert
 from app.errors import AppError, IdempotencyConflict, field_error
-from app.http import error_response, handle_http_exception
+from app.http import error_response, handle_http_exception, json_body
 from app.idempotency.models import IdempotencyKey
 
 HEADER = IDEMPOTENCY_HEADER
@@ -40,7 +40,7 @@ HEADER_DOC = {
 
 
 def _request_hash() -> str:
-    body = request.get_json(silent=True)
+    body = json_body()
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"{request.method} {request.path}\n{canonical}".encode()).hexdigest()
 

@@ -157,6 +157,25 @@ def test_a_name_given_twice_in_one_object_is_bad_request(api, raw, key):
     assert api.get("/me", as_=me).get_json() == before
 
 
+def test_a_body_is_parsed_once_for_every_reader(api, monkeypatch):
+    """The up-front checks parse it; webargs and the idempotency layer read that parse rather than the bytes again."""
+    from webargs import flaskparser
+
+    admin, me = api.staff("admin"), api.resident()
+
+    def parsed_again(*args, **kwargs):
+        raise AssertionError("the body was parsed a second time")
+
+    monkeypatch.setattr(flaskparser.core, "parse_json", parsed_again)
+    monkeypatch.setattr(flask.Request, "get_json", parsed_again)
+    body, key = {"delta": 5, "reason": "补录"}, {"Idempotency-Key": "once-1"}
+    first = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=key)
+    assert first.status_code == 201, first.get_json()
+    again = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers=key)  # the same body's hash
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+
+
 def test_a_login_with_a_name_given_twice_logs_nobody_in(api):
     response = api.post("/auth/wechat", data='{"code": "stub:a", "code": "stub:b"}', content_type="application/json")
     assert assert_envelope(response, 400, "bad_request")["message"] == "JSON 中的字段重复出现：code"
