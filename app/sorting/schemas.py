@@ -21,6 +21,11 @@ def _distinct(categories: list[str]) -> None:
         raise ValidationError("品类不能重复")
 
 
+def _categories(**kwargs) -> fields.List:
+    """A point's categories, each one of CATEGORIES and none twice."""
+    return fields.List(fields.String(validate=validate.OneOf(CATEGORIES)), metadata={"uniqueItems": True}, **kwargs)
+
+
 _CATEGORY_LIST = [
     validate.Length(min=1, error="请至少选择一个回收品类"),
     validate.Length(max=len(CATEGORIES)),
@@ -53,12 +58,7 @@ class CollectionPointCreateSchema(StrictSchema):
     lat = _latitude(load_default=None)
     lng = _longitude(load_default=None)
     geofence_m = Integer(load_default=None, allow_none=True, validate=validate.Range(min=10, max=5000))
-    categories = fields.List(
-        fields.String(validate=validate.OneOf(CATEGORIES)),
-        load_default=lambda: list(CATEGORIES),
-        validate=_CATEGORY_LIST,
-        metadata={"uniqueItems": True},
-    )
+    categories = _categories(load_default=lambda: list(CATEGORIES), validate=_CATEGORY_LIST)
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
@@ -78,11 +78,7 @@ class CollectionPointUpdateSchema(CollectionPointCreateSchema):
     lat = _latitude()
     lng = _longitude()
     geofence_m = Integer(allow_none=True, validate=validate.Range(min=10, max=5000))
-    categories = fields.List(
-        fields.String(validate=validate.OneOf(CATEGORIES)),
-        validate=_CATEGORY_LIST,
-        metadata={"uniqueItems": True},
-    )
+    categories = _categories(validate=_CATEGORY_LIST)
     active = Boolean()
 
     @validates_schema
@@ -100,7 +96,7 @@ class CollectionPointSchema(ResponseSchema):
     lat = Float(allow_none=True, metadata={"description": f"latitude in {DATUM}; null when the point has no position"})
     lng = Float(allow_none=True, metadata={"description": f"longitude in {DATUM}"})
     geofence_m = Integer(allow_none=True, metadata={"description": "scans must be within this many metres; null: none"})
-    categories = fields.List(fields.String(validate=validate.OneOf(CATEGORIES)), metadata={"uniqueItems": True})
+    categories = _categories()
     active = Boolean()
     distance_m = Integer(
         allow_none=True, dump_default=None, metadata={"description": "metres from ?near=; null without it"}
