@@ -180,12 +180,12 @@ def without_append_only_guard(*statements: str, params: dict | None = None) -> N
     db.session.commit()
 
 
-def _set_sequences(value: str, tables: list[str] | None = None) -> str:
-    """One PostgreSQL statement setting the id sequence of every table with one (of `tables`) to `value`, SQL that
-    may name the table as {t}."""
+def _restart_sequences() -> str:
+    """One PostgreSQL statement that makes every id sequence give its table's next id after the highest (1 if empty),
+    as RESTART IDENTITY did after TRUNCATE."""
     serial = [t.name for t in db.metadata.sorted_tables if t.autoincrement_column is not None]
-    chosen = [name for name in serial if tables is None or name in tables]
-    return "SELECT " + ", ".join(f"setval(pg_get_serial_sequence('{t}', 'id'), {value.format(t=t)})" for t in chosen)
+    next_id = "setval(pg_get_serial_sequence('{t}', 'id'), coalesce((SELECT max(id) FROM {t}), 0) + 1, false)"
+    return "SELECT " + ", ".join(next_id.format(t=t) for t in serial)
 
 
 def _wipe() -> None:
@@ -196,7 +196,7 @@ def _wipe() -> None:
         statements = [
             "SET LOCAL session_replication_role = replica",
             *(f"DELETE FROM {name}" for name in tables),
-            _set_sequences("1, false"),
+            _restart_sequences(),
         ]
         db.session.connection().connection.driver_connection.execute(";".join(statements))  # psycopg: no params
         db.session.commit()
@@ -224,7 +224,7 @@ def _reseed_reference() -> None:
         if table.name in reference:
             db.session.execute(sa.insert(table), reference[table.name])
     if db.engine.dialect.name == "postgresql":
-        db.session.execute(sa.text(_set_sequences("(SELECT max(id) FROM {t})", list(reference))))
+        db.session.execute(sa.text(_restart_sequences()))
     db.session.commit()
 
 
