@@ -114,7 +114,8 @@ ledger = AppGroup("ledger", help="Ledger audit.")
 
 @ledger.command("verify")
 def ledger_verify() -> None:
-    """Recompute every hash chain and balance; exit 1 and name the first bad entry on failure."""
+    """Recompute every hash chain and balance, and check each chain is dated in order; exit 1 and name the first
+    bad entry on failure."""
     import time
 
     from app.ledger.verify import verify_ledger

@@ -27,6 +27,8 @@ class Account(db.Model):
     co2e_g: Mapped[int] = mapped_column(sa.BigInteger, default=0)
     last_seq: Mapped[int] = mapped_column(default=0)
     last_hash: Mapped[str] = mapped_column(sa.String(64), default=GENESIS_HASH)
+    # The newest entry's moment: the next is never dated before it, so the chain's order is also its time order.
+    last_entry_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,20 @@ from app.carbon.methodology import CapCharge
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
 from app.db import bound_row, commit, db, dialect_name, get_or_404, run
-from app.errors import CapReached, Duplicate, InsufficientPoints, InvalidState, NotFound, field_error
+from app.errors import (
+    CapReached,
+    Duplicate,
+    InsufficientPoints,
+    InvalidState,
+    NotFound,
+    ServiceUnavailable,
+    field_error,
+)
 from app.ledger.chain import TOKEN, canonical, link, micros
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
 from app.people.models import Resident
+
+log = logging.getLogger(__name__)
 
 
 def _tz() -> str:
@@ -37,7 +48,7 @@ def open_account(resident_id: int) -> Account:
 
 
 _LOCK_ACCOUNT = (
-    sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash)
+    sa.select(Account.id, Account.balance, Account.last_seq, Account.last_hash, Account.last_entry_at)
     .where(Account.resident_id == sa.bindparam("lock_resident_id"))
     .with_for_update(of=Account.__table__)
 )
@@ -112,6 +123,7 @@ def _head_update(*conditions) -> sa.Update:
             balance=sa.bindparam("p_balance_after"),
             last_seq=sa.bindparam("p_seq"),
             last_hash=sa.bindparam("p_hash"),
+            last_entry_at=sa.bindparam("p_created_at", type_=accounts.c.last_entry_at.type),
             co2e_g=accounts.c.co2e_g + sa.bindparam("p_co2e_g"),
             lifetime_earned=accounts.c.lifetime_earned + sa.bindparam("p_lifetime"),
         )
@@ -242,6 +254,20 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
     raise CapReached("；".join(messages), details=details)
 
 
+def _dated(at: datetime | None, last: datetime | None) -> datetime:
+    """An entry's moment, taken under the account's lock: never before the entry it follows, so that one chain's
+    entries are dated in the order they are appended. A request that waited for the lock, or a server whose clock
+    lags, takes the last entry's moment. `at`, the use case's own moment, has dated its day already (a check-in's,
+    the caps'): if the chain has passed into the next local day meanwhile, the use case is refused, to be retried."""
+    now = at or utcnow()
+    if last is None or now >= last:
+        return now
+    if at is not None and local_day(at, _tz()) != local_day(last, _tz()):
+        log.warning("posting dated %s refused: its account's last entry is dated %s, on the next day", at, last)
+        raise ServiceUnavailable(headers={"Retry-After": "1"})
+    return last
+
+
 def post(
     resident_id: int,
     delta: int,
@@ -267,7 +293,8 @@ def post(
     use case commits. `lot` is the (local year, points) to add to the resident's yearly lots, which expiry reads;
     by default a credit goes to this year's lot and a debit to none (debits consume the oldest lots first). `at` is
     the use case's moment when it has dated something already (a check-in's day): the entry, its caps' day and its
-    lot take that moment too, never one a few microseconds later across a local midnight."""
+    lot take that moment too, never one a few microseconds later across a local midnight (or the last entry's
+    moment, on the same day, see `_dated`)."""
     if (ref_id is None) == (claim is None):
         raise ValueError("a posting refers to a ref_id or to a claimed slot, exactly one")
     ref_id = None if claim is not None else str(ref_id)  # a claimed slot's id is known after the lock
@@ -280,7 +307,7 @@ def post(
     if len({c.key for c in caps}) != len(caps):
         raise ValueError("one charge per daily counter: merge charges with the same key")
     account, claim_id = _lock_account(resident_id, claim)
-    now = at or utcnow()  # read under the lock: one chain's entries are dated in the order they are appended
+    now = _dated(at, account.last_entry_at)
     today = local_day(now, _tz())
     ref_id = ref_id if claim is None else str(claim_id)
     if account.balance + delta < 0:

@@ -1,8 +1,10 @@
-"""Recompute every hash chain and balance. Streams the entries in (account, seq) order."""
+"""Recompute every hash chain and balance, and check that each chain is dated in its order. Streams the entries in
+(account, seq) order."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -41,6 +43,7 @@ class _Chain:
     earned: int = 0
     co2e_g: int = 0
     hash: str = GENESIS_HASH
+    last_at: datetime | None = None
     deltas: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
@@ -49,18 +52,20 @@ def _close(chain: _Chain, accounts: dict[int, tuple], report: Report) -> None:
     if stored is None:
         report.fail(f"account {chain.account_id}: entries exist but the account does not")
         return
-    balance, earned, co2e_g, last_seq, last_hash = stored
-    if (balance, earned, co2e_g, last_seq, last_hash) != (
+    balance, earned, co2e_g, last_seq, last_hash, last_at = stored
+    if (balance, earned, co2e_g, last_seq, last_hash, last_at) != (
         chain.balance,
         chain.earned,
         chain.co2e_g,
         chain.seq,
         chain.hash,
+        chain.last_at,
     ):
         report.fail(
             f"account {chain.account_id}: stored balance={balance} lifetime={earned} co2e_g={co2e_g} "
-            f"seq={last_seq} differ from the entries (balance={chain.balance} lifetime={chain.earned} "
-            f"co2e_g={chain.co2e_g} seq={chain.seq}) or the last hash does not match"
+            f"seq={last_seq} last entry at {last_at} differ from the entries (balance={chain.balance} "
+            f"lifetime={chain.earned} co2e_g={chain.co2e_g} seq={chain.seq} last entry at {chain.last_at}) "
+            "or the last hash does not match"
         )
 
 
@@ -77,6 +82,8 @@ def _check(chain: _Chain, row, report: Report) -> None:
         canonical(account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type,
                   ref_id, actor_type, actor_id, reverses_id, micros(created_at), memo),
     )  # fmt: skip
+    if chain.last_at is not None and created_at < chain.last_at:
+        report.fail(f"{where}: dated {created_at}, before the entry it follows ({chain.last_at})", entry_id)
     if expected != stored_hash:
         report.fail(f"{where}: hash mismatch, the entry or its predecessor was altered", entry_id)
     if kind == "spend" and (delta >= 0 or ref_type != "redemption"):
@@ -87,7 +94,7 @@ def _check(chain: _Chain, row, report: Report) -> None:
         if target is None or target[0] not in wanted_kind or target[1] != -delta:
             report.fail(f"{where}: {kind} does not undo an earlier {'/'.join(wanted_kind)} of this account", entry_id)
     chain.deltas[entry_id] = (kind, delta)
-    chain.seq, chain.balance, chain.hash = seq, balance_after, stored_hash
+    chain.seq, chain.balance, chain.hash, chain.last_at = seq, balance_after, stored_hash, created_at
     chain.co2e_g += co2e_g
     if kind == "earn" or (kind == "reverse" and chain.deltas.get(reverses_id, ("",))[0] == "earn"):
         chain.earned += delta
@@ -115,7 +122,9 @@ def verify_ledger(chunk: int = 20000) -> Report:
         accounts = {
             row[0]: tuple(row[1:])
             for row in connection.execute(
-                sa.text("SELECT id, balance, lifetime_earned, co2e_g, last_seq, last_hash FROM accounts")
+                sa.text(
+                    "SELECT id, balance, lifetime_earned, co2e_g, last_seq, last_hash, last_entry_at FROM accounts"
+                ).columns(last_entry_at=db.metadata.tables["accounts"].c.last_entry_at.type)
             )
         }
         report.accounts = len(accounts)
@@ -128,8 +137,8 @@ def verify_ledger(chunk: int = 20000) -> Report:
             _check(chain, row, report)
     if chain is not None:
         _close(chain, accounts, report)
-    for account_id, (balance, earned, co2e_g, last_seq, last_hash) in accounts.items():
-        if (balance, earned, co2e_g, last_seq, last_hash) != (0, 0, 0, 0, GENESIS_HASH):
+    for account_id, (balance, earned, co2e_g, last_seq, last_hash, last_at) in accounts.items():
+        if (balance, earned, co2e_g, last_seq, last_hash, last_at) != (0, 0, 0, 0, GENESIS_HASH, None):
             report.fail(f"account {account_id}: no entries, yet balance={balance} seq={last_seq}")
     report.entries = count
     return report

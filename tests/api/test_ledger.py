@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from app.carbon.methodology import CapCharge
 from app.db import db
-from app.errors import CapReached
+from app.errors import CapReached, ServiceUnavailable
 from app.idempotency.models import IdempotencyKey
 from app.ledger import service as ledger
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
@@ -645,6 +645,63 @@ def test_verify_catches_a_balance_edited_without_an_entry(api):
     report = verify_ledger()
     assert not report.ok
     assert "stored balance=999" in report.problems[0]
+
+
+def test_a_posting_is_never_dated_before_the_entry_it_follows(api, clock):
+    """A request that waited for the account's lock, or a server whose clock lags, takes the last entry's moment;
+    with no moment of its own (an adjustment), also when that moment is on the next local day."""
+    me = api.resident()
+    clock.set(datetime(2026, 6, 15, 10, 0, 5, tzinfo=SHANGHAI))
+    first = earn(me.id, 10, "a")
+    clock.set(datetime(2026, 6, 15, 10, 0, 0, tzinfo=SHANGHAI))
+    assert earn(me.id, 5, "b").created_at == first.created_at
+    clock.set(datetime(2026, 6, 16, 0, 0, 1, tzinfo=SHANGHAI))
+    after_midnight = earn(me.id, 5, "c")
+    clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI))
+    assert spend(me.id, 3, "d").created_at == after_midnight.created_at
+    assert db.session.scalar(sa.select(Account.last_entry_at)) == after_midnight.created_at
+    assert verify_ledger().ok
+
+
+def test_a_posting_dated_on_the_day_its_account_has_left_is_refused_whole(api, clock):
+    """A use case that dated its day (`at`: a check-in's, the caps') before the account took an entry after
+    midnight is refused as a 503 to retry, with nothing written."""
+    me = api.resident()
+    clock.set(datetime(2026, 6, 16, 0, 0, 1, tzinfo=SHANGHAI))
+    earn(me.id, 10, "a")
+    with pytest.raises(ServiceUnavailable) as refused:
+        ledger.post(
+            me.id, 5, kind="earn", source="test", activity="test:earn", ref_type="test", ref_id="b",
+            actor_type="system", actor_id=None, caps=[CapCharge("test:earn", 5, 20, "测试")],
+            at=datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI),
+        )  # fmt: skip
+    db.session.rollback()
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert (count(LedgerEntry), count(DailyEarning)) == (1, 0)
+    assert lots_of(db.session.scalar(sa.select(Account.id))) == {2026: 10}
+
+
+def test_verify_catches_an_entry_dated_before_the_one_it_follows(api, clock, monkeypatch):
+    """Hashes that hold over dates that go back: the order of the chain is also its time order."""
+    me = api.resident()
+    earn(me.id, 10, "a")
+    monkeypatch.setattr(ledger, "_dated", lambda at, last: at or clock())  # as before the rule
+    clock.advance(seconds=-1)
+    back = earn(me.id, 5, "b")
+    report = verify_ledger()
+    assert report.first_bad_entry == back.id
+    assert len(report.problems) == 1
+    assert "before the entry it follows" in report.problems[0]
+
+
+def test_verify_catches_a_last_entry_moment_edited_without_an_entry(api):
+    me = api.resident()
+    earn(me.id, 10, "a")
+    db.session.execute(sa.text("UPDATE accounts SET last_entry_at = NULL WHERE resident_id = :id"), {"id": me.id})
+    db.session.commit()
+    report = verify_ledger()
+    assert not report.ok
+    assert "last entry at None" in report.problems[0]
 
 
 def test_balance_check_constraint_holds_in_the_database(api):

@@ -932,6 +932,37 @@ def test_parallel_deposits_and_an_adjustment_on_one_account_each_post_once(api, 
     assert report.ok, report.problems
 
 
+@pg_concurrency
+def test_parallel_deposits_across_midnight_are_dated_in_chain_order_each_on_its_own_day(api, app, clock, world):
+    """Thirty deposits for one resident read a clock that passes local midnight while they queue for the account:
+    each entry is dated after the one it follows, on the day its deposit was counted; one dated before midnight
+    that finds the account already past it is refused whole (503, to retry), never dated back."""
+    midnight = datetime(2026, 6, 16, tzinfo=SHANGHAI)
+    resident, deposits = world["resident"], 30
+    clock.set(midnight - timedelta(seconds=30))
+    bodies = [  # 2 points each, well under the caps on either day
+        {"member_code": api.member_code(resident), "collection_point_id": world["a"], "items": lines(("paper", 100))}
+        for _ in range(deposits)
+    ]
+    app_clock.set_clock(Ticking(midnight - timedelta(milliseconds=15)))
+    post = lambda client, i: client.post("/api/v1/deposits", json=bodies[i], headers=world["collector"].auth)  # noqa: E731
+    responses = race(app, post, deposits)
+    assert {r.status_code for r in responses} <= {201, 503}, [r.get_json() for r in responses]
+    refused = [r for r in responses if r.status_code == 503]
+    assert all(assert_error(r, 503, "service_unavailable") and r.headers["Retry-After"] == "1" for r in refused)
+    db.session.expire_all()
+    entries = db.session.execute(
+        sa.select(LedgerEntry.created_at, Deposit.created_at)
+        .join(Deposit, sa.cast(Deposit.id, sa.String) == LedgerEntry.ref_id)
+        .order_by(LedgerEntry.seq)
+    ).all()
+    assert len(entries) == count(Deposit) == deposits - len(refused)
+    assert [at for at, _ in entries] == sorted(at for at, _ in entries)
+    assert all(local_day(at, "Asia/Shanghai") == local_day(counted, "Asia/Shanghai") for at, counted in entries)
+    report = verify_ledger()
+    assert report.ok, report.problems
+
+
 @pytest.mark.parametrize("point_id", [1.5, "1.5", 1e400, True, None])
 def test_a_point_id_that_is_not_a_whole_number_is_refused_not_truncated(api, world, point_id):
     body = {"member_code": api.member_code(world["resident"]), "collection_point_id": point_id,

@@ -16,6 +16,7 @@ from app import qr
 from app.clock import local_day
 from app.db import db
 from app.ledger.models import DailyEarning, LedgerEntry
+from app.ledger.verify import verify_ledger
 from app.sorting.models import Checkin
 from tests.conftest import (
     SHANGHAI,
@@ -250,6 +251,44 @@ def test_same_point_twice_a_day_is_already_claimed(api, clock, world):
     clock.set(datetime(2026, 6, 16, 8, 0, tzinfo=SHANGHAI))
     again = scan_ok(api, resident, world["tokens"]["a"])
     assert (again["balance"], again["day"]) == (10, "2026-06-16")
+
+
+def adjust(api, admin, resident, delta: int = 1) -> LedgerEntry:
+    response = api.post(f"/residents/{resident.id}/adjustments", as_=admin, json={"delta": delta, "reason": "补发积分"})
+    assert response.status_code == 201, response.get_json()
+    return db.session.get(LedgerEntry, response.get_json()["id"])
+
+
+def test_a_scan_that_waited_for_its_account_is_dated_after_the_entry_before_it(api, clock, world):
+    """Another server, or a request that took the account's lock first, dated an entry a moment later: the chain's
+    order stays its time order, and the check-in keeps its own moment and day."""
+    resident = api.resident()
+    clock.advance(seconds=5)
+    before = adjust(api, world["admin"], resident)
+    clock.advance(seconds=-3)
+    answer = scan_ok(api, resident, world["tokens"]["a"])
+    entry = db.session.get(LedgerEntry, answer["entry_id"])
+    assert entry.created_at == before.created_at == datetime(2026, 6, 15, 10, 0, 5, tzinfo=SHANGHAI)
+    assert db.session.scalar(sa.select(Checkin.created_at)) == datetime(2026, 6, 15, 10, 0, 2, tzinfo=SHANGHAI)
+    assert answer["day"] == "2026-06-15"
+    assert verify_ledger().ok
+
+
+def test_a_scan_dated_before_midnight_once_its_account_has_passed_it_is_refused_to_be_retried(api, clock, world):
+    """The scan counted its day (check-in, caps) before it waited for the account, which meanwhile took an entry
+    after midnight: it is refused whole, and the retry counts on the new day."""
+    resident = api.resident()
+    midnight = datetime(2026, 6, 16, tzinfo=SHANGHAI)
+    clock.set(midnight + timedelta(seconds=1))
+    adjust(api, world["admin"], resident)
+    clock.set(midnight - timedelta(seconds=1))
+    response = scan(api, resident, world["tokens"]["a"])
+    assert_error(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "1"
+    assert (count(Checkin), count(LedgerEntry), count(DailyEarning)) == (0, 1, 0)
+    clock.set(midnight + timedelta(seconds=2))
+    assert scan_ok(api, resident, world["tokens"]["a"])["day"] == "2026-06-16"
+    assert verify_ledger().ok
 
 
 def publish_checkin_rule(api, admin, clock, **changes) -> None:

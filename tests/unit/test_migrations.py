@@ -294,3 +294,32 @@ def test_upgrades_started_together_wait_for_one_another(empty_database):
         head = ScriptDirectory(str(ROOT / "migrations")).get_current_head()
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
     engine.dispose()
+
+
+def test_revision_0014_dates_each_account_by_its_last_entry(empty_database, clock):
+    """Accounts with entries take their newest entry's moment; those without stay empty, as verify expects."""
+    from app.ledger import service as ledger
+    from app.ledger.models import Account
+    from app.ledger.verify import verify_ledger
+    from app.people.service import resident_for_openid
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        busy, idle = resident_for_openid("o-busy", None), resident_for_openid("o-idle", None)
+        for ref in ("a", "b"):
+            clock.advance(minutes=5)
+            ledger.post(busy.id, 5, kind="earn", source="test", ref_type="test", ref_id=ref, actor_type="system",
+                        actor_id=None)  # fmt: skip
+        db.session.commit()
+        busy_id, idle_id = busy.id, idle.id
+        db.session.remove()
+        with warnings.catch_warnings():  # SQLite's batch copy reflects the tables that accounts refers to
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression-based index")
+            downgrade(revision="0013")
+        upgrade(revision="0014")
+        last = dict(db.session.execute(sa.select(Account.resident_id, Account.last_entry_at)).all())
+        assert last == {busy_id: clock.now, idle_id: None}
+        assert verify_ledger().ok
+        db.session.remove()
+        db.engine.dispose()
