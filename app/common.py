@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import marshmallow as ma
@@ -337,9 +337,14 @@ def _memory_page(items: list, key: Callable[[Any], Any], cursor: str | None, lim
     return {"items": page, "next": encode_cursor(key(page[-1])) if len(rest) > limit else None}
 
 
-def list_page(items: list, key: Callable[[Any], list[int]], cursor: str | None, limit: int) -> dict[str, Any]:
-    """Keyed by whole numbers (points by distance, then id)."""
-    return _memory_page(items, key, cursor, limit, _is_numbers)
+def list_page(
+    items: list, key: Callable[[Any], list[int]], cursor: str | None, limit: int, prefix: Sequence[int] = ()
+) -> dict[str, Any]:
+    """Keyed by whole numbers (points by distance, then id), after a `prefix` the query fixes (where the distances
+    are measured from): a cursor carries it, and one of a query with another prefix is refused."""
+    prefix = list(prefix)
+    fits = lambda after: _is_numbers(after) and after[: len(prefix)] == prefix  # noqa: E731
+    return _memory_page(items, lambda item: prefix + key(item), cursor, limit, fits)
 
 
 def named_page(items: list, name: Callable[[Any], str], cursor: str | None, limit: int) -> dict[str, Any]:

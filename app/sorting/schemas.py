@@ -112,8 +112,14 @@ class PointQuerySchema(StrictSchema):
     )
     near = fields.String(
         load_default=None,
-        validate=validate.Regexp(r"^-?[0-9]{1,3}(\.[0-9]+)?,-?[0-9]{1,3}(\.[0-9]+)?\Z"),  # ASCII digits, not \d's
-        metadata={"description": f"lat,lng in {DATUM} (lat -90 to 90, lng -180 to 180): the nearest first"},
+        validate=validate.Regexp(  # ASCII digits, not \d's; spaces around the comma, as strings are often joined
+            r"^-?[0-9]{1,3}(\.[0-9]+)? *, *-?[0-9]{1,3}(\.[0-9]+)?\Z",
+            error="应为“纬度,经度”，如 30.8706,121.5853（GCJ-02 坐标）",
+        ),
+        metadata={
+            "description": f"lat,lng in {DATUM} (lat -90 to 90, lng -180 to 180): the nearest first. A page's "
+            "cursor belongs to its near: another position starts again from the first page (422 on the cursor)"
+        },
     )
     active = fields.Boolean(
         load_default=True,

@@ -250,7 +250,8 @@ def list_points(
     for point in located:
         point.distance_m = round(distance_m(lat, lng, point.lat, point.lng))
     located.sort(key=_by_distance)
-    return list_page(located, _by_distance, cursor, limit)
+    # The cursor says where its distances were measured from: a page asked from another position is refused.
+    return list_page(located, _by_distance, cursor, limit, prefix=[round(lat * 1e6), round(lng * 1e6)])
 
 
 def _by_distance(point: CollectionPoint) -> list[int]:

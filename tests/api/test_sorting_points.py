@@ -225,10 +225,34 @@ def test_near_sorts_by_distance_and_reports_metres(api, admin):
     assert {p["distance_m"] for p in api.get("/collection-points").get_json()["items"]} == {None}
 
 
-@pytest.mark.parametrize("near", ["31.0", "abc,def", "95.0,121.0", "31.0,181.0"])
+@pytest.mark.parametrize("near", ["31.0", "abc,def", "95.0,121.0", "31.0,181.0", "31.0;121.0", "%2031.0,121.0"])
 def test_bad_near_is_a_validation_error(api, near):
     error = assert_error(api.get(f"/collection-points?near={near}"), 422, "validation_error")
     assert "near" in error["details"]["fields"]
+
+
+def test_a_malformed_near_says_what_it_should_look_like(api):
+    error = assert_error(api.get("/collection-points?near=31.0"), 422, "validation_error")
+    assert error["details"]["fields"]["near"] == ["应为“纬度,经度”，如 30.8706,121.5853（GCJ-02 坐标）"]
+
+
+def test_near_takes_spaces_around_its_comma(api, admin):
+    """As a client joining two numbers often writes them: `${lat}, ${lng}`."""
+    point = make_point(api, admin, "有坐标站", lat=31.002, lng=121.0)
+    for near in ("31.0,%20121.0", "31.0%20,121.0", "31.0%20,%20%20121.0"):
+        items = api.get(f"/collection-points?near={near}").get_json()["items"]
+        assert [(p["id"], p["distance_m"]) for p in items] == [(point["id"], 222)]
+
+
+def test_a_cursor_measured_from_another_position_is_refused(api, admin):
+    """The next page asked from where the phone is now would skip or repeat points: the cursor holds its near."""
+    for i in range(3):
+        make_point(api, admin, f"游标站{i}", lat=31.0 + i / 100, lng=121.0)
+    first = api.get("/collection-points?near=31.0,121.0&limit=1").get_json()
+    moved = api.get(f"/collection-points?near=31.01,121.0&limit=1&cursor={first['next']}")
+    assert assert_error(moved, 422, "validation_error")["details"]["fields"] == {"cursor": ["分页游标无效"]}
+    same_place = api.get(f"/collection-points?near=31.00000,121.0&limit=1&cursor={first['next']}")
+    assert [p["name"] for p in same_place.get_json()["items"]] == ["游标站1"]
 
 
 @pytest.mark.parametrize(
