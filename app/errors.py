@@ -48,7 +48,9 @@ OutOfStock = _error("OutOfStock", 409, "out_of_stock", "库存不足")
 LimitReached = _error("LimitReached", 409, "limit_reached", "已达到数量上限")
 AlreadyClaimed = _error("AlreadyClaimed", 409, "already_claimed", "今天已经领取过了")
 CapReached = _error("CapReached", 409, "cap_reached", "已达到今日积分上限")
-IdempotencyConflict = _error("IdempotencyConflict", 409, "idempotency_conflict", "同一个幂等键对应了不同的请求内容")
+IdempotencyConflict = _error(
+    "IdempotencyConflict", 409, "idempotency_conflict", "该操作已经提交过，但这次的内容不同：请刷新后重新操作"
+)
 VoucherUsed = _error("VoucherUsed", 409, "voucher_used", "兑换券已使用")
 InvalidState = _error("InvalidState", 409, "invalid_state", "当前状态不允许此操作")
 Duplicate = _error("Duplicate", 409, "duplicate", "记录已存在")

@@ -91,7 +91,7 @@ def _lock_account(resident_id: int, claim: Claim | None = None):
         claim_id = run(claim.statement, claim.params).scalar()
         account = run(_LOCK_ACCOUNT, params).first()
     if account is None:
-        raise NotFound("积分账户不存在")
+        raise NotFound("居民不存在")
     if claim is not None and claim_id is None:
         raise claim.refused()
     return account, claim_id
@@ -470,7 +470,7 @@ def reverse_entry(actor, entry_id: int, reason: str, of_resident: int | None = N
 def account_of(resident_id: int) -> Account:
     account = db.session.scalar(sa.select(Account).where(Account.resident_id == resident_id))
     if account is None:
-        raise NotFound("积分账户不存在")
+        raise NotFound("居民不存在")
     return account
 
 

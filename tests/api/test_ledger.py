@@ -152,7 +152,9 @@ def test_idempotent_adjustment_replays_and_conflicts(api):
     assert second.headers["Idempotent-Replayed"] == "true"
     assert api.get("/me", as_=me).get_json()["balance"] == 15
     other = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={**body, "delta": 16}, headers=headers)
-    assert_error(other, 409, "idempotency_conflict")
+    # said to whoever pressed the button, not to the developer who chose the key
+    conflict = assert_error(other, 409, "idempotency_conflict")
+    assert conflict["message"] == "该操作已经提交过，但这次的内容不同：请刷新后重新操作"
     too_long = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body, headers={"Idempotency-Key": "k" * 65})
     assert_error(too_long, 422, "validation_error")
 
@@ -645,6 +647,11 @@ def test_verify_catches_a_balance_edited_without_an_entry(api):
     report = verify_ledger()
     assert not report.ok
     assert "stored balance=999" in report.problems[0]
+
+
+def test_an_adjustment_for_nobody_is_a_404_naming_the_resident(api):
+    response = api.post("/residents/999999/adjustments", as_=api.staff("admin"), json={"delta": 5, "reason": "补发"})
+    assert assert_error(response, 404, "not_found")["message"] == "居民不存在"
 
 
 def test_a_posting_is_never_dated_before_the_entry_it_follows(api, clock):
