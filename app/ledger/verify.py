@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from functools import cache
 
 import sqlalchemy as sa
+from flask import current_app
 
+from app.clock import local_midnight
 from app.db import db
 from app.ledger.chain import canonical, link, micros
 from app.ledger.models import GENESIS_HASH
@@ -44,14 +48,37 @@ class _Chain:
     co2e_g: int = 0
     hash: str = GENESIS_HASH
     last_at: datetime | None = None
-    deltas: dict[int, tuple[str, int]] = field(default_factory=dict)
+    deltas: dict[int, tuple[str, int, int | None]] = field(default_factory=dict)  # kind, delta, a credit's year
+    lots: dict[int, int] = field(default_factory=dict)  # points credited by local year, as expiry reads them
 
 
-def _close(chain: _Chain, accounts: dict[int, tuple], report: Report) -> None:
+def _local_year(tz: str) -> Callable[[datetime], int]:
+    """The local calendar year of a UTC moment, from cached year boundaries: a time zone conversion per entry would
+    cost more than the rest of its check."""
+    start = cache(lambda year: local_midnight(date(year, 1, 1), tz))
+
+    def year_of(moment: datetime) -> int:
+        year = moment.year
+        return year + 1 if moment >= start(year + 1) else year - 1 if moment < start(year) else year
+
+    return year_of
+
+
+def _by_year(lots: dict[int, int]) -> dict[int, int]:
+    return {year: points for year, points in sorted(lots.items()) if points}
+
+
+def _close(chain: _Chain, accounts: dict[int, tuple], lots: dict[int, dict[int, int]], report: Report) -> None:
     stored = accounts.pop(chain.account_id, None)
     if stored is None:
         report.fail(f"account {chain.account_id}: entries exist but the account does not")
         return
+    stored_lots, credited = _by_year(lots.pop(chain.account_id, {})), _by_year(chain.lots)
+    if stored_lots != credited:
+        report.fail(
+            f"account {chain.account_id}: stored points by year {stored_lots} differ from its credits by local year "
+            f"{credited}"
+        )
     balance, earned, co2e_g, last_seq, last_hash, last_at = stored
     if (balance, earned, co2e_g, last_seq, last_hash, last_at) != (
         chain.balance,
@@ -69,7 +96,7 @@ def _close(chain: _Chain, accounts: dict[int, tuple], report: Report) -> None:
         )
 
 
-def _check(chain: _Chain, row, report: Report) -> None:
+def _check(chain: _Chain, row, year_of: Callable[[datetime], int], report: Report) -> None:
     (entry_id, account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type,
      ref_id, actor_type, actor_id, reverses_id, created_at, memo, stored_hash) = row  # fmt: skip
     where = f"entry {entry_id} (account {account_id}, seq {seq})"
@@ -88,15 +115,22 @@ def _check(chain: _Chain, row, report: Report) -> None:
         report.fail(f"{where}: hash mismatch, the entry or its predecessor was altered", entry_id)
     if kind == "spend" and (delta >= 0 or ref_type != "redemption"):
         report.fail(f"{where}: a spend must be negative and reference its redemption", entry_id)
+    target = chain.deltas.get(reverses_id) if reverses_id is not None else None
     if kind in ("refund", "reverse"):
-        target = chain.deltas.get(reverses_id)
         wanted_kind = ("spend",) if kind == "refund" else ("earn", "spend", "adjust")
         if target is None or target[0] not in wanted_kind or target[1] != -delta:
             report.fail(f"{where}: {kind} does not undo an earlier {'/'.join(wanted_kind)} of this account", entry_id)
-    chain.deltas[entry_id] = (kind, delta)
+    # As post() and reverse() credit the lots: a credit to its own year's, taking one back from the year it went to.
+    year = None
+    if delta > 0 and reverses_id is None:
+        year = year_of(created_at)
+        chain.lots[year] = chain.lots.get(year, 0) + delta
+    elif delta < 0 and target is not None and target[2] is not None:
+        chain.lots[target[2]] = chain.lots.get(target[2], 0) + delta
+    chain.deltas[entry_id] = (kind, delta, year)
     chain.seq, chain.balance, chain.hash, chain.last_at = seq, balance_after, stored_hash, created_at
     chain.co2e_g += co2e_g
-    if kind == "earn" or (kind == "reverse" and chain.deltas.get(reverses_id, ("",))[0] == "earn"):
+    if kind == "earn" or (kind == "reverse" and target is not None and target[0] == "earn"):
         chain.earned += delta
 
 
@@ -118,6 +152,7 @@ def verify_ledger(chunk: int = 20000) -> Report:
     )
     chain: _Chain | None = None
     count = 0
+    year_of = _local_year(current_app.config["TIMEZONE"])
     with _snapshot() as connection, connection.begin():
         accounts = {
             row[0]: tuple(row[1:])
@@ -128,17 +163,25 @@ def verify_ledger(chunk: int = 20000) -> Report:
             )
         }
         report.accounts = len(accounts)
+        lots: dict[int, dict[int, int]] = {}
+        for account_id, year, credited in connection.execute(
+            sa.text("SELECT account_id, year, credited FROM point_lots")
+        ):
+            lots.setdefault(account_id, {})[year] = credited
         for row in connection.execute(entries):
             count += 1
             if chain is None or row[1] != chain.account_id:
                 if chain is not None:
-                    _close(chain, accounts, report)
+                    _close(chain, accounts, lots, report)
                 chain = _Chain(row[1])
-            _check(chain, row, report)
+            _check(chain, row, year_of, report)
     if chain is not None:
-        _close(chain, accounts, report)
+        _close(chain, accounts, lots, report)
     for account_id, (balance, earned, co2e_g, last_seq, last_hash, last_at) in accounts.items():
         if (balance, earned, co2e_g, last_seq, last_hash, last_at) != (0, 0, 0, 0, GENESIS_HASH, None):
             report.fail(f"account {account_id}: no entries, yet balance={balance} seq={last_seq}")
+    for account_id, by_year in lots.items():
+        if _by_year(by_year):
+            report.fail(f"account {account_id}: no entries, yet stored points by year {_by_year(by_year)}")
     report.entries = count
     return report

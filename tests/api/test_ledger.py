@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
 from app.carbon.methodology import CapCharge
+from app.clock import local_day
 from app.db import db
 from app.errors import CapReached, ServiceUnavailable
 from app.idempotency.models import IdempotencyKey
 from app.ledger import service as ledger
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
+from app.ledger.verify import _local_year as local_year
 from app.ledger.verify import verify_ledger
 from tests.conftest import SHANGHAI, assert_error, count, without_append_only_guard
 
@@ -709,6 +711,51 @@ def test_verify_catches_a_last_entry_moment_edited_without_an_entry(api):
     report = verify_ledger()
     assert not report.ok
     assert "last entry at None" in report.problems[0]
+
+
+def test_verify_catches_points_moved_to_another_year(api, clock):
+    """Expiry reads the lots: a year edited there would expire points early or late, so verify rebuilds them from
+    the credits (each in its local year, a reversal taken from the year its credit went to)."""
+    me, admin = api.resident(), api.staff("admin")
+    clock.set(datetime(2026, 1, 1, 0, 30, tzinfo=SHANGHAI))  # 2025-12-31 in UTC: the lot is local 2026's
+    wrong = earn(me.id, 10, "a")
+    clock.set(datetime(2027, 3, 1, 9, 0, tzinfo=SHANGHAI))
+    earn(me.id, 7, "b")
+    reversed_ = api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"})
+    assert reversed_.status_code == 201, reversed_.get_json()
+    account_id = db.session.scalar(sa.select(Account.id))
+    assert lots_of(account_id) == {2026: 0, 2027: 7}
+    assert verify_ledger().ok
+    db.session.execute(sa.text("UPDATE point_lots SET year = 2028 WHERE year = 2027"))
+    db.session.commit()
+    report = verify_ledger()
+    assert report.problems == [
+        f"account {account_id}: stored points by year {{2028: 7}} differ from its credits by local year {{2027: 7}}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("tz", "moment", "year"),
+    [
+        ("Asia/Shanghai", datetime(2025, 12, 31, 15, 59, 59, 999999, tzinfo=UTC), 2025),
+        ("Asia/Shanghai", datetime(2025, 12, 31, 16, 0, tzinfo=UTC), 2026),
+        ("Asia/Shanghai", datetime(2026, 6, 15, 2, 0, tzinfo=UTC), 2026),
+        ("America/New_York", datetime(2026, 1, 1, 4, 59, 59, tzinfo=UTC), 2025),
+        ("America/New_York", datetime(2026, 1, 1, 5, 0, tzinfo=UTC), 2026),
+        ("UTC", datetime(2026, 1, 1, tzinfo=UTC), 2026),
+    ],
+)
+def test_verify_reads_a_moments_local_year_from_the_year_boundaries(tz, moment, year):
+    assert local_year(tz)(moment) == year == local_day(moment, tz).year
+
+
+def test_verify_catches_points_by_year_for_an_account_without_entries(api):
+    me = api.resident()
+    account_id = db.session.scalar(sa.select(Account.id).where(Account.resident_id == me.id))
+    db.session.add(PointLot(account_id=account_id, year=2026, credited=50))
+    db.session.commit()
+    report = verify_ledger()
+    assert report.problems == [f"account {account_id}: no entries, yet stored points by year {{2026: 50}}"]
 
 
 def test_balance_check_constraint_holds_in_the_database(api):
