@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from app.sorting.models import CATEGORY_NAMES, POINT_KIND_NAMES
+
 ROLES = {
     "admin": "平台管理员",
     "worker": "社区工作者",
@@ -21,22 +23,8 @@ ORG_KINDS = {
 
 RESIDENT_STATUSES = {"active": "正常", "frozen": "已冻结", "closed": "已注销"}
 
-POINT_KINDS = {
-    "station": "定时定点投放站",
-    "smart_bin": "智能回收箱",
-    "recycling_service_point": "惠民回收服务点",
-}
-
-CATEGORIES = {  # the seeded rules' titles, as deposits and caps name them
-    "paper": "废纸",
-    "cardboard": "纸板",
-    "plastic": "塑料",
-    "metal": "金属",
-    "aluminium": "铝罐",
-    "glass": "玻璃",
-    "textile": "旧衣物",
-    "ewaste": "电子废弃物",
-}
+POINT_KINDS = POINT_KIND_NAMES
+CATEGORIES = CATEGORY_NAMES
 
 ENTRY_KINDS = {
     "earn": "获得",

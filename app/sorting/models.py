@@ -11,8 +11,13 @@ from app.clock import utcnow
 from app.db import Timestamped, db
 from app.ledger.models import BigId
 
-POINT_KINDS = ("station", "smart_bin", "recycling_service_point")
-CATEGORIES = ("paper", "cardboard", "plastic", "metal", "aluminium", "glass", "textile", "ewaste")
+# The codes the API takes, with the names residents and staff know them by (the categories': the seeded rules' titles).
+POINT_KIND_NAMES = {"station": "定时定点投放站", "smart_bin": "智能回收箱", "recycling_service_point": "惠民回收服务点"}
+CATEGORY_NAMES = {
+    "paper": "废纸", "cardboard": "纸板", "plastic": "塑料", "metal": "金属", "aluminium": "铝罐", "glass": "玻璃",
+    "textile": "旧衣物", "ewaste": "电子废弃物",
+}  # fmt: skip
+POINT_KINDS, CATEGORIES = tuple(POINT_KIND_NAMES), tuple(CATEGORY_NAMES)
 
 
 def new_secret() -> str:

@@ -5,7 +5,7 @@ from datetime import date
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from app.common import Boolean, Float, Id, Integer, PageArgsSchema, ResponseSchema, StrictSchema, Text
-from app.sorting.models import CATEGORIES, POINT_KINDS
+from app.sorting.models import CATEGORIES, CATEGORY_NAMES, POINT_KIND_NAMES
 
 MAX_LINE_G = 200_000
 CHECKIN_DAY = "the local day (Shanghai) the check-in counts for"
@@ -16,6 +16,12 @@ MAX_LINES = 20
 DATUM = "GCJ-02 (wx.getLocation({type: 'gcj02'}), wx.chooseLocation, Tencent and Amap maps), as every position here"
 
 
+def _one_of(names: dict[str, str]) -> validate.OneOf:
+    """One of the codes, refused with the name staff know each by: a collector's app shows the message as it is."""
+    labels = [f"{code}（{name}）" for code, name in names.items()]
+    return validate.OneOf(list(names), labels=labels, error="必须是以下之一：{labels}")
+
+
 def _distinct(categories: list[str]) -> None:
     if len(set(categories)) != len(categories):
         raise ValidationError("品类不能重复")
@@ -23,7 +29,7 @@ def _distinct(categories: list[str]) -> None:
 
 def _categories(**kwargs) -> fields.List:
     """A point's categories, each one of CATEGORIES and none twice."""
-    return fields.List(fields.String(validate=validate.OneOf(CATEGORIES)), metadata={"uniqueItems": True}, **kwargs)
+    return fields.List(fields.String(validate=_one_of(CATEGORY_NAMES)), metadata={"uniqueItems": True}, **kwargs)
 
 
 _CATEGORY_LIST = [
@@ -53,7 +59,7 @@ def _whole_position(data: dict) -> None:
 class CollectionPointCreateSchema(StrictSchema):
     name = Text(required=True, validate=validate.Length(min=1, max=128))
     community_id = Id(required=True)
-    kind = fields.String(required=True, validate=validate.OneOf(POINT_KINDS))
+    kind = fields.String(required=True, validate=_one_of(POINT_KIND_NAMES))
     address = Text(load_default="", validate=validate.Length(max=256))
     lat = _latitude(load_default=None)
     lng = _longitude(load_default=None)
@@ -73,7 +79,7 @@ class CollectionPointUpdateSchema(CollectionPointCreateSchema):
 
     name = Text(validate=validate.Length(min=1, max=128))
     community_id = Id()
-    kind = fields.String(validate=validate.OneOf(POINT_KINDS))
+    kind = fields.String(validate=_one_of(POINT_KIND_NAMES))
     address = Text(validate=validate.Length(max=256))
     lat = _latitude()
     lng = _longitude()
@@ -91,7 +97,7 @@ class CollectionPointSchema(ResponseSchema):
     id = Integer()
     name = fields.String()
     community_id = Integer()
-    kind = fields.String(validate=validate.OneOf(POINT_KINDS))
+    kind = fields.String(validate=_one_of(POINT_KIND_NAMES))
     address = fields.String()
     lat = Float(allow_none=True, metadata={"description": f"latitude in {DATUM}; null when the point has no position"})
     lng = Float(allow_none=True, metadata={"description": f"longitude in {DATUM}"})
@@ -106,9 +112,9 @@ class CollectionPointSchema(ResponseSchema):
 class PointQuerySchema(StrictSchema):
     text_input = True  # a query string
     community_id = Id(load_default=None)
-    kind = fields.String(load_default=None, validate=validate.OneOf(POINT_KINDS))
+    kind = fields.String(load_default=None, validate=_one_of(POINT_KIND_NAMES))
     category = fields.String(
-        load_default=None, validate=validate.OneOf(CATEGORIES), metadata={"description": "只列出收这一品类的回收点"}
+        load_default=None, validate=_one_of(CATEGORY_NAMES), metadata={"description": "只列出收这一品类的回收点"}
     )
     near = fields.String(
         load_default=None,
@@ -207,7 +213,7 @@ class CheckinSchema(ResponseSchema):
 
 
 class DepositLineSchema(StrictSchema):
-    category = fields.String(required=True, validate=validate.OneOf(CATEGORIES))
+    category = fields.String(required=True, validate=_one_of(CATEGORY_NAMES))
     weight_g = Integer(
         required=True,
         strict=True,
@@ -232,7 +238,7 @@ _LINE_SHARE = (
 
 
 class DepositItemSchema(ResponseSchema):
-    category = fields.String(validate=validate.OneOf(CATEGORIES))
+    category = fields.String(validate=_one_of(CATEGORY_NAMES))
     weight_g = Integer()
     co2e_g = Integer(metadata={"description": "本行分得的减排量（克）" + _LINE_SHARE})
     points = Integer(metadata={"description": "本行分得的积分" + _LINE_SHARE})

@@ -523,6 +523,14 @@ def test_bounds_themselves_are_accepted(api, world):
     assert error["details"]["cap"] == 200
 
 
+def test_an_unknown_category_is_refused_with_the_names_a_collector_knows(api, world):
+    error = assert_error(deposit(api, world, lines(("wood", 500))), 422, "validation_error")
+    [message] = error["details"]["fields"]["items"]["0"]["category"]
+    assert message.startswith("必须是以下之一：paper（废纸）, cardboard（纸板）, plastic（塑料）")
+    assert message.endswith("ewaste（电子废弃物）")
+    assert count(Deposit) == 0
+
+
 def test_category_the_point_does_not_take(api, world):
     glass_collector = api.staff("collector", collection_point_ids=[world["glass_only"]])
     kw = {"point": world["glass_only"], "collector": glass_collector}
