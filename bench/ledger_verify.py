@@ -91,7 +91,7 @@ def _rules() -> dict[str, int]:
     from app.carbon.models import Rule
     from app.db import db
 
-    return dict(db.session.execute(sa.select(Rule.activity, Rule.id)).tuples().all())
+    return dict(db.session.execute(sa.select(Rule.activity, Rule.id)).all())
 
 
 def _post_entries(resident_ids: list[int], total: int, batch: int, seed: int, log) -> dict[str, Any]:
