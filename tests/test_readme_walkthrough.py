@@ -139,7 +139,7 @@ def test_the_walkthrough_answers_what_the_readme_says(served):
     assert '{"error":{"code":"too_far",' in out
     assert '"points":32,"co2e_g":3200,"weight_g":1980,' in out  # 3200 g CO2e -> 32 points, rounded once
     assert '"store_ids": [\n    1\n  ]' in out  # store_ids: [1]
-    assert "OK: every chain and balance verifies" in out  # flask ledger verify, after every step
+    assert "OK: every chain, balance and year's points verify" in out  # flask ledger verify, after every step
     by_category = re.findall(r'^\{\n  "name": "([^"]+)",\n  "distance_m": \d+\n\}$', out, flags=re.M)
     assert by_category == ["恒康社区5号楼投放点", "恒康社区惠民回收服务点"]  # those taking e-waste, nearest first
 

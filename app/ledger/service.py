@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any
 
@@ -254,13 +254,24 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
     raise CapReached("；".join(messages), details=details)
 
 
+# How far ahead of this server's clock an account's last entry may be and still date the next one: a request waits
+# for the lock at most lock_timeout (5 s), and servers' clocks agree to well within a second.
+MAX_LEAD = timedelta(seconds=60)
+
+
 def _dated(at: datetime | None, last: datetime | None) -> datetime:
     """An entry's moment, taken under the account's lock: never before the entry it follows, so that one chain's
     entries are dated in the order they are appended. A request that waited for the lock, or a server whose clock
     lags, takes the last entry's moment. `at`, the use case's own moment, has dated its day already (a check-in's,
-    the caps'): if the chain has passed into the next local day meanwhile, the use case is refused, to be retried."""
+    the caps'): if the chain has passed into the next local day meanwhile, the use case is refused, to be retried.
+    A last entry further ahead was dated by a clock that ran fast: following it would date every later entry in the
+    future (and refuse every scan until then), so the clock is kept and `ledger verify` notes the entry."""
     now = at or utcnow()
     if last is None or now >= last:
+        return now
+    if last - now > MAX_LEAD:
+        log.error("account's last entry is dated %s, more than %s ahead of this clock (%s): a clock ran fast", last,
+                  MAX_LEAD, now)  # fmt: skip
         return now
     if at is not None and local_day(at, _tz()) != local_day(last, _tz()):
         log.warning("posting dated %s refused: its account's last entry is dated %s, on the next day", at, last)

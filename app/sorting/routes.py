@@ -103,7 +103,9 @@ def device_required(view):
         after_signature = db.session.begin_nested()
         try:
             response = view(*args, **kwargs)
-        except (AppError, HTTPException):  # a use case's refusal, or the body's (400, 422)
+        except (AppError, HTTPException) as refusal:  # a use case's refusal, or the body's (400, 422)
+            if isinstance(refusal, AppError) and refusal.status >= 500:  # "try again": the same bytes may come back
+                raise
             after_signature.rollback()
             service.mark_signature_refused(signature)
             db.session.commit()

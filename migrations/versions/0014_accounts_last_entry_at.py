@@ -18,7 +18,7 @@ def upgrade():
     op.add_column("accounts", sa.Column("last_entry_at", sa.DateTime(timezone=True), nullable=True))
     op.execute(
         "UPDATE accounts SET last_entry_at = (SELECT e.created_at FROM ledger_entries e "
-        "WHERE e.account_id = accounts.id AND e.seq = accounts.last_seq)"
+        "WHERE e.account_id = accounts.id AND e.seq = accounts.last_seq) WHERE last_seq > 0"
     )
 
 

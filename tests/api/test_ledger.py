@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -643,17 +643,42 @@ def test_the_database_refuses_to_change_or_remove_entries(api, statement):
 
 @pytest.mark.parametrize(
     ("edit", "named"),
-    [("balance = 999", "stored balance=999"), ("last_entry_at = NULL", "last entry at None")],
-    ids=["balance", "last-entry-moment"],
+    [
+        ({"balance": 999}, "stored balance=999"),
+        ({"last_entry_at": datetime(2026, 6, 15, 10, 1, tzinfo=SHANGHAI)}, "after its last entry"),
+    ],
+    ids=["balance", "last-entry-moment-ahead"],
 )
-def test_verify_catches_an_account_edited_without_an_entry(api, edit, named):
+def test_verify_catches_an_account_edited_without_an_entry(api, app, edit, named):
     me = api.resident()
     earn(me.id, 10, "a")
-    db.session.execute(sa.text(f"UPDATE accounts SET {edit} WHERE resident_id = :id"), {"id": me.id})
+    db.session.execute(sa.update(Account).where(Account.resident_id == me.id).values(**edit))
     db.session.commit()
     report = verify_ledger()
     assert not report.ok
     assert named in report.problems[0]
+    failed = app.test_cli_runner().invoke(args=["ledger", "verify"])
+    assert failed.exit_code == 1
+    assert "FAILED\n" in failed.output  # no entry to name: an account's figure is wrong
+
+
+def test_verify_notes_a_last_entry_moment_an_older_release_left_behind(api, app, clock):
+    """During a rollout, a server still on the release before the dating rule posts without moving the moment."""
+    me = api.resident()
+    earn(me.id, 10, "a")
+    clock.advance(seconds=5)
+    last = earn(me.id, 5, "b")
+    db.session.execute(sa.update(Account).values(last_entry_at=last.created_at - timedelta(seconds=5)))
+    db.session.commit()
+    report = verify_ledger()
+    assert report.ok, report.problems
+    assert report.notices == [
+        f"account {last.account_id}: stored last entry at 2026-06-15 02:00:00+00:00, behind its last entry "
+        "(2026-06-15 02:00:05+00:00): a server on an older release posted it"
+    ]
+    noted = app.test_cli_runner().invoke(args=["ledger", "verify"])
+    assert noted.exit_code == 0
+    assert "note: account" in noted.output
 
 
 def test_an_adjustment_for_nobody_is_a_404_naming_the_resident(api):
@@ -695,17 +720,40 @@ def test_a_posting_dated_on_the_day_its_account_has_left_is_refused_whole(api, c
     assert lots_of(db.session.scalar(sa.select(Account.id))) == {2026: 10}
 
 
-def test_verify_catches_an_entry_dated_before_the_one_it_follows(api, clock, monkeypatch):
-    """Hashes that hold over dates that go back: the order of the chain is also its time order."""
+def test_verify_notes_an_entry_dated_before_the_one_it_follows_without_failing(api, clock, monkeypatch):
+    """Hashes that hold over dates that go back (written before the dating rule, or by a clock that ran fast): the
+    entry cannot be changed, so verify says so without failing every night."""
     me = api.resident()
     earn(me.id, 10, "a")
     monkeypatch.setattr(ledger, "_dated", lambda at, last: at or clock())  # as before the rule
     clock.advance(seconds=-1)
     back = earn(me.id, 5, "b")
     report = verify_ledger()
-    assert report.first_bad_entry == back.id
-    assert len(report.problems) == 1
-    assert "before the entry it follows" in report.problems[0]
+    assert report.ok, report.problems
+    assert report.notices == [
+        f"entry {back.id} (account {back.account_id}, seq 2): dated 2026-06-15 01:59:59+00:00, before the entry it "
+        "follows (2026-06-15 02:00:00+00:00)"
+    ]
+
+
+def test_a_last_entry_dated_by_a_clock_that_ran_fast_does_not_date_the_next(api, clock, caplog):
+    """A server a day ahead wrote one entry: the next ones keep this server's clock (and the scans their day), not
+    that moment, which would date every later entry in the future; verify notes the inversion."""
+    me = api.resident()
+    clock.set(datetime(2026, 6, 16, 10, 0, tzinfo=SHANGHAI))
+    earn(me.id, 10, "a")
+    clock.set(datetime(2026, 6, 15, 10, 0, tzinfo=SHANGHAI))
+    later = earn(me.id, 5, "b")
+    assert later.created_at == datetime(2026, 6, 15, 10, 0, tzinfo=SHANGHAI)
+    assert "a clock ran fast" in caplog.text
+    at = datetime(2026, 6, 15, 10, 0, 1, tzinfo=SHANGHAI)  # a use case dated today: not refused for tomorrow's entry
+    kept = ledger.post(me.id, 1, kind="earn", source="test", ref_type="test", ref_id="c", actor_type="system",
+                       actor_id=None, at=at)  # fmt: skip
+    db.session.commit()
+    assert kept.created_at == at
+    report = verify_ledger()
+    assert report.ok, report.problems
+    assert len(report.notices) == 1
 
 
 def test_verify_catches_points_moved_to_another_year(api, clock):

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +20,7 @@ from app.ledger.models import LedgerEntry
 from app.sorting import service as sorting
 from app.sorting.models import Deposit, Device, DeviceSignature
 from app.sorting.service import device_signature
-from tests.conftest import assert_error, community_id, count, make_point, pg_concurrency, race
+from tests.conftest import SHANGHAI, assert_error, community_id, count, make_point, pg_concurrency, race
 
 PATH = "/api/v1/devices/deposits"
 
@@ -313,6 +314,26 @@ def test_a_bin_resending_after_the_codes_two_minutes_hears_its_deposit_went_thro
     late = api.post(PATH, **signed(world["device"], body))
     assert assert_error(late, 409, "duplicate")["details"] == {"deposit_id": made["id"], "points": made["points"]}
     assert balance(api, world["resident"]) == made["points"]
+
+
+def test_a_bin_told_to_try_again_resends_the_very_same_request(api, clock, world):
+    """A 503 is "try again", not a refusal: the signature is not spent, so the bin resends its bytes as they are.
+    Here the deposit counted its day before midnight, and the resident's account had passed it meanwhile."""
+    midnight = datetime(2026, 6, 16, tzinfo=SHANGHAI)
+    clock.set(midnight - timedelta(seconds=40))
+    kwargs = signed(world["device"], body_for(api, world))
+    clock.set(midnight + timedelta(seconds=1))
+    adjusted = api.post(f"/residents/{world['resident'].id}/adjustments", as_=world["admin"],
+                        json={"delta": 1, "reason": "补发积分"})  # fmt: skip
+    assert adjusted.status_code == 201, adjusted.get_json()
+    clock.set(midnight - timedelta(seconds=30))
+    response = api.post(PATH, **kwargs)
+    assert_error(response, 503, "service_unavailable")
+    assert response.headers["Retry-After"] == "1"
+    assert (count(Deposit), count(DeviceSignature)) == (0, 0)
+    clock.set(midnight + timedelta(seconds=2))
+    assert api.post(PATH, **kwargs).status_code == 201
+    assert balance(api, world["resident"]) == 11
 
 
 def test_bad_signature_is_unauthorized_and_logged(api, world, caplog):
