@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from itertools import pairwise
 
 import pytest
 import sqlalchemy as sa
@@ -125,6 +126,12 @@ class LedgerMachine(RuleBasedStateMachine):
     def time_passes(self, days):
         self.clock.advance(days=days)
 
+    @rule(seconds=st.integers(min_value=1, max_value=2 * 86400))
+    def clock_runs_back(self, seconds):
+        """Another server's clock, a little behind (a posting then takes the last entry's moment) or far behind (a
+        fast clock dated the last entry: the next keeps this clock)."""
+        self.clock.advance(seconds=-seconds)
+
     @rule()
     def expire(self):
         before = self.expected_balance
@@ -163,8 +170,12 @@ class LedgerMachine(RuleBasedStateMachine):
         taken_back = sum(e.delta for e in entries if e.delta < 0 and e.reverses_id is not None)
         assert sum(lots.values()) == credits + taken_back
         assert min(lots.values(), default=0) >= 0
+        # An entry is dated after the one it follows, unless that one is further ahead than a clock may lag
+        inversions = [(a, b) for a, b in pairwise(entries) if b.created_at < a.created_at]
+        assert all(a.created_at - b.created_at > ledger.MAX_LEAD for a, b in inversions)
         report = verify_ledger()
         assert report.ok, report.problems
+        assert len([n for n in report.notices if f"(account {account.id}," in n]) == len(inversions)
 
     def teardown(self):
         app_clock.set_clock(None)
