@@ -3,6 +3,7 @@ from __future__ import annotations
 import fcntl
 import itertools
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -299,18 +300,35 @@ class Caller:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-_documents: dict[int, OpenAPI] = {}
+_documents: dict[int, tuple[OpenAPI, list[tuple[re.Pattern, dict]]]] = {}
+
+
+def _document(app) -> tuple[OpenAPI, list[tuple[re.Pattern, dict]]]:
+    """The app's OpenAPI document, and each path's operations with a pattern that matches the path's requests."""
+    if id(app) not in _documents:
+        spec = app.test_client().get("/api/v1/openapi.json").get_json()
+        paths = [(re.compile(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)) + r"\Z"), operations)
+                 for template, operations in spec["paths"].items()]  # fmt: skip
+        _documents[id(app)] = OpenAPI.from_dict(spec), paths
+    return _documents[id(app)]
 
 
 def assert_documented(app, response) -> None:
-    """The answer is one the OpenAPI document describes for its operation: a documented status, and a body of that
-    status's schema (required fields present, types, nulls, enums; no undeclared field where the schema forbids
-    them). A request for an operation the document does not have (an unknown path, a method not served) is not
-    checked."""
-    document = _documents.get(id(app))
-    if document is None:
-        document = _documents[id(app)] = OpenAPI.from_dict(app.test_client().get("/api/v1/openapi.json").get_json())
-    request = MockRequest("http://localhost", response.request.method.lower(), response.request.path)
+    """The answer is one the OpenAPI document describes for its operation: a status the operation declares (not
+    only its `default`), an error's code among those that status lists, and a body of that status's schema
+    (required fields present, types, nulls, enums; no undeclared field where the schema forbids them). A request
+    for an operation the document does not have (an unknown path, a method not served) is not checked."""
+    document, paths = _document(app)
+    method, path = response.request.method.lower(), response.request.path
+    operation = next((ops.get(method) for pattern, ops in paths if pattern.match(path) and method in ops), None)
+    if operation is not None:
+        declared = operation["responses"].get(str(response.status_code))
+        assert declared is not None, (method, path, response.status_code, "status not declared")
+        if response.status_code >= 400 and response.mimetype == "application/json":
+            code = response.get_json()["error"]["code"]
+            listed = [c.strip() for c in declared["description"].split(",")]
+            assert code in listed, (method, path, response.status_code, code, "code not listed", listed)
+    request = MockRequest("http://localhost", method, path)
     answer = MockResponse(response.get_data(), response.status_code, headers=dict(response.headers),
                           content_type=response.mimetype)  # fmt: skip
     errors = [f"{e!r}: {[m.message for m in getattr(e.__cause__, 'schema_errors', ())]}"
