@@ -70,16 +70,19 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
 
 API_CONVENTIONS = (
     "约定（详见 API.md）：请求与应答均为 UTF-8 JSON；同一对象中的字段名不可重复（400 bad_request），"
-    "未声明的字段、查询参数中接口不认识或重复出现的参数是 422 validation_error；"
-    "文本字段不接受空字符、控制字符与文字方向控制符（原因、来源等多行文本可含换行与制表符），前后空白会被去掉，只有空白的必填文本视为未填。"
-    "时间为带时区偏移的 ISO 8601（服务器给出 UTC），"
-    '“一天”指上海本地日。每个 4xx/5xx 应答都是 {"error": {"code", "message", "details"}}，'
-    "code 稳定可判断，message 为可直接展示的中文。每个应答带 X-Request-Id（请求可自带 8 到 64 位的 "
-    "[A-Za-z0-9._-]），报障时请附上；500 的 details.request_id 与之相同。列表按游标分页：?limit= 与上一页的 "
-    "next 作为 ?cursor=，next 为 null 即最后一页。写操作可带 Idempotency-Key 安全重试，重放的应答带 "
-    "Idempotent-Replayed: true。429 与 503 带 Retry-After（秒）。401 token_expired：用 refresh token 调 "
-    "/auth/refresh 换新的 access token（/auth/refresh 本身答 token_expired 或 token_revoked 时请重新登录）；"
-    "401 token_revoked、unauthorized：请重新登录。新版本可能增加 code、details 字段与枚举值，客户端应能容忍。"
+    "未声明的字段、查询参数中接口不认识或重复出现的参数是 422 validation_error；文本字段不接受空字符、"
+    "控制字符与文字方向控制符（原因、来源等多行文本可含换行与制表符），前后空白会被去掉，"
+    "只有空白的必填文本视为未填。时间为带时区偏移的 ISO 8601（服务器给出 UTC），“一天”指上海本地日。"
+    '每个 4xx/5xx 应答都是 {"error": {"code", "message", "details"}}，code 稳定可判断，'
+    "message 为可直接展示的中文。每个应答带 X-Request-Id（请求可自带 8 到 64 位的 [A-Za-z0-9._-]），"
+    "报障时请附上；500 的 details.request_id 与之相同。"
+    "列表按游标分页：?limit= 与上一页的 next 作为 ?cursor=，next 为 null 即最后一页。"
+    "声明了 Idempotency-Key 请求头的写操作（积分与库存相关）可带它安全重试，"
+    "重放的应答带 Idempotent-Replayed: true；其他接口忽略该请求头。429 与 503 带 Retry-After（秒）。"
+    "401 token_expired：用 refresh token 调 /auth/refresh 换新的 access token"
+    "（/auth/refresh 本身答 token_expired 或 token_revoked 时请重新登录）；"
+    "401 token_revoked、unauthorized：请重新登录。新版本可能增加应答字段、code、details 字段与枚举值，"
+    "客户端应能容忍（文档中应答的 additionalProperties: false 只说明本版本的应答，不要据此拒绝新字段）。"
 )
 
 

@@ -18,11 +18,32 @@ class EntrySchema(ResponseSchema):
             "later versions add more (events, trade-ins, the green exchange)"
         }
     )
-    activity = fields.String(allow_none=True)
-    rule_id = Integer(allow_none=True)
+    activity = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "the methodology activity that priced it (GET /rules): checkin:sorting, sorting:<category> "
+            "for a deposit of one category, sorting for a deposit of several; a reversal keeps its entry's; null "
+            "for adjustments and expiry"
+        },
+    )
+    rule_id = Integer(
+        allow_none=True,
+        metadata={
+            "description": "the rule version that priced it; null for a deposit of several categories (each of its "
+            "items names its own) and where no rule applies"
+        },
+    )
     co2e_g = Integer()
-    ref_type = fields.String()
-    ref_id = fields.String()
+    ref_type = fields.String(
+        metadata={
+            "description": "what the entry refers to, ref_id being its id: checkin; deposit (GET /me/deposits lists "
+            "them); adjustment (an admin's, by its reference); entry (a reversal: the entry it undoes); expiry (the "
+            "local year whose points expired). Later versions add more (redemptions, events, trade-ins)"
+        }
+    )
+    ref_id = fields.String(
+        metadata={"description": 'the id of what ref_type names, always as text: deposit 12 is "12"'}
+    )
     memo = fields.String(allow_none=True)
     created_at = fields.AwareDateTime()
 

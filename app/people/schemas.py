@@ -76,15 +76,31 @@ class MeSchema(ResponseSchema):
     nickname = fields.String()
     community_id = Integer(allow_none=True)
     balance = Integer()
-    co2e_g = Integer()
+    co2e_g = Integer(
+        metadata={
+            "description": "grams of CO2e the resident's earnings stand for, less those reversed (the sum of the "
+            "ledger's co2e_g); a deposit worth 0 points adds none"
+        }
+    )
     lifetime_earned = Integer(
         metadata={
             "description": "points earned in all (entries of kind earn), less earnings reversed; adjustments, spends "
             "and expiry do not count, so it is not the balance"
         }
     )
-    expiring_points = Integer()
-    expiring_at = fields.AwareDateTime(allow_none=True)
+    expiring_points = Integer(
+        metadata={
+            "description": "the points that expire next: what is left of the oldest year's points (points earned "
+            "in local year Y expire when year Y + 1 + POINTS_EXPIRY_YEARS begins: Y + 2 by default); 0 when none will"
+        }
+    )
+    expiring_at = fields.AwareDateTime(
+        allow_none=True,
+        metadata={
+            "description": "when expiring_points expire: a local midnight (Asia/Shanghai) on 1 January, as a UTC "
+            "instant (2027-12-31T16:00:00+00:00 is 2028-01-01 00:00 in Shanghai); null when none will"
+        },
+    )
 
 
 class MeUpdateSchema(StrictSchema):

@@ -160,7 +160,12 @@ class PosterSchema(ResponseSchema):
 
 
 class MemberCodeSchema(ResponseSchema):
-    token = fields.String()
+    token = fields.String(
+        metadata={
+            "description": "draw it as a QR code as it is (or show /me/member-code.png); the collector's app sends "
+            "what it scans as member_code"
+        }
+    )
     expires_at = fields.AwareDateTime()
     expires_in = Integer(
         metadata={"description": f"{EXPIRES_IN}: refresh a little before, whatever the phone's clock says"}
@@ -197,7 +202,9 @@ class ScanResultSchema(ResponseSchema):
         allow_none=True,
         metadata={"description": "the ledger entry; null when the check-in rule gives 0 points"},
     )
-    collection_point_id = Integer(metadata={"optional": True, "description": "the point checked in at (kind checkin)"})
+    collection_point_id = Integer(
+        metadata={"optional": True, "description": "the point checked in at: always there when kind is checkin"}
+    )
     day = fields.Date(metadata={"optional": True, "description": CHECKIN_DAY})
 
 
@@ -222,7 +229,11 @@ class DepositLineSchema(StrictSchema):
 
 
 class DepositCreateSchema(StrictSchema):
-    member_code = fields.String(required=True, validate=validate.Length(min=1, max=256))
+    member_code = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=256),
+        metadata={"description": "what the member code QR holds, as scanned (the token of GET /me/member-code)"},
+    )
     collection_point_id = Id(required=True)
     items = fields.List(
         fields.Nested(DepositLineSchema),
