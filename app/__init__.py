@@ -80,6 +80,11 @@ def register_blueprints(app: Flask) -> None:
     from app.sorting.routes import blp as sorting
 
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    api.spec.components.security_scheme(
+        "refreshToken",
+        {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+         "description": "the refresh_token of the login's answer, as the bearer (POST /auth/refresh, /auth/logout)"},
+    )  # fmt: skip
     for blueprint in (auth, people, carbon, ledger, sorting, ops):
         api.register_blueprint(blueprint)
     app.register_blueprint(pages)

@@ -449,6 +449,7 @@ class Blueprint(SmorestBlueprint):
         super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
         operations = {method: doc for method, doc in self._docs[endpoint].items() if method != "parameters"}
         for method, doc in operations.items():
+            _first_sentence_as_summary(doc.get("docstring", {}))
             manual = doc.setdefault("manual_doc", {})
             manual.setdefault("operationId", endpoint if len(operations) == 1 else f"{endpoint}_{method}")
             responses = manual.setdefault("responses", {})
@@ -460,6 +461,16 @@ class Blueprint(SmorestBlueprint):
                 for status in [*doc.get("success_status_codes", []), *responses]:
                     if str(status).isdigit() and kept(int(status)):
                         responses.setdefault(status, {}).setdefault("headers", {}).update(REPLAYED)
+
+
+def _first_sentence_as_summary(info: dict[str, str]) -> None:
+    """A long docstring's first sentence is the operation's summary, the rest its description: client generators
+    make the summary a one-line comment, and Swagger UI shows it in each operation's collapsed row."""
+    summary = " ".join(info.get("summary", "").split())
+    if len(summary) > 120 and ". " in summary:
+        first, rest = summary.split(". ", 1)
+        info["summary"] = f"{first}."
+        info["description"] = "\n\n".join(filter(None, (rest, info.get("description"))))
 
 
 class _NoCookieSession(NullSession):

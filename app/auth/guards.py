@@ -236,6 +236,9 @@ def login_required(*roles: str, refresh: bool = False, standing: bool = True):
 
         documented = [Unauthorized, TokenExpired, TokenRevoked]
         documented += ([AccountFrozen] if standing else []) + ([Forbidden] if roles else [])
-        return extend_doc(wrapper, view, errors=documented, security=[{"bearerAuth": []}])
+        # Which token is the bearer, for a client generator's auth: the refresh token on /auth/refresh, either one
+        # to end a session.
+        schemes = ["refreshToken"] if refresh else ["bearerAuth"] if standing else ["bearerAuth", "refreshToken"]
+        return extend_doc(wrapper, view, errors=documented, security=[{scheme: []} for scheme in schemes])
 
     return decorator

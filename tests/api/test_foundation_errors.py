@@ -1011,17 +1011,22 @@ def test_openapi_states_the_conventions_every_operation_shares(spec):
 
 
 def test_openapi_declares_bearer_auth(spec):
-    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http",
-        "scheme": "bearer",
-        "bearerFormat": "JWT",
-    }
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    assert schemes["refreshToken"] | {"description": ""} == schemes["bearerAuth"] | {"description": ""}
+
+
+# Which token a client's auth sends: the refresh token to refresh, either one to log out.
+BEARERS = {
+    ("/api/v1/auth/refresh", "post"): ["refreshToken"],
+    ("/api/v1/auth/logout", "post"): ["bearerAuth", "refreshToken"],
+}
 
 
 @pytest.mark.parametrize(("path", "method"), PROTECTED)
 def test_protected_operations_use_bearer_auth_and_document_401(spec, path, method):
     operation = spec["paths"][path][method]
-    assert operation.get("security") == [{"bearerAuth": []}]
+    assert operation.get("security") == [{scheme: []} for scheme in BEARERS.get((path, method), ["bearerAuth"])]
     assert {"unauthorized", "token_expired", "token_revoked"} <= _error_codes(spec, path, method, 401)
 
 
