@@ -13,6 +13,18 @@ from app.errors import AppError
 ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
 RETRY_AFTER = {"Retry-After": {"description": "多少秒后再试", "schema": {"type": "integer", "minimum": 1}}}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+REQUEST_ID = "X-Request-Id"
+REQUEST_ID_PARAMETER = {
+    "in": "header",
+    "name": REQUEST_ID,
+    "required": False,
+    "description": "a request id of your own (8 to 64 of A-Z a-z 0-9 . _ -), sent back in X-Request-Id and logged; "
+    "another value is replaced by the server's",
+    "schema": {"type": "string"},
+}
+REQUEST_ID_HEADER = {
+    REQUEST_ID: {"description": "this request's id, to quote when reporting a problem", "schema": {"type": "string"}}
+}
 REPLAYED = {
     "Idempotent-Replayed": {
         "description": "true: the first answer to this request's Idempotency-Key, sent again; nothing was done now",

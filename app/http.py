@@ -22,7 +22,14 @@ from werkzeug.exceptions import HTTPException, NotFound, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 from werkzeug.routing import ValidationError as NotThisRoute
 
-from app.apidoc import IDEMPOTENCY_HEADER, REPLAYED, document_errors, error_docs
+from app.apidoc import (
+    IDEMPOTENCY_HEADER,
+    REPLAYED,
+    REQUEST_ID_HEADER,
+    REQUEST_ID_PARAMETER,
+    document_errors,
+    error_docs,
+)
 from app.common import ErrorEnvelopeSchema, StrictSchema
 from app.db import MAX_ID, db
 from app.errors import (
@@ -448,12 +455,18 @@ class Blueprint(SmorestBlueprint):
         get, and on an operation that honours Idempotency-Key, the header that marks a replayed answer."""
         super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
         operations = {method: doc for method, doc in self._docs[endpoint].items() if method != "parameters"}
+        # At the path's level, which every operation on it shares: an operation's own list would replace the one
+        # its query arguments make.
+        self._docs[endpoint]["parameters"] = [*(self._docs[endpoint]["parameters"] or []), REQUEST_ID_PARAMETER]
         for method, doc in operations.items():
             _first_sentence_as_summary(doc.get("docstring", {}))
             manual = doc.setdefault("manual_doc", {})
             manual.setdefault("operationId", endpoint if len(operations) == 1 else f"{endpoint}_{method}")
             responses = manual.setdefault("responses", {})
             document_errors(responses, InternalError, ServiceUnavailable)
+            for status in [*doc.get("success_status_codes", []), *responses]:
+                if str(status).isdigit():
+                    responses.setdefault(status, {}).setdefault("headers", {}).update(REQUEST_ID_HEADER)
             if any(p.get("name") == IDEMPOTENCY_HEADER for p in manual.get("parameters", [])):
                 from app.idempotency.service import kept  # which imports this module
 

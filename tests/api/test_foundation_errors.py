@@ -1010,6 +1010,18 @@ def test_openapi_states_the_conventions_every_operation_shares(spec):
         assert term in conventions, term
 
 
+def test_every_operation_documents_the_request_id_both_ways(spec):
+    """A client may send its own X-Request-Id and reads the one every answer carries, to quote in a report."""
+    for path, operations in spec["paths"].items():
+        assert "X-Request-Id" in {p["name"] for p in operations.get("parameters", [])}, path
+        for method, operation in operations.items():
+            if method == "parameters":
+                continue
+            for status, response in operation["responses"].items():
+                if status != "default":
+                    assert "X-Request-Id" in response.get("headers", {}), (path, method, status)
+
+
 def test_openapi_declares_bearer_auth(spec):
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
@@ -1215,7 +1227,7 @@ def test_image_operations_document_their_media_type(spec, path, media_type):
 
 def test_the_member_code_image_documents_its_expiry_headers(spec):
     headers = spec["paths"]["/api/v1/me/member-code.png"]["get"]["responses"]["200"]["headers"]
-    assert set(headers) == {"X-Expires-At", "X-Expires-In"}
+    assert set(headers) == {"X-Expires-At", "X-Expires-In", "X-Request-Id"}
 
 
 @pytest.mark.parametrize(
