@@ -127,6 +127,8 @@ def ledger_verify() -> None:
     click.echo(f"checked {report.entries} entries in {report.accounts} accounts in {elapsed:.2f}s ({rate:,.0f}/s)")
     for notice in report.notices[:20]:
         click.echo(f"note: {notice}")
+    if report.notice_count > 20:
+        click.echo(f"note: {report.notice_count} notes in all, the first 20 shown")
     if not report.ok:
         first = f": first bad entry {report.first_bad_entry}" if report.first_bad_entry is not None else ""
         click.echo(f"FAILED{first}", err=True)

@@ -481,9 +481,11 @@ def _first_sentence_as_summary(info: dict[str, str]) -> None:
     make the summary a one-line comment, and Swagger UI shows it in each operation's collapsed row."""
     summary = " ".join(info.get("summary", "").split())
     if len(summary) > 120 and ". " in summary:
-        first, rest = summary.split(". ", 1)
-        info["summary"] = f"{first}."
+        summary, rest = summary.split(". ", 1)
+        summary = f"{summary}."
         info["description"] = "\n\n".join(filter(None, (rest, info.get("description"))))
+    if summary:
+        info["summary"] = summary
 
 
 class _NoCookieSession(NullSession):

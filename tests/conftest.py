@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from openapi_core import OpenAPI
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from openapi_core.testing import MockRequest, MockResponse
+from werkzeug.exceptions import HTTPException
 
 from app import clock as app_clock
 from app import create_app
@@ -300,17 +301,24 @@ class Caller:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-_documents: dict[int, tuple[OpenAPI, list[tuple[re.Pattern, dict]]]] = {}
+_documents: dict[int, tuple[OpenAPI, dict]] = {}
 
 
-def _document(app) -> tuple[OpenAPI, list[tuple[re.Pattern, dict]]]:
-    """The app's OpenAPI document, and each path's operations with a pattern that matches the path's requests."""
+def _document(app) -> tuple[OpenAPI, dict]:
     if id(app) not in _documents:
         spec = app.test_client().get("/api/v1/openapi.json").get_json()
-        paths = [(re.compile(re.sub(r"\\{[^}]+\\}", "[^/]+", re.escape(template)) + r"\Z"), operations)
-                 for template, operations in spec["paths"].items()]  # fmt: skip
-        _documents[id(app)] = OpenAPI.from_dict(spec), paths
+        _documents[id(app)] = OpenAPI.from_dict(spec), spec
     return _documents[id(app)]
+
+
+def _operation(app, spec: dict, method: str, path: str) -> dict | None:
+    """The documented operation of the route Flask chose for this request; None where routing chose none."""
+    try:
+        rule, _ = app.url_map.bind("localhost").match(path, method=method.upper(), return_rule=True)
+    except HTTPException:  # not found, or a method the path does not serve
+        return None
+    template = re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule.rule)
+    return spec["paths"].get(template, {}).get(method)
 
 
 def assert_documented(app, response) -> None:
@@ -318,9 +326,9 @@ def assert_documented(app, response) -> None:
     only its `default`), an error's code among those that status lists, and a body of that status's schema
     (required fields present, types, nulls, enums; no undeclared field where the schema forbids them). A request
     for an operation the document does not have (an unknown path, a method not served) is not checked."""
-    document, paths = _document(app)
+    document, spec = _document(app)
     method, path = response.request.method.lower(), response.request.path
-    operation = next((ops.get(method) for pattern, ops in paths if pattern.match(path) and method in ops), None)
+    operation = _operation(app, spec, method, path)
     if operation is not None:
         declared = operation["responses"].get(str(response.status_code))
         assert declared is not None, (method, path, response.status_code, "status not declared")

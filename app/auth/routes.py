@@ -60,8 +60,8 @@ def staff_login(body):
 @blp.arguments(PasswordChangeSchema)
 @blp.response(200, StaffTokensSchema)
 def change_password(body):
-    """A staff member changes their own password, giving the current one (a wrong one is 422 on
-    `current_password`; a session gets five tries per 15 minutes, then 429). Every session begun before, on any
+    """A staff member changes their own password, giving the current one. A wrong one is 422 on
+    `current_password`; a session gets five tries per 15 minutes, then 429. Every session begun before, on any
     device, ends; the answer carries new tokens."""
     return service.change_password(current_actor(), body["current_password"], body["new_password"])
 

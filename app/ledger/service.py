@@ -255,7 +255,7 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
 
 
 # How far ahead of this server's clock an account's last entry may be and still date the next one: a request waits
-# for the lock at most lock_timeout (5 s), and servers' clocks agree to well within a second.
+# for the lock at most lock_timeout (5 s by default), and servers' clocks agree to well within a second.
 MAX_LEAD = timedelta(seconds=60)
 
 
@@ -270,8 +270,8 @@ def _dated(at: datetime | None, last: datetime | None) -> datetime:
     if last is None or now >= last:
         return now
     if last - now > MAX_LEAD:
-        log.error("account's last entry is dated %s, more than %s ahead of this clock (%s): a clock ran fast", last,
-                  MAX_LEAD, now)  # fmt: skip
+        log.error("account's last entry is dated %s, more than %s after this posting's moment (%s): servers' clocks "
+                  "disagree, or the request waited that long", last, MAX_LEAD, now)  # fmt: skip
         return now
     if at is not None and local_day(at, _tz()) != local_day(last, _tz()):
         log.warning("posting dated %s refused: its account's last entry is dated %s, on the next day", at, last)

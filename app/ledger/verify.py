@@ -22,6 +22,9 @@ ENTRY_COLUMNS = (
 )
 
 
+KEPT_NOTICES = 200
+
+
 @dataclass
 class Report:
     """`problems` fail the check: an entry altered, a chain or a stored figure that its entries do not give.
@@ -32,12 +35,19 @@ class Report:
     entries: int = 0
     accounts: int = 0
     problems: list[str] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # the first KEPT_NOTICES of notice_count
+    notice_count: int = 0
     first_bad_entry: int | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def note(self, message: str) -> None:
+        """A ledger written before the dating rule may hold an inversion per entry: count them all, keep a few."""
+        self.notice_count += 1
+        if len(self.notices) < KEPT_NOTICES:
+            self.notices.append(message)
 
     def fail(self, message: str, entry_id: int | None = None) -> None:
         if entry_id is not None and self.first_bad_entry is None:
@@ -99,7 +109,7 @@ def _close(chain: _Chain, accounts: dict[int, tuple], lots: dict[int, dict[int, 
             f"co2e_g={chain.co2e_g} seq={chain.seq}) or the last hash does not match"
         )
     if last_at is None or last_at < chain.last_at:  # the next posting may be dated before the last entry
-        report.notices.append(
+        report.note(
             f"account {chain.account_id}: stored last entry at {last_at}, behind its last entry ({chain.last_at}): "
             "a server on an older release posted it"
         )
@@ -123,7 +133,7 @@ def _check(chain: _Chain, row, year_of: Callable[[datetime], int], report: Repor
                   ref_id, actor_type, actor_id, reverses_id, micros(created_at), memo),
     )  # fmt: skip
     if chain.last_at is not None and created_at < chain.last_at:
-        report.notices.append(f"{where}: dated {created_at}, before the entry it follows ({chain.last_at})")
+        report.note(f"{where}: dated {created_at}, before the entry it follows ({chain.last_at})")
     if expected != stored_hash:
         report.fail(f"{where}: hash mismatch, the entry or its predecessor was altered", entry_id)
     if kind == "spend" and (delta >= 0 or ref_type != "redemption"):

@@ -156,9 +156,9 @@ def device_required(view):
 @blp.arguments(PointQuerySchema, location="query")
 @blp.response(200, PointPage)
 def list_points(query):
-    """Active collection points; `near=lat,lng` sorts by distance (and lists only the points that have a position:
-    one without cannot be placed on the map), and `community_id`, `kind` and `category`
-    narrow the list (`category=glass`: the points that take glass). `active=false` lists the retired ones instead."""
+    """Active collection points, the nearest first with `near=lat,lng`. With `near`, only the points that have a
+    position are listed: one without cannot be placed on the map. `community_id`, `kind` and `category` narrow the
+    list (`category=glass`: the points that take glass). `active=false` lists the retired ones instead."""
     return service.list_points(**query)
 
 
@@ -341,7 +341,8 @@ def device_deposit(body):
     lost answer, send the same Idempotency-Key as the first try, with the same signed bytes or signed again, to get
     the first answer back, a refusal's too. To try again after a refusal, sign again with a new key.
     A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
-    seconds), so that the bin can correct its own and sign again."""
+    seconds), so that the bin can correct its own and sign again. A 5xx spends nothing: after its Retry-After, send
+    the same signed bytes again (or sign again, within the 5 minutes)."""
     return service.record_device_deposit(current_actor(), body)
 
 

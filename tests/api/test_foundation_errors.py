@@ -1010,6 +1010,16 @@ def test_openapi_states_the_conventions_every_operation_shares(spec):
         assert term in conventions, term
 
 
+def test_every_summary_is_one_line_and_the_rest_a_description(spec):
+    """Client generators make the summary a one-line comment; Swagger UI shows it in the collapsed row."""
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if method != "parameters":
+                summary = operation["summary"]
+                assert "\n" not in summary, (path, method, summary)
+                assert len(summary) <= 120, (path, method, summary)
+
+
 def test_every_operation_documents_the_request_id_both_ways(spec):
     """A client may send its own X-Request-Id and reads the one every answer carries, to quote in a report."""
     for path, operations in spec["paths"].items():

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +11,7 @@ from app.db import db
 from app.errors import CapReached, ServiceUnavailable
 from app.idempotency.models import IdempotencyKey
 from app.ledger import service as ledger
+from app.ledger import verify as verify_module
 from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
 from app.ledger.verify import _local_year as local_year
 from app.ledger.verify import verify_ledger
@@ -737,23 +738,53 @@ def test_verify_notes_an_entry_dated_before_the_one_it_follows_without_failing(a
 
 
 def test_a_last_entry_dated_by_a_clock_that_ran_fast_does_not_date_the_next(api, clock, caplog):
-    """A server a day ahead wrote one entry: the next ones keep this server's clock (and the scans their day), not
-    that moment, which would date every later entry in the future; verify notes the inversion."""
+    """A server a day ahead wrote one entry: the next ones keep this server's clock, not that moment, which would
+    date every later entry in the future; verify notes the inversion."""
     me = api.resident()
     clock.set(datetime(2026, 6, 16, 10, 0, tzinfo=SHANGHAI))
     earn(me.id, 10, "a")
     clock.set(datetime(2026, 6, 15, 10, 0, tzinfo=SHANGHAI))
     later = earn(me.id, 5, "b")
     assert later.created_at == datetime(2026, 6, 15, 10, 0, tzinfo=SHANGHAI)
-    assert "a clock ran fast" in caplog.text
-    at = datetime(2026, 6, 15, 10, 0, 1, tzinfo=SHANGHAI)  # a use case dated today: not refused for tomorrow's entry
-    kept = ledger.post(me.id, 1, kind="earn", source="test", ref_type="test", ref_id="c", actor_type="system",
-                       actor_id=None, at=at)  # fmt: skip
-    db.session.commit()
-    assert kept.created_at == at
+    assert "servers' clocks disagree" in caplog.text
     report = verify_ledger()
     assert report.ok, report.problems
-    assert len(report.notices) == 1
+    assert (report.notice_count, len(report.notices)) == (1, 1)
+
+
+def test_a_use_case_dated_today_is_not_refused_for_a_fast_clocks_entry_tomorrow(api, clock):
+    """Its day (caps, lot) counted before the lock: with the last entry a clock fault ahead, across midnight, it keeps
+    its moment and day rather than a 503 until the real time catches up (a review's case)."""
+    me = api.resident()
+    clock.set(datetime(2027, 1, 1, 0, 0, 30, tzinfo=SHANGHAI))
+    earn(me.id, 10, "a")
+    at = datetime(2026, 12, 31, 23, 59, tzinfo=SHANGHAI)
+    cap = CapCharge("test:earn", 5, 20, "测试")
+    kept = ledger.post(me.id, 5, kind="earn", source="test", activity="test:earn", ref_type="test", ref_id="b",
+                       actor_type="system", actor_id=None, caps=[cap], at=at)  # fmt: skip
+    db.session.commit()
+    assert kept.created_at == at
+    assert db.session.scalar(sa.select(DailyEarning.day)) == date(2026, 12, 31)
+    assert lots_of(kept.account_id) == {2026: 5, 2027: 10}
+    report = verify_ledger()
+    assert report.ok, report.problems
+    assert report.notice_count == 1
+
+
+def test_verify_counts_every_note_and_the_cli_says_how_many_it_left_out(api, app, clock, monkeypatch):
+    me = api.resident()
+    monkeypatch.setattr(ledger, "_dated", lambda at, last: at or clock())  # as before the rule
+    for ref in range(23):
+        earn(me.id, 1, f"r{ref}")
+        clock.advance(seconds=-1)
+    report = verify_ledger()
+    assert report.ok
+    assert (report.notice_count, len(report.notices)) == (22, 22)
+    output = app.test_cli_runner().invoke(args=["ledger", "verify"]).output
+    assert output.count("note: entry") == 20
+    assert "note: 22 notes in all, the first 20 shown" in output
+    monkeypatch.setattr(verify_module, "KEPT_NOTICES", 5)
+    assert (verify_ledger().notice_count, len(verify_ledger().notices)) == (22, 5)
 
 
 def test_verify_catches_points_moved_to_another_year(api, clock):

@@ -131,3 +131,10 @@ def test_the_suites_answer_check_refuses_what_the_document_does_not_describe(api
             continue
         accepted.append(why)
     assert accepted == []
+
+
+def test_the_answer_check_follows_flasks_routing(api):
+    """PATCH /devices/deposits matches the template /devices/{device_id}, whose PATCH is documented; Flask answers
+    405 (no such route), which no operation describes: not checked, rather than read as that operation's answer."""
+    assert_error(api.patch("/devices/deposits", json={}), 405, "method_not_allowed")
+    assert api.get("/staff/me").status_code == 401  # /staff/me, not /staff/{staff_id}
