@@ -274,6 +274,15 @@ def my_deposits(query):
     return service.my_deposits(current_actor().id, **query)
 
 
+@blp.route("/me/checkins", methods=["GET"])
+@login_required(RESIDENT)
+@blp.arguments(CheckinQuerySchema, location="query")
+@blp.response(200, CheckinPage)
+def my_checkins(query):
+    """The caller's own check-ins, newest first; `day` keeps one local day's (today's: the points to mark as done)."""
+    return service.my_checkins(current_actor().id, **query)
+
+
 @blp.route("/scans", methods=["POST"])
 @login_required(RESIDENT)
 @idempotent

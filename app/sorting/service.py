@@ -786,7 +786,17 @@ def point_checkins(actor: Actor, point_id: int, day: date | None, cursor: str | 
     came and when. A poster shared beyond the point shows up here, and is the cue to rotate it."""
     point = get_point(point_id)
     _require_manager(actor, point.community_id)
-    stmt = sa.select(Checkin).where(Checkin.collection_point_id == point.id)
+    return _checkin_page(Checkin.collection_point_id == point.id, day, cursor, limit)
+
+
+def my_checkins(resident_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    """The resident's own check-ins, newest first, optionally of one local day: today's are the points the map can
+    mark as done, before a scan answers 409 already_claimed."""
+    return _checkin_page(Checkin.resident_id == resident_id, day, cursor, limit)
+
+
+def _checkin_page(whose: sa.ColumnElement[bool], day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    stmt = sa.select(Checkin).where(whose)
     if day is not None:
         stmt = stmt.where(Checkin.day == day)
     return keyset_page(stmt, Checkin.id, cursor, limit)

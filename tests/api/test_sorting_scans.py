@@ -253,6 +253,30 @@ def test_same_point_twice_a_day_is_already_claimed(api, clock, world):
     assert (again["balance"], again["day"]) == (10, "2026-06-16")
 
 
+def test_a_resident_lists_their_own_check_ins_of_a_day(api, clock, world):
+    """What the map marks as done today; nobody else's, and only a resident's own."""
+    me, neighbour = api.resident(), api.resident()
+    scan_ok(api, me, world["tokens"]["a"])
+    clock.advance(minutes=5)
+    scan_ok(api, me, world["tokens"]["b"])
+    scan_ok(api, neighbour, world["tokens"]["c"])
+    clock.set(datetime(2026, 6, 16, 8, 0, tzinfo=SHANGHAI))
+    scan_ok(api, me, world["tokens"]["c"])
+    mine = api.get("/me/checkins", as_=me).get_json()
+    assert [(c["collection_point_id"], c["day"]) for c in mine["items"]] == [
+        (world["c"], "2026-06-16"), (world["b"], "2026-06-15"), (world["a"], "2026-06-15"),
+    ]  # fmt: skip
+    assert {c["resident_id"] for c in mine["items"]} == {me.id}
+    that_day = api.get("/me/checkins?day=2026-06-15&limit=1", as_=me).get_json()
+    assert [c["collection_point_id"] for c in that_day["items"]] == [world["b"]]
+    rest = api.get(f"/me/checkins?day=2026-06-15&limit=1&cursor={that_day['next']}", as_=me).get_json()
+    assert ([c["collection_point_id"] for c in rest["items"]], rest["next"]) == ([world["a"]], None)
+    assert api.get("/me/checkins?day=2026-06-17", as_=me).get_json() == {"items": [], "next": None}
+    assert_error(api.get("/me/checkins"), 401, "unauthorized")
+    assert_error(api.get("/me/checkins", as_=world["worker"]), 403, "forbidden")
+    assert_error(api.get("/me/checkins?day=tomorrow", as_=me), 422, "validation_error")
+
+
 def adjust(api, admin, resident, delta: int = 1) -> LedgerEntry:
     response = api.post(f"/residents/{resident.id}/adjustments", as_=admin, json={"delta": delta, "reason": "补发积分"})
     assert response.status_code == 201, response.get_json()
