@@ -453,6 +453,8 @@ class Blueprint(SmorestBlueprint):
         """What every operation has, once all its decorators have documented it: an operationId (the view's name,
         which client generators name their functions after), the outage and server error answers any request can
         get, and on an operation that honours Idempotency-Key, the header that marks a replayed answer."""
+        from app.idempotency.service import kept  # which imports this module
+
         super()._store_endpoint_docs(endpoint, obj, parameters, tags, **options)
         operations = {method: doc for method, doc in self._docs[endpoint].items() if method != "parameters"}
         # At the path's level, which every operation on it shares: an operation's own list would replace the one
@@ -464,16 +466,14 @@ class Blueprint(SmorestBlueprint):
             manual.setdefault("operationId", endpoint if len(operations) == 1 else f"{endpoint}_{method}")
             responses = manual.setdefault("responses", {})
             document_errors(responses, InternalError, ServiceUnavailable)
+            idempotent = any(p.get("name") == IDEMPOTENCY_HEADER for p in manual.get("parameters", []))
+            # flask-smorest keys a success answer as its decorator was given the status (201, an int)
             for status in [*doc.get("success_status_codes", []), *responses]:
                 if str(status).isdigit():
-                    responses.setdefault(status, {}).setdefault("headers", {}).update(REQUEST_ID_HEADER)
-            if any(p.get("name") == IDEMPOTENCY_HEADER for p in manual.get("parameters", [])):
-                from app.idempotency.service import kept  # which imports this module
-
-                # flask-smorest keys a success answer as its decorator was given the status (201, an int)
-                for status in [*doc.get("success_status_codes", []), *responses]:
-                    if str(status).isdigit() and kept(int(status)):
-                        responses.setdefault(status, {}).setdefault("headers", {}).update(REPLAYED)
+                    headers = responses.setdefault(status, {}).setdefault("headers", {})
+                    headers.update(REQUEST_ID_HEADER)
+                    if idempotent and kept(int(status)):
+                        headers.update(REPLAYED)
 
 
 def _first_sentence_as_summary(info: dict[str, str]) -> None:
