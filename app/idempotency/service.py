@@ -113,6 +113,11 @@ def kept(status: int) -> bool:
     return status < 500 and status not in (401, 429)
 
 
+def refusal_kept(error: AppError | HTTPException) -> bool:
+    """Whether a raised refusal answers the request itself, and so is kept, or only says to try again."""
+    return kept(error.status if isinstance(error, AppError) else (error.code or 500))
+
+
 def _answer_or_refusal(view):
     """The view's answer, or the refusal it raised as an answer to keep, with the use case's writes undone."""
     savepoint = db.session.begin_nested()
@@ -125,8 +130,7 @@ def _answer_or_refusal(view):
     try:
         response = view()
     except (AppError, HTTPException) as error:
-        status = error.status if isinstance(error, AppError) else (error.code or 500)
-        if not kept(status):
+        if not refusal_kept(error):
             raise
         undo()
         if isinstance(error, AppError):

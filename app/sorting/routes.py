@@ -25,7 +25,7 @@ from app.errors import (
     Unauthorized,
 )
 from app.http import Blueprint, no_body
-from app.idempotency.service import idempotent, on_kept_refusal, stored_answer
+from app.idempotency.service import idempotent, on_kept_refusal, refusal_kept, stored_answer
 from app.sorting import service
 from app.sorting.schemas import (
     EXPIRES_IN,
@@ -104,7 +104,7 @@ def device_required(view):
         try:
             response = view(*args, **kwargs)
         except (AppError, HTTPException) as refusal:  # a use case's refusal, or the body's (400, 422)
-            if isinstance(refusal, AppError) and refusal.status >= 500:  # "try again": the same bytes may come back
+            if not refusal_kept(refusal):  # "try again" (a 503): the same signed bytes may come back
                 raise
             after_signature.rollback()
             service.mark_signature_refused(signature)
