@@ -125,14 +125,15 @@ def ledger_verify() -> None:
     elapsed = time.perf_counter() - started
     rate = report.entries / elapsed if elapsed else 0
     click.echo(f"checked {report.entries} entries in {report.accounts} accounts in {elapsed:.2f}s ({rate:,.0f}/s)")
-    for notice in report.notices[:20]:
+    shown = 20
+    for notice in report.notices[:shown]:
         click.echo(f"note: {notice}")
-    if report.notice_count > 20:
-        click.echo(f"note: {report.notice_count} notes in all, the first 20 shown")
+    if report.notice_count > shown:
+        click.echo(f"note: {report.notice_count} notes in all, the first {shown} shown")
     if not report.ok:
         first = f": first bad entry {report.first_bad_entry}" if report.first_bad_entry is not None else ""
         click.echo(f"FAILED{first}", err=True)
-        for problem in report.problems[:20]:
+        for problem in report.problems[:shown]:
             click.echo(f"  {problem}", err=True)
         raise SystemExit(1)
     click.echo("OK: every chain, balance and year's points verify")

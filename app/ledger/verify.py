@@ -207,7 +207,7 @@ def verify_ledger(chunk: int = 20000) -> Report:
                 f"seq={last_seq} last entry at {last_at}"
             )
     for account_id, by_year in lots.items():
-        if _by_year(by_year):
-            report.fail(f"account {account_id}: no entries, yet stored points by year {_by_year(by_year)}")
+        if stored := _by_year(by_year):
+            report.fail(f"account {account_id}: no entries, yet stored points by year {stored}")
     report.entries = count
     return report
