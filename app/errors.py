@@ -6,18 +6,27 @@ from typing import Any
 
 
 class AppError(Exception):
-    """A domain error with a stable code, an HTTP status and a zh-CN message."""
+    """A domain error with a stable code, an HTTP status and a zh-CN message; a server error may carry an English
+    diagnosis for its log line, where the message only says what the user can do."""
 
     status: int = 400
     code: str = "bad_request"
     message: str = "请求无效"
 
-    def __init__(self, message: str | None = None, *, details: dict[str, Any] | None = None, headers=None):
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        details: dict[str, Any] | None = None,
+        headers=None,
+        diagnosis: str | None = None,
+    ):
         super().__init__(message or self.message)
         if message:
             self.message = message
         self.details = details or {}
         self.headers = headers or {}
+        self.diagnosis = diagnosis
 
     def to_dict(self) -> dict[str, Any]:
         return envelope(self.code, self.message, self.details)

@@ -111,7 +111,7 @@ def handle_http_exception(error: HTTPException):
 def handle_app_error(error: AppError):
     db.session.rollback()
     if error.status >= 500:
-        log.error("app error %s: %s", error.code, error.message)
+        log.error("app error %s: %s", error.code, error.diagnosis or error.message)
     return error_response(error.code, error.message, error.status, error.details, error.headers)
 
 

@@ -274,8 +274,10 @@ def _dated(at: datetime | None, last: datetime | None) -> datetime:
                   "disagree, or the request waited that long", last, MAX_LEAD, now)  # fmt: skip
         return now
     if at is not None and local_day(at, _tz()) != local_day(last, _tz()):
-        log.warning("posting dated %s refused: its account's last entry is dated %s, on the next day", at, last)
-        raise ServiceUnavailable(headers={"Retry-After": "1"})
+        raise ServiceUnavailable(
+            headers={"Retry-After": "1"},
+            diagnosis=f"posting dated {at} refused: its account's last entry is dated {last}, on the next day",
+        )
     return last
 
 

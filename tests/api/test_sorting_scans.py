@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from urllib.parse import quote
@@ -298,17 +299,25 @@ def test_a_scan_that_waited_for_its_account_is_dated_after_the_entry_before_it(a
     assert verify_ledger().ok
 
 
-def test_a_scan_dated_before_midnight_once_its_account_has_passed_it_is_refused_to_be_retried(api, clock, world):
+def test_a_scan_dated_before_midnight_once_its_account_has_passed_it_is_refused_to_be_retried(
+    api, clock, world, caplog
+):
     """The scan counted its day (check-in, caps) before it waited for the account, which meanwhile took an entry
-    after midnight: it is refused whole, and the retry counts on the new day."""
+    after midnight: it is refused whole, and the retry counts on the new day. One log line says why."""
     resident = api.resident()
     midnight = datetime(2026, 6, 16, tzinfo=SHANGHAI)
     clock.set(midnight + timedelta(seconds=1))
     adjust(api, world["admin"], resident)
     clock.set(midnight - timedelta(seconds=1))
+    caplog.clear()
     response = scan(api, resident, world["tokens"]["a"])
     assert_error(response, 503, "service_unavailable")
     assert response.headers["Retry-After"] == "1"
+    [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert line.endswith(
+        "posting dated 2026-06-15 15:59:59+00:00 refused: its account's last entry is dated 2026-06-15 16:00:01+00:00, "
+        "on the next day"
+    )
     assert (count(Checkin), count(LedgerEntry), count(DailyEarning)) == (0, 1, 0)
     clock.set(midnight + timedelta(seconds=2))
     assert scan_ok(api, resident, world["tokens"]["a"])["day"] == "2026-06-16"
