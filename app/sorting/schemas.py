@@ -225,6 +225,7 @@ class DepositLineSchema(StrictSchema):
         required=True,
         strict=True,
         validate=validate.Range(min=1, max=MAX_LINE_G, error="重量必须在 1 克到 200 千克之间"),
+        error_messages={"invalid": "重量以克为单位，须为整数（1.5 千克填 1500）"},  # 1.5 was meant as kilograms
     )
 
 

@@ -55,6 +55,7 @@ from app.errors import (
     QrExpired,
     TooFar,
     Unauthorized,
+    ValidationError,
     field_error,
 )
 from app.ledger import service as ledger
@@ -82,6 +83,7 @@ _SCAN_REFUSALS = {
     "point_retired": "该回收点已停用，请到附近其他回收点打卡",
 }
 RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
+CHECKED_IN_TODAY = "今天已在该回收点打卡，明天再来吧"
 CAP_GUIDANCE = "本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
 EARTH_RADIUS_M = 6_371_000
 
@@ -461,7 +463,7 @@ def _checkin_refusal(resident_id: int, point) -> Exception:
         return _scan_refusal("point_retired")
     if _frozen(resident_id):
         return AccountFrozen()
-    return AlreadyClaimed("今天已在该回收点打卡，明天再来吧")
+    return AlreadyClaimed(CHECKED_IN_TODAY)
 
 
 def _signed_with(secret: str, raw: str) -> bool:
@@ -499,16 +501,33 @@ def _point_from_poster(token: str):
     return point
 
 
+def _fence_refusal(point, lat: float | None, lng: float | None) -> Exception | None:
+    if not point.geofence_m or point.lat is None:
+        return None
+    if lat is None:  # a fence that a scan could pass by not saying where it is would keep nobody out
+        return field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码", reason="location_required")
+    away = distance_m(lat, lng, point.lat, point.lng)
+    if away > point.geofence_m:  # reported rounded up: never "300 m away, must be within 300 m"
+        return TooFar(details={"distance_m": math.ceil(away), "geofence_m": point.geofence_m})
+    return None
+
+
+_CHECKED_IN = sa.select(Checkin.id).where(
+    Checkin.resident_id == sa.bindparam("resident_id"),
+    Checkin.collection_point_id == sa.bindparam("point_id"),
+    Checkin.day == sa.bindparam("day"),
+)
+
+
 def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict[str, Any]:
     point = _point_from_poster(token)
-    if point.geofence_m and point.lat is not None:
-        if lat is None:  # a fence that a scan could pass by not saying where it is would keep nobody out
-            raise field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码", reason="location_required")
-        away = distance_m(lat, lng, point.lat, point.lng)
-        if away > point.geofence_m:  # reported rounded up: never "300 m away, must be within 300 m"
-            raise TooFar(details={"distance_m": math.ceil(away), "geofence_m": point.geofence_m})
     now = utcnow()
     day = local_day(now, _config("TIMEZONE"))
+    fence = _fence_refusal(point, lat, lng)
+    if fence is not None:
+        # Done for today: saying so beats asking for a position, or a walk back, that would earn nothing.
+        done = run(_CHECKED_IN, {"resident_id": actor.id, "point_id": point.id, "day": day}).first()
+        raise AlreadyClaimed(CHECKED_IN_TODAY) if done else fence
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
     exact_g = grams(rule.co2e_g_per_unit, Decimal(1))  # one visit
     points = round_half_up(exact_points(rule.points, exact_g, Decimal(1), _config("POINTS_PER_KG_CO2E")))
@@ -629,8 +648,14 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     resident_id, nonce = _member_code(data["member_code"], point.id, shown_at)
     refused = sorted(categories - set(point.categories))
     if refused:
-        names = [getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused]  # as caps name them
-        raise field_error("items", f"该回收点不收：{'、'.join(names)}")
+        # as caps name them; keyed by line, as the body's own errors are, so that the app marks the lines to take off
+        names = {c: getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused}
+        lines = {
+            str(i): {"category": [f"该回收点不收{names[line['category']]}"]}
+            for i, line in enumerate(data["items"])
+            if line["category"] in names
+        }
+        raise ValidationError(f"该回收点不收：{'、'.join(names.values())}", details={"fields": {"items": lines}})
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
     exact = [grams(rule.co2e_g_per_unit, kg) for rule, kg in zip(rules, kilograms, strict=True)]

@@ -531,12 +531,20 @@ def test_an_unknown_category_is_refused_with_the_names_a_collector_knows(api, wo
     assert count(Deposit) == 0
 
 
+def test_a_weight_that_is_not_a_whole_number_of_grams_says_the_unit(api, world):
+    for weight in (1.5, "1500", True):
+        error = assert_error(deposit(api, world, lines(("paper", weight))), 422, "validation_error")
+        assert error["details"]["fields"]["items"]["0"]["weight_g"] == ["重量以克为单位，须为整数（1.5 千克填 1500）"]
+    assert count(Deposit) == 0
+
+
 def test_category_the_point_does_not_take(api, world):
     glass_collector = api.staff("collector", collection_point_ids=[world["glass_only"]])
     kw = {"point": world["glass_only"], "collector": glass_collector}
     error = assert_error(deposit(api, world, lines(("glass", 500), ("paper", 500)), **kw), 422, "validation_error")
-    assert "items" in error["details"]["fields"]
-    assert error["details"]["fields"]["items"] == ["该回收点不收：废纸"]  # the rule's zh-CN name, not the code
+    assert error["message"] == "该回收点不收：废纸"  # the rule's zh-CN name, not the code
+    # keyed by line, as the body's own errors are: the app marks the line to take off
+    assert error["details"]["fields"] == {"items": {"1": {"category": ["该回收点不收废纸"]}}}
     assert count(Deposit) == 0
     assert deposit_ok(api, world, lines(("glass", 5000)), **kw)["points"] == 13  # 1300 g
 

@@ -527,6 +527,21 @@ def test_geofence(api, world):
     assert "reason" not in error["details"]  # a malformed body, not a missing position
 
 
+def test_a_fenced_point_checked_in_today_says_so_before_asking_for_a_position_or_a_walk(api, world):
+    """Granting the position, or walking back to the point, would earn nothing today: the answer says that first."""
+    fenced = make_point(api, world["admin"], "围栏站", lat=31.2304, lng=121.4737, geofence_m=100)
+    token = poster(api, world["admin"], fenced)["token"]
+    resident = api.resident()
+    scan_ok(api, resident, token, lat=31.2305, lng=121.4737)
+    for where in ({}, {"lat": 31.2394, "lng": 121.4737}):
+        error = assert_error(scan(api, resident, token, **where), 409, "already_claimed")
+        assert error["message"] == "今天已在该回收点打卡，明天再来吧"
+    # another resident still hears about the fence
+    assert_error(scan(api, api.resident(), token), 422, "validation_error")
+    assert_error(scan(api, api.resident(), token, lat=31.2394, lng=121.4737), 403, "too_far")
+    assert count(Checkin) == 1
+
+
 def test_too_far_never_reports_the_fence_itself_as_the_distance(api, world):
     """Compared unrounded, reported rounded up: 300.4 m away from a 300 m fence reads 301 m, not "300 m, must be
     within 300 m"."""
