@@ -44,6 +44,7 @@ EXPECTED = [
     ("GET", "/api/v1/collection-points/1/qr", 200),
     ("POST", "/api/v1/scans", 201),  # +5 points
     ("POST", "/api/v1/scans", 409),  # already_claimed
+    ("POST", "/api/v1/auth/wechat", 200),  # a neighbour
     ("POST", "/api/v1/scans", 403),  # too_far
     ("GET", "/api/v1/collection-points/1/checkins", 200),  # who checked in today, for the worker
     # Collector: record weighed recyclables
@@ -138,7 +139,8 @@ def test_the_walkthrough_answers_what_the_readme_says(served):
     assert '{"kind":"checkin","points":5,' in out  # 201: +5 points
     assert '{"error":{"code":"already_claimed",' in out
     assert '{"error":{"code":"too_far",' in out
-    assert '"points":32,"co2e_g":3200,"weight_g":1980,' in out  # 3200 g CO2e -> 32 points, rounded once
+    # 3200 g CO2e -> 32 points, rounded once
+    assert '"points":32,"co2e_g":3200,"points_over_cap":0,"weight_g":1980,' in out
     assert '"store_ids": [\n    1\n  ]' in out  # store_ids: [1]
     assert "OK: every chain, balance and year's points verify" in out  # flask ledger verify, after every step
     by_category = re.findall(r'^\{\n  "name": "([^"]+)",\n  "distance_m": \d+\n\}$', out, flags=re.M)

@@ -101,6 +101,22 @@ def cap_charges(lines: list[tuple[RuleView, int]], at: datetime | None = None) -
     return charges
 
 
+def fit_to_room(lines: list[tuple[RuleView, int]], room: dict[str, int | None]) -> list[int]:
+    """Each line's points that still fit under today's caps, the lines in order: a line takes what its activity's
+    counter and the daily total (unless exempt) have left, as `room` says (None: uncapped), and what it takes is
+    gone for the lines after it."""
+    left = dict(room)
+    fitted = []
+    for rule, points in lines:
+        keys = [rule.activity] + ([DAILY_TOTAL] if not rule.daily_total_exempt and DAILY_TOTAL in left else [])
+        take = min([points, *(left[key] for key in keys if left.get(key) is not None)])
+        for key in keys:
+            if left.get(key) is not None:
+                left[key] -= take
+        fitted.append(take)
+    return fitted
+
+
 MAX_LEAD = timedelta(days=366)
 
 

@@ -229,14 +229,28 @@ def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | 
     return entry_id, counted
 
 
+def _counted(account_id: int, day: date, caps: Sequence[CapCharge]) -> dict[str, int]:
+    """The day's counts so far of `caps`' counters that have counted anything."""
+    counters = sa.select(DailyEarning.activity, DailyEarning.points).where(
+        DailyEarning.account_id == account_id, DailyEarning.day == day, DailyEarning.activity.in_([c.key for c in caps])
+    )
+    return dict(db.session.execute(counters).all())
+
+
+def room_under_caps(resident_id: int, caps: Sequence[CapCharge], at: datetime | None = None) -> dict[str, int | None]:
+    """How many points each of `caps`' daily counters still takes (None: uncapped), on the day a posting at `at`
+    counts on. Read under the account's lock, which the caller's use case holds until it commits, so a posting
+    fitted to these figures is not refused."""
+    account, _ = _lock_account(resident_id)
+    today = _counted(account.id, local_day(_dated(at, account.last_entry_at), _tz()), caps)
+    return {c.key: None if c.limit is None else max(c.limit - today.get(c.key, 0), 0) for c in caps}
+
+
 def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[str] | None = None) -> None:
     """Raise for the charges their daily counters refuse, naming each (a collector takes them all off at once):
     those in `refused` (the counters' own verdict), or else every charge that today's count leaves no room for.
     `details` describe the first, as before, and list every refused counter with its own figures."""
-    counters = sa.select(DailyEarning.activity, DailyEarning.points).where(
-        DailyEarning.account_id == account_id, DailyEarning.day == day, DailyEarning.activity.in_([c.key for c in caps])
-    )
-    today = dict(db.session.execute(counters).all())
+    today = _counted(account_id, day, caps)
     if refused is None:
         refused = {c.key for c in caps if c.limit is not None and today.get(c.key, 0) + c.amount > c.limit}
     messages, counters = [], []

@@ -122,6 +122,8 @@ class Deposit(db.Model):
     collector_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
     device_id: Mapped[int | None] = mapped_column(sa.ForeignKey("devices.id"))
     points: Mapped[int]
+    # What the daily caps left uncredited when the collector chose to record the whole load (fit_to_caps).
+    points_over_cap: Mapped[int] = mapped_column(default=0, server_default="0")
     co2e_g: Mapped[int]
     weight_g: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

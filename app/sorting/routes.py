@@ -303,7 +303,9 @@ def scan(body):
 def create_deposit(body):
     """A collector records weighed recyclables against a resident's member code. A code pays for one deposit, as a
     payment code does: using it again answers 409 duplicate (a retry with the same Idempotency-Key gets the first
-    answer back instead)."""
+    answer back instead). The code is judged when the deposit arrives and lasts 2 minutes: weigh first, then scan.
+    Over a daily cap the deposit is refused whole (409 cap_reached), unless `fit_to_caps` asks to record it whole
+    and credit what the caps still take."""
     return service.record_deposit(current_actor(), body)
 
 
@@ -348,7 +350,8 @@ def device_deposit(body):
     """A smart bin records a deposit, HMAC-signed. Each signature is used once, whether its request was accepted or
     refused (sent again, it answers 409 duplicate), and each member code pays for one deposit: to retry after a
     lost answer, send the same Idempotency-Key as the first try, with the same signed bytes or signed again, to get
-    the first answer back, a refusal's too. To try again after a refusal, sign again with a new key.
+    the first answer back, a refusal's too. To try again after a refusal, sign again with a new key. A bin posts
+    for the point it is registered to (another point: 403 forbidden).
     A timestamp more than 5 minutes off answers 401 with the server's clock in `details.server_time` (Unix
     seconds), so that the bin can correct its own and sign again. A 5xx spends nothing: after its Retry-After, send
     the same signed bytes again (or sign again, within the 5 minutes)."""

@@ -241,6 +241,14 @@ class DepositCreateSchema(StrictSchema):
         required=True,
         validate=validate.Length(min=1, max=MAX_LINES, error="每次投递 1 到 20 行"),
     )
+    fit_to_caps = Boolean(
+        load_default=False,
+        metadata={
+            "description": "超出每日积分上限时：false（默认）整笔不记录，答 409 cap_reached；true 照实记录整笔投递"
+            "（重量与减排量不变），积分只记上限内还能得的部分，各行按顺序先到先得，超出部分不计积分"
+            "（见 points_over_cap）。回收员在 cap_reached 后选择「按上限记录」时用，同一会员码仍可使用"
+        },
+    )
 
 
 _LINE_SHARE = (
@@ -253,7 +261,9 @@ class DepositItemSchema(ResponseSchema):
     category = fields.String(validate=_one_of(CATEGORY_NAMES))
     weight_g = Integer()
     co2e_g = Integer(metadata={"description": "本行分得的减排量（克）" + _LINE_SHARE})
-    points = Integer(metadata={"description": "本行分得的积分" + _LINE_SHARE})
+    points = Integer(
+        metadata={"description": "本行分得的积分" + _LINE_SHARE + "；按上限记录（fit_to_caps）时为本行实得的积分"}
+    )
     rule_id = Integer()
 
 
@@ -265,8 +275,9 @@ class DepositSchema(ResponseSchema):
     device_id = Integer(allow_none=True, metadata={"description": "the smart bin that sent it; null for a collector"})
     points = Integer(
         metadata={
-            "description": "the exact grams (the sum of weight × factor over the lines) converted to points, rounded "
-            "half up once; not co2e_g / 100, which is rounded first (3649.5 g: co2e_g 3650, points 36)"
+            "description": "the points credited: the exact grams (the sum of weight × factor over the lines) "
+            "converted to points, rounded half up once, less points_over_cap; not co2e_g / 100, which is rounded "
+            "first (3649.5 g: co2e_g 3650, points 36)"
         },
     )
     co2e_g = Integer(
@@ -274,6 +285,12 @@ class DepositSchema(ResponseSchema):
             "description": "the deposit's CO2e in grams, as weighed: the exact grams rounded half up once; the "
             "resident's /me co2e_g counts what the ledger credits, so a deposit worth 0 points (entry_id null) is "
             "recorded here but not added there"
+        },
+    )
+    points_over_cap = Integer(
+        metadata={
+            "description": "the points the daily caps left uncredited, for a deposit recorded whole with "
+            "fit_to_caps; points + points_over_cap is what the load was worth. 0 otherwise"
         },
     )
     weight_g = Integer()

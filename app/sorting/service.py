@@ -24,7 +24,7 @@ from app.auth.guards import Actor
 from app.cache import TtlCache
 from app.carbon import service as carbon
 from app.carbon.methodology import CapCharge, allocate, exact_points, grams, round_half_up
-from app.carbon.models import Rule
+from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
 from app.db import (
@@ -84,7 +84,7 @@ _SCAN_REFUSALS = {
 }
 RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
 CHECKED_IN_TODAY = "今天已在该回收点打卡，明天再来吧"
-CAP_GUIDANCE = "本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
+CAP_GUIDANCE = "本次未记录，会员码仍可使用：{}，或选择按上限记录（超出部分不计积分）"
 EARTH_RADIUS_M = 6_371_000
 
 
@@ -638,6 +638,21 @@ def _when_a_bin_scanned(signed_at: datetime, now: datetime) -> datetime:
     return max(min(now, signed_at), now - grace)
 
 
+def _fitted_to_caps(resident_id: int, lines: list[tuple[Rule, int]], now: datetime) -> list[int]:
+    """Each line's points that today's caps still take; the account stays locked until the deposit commits."""
+    try:
+        room = ledger.room_under_caps(resident_id, carbon.cap_charges(lines, now), at=now)
+    except NotFound:  # no account to lock: the code names no resident who can take points
+        raise _holder_refusal(resident_id) from None
+    return carbon.fit_to_room(lines, room)
+
+
+def _cap_guidance(details: dict[str, Any]) -> str:
+    """No category over its own cap (only the day's total): taking one off is not the advice, weighing less is."""
+    fix = "可减少重量后重新提交" if details["refused"] == [DAILY_TOTAL] else "可去掉超出上限的品类后重新提交"
+    return CAP_GUIDANCE.format(fix)
+
+
 def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     categories = {line["category"] for line in data["items"]}
@@ -665,9 +680,13 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     if max(points, co2e_g) > MAX_ID:  # only a factor far beyond any material's could get here
         raise field_error("items", "本次投放折算的积分或减排量超出可记录范围，请核对重量与品类后分次记录")
     line_points, line_grams = allocate(points, exact_pts), allocate(co2e_g, exact)
+    over_cap = 0
+    if data["fit_to_caps"] and points > 0:
+        line_points = _fitted_to_caps(resident_id, list(zip(rules, line_points, strict=True)), now)
+        over_cap, points = points - sum(line_points), sum(line_points)
     deposit: dict[str, Any] = {
         "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id, "points": points,
-        "co2e_g": co2e_g,
+        "points_over_cap": over_cap, "co2e_g": co2e_g,
         "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,
@@ -701,7 +720,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     except NotFound:  # no account to lock: the code names no resident who can take points
         raise _holder_refusal(resident_id) from None
     except CapReached as refusal:  # what the collector (or the bin) can do about it
-        raise CapReached(f"{refusal.message}。{CAP_GUIDANCE}", details=refusal.details) from None
+        raise CapReached(f"{refusal.message}。{_cap_guidance(refusal.details)}", details=refusal.details) from None
     commit()
     return deposit | {
         "id": deposit_id,

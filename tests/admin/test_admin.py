@@ -1073,6 +1073,20 @@ def test_an_on_off_switch_with_another_value_is_refused_not_read_as_off(as_admin
     assert db.session.get(CollectionPoint, point.id).active is True
 
 
+def test_a_points_page_says_what_the_caps_left_uncredited(api, as_admin):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    for weight in (12_000, 1000):  # 211 points against a cap of 200, then 18 with nothing left
+        body = {"member_code": api.member_code(resident), "collection_point_id": point.id, "fit_to_caps": True,
+                "items": [{"category": "paper", "weight_g": weight}]}  # fmt: skip
+        assert api.post("/deposits", as_=collector, json=body).status_code == 201
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    assert '<td>200 <span class="muted">（超出每日上限，11 分未计）</span></td>' in page
+    assert '<td>0 <span class="muted">（超出每日上限，18 分未计）</span></td>' in page
+    assert "不足 1 分" not in page
+
+
 def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, monkeypatch):
     import admin.point_pages
 

@@ -619,8 +619,93 @@ def test_a_line_over_its_cap_alone_and_one_over_what_is_left_today_are_both_name
         {"activity": "daily:total", "cap": 500, "used": 176, "remaining": 324, "points": 3195},
     ]
     # and what to do: the same member code still pays for the rest
-    assert error["message"].endswith("。本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交")
+    assert error["message"].endswith(
+        "。本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交，或选择按上限记录（超出部分不计积分）"
+    )
     assert deposit_ok(api, world, lines(("paper", 1000)), code=error_code)["points"] == 18
+
+
+def fitted(api, world, items, **kw) -> dict:
+    """A deposit sent with fit_to_caps: the collector chose to record the whole load and credit what still fits."""
+    code = kw.pop("code", None) or api.member_code(kw.pop("resident", None) or world["resident"])
+    body = {"member_code": code, "collection_point_id": world["a"], "items": items, "fit_to_caps": True}
+    response = api.post("/deposits", as_=world["collector"], json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def test_fit_to_caps_records_the_whole_load_and_credits_only_what_the_caps_still_take(api, world):
+    """Over 11 kg of paper can never be recorded whole under a 200-point cap; asked to, the deposit is recorded as
+    weighed and the points stop at the cap: the excess earns nothing, as FACTORS.md's "earns at most" reads."""
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    answer = fitted(api, world, lines(("paper", 2000)))  # 35 points, 24 left under the cap
+    assert (answer["points"], answer["points_over_cap"]) == (24, 11)
+    assert (answer["weight_g"], answer["co2e_g"]) == (2000, 3520)  # as weighed
+    assert [(i["points"], i["co2e_g"]) for i in answer["items"]] == [(24, 3520)]
+    entry = db.session.get(LedgerEntry, answer["entry_id"])
+    assert (entry.delta, entry.co2e_g) == (24, 3520)
+    assert me(api, world["resident"])["balance"] == 200
+    # with nothing left under the cap the load is still recorded, worth nothing today
+    nothing = fitted(api, world, lines(("paper", 1000)))
+    assert (nothing["points"], nothing["points_over_cap"], nothing["entry_id"]) == (0, 18, None)
+    assert nothing["co2e_g"] == 1760
+    assert me(api, world["resident"])["balance"] == 200
+    assert count(Deposit) == 3
+    stored = api.get(f"/deposits/{answer['id']}", as_=world["resident"]).get_json()
+    assert (stored["points"], stored["points_over_cap"]) == (24, 11)
+    # a deposit that fits is untouched by the flag
+    assert fitted(api, world, lines(("plastic", 1000)))["points_over_cap"] == 0
+    assert verify_ledger().ok
+
+
+def test_fit_to_caps_fills_the_lines_in_order_under_the_daily_total(api, world):
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190
+    assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 496 in all: 4 left today
+    answer = fitted(api, world, lines(("plastic", 1000), ("glass", 1000)))  # 13.7 + 2.6 → 16: lines 14 and 2
+    assert [i["points"] for i in answer["items"]] == [4, 0]
+    assert (answer["points"], answer["points_over_cap"], answer["co2e_g"]) == (4, 12, 1630)
+    assert me(api, world["resident"])["balance"] == 500
+
+
+def test_a_fitted_deposit_reversed_gives_back_the_room_it_took(api, world):
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    answer = fitted(api, world, lines(("paper", 2000)))
+    reverse(api, world, answer["entry_id"])  # weighed wrong: the 24 points it was credited come off the cap again
+    assert deposit_ok(api, world, lines(("paper", 1364)))["points"] == 24
+    assert_error(deposit(api, world, lines(("paper", 30))), 409, "cap_reached")
+    assert verify_ledger().ok
+
+
+def test_fit_to_caps_must_be_a_boolean(api, world):
+    body = {"member_code": api.member_code(world["resident"]), "collection_point_id": world["a"],
+            "items": lines(("paper", 100)), "fit_to_caps": "yes"}  # fmt: skip
+    error = assert_error(api.post("/deposits", as_=world["collector"], json=body), 422, "validation_error")
+    assert "fit_to_caps" in error["details"]["fields"]
+    assert count(Deposit) == 0
+
+
+@pg_concurrency
+def test_parallel_fitted_deposits_never_credit_past_the_cap(api, app, world):
+    """Each fitted deposit reads the room left under the account's lock: together they stop at the cap exactly."""
+    resident, deposits = world["resident"], 12
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    bodies = [  # 18 points each, 24 left under the cap
+        {"member_code": api.member_code(resident), "collection_point_id": world["a"], "items": lines(("paper", 1000)),
+         "fit_to_caps": True}
+        for _ in range(deposits)
+    ]  # fmt: skip
+    post = lambda client, i: client.post("/api/v1/deposits", json=bodies[i], headers=world["collector"].auth)  # noqa: E731
+    responses = race(app, post, deposits)
+    assert [r.status_code for r in responses] == [201] * deposits, [r.get_json() for r in responses]
+    credited = sorted(r.get_json()["points"] for r in responses)
+    assert sum(credited) == 24
+    assert credited[-2:] == [6, 18]
+    assert sum(r.get_json()["points_over_cap"] for r in responses) == 18 * deposits - 24
+    assert me(api, resident)["balance"] == 200
+    assert count(Deposit) == deposits + 1
+    report = verify_ledger()
+    assert report.ok, report.problems
 
 
 def test_lines_of_one_category_share_its_cap(api, world):
@@ -637,7 +722,9 @@ def test_daily_total_cap_across_categories(api, world):
     assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
     error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
     said = "全部活动合计每日上限为 500 积分，今天已获得 496 积分，本次 14 积分超出剩余的 4 积分"
-    assert error["message"] == f"{said}。本次未记录，会员码仍可使用：可去掉超出上限的品类后重新提交"
+    # no category is over: taking one off is not the advice, weighing less is
+    guidance = "本次未记录，会员码仍可使用：可减少重量后重新提交，或选择按上限记录（超出部分不计积分）"
+    assert error["message"] == f"{said}。{guidance}"
     total = {"cap": 500, "used": 496, "activity": "daily:total", "points": 14, "remaining": 4}
     assert error["details"] == total | {"refused": ["daily:total"], "counters": [total]}
     assert me(api, world["resident"])["balance"] == 496

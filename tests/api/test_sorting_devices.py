@@ -807,6 +807,12 @@ def test_device_deposits_share_the_daily_caps(api, world):
     assert_error(api.post(PATH, **signed(world["device"], body)), 409, "cap_reached")
     assert balance(api, world["resident"]) == 176
     assert count(Deposit) == 1
+    # a bin that records every load whole says so, and the excess earns nothing
+    body = body_for(api, world, items=[{"category": "paper", "weight_g": 2000}]) | {"fit_to_caps": True}
+    response = api.post(PATH, **signed(world["device"], body))
+    assert response.status_code == 201, response.get_json()
+    assert (response.get_json()["points"], response.get_json()["points_over_cap"]) == (24, 11)
+    assert balance(api, world["resident"]) == 200
 
 
 def test_expired_member_code_through_a_device(api, clock, world):
