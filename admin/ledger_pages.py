@@ -63,7 +63,7 @@ def adjust(resident_id: int):
     reference = request.form.get("reference") or None
     entry = ledger.adjust(current_admin_actor(), resident_id, data["delta"], data["reason"], reference=reference)
     flash(f"已调整 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
-    return redirect(url_for("admin.resident", resident_id=resident_id))
+    return redirect(url_for("admin.resident", resident_id=resident_id, _anchor="entries"))  # the new entry, on top
 
 
 @bp.post("/residents/<page_id:resident_id>/entries/<page_id:entry_id>/reverse")

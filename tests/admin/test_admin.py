@@ -21,7 +21,7 @@ from app.db import db
 from app.errors import Forbidden
 from app.exchange.models import Store
 from app.ledger import service as ledger
-from app.ledger.models import Account
+from app.ledger.models import Account, LedgerEntry
 from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
@@ -773,6 +773,28 @@ def test_a_double_submitted_adjustment_form_applies_once(api, as_admin):
     next_one = {"delta": "-10", "reason": "扣回多发", "reference": fresh}
     assert as_admin.post(f"/admin/residents/{resident.id}/adjustments", next_one).status_code == 302
     assert balance_of(resident.id) == 20
+
+
+def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as_admin):
+    """Back after an adjustment showed the page afresh (a new reference) with the browser's refill of the amount and
+    reason: a second tap adjusted twice. The forms refuse the refill; each answers at its own place on a phone."""
+    resident = api.resident(community_code="hengkang")
+    as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "30", "reason": "活动补发"})
+    entry_id = db.session.scalar(sa.select(LedgerEntry.id).where(LedgerEntry.memo == "活动补发"))
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    adjust = re.search(r'<form method="post" action="([^"]+/adjustments[^"]*)"[^>]*>', page)
+    assert adjust.group(1).endswith("#adjust")
+    assert 'autocomplete="off"' in adjust.group(0)
+    reverse = re.search(rf'<form method="post" action="([^"]+/entries/{entry_id}/reverse[^"]*)"[^>]*>', page)
+    assert reverse.group(1).endswith(f"#entry-{entry_id}")
+    assert 'autocomplete="off"' in reverse.group(0)
+    assert f'<tr id="entry-{entry_id}">' in page
+    assert 'id="adjust"' in page
+    done = as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "5", "reason": "再补发"})
+    assert done.headers["Location"].endswith(f"/admin/residents/{resident.id}#entries")  # the new entry, on top
+    listing = text(as_admin.get("/admin/residents"))
+    assert f'<tr id="resident-{resident.id}">' in listing
+    assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#resident-{resident.id}"', listing)
 
 
 def test_overdrawing_adjustment_is_refused_on_the_page(api, as_admin):
