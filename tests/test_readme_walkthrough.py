@@ -50,6 +50,7 @@ EXPECTED = [
     # Collector: record weighed recyclables
     ("POST", "/api/v1/auth/login", 200),
     ("GET", "/api/v1/me/member-code", 200),
+    ("GET", "/api/v1/me/member-code.png", 200),  # the same code, drawn
     ("POST", "/api/v1/deposits", 201),
     ("GET", "/api/v1/collection-points/2/deposits", 200),
     # Resident: balance and history

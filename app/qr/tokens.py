@@ -326,6 +326,7 @@ def member_code(
 class MemberCode(NamedTuple):
     resident_id: int
     nonce: str
+    expires_at: datetime
 
 
 def read_member_code(token: str, key: bytes, now: datetime, *, expired: bool = False) -> MemberCode:
@@ -337,7 +338,7 @@ def read_member_code(token: str, key: bytes, now: datetime, *, expired: bool = F
     # Integer comparison; exp is whole seconds so this equals ``now >= expires_at``.
     if not expired and _unix_seconds(now) >= int(parsed.extra[0]):
         raise ExpiredToken("member code expired")
-    return MemberCode(parsed.header.object_id, parsed.extra[1])
+    return MemberCode(parsed.header.object_id, parsed.extra[1], _EPOCH + timedelta(seconds=int(parsed.extra[0])))
 
 
 def verify_member_code(token: str, key: bytes, now: datetime) -> int:

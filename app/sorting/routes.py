@@ -41,6 +41,7 @@ from app.sorting.schemas import (
     DeviceSchema,
     DeviceUpdateSchema,
     DeviceWithSecretSchema,
+    MemberCodeImageQuerySchema,
     MemberCodeSchema,
     PointQuerySchema,
     PosterSchema,
@@ -255,11 +256,15 @@ def my_member_code():
 
 @blp.route("/me/member-code.png", methods=["GET"])
 @login_required(RESIDENT)
+@error_docs(InvalidQr, QrExpired)
+@blp.arguments(MemberCodeImageQuerySchema, location="query")
 @blp.response(200, content_type="image/png")
 @file_docs("image/png", headers=MEMBER_CODE_IMAGE_HEADERS)
-def my_member_code_png():
-    """The member code as a QR image; its headers say when this code expires (the JSON answer makes another code)."""
-    code = service.member_code(current_actor().id)
+def my_member_code_png(query):
+    """The member code as a QR image; its headers say when this code expires. Without `token` the image is a fresh
+    code (another than the JSON answer's); with `token=` a code of one's own from GET /me/member-code, still valid,
+    it is that code."""
+    code = service.member_code(current_actor().id, query.get("token"))
     response = _image(qr.to_png(code["token"]), "image/png")
     response.headers.update({"X-Expires-At": code["expires_at"].isoformat(), "X-Expires-In": str(code["expires_in"])})
     return response

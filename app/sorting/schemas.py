@@ -219,6 +219,13 @@ class CheckinSchema(ResponseSchema):
     created_at = fields.AwareDateTime()
 
 
+class MemberCodeImageQuerySchema(StrictSchema):
+    token = fields.String(
+        validate=validate.Length(min=1, max=256),
+        metadata={"description": "a code of one's own from GET /me/member-code, still valid: the image draws it"},
+    )
+
+
 class DepositLineSchema(StrictSchema):
     category = fields.String(required=True, validate=_one_of(CATEGORY_NAMES))
     weight_g = Integer(

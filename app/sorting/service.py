@@ -291,9 +291,24 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
 # Member codes
 
 
-def member_code(resident_id: int) -> dict[str, Any]:
+def member_code(resident_id: int, token: str | None = None) -> dict[str, Any]:
+    """A fresh member code; or `token`, a code of the resident's own that is still valid, again (to draw the code
+    that an app keeps with its countdown)."""
     now = utcnow()
-    token, expires_at = qr.member_code(resident_id, _qr_key("member"), now, ttl_s=_config("MEMBER_CODE_TTL_SECONDS"))
+    if token is None:
+        token, expires_at = qr.member_code(
+            resident_id, _qr_key("member"), now, ttl_s=_config("MEMBER_CODE_TTL_SECONDS")
+        )
+    else:
+        try:
+            code = qr.read_member_code(qr.extract_token(token), _qr_key("member"), now)
+        except qr.ExpiredToken:
+            raise QrExpired("会员码已过期，请刷新") from None
+        except qr.QRError:
+            code = None
+        if code is None or code.resident_id != resident_id:
+            raise InvalidQr("这不是您的会员码，请刷新")
+        expires_at = code.expires_at
     # The code expires on a whole second: the time left is up to a second short of the configured lifetime.
     return {"token": token, "expires_at": expires_at, "expires_in": int((expires_at - now).total_seconds())}
 
@@ -660,7 +675,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         raise field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
     now = utcnow()
     shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
-    resident_id, nonce = _member_code(data["member_code"], point.id, shown_at)
+    resident_id, nonce, _ = _member_code(data["member_code"], point.id, shown_at)
     refused = sorted(categories - set(point.categories))
     if refused:
         # as caps name them; keyed by line, as the body's own errors are, so that the app marks the lines to take off

@@ -109,6 +109,27 @@ def test_member_code_png_decodes_to_a_working_code(api, clock, world):
     assert deposit_ok(api, world, lines(("paper", 1000)), code=code)["resident_id"] == world["resident"].id
 
 
+def test_member_code_png_draws_the_code_the_json_gave_when_asked(api, clock, world):
+    """An app that keeps the token and its countdown from GET /me/member-code shows that same code as an image."""
+    code = api.get("/me/member-code", as_=world["resident"]).get_json()
+    clock.advance(seconds=30)
+    response = api.get(f"/me/member-code.png?token={code['token']}", as_=world["resident"])
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    [found] = zxingcpp.read_barcodes(Image.open(BytesIO(response.get_data())))
+    assert found.text == code["token"]
+    assert response.headers["X-Expires-At"] == code["expires_at"]
+    assert response.headers["X-Expires-In"] == "90"
+    # only one's own code, still valid, is drawn
+    neighbour = api.member_code(api.resident())
+    error = assert_error(api.get(f"/me/member-code.png?token={neighbour}", as_=world["resident"]), 422, "invalid_qr")
+    assert error["message"] == "这不是您的会员码，请刷新"
+    assert_error(api.get("/me/member-code.png?token=m1.garbage", as_=world["resident"]), 422, "invalid_qr")
+    clock.advance(seconds=90)
+    expired = api.get(f"/me/member-code.png?token={code['token']}", as_=world["resident"])
+    assert assert_error(expired, 410, "qr_expired")["message"] == "会员码已过期，请刷新"
+
+
 def test_member_code_expires_after_two_minutes(api, clock, world):
     code, other = api.member_code(world["resident"]), api.member_code(world["resident"])
     clock.advance(seconds=119)

@@ -124,7 +124,9 @@ def test_member_codes_differ_by_nonce() -> None:
 def test_read_member_code_names_the_resident_and_the_nonce() -> None:
     """The nonce is what makes a code single-use: the caller gets it back exactly as issued."""
     code, _ = member_code(5, MEMBER_KEY, NOW, nonce="abc")
-    assert read_member_code(code, MEMBER_KEY, NOW) == MemberCode(resident_id=5, nonce="abc")
+    assert read_member_code(code, MEMBER_KEY, NOW) == MemberCode(
+        resident_id=5, nonce="abc", expires_at=NOW.replace(microsecond=0) + timedelta(seconds=120)
+    )
 
 
 def test_tokens_are_compact_ascii() -> None:
