@@ -70,7 +70,8 @@ def _bool(name: str, value: str | None, default: bool) -> bool:
 
 API_CONVENTIONS = (
     "约定（详见 API.md）：请求与应答均为 UTF-8 JSON；同一对象中的字段名不可重复（400 bad_request），"
-    "未声明的字段、查询参数中接口不认识或重复出现的参数是 422 validation_error；文本字段不接受空字符、"
+    "请求体中未声明的字段是 422 validation_error；声明了查询参数的接口（列表、筛选），不认识或重复出现的查询参数"
+    "也是 422，不声明查询参数的接口不读查询字符串；文本字段不接受空字符、"
     "控制字符与文字方向控制符（原因、来源等多行文本可含换行与制表符），前后空白会被去掉，"
     "只有空白的必填文本视为未填。时间为带时区偏移的 ISO 8601（服务器给出 UTC），“一天”指上海本地日。"
     '每个 4xx/5xx 应答都是 {"error": {"code", "message", "details"}}，code 稳定可判断，'

@@ -374,6 +374,11 @@ def _spent_refusal(resident_id: int, nonce: str, point_id: int) -> Exception | N
     return None
 
 
+def _retired_for_deposits() -> Exception:
+    """With the reason scans give, for a bin's firmware to key on: a validation_error alone reads as a bad body."""
+    return field_error("collection_point_id", RETIRED_FOR_DEPOSITS, reason="point_retired")
+
+
 def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
     """Why a deposit was not written: its member code paid for one already, the point was retired, or the account
     cannot take it."""
@@ -382,7 +387,7 @@ def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
         return spent
     now = _point_now(point)
     if now is None or not now.active:  # retired since this worker read it
-        return field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
+        return _retired_for_deposits()
     return _holder_refusal(deposit["resident_id"])
 
 
@@ -672,7 +677,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     categories = {line["category"] for line in data["items"]}
     if not point.active:
-        raise field_error("collection_point_id", RETIRED_FOR_DEPOSITS)
+        raise _retired_for_deposits()
     now = utcnow()
     shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
     resident_id, nonce, _ = _member_code(data["member_code"], point.id, shown_at)
@@ -902,6 +907,11 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
     )  # fmt: skip
     if not recorded:
         return device
+    if active:
+        point = db.session.get(CollectionPoint, device.collection_point_id)
+        db.session.refresh(point, with_for_update={"read": True})  # a retirement in flight ends first, then is seen
+        if not point.active:  # as a bin is not registered there: its deposits would all be refused
+            raise field_error("active", "该设备所在的回收点已停用，请先重新启用回收点")
     device.active = active
     action = "device.reactivate" if active else "device.deactivate"
     audit.record(actor, action, "device", device.id, {"code": device.code, "by_role": actor.role})
@@ -1004,8 +1014,9 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     wrong = [name for name, pattern in DEVICE_HEADERS.items() if not pattern.fullmatch(values[name])]
     if wrong:
         message, details = f"缺少或无效的设备签名头：{'、'.join(wrong)}", {"reason": "bad_headers", "headers": wrong}
-        if "X-Timestamp" in wrong:  # milliseconds, most often: the server's clock, in seconds, to sign again with
-            message += "（X-Timestamp 应为 Unix 时间的整数秒，不是毫秒）"
+        if "X-Timestamp" in wrong:  # the server's clock, in seconds, to sign again with
+            millis = re.fullmatch(r"[0-9]{12,14}", values["X-Timestamp"])
+            message += f"（X-Timestamp 应为 Unix 时间的整数秒{'，不是毫秒' if millis else ''}）"
             details["server_time"] = int(utcnow().timestamp())
         raise Unauthorized(message, details=details)
     raw_id, timestamp, signature = values.values()

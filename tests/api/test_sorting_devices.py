@@ -201,6 +201,26 @@ def test_a_retired_bin_is_refused_until_it_is_brought_back(api, world):
                                                                     "device.reactivate"]  # fmt: skip
 
 
+def test_a_bin_at_a_retired_point_hears_why_and_is_not_brought_back_there(api, world):
+    """The point was retired with its bin still on: the bin's deposits say so in a reason firmware keys on (a
+    validation_error alone reads as "my payload is wrong"), and the bin cannot be re-enabled there."""
+    device, worker = world["device"], world["worker"]
+    assert api.delete(f"/collection-points/{world['a']}", as_=world["admin"]).status_code == 204
+    error = assert_error(api.post(PATH, **signed(device, body_for(api, world))), 422, "validation_error")
+    assert error["details"]["reason"] == "point_retired"
+    assert error["message"] == "该回收点已停用，不能记录投递：请联系社区工作者"
+    assert count(Deposit) == 0
+    assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": False}).status_code == 200
+    error = assert_error(api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}), 422,
+                         "validation_error")  # fmt: skip
+    assert error["details"]["fields"] == {"active": ["该设备所在的回收点已停用，请先重新启用回收点"]}
+    assert db.session.get(Device, device["id"]).active is False
+    # retiring the bin still works, and once the point is back so does the bin
+    assert api.patch(f"/collection-points/{world['a']}", as_=world["admin"], json={"active": True}).status_code == 200
+    assert api.patch(f"/devices/{device['id']}", as_=worker, json={"active": True}).status_code == 200
+    assert api.post(PATH, **signed(device, body_for(api, world))).status_code == 201
+
+
 def test_a_bin_an_admin_retired_is_brought_back_by_an_admin_only(api, world):
     """An admin retires a bin whose secret may have leaked (it was stolen, say); the community's worker, who retires
     and reactivates its own bins, must not bring that key back to life."""
@@ -436,6 +456,23 @@ def test_altered_requests_are_unauthorized_and_say_why(api, world, alter, reason
     assert details["reason"] == reason
     assert details.get("headers") == named
     assert count(Deposit) == 0
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "hint"),
+    [
+        ("1781488800123", "X-Timestamp 应为 Unix 时间的整数秒，不是毫秒"),
+        ("1781488800.5", "X-Timestamp 应为 Unix 时间的整数秒"),
+        ("2026-06-15T02:00:00Z", "X-Timestamp 应为 Unix 时间的整数秒"),
+    ],
+)
+def test_a_malformed_timestamp_says_what_it_should_be_and_blames_milliseconds_only_for_them(
+    api, world, timestamp, hint
+):
+    kwargs = signed(world["device"], body_for(api, world))
+    kwargs["headers"]["X-Timestamp"] = timestamp
+    error = assert_error(api.post(PATH, **kwargs), 401, "unauthorized")
+    assert error["message"] == f"缺少或无效的设备签名头：X-Timestamp（{hint}）"
 
 
 def test_signature_binds_the_path(api, world):
