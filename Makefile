@@ -21,8 +21,7 @@ seed: migrate
 	$(FLASK) seed --demo
 
 run: seed
-	@$(PY) -m app.banner
-	$(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
+	MAKE_RUN_BANNER=1 $(VENV)/bin/gunicorn -c gunicorn.conf.py wsgi:app
 
 test: install
 	$(VENV)/bin/ruff check .

@@ -38,6 +38,10 @@ control_socket_disable = True
 
 
 def when_ready(server):
+    if os.environ.get("MAKE_RUN_BANNER"):  # only once the address is bound: then it is this server's
+        from app.banner import main as print_banner
+
+        print_banner()
     if workers > 1 and limits_counted_in_memory():
         allowed = parse(FAILED_LOGINS).amount
         server.log.warning(

@@ -1,4 +1,4 @@
-"""Printed by `make run` before gunicorn starts: where things are and how to log in."""
+"""Printed by `make run` once gunicorn listens (its when_ready hook): where things are and how to log in."""
 
 from app.config import listen_address
 from app.seeding import demo_logins
@@ -12,7 +12,7 @@ def main() -> None:
     print("  Demo staff logins (POST /api/v1/auth/login, or the admin site):")
     for login in demo_logins():
         print(f"    {login['role']:<10} {login['username']:<14} {login['password']}")
-    print('  Demo residents: POST /api/v1/auth/wechat with {"code": "stub:demo-resident-1"}\n')
+    print('  Demo residents: POST /api/v1/auth/wechat with {"code": "stub:demo-resident-1"}\n', flush=True)
 
 
 if __name__ == "__main__":

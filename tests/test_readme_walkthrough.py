@@ -148,6 +148,19 @@ def test_the_walkthrough_answers_what_the_readme_says(served):
     assert by_category == ["恒康社区5号楼投放点", "恒康社区惠民回收服务点"]  # those taking e-waste, nearest first
 
 
+def test_the_banner_is_printed_once_the_server_listens_and_never_for_a_port_taken(served, tmp_path):
+    """The banner's address is one this server answers on: printed after gunicorn bound it, and not at all when
+    another process holds it (a second `make run` on a busy port had advertised the first one's address)."""
+    bind, access_log, env = served
+    log = (access_log.parent / "make-run.log").read_text(errors="replace")
+    assert log.index(f"Listening at: http://{bind}") < log.index(f"API docs:  http://{bind}/api/v1/docs")
+    taken = {**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'second.db'}", "ACCESS_LOG": ""}
+    second = subprocess.run(["make", "-s", "run"], cwd=ROOT, env=taken, capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0
+    assert "Connection in use" in second.stderr + second.stdout
+    assert "API docs:" not in second.stdout + second.stderr
+
+
 def _login(bind: str, username: str, password: str) -> int:
     request = urllib.request.Request(
         f"http://{bind}/api/v1/auth/login",
