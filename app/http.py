@@ -135,9 +135,13 @@ def unreachable(error: Exception) -> str | None:
 
 
 def _too_busy(error: Exception) -> bool:
-    """PostgreSQL answered, but gave up waiting: 55P03, a lock waited for longer than lock_timeout; 57014, a statement
-    cancelled by statement_timeout."""
-    return isinstance(error, sa.exc.DBAPIError) and getattr(error.orig, "sqlstate", None) in ("55P03", "57014")
+    """The database answered, but gave up waiting: PostgreSQL's 55P03, a lock waited for longer than lock_timeout,
+    and 57014, a statement cancelled by statement_timeout; SQLite's database locked by another process for longer
+    than busy_timeout (`make run`)."""
+    if not isinstance(error, sa.exc.DBAPIError):
+        return False
+    gave_up = getattr(error.orig, "sqlstate", None) in ("55P03", "57014")
+    return gave_up or getattr(error.orig, "sqlite_errorname", None) in ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 
 # How long a client waits before trying again while a shared service is away: a restart or a failover.

@@ -527,6 +527,29 @@ def test_a_database_refusing_more_connections_is_an_outage(error):
     assert unreachable(error) == "database"
 
 
+def test_a_sqlite_database_still_locked_after_its_busy_timeout_is_too_busy_not_a_bug(tmp_path):
+    """`make run`'s SQLite, written by another process for longer than busy_timeout: a 503 to try again, as
+    PostgreSQL's lock timeout is, not a 500."""
+    import sqlite3
+
+    from app.http import _too_busy, unreachable
+
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    waiter = sqlite3.connect(tmp_path / "busy.db", timeout=0)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        waiter.execute("CREATE TABLE t (x)")
+    error = sa.exc.OperationalError("CREATE TABLE t (x)", {}, locked.value)
+    assert unreachable(error) == "database"
+    assert _too_busy(error)
+    holder.close()
+    waiter.close()
+    malformed = sqlite3.connect(":memory:")
+    with pytest.raises(sqlite3.OperationalError) as bad_sql:
+        malformed.execute("SELECT no_such_column FROM sqlite_master")
+    assert unreachable(sa.exc.OperationalError("SELECT", {}, bad_sql.value)) is None  # a bug stays a bug
+
+
 def test_an_error_of_the_database_that_is_not_an_outage_is_still_a_bug(fresh_app):
     boom_app = fresh_app()
 
