@@ -11,6 +11,7 @@ import hmac
 import secrets
 import uuid
 from functools import wraps
+from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, flash, g, redirect, request, session, url_for
 from markupsafe import Markup, escape
@@ -142,6 +143,21 @@ def next_url() -> str:
     return _safe_next(request.args.get("next") or request.form.get("next")) or url_for("admin.dashboard")
 
 
+def _sign_in_again(message: str | None = None):
+    """To the sign-in, then back: to the page asked for, or for a form, to the page it was sent from (the site's
+    own, by its Referer). A form's input is not kept, and the message says it was not sent."""
+    if request.method == "GET":
+        target = request.full_path.rstrip("?")
+    else:
+        sent_from = urlsplit(request.referrer or "")
+        same_site = sent_from.netloc == request.host
+        target = (sent_from.path + (f"?{sent_from.query}" if sent_from.query else "")) if same_site else None
+        message = "登录已失效，刚才的操作没有提交：请重新登录后再操作一次"
+    if message:
+        flash(message, "error")
+    return redirect(url_for("admin.login", next=_safe_next(target)))
+
+
 def before_request():
     g.admin_staff = None
     staff_id = session.get(STAFF_KEY)
@@ -153,17 +169,20 @@ def before_request():
             return redirect(url_for("admin.login"))
         if _session_ended(staff):
             log_out()
-            flash("登录已失效，请重新登录", "error")
-            return redirect(url_for("admin.login"))
+            return _sign_in_again("登录已失效，请重新登录")
         g.admin_staff = staff
         g.admin_actor = g.actor = actor_for_staff(staff)
-    # After the sign-in is known, so that a refusal (or a form too large to read) shows the signed-in page, menu and
-    # all; a wrong method gets its 405, not a CSRF refusal.
+    signed_out = g.admin_staff is None and request.endpoint not in PUBLIC_ENDPOINTS
+    # A form sent signed out (from another tab, or after the cookie's hours) changes nothing: to the sign-in, rather
+    # than a CSRF refusal blaming "another window". Once signed in, the check comes after the sign-in is known, so
+    # that a refusal (or a form too large to read) shows the signed-in page, menu and all; a wrong method gets its
+    # 405, not a CSRF refusal.
+    if signed_out and request.method in UNSAFE_METHODS and request.endpoint is not None:
+        return _sign_in_again()
     if request.method in UNSAFE_METHODS and request.endpoint not in NO_TOKEN_CHECK and not csrf_valid():
         abort(400, description="页面已过期或来源无效（例如在别的窗口重新登录过），请返回上一页重新提交")
-    if g.admin_staff is None and request.endpoint not in PUBLIC_ENDPOINTS:
-        target = request.full_path.rstrip("?") if request.method == "GET" else None
-        return redirect(url_for("admin.login", next=_safe_next(target)))
+    if signed_out:
+        return _sign_in_again()
     return None
 
 

@@ -348,6 +348,45 @@ def test_post_without_csrf_token_is_refused(as_admin):
     assert count(Community) == before
 
 
+def test_a_form_sent_after_signing_out_elsewhere_goes_to_the_sign_in_and_back_to_its_page(as_admin, admin, app):
+    """Signed out in another tab (or the cookie's 12 hours ran out): the form is not blamed on "another window"
+    (a 400 whose Back led to the sign-in anyway); the sign-in says it was not sent and returns to the form's page."""
+    form_page = as_admin.get("/admin/communities?q=x")
+    assert form_page.status_code == 200
+    token = as_admin.token
+    assert as_admin.post("/admin/logout").status_code == 302  # the other tab
+    before = count(Community)
+    response = as_admin.post(
+        "/admin/communities",
+        {"code": "late", "name": "迟到社区", "csrf_token": token},
+        csrf=False,
+        headers={"Referer": "http://localhost/admin/communities?q=x"},
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/admin/login?next=/admin/communities?q%3Dx"
+    assert "登录已失效，刚才的操作没有提交：请重新登录后再操作一次" in text(as_admin.get(response.headers["Location"]))
+    assert count(Community) == before
+    back = as_admin.post("/admin/login?next=/admin/communities?q%3Dx",
+                         {"username": username_of(admin), "password": PASSWORD})  # fmt: skip
+    assert back.headers["Location"] == "/admin/communities?q=x"
+    # a form from another site, signed out, is sent to the sign-in with nowhere to return to
+    elsewhere = Browser(app.test_client()).client.post(
+        "/admin/communities", data={"code": "x1", "name": "外站"}, headers={"Referer": "https://evil.example/admin/x"}
+    )
+    assert elsewhere.headers["Location"] == "/admin/login"
+    assert count(Community) == before
+
+
+def test_a_session_ended_by_a_password_change_returns_to_the_page_after_signing_in(as_admin, admin, api, app, clock):
+    other = api.staff("admin")
+    ended = Browser(app.test_client())
+    ended.login(username_of(other))
+    clock.advance(seconds=0.4)
+    assert api.patch(f"/staff/{other.id}", as_=admin, json={"password": "a-brand-new-password"}).status_code == 200
+    response = ended.get("/admin/points?community_id=1")
+    assert response.headers["Location"] == "/admin/login?next=/admin/points?community_id%3D1"
+
+
 def test_post_with_a_wrong_csrf_token_is_refused(as_admin):
     response = as_admin.post("/admin/communities", {"code": "badcsrf", "name": "错误令牌", "csrf_token": "x" * 43})
     assert response.status_code == 400
