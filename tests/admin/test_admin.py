@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -915,6 +916,16 @@ def test_rule_publish_validates_through_the_api_schema(as_admin):
     body = text(response)
     assert "减排量（克 CO₂e / 千克）" in body
     assert "依据来源" in body
+    assert count(Rule, activity="sorting:paper") == 1
+
+
+def test_the_publish_form_sent_as_it_came_publishes_nothing_and_says_why(as_admin):
+    page = text(as_admin.get("/admin/rules/publish?activity=sorting:paper"))
+    form = dict(re.findall(r'<input (?:type="hidden" )?name="(\w+)"[^>]*value="([^"]*)"', page))
+    form["source"] = html.unescape(re.search(r'<textarea name="source"[^>]*>([^<]*)</textarea>', page).group(1))
+    response = as_admin.post("/admin/rules/publish", form)
+    assert response.status_code == 422
+    assert "与现行版本完全相同，未发布：请修改要调整的数值或依据来源" in text(response)
     assert count(Rule, activity="sorting:paper") == 1
 
 

@@ -156,6 +156,21 @@ def test_a_mistaken_future_version_is_replaced_by_publishing_again(api, clock):
     assert rule_in_force(api, "sorting:metal")["version"] == 3
 
 
+def test_a_version_that_changes_nothing_is_not_published(api, clock):
+    """The admin's publish form comes filled in with the version in force: sent as it is, it would publish a copy."""
+    admin = api.staff("admin")
+    in_force = rule_in_force(api, "sorting:glass")
+    same = {"activity": "sorting:glass", "source": in_force["source"]}
+    error = assert_error(api.post("/rules", as_=admin, json=same), 422, "validation_error")
+    assert error["message"] == "与现行版本完全相同，未发布：请修改要调整的数值或依据来源"
+    assert len(_versions("sorting:glass")) == 1
+    # a new source alone (a corrected citation) is a change
+    assert api.post("/rules", as_=admin, json={**same, "source": "EPA WARM v16, glass"}).status_code == 201
+    # and the same values again for a future version's start correct its date (withdrawing it)
+    assert _publish(api, admin, "sorting:metal", 2000, clock.now + timedelta(days=300)).status_code == 201
+    assert _publish(api, admin, "sorting:metal", 2000, clock.now + timedelta(days=30)).status_code == 201
+
+
 def test_a_version_published_again_for_the_same_start_withdraws_the_first(api, clock):
     admin = api.staff("admin")
     start = clock.now + timedelta(days=10)
