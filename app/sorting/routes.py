@@ -272,10 +272,10 @@ def my_member_code_png(query):
 
 @blp.route("/me/deposits", methods=["GET"])
 @login_required(RESIDENT)
-@blp.arguments(PageArgsSchema, location="query")
+@blp.arguments(DepositQuerySchema, location="query")
 @blp.response(200, DepositPage)
 def my_deposits(query):
-    """The caller's own deposits, newest first, with their lines and ledger entries."""
+    """The caller's own deposits, newest first, with their lines and ledger entries; `day` keeps one local day's."""
     return service.my_deposits(current_actor().id, **query)
 
 

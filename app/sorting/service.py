@@ -819,16 +819,22 @@ def _with_entry_ids(deposits: list[Deposit]) -> None:
             )
 
 
-def _deposit_page(stmt: sa.Select, cursor: str | None, limit: int) -> dict[str, Any]:
-    """A page of deposits, newest first, each with its lines (loaded in one more query) and its ledger entry."""
+def _deposit_page(stmt: sa.Select, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    """A page of deposits, newest first, optionally of one local day, each with its lines (loaded in one more query)
+    and its ledger entry."""
+    if day is not None:
+        tz = _config("TIMEZONE")
+        stmt = stmt.where(
+            Deposit.created_at >= local_midnight(day, tz), Deposit.created_at < local_midnight(day + timedelta(1), tz)
+        )
     page = keyset_page(stmt, Deposit.id, cursor, limit)
     _with_entry_ids(page["items"])
     return page
 
 
-def my_deposits(resident_id: int, cursor: str | None, limit: int) -> dict[str, Any]:
-    """The resident's own deposits: what was weighed where, and what it earned."""
-    return _deposit_page(sa.select(Deposit).where(Deposit.resident_id == resident_id), cursor, limit)
+def my_deposits(resident_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
+    """The resident's own deposits, optionally of one local day: what was weighed where, and what it earned."""
+    return _deposit_page(sa.select(Deposit).where(Deposit.resident_id == resident_id), day, cursor, limit)
 
 
 def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
@@ -836,13 +842,7 @@ def point_deposits(actor: Actor, point_id: int, day: date | None, cursor: str | 
     them (a collector in scope), the community's worker and admins."""
     point = get_point(point_id)
     _require_staff_in_scope(actor, point)
-    stmt = sa.select(Deposit).where(Deposit.collection_point_id == point.id)
-    if day is not None:
-        tz = _config("TIMEZONE")
-        stmt = stmt.where(
-            Deposit.created_at >= local_midnight(day, tz), Deposit.created_at < local_midnight(day + timedelta(1), tz)
-        )
-    return _deposit_page(stmt, cursor, limit)
+    return _deposit_page(sa.select(Deposit).where(Deposit.collection_point_id == point.id), day, cursor, limit)
 
 
 def point_checkins(actor: Actor, point_id: int, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:

@@ -443,6 +443,18 @@ def test_a_resident_pages_through_their_own_deposits_only(api, world):
     assert_error(api.get("/me/deposits?cursor=%%%", as_=world["resident"]), 422, "validation_error")
 
 
+def test_a_resident_reads_one_local_days_deposits(api, clock, world):
+    """As for check-ins: the mini-program's "today" shows what was weighed today, by the local day."""
+    before_midnight = deposit_ok(api, world, lines(("paper", 1000)))
+    clock.set(datetime(2026, 6, 16, 0, 0, 1, tzinfo=SHANGHAI))  # 16:00:01 UTC on the 15th
+    after_midnight = deposit_ok(api, world, lines(("paper", 2000)), code=api.member_code(world["resident"]))
+    day = lambda d: api.get(f"/me/deposits?day={d}", as_=world["resident"]).get_json()["items"]  # noqa: E731
+    assert day("2026-06-15") == [before_midnight]
+    assert day("2026-06-16") == [after_midnight]
+    assert day("2026-06-17") == []
+    assert_error(api.get("/me/deposits?day=tomorrow", as_=world["resident"]), 422, "validation_error")
+
+
 def test_a_points_deposits_of_one_local_day(api, clock, world):
     clock.set(datetime(2026, 6, 15, 23, 59, 59, tzinfo=SHANGHAI))
     late = deposit_ok(api, world, lines(("paper", 1000)))
