@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from flask import current_app, g, render_template, request
+from flask import current_app, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from admin import labels, security
@@ -146,9 +146,27 @@ def not_found(anything: str):
             continue
         if endpoint != security.NOT_FOUND:
             allowed.add(method)
+    if allowed == {"POST"} and request.method in ("GET", "HEAD"):
+        # A refused form's page stays at its action's address, which a tab reopened (a phone's, say) asks for by
+        # GET: to the page the action belongs to, the nearest one above it.
+        return redirect(_page_above(adapter, request.path), 303)
     if allowed:
         raise MethodNotAllowed(valid_methods=sorted(allowed | ({"HEAD"} if "GET" in allowed else set())))
     raise NotFound("页面不存在")
+
+
+def _page_above(adapter, path: str) -> str:
+    parts = path.rstrip("/").split("/")
+    while len(parts) > 3:  # "", "admin", and at least a page's name
+        parts.pop()
+        candidate = "/".join(parts)
+        try:
+            endpoint, _ = adapter.match(candidate, method="GET")
+        except HTTPException:
+            continue
+        if endpoint != security.NOT_FOUND:
+            return candidate
+    return url_for("admin.dashboard")
 
 
 # The page modules register their routes on `bp`.

@@ -206,9 +206,25 @@ def test_logout_ends_the_session(as_admin):
 
 def test_logout_is_post_only(as_admin):
     response = as_admin.get("/admin/logout")
-    assert response.status_code == 405
-    assert response.headers["Allow"] == "POST"
+    assert response.status_code == 303  # to the site's first page, still signed in
+    assert response.headers["Location"] == "/admin/"
     assert as_admin.get("/admin/").status_code == 200
+
+
+def test_an_actions_address_opened_again_leads_to_its_page(api, as_admin):
+    """A refused form's page stays at the action's address; a phone reopening the tab asks it by GET. It goes to
+    the nearest page above it, not to a 405."""
+    resident = api.resident(community_code="hengkang")
+    for action, page in (
+        (f"/admin/residents/{resident.id}/adjustments", f"/admin/residents/{resident.id}"),
+        (f"/admin/residents/{resident.id}/entries/5/reverse", f"/admin/residents/{resident.id}"),
+        (f"/admin/residents/{resident.id}/status?q=x", f"/admin/residents/{resident.id}"),
+        ("/admin/staff/3/active", "/admin/staff"),
+        ("/admin/points/7/devices/2/active", "/admin/points/7"),
+    ):
+        response = as_admin.get(action)
+        assert (response.status_code, response.headers.get("Location")) == (303, page), action
+    assert as_admin.client.open("/admin/residents", method="DELETE").status_code == 405  # other methods: as before
 
 
 @pytest.mark.parametrize(
