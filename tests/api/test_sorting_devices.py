@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from datetime import datetime, timedelta
 
 import pytest
@@ -20,7 +21,7 @@ from app.ledger.models import LedgerEntry
 from app.sorting import service as sorting
 from app.sorting.models import Deposit, Device, DeviceSignature
 from app.sorting.service import device_signature
-from tests.conftest import SHANGHAI, assert_error, community_id, count, make_point, pg_concurrency, race
+from tests.conftest import ROOT, SHANGHAI, assert_error, community_id, count, make_point, pg_concurrency, race
 
 PATH = "/api/v1/devices/deposits"
 
@@ -486,6 +487,18 @@ def test_signature_binds_the_path(api, world):
     assert count(Deposit) == 0
     kwargs = signed(world["device"], body_for(api, world), path=f"{PATH}?batch=7")
     assert api.post(f"{PATH}?batch=7", **kwargs).status_code == 201
+
+
+def test_the_readmes_worked_signing_example_is_what_the_recipe_gives():
+    """A vendor checks their firmware against the README's figures: they must be the recipe's, computed here with
+    the standard library only (not this server's code)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = re.search(r"```json\n(\{\"member_code\":\"m1\.demo\".*\})\n```", readme).group(1).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    assert f"the body's SHA-256 is `{digest}`" in readme
+    to_sign = f"POST\n/api/v1/devices/deposits\n1781488800\n{digest}".encode()
+    signature = hmac.new(b"demo-device-secret-xhw-bin-01", to_sign, hashlib.sha256).hexdigest()
+    assert f"`X-Signature` is\n`{signature}`" in readme
 
 
 def test_signature_follows_the_documented_recipe(api, world):
