@@ -136,11 +136,12 @@ def unreachable(error: Exception) -> str | None:
 
 def _too_busy(error: Exception) -> bool:
     """The database answered, but gave up waiting: PostgreSQL's 55P03, a lock waited for longer than lock_timeout,
-    and 57014, a statement cancelled by statement_timeout; SQLite's database locked by another process for longer
-    than busy_timeout (`make run`)."""
+    57014, a statement cancelled by statement_timeout, and 40P01 and 40001, a deadlock or a serialization failure
+    broken by rolling this transaction back (whole: a retry is safe); SQLite's database locked by another process
+    for longer than busy_timeout (`make run`)."""
     if not isinstance(error, sa.exc.DBAPIError):
         return False
-    gave_up = getattr(error.orig, "sqlstate", None) in ("55P03", "57014")
+    gave_up = getattr(error.orig, "sqlstate", None) in ("55P03", "57014", "40P01", "40001")
     return gave_up or getattr(error.orig, "sqlite_errorname", None) in ("SQLITE_BUSY", "SQLITE_LOCKED")
 
 

@@ -667,6 +667,27 @@ def _fitted_to_caps(resident_id: int, lines: list[tuple[Rule, int]], now: dateti
     return carbon.fit_to_room(lines, room)
 
 
+_REFIT_DEPOSIT = (
+    sa.update(Deposit.__table__)
+    .where(Deposit.id == sa.bindparam("deposit_id"))
+    .values(points=sa.bindparam("points"), points_over_cap=sa.bindparam("points_over_cap"))
+)
+_DEPOSIT_LINE_IDS = (
+    sa.select(DepositItem.id).where(DepositItem.deposit_id == sa.bindparam("deposit_id")).order_by(DepositItem.id)
+)
+
+
+def _refit_deposit(deposit_id: int, deposit: dict[str, Any], line_points: list[int]) -> None:
+    """The points a deposit written whole is credited once fitted to the caps, on its row and its lines (in order)."""
+    run(_REFIT_DEPOSIT, {"deposit_id": deposit_id, "points": deposit["points"],
+                         "points_over_cap": deposit["points_over_cap"]})  # fmt: skip
+    line_ids = run(_DEPOSIT_LINE_IDS, {"deposit_id": deposit_id}).scalars().all()
+    db.session.execute(
+        sa.update(DepositItem),
+        [{"id": line_id, "points": points} for line_id, points in zip(line_ids, line_points, strict=True)],
+    )
+
+
 def _cap_guidance(details: dict[str, Any]) -> str:
     """No category over its own cap (only the day's total): taking one off is not the advice, weighing less is."""
     fix = "可减少重量后重新提交" if details["refused"] == [DAILY_TOTAL] else "可去掉超出上限的品类后重新提交"
@@ -700,13 +721,9 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     if max(points, co2e_g) > MAX_ID:  # only a factor far beyond any material's could get here
         raise field_error("items", "本次投放折算的积分或减排量超出可记录范围，请核对重量与品类后分次记录")
     line_points, line_grams = allocate(points, exact_pts), allocate(co2e_g, exact)
-    over_cap = 0
-    if data["fit_to_caps"] and points > 0:
-        line_points = _fitted_to_caps(resident_id, list(zip(rules, line_points, strict=True)), now)
-        over_cap, points = points - sum(line_points), sum(line_points)
     deposit: dict[str, Any] = {
         "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id, "points": points,
-        "points_over_cap": over_cap, "co2e_g": co2e_g,
+        "points_over_cap": 0, "co2e_g": co2e_g,
         "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,
@@ -730,11 +747,21 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
 
     entry = None
     try:
-        if points > 0 and dialect_name() == "postgresql":
+        if points > 0 and dialect_name() == "postgresql" and not data["fit_to_caps"]:
             entry = credit(claim=_deposit_claim(deposit, items, point))
             deposit_id = int(entry.ref_id)
         else:
+            # The code is spent (its unique index taken) before the account is locked, in the order a deposit
+            # claimed with its lock takes them: two deposits of one code, one of them fitted, never wait on each other.
             deposit_id = _insert_deposit(deposit, items, point)
+            if data["fit_to_caps"] and points > 0:
+                line_points = _fitted_to_caps(resident_id, list(zip(rules, line_points, strict=True)), now)
+                if sum(line_points) < points:
+                    deposit["points_over_cap"], points = points - sum(line_points), sum(line_points)
+                    deposit["points"] = points
+                    for item, fitted in zip(items, line_points, strict=True):
+                        item["points"] = fitted
+                    _refit_deposit(deposit_id, deposit, line_points)
             if points > 0:
                 entry = credit(ref_id=deposit_id)
     except NotFound:  # no account to lock: the code names no resident who can take points

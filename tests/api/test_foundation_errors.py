@@ -527,6 +527,15 @@ def test_a_database_refusing_more_connections_is_an_outage(error):
     assert unreachable(error) == "database"
 
 
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"], ids=["deadlock", "serialization-failure"])
+def test_a_transaction_postgresql_rolled_back_to_break_a_deadlock_is_a_503_to_retry(sqlstate):
+    from app.http import _too_busy, unreachable
+
+    error = sa.exc.OperationalError("UPDATE accounts", {}, type("Broken", (Exception,), {"sqlstate": sqlstate})())
+    assert unreachable(error) == "database"
+    assert _too_busy(error)
+
+
 def test_a_sqlite_database_still_locked_after_its_busy_timeout_is_too_busy_not_a_bug(tmp_path):
     """`make run`'s SQLite, written by another process for longer than busy_timeout: a 503 to try again, as
     PostgreSQL's lock timeout is, not a 500."""

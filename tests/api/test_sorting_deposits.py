@@ -5,6 +5,8 @@ points = round_half_up(grams × 10 / 1000), rounded once on the whole deposit.""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 from io import BytesIO
 
@@ -739,6 +741,46 @@ def test_parallel_fitted_deposits_never_credit_past_the_cap(api, app, world):
     assert count(Deposit) == deposits + 1
     report = verify_ledger()
     assert report.ok, report.problems
+
+
+def _wait_for_lock_waiters(conn, waiting: int) -> None:
+    """Until `waiting` other sessions wait on a lock (a row's, or a transaction's over a unique key). Inside a
+    transaction pg_stat_activity is read once and kept: each look clears that snapshot first."""
+    deadline = time.monotonic() + 10
+    query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+    while conn.execute(sa.text("SELECT pg_stat_clear_snapshot()")) and conn.execute(query).scalar() < waiting:
+        assert time.monotonic() < deadline, f"fewer than {waiting} requests waiting on a lock"
+        time.sleep(0.02)
+
+
+@pg_concurrency
+def test_a_fitted_and_a_plain_deposit_of_one_code_take_their_locks_in_one_order(api, app, world):
+    """Sent at once with one member code (a bin and a collector, or an app retrying with the flag): both spend the
+    code (its unique index) before they lock the account. Taken in opposite orders, each waited on the other, and
+    PostgreSQL broke the deadlock with a 500."""
+    code = api.member_code(world["resident"])
+    plain = {"member_code": code, "collection_point_id": world["a"], "items": lines(("paper", 1000))}
+    bodies = [plain | {"fit_to_caps": True}, plain]
+    answers: dict[int, object] = {}
+    engine = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
+    with engine.connect() as in_flight:  # a scan of the same resident's, say, holding the account
+        in_flight.execute(sa.select(Account.id).where(Account.resident_id == world["resident"].id).with_for_update())
+        threads = []
+        for i, body in enumerate(bodies):
+            post = lambda i=i, body=body: answers.update(  # noqa: E731
+                {i: app.test_client().post("/api/v1/deposits", json=body, headers=world["collector"].auth)}
+            )
+            threads.append(threading.Thread(target=post))
+            threads[-1].start()
+            _wait_for_lock_waiters(in_flight, i + 1)
+        in_flight.rollback()
+    for thread in threads:
+        thread.join(timeout=20)
+    engine.dispose()
+    assert sorted(r.status_code for r in answers.values()) == [201, 409], [r.get_json() for r in answers.values()]
+    assert assert_error(answers[1], 409, "duplicate")["details"]["points"] == 18  # the code paid for the first
+    assert count(Deposit) == 1
+    assert verify_ledger().ok
 
 
 def test_lines_of_one_category_share_its_cap(api, world):
