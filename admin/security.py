@@ -146,7 +146,7 @@ def next_url() -> str:
 def _sign_in_again(message: str | None = None):
     """To the sign-in, then back: to the page asked for, or for a form, to the page it was sent from (the site's
     own, by its Referer). A form's input is not kept, and the message says it was not sent."""
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         target = request.full_path.rstrip("?")
     else:
         sent_from = urlsplit(request.referrer or "")
@@ -178,6 +178,8 @@ def before_request():
     # that a refusal (or a form too large to read) shows the signed-in page, menu and all; a wrong method gets its
     # 405, not a CSRF refusal.
     if signed_out and request.method in UNSAFE_METHODS and request.endpoint is not None:
+        if request.endpoint == "admin.logout":  # signed out already: nothing to do again
+            return redirect(url_for("admin.login"))
         return _sign_in_again()
     if request.method in UNSAFE_METHODS and request.endpoint not in NO_TOKEN_CHECK and not csrf_valid():
         abort(400, description="页面已过期或来源无效（例如在别的窗口重新登录过），请返回上一页重新提交")

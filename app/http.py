@@ -134,6 +134,9 @@ def unreachable(error: Exception) -> str | None:
     return None
 
 
+SQLITE_BUSY = 5  # SQLITE_LOCKED (6) is a conflict within one connection: a bug, not another process writing
+
+
 def _too_busy(error: Exception) -> bool:
     """The database answered, but gave up waiting: PostgreSQL's 55P03, a lock waited for longer than lock_timeout,
     57014, a statement cancelled by statement_timeout, and 40P01 and 40001, a deadlock or a serialization failure
@@ -142,7 +145,7 @@ def _too_busy(error: Exception) -> bool:
     if not isinstance(error, sa.exc.DBAPIError):
         return False
     gave_up = getattr(error.orig, "sqlstate", None) in ("55P03", "57014", "40P01", "40001")
-    return gave_up or getattr(error.orig, "sqlite_errorname", None) in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    return gave_up or ((getattr(error.orig, "sqlite_errorcode", None) or 0) & 0xFF) == SQLITE_BUSY  # or extended
 
 
 # How long a client waits before trying again while a shared service is away: a restart or a failover.

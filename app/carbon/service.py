@@ -16,7 +16,7 @@ from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import utcnow
 from app.common import named_page
 from app.db import after_commit, commit, db
-from app.errors import InvalidState, NotFound, ValidationError, field_error
+from app.errors import InvalidState, NotFound, field_error
 
 RULE_CACHE_TTL_S = 10.0
 _rules = TtlCache(RULE_CACHE_TTL_S)
@@ -178,7 +178,7 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     if not withdrawn and current is not None and all(fields[f] == getattr(current, f) for f in RULE_FIELDS):
         # A copy of the version in force (the admin's form comes filled in with it). The same values replacing a
         # future version are a new start date, and go through.
-        raise ValidationError("与现行版本完全相同，未发布：请修改要调整的数值或依据来源")
+        raise field_error("source", f"与第 {current.version} 版完全相同，未发布：请修改要调整的数值或依据来源")
     if current is not None:
         current.valid_to = effective_from
     rule = Rule(

@@ -3,6 +3,7 @@ from __future__ import annotations
 from functools import wraps
 
 from flask import Response, g, request
+from marshmallow import EXCLUDE
 from werkzeug.exceptions import HTTPException
 
 from app import qr
@@ -257,7 +258,8 @@ def my_member_code():
 @blp.route("/me/member-code.png", methods=["GET"])
 @login_required(RESIDENT)
 @error_docs(InvalidQr, QrExpired)
-@blp.arguments(MemberCodeImageQuerySchema, location="query")
+# Other parameters are passed over, not refused: an image's address often carries a cache-buster (?t=…).
+@blp.arguments(MemberCodeImageQuerySchema, location="query", unknown=EXCLUDE)
 @blp.response(200, content_type="image/png")
 @file_docs("image/png", headers=MEMBER_CODE_IMAGE_HEADERS)
 def my_member_code_png(query):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from app.common import Boolean, Float, Id, Integer, PageArgsSchema, ResponseSchema, StrictSchema, Text
 from app.sorting.models import CATEGORIES, CATEGORY_NAMES, POINT_KIND_NAMES
@@ -219,7 +219,7 @@ class CheckinSchema(ResponseSchema):
     created_at = fields.AwareDateTime()
 
 
-class MemberCodeImageQuerySchema(StrictSchema):
+class MemberCodeImageQuerySchema(Schema):
     token = fields.String(
         validate=validate.Length(min=1, max=256),
         metadata={"description": "a code of one's own from GET /me/member-code, still valid: the image draws it"},
@@ -253,7 +253,9 @@ class DepositCreateSchema(StrictSchema):
         metadata={
             "description": "超出每日积分上限时：false（默认）整笔不记录，答 409 cap_reached；true 照实记录整笔投递"
             "（重量与减排量不变），积分只记上限内还能得的部分，各行按顺序先到先得，超出部分不计积分"
-            "（见 points_over_cap）。回收员在 cap_reached 后选择「按上限记录」时用，同一会员码仍可使用"
+            "（见 points_over_cap）。回收员在 cap_reached 后选择「按上限记录」时用，同一会员码仍可使用，"
+            "但须换一个新的 Idempotency-Key（请求内容变了）。一分也记不上时不生成积分记录，这笔减排量也就不计入"
+            "居民 /me 的 co2e_g（与不足 1 分的投递相同），但照实保存在这笔投递上"
         },
     )
 

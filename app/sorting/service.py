@@ -300,14 +300,15 @@ def member_code(resident_id: int, token: str | None = None) -> dict[str, Any]:
             resident_id, _qr_key("member"), now, ttl_s=_config("MEMBER_CODE_TTL_SECONDS")
         )
     else:
-        try:
-            code = qr.read_member_code(qr.extract_token(token), _qr_key("member"), now)
-        except qr.ExpiredToken:
-            raise QrExpired("会员码已过期，请刷新") from None
+        try:  # whose first, then whether expired: nothing is told about another's code
+            token = qr.extract_token(token)  # the code itself is drawn, never the text around it
+            code = qr.read_member_code(token, _qr_key("member"), now, expired=True)
         except qr.QRError:
             code = None
         if code is None or code.resident_id != resident_id:
             raise InvalidQr("这不是您的会员码，请刷新")
+        if now >= code.expires_at:
+            raise QrExpired("会员码已过期，请刷新")
         expires_at = code.expires_at
     # The code expires on a whole second: the time left is up to a second short of the configured lifetime.
     return {"token": token, "expires_at": expires_at, "expires_in": int((expires_at - now).total_seconds())}

@@ -392,6 +392,13 @@ def test_a_form_sent_after_signing_out_elsewhere_goes_to_the_sign_in_and_back_to
     )
     assert elsewhere.headers["Location"] == "/admin/login"
     assert count(Community) == before
+    # a look (HEAD) is not a form sent; and signing out signed out just goes to the sign-in
+    looked = Browser(app.test_client())
+    head = looked.client.head("/admin/residents", headers={"Referer": "http://localhost/admin/staff"})
+    assert head.headers["Location"] == "/admin/login?next=/admin/residents"
+    assert "刚才的操作没有提交" not in text(looked.get("/admin/login"))
+    gone = Browser(app.test_client()).client.post("/admin/logout")
+    assert gone.headers["Location"] == "/admin/login"
 
 
 def test_a_session_ended_by_a_password_change_returns_to_the_page_after_signing_in(as_admin, admin, api, app, clock):
@@ -941,7 +948,7 @@ def test_the_publish_form_sent_as_it_came_publishes_nothing_and_says_why(as_admi
     form["source"] = html.unescape(re.search(r'<textarea name="source"[^>]*>([^<]*)</textarea>', page).group(1))
     response = as_admin.post("/admin/rules/publish", form)
     assert response.status_code == 422
-    assert "与现行版本完全相同，未发布：请修改要调整的数值或依据来源" in text(response)
+    assert "与第 1 版完全相同，未发布：请修改要调整的数值或依据来源" in text(response)
     assert count(Rule, activity="sorting:paper") == 1
 
 

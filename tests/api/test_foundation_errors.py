@@ -553,6 +553,10 @@ def test_a_sqlite_database_still_locked_after_its_busy_timeout_is_too_busy_not_a
     assert _too_busy(error)
     holder.close()
     waiter.close()
+    locked_in_one_connection = type("Locked", (Exception,), {"sqlite_errorcode": 6})()  # SQLITE_LOCKED: a bug
+    assert unreachable(sa.exc.OperationalError("DROP TABLE t", {}, locked_in_one_connection)) is None
+    snapshot = type("BusySnapshot", (Exception,), {"sqlite_errorcode": 517})()  # SQLITE_BUSY_SNAPSHOT
+    assert unreachable(sa.exc.OperationalError("UPDATE t", {}, snapshot)) == "database"
     malformed = sqlite3.connect(":memory:")
     with pytest.raises(sqlite3.OperationalError) as bad_sql:
         malformed.execute("SELECT no_such_column FROM sqlite_master")

@@ -162,7 +162,8 @@ def test_a_version_that_changes_nothing_is_not_published(api, clock):
     in_force = rule_in_force(api, "sorting:glass")
     same = {"activity": "sorting:glass", "source": in_force["source"]}
     error = assert_error(api.post("/rules", as_=admin, json=same), 422, "validation_error")
-    assert error["message"] == "与现行版本完全相同，未发布：请修改要调整的数值或依据来源"
+    assert error["message"] == "与第 1 版完全相同，未发布：请修改要调整的数值或依据来源"
+    assert error["details"]["fields"] == {"source": [error["message"]]}
     assert len(_versions("sorting:glass")) == 1
     # a new source alone (a corrected citation) is a change
     assert api.post("/rules", as_=admin, json={**same, "source": "EPA WARM v16, glass"}).status_code == 201

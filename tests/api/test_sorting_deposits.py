@@ -9,6 +9,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from io import BytesIO
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -127,9 +128,17 @@ def test_member_code_png_draws_the_code_the_json_gave_when_asked(api, clock, wor
     error = assert_error(api.get(f"/me/member-code.png?token={neighbour}", as_=world["resident"]), 422, "invalid_qr")
     assert error["message"] == "这不是您的会员码，请刷新"
     assert_error(api.get("/me/member-code.png?token=m1.garbage", as_=world["resident"]), 422, "invalid_qr")
+    # the code itself is drawn, never the text around it (a URL of someone's choosing wrapping one's code)
+    wrapped = quote(f"https://elsewhere.example/q/{code['token']}?utm=x", safe="")
+    response = api.get(f"/me/member-code.png?token={wrapped}&t=1781488920123", as_=world["resident"])  # t: ignored
+    assert response.status_code == 200, response.get_json()
+    assert zxingcpp.read_barcodes(Image.open(BytesIO(response.get_data())))[0].text == code["token"]
     clock.advance(seconds=90)
     expired = api.get(f"/me/member-code.png?token={code['token']}", as_=world["resident"])
     assert assert_error(expired, 410, "qr_expired")["message"] == "会员码已过期，请刷新"
+    # whether someone else's code has expired is not told either
+    error = assert_error(api.get(f"/me/member-code.png?token={neighbour}", as_=world["resident"]), 422, "invalid_qr")
+    assert error["message"] == "这不是您的会员码，请刷新"
 
 
 def test_member_code_expires_after_two_minutes(api, clock, world):
