@@ -211,6 +211,14 @@ def test_logout_is_post_only(as_admin):
     assert as_admin.get("/admin/").status_code == 200
 
 
+def test_page_titles_say_whose_page_and_which_error(api, as_admin):
+    """A tab's title is what a worker with several tabs open, or a screen reader, goes by."""
+    resident = api.resident(community_code="hengkang")
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    assert re.search(r"<title>(.+) 的积分 · 湾区绿色积分</title>", page).group(1) in page.split("<h1>")[1]
+    assert "<title>找不到（404） · 湾区绿色积分</title>" in text(as_admin.get("/admin/no-such-page"))
+
+
 def test_an_actions_address_opened_again_leads_to_its_page(api, as_admin):
     """A refused form's page stays at the action's address; a phone reopening the tab asks it by GET. It goes to
     the nearest page above it, not to a 405."""
