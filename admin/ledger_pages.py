@@ -12,7 +12,7 @@ from admin.security import current_admin_actor, only
 from app.errors import Duplicate, field_error
 from app.ledger import service as ledger
 from app.ledger.schemas import AdjustmentSchema, ReversalSchema
-from app.ledger.verify import verify_ledger
+from app.ledger.verify import latest_check, verify_and_keep
 from app.people import service as people
 from app.people.models import Resident
 
@@ -83,6 +83,11 @@ def reverse(resident_id: int, entry_id: int):
 @bp.route("/verify", methods=["GET", "POST"])
 @only("admin")
 def verify():
-    """Recomputing every chain reads the whole ledger, so it runs on an explicit POST, never on a GET."""
-    report = verify_ledger() if request.method == "POST" else None
-    return render_template("admin/verify.html", report=report, shown=SHOWN_PROBLEMS)
+    """A GET shows the latest kept run (the nightly `flask ledger verify`, usually): a city's ledger is not read
+    inside a request. Recomputing every chain here runs on an explicit POST, and is kept too."""
+    if request.method == "POST":
+        _, check = verify_and_keep("admin", current_admin_actor().id)
+    else:
+        check = latest_check()
+    run_by = people.staff_names([check.staff_id]).get(check.staff_id) if check and check.staff_id else None
+    return render_template("admin/verify.html", check=check, run_by=run_by, shown=SHOWN_PROBLEMS)

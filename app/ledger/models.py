@@ -88,6 +88,27 @@ class PointLot(db.Model):
     credited: Mapped[int] = mapped_column(default=0)
 
 
+class LedgerCheck(db.Model):
+    """One run of the ledger's verification, kept: the admin site shows the latest (the nightly job's, usually)
+    rather than reading a city's whole ledger inside a request. The first problems and notes are kept, with counts."""
+
+    __tablename__ = "ledger_checks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime] = mapped_column(index=True)
+    ok: Mapped[bool]
+    accounts: Mapped[int]
+    entries: Mapped[int]
+    first_bad_entry: Mapped[int | None] = mapped_column(sa.BigInteger)
+    problem_count: Mapped[int]
+    problems: Mapped[list[str]] = mapped_column(sa.JSON)
+    notice_count: Mapped[int]
+    notices: Mapped[list[str]] = mapped_column(sa.JSON)
+    run_by: Mapped[str] = mapped_column(sa.String(8))  # "cli" (the nightly job, an operator) or "admin"
+    staff_id: Mapped[int | None] = mapped_column(sa.ForeignKey("staff.id"))
+
+
 # The database itself refuses to change or remove an entry, whoever connects. The same statements are in
 # the initial migration; tests that simulate tampering have to take them off first.
 APPEND_ONLY_TRIGGERS = {

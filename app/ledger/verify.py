@@ -11,10 +11,10 @@ from functools import cache
 import sqlalchemy as sa
 from flask import current_app
 
-from app.clock import local_midnight
-from app.db import db
+from app.clock import local_midnight, utcnow
+from app.db import commit, db
 from app.ledger.chain import canonical, link, micros
-from app.ledger.models import GENESIS_HASH
+from app.ledger.models import GENESIS_HASH, LedgerCheck
 
 ENTRY_COLUMNS = (
     "id, account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type, ref_id, "
@@ -211,3 +211,22 @@ def verify_ledger(chunk: int = 20000) -> Report:
             report.fail(f"account {account_id}: no entries, yet stored points by year {stored}")
     report.entries = count
     return report
+
+
+def verify_and_keep(run_by: str, staff_id: int | None = None) -> tuple[Report, LedgerCheck]:
+    """Verify the ledger and keep the result (`run_by` "cli" or "admin"): the admin site shows the latest."""
+    started = utcnow()
+    report = verify_ledger()
+    check = LedgerCheck(
+        started_at=started, finished_at=utcnow(), ok=report.ok, accounts=report.accounts, entries=report.entries,
+        first_bad_entry=report.first_bad_entry, problem_count=len(report.problems),
+        problems=report.problems[:KEPT_NOTICES], notice_count=report.notice_count, notices=report.notices,
+        run_by=run_by, staff_id=staff_id,
+    )  # fmt: skip
+    db.session.add(check)
+    commit()
+    return report, check
+
+
+def latest_check() -> LedgerCheck | None:
+    return db.session.scalars(sa.select(LedgerCheck).order_by(LedgerCheck.finished_at.desc()).limit(1)).first()

@@ -1476,6 +1476,22 @@ def test_verify_page_shows_ok(api, as_admin):
     assert "1 条记录" in body
 
 
+def test_verify_page_shows_the_last_kept_check_without_running_one(api, app, as_admin, admin, clock):
+    resident = api.resident(community_code="hengkang")
+    ledger.adjust(SYSTEM, resident.id, 12, "测试")
+    assert "尚无校验记录" in text(as_admin.get("/admin/verify"))
+    assert app.test_cli_runner().invoke(args=["ledger", "verify"]).exit_code == 0  # the nightly job
+    clock.advance(hours=2)
+    page = text(as_admin.get("/admin/verify"))
+    assert "上次校验：2026-06-15 10:00（命令行或定时任务）" in page
+    assert "校验通过" in page
+    assert "共校验 1 个账户、1 条记录" in page
+    as_admin.post("/admin/verify")
+    page = text(as_admin.get("/admin/verify"))
+    shown_as = db.session.get(Staff, admin.id).display_name or username_of(admin)
+    assert f"上次校验：2026-06-15 12:00（{shown_as} 在管理后台）" in page
+
+
 def test_verify_page_passes_with_its_notices_apart(api, as_admin, monkeypatch):
     for _ in range(3):
         ledger.adjust(SYSTEM, api.resident(community_code="hengkang").id, 12, "测试")

@@ -630,6 +630,27 @@ def test_verify_names_the_altered_entry(api, app):
     assert f"first bad entry {target.id}" in bad.output
 
 
+def test_each_verification_is_kept_with_its_result(api, app, clock):
+    """The nightly run's result is what the admin site shows: a city's ledger is not read inside a request."""
+    from app.ledger.models import LedgerCheck
+
+    me = api.resident()
+    target = earn(me.id, 10, "a")
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["ledger", "verify"]).exit_code == 0
+    kept = db.session.scalars(sa.select(LedgerCheck)).one()
+    assert (kept.ok, kept.entries, kept.accounts, kept.run_by, kept.staff_id) == (True, 1, 1, "cli", None)
+    assert kept.finished_at == clock.now
+    assert (kept.problems, kept.problem_count, kept.first_bad_entry) == ([], 0, None)
+    without_append_only_guard("UPDATE ledger_entries SET delta = delta + 100 WHERE id = :id", params={"id": target.id})
+    clock.advance(hours=24)
+    assert runner.invoke(args=["ledger", "verify"]).exit_code == 1
+    failed = db.session.scalars(sa.select(LedgerCheck).order_by(LedgerCheck.id.desc())).first()
+    assert (failed.ok, failed.first_bad_entry, failed.problem_count) == (False, target.id, len(failed.problems))
+    assert f"entry {target.id}" in failed.problems[0]
+    assert failed.finished_at == clock.now
+
+
 @pytest.mark.parametrize(
     "statement", ["UPDATE ledger_entries SET delta = delta + 1", "DELETE FROM ledger_entries"], ids=["update", "delete"]
 )
