@@ -92,4 +92,8 @@ class Staff(Timestamped, db.Model):
 
     @property
     def collection_point_ids(self) -> list[int]:
-        return sorted(p.id for p in self.collection_points)
+        return [p.id for p in self.collection_points_by_id]
+
+    @property
+    def collection_points_by_id(self) -> list:
+        return sorted(self.collection_points, key=lambda p: p.id)

@@ -58,6 +58,12 @@ class StaffUpdateSchema(StrictSchema):
     collection_point_ids = fields.List(Id(), validate=validate.Length(max=50))
 
 
+class PointRefSchema(ResponseSchema):
+    id = Integer()
+    name = fields.String()
+    active = Boolean(metadata={"description": "false: retired, no deposits are recorded there"})
+
+
 class StaffSchema(ResponseSchema):
     id = Integer()
     username = fields.String()
@@ -67,6 +73,11 @@ class StaffSchema(ResponseSchema):
     organization_id = Integer(allow_none=True)
     store_ids = fields.List(Integer())
     collection_point_ids = fields.List(Integer())
+    collection_points = fields.List(
+        fields.Nested(PointRefSchema),
+        attribute="collection_points_by_id",
+        metadata={"description": "a collector's points by name, the retired ones marked: what its app lists"},
+    )
     active = Boolean()
     created_at = fields.AwareDateTime()
 

@@ -520,3 +520,18 @@ def test_callers_without_the_role_are_refused_before_their_point_is_read(api, ad
         assert_error(api.post("/collection-points", as_=caller, json={}), 403, "forbidden")
         assert_error(api.post("/collection-points", as_=caller, json={"kind": "landfill"}), 403, "forbidden")
     assert count(CollectionPoint) == before
+
+
+def test_a_collector_reads_its_points_by_name_and_state(api):
+    """The collector app lists the points to record at without a request per point, the retired ones marked."""
+    admin = api.staff("admin")
+    kept, retired = make_point(api, admin, "恒康甲站")["id"], make_point(api, admin, "恒康乙站")["id"]
+    collector = api.staff("collector", collection_point_ids=[kept, retired])
+    assert api.delete(f"/collection-points/{retired}", as_=admin).status_code == 204
+    me = api.get("/staff/me", as_=collector).get_json()
+    assert me["collection_point_ids"] == [kept, retired]
+    assert me["collection_points"] == [
+        {"id": kept, "name": "恒康甲站", "active": True},
+        {"id": retired, "name": "恒康乙站", "active": False},
+    ]
+    assert api.get("/staff/me", as_=admin).get_json()["collection_points"] == []
