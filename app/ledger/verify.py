@@ -3,6 +3,7 @@ entries in (account, seq) order."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -23,6 +24,7 @@ ENTRY_COLUMNS = (
 
 
 KEPT_NOTICES = 200
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -213,19 +215,24 @@ def verify_ledger(chunk: int = 20000) -> Report:
     return report
 
 
-def verify_and_keep(run_by: str, staff_id: int | None = None) -> tuple[Report, LedgerCheck]:
-    """Verify the ledger and keep the result (`run_by` "cli" or "admin"): the admin site shows the latest."""
-    started = utcnow()
-    report = verify_ledger()
+def keep_check(report: Report, started: datetime, run_by: str, staff_id: int | None = None) -> tuple[LedgerCheck, bool]:
+    """Keep a run's result (`run_by` "cli" or "admin") for the admin site, which shows the latest; and whether it
+    was kept. Keeping may fail (a read-only replica or role, the code deployed before `db upgrade`): the verdict
+    stands all the same, and comes back unkept."""
     check = LedgerCheck(
         started_at=started, finished_at=utcnow(), ok=report.ok, accounts=report.accounts, entries=report.entries,
         first_bad_entry=report.first_bad_entry, problem_count=len(report.problems),
         problems=report.problems[:KEPT_NOTICES], notice_count=report.notice_count, notices=report.notices,
         run_by=run_by, staff_id=staff_id,
     )  # fmt: skip
-    db.session.add(check)
-    commit()
-    return report, check
+    try:
+        db.session.add(check)
+        commit()
+    except sa.exc.SQLAlchemyError:
+        db.session.rollback()
+        log.warning("ledger check not kept", exc_info=True)
+        return check, False
+    return check, True
 
 
 def latest_check() -> LedgerCheck | None:

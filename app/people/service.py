@@ -180,7 +180,8 @@ def _visible_staff(actor: Actor, staff: Staff) -> None:
 
 def list_staff(actor: Actor, cursor: str | None, limit: int) -> dict[str, Any]:
     actor.require_role("admin", "alliance")
-    stmt = sa.select(Staff)
+    # Each one's stores and points are in its answer: loaded for the whole page at once, not per staff member.
+    stmt = sa.select(Staff).options(sa.orm.selectinload(Staff.stores), sa.orm.selectinload(Staff.collection_points))
     if not actor.is_admin:
         stmt = stmt.where(Staff.organization_id == actor.organization_id)
     return keyset_page(stmt, Staff.id, cursor, limit)

@@ -1,5 +1,6 @@
-"""ledger_checks: each run of the ledger's verification is kept, so that the admin site shows the nightly job's
-result instead of reading the whole ledger inside a request
+"""ledger_checks: each run of the ledger's verification is kept, for the admin site to show the latest
+
+The nightly job's result, instead of reading the whole ledger inside a request.
 
 Revision ID: 0016
 Revises: 0015

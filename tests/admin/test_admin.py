@@ -1470,8 +1470,8 @@ def test_verify_page_shows_ok(api, as_admin):
     ledger.adjust(SYSTEM, resident.id, 12, "测试")
     assert "校验通过" not in text(as_admin.get("/admin/verify"))
     response = as_admin.post("/admin/verify")
-    assert response.status_code == 200
-    body = text(response)
+    assert (response.status_code, response.headers["Location"]) == (303, "/admin/verify")  # a refresh reads nothing
+    body = text(as_admin.get("/admin/verify"))
     assert "校验通过" in body
     assert "1 条记录" in body
 
@@ -1492,13 +1492,28 @@ def test_verify_page_shows_the_last_kept_check_without_running_one(api, app, as_
     assert f"上次校验：2026-06-15 12:00（{shown_as} 在管理后台）" in page
 
 
+def test_a_verification_the_page_cannot_keep_is_shown_all_the_same(api, as_admin, monkeypatch):
+    import app.ledger.verify as verify
+
+    def refused() -> None:
+        raise sa.exc.OperationalError("INSERT INTO ledger_checks", {}, Exception("read-only transaction"))
+
+    ledger.adjust(SYSTEM, api.resident(community_code="hengkang").id, 12, "测试")
+    monkeypatch.setattr(verify, "commit", refused)
+    response = as_admin.post("/admin/verify")
+    assert response.status_code == 200
+    body = text(response)
+    assert "本次校验的结果未能保存，仅在此显示" in body
+    assert "校验通过" in body
+
+
 def test_verify_page_passes_with_its_notices_apart(api, as_admin, monkeypatch):
     for _ in range(3):
         ledger.adjust(SYSTEM, api.resident(community_code="hengkang").id, 12, "测试")
     db.session.execute(sa.update(Account).values(last_entry_at=None))  # as a server on an older release leaves it
     db.session.commit()
     monkeypatch.setattr(ledger_pages, "SHOWN_PROBLEMS", 2)
-    body = text(as_admin.post("/admin/verify"))
+    body = text(as_admin.post("/admin/verify", follow_redirects=True))
     assert "校验通过" in body
     assert "提示（不影响校验结果）" in body
     assert body.count("a server on an older release posted it") == 2
@@ -1510,7 +1525,7 @@ def test_verify_page_names_the_first_bad_entry(api, as_admin):
     entry = ledger.adjust(SYSTEM, resident.id, 12, "测试")
     without_append_only_guard("UPDATE ledger_entries SET memo = 'tampered' WHERE id = :id", params={"id": entry.id})
     db.session.commit()
-    body = text(as_admin.post("/admin/verify"))
+    body = text(as_admin.post("/admin/verify", follow_redirects=True))
     assert "发现问题" in body
     assert f"第一条异常记录 ID：<strong>{entry.id}</strong>" in body
 

@@ -888,3 +888,25 @@ def test_callers_without_a_role_over_residents_are_refused_before_their_request_
         assert_error(api.patch(f"/residents/{target.id}", as_=caller, json={}), 403, "forbidden")
         assert_error(api.patch(f"/residents/{target.id}", as_=caller, json={"status": "frozen"}), 403, "forbidden")
     assert api.get("/me", as_=target).status_code == 200
+
+
+def test_a_page_of_staff_costs_the_same_statements_however_many_are_on_it(api, app):
+    """Each staff member's stores and points are in the answer: read for the page at once, not one by one."""
+    admin = api.staff("admin")
+
+    def statements_for_a_page() -> int:
+        seen = []
+        listener = lambda *args: seen.append(args[2])  # noqa: E731
+        sa.event.listen(db.engine, "before_cursor_execute", listener)
+        try:
+            assert api.get("/staff?limit=100", as_=admin).status_code == 200
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", listener)
+        return len(seen)
+
+    few = statements_for_a_page()
+    point = make_point(api, admin, "恒康计数站")
+    for _ in range(5):
+        api.staff("worker", community_id=community_id("hengkang"))
+        api.staff("collector", collection_point_ids=[point])
+    assert statements_for_a_page() == few

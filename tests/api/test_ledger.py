@@ -651,6 +651,28 @@ def test_each_verification_is_kept_with_its_result(api, app, clock):
     assert failed.finished_at == clock.now
 
 
+def test_a_verification_that_cannot_be_kept_still_gives_its_verdict(api, app, monkeypatch):
+    """A read-only role or replica, or the code deployed before `db upgrade`: keeping the run fails, but cron still
+    gets the verdict, and a tampered entry is still named."""
+    import app.ledger.verify as verify
+
+    def refused() -> None:
+        raise sa.exc.OperationalError("INSERT INTO ledger_checks", {}, Exception("read-only transaction"))
+
+    monkeypatch.setattr(verify, "commit", refused)
+    me = api.resident()
+    target = earn(me.id, 10, "a")
+    runner = app.test_cli_runner()
+    ok = runner.invoke(args=["ledger", "verify"])
+    assert ok.exit_code == 0
+    assert "OK: every chain, balance and year's points verify" in ok.stdout
+    assert "warning: this run's result was not kept for the admin site" in ok.stderr
+    without_append_only_guard("UPDATE ledger_entries SET delta = delta + 100 WHERE id = :id", params={"id": target.id})
+    bad = runner.invoke(args=["ledger", "verify"])
+    assert bad.exit_code == 1
+    assert f"FAILED: first bad entry {target.id}" in bad.stderr
+
+
 @pytest.mark.parametrize(
     "statement", ["UPDATE ledger_entries SET delta = delta + 1", "DELETE FROM ledger_entries"], ids=["update", "delete"]
 )
