@@ -822,7 +822,7 @@ def test_adjustment_via_form_changes_the_balance_and_shows_the_entry(api, as_adm
     page = text(as_admin.get(f"/admin/residents/{resident.id}"))
     assert "已调整 +30 积分，当前余额 30" in page
     assert "活动补发" in page
-    assert "<td>人工调整</td>" in page  # its source, in words: no code such as "admin" on the page
+    assert '<td data-label="来源">人工调整</td>' in page  # its source, in words: no code such as "admin" on the page
     assert "<code>admin</code>" not in page
     assert '<div class="value">30</div>' in page
 
