@@ -11,6 +11,7 @@ from typing import Any
 
 import marshmallow as ma
 from flask import flash, make_response, redirect, request, session
+from jinja2 import pass_context
 from markupsafe import Markup
 
 from app.db import db, fits_key
@@ -81,6 +82,15 @@ def int_arg(name: str) -> int | None:
     raw = request.args.get(name, "").strip()
     value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 12 else None
     return value if fits_key(value) else None
+
+
+@pass_context
+def invalid(context, name: str) -> Markup:
+    """` aria-invalid="true"` on a field the page's refusal (`error`) names: screen readers say so, and the field is
+    marked where the error box above the form only lists it."""
+    error = context.get("error")
+    fields = ((error.details or {}).get("fields") or {}) if isinstance(error, AppError) else {}
+    return Markup(' aria-invalid="true"') if name in fields else Markup("")
 
 
 def field_messages(error: AppError | None, labels: dict[str, str] | None = None) -> list[tuple[str, str]]:

@@ -868,6 +868,15 @@ def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as
     assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#resident-{resident.id}"', listing)
 
 
+def test_a_refused_form_marks_the_fields_it_names(as_admin):
+    """Screen readers say which field is wrong, and the eye finds it, beside the box that lists the errors."""
+    page = text(as_admin.post("/admin/communities", {"code": "bad code!", "name": "合格名称"}))
+    assert re.search(r'<input name="code" aria-invalid="true"', page)
+    assert re.search(r'<input name="name" value=', page)  # the field that was right is not marked
+    fresh = text(as_admin.get("/admin/communities"))
+    assert not re.search(r"<(?:input|select|textarea)[^>]*aria-invalid", fresh)
+
+
 def test_overdrawing_adjustment_is_refused_on_the_page(api, as_admin):
     resident = api.resident(community_code="hengkang")
     response = as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "-5", "reason": "扣回"})
