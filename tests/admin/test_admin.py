@@ -868,6 +868,19 @@ def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as
     assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#resident-{resident.id}"', listing)
 
 
+def test_a_points_edit_form_answers_where_it_is(as_admin):
+    """Its fields sit far down a phone's page: its refusal shows above them, and the form sends the page there."""
+    point = make_point()
+    page = text(as_admin.get(f"/admin/points/{point.id}"))
+    assert re.search(rf'<div class="panel" id="edit">.*?action="/admin/points/{point.id}#edit"', page, re.S)
+    form = {"form": "edit", "name": point.name, "kind": point.kind, "lat": "300", "lng": "121.5"}
+    refused = text(as_admin.post(f"/admin/points/{point.id}", form))
+    edit_panel = refused.split('id="edit"', 1)[1].split("</form>", 1)[0]
+    assert "纬度" in edit_panel.split('<div class="alert error"', 1)[1].split("</div>", 1)[0]
+    assert refused.count('<div class="alert error"') == 1  # not at the top of the page as well
+    assert re.search(r'<input name="lat" aria-invalid="true"', edit_panel)
+
+
 def test_a_refused_form_marks_the_fields_it_names(as_admin):
     """Screen readers say which field is wrong, and the eye finds it, beside the box that lists the errors."""
     page = text(as_admin.post("/admin/communities", {"code": "bad code!", "name": "合格名称"}))
