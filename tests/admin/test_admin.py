@@ -868,6 +868,24 @@ def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as
     assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#resident-{resident.id}"', listing)
 
 
+def test_the_daily_lists_stack_their_rows_on_a_phone_each_value_named(api, as_admin):
+    """Under 700 px these tables show each row as a block; every value says which column it is, so that the row's
+    actions sit beside whom they act on."""
+    resident = api.resident(community_code="hengkang")
+    ledger.adjust(SYSTEM, resident.id, 12, "测试")
+    make_point()
+    for path, named in (
+        ("/admin/residents", ["ID", "昵称", "社区", "状态", "注册时间"]),
+        ("/admin/staff", ["ID", "用户名", "显示名称", "角色", "社区", "单位", "状态", "创建时间"]),
+        ("/admin/points", ["ID", "名称", "社区", "类型", "地址", "品类"]),
+        (f"/admin/residents/{resident.id}", ["序号", "时间", "类型", "来源", "积分", "余额", "减排（克）", "说明"]),
+    ):
+        page = text(as_admin.get(path))
+        table = page.split('<table class="stack">', 1)[1].split("</table>", 1)[0]
+        first_row = table.split("<tbody>", 1)[1].split("</tr>", 1)[0]
+        assert re.findall(r'data-label="([^"]+)"', first_row) == named, path
+
+
 def test_a_points_edit_form_answers_where_it_is(as_admin):
     """Its fields sit far down a phone's page: its refusal shows above them, and the form sends the page there."""
     point = make_point()
