@@ -813,18 +813,20 @@ def record_device_deposit(device: Actor, data: dict[str, Any]) -> dict[str, Any]
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
     deposit = get_or_404(Deposit, deposit_id, "投递记录不存在")
     # Out of scope reads as missing, for staff as for residents: ids are sequential, and another's are not to count.
-    try:
-        if actor.kind == "resident":
-            if deposit.resident_id != actor.id:
-                raise Forbidden()
-        elif actor.role == "collector":
-            actor.require_collection_point(deposit.collection_point_id)
-        else:
-            _require_manager(actor, get_point(deposit.collection_point_id).community_id)
-    except Forbidden:
-        raise NotFound("投递记录不存在") from None
+    if not _sees_deposit(actor, deposit):
+        raise NotFound("投递记录不存在")
     _with_entry_ids([deposit])
     return deposit
+
+
+def _sees_deposit(actor: Actor, deposit: Deposit) -> bool:
+    if actor.kind == "resident":
+        return deposit.resident_id == actor.id
+    try:
+        _require_staff_in_scope(actor, get_point(deposit.collection_point_id))
+    except Forbidden:
+        return False
+    return True
 
 
 def _with_entry_ids(deposits: list[Deposit]) -> None:
