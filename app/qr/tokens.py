@@ -328,17 +328,21 @@ class MemberCode(NamedTuple):
     nonce: str
     expires_at: datetime
 
+    def expired(self, now: datetime) -> bool:
+        return _check_now(now) >= self.expires_at  # a whole second: the code's last valid moment is just before
+
 
 def read_member_code(token: str, key: bytes, now: datetime, *, expired: bool = False) -> MemberCode:
     """The resident a valid member code names, and its nonce (what makes this code this one). With `expired=True`
-    an authentic code is read whatever its age: to recognise a late retry of one already spent."""
+    an authentic code is read whatever its age: to recognise a late retry of one already spent, or to say whose a
+    code is before whether it has expired (`MemberCode.expired`)."""
     key = _check_key(key)
     now = _check_now(now)
     parsed = _parse_expected(token, MEMBER, key)
-    # Integer comparison; exp is whole seconds so this equals ``now >= expires_at``.
-    if not expired and _unix_seconds(now) >= int(parsed.extra[0]):
+    code = MemberCode(parsed.header.object_id, parsed.extra[1], _EPOCH + timedelta(seconds=int(parsed.extra[0])))
+    if not expired and code.expired(now):
         raise ExpiredToken("member code expired")
-    return MemberCode(parsed.header.object_id, parsed.extra[1], _EPOCH + timedelta(seconds=int(parsed.extra[0])))
+    return code
 
 
 def verify_member_code(token: str, key: bytes, now: datetime) -> int:

@@ -307,7 +307,7 @@ def member_code(resident_id: int, token: str | None = None) -> dict[str, Any]:
             code = None
         if code is None or code.resident_id != resident_id:
             raise InvalidQr("这不是您的会员码，请刷新")
-        if now >= code.expires_at:
+        if code.expired(now):
             raise QrExpired("会员码已过期，请刷新")
         expires_at = code.expires_at
     # The code expires on a whole second: the time left is up to a second short of the configured lifetime.
