@@ -678,15 +678,20 @@ _DEPOSIT_LINE_IDS = (
 )
 
 
-def _refit_deposit(deposit_id: int, deposit: dict[str, Any], line_points: list[int]) -> None:
-    """The points a deposit written whole is credited once fitted to the caps, on its row and its lines (in order)."""
+def _refit_deposit(deposit_id: int, deposit: dict[str, Any], items: list[dict[str, Any]], fitted: list[int]) -> int:
+    """A deposit written whole credits what the caps still take (`fitted`, per line): on its row and its lines (in
+    order), and in the answer's `deposit` and `items`. The points it credits now."""
+    deposit["points_over_cap"], deposit["points"] = deposit["points"] - sum(fitted), sum(fitted)
+    for item, points in zip(items, fitted, strict=True):
+        item["points"] = points
     run(_REFIT_DEPOSIT, {"deposit_id": deposit_id, "points": deposit["points"],
                          "points_over_cap": deposit["points_over_cap"]})  # fmt: skip
     line_ids = run(_DEPOSIT_LINE_IDS, {"deposit_id": deposit_id}).scalars().all()
     db.session.execute(
         sa.update(DepositItem),
-        [{"id": line_id, "points": points} for line_id, points in zip(line_ids, line_points, strict=True)],
+        [{"id": line_id, "points": points} for line_id, points in zip(line_ids, fitted, strict=True)],
     )
+    return deposit["points"]
 
 
 def _cap_guidance(details: dict[str, Any]) -> str:
@@ -758,11 +763,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
             if data["fit_to_caps"] and points > 0:
                 line_points = _fitted_to_caps(resident_id, list(zip(rules, line_points, strict=True)), now)
                 if sum(line_points) < points:
-                    deposit["points_over_cap"], points = points - sum(line_points), sum(line_points)
-                    deposit["points"] = points
-                    for item, fitted in zip(items, line_points, strict=True):
-                        item["points"] = fitted
-                    _refit_deposit(deposit_id, deposit, line_points)
+                    points = _refit_deposit(deposit_id, deposit, items, line_points)
             if points > 0:
                 entry = credit(ref_id=deposit_id)
     except NotFound:  # no account to lock: the code names no resident who can take points
