@@ -13,7 +13,3 @@ def main() -> None:
     for login in demo_logins():
         print(f"    {login['role']:<10} {login['username']:<14} {login['password']}")
     print('  Demo residents: POST /api/v1/auth/wechat with {"code": "stub:demo-resident-1"}\n', flush=True)
-
-
-if __name__ == "__main__":
-    main()

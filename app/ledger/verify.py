@@ -40,6 +40,8 @@ class Report:
     notices: list[str] = field(default_factory=list)  # the first KEPT_NOTICES of notice_count
     notice_count: int = 0
     first_bad_entry: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -169,7 +171,7 @@ def _snapshot():
 
 
 def verify_ledger(chunk: int = 20000) -> Report:
-    report = Report()
+    report = Report(started_at=utcnow())
     entries = (
         sa.text(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries ORDER BY account_id, seq")  # noqa: S608
         .columns(created_at=db.metadata.tables["ledger_entries"].c.created_at.type)
@@ -211,17 +213,17 @@ def verify_ledger(chunk: int = 20000) -> Report:
     for account_id, by_year in lots.items():
         if stored := _by_year(by_year):
             report.fail(f"account {account_id}: no entries, yet stored points by year {stored}")
-    report.entries = count
+    report.entries, report.finished_at = count, utcnow()
     return report
 
 
-def keep_check(report: Report, started: datetime, run_by: str, staff_id: int | None = None) -> tuple[LedgerCheck, bool]:
+def keep_check(report: Report, run_by: str, staff_id: int | None = None) -> tuple[LedgerCheck, bool]:
     """Keep a run's result (`run_by` "cli" or "admin") for the admin site, which shows the latest; and whether it
     was kept. Keeping may fail (a read-only replica or role, the code deployed before `db upgrade`): the verdict
     stands all the same, and comes back unkept."""
     check = LedgerCheck(
-        started_at=started, finished_at=utcnow(), ok=report.ok, accounts=report.accounts, entries=report.entries,
-        first_bad_entry=report.first_bad_entry, problem_count=len(report.problems),
+        started_at=report.started_at, finished_at=report.finished_at, ok=report.ok, accounts=report.accounts,
+        entries=report.entries, first_bad_entry=report.first_bad_entry, problem_count=len(report.problems),
         problems=report.problems[:KEPT_NOTICES], notice_count=report.notice_count, notices=report.notices,
         run_by=run_by, staff_id=staff_id,
     )  # fmt: skip
