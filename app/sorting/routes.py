@@ -293,7 +293,7 @@ def my_checkins(query):
 @blp.route("/scans", methods=["POST"])
 @login_required(RESIDENT)
 @idempotent
-@error_docs(InvalidQr, QrExpired, AlreadyClaimed, CapReached, TooFar)
+@error_docs(InvalidQr, AlreadyClaimed, InvalidState, CapReached, TooFar)
 @blp.arguments(ScanSchema)
 @blp.response(201, ScanResultSchema)
 def scan(body):

@@ -339,11 +339,6 @@ def _member_code(code: str, point_id: int, at: datetime) -> qr.MemberCode:
         raise InvalidQr("这不是有效的会员码：请居民在小程序中打开「会员码」再扫") from exc
 
 
-def _frozen(resident_id: int) -> bool:
-    """Read when a claim or deposit was refused: whether the account's state is why."""
-    return run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen"
-
-
 def _holder_refusal(resident_id: int) -> Exception:
     """Why a resident's account cannot take a deposit. Active by now: it was thawed while the deposit was written
     (which read it frozen), so the deposit may simply be sent again."""
@@ -474,7 +469,16 @@ def _checkin_claim(dialect: str) -> sa.Insert:
     )
 
 
-def _checkin_refusal(resident_id: int, point) -> Exception:
+_CHECKED_IN = sa.select(Checkin.id).where(
+    Checkin.resident_id == sa.bindparam("resident_id"),
+    Checkin.collection_point_id == sa.bindparam("point_id"),
+    Checkin.day == sa.bindparam("day"),
+)
+
+
+def _checkin_refusal(resident_id: int, point, day: date) -> Exception:
+    """Why the claim wrote no check-in: the point changed, the account is frozen, or the resident checked in here
+    today. None of these by now (a thaw committed since the claim read the account): the scan may be sent again."""
     now = _point_now(point)
     if now is None:
         return _scan_refusal("not_a_poster")
@@ -482,9 +486,11 @@ def _checkin_refusal(resident_id: int, point) -> Exception:
         return _scan_refusal("poster_replaced")
     if not now.active:
         return _scan_refusal("point_retired")
-    if _frozen(resident_id):
+    if run(_RESIDENT_STATUS, {"id": resident_id}).scalar() == "frozen":
         return AccountFrozen()
-    return AlreadyClaimed(CHECKED_IN_TODAY)
+    if run(_CHECKED_IN, {"resident_id": resident_id, "point_id": point.id, "day": day}).first() is not None:
+        return AlreadyClaimed(CHECKED_IN_TODAY)
+    return InvalidState("账户状态刚刚变更，请重新扫码")
 
 
 def _signed_with(secret: str, raw: str) -> bool:
@@ -503,8 +509,6 @@ def _point_from_poster(token: str):
     try:
         raw = qr.extract_token(token)
         header = qr.peek(raw)
-    except qr.ExpiredToken as exc:
-        raise QrExpired() from exc
     except qr.QRError as exc:
         raise _scan_refusal("not_a_poster") from exc
     if header.kind == qr.MEMBER:  # a resident's own code, or a neighbour's, scanned by mistake
@@ -533,13 +537,6 @@ def _fence_refusal(point, lat: float | None, lng: float | None) -> Exception | N
     return None
 
 
-_CHECKED_IN = sa.select(Checkin.id).where(
-    Checkin.resident_id == sa.bindparam("resident_id"),
-    Checkin.collection_point_id == sa.bindparam("point_id"),
-    Checkin.day == sa.bindparam("day"),
-)
-
-
 def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict[str, Any]:
     point = _point_from_poster(token)
     now = utcnow()
@@ -558,7 +555,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     claim = ledger.Claim(
         _checkin_claim(dialect_name()),
         {f"claim_{name}": value for name, value in checkin.items()} | {"claim_point_secret": point.qr_secret},
-        lambda: _checkin_refusal(actor.id, point),
+        lambda: _checkin_refusal(actor.id, point, day),
     )
     answer = {"kind": "checkin", "points": points, "collection_point_id": point.id, "day": day}
     if points == 0:  # a rule worth nothing today (paused by an admin): the visit still counts once a day

@@ -711,6 +711,27 @@ def test_twenty_parallel_scans_without_key_claim_once(api, app, world):
     assert count(Checkin) == 1
 
 
+def test_a_scan_refused_for_an_account_thawed_by_now_says_to_scan_again(api, world):
+    """The claim read the account frozen; a thaw committed before the refusal was explained. "Checked in here today"
+    would be false: nothing was written, and the scan may be sent again."""
+    from app.errors import AccountFrozen, AlreadyClaimed, InvalidState
+    from app.people.models import Resident
+    from app.sorting.service import _checkin_refusal, _point_row
+
+    me = api.resident()
+    point = _point_row(world["a"])
+    today = local_day(app_clock.utcnow(), "Asia/Shanghai")
+    refusal = _checkin_refusal(me.id, point, today)
+    assert isinstance(refusal, InvalidState)
+    assert refusal.message == "账户状态刚刚变更，请重新扫码"
+    db.session.execute(sa.update(Resident).where(Resident.id == me.id).values(status="frozen"))
+    assert isinstance(_checkin_refusal(me.id, point, today), AccountFrozen)
+    db.session.rollback()
+    scan_ok(api, me, world["tokens"]["a"])
+    assert isinstance(_checkin_refusal(me.id, point, today), AlreadyClaimed)
+    assert isinstance(_checkin_refusal(me.id, point, today + timedelta(days=1)), InvalidState)
+
+
 @pg_concurrency
 def test_a_freeze_committed_during_a_scan_is_seen(api, app, world):
     """The check-in reads the account's state under FOR SHARE, as a deposit does: it waits for an uncommitted freeze
