@@ -117,7 +117,7 @@ def fit_to_room(lines: list[tuple[RuleView, int]], room: dict[str, int | None]) 
     return fitted
 
 
-MAX_LEAD = timedelta(days=366)
+MAX_PUBLISH_LEAD = timedelta(days=366)
 
 
 _NOT_WITHDRAWN = sa.or_(Rule.valid_to.is_(None), Rule.valid_to > Rule.valid_from)  # withdrawn: an empty period
@@ -158,7 +158,7 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     effective_from = effective_from or earliest
     if effective_from < earliest:
         raise field_error("effective_from", f"生效时间至少要在 {int(RULE_CACHE_TTL_S)} 秒之后")
-    if effective_from > now + MAX_LEAD:
+    if effective_from > now + MAX_PUBLISH_LEAD:
         raise field_error("effective_from", "生效时间不能晚于一年之后")
     latest = sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1)
     newest = db.session.scalar(latest.with_for_update())  # publications of one rule take turns

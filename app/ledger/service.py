@@ -270,7 +270,7 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
 
 # How far ahead of this server's clock an account's last entry may be and still date the next one: a request waits
 # for the lock at most lock_timeout (5 s by default), and servers' clocks agree to well within a second.
-MAX_LEAD = timedelta(seconds=60)
+MAX_CLOCK_LEAD = timedelta(seconds=60)
 
 
 def _dated(at: datetime | None, last: datetime | None) -> datetime:
@@ -283,9 +283,9 @@ def _dated(at: datetime | None, last: datetime | None) -> datetime:
     now = at or utcnow()
     if last is None or now >= last:
         return now
-    if last - now > MAX_LEAD:
+    if last - now > MAX_CLOCK_LEAD:
         log.error("account's last entry is dated %s, more than %s after this posting's moment (%s): servers' clocks "
-                  "disagree, or the request waited that long", last, MAX_LEAD, now)  # fmt: skip
+                  "disagree, or the request waited that long", last, MAX_CLOCK_LEAD, now)  # fmt: skip
         return now
     if at is not None and local_day(at, _tz()) != local_day(last, _tz()):
         raise ServiceUnavailable(

@@ -132,8 +132,7 @@ class ResidentUpdateSchema(StrictSchema):
     reason = Text(multiline=True, required=True, validate=validate.Length(min=2, max=200))
 
 
-class ResidentQuerySchema(StrictSchema):
-    text_input = True  # a query string
+class ResidentQuerySchema(PageArgsSchema):
     community_id = Id(load_default=None)
     status = fields.String(load_default=None, validate=validate.OneOf(RESIDENT_STATUSES))
     q = Text(
@@ -141,5 +140,3 @@ class ResidentQuerySchema(StrictSchema):
         validate=validate.Length(min=1, max=32),
         metadata={"description": "昵称中包含的文字，或居民 ID"},
     )
-    cursor = fields.String(load_default=None)
-    limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))

@@ -89,6 +89,8 @@ class CollectionPointUpdateSchema(CollectionPointCreateSchema):
 
     @validates_schema
     def _position_pairs(self, data, **kwargs):
+        """Replaces the create schema's check: a change gives both coordinates, and the service checks the point as
+        the change leaves it (a fence needs a position it may already have)."""
         if ("lat" in data) != ("lng" in data):
             raise ValidationError("纬度和经度必须同时修改", "lat")
 
@@ -109,8 +111,7 @@ class CollectionPointSchema(ResponseSchema):
     )
 
 
-class PointQuerySchema(StrictSchema):
-    text_input = True  # a query string
+class PointQuerySchema(PageArgsSchema):
     community_id = Id(load_default=None)
     kind = fields.String(load_default=None, validate=_one_of(POINT_KIND_NAMES))
     category = fields.String(
@@ -133,8 +134,6 @@ class PointQuerySchema(StrictSchema):
         falsy={"false"},
         metadata={"description": "false 只列出已停用的回收点（以便查到并重新启用）；默认只列在用的"},
     )
-    cursor = fields.String(load_default=None)
-    limit = Integer(load_default=20, validate=validate.Range(min=1, max=100))
 
 
 def _one_day(of_what: str) -> fields.Date:
@@ -231,7 +230,7 @@ class DepositLineSchema(StrictSchema):
     weight_g = Integer(
         required=True,
         strict=True,
-        validate=validate.Range(min=1, max=MAX_LINE_G, error="重量必须在 1 克到 200 千克之间"),
+        validate=validate.Range(min=1, max=MAX_LINE_G, error=f"重量必须在 1 克到 {MAX_LINE_G // 1000} 千克之间"),
         error_messages={"invalid": "重量以克为单位，须为整数（1.5 千克填 1500）"},  # 1.5 was meant as kilograms
     )
 
@@ -246,7 +245,7 @@ class DepositCreateSchema(StrictSchema):
     items = fields.List(
         fields.Nested(DepositLineSchema),
         required=True,
-        validate=validate.Length(min=1, max=MAX_LINES, error="每次投递 1 到 20 行"),
+        validate=validate.Length(min=1, max=MAX_LINES, error=f"每次投递 1 到 {MAX_LINES} 行"),
     )
     fit_to_caps = Boolean(
         load_default=False,

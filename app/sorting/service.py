@@ -167,8 +167,8 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         _require_manager(actor, data["community_id"])
         require_exists(Community, data["community_id"], "community_id", "社区不存在")
         people.refuse_stranding_collectors(point.id, data["community_id"])
-    renamed = bool({"name", "community_id"} & data.keys())
-    if renamed:
+    name_key_changed = bool({"name", "community_id"} & data.keys())  # names are unique per community
+    if name_key_changed:
         _refuse_taken_name(data.get("community_id", point.community_id), data.get("name", point.name), point.id)
     for key, value in data.items():
         setattr(point, key, value)
@@ -178,7 +178,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
         if "geofence_m" in data:
             raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
         raise field_error("lat", "该回收点设有电子围栏：清除位置前请先取消围栏（geofence_m 设为 null）")
-    if renamed:  # the index refuses a name taken since the check
+    if name_key_changed:  # the index refuses a name taken since the check
         flush_unique(_name_taken(point.name))
     if data:
         audit.record(actor, "collection_point.update", "collection_point", point.id, data)

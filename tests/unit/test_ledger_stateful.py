@@ -192,7 +192,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert min(lots.values(), default=0) >= 0
         # An entry is dated after the one it follows, unless that one is further ahead than a clock may lag
         inversions = [(a, b) for a, b in pairwise(entries) if b.created_at < a.created_at]
-        assert all(a.created_at - b.created_at > ledger.MAX_LEAD for a, b in inversions)
+        assert all(a.created_at - b.created_at > ledger.MAX_CLOCK_LEAD for a, b in inversions)
         report = verify_ledger()
         assert report.ok, report.problems
         assert len([n for n in report.notices if f"(account {account.id}," in n]) == len(inversions)
