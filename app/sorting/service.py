@@ -1003,6 +1003,9 @@ DEVICE_HEADERS = {
 }
 
 
+BURN_AHEAD_S = 86_400  # how far ahead a refused request's timestamp may be for its signature to be kept as used
+
+
 class ReplayedSignature(Duplicate):
     """A signed request seen before, from an authentic device. `details.refused` says whether that first try was
     refused, so that a bin that lost the answer does not take this 409 for "recorded"; one that was recorded names
@@ -1064,7 +1067,10 @@ def authenticate_device(headers, method: str, path: str, body: bytes) -> Actor:
     skew = abs(now - int(timestamp))
     if skew > _config("DEVICE_CLOCK_SKEW_SECONDS"):
         log.warning("device %s timestamp off by %.0f s", device_id, skew)
-        if signed_by_it and int(timestamp) > now:  # kept as seen at its own time, so pruning keeps it long enough
+        # Kept as seen at its own time, so that pruning keeps it until it is too old anyway. Not when stamped days
+        # ahead (a bin's clock gone wild): each retry would keep a row until then, and by then the member code it
+        # carries has long expired, so sending it could credit nothing.
+        if signed_by_it and now < int(timestamp) <= now + BURN_AHEAD_S:
             burn_refused_signature(device_id, signature, datetime.fromtimestamp(int(timestamp), UTC))
         # The server's clock, so that a registered bin can correct its own and sign again.
         details = {"reason": "stale_timestamp", "server_time": now}

@@ -7,7 +7,7 @@ import hmac
 import json
 import logging
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -555,6 +555,21 @@ def test_an_authentic_request_dated_ahead_stays_refused_when_its_time_comes(api,
     from app.sorting.service import prune_device_signatures
 
     assert prune_device_signatures() == 0  # kept as seen at its own time, not the time it came
+    assert count(Deposit) == 0
+
+
+def test_a_request_stamped_days_ahead_is_refused_without_keeping_its_signature(api, clock, world):
+    """A bin whose clock jumped years ahead retries, signing each try anew: a signature kept until its own time would
+    be a row a retry until then. Its member code expires in two minutes, so sending it later could credit nothing."""
+    now = int(utcnow().timestamp())
+    far = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp())
+    for ts in (far, far + 1, now + sorting.BURN_AHEAD_S + 1):
+        kwargs = signed(world["device"], body_for(api, world), timestamp=ts)
+        assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]["reason"] == "stale_timestamp"
+    assert count(DeviceSignature) == 0
+    kwargs = signed(world["device"], body_for(api, world), timestamp=now + sorting.BURN_AHEAD_S)  # a day: kept
+    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]["reason"] == "stale_timestamp"
+    assert count(DeviceSignature) == 1
     assert count(Deposit) == 0
 
 

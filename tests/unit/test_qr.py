@@ -265,10 +265,14 @@ def test_rotating_windows() -> None:
         verify_rotating(token, EVENT, EVENT_KEY, NOW + timedelta(seconds=60), WINDOW)
 
 
-def test_rotating_future_window_is_invalid() -> None:
-    future, _ = rotating_token(EVENT, 7, EVENT_KEY, NOW + timedelta(seconds=30), WINDOW)
+def test_rotating_next_window_is_accepted_and_later_ones_are_invalid() -> None:
+    """Minted by a server whose clock is a moment ahead, into the next window: authentic, not forged."""
+    edge = datetime(2025, 6, 1, 12, 0, 30, tzinfo=UTC)
+    ahead, _ = rotating_token(EVENT, 7, EVENT_KEY, edge, WINDOW)
+    assert verify_rotating(ahead, EVENT, EVENT_KEY, edge - timedelta(milliseconds=1), WINDOW) == 7
+    future, _ = rotating_token(EVENT, 7, EVENT_KEY, edge + timedelta(seconds=30), WINDOW)
     with pytest.raises(InvalidToken):
-        verify_rotating(future, EVENT, EVENT_KEY, NOW, WINDOW)
+        verify_rotating(future, EVENT, EVENT_KEY, edge - timedelta(milliseconds=1), WINDOW)
 
 
 def test_forged_old_rotating_token_is_invalid_not_expired() -> None:
