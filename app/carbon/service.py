@@ -150,18 +150,19 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
     in force that would start at or after it are withdrawn (their period is emptied), so a mistaken future date
     can be corrected by publishing again."""
     actor.require_role("admin")
+    latest = sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1)
+    newest = db.session.scalar(latest.with_for_update())  # publications of one rule take turns
+    # Read after the lock's wait: every worker caches rules for up to RULE_CACHE_TTL_S, and a version that starts no
+    # sooner than that after the publication is seen by all of them before it applies, so no posting uses a
+    # superseded rule. For the same reason only versions starting later than that can be withdrawn, and they are,
+    # since they start at or after this one.
     now = utcnow()
-    # Every worker caches rules for up to RULE_CACHE_TTL_S; a version that starts no sooner than that is seen
-    # by all of them before it applies, so no posting uses a superseded rule. For the same reason only versions
-    # starting later than that can be withdrawn, and they are, since they start at or after this one.
     earliest = now + timedelta(seconds=RULE_CACHE_TTL_S)
     effective_from = effective_from or earliest
     if effective_from < earliest:
         raise field_error("effective_from", f"生效时间至少要在 {int(RULE_CACHE_TTL_S)} 秒之后")
     if effective_from > now + MAX_PUBLISH_LEAD:
         raise field_error("effective_from", "生效时间不能晚于一年之后")
-    latest = sa.select(Rule).where(Rule.activity == activity).order_by(Rule.version.desc()).limit(1)
-    newest = db.session.scalar(latest.with_for_update())  # publications of one rule take turns
     if newest is None and "unit" not in changes:
         raise NotFound(f"规则 {activity} 不存在")
     live = sa.select(Rule).where(Rule.activity == activity, _NOT_WITHDRAWN)

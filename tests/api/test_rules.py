@@ -254,6 +254,34 @@ def test_admins_publishing_one_rule_at_once_get_versions_in_turn_or_a_409(api, a
     assert [r.valid_to is None for r in rules].count(True) == 1
 
 
+@pg_concurrency
+def test_a_publication_that_waited_for_the_lock_starts_late_enough_for_every_workers_cache(api, app, clock):
+    """Workers keep rules for RULE_CACHE_TTL_S; one that read them while a publication waited for another's lock
+    would apply the superseded version past the new one's start, were the start reckoned from before the wait."""
+    import threading
+
+    from app.carbon.service import RULE_CACHE_TTL_S
+
+    admin = api.staff("admin")
+    holder = sa.create_engine(app.config["SQLALCHEMY_DATABASE_URI"], poolclass=sa.NullPool)
+    with holder.connect() as conn:
+        newest = sa.select(Rule.id).filter_by(activity="sorting:glass").order_by(Rule.version.desc()).limit(1)
+        conn.execute(newest.with_for_update())
+        answer: dict = {}
+        body = {"activity": "sorting:glass", "co2e_g_per_unit": 261, "source": "经发办"}
+        thread = threading.Thread(target=lambda: answer.update(response=api.post("/rules", as_=admin, json=body)))
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive()  # waiting on the lock
+        released_at = clock.advance(seconds=8)
+        conn.commit()
+    thread.join(timeout=10)
+    holder.dispose()
+    assert answer["response"].status_code == 201, answer["response"].get_json()
+    starts = datetime.fromisoformat(answer["response"].get_json()["valid_from"])
+    assert starts >= released_at + timedelta(seconds=RULE_CACHE_TTL_S)
+
+
 def test_rules_come_in_pages_that_add_up_to_the_whole_methodology(api):
     everything = api.get("/rules?limit=100").get_json()
     assert everything["next"] is None
