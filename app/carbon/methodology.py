@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Protocol
 
 
 def round_half_up(value: Decimal) -> int:
@@ -13,10 +15,6 @@ def round_half_up(value: Decimal) -> int:
 def grams(co2e_g_per_unit: Decimal, quantity: Decimal) -> Decimal:
     """Exact grams for a quantity in the rule's unit; rounding happens once, on the total."""
     return Decimal(co2e_g_per_unit) * Decimal(quantity)
-
-
-def points_for_grams(exact_grams: Decimal, points_per_kg: int) -> int:
-    return round_half_up(exact_grams * points_per_kg / 1000)
 
 
 def exact_points(fixed_per_unit: int | None, exact_grams: Decimal, quantity: Decimal, points_per_kg: int) -> Decimal:
@@ -41,6 +39,30 @@ def allocate(total: int, weights: list[Decimal]) -> list[int]:
     for i in order[:left]:
         floors[i] += 1
     return floors
+
+
+class Priceable(Protocol):
+    co2e_g_per_unit: Decimal
+    points: int | None  # fixed points per unit, or None: the grams converted
+
+
+@dataclass(frozen=True)
+class Priced:
+    """An activity's points and grams, each rounded once on the whole, and each line's share of them."""
+
+    points: int
+    co2e_g: int
+    line_points: list[int]
+    line_grams: list[int]
+
+
+def price(lines: Sequence[tuple[Priceable, Decimal]], points_per_kg: int) -> Priced:
+    """Lines of (rule, quantity in the rule's unit): exact grams and points per line, rounded once on the total, then
+    shared out over the lines so that they add up to it."""
+    exact_g = [grams(rule.co2e_g_per_unit, quantity) for rule, quantity in lines]
+    exact_pts = [exact_points(rule.points, g, q, points_per_kg) for (rule, q), g in zip(lines, exact_g, strict=True)]
+    points, co2e_g = round_half_up(sum(exact_pts, Decimal(0))), round_half_up(sum(exact_g, Decimal(0)))
+    return Priced(points, co2e_g, allocate(points, exact_pts), allocate(co2e_g, exact_g))
 
 
 @dataclass(frozen=True)

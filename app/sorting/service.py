@@ -23,7 +23,7 @@ from app.audit import service as audit
 from app.auth.guards import Actor
 from app.cache import TtlCache
 from app.carbon import service as carbon
-from app.carbon.methodology import CapCharge, allocate, exact_points, grams, round_half_up
+from app.carbon.methodology import CapCharge, price
 from app.carbon.models import DAILY_TOTAL, Rule
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page, list_page
@@ -547,9 +547,8 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
         done = run(_CHECKED_IN, {"resident_id": actor.id, "point_id": point.id, "day": day}).first()
         raise AlreadyClaimed(CHECKED_IN_TODAY) if done else fence
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
-    exact_g = grams(rule.co2e_g_per_unit, Decimal(1))  # one visit
-    points = round_half_up(exact_points(rule.points, exact_g, Decimal(1), _config("POINTS_PER_KG_CO2E")))
-    co2e_g = round_half_up(exact_g)
+    priced = price([(rule, Decimal(1))], _config("POINTS_PER_KG_CO2E"))  # one visit
+    points, co2e_g = priced.points, priced.co2e_g
     checkin = {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
                "created_at": now}  # fmt: skip
     claim = ledger.Claim(
@@ -658,11 +657,7 @@ def _when_a_bin_scanned(signed_at: datetime, now: datetime) -> datetime:
 
 def _fitted_to_caps(resident_id: int, lines: list[tuple[Rule, int]], now: datetime) -> list[int]:
     """Each line's points that today's caps still take; the account stays locked until the deposit commits."""
-    try:
-        room = ledger.room_under_caps(resident_id, carbon.cap_charges(lines, now), at=now)
-    except NotFound:  # no account to lock: the code names no resident who can take points
-        raise _holder_refusal(resident_id) from None
-    return carbon.fit_to_room(lines, room)
+    return carbon.fit_to_room(lines, ledger.room_under_caps(resident_id, carbon.cap_charges(lines, now), at=now))
 
 
 _REFIT_DEPOSIT = (
@@ -675,9 +670,9 @@ _DEPOSIT_LINE_IDS = (
 )
 
 
-def _refit_deposit(deposit_id: int, deposit: dict[str, Any], items: list[dict[str, Any]], fitted: list[int]) -> int:
+def _refit_deposit(deposit_id: int, deposit: dict[str, Any], items: list[dict[str, Any]], fitted: list[int]) -> None:
     """A deposit written whole credits what the caps still take (`fitted`, per line): on its row and its lines (in
-    order), and in the answer's `deposit` and `items`. The points it credits now."""
+    order), and in the answer's `deposit` and `items`."""
     deposit["points_over_cap"], deposit["points"] = deposit["points"] - sum(fitted), sum(fitted)
     for item, points in zip(items, fitted, strict=True):
         item["points"] = points
@@ -688,7 +683,6 @@ def _refit_deposit(deposit_id: int, deposit: dict[str, Any], items: list[dict[st
         sa.update(DepositItem),
         [{"id": line_id, "points": points} for line_id, points in zip(line_ids, fitted, strict=True)],
     )
-    return deposit["points"]
 
 
 def _cap_guidance(details: dict[str, Any]) -> str:
@@ -697,72 +691,73 @@ def _cap_guidance(details: dict[str, Any]) -> str:
     return CAP_GUIDANCE.format(fix)
 
 
+def _refuse_categories_not_taken(point, lines: list[dict[str, Any]]) -> None:
+    refused = sorted({line["category"] for line in lines} - set(point.categories))
+    if not refused:
+        return
+    # As caps name them; keyed by line, as the body's own errors are, so that the app marks the lines to take off.
+    names = {c: getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused}
+    by_line = {
+        str(i): {"category": [f"该回收点不收{names[line['category']]}"]}
+        for i, line in enumerate(lines)
+        if line["category"] in names
+    }
+    raise ValidationError(f"该回收点不收：{'、'.join(names.values())}", details={"fields": {"items": by_line}})
+
+
 def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
-    categories = {line["category"] for line in data["items"]}
     if not point.active:
         raise _retired_for_deposits()
     now = utcnow()
     shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
     resident_id, nonce, _ = _member_code(data["member_code"], point.id, shown_at)
-    refused = sorted(categories - set(point.categories))
-    if refused:
-        # as caps name them; keyed by line, as the body's own errors are, so that the app marks the lines to take off
-        names = {c: getattr(carbon.rule_in_force(f"sorting:{c}"), "title", "") or c for c in refused}
-        lines = {
-            str(i): {"category": [f"该回收点不收{names[line['category']]}"]}
-            for i, line in enumerate(data["items"])
-            if line["category"] in names
-        }
-        raise ValidationError(f"该回收点不收：{'、'.join(names.values())}", details={"fields": {"items": lines}})
+    _refuse_categories_not_taken(point, data["items"])
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
-    exact = [grams(rule.co2e_g_per_unit, kg) for rule, kg in zip(rules, kilograms, strict=True)]
-    per_kg = _config("POINTS_PER_KG_CO2E")
-    exact_pts = [exact_points(rule.points, g, kg, per_kg) for rule, g, kg in zip(rules, exact, kilograms, strict=True)]
-    points, co2e_g = round_half_up(sum(exact_pts, Decimal(0))), round_half_up(sum(exact, Decimal(0)))
-    if max(points, co2e_g) > MAX_ID:  # only a factor far beyond any material's could get here
+    priced = price(list(zip(rules, kilograms, strict=True)), _config("POINTS_PER_KG_CO2E"))
+    if max(priced.points, priced.co2e_g) > MAX_ID:  # only a factor far beyond any material's could get here
         raise field_error("items", "本次投放折算的积分或减排量超出可记录范围，请核对重量与品类后分次记录")
-    line_points, line_grams = allocate(points, exact_pts), allocate(co2e_g, exact)
     deposit: dict[str, Any] = {
-        "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id, "points": points,
-        "points_over_cap": 0, "co2e_g": co2e_g,
+        "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id,
+        "points": priced.points, "points_over_cap": 0, "co2e_g": priced.co2e_g,
         "weight_g": sum(line["weight_g"] for line in data["items"]), "created_at": now,
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,
     }  # fmt: skip
     items = [
         {"category": line["category"], "weight_g": line["weight_g"], "co2e_g": cg, "points": lp, "rule_id": rule.id}
-        for line, rule, lp, cg in zip(data["items"], rules, line_points, line_grams, strict=True)
+        for line, rule, lp, cg in zip(data["items"], rules, priced.line_points, priced.line_grams, strict=True)
     ]
+    # One category: the entry names its rule, as a check-in's does. Several: the entry names the deposit, whose lines
+    # keep each rule (an entry has room for one).
+    single = rules[0] if len({r.id for r in rules}) == 1 else None
 
-    def credit(claim: ledger.Claim | None = None, ref_id: int | None = None) -> LedgerEntry:
-        # One category: the entry names its rule, as a check-in's does. Several: the entry names the deposit, whose
-        # lines keep each rule (an entry has room for one).
-        single = rules[0] if len({r.id for r in rules}) == 1 else None
+    def credit(line_points: list[int], claim: ledger.Claim | None = None, ref_id: int | None = None) -> LedgerEntry:
         return ledger.post(
-            resident_id, points, kind="earn", source="sorting", activity=single.activity if single else "sorting",
-            rule_id=single.id if single else None,
-            co2e_g=co2e_g, ref_type="deposit", ref_id=ref_id, claim=claim, actor_type=recorder.kind,
+            resident_id, sum(line_points), kind="earn", source="sorting",
+            activity=single.activity if single else "sorting", rule_id=single.id if single else None,
+            co2e_g=priced.co2e_g, ref_type="deposit", ref_id=ref_id, claim=claim, actor_type=recorder.kind,
             actor_id=recorder.id, memo=f"{point.name} 回收投递",
             caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now), at=now,
         )  # fmt: skip
 
     entry = None
     try:
-        if points > 0 and dialect_name() == "postgresql" and not data["fit_to_caps"]:
-            entry = credit(claim=_deposit_claim(deposit, items, point))
+        if priced.points > 0 and dialect_name() == "postgresql" and not data["fit_to_caps"]:
+            entry = credit(priced.line_points, claim=_deposit_claim(deposit, items, point))
             deposit_id = int(entry.ref_id)
         else:
             # The code is spent (its unique index taken) before the account is locked, in the order a deposit
             # claimed with its lock takes them: two deposits of one code, one of them fitted, never wait on each other.
             deposit_id = _insert_deposit(deposit, items, point)
-            if data["fit_to_caps"] and points > 0:
+            line_points = priced.line_points
+            if data["fit_to_caps"] and priced.points > 0:
                 line_points = _fitted_to_caps(resident_id, list(zip(rules, line_points, strict=True)), now)
-                if sum(line_points) < points:
-                    points = _refit_deposit(deposit_id, deposit, items, line_points)
-            if points > 0:
-                entry = credit(ref_id=deposit_id)
+                if sum(line_points) < priced.points:
+                    _refit_deposit(deposit_id, deposit, items, line_points)
+            if sum(line_points) > 0:
+                entry = credit(line_points, ref_id=deposit_id)
     except NotFound:  # no account to lock: the code names no resident who can take points
         raise _holder_refusal(resident_id) from None
     except CapReached as refusal:  # what the collector (or the bin) can do about it

@@ -1,9 +1,10 @@
 from decimal import Decimal
+from types import SimpleNamespace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.carbon.methodology import allocate, exact_points, grams, points_for_grams, round_half_up
+from app.carbon.methodology import allocate, exact_points, price, round_half_up
 
 
 def test_round_half_up_not_bankers():
@@ -12,19 +13,29 @@ def test_round_half_up_not_bankers():
     assert round_half_up(Decimal("2.4999")) == 2
 
 
+def converted(co2e_g_per_kg: int) -> SimpleNamespace:
+    return SimpleNamespace(co2e_g_per_unit=Decimal(co2e_g_per_kg), points=None)
+
+
 def test_points_rounded_once_on_the_whole_deposit():
-    lines = [grams(Decimal(1760), Decimal("0.03")), grams(Decimal(1370), Decimal("0.03"))]
+    paper, metal = converted(1760), converted(1370)
     # Per line: 52.8 g → 0.528 pt → 1, 41.1 g → 0.411 pt → 0; on the whole: 93.9 g → 0.939 → 1.
-    assert [points_for_grams(g, 10) for g in lines] == [1, 0]
-    assert points_for_grams(sum(lines), 10) == 1
-    three = [grams(Decimal(1760), Decimal("0.03"))] * 3
-    assert sum(points_for_grams(g, 10) for g in three) == 3
-    assert points_for_grams(sum(three), 10) == 2  # 158.4 g → 1.584 → 2
+    assert [price([(rule, Decimal("0.03"))], 10).points for rule in (paper, metal)] == [1, 0]
+    both = price([(paper, Decimal("0.03")), (metal, Decimal("0.03"))], 10)
+    assert (both.points, both.co2e_g, both.line_points, both.line_grams) == (1, 94, [1, 0], [53, 41])
+    three = price([(paper, Decimal("0.03"))] * 3, 10)
+    assert (three.points, three.line_points) == (2, [1, 1, 0])  # 158.4 g → 1.584 → 2, not 3 lines of 1
+
+
+def test_fixed_points_and_converted_grams_share_one_rounding():
+    fixed = SimpleNamespace(co2e_g_per_unit=Decimal(2200), points=20)  # 20 points a kg
+    mixed = price([(fixed, Decimal("0.025")), (converted(1000), Decimal("0.01"))], 10)
+    assert (mixed.points, mixed.co2e_g) == (1, 65)  # 0.5 + 0.1 points → 1; 55 + 10 g
 
 
 def test_rate_is_configurable():
-    assert points_for_grams(Decimal(1000), 10) == 10
-    assert points_for_grams(Decimal(1000), 25) == 25
+    assert price([(converted(1000), Decimal(1))], 10).points == 10
+    assert price([(converted(1000), Decimal(1))], 25).points == 25
 
 
 @given(
