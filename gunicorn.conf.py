@@ -53,6 +53,20 @@ def when_ready(server):
         )
 
 
+# Before it serves the next request on a kept-alive connection, a gthread worker drains what the app left unread of
+# a body, up to 64 KiB; past that it closes the connection. A body the app refuses unread (413, over
+# MAX_CONTENT_LENGTH) can be longer: the answer must then say Connection: close, which gunicorn sends only when it
+# decided the close itself (an app's own Connection header is hop-by-hop, and dropped). A chunked body's length is
+# unknown beforehand.
+DRAINED_AT_MOST = 64 * 1024
+
+
+def pre_request(worker, req):
+    for name, value in req.headers:
+        if name == "TRANSFER-ENCODING" or (name == "CONTENT-LENGTH" and int(value) > DRAINED_AT_MOST):
+            req.must_close = True
+
+
 def post_worker_init(worker):
     # The loaded app (modules, schemas, compiled statements, the OpenAPI document) lives as long as the worker. Left to
     # the collector, a full collection walked all of it: 150-230 ms, in all four benchmark workers at once.

@@ -62,6 +62,60 @@ def server(tmp_path_factory):
         yield sock
 
 
+@pytest.fixture(scope="module")
+def threaded_server(tmp_path_factory):
+    """A worker of several threads keeps connections alive, as `make run`'s does."""
+    folder = tmp_path_factory.mktemp("gthread")
+    sock = folder / "api.sock"
+    env = {**os.environ, "BIND": f"unix:{sock}", "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
+           "ACCESS_LOG": str(folder / "access.log"), "DATABASE_URL": f"sqlite:///{folder / 'serving.db'}"}  # fmt: skip
+    with running_server(
+        [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        output=folder / "gunicorn.log",
+        healthy=lambda: _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")[0] == 200,
+        within_s=30,
+    ):
+        yield sock
+
+
+def _post(length: int, *, chunked: bool = False) -> bytes:
+    body = b'{"token":"' + b"a" * (length - 13) + b'"}'
+    if chunked:
+        return (
+            b"POST /api/v1/scans HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        )
+    return (
+        b"POST /api/v1/scans HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_refused_unread_ends_the_connection_and_the_answer_says_so(threaded_server, chunked):
+    """gunicorn drains at most 64 KiB of what the app left unread, then closes: a client told keep-alive would send
+    its next request into a closed connection."""
+    status, headers, body = _exchange(threaded_server, _post(70_000, chunked=chunked))  # read until the server closes
+    assert status == 413
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    assert headers["connection"] == "close"
+
+
+def test_a_body_within_the_limit_keeps_the_connection(threaded_server):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(threaded_server))
+        sock.sendall(_post(60_000) + b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 ") == 2  # the scan's 401, then the health check on the same connection
+    assert b"HTTP/1.1 401 " in answer
+    assert b"Connection: keep-alive" in answer.split(b"\r\n\r\n")[0]
+
+
 @pytest.mark.parametrize(
     ("raw", "status", "code"),
     [
