@@ -210,7 +210,13 @@ class ErrorDetailsSchema(_CapCounterFields, StrictSchema):
         )
     )
     collection_point_id = fields.Integer(
-        metadata=_about("duplicate (a point's name its community already has): that point, to open or bring back")
+        metadata=_about(
+            "duplicate (a point's name its community already has): that point, to open or bring back; (a smart bin's "
+            "code registered already): the point of that bin"
+        )
+    )
+    device_id = fields.Integer(
+        metadata=_about("duplicate (a smart bin's code registered already): that bin, to re-key if its secret is lost")
     )
     reason = fields.String(
         metadata=_about(

@@ -909,6 +909,14 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     if not point.active:  # its deposits would all be refused
         raise field_error("collection_point_id", "该回收点已停用，请先重新启用")
     _require_manager(actor, point.community_id)
+    taken = db.session.execute(
+        sa.select(Device.id, Device.collection_point_id).where(sa.func.lower(Device.code) == data["code"].lower())
+    ).first()
+    if taken is not None:  # a retry whose answer (and its one-time secret) was lost, most likely: name the bin
+        raise Duplicate(
+            f"设备编号已存在（设备 {taken.id}）：如密钥遗失，请为该设备更换密钥",
+            details={"device_id": taken.id, "collection_point_id": taken.collection_point_id},
+        )
     device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")
     audit.record(actor, "device.register", "device", device.id, {"code": device.code, "point": point.id})
     commit()

@@ -110,6 +110,17 @@ def test_register_returns_the_secret_once(api, world):
     assert rest.get_json()["next"] is None
 
 
+def test_a_code_registered_already_names_its_bin_for_re_keying(api, world):
+    """The secret is shown once: an admin whose answer was lost learns which bin to re-key, whatever the code's case."""
+    device = world["device"]
+    response = api.post("/devices", as_=world["admin"], json={"code": "bin-a-001", "collection_point_id": world["b"]})
+    error = assert_error(response, 409, "duplicate")
+    assert error["details"] == {"device_id": device["id"], "collection_point_id": world["a"]}
+    assert error["message"] == f"设备编号已存在（设备 {device['id']}）：如密钥遗失，请为该设备更换密钥"
+    assert device["secret"] not in response.get_data(as_text=True)
+    assert count(Device) == 1
+
+
 def test_only_admins_hold_bin_secrets(api, world):
     """A bin's secret signs deposits, and so credits points: a community worker, who cannot record deposits, must not
     get one by registering a bin of its own or re-keying one, even at its own community's point."""
