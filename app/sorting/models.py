@@ -5,7 +5,7 @@ import secrets
 from datetime import date, datetime
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, column_property, mapped_column, relationship
 
 from app.clock import utcnow
 from app.db import Timestamped, db
@@ -51,6 +51,11 @@ class CollectionPoint(Timestamped, db.Model):
     active: Mapped[bool] = mapped_column(default=True)
 
 
+def _point_name(point_id: sa.Column) -> sa.ScalarSelect:
+    """Read with the row, for lists that show where (the point's name as it is now)."""
+    return sa.select(CollectionPoint.name).where(CollectionPoint.id == point_id).scalar_subquery()
+
+
 class Checkin(db.Model):
     """A sorting check-in: once per resident, point and local day, enforced by the database."""
 
@@ -69,6 +74,7 @@ class Checkin(db.Model):
     lat: Mapped[float | None]
     lng: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    collection_point_name: Mapped[str] = column_property(_point_name(collection_point_id))
 
 
 class Device(Timestamped, db.Model):
@@ -127,6 +133,7 @@ class Deposit(db.Model):
     co2e_g: Mapped[int]
     weight_g: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    collection_point_name: Mapped[str] = column_property(_point_name(collection_point_id))
 
     items = relationship("DepositItem", lazy="selectin", order_by="DepositItem.id")
     # Not stored: the ledger entry points at its deposit (ref_type "deposit"), and a reversal at that entry;

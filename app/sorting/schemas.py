@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
@@ -189,6 +190,10 @@ class ScanSchema(StrictSchema):
         _whole_position(data)
 
 
+def _point_name(**metadata: Any) -> fields.String:
+    return fields.String(metadata={"description": "the collection point's name, as it is now", **metadata})
+
+
 class ScanResultSchema(ResponseSchema):
     kind = fields.String(
         validate=validate.OneOf(["checkin"]),
@@ -204,6 +209,7 @@ class ScanResultSchema(ResponseSchema):
     collection_point_id = Integer(
         metadata={"optional": True, "description": "the point checked in at: always there when kind is checkin"}
     )
+    collection_point_name = _point_name(optional=True)
     day = fields.Date(metadata={"optional": True, "description": CHECKIN_DAY})
 
 
@@ -214,6 +220,7 @@ class CheckinSchema(ResponseSchema):
     id = Integer()
     resident_id = Integer()
     collection_point_id = Integer()
+    collection_point_name = _point_name()
     day = fields.Date(metadata={"description": CHECKIN_DAY})
     created_at = fields.AwareDateTime()
 
@@ -279,6 +286,7 @@ class DepositSchema(ResponseSchema):
     id = Integer()
     resident_id = Integer()
     collection_point_id = Integer()
+    collection_point_name = _point_name()
     collector_id = Integer(allow_none=True, metadata={"description": "the collector who weighed it; null for a bin"})
     device_id = Integer(allow_none=True, metadata={"description": "the smart bin that sent it; null for a collector"})
     points = Integer(

@@ -556,7 +556,8 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
         {f"claim_{name}": value for name, value in checkin.items()} | {"claim_point_secret": point.qr_secret},
         lambda: _checkin_refusal(actor.id, point, day),
     )
-    answer = {"kind": "checkin", "points": points, "collection_point_id": point.id, "day": day}
+    answer = {"kind": "checkin", "points": points, "collection_point_id": point.id,
+              "collection_point_name": point.name, "day": day}  # fmt: skip
     if points == 0:  # a rule worth nothing today (paused by an admin): the visit still counts once a day
         if run(claim.statement, claim.params).scalar() is None:
             raise claim.refused()
@@ -765,6 +766,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
     commit()
     return deposit | {
         "id": deposit_id,
+        "collection_point_name": point.name,
         "items": items,
         "entry_id": entry.id if entry else None,
         "reversal_entry_id": None,

@@ -447,6 +447,7 @@ def test_a_resident_pages_through_their_own_deposits_only(api, world):
     mine = [deposit_ok(api, world, lines(("paper", 1000 + i))) for i in range(3)]
     other = api.resident()
     theirs = deposit_ok(api, world, lines(("glass", 500)), resident=other)
+    assert {d["collection_point_name"] for d in [*mine, theirs]} == {"恒康甲站"}  # where, for the list
     first = api.get("/me/deposits?limit=2", as_=world["resident"]).get_json()
     assert first["items"] == [mine[2], mine[1]]
     rest = api.get(f"/me/deposits?limit=2&cursor={first['next']}", as_=world["resident"]).get_json()

@@ -116,6 +116,7 @@ def test_poster_png_decodes_to_the_url_and_the_url_checks_in(api, world):
     assert body["co2e_g"] == 0
     assert body["balance"] == 5
     assert body["collection_point_id"] == world["a"]
+    assert body["collection_point_name"] == "恒康甲站"  # 已在「恒康甲站」打卡
     assert body["day"] == "2026-06-15"
     assert balance(api, resident) == 5
     entry = api.get("/me/ledger", as_=resident).get_json()["items"][0]
@@ -268,6 +269,10 @@ def test_a_resident_lists_their_own_check_ins_of_a_day(api, clock, world):
         (world["c"], "2026-06-16"), (world["b"], "2026-06-15"), (world["a"], "2026-06-15"),
     ]  # fmt: skip
     assert {c["resident_id"] for c in mine["items"]} == {me.id}
+    assert [c["collection_point_name"] for c in mine["items"]] == ["恒康丙站", "恒康乙站", "恒康甲站"]  # for the list
+    renamed = api.patch(f"/collection-points/{world['a']}", as_=world["admin"], json={"name": "恒康甲站（东门）"})
+    assert renamed.status_code == 200, renamed.get_json()
+    assert api.get("/me/checkins", as_=me).get_json()["items"][-1]["collection_point_name"] == "恒康甲站（东门）"
     that_day = api.get("/me/checkins?day=2026-06-15&limit=1", as_=me).get_json()
     assert [c["collection_point_id"] for c in that_day["items"]] == [world["b"]]
     rest = api.get(f"/me/checkins?day=2026-06-15&limit=1&cursor={that_day['next']}", as_=me).get_json()
@@ -462,7 +467,14 @@ def test_a_points_check_ins_are_listed_newest_first_a_page_at_a_time(api, clock,
         (second.id, world["a"], "2026-06-15"), (first.id, world["a"], "2026-06-15")
     ]  # fmt: skip
     assert page["items"][0]["created_at"] == "2026-06-15T01:05:00+00:00"
-    assert set(page["items"][0]) == {"id", "resident_id", "collection_point_id", "day", "created_at"}  # no position
+    assert set(page["items"][0]) == {
+        "id",
+        "resident_id",
+        "collection_point_id",
+        "collection_point_name",
+        "day",
+        "created_at",
+    }  # fmt: skip  (no position)
     one = checkins(api, world["admin"], world["a"], "?limit=1")
     assert [c["resident_id"] for c in one["items"]] == [second.id]
     rest = checkins(api, world["admin"], world["a"], f"?limit=1&cursor={one['next']}")
