@@ -169,7 +169,7 @@ def rotate_point_qr(point_id):
 def my_member_code():
     """A short-lived signed code (about 2 minutes) that staff scan. Each code pays for one deposit, as a payment code
     does: show a fresh one for the next."""
-    return service.member_code(current_actor().id)
+    return service.issue_member_code(current_actor().id)
 
 
 @blp.route("/me/member-code.png", methods=["GET"])
@@ -183,7 +183,8 @@ def my_member_code_png(query):
     """The member code as a QR image; its headers say when this code expires. Without `token` the image is a fresh
     code (another than the JSON answer's); with `token=` a code of one's own from GET /me/member-code, still valid,
     it is that code."""
-    code = service.member_code(current_actor().id, query.get("token"))
+    resident_id, token = current_actor().id, query.get("token")
+    code = service.issue_member_code(resident_id) if token is None else service.own_member_code(resident_id, token)
     response = _image(qr.to_png(code["token"]), "image/png")
     response.headers.update({"X-Expires-At": code["expires_at"].isoformat(), "X-Expires-In": str(code["expires_in"])})
     return response

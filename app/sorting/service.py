@@ -291,25 +291,30 @@ def rotate_poster(actor: Actor, point_id: int) -> dict[str, str]:
 # Member codes
 
 
-def member_code(resident_id: int, token: str | None = None) -> dict[str, Any]:
-    """A fresh member code; or `token`, a code of the resident's own that is still valid, again (to draw the code
-    that an app keeps with its countdown)."""
+def issue_member_code(resident_id: int) -> dict[str, Any]:
+    """A fresh member code."""
     now = utcnow()
-    if token is None:
-        token, expires_at = qr.member_code(
-            resident_id, _qr_key("member"), now, ttl_s=_config("MEMBER_CODE_TTL_SECONDS")
-        )
-    else:
-        try:  # whose first, then whether expired: nothing is told about another's code
-            token = qr.extract_token(token)  # the code itself is drawn, never the text around it
-            code = qr.read_member_code(token, _qr_key("member"), now, expired=True)
-        except qr.QRError:
-            code = None
-        if code is None or code.resident_id != resident_id:
-            raise InvalidQr("这不是您的会员码，请刷新")
-        if code.expired(now):
-            raise QrExpired("会员码已过期，请刷新")
-        expires_at = code.expires_at
+    token, expires_at = qr.member_code(resident_id, _qr_key("member"), now, ttl_s=_config("MEMBER_CODE_TTL_SECONDS"))
+    return _member_code_answer(token, expires_at, now)
+
+
+def own_member_code(resident_id: int, token: str) -> dict[str, Any]:
+    """`token`, a code of the resident's own that is still valid, again: to draw the code that an app keeps with its
+    countdown."""
+    now = utcnow()
+    try:  # whose first, then whether expired: nothing is told about another's code
+        token = qr.extract_token(token)  # the code itself is drawn, never the text around it
+        code = qr.read_member_code(token, _qr_key("member"), now, expired=True)
+    except qr.QRError:
+        code = None
+    if code is None or code.resident_id != resident_id:
+        raise InvalidQr("这不是您的会员码，请刷新")
+    if code.expired(now):
+        raise QrExpired("会员码已过期，请刷新")
+    return _member_code_answer(token, code.expires_at, now)
+
+
+def _member_code_answer(token: str, expires_at: datetime, now: datetime) -> dict[str, Any]:
     # The code expires on a whole second: the time left is up to a second short of the configured lifetime.
     return {"token": token, "expires_at": expires_at, "expires_in": int((expires_at - now).total_seconds())}
 
@@ -320,7 +325,7 @@ _RESIDENT_STATUS = sa.select(Resident.status).where(Resident.id == sa.bindparam(
 _WAIT_FOR_POSTINGS = sa.select(Account.id).where(Account.resident_id == sa.bindparam("id")).with_for_update(read=True)
 
 
-def _member_code(code: str, point_id: int, at: datetime) -> qr.MemberCode:
+def _shown_member_code(code: str, point_id: int, at: datetime) -> qr.MemberCode:
     """The resident a member code names, by its signature and its expiry at `at`. Whether the account can take
     points, and whether the code is still unspent, is checked where the deposit is written, in the same statement on
     PostgreSQL. An expired code that paid for a deposit says so, as a fresh one would: a retry whose answer was lost
@@ -712,7 +717,7 @@ def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, A
         raise _retired_for_deposits()
     now = utcnow()
     shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
-    resident_id, nonce, _ = _member_code(data["member_code"], point.id, shown_at)
+    resident_id, nonce, _ = _shown_member_code(data["member_code"], point.id, shown_at)
     _refuse_categories_not_taken(point, data["items"])
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
