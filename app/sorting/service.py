@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from flask import current_app
@@ -380,7 +380,7 @@ def _retired_for_deposits() -> Exception:
     return field_error("collection_point_id", RETIRED_FOR_DEPOSITS, reason="point_retired")
 
 
-def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
+def _deposit_refusal(deposit: dict[str, Any], point: PointRow) -> Exception:
     """Why a deposit was not written: its member code paid for one already, the point was retired, or the account
     cannot take it."""
     spent = _spent_refusal(deposit["resident_id"], deposit["member_code_nonce"], deposit["collection_point_id"])
@@ -392,11 +392,21 @@ def _deposit_refusal(deposit: dict[str, Any], point) -> Exception:
     return _holder_refusal(deposit["resident_id"])
 
 
-# Check-ins and deposits read a point on every request; a plain row is all they need.
-_POINT_COLUMNS = (
-    CollectionPoint.id, CollectionPoint.name, CollectionPoint.qr_secret, CollectionPoint.active,
-    CollectionPoint.categories, CollectionPoint.geofence_m, CollectionPoint.lat, CollectionPoint.lng,
-)  # fmt: skip
+class PointRow(NamedTuple):
+    """What a check-in or a deposit reads of a point on every request: this worker's copy of its row (_point_row),
+    or the row as it is now (_point_now). Not a CollectionPoint: no community, no timestamps."""
+
+    id: int
+    name: str
+    qr_secret: str
+    active: bool
+    categories: list[str]
+    geofence_m: int | None
+    lat: float | None
+    lng: float | None
+
+
+_POINT_COLUMNS = tuple(getattr(CollectionPoint, name) for name in PointRow._fields)
 _ALL_POINTS = sa.select(*_POINT_COLUMNS)
 _POINT_ROW = _ALL_POINTS.where(CollectionPoint.id == sa.bindparam("id"))
 # Points change rarely and each is scanned only now and then, so each worker keeps all of them, for as long
@@ -404,23 +414,28 @@ _POINT_ROW = _ALL_POINTS.where(CollectionPoint.id == sa.bindparam("id"))
 _points = TtlCache(carbon.RULE_CACHE_TTL_S)
 
 
-def _point_row(point_id: int, accepts: Callable[[Any], bool] | None = None):
+def _point_row(point_id: int, accepts: Callable[[PointRow], bool] | None = None) -> PointRow | None:
     """The point's row, from this worker's copy of all points; one created since is read directly, and so is one
     that `accepts` (what the caller is about to check) refuses. So a change that allows more (a new poster, a
     reactivated point, a new category) works at once; only one that allows less waits for the copy to expire."""
     if not fits_key(point_id):
         return None
-    point = _points.get("all", lambda: {row.id: row for row in run(_ALL_POINTS)}).get(point_id)
+    point = _points.get("all", lambda: {row.id: PointRow(*row) for row in run(_ALL_POINTS)}).get(point_id)
     if point is None or (accepts is not None and not accepts(point)):
-        point = run(_POINT_ROW, {"id": point_id}).first()
+        point = _read_point(point_id)
     return point
 
 
-def _point_now(copy):
+def _read_point(point_id: int) -> PointRow | None:
+    row = run(_POINT_ROW, {"id": point_id}).first()
+    return None if row is None else PointRow(*row)
+
+
+def _point_now(copy: PointRow) -> PointRow | None:
     """The point as it is now, not as `copy` (this worker's copy of its row) has it. Read when a write refused
     what the copy allowed, say because the point was retired or its poster rotated: a copy found stale is dropped,
     so the next request reads afresh."""
-    now = run(_POINT_ROW, {"id": copy.id}).first()
+    now = _read_point(copy.id)
     if now != copy:
         clear_point_cache()
     return now
@@ -481,7 +496,7 @@ _CHECKED_IN = sa.select(Checkin.id).where(
 )
 
 
-def _checkin_refusal(resident_id: int, point, day: date) -> Exception:
+def _checkin_refusal(resident_id: int, point: PointRow, day: date) -> Exception:
     """Why the claim wrote no check-in: the point changed, the account is frozen, or the resident checked in here
     today. None of these by now (a thaw committed since the claim read the account): the scan may be sent again."""
     now = _point_now(point)
@@ -510,7 +525,7 @@ def _scan_refusal(reason: str) -> Exception:
     return InvalidQr(_SCAN_REFUSALS[reason], details={"reason": reason})
 
 
-def _point_from_poster(token: str):
+def _point_from_poster(token: str) -> PointRow:
     try:
         raw = qr.extract_token(token)
         header = qr.peek(raw)
@@ -531,7 +546,7 @@ def _point_from_poster(token: str):
     return point
 
 
-def _fence_refusal(point, lat: float | None, lng: float | None) -> Exception | None:
+def _fence_refusal(point: PointRow, lat: float | None, lng: float | None) -> Exception | None:
     if not point.geofence_m or point.lat is None:
         return None
     if lat is None:  # a fence that a scan could pass by not saying where it is would keep nobody out
@@ -630,14 +645,14 @@ def _deposit_params(deposit: dict[str, Any], items: list[dict[str, Any]]) -> dic
     return params | {f"lines_{name}": [item[name] for item in items] for name in _ITEM_COLUMNS}
 
 
-def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]], point) -> ledger.Claim:
+def _deposit_claim(deposit: dict[str, Any], items: list[dict[str, Any]], point: PointRow) -> ledger.Claim:
     """PostgreSQL: the deposit and its lines as the slot its ledger entry claims, so that they are written in the
     same round trip as the account lock, and only for an active account at an active point."""
     params = _deposit_params(deposit, items)
     return ledger.Claim(_deposit_with_items(), params, lambda: _deposit_refusal(deposit, point))
 
 
-def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]], point) -> int:
+def _insert_deposit(deposit: dict[str, Any], items: list[dict[str, Any]], point: PointRow) -> int:
     """Write the deposit and its lines for an active account at an active point; refuse otherwise."""
     deposit_id = None
     if dialect_name() == "postgresql":
@@ -697,7 +712,7 @@ def _cap_guidance(details: dict[str, Any]) -> str:
     return CAP_GUIDANCE.format(fix)
 
 
-def _refuse_categories_not_taken(point, lines: list[dict[str, Any]]) -> None:
+def _refuse_categories_not_taken(point: PointRow, lines: list[dict[str, Any]]) -> None:
     refused = sorted({line["category"] for line in lines} - set(point.categories))
     if not refused:
         return
@@ -711,7 +726,7 @@ def _refuse_categories_not_taken(point, lines: list[dict[str, Any]]) -> None:
     raise ValidationError(f"该回收点不收：{'、'.join(names.values())}", details={"fields": {"items": by_line}})
 
 
-def _record_deposit(point, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
+def _record_deposit(point: PointRow, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
     """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
     if not point.active:
         raise _retired_for_deposits()
@@ -789,7 +804,7 @@ def _deposit_charges(entry: LedgerEntry) -> list[CapCharge]:
     return carbon.cap_charges([(rule, points) for rule, points in lines], entry.created_at)
 
 
-def _deposit_point(data: dict[str, Any]):
+def _deposit_point(data: dict[str, Any]) -> PointRow | None:
     categories = {line["category"] for line in data["items"]}
     return _point_row(data["collection_point_id"], accepts=lambda p: p.active and categories <= set(p.categories))
 
