@@ -49,6 +49,8 @@ class CollectionPoint(Timestamped, db.Model):
     categories: Mapped[list[str]] = mapped_column(sa.JSON, default=lambda: list(CATEGORIES))
     qr_secret: Mapped[str] = mapped_column(sa.String(64), default=new_secret)
     active: Mapped[bool] = mapped_column(default=True)
+    # Not stored: metres from the position a list was asked near (?near=); the listing sets it.
+    distance_m = None
 
 
 def _point_name(point_id: sa.Column) -> sa.ScalarSelect:

@@ -96,7 +96,7 @@ def _qr_key(*parts: str) -> bytes:
     return qr.derive_key(_config("QR_SECRET"), *parts)
 
 
-def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
     """Great-circle distance (haversine)."""
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lng2 - lng1)
@@ -250,7 +250,7 @@ def list_points(
     lat, lng = _parse_near(near)
     located = list(db.session.scalars(stmt.where(CollectionPoint.lat.is_not(None))))
     for point in located:
-        point.distance_m = round(distance_m(lat, lng, point.lat, point.lng))
+        point.distance_m = round(haversine_m(lat, lng, point.lat, point.lng))
     located.sort(key=_by_distance)
     # The cursor says where its distances were measured from: a page asked from another position is refused.
     return list_page(located, _by_distance, cursor, limit, prefix=[round(lat * 1e6), round(lng * 1e6)])
@@ -551,7 +551,7 @@ def _fence_refusal(point: PointRow, lat: float | None, lng: float | None) -> Exc
         return None
     if lat is None:  # a fence that a scan could pass by not saying where it is would keep nobody out
         return field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码", reason="location_required")
-    away = distance_m(lat, lng, point.lat, point.lng)
+    away = haversine_m(lat, lng, point.lat, point.lng)
     if away > point.geofence_m:  # reported rounded up: never "300 m away, must be within 300 m"
         return TooFar(details={"distance_m": math.ceil(away), "geofence_m": point.geofence_m})
     return None
