@@ -58,6 +58,7 @@ EXPECTED = [
     ("GET", "/api/v1/me/ledger", 200),
     ("GET", "/api/v1/me/deposits", 200),
     ("GET", "/api/v1/me/checkins", 200),
+    ("GET", "/api/v1/me/caps", 200),
     ("GET", "/api/v1/rules", 200),
     # Smart bin: a signed deposit, then an admin registers, retires, reactivates and re-keys a bin
     ("POST", "/api/v1/auth/wechat", 200),

@@ -8,7 +8,7 @@ from app.errors import Duplicate, InsufficientPoints, InvalidState, NotFound
 from app.http import Blueprint
 from app.idempotency.service import idempotent, key_reference
 from app.ledger import service
-from app.ledger.schemas import AdjustmentSchema, EntrySchema, ReversalSchema
+from app.ledger.schemas import AdjustmentSchema, DailyCapsSchema, EntrySchema, ReversalSchema
 
 blp = Blueprint("ledger", __name__, url_prefix="/api/v1", description="积分账本")
 
@@ -22,6 +22,16 @@ EntryPage = page_schema(EntrySchema, "EntryPage")
 def my_ledger(query):
     """The resident's own entries, newest first, cursor-paginated."""
     return service.ledger_page(current_actor().id, query["cursor"], query["limit"])
+
+
+@blp.route("/me/caps", methods=["GET"])
+@login_required(RESIDENT)
+@blp.response(200, DailyCapsSchema)
+def my_daily_caps():
+    """Today's daily caps, and what the resident has earned against each.
+
+    What a scan or a deposit can still credit today, before it is refused with 409 cap_reached."""
+    return service.daily_caps(current_actor().id)
 
 
 @blp.route("/residents/<int:resident_id>/adjustments", methods=["POST"])

@@ -55,3 +55,22 @@ class AdjustmentSchema(StrictSchema):
 
 class ReversalSchema(StrictSchema):
     reason = Text(multiline=True, required=True, validate=validate.Length(min=2, max=200))
+
+
+class DailyCapSchema(ResponseSchema):
+    activity = fields.String(metadata={"description": "the counter: an activity of GET /rules, or daily:total"})
+    title = fields.String(metadata={"description": "its name, to show (分类打卡, 纸类, 全部活动合计…)"})
+    cap = Integer(metadata={"description": "the most points it counts in a local day"})
+    used = Integer(metadata={"description": "the points it has counted today"})
+    remaining = Integer(metadata={"description": "the points it still takes today: cap - used, never below 0"})
+
+
+class DailyCapsSchema(ResponseSchema):
+    day = fields.Date(metadata={"description": "the local day (Shanghai) counted; counters start again at midnight"})
+    items = fields.List(
+        fields.Nested(DailyCapSchema),
+        metadata={
+            "description": "every activity in force with a daily cap, daily:total first (the total of all activities "
+            "but those exempt from it, such as appliance trade-ins)"
+        },
+    )

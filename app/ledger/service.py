@@ -16,7 +16,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from app.audit import service as audit
+from app.carbon import service as carbon
 from app.carbon.methodology import CapCharge
+from app.carbon.models import DAILY_TOTAL
 from app.clock import local_day, local_midnight, utcnow
 from app.common import keyset_page
 from app.db import bound_row, commit, db, dialect_name, get_or_404, run
@@ -546,6 +548,29 @@ def profile(resident_id: int) -> dict[str, Any]:
         "expiring_points": expiring_points,
         "expiring_at": expiring_at,
     }
+
+
+def daily_caps(resident_id: int) -> dict[str, Any]:
+    """Today's capped counters, for a screen that shows what can still be earned: each activity in force with a daily
+    cap, the daily total first, with what it has counted today and what it still takes. Read without the account's
+    lock: a posting is judged against the counters as they are when it is written."""
+    now = utcnow()
+    day = local_day(now, _tz())
+    capped = [rule for rule in carbon.rules_in_force(now) if rule.daily_cap_points is not None]
+    capped.sort(key=lambda rule: (rule.activity != DAILY_TOTAL, rule.activity))
+    counted = dict(
+        db.session.execute(
+            sa.select(DailyEarning.activity, DailyEarning.points).where(
+                DailyEarning.account_id == account_of(resident_id).id, DailyEarning.day == day
+            )
+        ).all()
+    )
+    items = []
+    for rule in capped:
+        used = counted.get(rule.activity, 0)
+        items.append({"activity": rule.activity, "title": rule.title or rule.activity, "cap": rule.daily_cap_points,
+                      "used": used, "remaining": max(rule.daily_cap_points - used, 0)})  # fmt: skip
+    return {"day": day, "items": items}
 
 
 def reversed_among(entry_ids: list[int]) -> set[int]:

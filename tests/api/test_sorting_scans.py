@@ -723,6 +723,42 @@ def test_twenty_parallel_scans_without_key_claim_once(api, app, world):
     assert count(Checkin) == 1
 
 
+def test_a_resident_sees_todays_caps_and_what_is_left_of_them(api, clock, world):
+    """What a scan can still credit today, before it is refused: the mini-program shows 今日还可获得."""
+    me, neighbour = api.resident(), api.resident()
+
+    def caps(who) -> dict:
+        response = api.get("/me/caps", as_=who)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    fresh = caps(me)
+    assert fresh["day"] == "2026-06-15"
+    assert fresh["items"][0] == {"activity": "daily:total", "title": "每日总积分", "cap": 500, "used": 0,
+                                 "remaining": 500}  # fmt: skip
+    counters = {c["activity"]: c for c in fresh["items"]}
+    assert counters["checkin:sorting"] == {"activity": "checkin:sorting", "title": "分类打卡", "cap": 10, "used": 0,
+                                           "remaining": 10}  # fmt: skip
+    assert counters["sorting:paper"]["cap"] == 200
+    assert [c["activity"] for c in fresh["items"][1:]] == sorted(c["activity"] for c in fresh["items"][1:])
+    assert all(c["cap"] is not None for c in fresh["items"])  # uncapped activities are not counters
+
+    scan_ok(api, me, world["tokens"]["a"])
+    scan_ok(api, me, world["tokens"]["b"])
+    counters = {c["activity"]: c for c in caps(me)["items"]}
+    assert (counters["checkin:sorting"]["used"], counters["checkin:sorting"]["remaining"]) == (10, 0)
+    assert (counters["daily:total"]["used"], counters["daily:total"]["remaining"]) == (10, 490)
+    assert_error(scan(api, me, world["tokens"]["c"]), 409, "cap_reached")  # as the counter said
+    assert {c["used"] for c in caps(neighbour)["items"]} == {0}  # one's own counters only
+
+    clock.set(datetime(2026, 6, 16, 0, 0, tzinfo=SHANGHAI))
+    tomorrow = caps(me)
+    assert tomorrow["day"] == "2026-06-16"
+    assert {c["used"] for c in tomorrow["items"]} == {0}
+    assert_error(api.get("/me/caps", as_=world["worker"]), 403, "forbidden")
+    assert_error(api.get("/me/caps"), 401, "unauthorized")
+
+
 def test_a_scan_refused_for_an_account_thawed_by_now_says_to_scan_again(api, world):
     """The claim read the account frozen; a thaw committed before the refusal was explained. "Checked in here today"
     would be false: nothing was written, and the scan may be sent again."""
