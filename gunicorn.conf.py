@@ -11,7 +11,8 @@ from app.serving import install_json_errors
 # Checked once here, in the master, so that a refused configuration is one line naming every problem rather than a
 # traceback from each worker.
 try:
-    Settings.from_env().validate()
+    settings = Settings.from_env()
+    settings.validate()
 except ConfigError as exc:
     sys.exit(f"refusing to start: {exc}")
 
@@ -42,6 +43,10 @@ def when_ready(server):
         from app.banner import main as print_banner
 
         print_banner()
+    elif hazards := settings.hazards():  # APP_ENV left out of a server's environment, most likely
+        server.log.warning(
+            "APP_ENV=%s: %s. Not fit to serve residents: set APP_ENV=production.", settings.env, "; ".join(hazards)
+        )
     if workers > 1 and limits_counted_in_memory():
         allowed = parse(FAILED_LOGINS).amount
         server.log.warning(

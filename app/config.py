@@ -151,6 +151,7 @@ class Settings:
     db_lock_timeout_ms: int
     db_statement_timeout_ms: int
     db_idle_in_transaction_timeout_ms: int
+    db_connect_timeout_s: int
     proxy_hops: int
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -197,6 +198,7 @@ class Settings:
             db_idle_in_transaction_timeout_ms=_number(
                 "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", e.get("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", "0"), 0, 86_400_000
             ),
+            db_connect_timeout_s=_number("DB_CONNECT_TIMEOUT_SECONDS", e.get("DB_CONNECT_TIMEOUT_SECONDS", "3"), 2, 60),
         )
 
     def validate(self) -> None:
@@ -237,6 +239,8 @@ class Settings:
         ]
         if short:
             found.append(f"production needs secrets of at least {MIN_SECRET_LENGTH} characters: {', '.join(short)}")
+        if len({value for value, _ in secrets.values()}) < len(secrets):
+            found.append(f"production needs a different value for each of {', '.join(secrets)}")
         if self.wechat_mode != "real":
             found.append("production refuses WECHAT_MODE=stub")
         if not (self.wechat_appid and self.wechat_secret):
@@ -258,6 +262,26 @@ class Settings:
             found.append("production needs an https:// WECHAT_API_BASE: the mini-program's secret is sent to it")
         return found
 
+    def hazards(self) -> list[str]:
+        """What makes this configuration unfit to serve residents, outside production (production refuses them)."""
+        if self.env == "production":
+            return []
+        found = []
+        if self.wechat_mode == "stub":
+            found.append("WeChat logins are stubbed (any openid logs in)")
+        published = [
+            name
+            for name, value, default in (
+                ("SECRET_KEY", self.secret_key, DEV_SECRET),
+                ("JWT_SECRET_KEY", self.jwt_secret_key, DEV_JWT_SECRET),
+                ("QR_SECRET", self.qr_secret, DEV_QR_SECRET),
+            )
+            if value == default
+        ]
+        if published:
+            found.append(f"{', '.join(published)} are the development values published with the code")
+        return found
+
     @property
     def limits_in_memory(self) -> bool:
         """Rate limits on without a shared store: each server process counts its own."""
@@ -274,12 +298,27 @@ class Settings:
             f"-c idle_in_transaction_session_timeout={self.db_idle_in_transaction_timeout_ms}"
         )
 
+    def pg_connect_args(self) -> dict[str, Any]:
+        """libpq's own bounds, which hold when the server cannot enforce its own: a host that accepts connections but
+        never answers fails a new connection after the connect timeout, and a pooled connection to a host gone
+        silent (a failover, a cable) fails within seconds rather than when gunicorn kills the worker. Both are then
+        a 503 to try again."""
+        return {
+            "options": self.pg_options(),
+            "connect_timeout": self.db_connect_timeout_s,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,  # ms: data sent and not acknowledged
+        }
+
     def flask_config(self) -> dict[str, Any]:
         # No pool_pre_ping: db.ping_idle_connections checks idle ones. A failed statement's error (and so the log)
         # leaves out its parameters, which hold openids, password hashes and device secrets.
         engine_options: dict[str, Any] = {"hide_parameters": True}
         if self.database_url.startswith("postgresql"):
-            engine_options |= {"pool_size": 10, "max_overflow": 40, "connect_args": {"options": self.pg_options()}}
+            engine_options |= {"pool_size": 10, "max_overflow": 40, "connect_args": self.pg_connect_args()}
         return {
             "APP_ENV": self.env,
             "SECRET_KEY": self.secret_key,

@@ -56,11 +56,11 @@ def readyz():
     limits' Redis is reported but does not decide it: every instance shares it, so taking them all out of the load
     balancer would stop scans and deposits too."""
     try:
-        db.session.execute(sa.text("SELECT 1"))
+        migrated = _schema_revision()
     except sa.exc.SQLAlchemyError:
         db.session.rollback()
         return error_response(NotReady.code, NotReady.message, NotReady.status)
-    migrated, (expected, known) = _schema_revision(), _code_revisions()
+    expected, known = _code_revisions()
     if migrated != expected and (migrated is None or migrated in known):
         # New code on an old schema (or none) fails its requests: keep it out until `flask db upgrade` has run. A
         # revision this code does not know is a newer one (a release migrated first, this host restarts next): it
@@ -75,11 +75,11 @@ def readyz():
 
 
 def _schema_revision() -> str | None:
-    try:
-        return db.session.scalar(sa.text("SELECT version_num FROM alembic_version"))
-    except sa.exc.SQLAlchemyError:  # never migrated
-        db.session.rollback()
+    """The schema's migration; None before any. A failure to read it (a lock wait, a lost connection) is the
+    database's, not a sign that it was never migrated."""
+    if not sa.inspect(db.session.connection()).has_table("alembic_version"):
         return None
+    return db.session.scalar(sa.text("SELECT version_num FROM alembic_version"))
 
 
 def _code_revisions() -> tuple[str, frozenset[str]]:

@@ -496,6 +496,45 @@ def test_a_database_that_does_not_answer_is_503_service_unavailable_not_a_bug(fr
     assert client.get("/healthz").status_code == 200  # the process itself is alive
 
 
+def test_a_database_that_accepts_but_never_answers_is_a_503_after_the_connect_timeout(fresh_app, caplog):
+    """A host that takes the connection and says nothing (a hung server, a half-dead proxy): without a client-side
+    bound, each request waited until gunicorn killed its worker, and the client got a bare 500."""
+    import socket
+
+    from app.config import Settings
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers the startup message
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/silent"
+        bounded = Settings.from_env({"DATABASE_URL": url, "DB_CONNECT_TIMEOUT_SECONDS": "2"})
+        hung = fresh_app(SQLALCHEMY_DATABASE_URI=url, SQLALCHEMY_ENGINE_OPTIONS={
+            "connect_args": bounded.pg_connect_args(), "pool_size": 1})  # fmt: skip
+        response = hung.test_client().get("/api/v1/rules")
+        assert_envelope(response, 503, "service_unavailable")
+        assert response.headers["Retry-After"] == "10"
+        _no_traceback(caplog, "database")
+        error = assert_envelope(hung.test_client().get("/readyz"), 503, "not_ready")
+        assert error["message"] == "数据库不可用"
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not PG, reason="lock timeouts are PostgreSQL's")
+def test_readiness_blocked_by_a_lock_says_the_database_is_unavailable_not_unmigrated(fresh_app):
+    """Telling an operator to run migrations on a migrated database sends them the wrong way."""
+    from app.config import Settings
+
+    impatient = fresh_app(SQLALCHEMY_ENGINE_OPTIONS={
+        "connect_args": {"options": Settings.from_env({"DB_LOCK_TIMEOUT_MS": "200"}).pg_options()}})  # fmt: skip
+    with sa.create_engine(impatient.config["SQLALCHEMY_DATABASE_URI"]).connect() as locker:
+        locker.execute(sa.text("LOCK TABLE alembic_version"))
+        error = assert_envelope(impatient.test_client().get("/readyz"), 503, "not_ready")
+        locker.rollback()
+    assert error["message"] == "数据库不可用"
+    assert error["details"] == {}
+    assert impatient.test_client().get("/readyz").status_code == 200
+
+
 def test_an_outage_on_a_rate_limited_route_says_the_outages_wait_not_the_limits(fresh_app):
     from app.extensions import limiter
 

@@ -17,7 +17,7 @@ def test_not_ready_when_the_database_does_not_answer(api, monkeypatch):
     def down(*args, **kwargs):
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(db.session, "execute", down)
+    monkeypatch.setattr(db.session, "connection", down)
     error = assert_error(api.get("/readyz"), 503, "not_ready")
     assert error["message"] == "数据库不可用"
     assert api.get("/healthz").status_code == 200

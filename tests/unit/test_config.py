@@ -144,6 +144,13 @@ def test_production_refuses_secrets_short_enough_to_guess():
     assert load(environ={**environ, "SECRET_KEY": "s" * 32, "QR_SECRET": "q" * 32})["QR_SECRET"] == "q" * 32
 
 
+def test_production_refuses_one_secret_used_for_two_purposes():
+    """Whoever learns the QR key would then sign sessions and tokens too."""
+    same = "s" * 40
+    with pytest.raises(ConfigError, match=r"a different value for each of SECRET_KEY, JWT_SECRET_KEY, QR_SECRET$"):
+        load(environ={**PRODUCTION_SECRETS, "SECRET_KEY": same, "QR_SECRET": same})
+
+
 @pytest.mark.parametrize("env", ["prod", "Prod", "staging", "dev"])
 def test_an_unknown_app_env_is_refused_not_read_as_development(env):
     # APP_ENV=prod must not start with stub logins and the development secrets
@@ -195,6 +202,16 @@ def test_postgres_gets_a_bigger_pool_than_sqlite():
     sqlite = Settings.from_env({"DATABASE_URL": "sqlite:///x.db"}).flask_config()
     assert pg["SQLALCHEMY_ENGINE_OPTIONS"]["pool_size"] >= 10
     assert "pool_size" not in sqlite["SQLALCHEMY_ENGINE_OPTIONS"]
+
+
+def test_postgres_connections_are_bounded_on_the_client_side_too():
+    """A host that accepts and never answers, or one gone silent, is noticed in seconds, not at the worker's kill."""
+    args = Settings.from_env({"DATABASE_URL": "postgres://u@db/points"}).flask_config()["SQLALCHEMY_ENGINE_OPTIONS"]
+    connect = args["connect_args"]
+    assert (connect["connect_timeout"], connect["keepalives"], connect["tcp_user_timeout"]) == (3, 1, 10_000)
+    assert connect["options"].startswith("-c lock_timeout=5000 ")
+    slow = Settings.from_env({"DATABASE_URL": "postgres://u@db/points", "DB_CONNECT_TIMEOUT_SECONDS": "10"})
+    assert slow.pg_connect_args()["connect_timeout"] == 10
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,30 @@ def test_the_app_still_answers_through_the_same_server(server):
     assert headers["content-type"] == "application/json"
 
 
+def _warned_when_ready() -> list[str]:
+    """What gunicorn.conf.py's when_ready logs as warnings, read in this process's environment."""
+    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    said = []
+    settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
+    return said
+
+
+def test_a_server_started_outside_production_says_it_is_unfit_to_serve_residents(monkeypatch):
+    """APP_ENV left out of a server's environment: stub logins and the published secrets, which nothing else says."""
+    for name in ("APP_ENV", "MAKE_RUN_BANNER", "WECHAT_MODE", "SECRET_KEY", "JWT_SECRET_KEY", "QR_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    (line,) = [line for line in _warned_when_ready() if line.startswith("APP_ENV=")]
+    assert line == (
+        "APP_ENV=development: WeChat logins are stubbed (any openid logs in); SECRET_KEY, JWT_SECRET_KEY, QR_SECRET "
+        "are the development values published with the code. Not fit to serve residents: set APP_ENV=production."
+    )
+    monkeypatch.setenv("QR_SECRET", "q" * 40)
+    monkeypatch.setenv("WECHAT_MODE", "real")
+    assert "SECRET_KEY, JWT_SECRET_KEY are the" in next(w for w in _warned_when_ready() if w.startswith("APP_ENV="))
+    monkeypatch.setenv("MAKE_RUN_BANNER", "1")  # make run's banner says what it is: a demo on this machine
+    assert not [line for line in _warned_when_ready() if line.startswith("APP_ENV=")]
+
+
 @pytest.mark.parametrize(
     ("environ", "warned"),
     [
@@ -210,9 +234,7 @@ def test_gunicorn_warns_when_its_processes_would_each_count_the_limits(monkeypat
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    said = []
-    settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
+    said = [line for line in _warned_when_ready() if "rate limits" in line]
     assert bool(said) is warned
     if warned:
         assert "up to 20 wrong passwords, not 5" in said[0]
@@ -226,10 +248,7 @@ def test_gunicorn_warning_counts_from_the_login_limit_itself(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     monkeypatch.setattr(limits, "FAILED_LOGINS", "4 per 15 minutes")
-    settings = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    said = []
-    settings["when_ready"](SimpleNamespace(log=SimpleNamespace(warning=lambda *args: said.append(args[0] % args[1:]))))
-    assert "up to 12 wrong passwords, not 4" in said[0]
+    assert any("up to 12 wrong passwords, not 4" in line for line in _warned_when_ready())
 
 
 def test_a_worker_freezes_the_loaded_app_out_of_the_collector():
