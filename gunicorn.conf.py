@@ -63,7 +63,7 @@ def when_ready(server):
 # MAX_CONTENT_LENGTH) can be longer: the answer must then say Connection: close, which gunicorn sends only when it
 # decided the close itself (an app's own Connection header is hop-by-hop, and dropped). A chunked body's length is
 # unknown beforehand.
-DRAINED_AT_MOST = 64 * 1024
+DRAINED_AT_MOST = 64 * 1024  # gunicorn.http.parser._DRAIN_MAX_BYTES (a test compares them); the app's limit is apart
 
 
 def pre_request(worker, req):

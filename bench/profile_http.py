@@ -143,7 +143,7 @@ STEPS = (
     ("  scan() use case", "app/sorting/service.py", "scan"),
     ("  _record_deposit() use case", "app/sorting/service.py", "_record_deposit"),
     ("    _point_from_poster", "app/sorting/service.py", "_point_from_poster"),
-    ("    _resident_from_member_code", "app/sorting/service.py", "_resident_from_member_code"),
+    ("    _shown_member_code", "app/sorting/service.py", "_shown_member_code"),
     ("    carbon.require_rule", "app/carbon/service.py", "require_rule"),
     ("    carbon.cap_charges", "app/carbon/service.py", "cap_charges"),
     ("    ORM flush (checkin/deposit insert)", "sqlalchemy/orm/session.py", "flush"),

@@ -19,6 +19,7 @@ from app.db import after_commit, commit, db
 from app.errors import InvalidState, NotFound, field_error
 
 RULE_CACHE_TTL_S = 10.0
+DAILY_TOTAL_LABEL = "全部活动合计"  # the daily:total rule's title reads as a setting, not as a counter's name
 _rules = TtlCache(RULE_CACHE_TTL_S)
 
 RULE_FIELDS = ("title", "unit", "co2e_g_per_unit", "points", "daily_cap_points", "daily_total_exempt", "source")
@@ -91,14 +92,19 @@ def cap_charges(lines: list[tuple[RuleView, int]], at: datetime | None = None) -
         previous = per_activity.get(rule.activity, (rule, 0))[1]
         per_activity[rule.activity] = (rule, previous + points)
     charges = [
-        CapCharge(rule.activity, points, rule.daily_cap_points, rule.title or rule.activity)
+        CapCharge(rule.activity, points, rule.daily_cap_points, cap_label(rule))
         for rule, points in per_activity.values()
     ]
     counted = sum(points for rule, points in per_activity.values() if not rule.daily_total_exempt)
     total_rule = rule_in_force(DAILY_TOTAL, at)
     if counted and total_rule is not None:
-        charges.append(CapCharge(DAILY_TOTAL, counted, total_rule.daily_cap_points, "全部活动合计"))
+        charges.append(CapCharge(DAILY_TOTAL, counted, total_rule.daily_cap_points, cap_label(total_rule)))
     return charges
+
+
+def cap_label(rule: RuleView) -> str:
+    """A daily counter's name, in refusals and on the caps screen alike."""
+    return DAILY_TOTAL_LABEL if rule.activity == DAILY_TOTAL else rule.title or rule.activity
 
 
 def fit_to_room(lines: list[tuple[RuleView, int]], room: dict[str, int | None]) -> list[int]:

@@ -59,7 +59,9 @@ class ReversalSchema(StrictSchema):
 
 class DailyCapSchema(ResponseSchema):
     activity = fields.String(metadata={"description": "the counter: an activity of GET /rules, or daily:total"})
-    title = fields.String(metadata={"description": "its name, to show (分类打卡, 纸类, 全部活动合计…)"})
+    title = fields.String(
+        metadata={"description": "its name, as cap_reached messages give it (分类打卡, 废纸, 全部活动合计…)"}
+    )
     cap = Integer(metadata={"description": "the most points it counts in a local day"})
     used = Integer(metadata={"description": "the points it has counted today"})
     remaining = Integer(metadata={"description": "the points it still takes today: cap - used, never below 0"})
@@ -71,6 +73,6 @@ class DailyCapsSchema(ResponseSchema):
         fields.Nested(DailyCapSchema),
         metadata={
             "description": "every activity in force with a daily cap, daily:total first (the total of all activities "
-            "but those exempt from it, such as appliance trade-ins)"
+            "but those whose rule is daily_total_exempt)"
         },
     )

@@ -568,7 +568,7 @@ def daily_caps(resident_id: int) -> dict[str, Any]:
     items = []
     for rule in capped:
         used = counted.get(rule.activity, 0)
-        items.append({"activity": rule.activity, "title": rule.title or rule.activity, "cap": rule.daily_cap_points,
+        items.append({"activity": rule.activity, "title": carbon.cap_label(rule), "cap": rule.daily_cap_points,
                       "used": used, "remaining": max(rule.daily_cap_points - used, 0)})  # fmt: skip
     return {"day": day, "items": items}
 

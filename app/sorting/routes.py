@@ -215,7 +215,10 @@ def my_checkins(query):
 @blp.arguments(ScanSchema)
 @blp.response(201, ScanResultSchema)
 def scan(body):
-    """Scan a collection point poster: the daily sorting check-in."""
+    """Scan a collection point poster: the daily sorting check-in.
+
+    409 invalid_state: the account was frozen and thawed while the scan was written; nothing was credited, and the
+    resident logs in again (the freeze ended the session) and scans again."""
     return service.scan(current_actor(), body["token"], body["lat"], body["lng"])
 
 
@@ -290,7 +293,8 @@ def device_deposit(body):
 @blp.response(201, DeviceWithSecretSchema)
 def register_device(body):
     """Register a smart bin at an active point (admins only: whoever holds a bin's secret can sign deposits). The
-    secret is shown only in this response."""
+    secret is shown only in this response: a code registered already answers 409 duplicate naming its bin
+    (`details.device_id`), to re-key with POST /devices/{id}/secret/rotate if the secret was lost."""
     return service.register_device(current_actor(), body)
 
 

@@ -510,7 +510,7 @@ def _checkin_refusal(resident_id: int, point: PointRow, day: date) -> Exception:
         return AccountFrozen()
     if run(_CHECKED_IN, {"resident_id": resident_id, "point_id": point.id, "day": day}).first() is not None:
         return AlreadyClaimed(CHECKED_IN_TODAY)
-    return InvalidState("账户状态刚刚变更，请重新扫码")
+    return InvalidState("账户状态刚刚变更，请重新登录后再扫码")  # a freeze ended the sessions begun before it
 
 
 def _signed_with(secret: str, raw: str) -> bool:
@@ -924,6 +924,19 @@ def _require_key_holder(actor: Actor) -> None:
     actor.require_role("admin")
 
 
+def _refuse_taken_code(code: str) -> None:
+    """A bin's code is unique whatever its case. The refusal names the bin: an admin whose answer, and its one-time
+    secret, was lost re-keys that bin rather than registering another."""
+    taken = db.session.execute(
+        sa.select(Device.id, Device.collection_point_id).where(sa.func.lower(Device.code) == code.lower())
+    ).first()
+    if taken is not None:
+        raise Duplicate(
+            f"设备编号已存在（设备 {taken.id}）：如密钥遗失，请为该设备更换密钥",
+            details={"device_id": taken.id, "collection_point_id": taken.collection_point_id},
+        )
+
+
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     _require_key_holder(actor)
     point = require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
@@ -931,15 +944,12 @@ def register_device(actor: Actor, data: dict[str, Any]) -> Device:
     if not point.active:  # its deposits would all be refused
         raise field_error("collection_point_id", "该回收点已停用，请先重新启用")
     _require_manager(actor, point.community_id)
-    taken = db.session.execute(
-        sa.select(Device.id, Device.collection_point_id).where(sa.func.lower(Device.code) == data["code"].lower())
-    ).first()
-    if taken is not None:  # a retry whose answer (and its one-time secret) was lost, most likely: name the bin
-        raise Duplicate(
-            f"设备编号已存在（设备 {taken.id}）：如密钥遗失，请为该设备更换密钥",
-            details={"device_id": taken.id, "collection_point_id": taken.collection_point_id},
-        )
-    device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")
+    _refuse_taken_code(data["code"])
+    try:
+        device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")
+    except Duplicate:  # registered meanwhile (a double tap): named all the same
+        _refuse_taken_code(data["code"])
+        raise
     audit.record(actor, "device.register", "device", device.id, {"code": device.code, "point": point.id})
     commit()
     return device

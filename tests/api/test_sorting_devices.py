@@ -121,6 +121,19 @@ def test_a_code_registered_already_names_its_bin_for_re_keying(api, world):
     assert count(Device) == 1
 
 
+@pg_concurrency
+def test_a_double_tap_registering_a_bin_names_it_in_every_refusal(api, app, world):
+    """Requests that pass the check together: the index refuses all but one, and each refusal still names the bin."""
+    admin = world["admin"]
+    body = {"code": "HK-BIN-RACE", "collection_point_id": world["a"]}
+    responses = race(app, lambda client, _: client.post("/api/v1/devices", json=body, headers=admin.auth), 8)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] + [409] * 7, [r.get_json() for r in responses]
+    made = next(r.get_json() for r in responses if r.status_code == 201)
+    for refused in (r for r in responses if r.status_code == 409):
+        assert refused.get_json()["error"]["details"] == {"device_id": made["id"], "collection_point_id": world["a"]}
+
+
 def test_only_admins_hold_bin_secrets(api, world):
     """A bin's secret signs deposits, and so credits points: a community worker, who cannot record deposits, must not
     get one by registering a bin of its own or re-keying one, even at its own community's point."""

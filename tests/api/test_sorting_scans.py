@@ -734,7 +734,7 @@ def test_a_resident_sees_todays_caps_and_what_is_left_of_them(api, clock, world)
 
     fresh = caps(me)
     assert fresh["day"] == "2026-06-15"
-    assert fresh["items"][0] == {"activity": "daily:total", "title": "每日总积分", "cap": 500, "used": 0,
+    assert fresh["items"][0] == {"activity": "daily:total", "title": "全部活动合计", "cap": 500, "used": 0,
                                  "remaining": 500}  # fmt: skip
     counters = {c["activity"]: c for c in fresh["items"]}
     assert counters["checkin:sorting"] == {"activity": "checkin:sorting", "title": "分类打卡", "cap": 10, "used": 0,
@@ -771,7 +771,7 @@ def test_a_scan_refused_for_an_account_thawed_by_now_says_to_scan_again(api, wor
     today = local_day(app_clock.utcnow(), "Asia/Shanghai")
     refusal = _checkin_refusal(me.id, point, today)
     assert isinstance(refusal, InvalidState)
-    assert refusal.message == "账户状态刚刚变更，请重新扫码"
+    assert refusal.message == "账户状态刚刚变更，请重新登录后再扫码"
     db.session.execute(sa.update(Resident).where(Resident.id == me.id).values(status="frozen"))
     assert isinstance(_checkin_refusal(me.id, point, today), AccountFrozen)
     db.session.rollback()

@@ -103,6 +103,12 @@ def test_a_body_refused_unread_ends_the_connection_and_the_answer_says_so(thread
     assert headers["connection"] == "close"
 
 
+def test_the_hook_closes_from_where_gunicorn_stops_draining():
+    from gunicorn.http import parser
+
+    assert runpy.run_path(str(ROOT / "gunicorn.conf.py"))["DRAINED_AT_MOST"] == parser._DRAIN_MAX_BYTES
+
+
 def test_a_body_within_the_limit_keeps_the_connection(threaded_server):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
