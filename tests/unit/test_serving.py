@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import quote
@@ -38,37 +40,18 @@ def _exchange(path: Path, raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("gunicorn")
+@contextmanager
+def _gunicorn(folder: Path, threads: int) -> Iterator[Path]:
+    """gunicorn from gunicorn.conf.py on a Unix socket in `folder`, with one worker of `threads` threads."""
     sock = folder / "api.sock"
     env = {
         **os.environ,
         "BIND": f"unix:{sock}",
         "WEB_CONCURRENCY": "1",
-        "GUNICORN_THREADS": "1",
+        "GUNICORN_THREADS": str(threads),
         "ACCESS_LOG": str(folder / "access.log"),
         "DATABASE_URL": f"sqlite:///{folder / 'serving.db'}",
     }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    with running_server(
-        [str(gunicorn), "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        output=folder / "gunicorn.log",
-        healthy=lambda: _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 200,
-        within_s=30,
-    ):
-        yield sock
-
-
-@pytest.fixture(scope="module")
-def threaded_server(tmp_path_factory):
-    """A worker of several threads keeps connections alive, as `make run`'s does."""
-    folder = tmp_path_factory.mktemp("gthread")
-    sock = folder / "api.sock"
-    env = {**os.environ, "BIND": f"unix:{sock}", "WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2",
-           "ACCESS_LOG": str(folder / "access.log"), "DATABASE_URL": f"sqlite:///{folder / 'serving.db'}"}  # fmt: skip
     with running_server(
         [str(Path(sys.executable).with_name("gunicorn")), "-c", "gunicorn.conf.py", "wsgi:app"],
         cwd=ROOT,
@@ -77,6 +60,19 @@ def threaded_server(tmp_path_factory):
         healthy=lambda: _exchange(sock, b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")[0] == 200,
         within_s=30,
     ):
+        yield sock
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with _gunicorn(tmp_path_factory.mktemp("gunicorn"), threads=1) as sock:
+        yield sock
+
+
+@pytest.fixture(scope="module")
+def threaded_server(tmp_path_factory):
+    """A worker of several threads keeps connections alive, as `make run`'s does."""
+    with _gunicorn(tmp_path_factory.mktemp("gthread"), threads=2) as sock:
         yield sock
 
 
