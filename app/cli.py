@@ -8,7 +8,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from app.clock import local_midnight, utcnow
+from app.clock import local_day, local_midnight, utcnow
 from app.people.models import STAFF_ROLES
 
 
@@ -100,12 +100,18 @@ points = AppGroup("points", help="Scheduled points jobs.")
 @points.command("expire")
 @click.option("--as-of", "as_of", type=click.DateTime(["%Y-%m-%d"]), help="Local date to run as (default: now).")
 def points_expire(as_of: datetime | None) -> None:
-    """Expire points earned in year Y at the end of year Y+1, oldest first. Running twice changes nothing."""
+    """Expire points earned in year Y at the end of year Y+1, oldest first. Running twice changes nothing.
+    `--as-of` names a day up to today (a missed run caught up), never a later one."""
     from app.ledger.service import expire_points
 
-    moment = (
-        local_midnight(date(as_of.year, as_of.month, as_of.day), current_app.config["TIMEZONE"]) if as_of else utcnow()
-    )
+    now, tz = utcnow(), current_app.config["TIMEZONE"]
+    if as_of is None:
+        moment = now
+    else:
+        day, today = date(as_of.year, as_of.month, as_of.day), local_day(now, tz)
+        if day > today:  # points not due yet would expire, and their year could no longer be reversed
+            raise click.BadParameter(f"{day} is after today ({today}): nothing was expired", param_hint="--as-of")
+        moment = local_midnight(day, tz)
     click.echo(f"expired: {expire_points(moment)}")
 
 

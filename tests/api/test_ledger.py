@@ -448,6 +448,26 @@ def test_a_charge_bigger_than_its_cap_is_refused_by_name(api):
     assert refused.value.details == first | {"refused": ["daily"], "counters": [first]}
 
 
+def expire_on(runner, clock, day: str):
+    """`flask points expire --as-of day`, run on that day (a later one is refused)."""
+    clock.set(datetime.combine(date.fromisoformat(day), datetime.min.time(), tzinfo=SHANGHAI))
+    return runner.invoke(args=["points", "expire", "--as-of", day])
+
+
+def test_expiry_is_refused_for_a_day_still_to_come(api, app, clock):
+    """A typo in a cron line, or a trial run, must not expire a year's points early (its credits could no longer be
+    reversed either)."""
+    me = api.resident()
+    clock.set(datetime(2026, 12, 2, 12, tzinfo=SHANGHAI))
+    earn(me.id, 74, "y2026")
+    result = app.test_cli_runner().invoke(args=["points", "expire", "--as-of", "2028-01-01"])
+    assert result.exit_code == 2
+    assert "2028-01-01 is after today (2026-12-02): nothing was expired" in result.output
+    assert api.get("/me", as_=me).get_json()["balance"] == 74
+    assert count(LedgerEntry) == 1
+    assert "'entries': 0" in app.test_cli_runner().invoke(args=["points", "expire", "--as-of", "2026-12-02"]).output
+
+
 def test_expiry_oldest_first_and_idempotent(api, app, clock):
     me = api.resident()
     clock.set(datetime(2025, 3, 1, 12, tzinfo=SHANGHAI))
@@ -459,12 +479,12 @@ def test_expiry_oldest_first_and_idempotent(api, app, clock):
     assert body["expiring_points"] == 70
     assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"  # 2027-01-01 00:00 Shanghai
     runner = app.test_cli_runner()
-    assert "'entries': 0" in runner.invoke(args=["points", "expire", "--as-of", "2026-12-31"]).output
-    result = runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"])
+    assert "'entries': 0" in expire_on(runner, clock, "2026-12-31").output
+    result = expire_on(runner, clock, "2027-01-01")
     assert result.exit_code == 0
     assert "'entries': 1" in result.output
     assert "'points': 70" in result.output
-    again = runner.invoke(args=["points", "expire", "--as-of", "2027-01-02"])
+    again = expire_on(runner, clock, "2027-01-02")
     assert "'entries': 0" in again.output
     clock.set(datetime(2027, 1, 2, tzinfo=SHANGHAI))
     body = api.get("/me", as_=me).get_json()
@@ -560,15 +580,15 @@ def test_points_given_back_from_a_year_already_expired_expire_again(api, app, cl
     earn(me.id, 150, "y2025")
     spent = spend(me.id, 100, "r1")
     runner = app.test_cli_runner()
-    assert "'points': 50" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    assert "'points': 50" in expire_on(runner, clock, "2027-01-01").output
     clock.set(datetime(2027, 1, 2, 12, tzinfo=SHANGHAI))
     assert api.post(f"/ledger/entries/{spent.id}/reverse", as_=admin, json={"reason": "误扣"}).status_code == 201
     assert api.get("/me", as_=me).get_json()["balance"] == 100
     # the 100 points were 2025's, which expired when 2027 began: the next run takes them too, and runs again cleanly
-    again = runner.invoke(args=["points", "expire", "--as-of", "2027-01-03"])
+    again = expire_on(runner, clock, "2027-01-03")
     assert again.exit_code == 0, again.output
     assert "'points': 100" in again.output
-    assert "'entries': 0" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-04"]).output
+    assert "'entries': 0" in expire_on(runner, clock, "2027-01-04").output
     expiries = db.session.scalars(
         sa.select(LedgerEntry.ref_id).where(LedgerEntry.kind == "expire").order_by(LedgerEntry.seq)
     )
@@ -584,7 +604,7 @@ def test_an_earning_whose_year_has_expired_is_not_taken_back_twice(api, app, clo
     clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
     earn(me.id, 150, "y2026")
     runner = app.test_cli_runner()
-    assert "'points': 100" in runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    assert "'points': 100" in expire_on(runner, clock, "2027-01-01").output
     clock.set(datetime(2027, 1, 5, 12, tzinfo=SHANGHAI))
 
     response = api.post(f"/ledger/entries/{wrong.id}/reverse", as_=admin, json={"reason": "误发"})
@@ -605,7 +625,7 @@ def test_an_earning_spent_before_its_year_expired_is_still_taken_back(api, app, 
     clock.set(datetime(2026, 3, 1, 12, tzinfo=SHANGHAI))
     earn(me.id, 150, "y2026")
     runner = app.test_cli_runner()
-    output = runner.invoke(args=["points", "expire", "--as-of", "2027-01-01"]).output
+    output = expire_on(runner, clock, "2027-01-01").output
     assert "'accounts': 0" in output  # no account holds 2025 points any more
     assert "'entries': 0" in output
     clock.set(datetime(2027, 1, 5, 12, tzinfo=SHANGHAI))
