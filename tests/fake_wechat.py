@@ -54,6 +54,8 @@ class FakeWeChat:
         canned = {
             "html": (200, b"<html><body>gateway</body></html>", "text/html"),
             "empty": (200, b"{}", "application/json"),
+            "long-openid": (200, json.dumps({"openid": "o" * 300, "session_key": SESSION_KEY}).encode(), "text/plain"),
+            "odd-unionid": (200, json.dumps({"openid": "o-9", "unionid": "u\n" * 40}).encode(), "text/plain"),
             "500": (500, b"oops", "text/plain"),
             "slow": (200, b"{}", "application/json"),
         }

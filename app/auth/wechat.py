@@ -124,12 +124,15 @@ class WeChatClient:
         if not isinstance(openid, str) or not openid:
             log.warning("wechat jscode2session failed: no openid and no errcode (http %s)", http_status)
             raise UpstreamError(details={"http_status": http_status})
+        if not _OPENID_RE.fullmatch(openid):  # WeChat's are 28 characters; the column holds 64
+            log.warning("wechat jscode2session answered an openid that is not one (%d characters)", len(openid))
+            raise UpstreamError(details={"http_status": http_status})
 
         unionid = data.get("unionid")
         session_key = data.get("session_key")
         return WeChatSession(
             openid=openid,
-            unionid=unionid if isinstance(unionid, str) and unionid else None,
+            unionid=unionid if isinstance(unionid, str) and _OPENID_RE.fullmatch(unionid) else None,
             session_key=session_key if isinstance(session_key, str) and session_key else None,
         )
 

@@ -149,6 +149,18 @@ def test_json_without_errcode_or_openid_is_upstream_error(
     assert len(_warnings(caplog)) == 1
 
 
+def test_an_openid_that_is_not_one_is_upstream_error_not_a_database_error(
+    client: WeChatClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 characters would not fit the column: a 500 on PostgreSQL. A unionid that is not one is left out."""
+    with pytest.raises(UpstreamError):
+        client.code2session("long-openid")
+    assert [r.getMessage() for r in _warnings(caplog)] == [
+        "wechat jscode2session answered an openid that is not one (300 characters)"
+    ]
+    assert client.code2session("odd-unionid") == WeChatSession(openid="o-9", unionid=None)
+
+
 def test_timeout_is_unavailable(fake_wechat: FakeWeChat, caplog: pytest.LogCaptureFixture) -> None:
     client = WeChatClient(fake_wechat.base, APPID, SECRET, timeout=0.2)
     started = time.monotonic()
