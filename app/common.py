@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import decimal
 import json
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -64,7 +65,18 @@ class Boolean(fields.Boolean):
 
 class Number(fields.Decimal):
     """A decimal quantity (an emission factor) written as the JSON number it is: 2500 and 0.5, not 2500.0 or the
-    string "2500.000" that a Decimal would become."""
+    string "2500.000" that a Decimal would become. Read (a JSON number, or its digits as text, which keep a decimal
+    exact), with no more decimal places than `places` keeps: marshmallow would round 0.0001 to 0 without a word."""
+
+    def _validated(self, value: Any):
+        if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
+            raise self.make_error("invalid", input=value)
+        number = super()._validated(value)
+        if self.places is not None:
+            kept = -self.places.as_tuple().exponent
+            if -decimal.Decimal(str(value).strip()).as_tuple().exponent > kept:
+                raise ma.ValidationError(f"最多 {kept} 位小数")
+        return number
 
     def _serialize(self, value, attr, obj, **kwargs):
         number = super()._serialize(value, attr, obj, **kwargs)

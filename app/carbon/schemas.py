@@ -33,7 +33,7 @@ class RulePublishSchema(StrictSchema):
     )
     title = Text(validate=validate.Length(max=64))
     unit = fields.String(validate=validate.OneOf(UNITS))
-    co2e_g_per_unit = fields.Decimal(places=3, validate=validate.Range(min=0, max=10_000_000))
+    co2e_g_per_unit = Number(places=3, validate=validate.Range(min=0, max=10_000_000))
     points = Integer(allow_none=True, validate=validate.Range(min=0, max=10000))
     daily_cap_points = Integer(allow_none=True, validate=validate.Range(min=0, max=100000))
     daily_total_exempt = Boolean()

@@ -100,7 +100,7 @@ def test_new_version_supersedes_and_old_entries_keep_theirs(api, clock):
 def test_future_version_waits_for_its_start(api, clock):
     admin = api.staff("admin")
     start = (clock.now + timedelta(days=10)).astimezone(SHANGHAI).isoformat()
-    body = {"activity": "sorting:glass", "co2e_g_per_unit": "300", "source": "新因子", "effective_from": start}
+    body = {"activity": "sorting:glass", "co2e_g_per_unit": 300, "source": "新因子", "effective_from": start}
     assert api.post("/rules", as_=admin, json=body).status_code == 201
     glass = lambda: rule_in_force(api, "sorting:glass")  # noqa: E731
     assert glass()["version"] == 1
@@ -113,7 +113,7 @@ def test_future_version_waits_for_its_start(api, clock):
 
 def test_a_new_version_cannot_start_before_every_worker_can_see_it(api, clock):
     admin = api.staff("admin")
-    body = {"activity": "sorting:paper", "co2e_g_per_unit": "1800", "source": "经发办"}
+    body = {"activity": "sorting:paper", "co2e_g_per_unit": 1800, "source": "经发办"}
     too_soon = (clock.now + timedelta(seconds=5)).astimezone(SHANGHAI).isoformat()
     error = assert_error(
         api.post("/rules", as_=admin, json={**body, "effective_from": too_soon}), 422, "validation_error"
@@ -220,10 +220,15 @@ def test_a_factor_is_answered_as_the_number_it_is(api, sent, answered):
 
 def test_publishing_rules_is_admin_only_and_validated(api):
     worker = api.staff("worker", community_id=1)
-    body = {"activity": "sorting:paper", "co2e_g_per_unit": "1800", "source": "经发办"}
+    body = {"activity": "sorting:paper", "co2e_g_per_unit": 1800, "source": "经发办"}
     assert_error(api.post("/rules", as_=worker, json=body), 403, "forbidden")
     admin = api.staff("admin")
-    assert_error(api.post("/rules", as_=admin, json={**body, "co2e_g_per_unit": "-1"}), 422, "validation_error")
+    assert_error(api.post("/rules", as_=admin, json={**body, "co2e_g_per_unit": -1}), 422, "validation_error")
+    # a factor is kept to the gram's thousandth, never rounded away (0.0001 had become 0), and true is not 1
+    for factor, said in ((True, "必须是数字"), (0.0001, "最多 3 位小数"), ("26.9001", "最多 3 位小数")):
+        error = assert_error(api.post("/rules", as_=admin, json={**body, "co2e_g_per_unit": factor}), 422,
+                             "validation_error")  # fmt: skip
+        assert error["details"]["fields"] == {"co2e_g_per_unit": [said]}, factor
     assert_error(api.post("/rules", as_=admin, json={**body, "activity": "Paper"}), 422, "validation_error")
     assert_error(api.post("/rules", as_=admin, json={**body, "activity": "sorting:unknown"}), 404, "not_found")
     past = datetime(2020, 1, 1, tzinfo=SHANGHAI).isoformat()

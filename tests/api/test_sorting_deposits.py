@@ -341,7 +341,7 @@ def test_a_rule_with_fixed_points_per_kg_gives_them_and_the_deposit_is_rounded_o
 def test_a_deposit_beyond_what_the_columns_hold_is_refused_not_a_500(api, clock, world):
     """The schema lets an admin publish a factor of 10 t a unit (meant for appliances): 3 t of paper at it would
     overflow the 32-bit grams before a cap could refuse them."""
-    rule = {"activity": "sorting:paper", "co2e_g_per_unit": "10000000", "source": "测试：上限"}
+    rule = {"activity": "sorting:paper", "co2e_g_per_unit": 10000000, "source": "测试：上限"}
     published = api.post("/rules", as_=world["admin"], json=rule)
     assert published.status_code == 201, published.get_json()
     clock.advance(seconds=11)
