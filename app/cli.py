@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import click
+import marshmallow as ma
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from app import errors
 from app.clock import local_day, local_midnight, utcnow
 from app.people.models import STAFF_ROLES
 
@@ -67,13 +69,19 @@ def staff_create(**options) -> None:
     body = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items() if v not in (None, ())}
     try:
         created = service.create_staff(Actor(kind="system", id=0, role="admin"), StaffCreateSchema().load(body))
+    except ma.ValidationError as exc:
+        raise _refusal(errors.ValidationError.code, errors.ValidationError.message, exc.normalized_messages()) from exc
     except AppError as exc:
-        raise click.ClickException(f"{exc.code}: {exc.message} {exc.details or ''}") from exc
-    except Exception as exc:
-        if exc.__class__.__name__ == "ValidationError":
-            raise click.ClickException(str(exc)) from exc
-        raise
+        raise _refusal(exc.code, exc.message, (exc.details or {}).get("fields")) from exc
     click.echo(f"created staff {created.id} {created.username} ({created.role})")
+
+
+def _refusal(code: str, message: str, fields: dict | None) -> click.ClickException:
+    """As an operator reads it: the code and message, then each field's messages on a line of its own."""
+    lines = [f"{code}: {message}"]
+    for name, said in (fields or {}).items():
+        lines.append(f"  {name}: {'；'.join(map(str, said)) if isinstance(said, list) else said}")
+    return click.ClickException("\n".join(lines))
 
 
 @staff.command("unlock")
