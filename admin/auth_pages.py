@@ -16,7 +16,7 @@ from app.auth.limits import (
     staff_login_attempts,
 )
 from app.auth.schemas import PasswordChangeSchema
-from app.errors import InvalidCredentials, field_error
+from app.errors import InvalidCredentials, RateLimited, field_error
 from app.people import service as people
 
 
@@ -46,6 +46,8 @@ def login():
         staff = auth.login_staff(text("username"), request.form.get("password") or "")["staff"]
     except InvalidCredentials as error:
         return _login_page(error.message, error.status)
+    except RateLimited as error:  # locked by tries that came in together, past the check above
+        return *_login_page(error.message, error.status), dict(error.headers)
     if staff.role not in security.ADMIN_ROLES:
         role = labels.label(labels.ROLES, staff.role)
         return _login_page(f"{role}账号不能登录管理后台，请使用小程序工作端", 403)

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from app.auth.guards import Actor, identity_for, session_after, session_now, session_start
+from app.auth.limits import take_login_attempt
 from app.auth.models import RevokedSession
 from app.auth.wechat import make_client
 from app.clock import utcnow
@@ -56,11 +57,13 @@ def login_resident(code: str) -> dict[str, Any]:
 def login_staff(username: str, password: str) -> dict[str, Any]:
     # FOR SHARE: a password change or deactivation in flight (it locks the row) finishes first, so this login
     # either checks the new state or begins before the change's session cut-off.
+    give_back = take_login_attempt(username)
     by_name = sa.func.lower(Staff.username) == username.lower()  # the unique index on lower(username)
     staff = db.session.scalar(sa.select(Staff).where(by_name).with_for_update(read=True))
     valid = check_password_hash(staff.password_hash if staff else _DUMMY_HASH, password)
     if staff is None or not valid or not staff.active:
         raise InvalidCredentials()
+    give_back()
     return {**_tokens(identity_for("staff", staff.id), staff.role), "staff": staff}
 
 

@@ -30,6 +30,7 @@ from tests.conftest import (
     during_an_uncommitted,
     during_an_uncommitted_freeze,
     pg_concurrency,
+    race,
 )
 from tests.fake_wechat import FakeWeChat, serve_fake_wechat
 
@@ -835,6 +836,37 @@ def test_the_api_and_the_admin_site_count_failed_logins_together(limited):
     assert "登录尝试次数过多，请 15 分钟后再试" in locked
     assert 'name="password"' in locked
     assert_error(_login(client, username), 429, "rate_limited")
+
+
+def test_wrong_passwords_sent_together_are_counted_before_any_is_checked(limited):
+    """A burst of guesses in parallel: a test of the count before each check, deducted after, let all of them through
+    (16 at once had 12 checked, and a right one among them logged in). Each attempt is counted first."""
+    username = _limited_staff(limited, "burst.user")
+    responses = race(limited, lambda client, i: _login(client, username, f"wrong-{i}"), 12)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [401] * 5 + [429] * 7, statuses
+    assert all(int(r.headers["Retry-After"]) > 0 for r in responses if r.status_code == 429)
+    assert_error(_login(limited.test_client(), username), 429, "rate_limited")  # the right password waits too
+
+
+def test_the_admin_site_locked_by_a_burst_shows_its_form_with_the_wait(limited, monkeypatch):
+    """A try that passed the limiter's early test and was then counted over the lock: the form again, not an error
+    page."""
+    from admin import auth_pages
+    from app.errors import RateLimited
+
+    def over_the_lock(username, password):
+        raise RateLimited("登录尝试次数过多，请 15 分钟后再试", headers={"Retry-After": "900"})
+
+    monkeypatch.setattr(auth_pages.auth, "login_staff", over_the_lock)
+    client = limited.test_client()
+    form = {"username": "burst.admin", "password": PASSWORD, "csrf_token": _csrf_token(client, "/admin/login")}
+    response = client.post("/admin/login", data=form)
+    assert response.status_code == 429
+    assert 0 < int(response.headers["Retry-After"]) <= 900
+    page = response.get_data(as_text=True)
+    assert "登录尝试次数过多，请 15 分钟后再试" in page
+    assert 'name="password"' in page
 
 
 def test_the_lock_ignores_username_case(limited):
