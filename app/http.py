@@ -202,9 +202,9 @@ MAX_JSON_DEPTH = 32
 def _require_json_body():
     if request.method in {"POST", "PUT", "PATCH", "DELETE"} and request.path.startswith("/api/"):
         has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
-        if (request.content_length or 0) > (request.max_content_length or math.inf):  # too big, whatever its type
-            raise RequestEntityTooLarge()
         if has_body and not request.is_json:
+            if (request.content_length or 0) > (request.max_content_length or math.inf):  # too big whatever it is
+                raise RequestEntityTooLarge()
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
         if has_body:
             body = _whole_body()
