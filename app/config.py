@@ -224,13 +224,17 @@ class Settings:
             found += self._production_problems()
         return found
 
-    def _production_problems(self) -> list[str]:
-        found = []
-        secrets = {
+    def _secrets(self) -> dict[str, tuple[str, str]]:
+        """Each secret's value and its published development default."""
+        return {
             "SECRET_KEY": (self.secret_key, DEV_SECRET),
             "JWT_SECRET_KEY": (self.jwt_secret_key, DEV_JWT_SECRET),
             "QR_SECRET": (self.qr_secret, DEV_QR_SECRET),
         }
+
+    def _production_problems(self) -> list[str]:
+        found = []
+        secrets = self._secrets()
         left = [name for name, (value, default) in secrets.items() if value == default]
         if left:
             found.append(f"production refuses default secrets: {', '.join(left)}")
@@ -269,15 +273,7 @@ class Settings:
         found = []
         if self.wechat_mode == "stub":
             found.append("WeChat logins are stubbed (any openid logs in)")
-        published = [
-            name
-            for name, value, default in (
-                ("SECRET_KEY", self.secret_key, DEV_SECRET),
-                ("JWT_SECRET_KEY", self.jwt_secret_key, DEV_JWT_SECRET),
-                ("QR_SECRET", self.qr_secret, DEV_QR_SECRET),
-            )
-            if value == default
-        ]
+        published = [name for name, (value, default) in self._secrets().items() if value == default]
         if published:
             found.append(f"{', '.join(published)} are the development values published with the code")
         return found
