@@ -80,7 +80,9 @@ def _refusal(code: str, message: str, fields: dict | None) -> click.ClickExcepti
     """As an operator reads it: the code and message, then each field's messages on a line of its own."""
     lines = [f"{code}: {message}"]
     for name, said in (fields or {}).items():
-        lines.append(f"  {name}: {'；'.join(map(str, said)) if isinstance(said, list) else said}")
+        for where, messages in said.items() if isinstance(said, dict) else [(None, said)]:  # a list's, by index
+            label = name if where is None else f"{name}[{where}]"
+            lines.append(f"  {label}: {'；'.join(map(str, messages)) if isinstance(messages, list) else messages}")
     return click.ClickException("\n".join(lines))
 
 

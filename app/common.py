@@ -72,10 +72,8 @@ class Number(fields.Decimal):
         if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
             raise self.make_error("invalid", input=value)
         number = super()._validated(value)
-        if self.places is not None:
-            kept = -self.places.as_tuple().exponent
-            if -decimal.Decimal(str(value).strip()).as_tuple().exponent > kept:
-                raise ma.ValidationError(f"最多 {kept} 位小数")
+        if self.places is not None and decimal.Decimal(str(value).strip()) != number:  # rounded: 0.0010 is not
+            raise ma.ValidationError(f"最多 {-self.places.as_tuple().exponent} 位小数")
         return number
 
     def _serialize(self, value, attr, obj, **kwargs):

@@ -205,6 +205,8 @@ def _require_json_body():
         if has_body and not request.is_json:
             if (request.content_length or 0) > (request.max_content_length or math.inf):  # too big whatever it is
                 raise RequestEntityTooLarge()
+            if request.content_length is None:  # chunked: its size shows only as it is read
+                _whole_body()
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
         if has_body:
             body = _whole_body()

@@ -78,12 +78,20 @@ def take_login_attempt(username: str) -> Callable[[], None]:
         return lambda: None
     limit = parse(FAILED_LOGINS)
     ids = (current_app.config["RATELIMIT_KEY_PREFIX"], _username_key(username), _FAILED_LOGINS_SCOPE)
+    key, storage = limit.key_for(*ids), limiter.limiter.storage
+
+    def give_back() -> None:
+        if storage.get(key) > 0:  # not into a window begun since (it would start below zero: a sixth guess)
+            storage.incr(key, limit.get_expiry(), amount=-1)
+
     if not limiter.limiter.hit(limit, *ids):
+        give_back()  # no password was checked
         wait = seconds_until(limiter.limiter.get_window_stats(limit, *ids).reset_time)
-        log.warning("staff login refused: %s, %s failed within the window", ids[1], limit)
-        message = f"登录尝试次数过多，请 {max(round(wait / 60), 1)} 分钟后再试"
-        raise RateLimited(message, headers={"Retry-After": str(wait)})
-    return lambda: limiter.limiter.storage.incr(limit.key_for(*ids), limit.get_expiry(), amount=-1)
+        log.warning("staff login refused: %s, %s failed or being checked within the window", ids[1], limit)
+        # Attempts still being checked hold the places too (a double tap of the right password, say): they may yet
+        # prove right, so no count of minutes is promised.
+        raise RateLimited("登录尝试次数过多，请稍后再试", headers={"Retry-After": str(wait)})
+    return give_back
 
 
 def unlock_username(username: str) -> bool:

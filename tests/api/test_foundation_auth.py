@@ -849,6 +849,29 @@ def test_wrong_passwords_sent_together_are_counted_before_any_is_checked(limited
     assert_error(_login(limited.test_client(), username), 429, "rate_limited")  # the right password waits too
 
 
+def test_attempts_still_being_checked_hold_the_places_and_each_gives_its_own_back(limited):
+    """Five attempts in flight fill the window: a sixth is refused without a promise of minutes (they may yet prove
+    right) and keeps no place; each that proves right gives its place back, and never into a new window."""
+    from app.auth.limits import take_login_attempt, unlock_username
+    from app.errors import RateLimited
+
+    username = _limited_staff(limited, "inflight.user")
+    with limited.test_request_context():
+        in_flight = [take_login_attempt(username) for _ in range(5)]
+        with pytest.raises(RateLimited) as refused:
+            take_login_attempt(username)
+        assert refused.value.message == "登录尝试次数过多，请稍后再试"
+        assert 0 < int(refused.value.headers["Retry-After"]) <= 15 * 60
+        for give_back in in_flight:
+            give_back()
+        late = take_login_attempt(username)
+        unlock_username(username)  # the window ends while its password is checked
+        late()
+    client = limited.test_client()
+    statuses = [_login(client, username, "wrong-password").status_code for _ in range(6)]
+    assert statuses == [401] * 5 + [429]  # five in the new window, not six
+
+
 def test_the_admin_site_locked_by_a_burst_shows_its_form_with_the_wait(limited, monkeypatch):
     """A try that passed the limiter's early test and was then counted over the lock: the form again, not an error
     page."""

@@ -125,6 +125,14 @@ def test_a_chunked_body_is_held_to_the_same_limit(bare, size, status, code):
     assert_envelope(response, status, code)
 
 
+def test_a_chunked_body_over_the_limit_is_413_whatever_its_type(bare):
+    response = bare.client.post(
+        "/api/v1/auth/wechat", input_stream=io.BytesIO(b"x" * (70 * 1024)), content_type="text/plain",
+        headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True},
+    )  # fmt: skip
+    assert_envelope(response, 413, "payload_too_large")
+
+
 def test_body_under_the_limit_is_not_rejected_for_size(bare):
     # 60 KiB is allowed through to validation (the code is too long for the schema).
     response = bare.post("/auth/wechat", json={"code": "x" * (60 * 1024)})

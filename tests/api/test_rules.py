@@ -209,7 +209,10 @@ def test_a_rules_unit_cannot_change(api):
     assert api.post("/rules", as_=admin, json={**body, "unit": "kg"}).status_code == 201
 
 
-@pytest.mark.parametrize(("sent", "answered"), [(312.5, 312.5), ("0.125", 0.125), (2500, 2500), ("2500.000", 2500)])
+@pytest.mark.parametrize(
+    ("sent", "answered"),
+    [(312.5, 312.5), ("0.125", 0.125), (2500, 2500), ("2500.000", 2500), ("0.0010", 0.001), ("1e3", 1000)],
+)
 def test_a_factor_is_answered_as_the_number_it_is(api, sent, answered):
     body = {"activity": "sorting:textile", "co2e_g_per_unit": sent, "source": "经发办 2026 local factor"}
     response = api.post("/rules", as_=api.staff("admin"), json=body)

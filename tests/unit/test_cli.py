@@ -198,6 +198,17 @@ def test_staff_create_short_password_fails(runner):
     assert count(Staff, username="u.short") == 0
 
 
+def test_staff_create_names_a_list_options_bad_value_by_its_place(runner):
+    result = _invoke(
+        runner,
+        *("staff", "create", "--username", "u.points", "--password", "pppppppp", "--role", "collector"),
+        *("--community-id", "1", "--collection-point-id", "0"),
+    )
+    assert result.exit_code != 0
+    assert "\n  collection_point_ids[0]: " in result.output
+    assert "{" not in result.output
+
+
 def test_staff_create_duplicate_username_fails(runner):
     args = ("staff", "create", "--username", "u.twice", "--password", "pppppppp", "--role", "admin")
     assert _invoke(runner, *args).exit_code == 0
