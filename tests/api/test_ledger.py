@@ -162,6 +162,20 @@ def test_idempotent_adjustment_replays_and_conflicts(api):
     assert_error(too_long, 422, "validation_error")
 
 
+def test_a_retry_whose_json_says_the_same_in_another_order_or_spacing_replays(api):
+    """A client's serialiser may order keys differently on a retry: the same request, not a conflicting one."""
+    me, admin = api.resident(), api.staff("admin")
+    headers = {"Idempotency-Key": "adj-order"}
+    first, retry = '{"delta":10,"reason":"测试补发"}', '{ "reason": "测试补发",\n  "delta": 10 }'
+    answers = [
+        api.post(f"/residents/{me.id}/adjustments", as_=admin, data=raw, content_type="application/json", headers=headers)
+        for raw in (first, retry)
+    ]
+    assert [a.status_code for a in answers] == [201, 201]
+    assert answers[1].headers["Idempotent-Replayed"] == "true"
+    assert api.get("/me", as_=me).get_json()["balance"] == 10
+
+
 def on_the_wire(key: str) -> str:
     """A header as a WSGI server hands it over: its UTF-8 bytes read as Latin-1."""
     return key.encode().decode("latin-1")
