@@ -167,9 +167,9 @@ def test_a_retry_whose_json_says_the_same_in_another_order_or_spacing_replays(ap
     me, admin = api.resident(), api.staff("admin")
     headers = {"Idempotency-Key": "adj-order"}
     first, retry = '{"delta":10,"reason":"测试补发"}', '{ "reason": "测试补发",\n  "delta": 10 }'
+    path = f"/residents/{me.id}/adjustments"
     answers = [
-        api.post(f"/residents/{me.id}/adjustments", as_=admin, data=raw, content_type="application/json", headers=headers)
-        for raw in (first, retry)
+        api.post(path, as_=admin, data=raw, content_type="application/json", headers=headers) for raw in (first, retry)
     ]
     assert [a.status_code for a in answers] == [201, 201]
     assert answers[1].headers["Idempotent-Replayed"] == "true"
