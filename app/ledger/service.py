@@ -231,10 +231,10 @@ def _apply(params: dict[str, Any], charges: Sequence[CapCharge]) -> tuple[int | 
     return entry_id, counted
 
 
-def _counted(account_id: int, day: date, caps: Sequence[CapCharge]) -> dict[str, int]:
-    """The day's counts so far of `caps`' counters that have counted anything."""
+def _counted(account_id: int, day: date, keys: Sequence[str]) -> dict[str, int]:
+    """The day's counts so far of the counters named `keys` that have counted anything."""
     counters = sa.select(DailyEarning.activity, DailyEarning.points).where(
-        DailyEarning.account_id == account_id, DailyEarning.day == day, DailyEarning.activity.in_([c.key for c in caps])
+        DailyEarning.account_id == account_id, DailyEarning.day == day, DailyEarning.activity.in_(keys)
     )
     return dict(db.session.execute(counters).all())
 
@@ -244,7 +244,7 @@ def room_under_caps(resident_id: int, caps: Sequence[CapCharge], at: datetime | 
     counts on. Read under the account's lock, which the caller's use case holds until it commits, so a posting
     fitted to these figures is not refused."""
     account, _ = _lock_account(resident_id)
-    today = _counted(account.id, local_day(_dated(at, account.last_entry_at), _tz()), caps)
+    today = _counted(account.id, local_day(_dated(at, account.last_entry_at), _tz()), [c.key for c in caps])
     return {c.key: None if c.limit is None else max(c.limit - today.get(c.key, 0), 0) for c in caps}
 
 
@@ -252,7 +252,7 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
     """Raise for the charges their daily counters refuse, naming each (a collector takes them all off at once):
     those in `refused` (the counters' own verdict), or else every charge that today's count leaves no room for.
     `details` describe the first, as before, and list every refused counter with its own figures."""
-    today = _counted(account_id, day, caps)
+    today = _counted(account_id, day, [c.key for c in caps])
     if refused is None:
         refused = {c.key for c in caps if c.limit is not None and today.get(c.key, 0) + c.amount > c.limit}
     messages, counters = [], []
@@ -558,13 +558,7 @@ def daily_caps(resident_id: int) -> dict[str, Any]:
     day = local_day(now, _tz())
     capped = [rule for rule in carbon.rules_in_force(now) if rule.daily_cap_points is not None]
     capped.sort(key=lambda rule: (rule.activity != DAILY_TOTAL, rule.activity))
-    counted = dict(
-        db.session.execute(
-            sa.select(DailyEarning.activity, DailyEarning.points).where(
-                DailyEarning.account_id == account_of(resident_id).id, DailyEarning.day == day
-            )
-        ).all()
-    )
+    counted = _counted(account_of(resident_id).id, day, [rule.activity for rule in capped])
     items = []
     for rule in capped:
         used = counted.get(rule.activity, 0)
