@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import uuid
 from decimal import Decimal
@@ -203,10 +202,7 @@ def _require_json_body():
     if request.method in {"POST", "PUT", "PATCH", "DELETE"} and request.path.startswith("/api/"):
         has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
         if has_body and not request.is_json:
-            if (request.content_length or 0) > (request.max_content_length or math.inf):  # too big whatever it is
-                raise RequestEntityTooLarge()
-            if request.content_length is None:  # chunked: its size shows only as it is read
-                _whole_body()
+            _whole_body()  # too big is 413 whatever it is, with a Content-Length or chunked
             raise BadRequest("请求必须是 JSON（Content-Type: application/json）")
         if has_body:
             body = _whole_body()
