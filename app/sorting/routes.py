@@ -183,8 +183,7 @@ def my_member_code_png(query):
     """The member code as a QR image; its headers say when this code expires. Without `token` the image is a fresh
     code (another than the JSON answer's); with `token=` a code of one's own from GET /me/member-code, still valid,
     it is that code."""
-    resident_id, token = current_actor().id, query.get("token")
-    code = service.issue_member_code(resident_id) if token is None else service.own_member_code(resident_id, token)
+    code = service.member_code_to_draw(current_actor().id, query.get("token"))
     response = _image(qr.to_png(code["token"]), "image/png")
     response.headers.update({"X-Expires-At": code["expires_at"].isoformat(), "X-Expires-In": str(code["expires_in"])})
     return response

@@ -314,6 +314,11 @@ def own_member_code(resident_id: int, token: str) -> dict[str, Any]:
     return _member_code_answer(token, code.expires_at, now)
 
 
+def member_code_to_draw(resident_id: int, token: str | None) -> dict[str, Any]:
+    """The code an image draws: `token`, the resident's own code that the app holds, or a fresh one."""
+    return issue_member_code(resident_id) if token is None else own_member_code(resident_id, token)
+
+
 def _member_code_answer(token: str, expires_at: datetime, now: datetime) -> dict[str, Any]:
     # The code expires on a whole second: the time left is up to a second short of the configured lifetime.
     return {"token": token, "expires_at": expires_at, "expires_in": int((expires_at - now).total_seconds())}
