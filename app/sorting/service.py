@@ -942,13 +942,18 @@ def _refuse_taken_code(code: str) -> None:
         )
 
 
+def _refuse_retired_for_bins(point: CollectionPoint, field: str, message: str) -> None:
+    """A bin is registered, or brought back, only at an active point: its deposits would all be refused. Read under
+    FOR SHARE, so that a retirement in flight ends first, then is seen."""
+    db.session.refresh(point, with_for_update={"read": True})
+    if not point.active:
+        raise field_error(field, message)
+
+
 def register_device(actor: Actor, data: dict[str, Any]) -> Device:
-    _require_key_holder(actor)
+    _require_key_holder(actor)  # an admin: any community's point
     point = require_exists(CollectionPoint, data["collection_point_id"], "collection_point_id", "回收点不存在")
-    db.session.refresh(point, with_for_update={"read": True})  # a retirement in flight ends first, then is seen
-    if not point.active:  # its deposits would all be refused
-        raise field_error("collection_point_id", "该回收点已停用，请先重新启用")
-    _require_manager(actor, point.community_id)
+    _refuse_retired_for_bins(point, "collection_point_id", "该回收点已停用，请先重新启用")
     _refuse_taken_code(data["code"])
     try:
         device = insert_unique(Device(code=data["code"], collection_point_id=point.id), "设备编号已存在")
@@ -981,9 +986,7 @@ def set_device_active(actor: Actor, device_id: int, active: bool) -> Device:
         return device
     if active:
         point = db.session.get(CollectionPoint, device.collection_point_id)
-        db.session.refresh(point, with_for_update={"read": True})  # a retirement in flight ends first, then is seen
-        if not point.active:  # as a bin is not registered there: its deposits would all be refused
-            raise field_error("active", "该设备所在的回收点已停用，请先重新启用回收点")
+        _refuse_retired_for_bins(point, "active", "该设备所在的回收点已停用，请先重新启用回收点")
     device.active = active
     action = "device.reactivate" if active else "device.deactivate"
     audit.record(actor, action, "device", device.id, {"code": device.code, "by_role": actor.role})
