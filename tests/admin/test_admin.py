@@ -553,6 +553,11 @@ def test_worker_cannot_open_admin_only_pages(as_worker):
         response = as_worker.get(path)
         assert response.status_code == 403, path
         assert "没有权限" in text(response)
+    # nor run the ledger's verification (it reads the whole ledger), and nothing is kept
+    from app.ledger.models import LedgerCheck
+
+    assert as_worker.post("/admin/verify").status_code == 403
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(LedgerCheck)) == 0
 
 
 # --- communities, organisations, staff -----------------------------------------------------------------------
