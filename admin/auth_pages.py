@@ -16,7 +16,7 @@ from app.auth.limits import (
     staff_login_attempts,
 )
 from app.auth.schemas import PasswordChangeSchema
-from app.errors import InvalidCredentials, RateLimited, field_error
+from app.errors import InvalidCredentials, field_error
 from app.people import service as people
 
 
@@ -26,10 +26,10 @@ def _login_page(error: str | None = None, status: int = 200):
     ), status
 
 
-def locked_login_page():
+def locked_login_page(message: str | None = None):
     """The login form again, saying how long until the next try (the limiter's Retry-After, to the nearest
-    minute), rather than an error page without the form."""
-    return _login_page(login_wait_message(), 429)
+    minute, unless `message` says otherwise), rather than an error page without the form."""
+    return _login_page(message or login_wait_message(), 429)
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -46,8 +46,6 @@ def login():
         staff = auth.login_staff(text("username"), request.form.get("password") or "")["staff"]
     except InvalidCredentials as error:
         return _login_page(error.message, error.status)
-    except RateLimited as error:  # locked by tries that came in together, past the check above
-        return *_login_page(error.message, error.status), dict(error.headers)
     if staff.role not in security.ADMIN_ROLES:
         role = labels.label(labels.ROLES, staff.role)
         return _login_page(f"{role}账号不能登录管理后台，请使用小程序工作端", 403)

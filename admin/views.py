@@ -103,7 +103,10 @@ def _app_error(error: AppError):
     db.session.rollback()
     if error.status >= 500:
         log.error("admin: %s %s", error.code, error.message)
-    body, status = render_error(error.status, error.message, error)
+    if error.status == 429 and request.endpoint == "admin.login":  # the form again, with the wait (as below)
+        body, status = auth_pages.locked_login_page(error.message)
+    else:
+        body, status = render_error(error.status, error.message, error)
     return body, status, dict(error.headers)
 
 
