@@ -275,6 +275,13 @@ class ErrorBodySchema(ResponseSchema):
     )
     message = fields.String(metadata={"example": "提交的内容有误"})
     details = fields.Nested(ErrorDetailsSchema)
+    request_id = fields.String(
+        metadata={
+            "example": "5f2c0d9a8b7e4c1d",
+            "description": "this request's X-Request-Id: shown with the message, it lets support find the refusal in "
+            "the logs",
+        }
+    )
 
 
 class ErrorEnvelopeSchema(ResponseSchema):

@@ -68,8 +68,32 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def note(**ids: int) -> None:
+    """Ids a use case resolved that the request does not show (a poster's point, a member code's resident): a refusal's
+    log line names them, so support can find a resident's refused scan or deposit."""
+    if has_request_context():
+        g.setdefault("noted", {}).update(ids)
+
+
+def _log_refusal(status: int, code: str, details: dict | None) -> None:
+    actor = g.get("actor")
+    about = [f"{name}={value}" for name, value in g.get("noted", {}).items()]
+    for name, value in (details or {}).items():
+        if name == "fields":  # the field names; their messages are the resident's to read
+            about.append("fields=" + ",".join(map(str, value)))
+        elif isinstance(value, str | int | float | bool) and name != "string_to_sign":
+            about.append(f"{name}={value}")
+    by = actor.identity if actor is not None else "-"
+    log.info("refused %s %s %s %s %s", request.method, request.path, status, code, " ".join([f"by={by}", *about]))
+
+
 def error_response(code: str, message: str, status: int, details=None, headers=None):
-    response = jsonify(envelope(code, message, details))
+    body = envelope(code, message, details)
+    if has_request_context():
+        body["error"]["request_id"] = g.get("request_id")
+        if status < 500:  # a server error is logged where it is caught, with its cause
+            _log_refusal(status, code, details)
+    response = jsonify(body)
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -191,6 +215,8 @@ class AppApi(Api):
 def _assign_request_id() -> None:
     incoming = request.headers.get("X-Request-Id", "")
     g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    for left in ("actor", "noted"):  # by a request before this one in the same app context (a test's client)
+        g.pop(left, None)
 
 
 # No request body of the contract nests more than a few levels; a deeper one is refused before any parser that

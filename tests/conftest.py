@@ -434,4 +434,8 @@ def assert_error(response, status: int, code: str) -> dict:
     assert response.status_code == status, (response.status_code, body)
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
-    return body["error"]
+    error = dict(body["error"])
+    # Which request it was, to quote to support: the same as the header (a replayed refusal keeps its first one).
+    request_id = error.pop("request_id")
+    assert request_id == response.headers["X-Request-Id"] or response.headers.get("Idempotent-Replayed") == "true"
+    return error

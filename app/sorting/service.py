@@ -58,6 +58,7 @@ from app.errors import (
     ValidationError,
     field_error,
 )
+from app.http import note
 from app.ledger import service as ledger
 from app.ledger.models import Account, LedgerEntry
 from app.people import service as people
@@ -337,9 +338,10 @@ def _shown_member_code(code: str, point_id: int, at: datetime) -> qr.MemberCode:
     must not read as "fetch a new code and record it again"."""
     try:
         token = qr.extract_token(code)
-        return qr.read_member_code(token, _qr_key("member"), at)
+        shown = qr.read_member_code(token, _qr_key("member"), at)
     except qr.ExpiredToken as exc:
         late = qr.read_member_code(token, _qr_key("member"), at, expired=True)
+        note(resident=late.resident_id)
         # A first try still writing holds the account's row lock (a fresh code would wait on the spending index):
         # wait for it, so that what it wrote is seen.
         run(_WAIT_FOR_POSTINGS, {"id": late.resident_id}).all()
@@ -347,6 +349,8 @@ def _shown_member_code(code: str, point_id: int, at: datetime) -> qr.MemberCode:
         raise spent or QrExpired("会员码已过期，请让居民刷新后重试") from exc
     except qr.QRError as exc:
         raise InvalidQr("这不是有效的会员码：请居民在小程序中打开「会员码」再扫") from exc
+    note(resident=shown.resident_id)
+    return shown
 
 
 def _holder_refusal(resident_id: int) -> Exception:
@@ -540,6 +544,7 @@ def _point_from_poster(token: str) -> PointRow:
         raise _scan_refusal("member_code")
     if header.kind != qr.POINT:
         raise _scan_refusal("not_a_poster")
+    note(point=header.object_id)
     signed = cache(lambda secret: _signed_with(secret, raw))  # the cached point's secret is checked once
     point = _point_row(header.object_id, accepts=lambda p: p.active and signed(p.qr_secret))
     if point is None:
@@ -810,6 +815,7 @@ def _deposit_charges(entry: LedgerEntry) -> list[CapCharge]:
 
 
 def _deposit_point(data: dict[str, Any]) -> PointRow | None:
+    note(point=data["collection_point_id"])
     categories = {line["category"] for line in data["items"]}
     return _point_row(data["collection_point_id"], accepts=lambda p: p.active and categories <= set(p.categories))
 

@@ -23,12 +23,13 @@ HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def assert_envelope(response, status: int, code: str) -> dict:
-    """The exact envelope shape: one `error` key holding code, message and details, nothing else."""
+    """The exact envelope shape: one `error` key holding code, message, details and the request's id, nothing else."""
     body = response.get_json()
     assert response.status_code == status, (response.status_code, body)
     assert response.content_type.startswith("application/json")
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert set(body["error"]) == {"code", "message", "details", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["X-Request-Id"]
     assert body["error"]["code"] == code, body
     assert isinstance(body["error"]["message"], str)
     assert body["error"]["message"]

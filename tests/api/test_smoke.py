@@ -108,7 +108,7 @@ def test_the_suites_answer_check_refuses_what_the_document_does_not_describe(api
         return response
 
     def error(code: str, **extra) -> dict:
-        return {"error": {"code": code, "message": "x", "details": {}, **extra}}
+        return {"error": {"code": code, "message": "x", "details": {}, "request_id": "r" * 32, **extra}}
 
     assert_documented(app, answer(200, body))
     assert_documented(app, answer(401, error("token_expired")))

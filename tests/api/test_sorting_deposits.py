@@ -621,6 +621,28 @@ def test_per_category_daily_cap_refuses_and_writes_nothing(api, clock, world):
     assert deposit_ok(api, world, lines(("paper", 2000)), code=api.member_code(world["resident"]))["points"] == 35
 
 
+def test_a_refused_deposit_is_logged_with_the_collector_the_point_and_the_member_codes_resident(
+    api, clock, world, caplog
+):
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    caplog.clear()
+    response = deposit(api, world, lines(("paper", 2000)))
+    assert_error(response, 409, "cap_reached")
+    [line] = [r for r in caplog.records if r.getMessage().startswith("refused ")]
+    collector, point, resident = world["collector"].id, world["a"], world["resident"].id
+    assert line.getMessage() == (
+        f"refused POST /api/v1/deposits 409 cap_reached by=staff:{collector} point={point} resident={resident} "
+        "activity=sorting:paper cap=200 used=176 remaining=24 points=35"
+    )
+    code = api.member_code(world["resident"])
+    clock.advance(seconds=121)
+    caplog.clear()
+    assert_error(deposit(api, world, lines(("paper", 100)), code=code), 410, "qr_expired")
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    expired = f"refused POST /api/v1/deposits 410 qr_expired by=staff:{collector} point={point} resident={resident}"
+    assert line == expired
+
+
 def test_a_deposit_over_several_caps_names_each_of_them(api, world):
     """The collector learns every category to take off at once, not one refusal per try."""
     error = assert_error(deposit(api, world, lines(("cardboard", 100_000), ("metal", 100_000))), 409, "cap_reached")

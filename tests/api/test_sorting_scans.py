@@ -554,6 +554,26 @@ def test_a_fenced_point_checked_in_today_says_so_before_asking_for_a_position_or
     assert count(Checkin) == 1
 
 
+def test_a_refused_scan_is_one_log_line_naming_the_resident_the_point_and_why(api, world, caplog):
+    """ "I scanned and got nothing": support finds the refusal by the request id the app showed, or by the resident."""
+    fenced = make_point(api, world["admin"], "围栏站", lat=31.2304, lng=121.4737, geofence_m=100)
+    token = poster(api, world["admin"], fenced)["token"]
+    resident = api.resident()
+    caplog.clear()
+    response = scan(api, resident, token, lat=31.2394, lng=121.4737)
+    error = assert_error(response, 403, "too_far")
+    [line] = [r for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert line.levelno == logging.INFO
+    assert line.getMessage() == (
+        f"refused POST /api/v1/scans 403 too_far by=resident:{resident.id} point={fenced} "
+        f"distance_m={error['details']['distance_m']} geofence_m=100"
+    )
+    caplog.clear()
+    assert_error(scan(api, resident, "not a poster"), 422, "invalid_qr")
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert line == f"refused POST /api/v1/scans 422 invalid_qr by=resident:{resident.id} reason=not_a_poster"
+
+
 def test_too_far_never_reports_the_fence_itself_as_the_distance(api, world):
     """Compared unrounded, reported rounded up: 300.4 m away from a 300 m fence reads 301 m, not "300 m, must be
     within 300 m"."""
