@@ -31,7 +31,7 @@ class RulePublishSchema(StrictSchema):
     activity = fields.String(
         required=True, validate=[validate.Length(min=3, max=64), validate.Regexp(r"^[a-z_]+:[a-z_]+\Z")]
     )
-    title = Text(validate=validate.Length(max=64))
+    title = Text(validate=validate.Length(min=1, max=64))  # residents read it where a cap refuses them
     unit = fields.String(validate=validate.OneOf(UNITS))
     co2e_g_per_unit = Number(places=3, validate=validate.Range(min=0, max=10_000_000))
     points = Integer(allow_none=True, validate=validate.Range(min=0, max=10000))

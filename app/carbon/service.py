@@ -182,6 +182,8 @@ def publish_rule(actor, activity: str, changes: dict[str, Any], effective_from: 
         raise field_error("unit", "已有规则不能更改计量单位")
     fields = {f: getattr(replaced, f) for f in RULE_FIELDS} if replaced else {}
     fields.update({k: v for k, v in changes.items() if k in RULE_FIELDS})
+    if not fields.get("title"):  # a new activity: the code is no name for a resident to read
+        raise field_error("title", "请填写规则名称：居民在积分明细和上限提示中看到的就是它")
     if not withdrawn and current is not None and all(fields[f] == getattr(current, f) for f in RULE_FIELDS):
         # A copy of the version in force (the admin's form comes filled in with it). The same values replacing a
         # future version are a new start date, and go through.

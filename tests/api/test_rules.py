@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from app.audit.models import AuditEvent
 from app.carbon.models import Rule
 from app.db import db
-from tests.conftest import SHANGHAI, assert_error, pg_concurrency, race
+from tests.conftest import SHANGHAI, assert_error, count, pg_concurrency, race
 
 
 def rule_in_force(api, activity: str) -> dict:
@@ -241,6 +241,22 @@ def test_publishing_rules_is_admin_only_and_validated(api):
     for moment in ("9999-12-31T23:00:00-12:00", "0001-01-01T00:30:00+14:00"):
         response = api.post("/rules", as_=admin, json={**body, "effective_from": moment})
         assert "effective_from" in assert_error(response, 422, "validation_error")["details"]["fields"]
+
+
+def test_a_rule_has_a_name_residents_can_read(api):
+    """The title is what a cap's refusal and the caps screen name: a blank one showed residents `sorting:glass`."""
+    admin = api.staff("admin")
+    body = {"activity": "sorting:glass", "co2e_g_per_unit": 260, "source": "经发办复核"}
+    before = count(Rule)
+    error = assert_error(api.post("/rules", as_=admin, json={**body, "title": "   "}), 422, "validation_error")
+    assert list(error["details"]["fields"]) == ["title"]
+    fresh = {"activity": "event:river_cleanup", "unit": "item", "points": 10, "source": "经发办新增"}
+    error = assert_error(api.post("/rules", as_=admin, json=fresh), 422, "validation_error")
+    assert error["details"]["fields"] == {"title": ["请填写规则名称：居民在积分明细和上限提示中看到的就是它"]}
+    assert count(Rule) == before
+    assert api.post("/rules", as_=admin, json={**fresh, "title": "河道清洁"}).get_json()["title"] == "河道清洁"
+    # a new version of a named rule keeps its name when none is sent
+    assert api.post("/rules", as_=admin, json=body).get_json()["title"] == "玻璃"
 
 
 @pg_concurrency
