@@ -111,7 +111,8 @@ def field_messages(error: AppError | None, labels: dict[str, str] | None = None)
             for inner in value:
                 walk(prefix, inner)
         else:
-            found.append((names.get(prefix, prefix), str(value)))
+            # A field the page has no input for (active, reference, _schema): the message alone, never the raw name.
+            found.append((names.get(prefix, ""), str(value)))
 
     walk("", (error.details or {}).get("fields", {}))
     return found

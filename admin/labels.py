@@ -78,6 +78,9 @@ FIELDS = {
     "collection_point_id": "回收点",
     "confirm": "",  # its messages begin 请勾选确认
     "cursor": "分页",
+    "title": "规则名称",
+    "unit": "计量单位",
+    "daily_total_exempt": "不计入每日合计",
 }
 
 

@@ -1221,6 +1221,19 @@ def test_an_on_off_switch_with_another_value_is_refused_not_read_as_off(as_admin
     assert db.session.get(CollectionPoint, point.id).active is True
 
 
+def test_a_refusal_about_a_field_the_page_has_no_input_for_never_shows_its_raw_name(as_admin):
+    """Bringing back a bin of a retired point is refused on `active`, which is a button, not a field to fix."""
+    point = make_point()
+    device = sorting.register_device(SYSTEM, {"code": "bin-hk-010", "collection_point_id": point.id})
+    sorting.set_device_active(SYSTEM, device.id, False)
+    sorting.set_point_active(SYSTEM, point.id, False)
+    response = as_admin.post(f"/admin/points/{point.id}/devices/{device.id}/active", {"active": "1"})
+    assert response.status_code == 422
+    alert = re.search(r'<div class="alert error" role="alert">(.*?)</div>', text(response), re.S)[1]
+    assert "该设备所在的回收点已停用" in alert
+    assert "active" not in alert
+
+
 def test_a_points_page_says_what_the_caps_left_uncredited(api, as_admin):
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])
