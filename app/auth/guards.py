@@ -59,7 +59,7 @@ class Actor:
 
     def require_collection_point(self, point_id: int) -> None:
         if not self.is_admin and point_id not in self.collection_point_ids:
-            raise Forbidden("您不是该回收点的工作人员")
+            raise Forbidden("您不是该回收点的回收员，不能查看或记录该点的投递")
 
 
 def identity_for(kind: str, obj_id: int) -> str:
@@ -183,7 +183,7 @@ def load_actor(claims: dict) -> Actor:
         if row.status == "frozen":
             raise AccountFrozen()
         if row.sessions_valid_after is not None and issued_before(session_start(claims), row.sessions_valid_after):
-            raise TokenRevoked("账户曾被冻结，请重新登录")  # most residents were never frozen: no cut-off to read
+            raise TokenRevoked("账户状态已变更，请重新登录")  # most residents were never frozen: no cut-off to read
         return Actor(kind="resident", id=obj_id, role=RESIDENT, community_id=row.community_id)
     if row is None or not row.active:
         raise Unauthorized("账户不存在或已停用")

@@ -260,10 +260,11 @@ def _refuse(account_id: int, day: date, caps: Sequence[CapCharge], refused: set[
         used = today.get(charge.key, 0)
         remaining = max(charge.limit - used, 0)
         if remaining == 0:
-            messages.append(f"{charge.label}今天已达每日上限 {charge.limit} 积分")
+            messages.append(f"{charge.label}今天的积分已达上限（每天 {charge.limit} 积分）")
         else:  # what would still fit: a collector can record less, or the rest another day
-            messages.append(f"{charge.label}每日上限为 {charge.limit} 积分，今天已获得 {used} 积分，"
-                            f"本次 {charge.amount} 积分超出剩余的 {remaining} 积分")  # fmt: skip
+            messages.append(
+                f"{charge.label}今天还可得 {remaining} 积分（每天上限 {charge.limit}），本次 {charge.amount} 积分超出"
+            )
         counters.append({"activity": charge.key, "cap": charge.limit, "used": used, "remaining": remaining,
                          "points": charge.amount})  # fmt: skip
     details = counters[0] | {"refused": [c["activity"] for c in counters], "counters": counters}
@@ -587,7 +588,7 @@ def _expire_year(resident_id: int, account_id: int, year: int, left: int) -> Non
     already can come back (a debit given back restores the oldest points it took); they expire again under a
     second reference, the year and the new entry's place in the chain."""
     expire = {"kind": "expire", "source": "expiry", "ref_type": "expiry", "actor_type": "system", "actor_id": None,
-              "memo": f"{year}年获得的积分已到期"}  # fmt: skip
+              "memo": f"{year} 年获得的积分已到期"}  # fmt: skip
     try:
         with db.session.begin_nested():
             post(resident_id, -left, ref_id=year, **expire)

@@ -77,7 +77,7 @@ def _scoped_rows(model, ids: list[int], field: str, label: str) -> list:
     rows = list(db.session.scalars(sa.select(model).where(model.id.in_(ids)))) if ids else []
     if len(rows) != len(ids):
         missing = sorted(set(ids) - {r.id for r in rows})
-        raise field_error(field, f"{label}不存在：{', '.join(map(str, missing))}")
+        raise field_error(field, f"{label}不存在：{'、'.join(map(str, missing))}")
     return rows
 
 

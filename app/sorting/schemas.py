@@ -20,7 +20,9 @@ DATUM = "GCJ-02 (wx.getLocation({type: 'gcj02'}), wx.chooseLocation, Tencent and
 def _one_of(names: dict[str, str]) -> validate.OneOf:
     """One of the codes, refused with the name staff know each by: a collector's app shows the message as it is."""
     labels = [f"{code}（{name}）" for code, name in names.items()]
-    return validate.OneOf(list(names), labels=labels, error="必须是以下之一：{labels}")
+    one_of = validate.OneOf(list(names), labels=labels, error="必须是以下之一：{labels}")
+    one_of.labels_text = "、".join(labels)  # marshmallow's ", " inside a Chinese sentence
+    return one_of
 
 
 def _distinct(categories: list[str]) -> None:

@@ -563,7 +563,9 @@ def _fence_refusal(point: PointRow, lat: float | None, lng: float | None) -> Exc
         return field_error("lat", "该回收点需要定位：请允许小程序获取位置后再扫码", reason="location_required")
     away = haversine_m(lat, lng, point.lat, point.lng)
     if away > point.geofence_m:  # reported rounded up: never "300 m away, must be within 300 m"
-        return TooFar(details={"distance_m": math.ceil(away), "geofence_m": point.geofence_m})
+        distance_m = math.ceil(away)
+        message = f"您距离该回收点约 {distance_m} 米，需在 {point.geofence_m} 米以内扫码，请走近后再试"
+        return TooFar(message, details={"distance_m": distance_m, "geofence_m": point.geofence_m})
     return None
 
 
@@ -748,7 +750,7 @@ def _record_deposit(point: PointRow, data: dict[str, Any], recorder: Actor) -> d
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
     priced = price(list(zip(rules, kilograms, strict=True)), _config("POINTS_PER_KG_CO2E"))
     if max(priced.points, priced.co2e_g) > MAX_ID:  # only a factor far beyond any material's could get here
-        raise field_error("items", "本次投放折算的积分或减排量超出可记录范围，请核对重量与品类后分次记录")
+        raise field_error("items", "本次投递折算的积分或减排量超出可记录范围，请核对重量与品类后分次记录")
     deposit: dict[str, Any] = {
         "resident_id": resident_id, "member_code_nonce": nonce, "collection_point_id": point.id,
         "points": priced.points, "points_over_cap": 0, "co2e_g": priced.co2e_g,

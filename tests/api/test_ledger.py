@@ -388,7 +388,7 @@ def test_one_refused_counter_refuses_the_whole_posting(api):
         )  # fmt: skip
     first = {"cap": 20, "used": 15, "activity": "daily", "points": 10, "remaining": 5}
     assert refused.value.details == first | {"refused": ["daily"], "counters": [first]}
-    assert refused.value.message == "每日合计每日上限为 20 积分，今天已获得 15 积分，本次 10 积分超出剩余的 5 积分"
+    assert refused.value.message == "每日合计今天还可得 5 积分（每天上限 20），本次 10 积分超出"
     # Before the rollback: nothing but the accepted counter moved (the rollback undoes that one).
     account_id = db.session.scalar(sa.select(Account.id).where(Account.resident_id == me.id))
     head = db.session.execute(

@@ -575,7 +575,7 @@ def test_bounds_themselves_are_accepted(api, world):
 def test_an_unknown_category_is_refused_with_the_names_a_collector_knows(api, world):
     error = assert_error(deposit(api, world, lines(("wood", 500))), 422, "validation_error")
     [message] = error["details"]["fields"]["items"]["0"]["category"]
-    assert message.startswith("必须是以下之一：paper（废纸）, cardboard（纸板）, plastic（塑料）")
+    assert message.startswith("必须是以下之一：paper（废纸）、cardboard（纸板）、plastic（塑料）")
     assert message.endswith("ewaste（电子废弃物）")
     assert count(Deposit) == 0
 
@@ -646,8 +646,8 @@ def test_a_refused_deposit_is_logged_with_the_collector_the_point_and_the_member
 def test_a_deposit_over_several_caps_names_each_of_them(api, world):
     """The collector learns every category to take off at once, not one refusal per try."""
     error = assert_error(deposit(api, world, lines(("cardboard", 100_000), ("metal", 100_000))), 409, "cap_reached")
-    assert "纸板每日上限为 200 积分" in error["message"]
-    assert "金属每日上限为 200 积分" in error["message"]
+    assert "纸板今天还可得 200 积分（每天上限 200），本次 3160 积分超出；" in error["message"]
+    assert "金属今天还可得 200 积分（每天上限 200），本次 1830 积分超出；" in error["message"]
     assert error["details"]["activity"] == "sorting:cardboard"  # the first, described as before
     assert error["details"]["refused"] == ["sorting:cardboard", "sorting:metal", "daily:total"]
     assert count(Deposit) == 0
@@ -682,7 +682,7 @@ def test_a_line_over_its_cap_alone_and_one_over_what_is_left_today_are_both_name
     over = lines(("cardboard", 100_000), ("paper", 2000))
     error = assert_error(deposit(api, world, over, code=error_code), 409, "cap_reached")
     assert error["details"]["refused"] == ["sorting:cardboard", "sorting:paper", "daily:total"]
-    assert "今天已获得 176 积分" in error["message"]
+    assert "废纸今天还可得 24 积分（每天上限 200），本次 35 积分超出" in error["message"]
     # each refused counter with its own figures, so the collector sees how much room each has left
     assert error["details"]["counters"] == [
         {"activity": "sorting:cardboard", "cap": 200, "used": 0, "remaining": 200, "points": 3160},  # 100 kg × 3160 g
@@ -832,7 +832,7 @@ def test_daily_total_cap_across_categories(api, world):
     assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190  # 18 960 g
     assert deposit_ok(api, world, lines(("aluminium", 1600)))["points"] == 130  # 12 976 g → 496 in all
     error = assert_error(deposit(api, world, lines(("plastic", 1000))), 409, "cap_reached")  # +14 → 510
-    said = "全部活动合计每日上限为 500 积分，今天已获得 496 积分，本次 14 积分超出剩余的 4 积分"
+    said = "全部活动合计今天还可得 4 积分（每天上限 500），本次 14 积分超出"
     # no category is over: taking one off is not the advice, weighing less is
     guidance = "本次未记录，会员码仍可使用：可减少重量后重新提交，或选择按上限记录（超出部分不计积分）"
     assert error["message"] == f"{said}。{guidance}"

@@ -341,7 +341,7 @@ def test_patch_is_scoped_and_validated(api, admin, worker):
         api.patch(f"/collection-points/{mine['id']}", as_=admin, json={"kind": "x"}), 422, "validation_error"
     )
     assert error["details"]["fields"]["kind"] == [
-        "必须是以下之一：station（定时定点投放站）, smart_bin（智能回收箱）, recycling_service_point（惠民回收服务点）"
+        "必须是以下之一：station（定时定点投放站）、smart_bin（智能回收箱）、recycling_service_point（惠民回收服务点）"
     ]
     assert_error(api.patch("/collection-points/999999", as_=admin, json={"name": "x"}), 404, "not_found")
     for nowhere in (999_999, 2**31 - 2):  # found by schemathesis on PostgreSQL: a foreign key error, a 500

@@ -422,7 +422,7 @@ def test_daily_checkin_cap_is_ten_points(api, clock, world):
     scan_ok(api, resident, world["tokens"]["a"])
     assert scan_ok(api, resident, world["tokens"]["b"])["balance"] == 10
     error = assert_error(scan(api, resident, world["tokens"]["c"]), 409, "cap_reached")
-    assert error["message"].endswith("今天已达每日上限 10 积分")
+    assert error["message"].endswith("今天的积分已达上限（每天 10 积分）")
     assert (error["details"]["cap"], error["details"]["remaining"]) == (10, 0)
     assert balance(api, resident) == 10
     # the refused check-in left no row behind: trying again is still the cap, not already_claimed
@@ -521,6 +521,8 @@ def test_geofence(api, world):
     error = assert_error(scan(api, resident, token, lat=31.2394, lng=121.4737), 403, "too_far")
     assert error["details"]["geofence_m"] == 100
     assert 990 <= error["details"]["distance_m"] <= 1010
+    away = error["details"]["distance_m"]  # the resident reads how far to walk, not only "too far"
+    assert error["message"] == f"您距离该回收点约 {away} 米，需在 100 米以内扫码，请走近后再试"
     assert balance(api, resident) == 0
     assert count(Checkin) == 0
     # about 55 m away is inside the fence
