@@ -344,15 +344,20 @@ def _resident_in_scope(actor: Actor, resident: Resident) -> None:
         raise NotFound("居民不存在")
 
 
-def residents_in_scope(actor: Actor, resident_ids: list[int]) -> dict[int, str]:
+def residents_in_scope(actor: Actor, resident_ids: list[int]) -> dict[int, str | None]:
     """The nicknames of those of these residents the caller may open (`get_resident`), in one query: a page links
-    only to those, by name."""
+    only to those, by name. Those it may not open map to None if they chose no community (another community's
+    office would not find them either: 经发办 can), and are left out if they live in another community."""
     if not resident_ids:
         return {}
     rows = db.session.execute(
         sa.select(Resident.id, Resident.community_id, Resident.nickname).where(Resident.id.in_(set(resident_ids)))
     )
-    return {row.id: row.nickname for row in rows if _may_open(actor, row.community_id)}
+    return {
+        row.id: row.nickname if _may_open(actor, row.community_id) else None
+        for row in rows
+        if row.community_id is None or _may_open(actor, row.community_id)
+    }
 
 
 def get_resident(actor: Actor, resident_id: int) -> Resident:

@@ -744,6 +744,34 @@ def test_freezing_returns_to_the_filtered_list_and_ignores_other_query_keys(api,
     assert db.session.get(Resident, mine.id).status == "frozen"
 
 
+def test_a_points_lists_and_the_rules_show_each_row_as_labelled_lines_on_a_phone(as_admin):
+    """As a plain table a phone showed a bin's id and status, with its 停用 button off screen to the right."""
+    point = make_point()
+    sorting.register_device(SYSTEM, {"code": "bin-hk-011", "collection_point_id": point.id})
+    for path in (f"/admin/points/{point.id}", "/admin/rules"):
+        page = text(as_admin.get(path))
+        assert "<table>" not in page, path
+        assert page.count('<table class="stack">') == (3 if "points" in path else 1)
+        for row in re.findall(r"<tr>\s*(<td.*?)</tr>", page, re.S):
+            cells = re.findall(r"<td([^>]*)>", row)
+            assert sum("data-label" in c for c in cells) >= len(cells) - 1, (path, row[:120])  # all but the actions
+
+
+def test_a_refused_freeze_says_why_in_the_row_the_page_returns_to(api, as_worker):
+    """The form posts to #resident-N: with a long list, a message above the table was screens away from it."""
+    mine, other = api.resident(community_code="hengkang"), api.resident(community_code="hengkang")
+    response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": " x "})
+    assert response.status_code == 422
+    page = text(response)
+    row = re.search(rf'<tr id="resident-{mine.id}">(.*?)</tr>', page, re.S)[1]
+    assert '<div class="alert error" role="alert">' in row
+    assert 'aria-invalid="true"' in row
+    assert page.count('role="alert"') == 1  # not again above the table
+    assert "aria-invalid" not in re.search(rf'<tr id="resident-{other.id}">(.*?)</tr>', page, re.S)[1]
+    db.session.expire_all()
+    assert db.session.get(Resident, mine.id).status == "active"
+
+
 def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, worker, as_worker):
     mine = api.resident(community_code="hengkang")
     response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": "多次违规投放"})
@@ -1145,6 +1173,9 @@ def test_a_point_is_edited_from_its_page(as_worker):
             "lat": "30.8705", "lng": "121.5852", "geofence_m": "150", "categories": ["paper", "glass"]}  # fmt: skip
     response = as_worker.post(f"/admin/points/{point.id}", form)
     assert response.status_code == 302
+    # to the message at the top: the browser would keep the form's #edit, the message a screen above it
+    assert response.headers["Location"] == f"/admin/points/{point.id}#top"
+    assert '<main id="top">' in text(as_worker.get(response.headers["Location"]))
     db.session.expire_all()
     saved = db.session.get(CollectionPoint, point.id)
     assert (saved.name, saved.kind, saved.address) == ("恒康一号站（新）", "recycling_service_point", "恒康社区东门")
@@ -1243,9 +1274,9 @@ def test_a_points_page_says_what_the_caps_left_uncredited(api, as_admin):
                 "items": [{"category": "paper", "weight_g": weight}]}  # fmt: skip
         assert api.post("/deposits", as_=collector, json=body).status_code == 201
     page = text(as_admin.get(f"/admin/points/{point.id}"))
-    assert '<td>200 <span class="muted">（超出每日上限，11 分未计）</span></td>' in page
-    assert '<td>0 <span class="muted">（超出每日上限，18 分未计）</span></td>' in page
-    assert "不足 1 分" not in page
+    assert '<td data-label="积分">200 <span class="muted">（超出每日上限，11 积分未计）</span></td>' in page
+    assert '<td data-label="积分">0 <span class="muted">（超出每日上限，18 积分未计）</span></td>' in page
+    assert "不足 1 积分" not in page
 
 
 def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, monkeypatch):
@@ -1262,7 +1293,7 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
         assert api.post("/deposits", as_=collector, json=body).status_code == 201
     page = text(as_admin.get(f"/admin/points/{point.id}"))
     assert page.index("玻璃 10 克") < page.index("废纸 1500 克")
-    assert "（不足 1 分）" in page
+    assert "（不足 1 积分）" in page
     assert f"回收员 {username_of(collector)}" in page  # by name, not by id
     assert "废纸 1000 克" not in page
     older = re.search(r'href="([^"]+cursor=[^"]+)">更早的记录', page).group(1).replace("&amp;", "&")
@@ -1294,7 +1325,7 @@ def test_a_workers_point_page_shows_who_checked_in_newest_first_in_pages(api, as
     _check_in(api, elsewhere, other_point)
     page = text(as_worker.get(f"/admin/points/{point.id}"))
     listed = page[page.index("打卡记录") :]
-    assert f'<span class="muted">#{second.id}（非本社区居民）</span>' in listed
+    assert f'<span class="muted">#{second.id}（未选择社区，请经发办查询）</span>' in listed
     assert f'href="/admin/residents/{first.id}">早起的张阿姨</a>' in listed
     assert listed.index(f"#{second.id}") < listed.index(f"#{first.id}")  # newest first
     assert f"#{elsewhere.id}" not in listed
@@ -1355,9 +1386,10 @@ def test_a_workers_point_page_links_only_to_residents_it_may_open(api, as_worker
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])
     mine, elsewhere = api.resident(community_code="hengkang"), api.resident()  # the second never set a community
+    neighbour = api.resident(community_code="xinhaiwan")
     assert api.patch("/me", as_=mine, json={"nickname": "楼下王阿姨"}).status_code == 200
     assert api.patch("/me", as_=elsewhere, json={"nickname": "外区老李"}).status_code == 200
-    for resident in (mine, elsewhere):
+    for resident in (mine, elsewhere, neighbour):
         body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
                 "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
         assert api.post("/deposits", as_=collector, json=body).status_code == 201
@@ -1365,7 +1397,9 @@ def test_a_workers_point_page_links_only_to_residents_it_may_open(api, as_worker
     assert f'href="/admin/residents/{mine.id}">楼下王阿姨</a> <span class="muted">#{mine.id}</span>' in page
     assert "外区老李" not in page  # a nickname the worker may not look up is not shown either
     assert f'href="/admin/residents/{elsewhere.id}"' not in page
-    assert f'<span class="muted">#{elsewhere.id}（非本社区居民）</span>' in page  # not 居民 42, like a nickname
+    # not 居民 42, like a nickname; one who chose no community is no other office's either
+    assert f'<span class="muted">#{elsewhere.id}（未选择社区，请经发办查询）</span>' in page
+    assert f'<span class="muted">#{neighbour.id}（非本社区居民）</span>' in page
     assert as_worker.get(f"/admin/residents/{elsewhere.id}").status_code == 404
 
 
