@@ -15,8 +15,10 @@ from app.ledger.schemas import AdjustmentSchema, ReversalSchema
 from app.ledger.verify import keep_check, latest_check, verify_ledger
 from app.people import service as people
 from app.people.models import Resident
+from app.sorting import service as sorting
 
 PAGE_SIZE = 50
+ACTIVITY_PAGE_SIZE = 10  # a resident's deposits and check-ins, below the ledger: what support asks about is recent
 SHOWN_PROBLEMS = 50
 
 
@@ -31,11 +33,18 @@ def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None
     page = ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE)
     # A reversal's refusal shows on its row; for an entry not on this page (or not this resident's), above the rows.
     on_row = entry_id is not None and any(e.id == entry_id for e in page["items"])
+    # What was weighed, where and by whom, and where the resident checked in: the ledger's lines say only the points.
+    deposits = sorting.my_deposits(resident_id, None, request.args.get("deposits_cursor") or None, ACTIVITY_PAGE_SIZE)
+    checkins = sorting.my_checkins(resident_id, None, request.args.get("checkins_cursor") or None, ACTIVITY_PAGE_SIZE)
     return render_template(
         "admin/resident.html",
         resident=resident,
         profile=ledger.profile(resident_id),
         page=page,
+        deposits=deposits,
+        checkins=checkins,
+        collectors=people.staff_names([d.collector_id for d in deposits["items"] if d.collector_id]),
+        device_codes=sorting.device_codes([d.device_id for d in deposits["items"] if d.device_id]),
         failed_entry=entry_id if error and on_row else None,
         row_error=error if on_row else None,
         reversed_ids=ledger.reversed_among([e.id for e in page["items"]]),

@@ -1026,6 +1026,12 @@ def list_devices(actor: Actor, point_id: int) -> list[Device]:
     return list(db.session.scalars(_devices_of(actor, point_id).order_by(Device.id)))
 
 
+def device_codes(device_ids: list[int]) -> dict[int, str]:
+    """How these bins are shown beside what they recorded."""
+    rows = db.session.execute(sa.select(Device.id, Device.code).where(Device.id.in_(set(device_ids))))
+    return {row.id: row.code for row in rows}
+
+
 def retired_by_an_admin(devices: list[Device]) -> set[int]:
     """Which of these retired bins an admin retired: only an admin brings those back (their keys may have leaked)."""
     return audit.held_by_admins("device", "device.deactivate", [d.id for d in devices if not d.active])

@@ -772,6 +772,16 @@ def test_a_refused_freeze_says_why_in_the_row_the_page_returns_to(api, as_worker
     assert db.session.get(Resident, mine.id).status == "active"
 
 
+def test_a_worker_who_finds_no_resident_is_told_where_one_with_no_community_is_found(api, as_worker, as_admin):
+    resident = api.resident()  # chose no community in the mini-program
+    assert api.patch("/me", as_=resident, json={"nickname": "新来的小陈"}).status_code == 200
+    page = text(as_worker.get("/admin/residents?q=小陈"))
+    assert "尚未在小程序中选择社区的居民，请经发办查询" in page
+    found = text(as_admin.get("/admin/residents?q=小陈"))
+    assert "新来的小陈" in found
+    assert "请经发办查询" not in found
+
+
 def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, worker, as_worker):
     mine = api.resident(community_code="hengkang")
     response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": "多次违规投放"})
@@ -1308,6 +1318,52 @@ def test_a_points_page_lists_its_deposits_newest_first_in_pages(api, as_admin, m
 def _check_in(api, resident, point: CollectionPoint) -> None:
     response = api.post("/scans", as_=resident, json={"token": sorting.poster(SYSTEM, point.id)["token"]})
     assert response.status_code == 201, response.get_json()
+
+
+def test_a_residents_page_shows_what_was_weighed_where_and_by_whom_and_where_they_checked_in(
+    api, as_worker, clock, monkeypatch
+):
+    """ "I got points twice", "the weight was wrong": the ledger's lines say only the points. The worker of the
+    resident's community sees each deposit (at any community's point) and check-in, each list paging on its own."""
+    import admin.ledger_pages
+
+    monkeypatch.setattr(admin.ledger_pages, "ACTIVITY_PAGE_SIZE", 1)
+    mine, theirs = make_point("恒康一号站"), make_point("鑫海湾一号站", "xinhaiwan")
+    collector = api.staff("collector", collection_point_ids=[theirs.id])
+    bin_ = sorting.register_device(SYSTEM, {"code": "bin-xh-001", "collection_point_id": theirs.id})
+    resident = api.resident(community_code="hengkang")
+    body = {"member_code": api.member_code(resident), "collection_point_id": theirs.id,
+            "items": [{"category": "plastic", "weight_g": 12_500}, {"category": "glass", "weight_g": 150}]}  # fmt: skip
+    first = api.post("/deposits", as_=collector, json=body).get_json()
+    clock.advance(minutes=1)
+    sorting.record_device_deposit(
+        Actor(kind="device", id=bin_.id, role="device", collection_point_ids=frozenset({theirs.id})),
+        {"member_code": api.member_code(resident), "collection_point_id": theirs.id, "fit_to_caps": False,
+         "items": [{"category": "paper", "weight_g": 1000}]},
+    )  # fmt: skip
+    _check_in(api, resident, mine)
+    clock.advance(days=1)
+    _check_in(api, resident, theirs)
+    page = text(as_worker.get(f"/admin/residents/{resident.id}"))
+    deposits = page[page.index('<h2 id="deposits">') : page.index('<h2 id="checkins">')]
+    assert "鑫海湾一号站" in deposits
+    assert "废纸 1000 克" in deposits
+    assert "智能回收箱 <code>bin-xh-001</code>" in deposits
+    assert "塑料" not in deposits  # one a page, newest first
+    checkins = page[page.index('<h2 id="checkins">') :]
+    assert "鑫海湾一号站" in checkins
+    assert "恒康一号站" not in checkins
+    older = re.search(r'href="([^"]+deposits_cursor=[^"]+)">更早的投递', page).group(1).replace("&amp;", "&")
+    assert "checkins_cursor" not in older
+    more = text(as_worker.get(older))
+    deposits = more[more.index('<h2 id="deposits">') : more.index('<h2 id="checkins">')]
+    assert f"#{first['id']}" in deposits
+    assert "塑料 12500 克、玻璃 150 克" in deposits
+    assert f"回收员 {username_of(collector)}" in deposits
+    assert "鑫海湾一号站" in more[more.index('<h2 id="checkins">') :]  # the other list kept its place
+    later = re.search(r'href="([^"]+checkins_cursor=[^"]+)">更早的打卡', more).group(1).replace("&amp;", "&")
+    assert "deposits_cursor=" in later  # paging check-ins keeps the deposits' page
+    assert "恒康一号站" in text(as_worker.get(later)).split('<h2 id="checkins">')[1]
 
 
 def test_a_workers_point_page_shows_who_checked_in_newest_first_in_pages(api, as_worker, clock, monkeypatch):
