@@ -66,10 +66,12 @@ class Checkin(db.Model):
         sa.UniqueConstraint("resident_id", "collection_point_id", "day"),
         # A point's check-ins newest first, a page at a time, without sorting all of them (as deposits).
         sa.Index("ix_checkins_collection_point_id_id", "collection_point_id", "id"),
+        # The resident's own check-ins newest first, a page at a time (/me/checkins): the unique index finds them but
+        # not in id order, and PostgreSQL would walk the whole table's primary key for a resident seen long ago.
+        sa.Index("ix_checkins_resident_id_id", "resident_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    # The unique (resident, point, day) index also serves lookups by resident: no index of its own to maintain.
     resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"))
     collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"))
     day: Mapped[date] = mapped_column(index=True)  # today's check-ins, on the dashboard
@@ -119,8 +121,10 @@ class Deposit(db.Model):
         # A point's deposits are read newest first, a page at a time.
         sa.Index("ix_deposits_collection_point_id_id", "collection_point_id", "id"),
         # A member code pays for one deposit, as a payment code does: a double tap without an Idempotency-Key, or
-        # a code passed on, cannot credit twice. The index also serves the resident's own deposits.
+        # a code passed on, cannot credit twice.
         sa.Index("uq_deposits_member_code", "resident_id", "member_code_nonce", unique=True),
+        # The resident's own deposits newest first, a page at a time (/me/deposits), as a point's.
+        sa.Index("ix_deposits_resident_id_id", "resident_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -859,26 +859,33 @@ def _sees_deposit(actor: Actor, deposit: Deposit) -> bool:
 
 def _with_entry_ids(deposits: list[Deposit]) -> None:
     """Fill in each deposit's ledger entry (none for a deposit worth 0 points) and the entry that reversed it, if
-    any, in one query. The entry is found through its resident's account, so the lookup uses the (account, kind,
-    ref_type, ref_id) index; its reversal, through the unique reverses_id."""
-    if deposits:
+    any. The entry is found by its whole (account, kind, ref_type, ref_id) key, each deposit's pair named exactly, so
+    that each is one probe of that unique index: an IN list of residents beside another of ids made PostgreSQL read
+    every deposit entry of every resident on the page. Its reversal, through the unique reverses_id."""
+    if not deposits:
+        return
+    accounts = dict(
+        db.session.execute(
+            sa.select(Account.resident_id, Account.id).where(Account.resident_id.in_({d.resident_id for d in deposits}))
+        ).all()
+    )
+    keys = [(accounts[d.resident_id], str(d.id)) for d in deposits if d.resident_id in accounts]
+    entries = {}
+    if keys:
         reversal = sa.orm.aliased(LedgerEntry)
         found = db.session.execute(
-            sa.select(Account.resident_id, LedgerEntry.ref_id, LedgerEntry.id, reversal.id)
-            .join(Account, Account.id == LedgerEntry.account_id)
+            sa.select(LedgerEntry.account_id, LedgerEntry.ref_id, LedgerEntry.id, reversal.id)
             .outerjoin(reversal, reversal.reverses_id == LedgerEntry.id)
             .where(
-                Account.resident_id.in_({d.resident_id for d in deposits}),
                 LedgerEntry.kind == "earn",
                 LedgerEntry.ref_type == "deposit",
-                LedgerEntry.ref_id.in_([str(d.id) for d in deposits]),
+                sa.tuple_(LedgerEntry.account_id, LedgerEntry.ref_id).in_(keys),
             )
         )
-        entries = {(resident_id, ref_id): (entry_id, undone) for resident_id, ref_id, entry_id, undone in found}
-        for deposit in deposits:
-            deposit.entry_id, deposit.reversal_entry_id = entries.get(
-                (deposit.resident_id, str(deposit.id)), (None, None)
-            )
+        entries = {(account_id, ref_id): (entry_id, undone) for account_id, ref_id, entry_id, undone in found}
+    for deposit in deposits:
+        key = (accounts.get(deposit.resident_id), str(deposit.id))
+        deposit.entry_id, deposit.reversal_entry_id = entries.get(key, (None, None))
 
 
 def _deposit_page(stmt: sa.Select, day: date | None, cursor: str | None, limit: int) -> dict[str, Any]:
