@@ -98,8 +98,11 @@ HTTP_CODES = {
 
 
 def fields_error(fields: dict[str, Any]) -> AppError:
-    """A validation error naming each field's messages, in the shape marshmallow gives them."""
-    return ValidationError(details={"fields": fields})
+    """A validation error naming each field's messages, in the shape marshmallow gives them; its message is the
+    first of them, the field named, so that a client showing `message` shows what to fix."""
+    from app.i18n import readable
+
+    return ValidationError(readable(fields), details={"fields": fields})
 
 
 def field_error(field: str, message: str, **more: Any) -> AppError:

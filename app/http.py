@@ -44,6 +44,7 @@ from app.errors import (
     field_error,
     fields_error,
 )
+from app.i18n import readable
 
 log = logging.getLogger("app.http")
 
@@ -127,6 +128,7 @@ def handle_http_exception(error: HTTPException):
     headers.update(data.get("headers") or {})
     if status == 422 and "messages" in data:
         details = {"fields": _validation_fields(data["messages"])}
+        message = readable(details["fields"]) or message
     elif status == 400 and "messages" in data:
         message = "请求体不是有效的 JSON"
     return error_response(code, message, status, details, headers)

@@ -28,6 +28,85 @@ FIELD_MESSAGES = {
 }
 
 
+# Field names as a person knows them: an API refusal's message and the admin site's forms name the field at fault so.
+FIELD_LABELS = {
+    "username": "用户名",
+    "password": "密码",
+    "current_password": "当前密码",
+    "new_password": "新密码",
+    "confirm_password": "确认新密码",
+    "display_name": "显示名称",
+    "role": "角色",
+    "code": "编码",
+    "name": "名称",
+    "kind": "类型",
+    "community_id": "所属社区",
+    "organization_id": "所属单位",
+    "store_ids": "兑换点",
+    "collection_point_ids": "回收点",
+    "status": "状态",
+    "reason": "原因",
+    "delta": "调整积分",
+    "activity": "活动",
+    "co2e_g_per_unit": "减排量（克 CO₂e / 单位）",
+    "points": "固定积分",
+    "daily_cap_points": "每日上限",
+    "source": "依据来源",
+    "effective_from": "生效时间",
+    "address": "地址",
+    "lat": "纬度",
+    "lng": "经度",
+    "geofence_m": "电子围栏半径",
+    "categories": "回收品类",
+    "collection_point_id": "回收点",
+    "confirm": "",  # its messages begin 请勾选确认
+    "cursor": "分页",
+    "title": "规则名称",
+    "unit": "计量单位",
+    "nickname": "昵称",
+    "items": "回收物",
+    "category": "品类",
+    "weight_g": "重量",
+    "member_code": "会员码",
+    "token": "二维码",
+    "fit_to_caps": "按上限记录",
+    "limit": "每页条数",
+    "day": "日期",
+    "near": "位置",
+    "daily_total_exempt": "不计入每日合计",
+}
+
+
+def readable(fields: dict) -> str | None:
+    """A refusal's first field message, the field named as a person knows it (`回收物第 2 项重量：…`), for the
+    envelope's `message`, which a client shows as it is; None where a field has no such name."""
+    leaves = list(_leaves((), fields))
+    if not leaves:
+        return None
+    path, text = leaves[0]
+    names = []
+    for part in path:
+        if part.isdecimal():
+            names.append(f"第 {int(part) + 1} 项")
+        elif part in FIELD_LABELS:
+            names.append(FIELD_LABELS[part])
+        else:
+            return None
+    more = f"（另有 {len(leaves) - 1} 处需要修改）" if len(leaves) > 1 else ""
+    return f"{''.join(names)}：{text}{more}" if any(names) else f"{text}{more}"
+
+
+def _leaves(path: tuple[str, ...], value):
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves((*path, str(key)), inner)
+    elif isinstance(value, list | tuple):
+        for inner in value:
+            yield from _leaves(path, inner)
+    else:
+        yield path, str(value)
+
+
 def apply() -> None:
     for cls, messages in FIELD_MESSAGES.items():
         cls.default_error_messages = {**cls.default_error_messages, **messages}

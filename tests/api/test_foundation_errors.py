@@ -436,6 +436,32 @@ def test_a_json_array_body_is_a_validation_error(bare):
     assert_envelope(response, 422, "validation_error")
 
 
+def test_a_refused_body_says_which_field_to_fix_in_the_message_a_client_shows(api):
+    """`message` is what the mini-program shows; "提交的内容有误" alone left the resident to guess."""
+    resident = api.resident()
+    error = assert_error(api.patch("/me", as_=resident, json={"nickname": "长" * 40}), 422, "validation_error")
+    [said] = error["details"]["fields"]["nickname"]
+    assert error["message"] == f"昵称：{said}"
+    error = assert_error(api.patch("/me", as_=resident, json={"nickname": "", "community_id": "x"}), 422,
+                         "validation_error")  # fmt: skip
+    assert error["message"].startswith("昵称：")
+    assert error["message"].endswith("（另有 1 处需要修改）")
+    admin = api.staff("admin")
+    place = {"name": "恒康一号站", "community_id": community_id("hengkang"), "kind": "station"}
+    point = api.post("/collection-points", as_=admin, json=place).get_json()
+    collector = api.staff("collector", collection_point_ids=[point["id"]])
+    body = {"member_code": api.member_code(resident), "collection_point_id": point["id"],
+            "items": [{"category": "paper", "weight_g": 1000}, {"category": "paper", "weight_g": 1.5}]}  # fmt: skip
+    error = assert_error(api.post("/deposits", as_=collector, json=body), 422, "validation_error")
+    [said] = error["details"]["fields"]["items"]["1"]["weight_g"]
+    assert error["message"] == f"回收物第 2 项重量：{said}"
+    # a field no person would know by name (the client's own mistake): the general message
+    error = assert_error(api.patch("/me", as_=resident, json={"colour": "green"}), 422, "validation_error")
+    assert error["message"] == "提交的内容有误"
+    error = assert_error(api.get("/collection-points?limit=0", as_=resident), 422, "validation_error")
+    assert error["message"].startswith("每页条数：")
+
+
 def test_service_errors_use_the_envelope(bare):
     error = assert_envelope(bare.post("/auth/wechat", json={"code": "no-stub-prefix"}), 401, "invalid_credentials")
     assert error["details"] == {}
