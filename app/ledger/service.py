@@ -543,11 +543,16 @@ def profile(resident_id: int) -> dict[str, Any]:
         "id": resident.id,
         "nickname": resident.nickname,
         "community_id": resident.community_id,
+        "status": resident.status,
+        "created_at": resident.created_at,
         "balance": account.balance,
         "co2e_g": account.co2e_g,
         "lifetime_earned": account.lifetime_earned,
         "expiring_points": expiring_points,
         "expiring_at": expiring_at,
+        # The day to show ("2027-12-31 到期"): the midnight above, cut to its date, reads a day late, or in UTC a
+        # day early.
+        "expiring_on": local_day(expiring_at, _tz()) - timedelta(days=1) if expiring_at else None,
     }
 
 

@@ -86,6 +86,8 @@ class MeSchema(ResponseSchema):
     id = Integer()
     nickname = fields.String()
     community_id = Integer(allow_none=True)
+    status = fields.String(metadata={"description": "active or frozen, as in the login's resident"})
+    created_at = fields.AwareDateTime()
     balance = Integer()
     co2e_g = Integer(
         metadata={
@@ -110,6 +112,13 @@ class MeSchema(ResponseSchema):
         metadata={
             "description": "when expiring_points expire: a local midnight (Asia/Shanghai) on 1 January, as a UTC "
             "instant (2027-12-31T16:00:00+00:00 is 2028-01-01 00:00 in Shanghai); null when none will"
+        },
+    )
+    expiring_on = fields.Date(
+        allow_none=True,
+        metadata={
+            "description": "the last local day expiring_points can be spent, to show as '2027-12-31 到期'; null when "
+            "none will"
         },
     )
 

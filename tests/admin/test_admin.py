@@ -1343,6 +1343,7 @@ def test_a_residents_page_shows_what_was_weighed_where_and_by_whom_and_where_the
     clock.advance(days=1)
     _check_in(api, resident, theirs)
     page = text(as_worker.get(f"/admin/residents/{resident.id}"))
+    assert "2027-12-31 到期" in page  # this year's points, spendable to the last day of next year
     deposits = page[page.index('<h2 id="deposits">') : page.index('<h2 id="checkins">')]
     assert "鑫海湾一号站" in deposits
     assert "废纸 1000 克" in deposits

@@ -533,7 +533,7 @@ ME_FIELDS = {
 
 
 def test_get_me_has_the_contract_fields(api):
-    resident = api.resident()
+    resident = api.resident("o-me-fields")
     me = api.get("/me", as_=resident)
     assert me.status_code == 200
     body = me.get_json()
@@ -541,6 +541,10 @@ def test_get_me_has_the_contract_fields(api):
     assert body["id"] == resident.id
     assert (body["balance"], body["co2e_g"], body["lifetime_earned"], body["expiring_points"]) == (0, 0, 0, 0)
     assert body["expiring_at"] is None
+    assert body["expiring_on"] is None
+    # the resident as the login gave it, so that a client refreshing it from here loses nothing
+    login = api.post("/auth/wechat", json={"code": "stub:o-me-fields"}).get_json()["resident"]
+    assert {k: body[k] for k in login} == login
 
 
 def test_patch_me_changes_nickname_and_community(api):

@@ -492,6 +492,7 @@ def test_expiry_oldest_first_and_idempotent(api, app, clock):
     body = api.get("/me", as_=me).get_json()
     assert body["expiring_points"] == 70
     assert body["expiring_at"] == "2026-12-31T16:00:00+00:00"  # 2027-01-01 00:00 Shanghai
+    assert body["expiring_on"] == "2026-12-31"  # the last day they can be spent, not that midnight's date
     runner = app.test_cli_runner()
     assert "'entries': 0" in expire_on(runner, clock, "2026-12-31").output
     result = expire_on(runner, clock, "2027-01-01")
@@ -505,6 +506,7 @@ def test_expiry_oldest_first_and_idempotent(api, app, clock):
     assert body["balance"] == 50
     assert body["expiring_points"] == 50
     assert body["expiring_at"] == "2027-12-31T16:00:00+00:00"
+    assert body["expiring_on"] == "2027-12-31"
     kinds = [e["kind"] for e in api.get("/me/ledger", as_=me).get_json()["items"]]
     assert kinds == ["expire", "earn", "spend", "earn"]
     assert verify_ledger().ok
