@@ -107,6 +107,18 @@ def _leaves(path: tuple[str, ...], value):
         yield path, str(value)
 
 
+def _with_plain_closed_range(init):
+    """A range with both ends included, nearly every one here, reads 必须在 1 到 100 之间, not
+    必须大于或等于 1 且小于或等于 100; marshmallow formats its messages as the validator is made."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        if self.min_inclusive and self.max_inclusive:
+            self.message_all = "必须在 {min} 到 {max} 之间"
+
+    return __init__
+
+
 def apply() -> None:
     for cls, messages in FIELD_MESSAGES.items():
         cls.default_error_messages = {**cls.default_error_messages, **messages}
@@ -118,6 +130,7 @@ def apply() -> None:
     validate.Range.message_min = "必须{min_op} {{min}}"
     validate.Range.message_max = "必须{max_op} {{max}}"
     validate.Range.message_all = "必须{min_op} {{min}} 且{max_op} {{max}}"
+    validate.Range.__init__ = _with_plain_closed_range(validate.Range.__init__)
     validate.Range.message_gte, validate.Range.message_gt = "大于或等于", "大于"
     validate.Range.message_lte, validate.Range.message_lt = "小于或等于", "小于"
     validate.OneOf.default_message = "必须是以下之一：{choices}"
