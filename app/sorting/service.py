@@ -1078,7 +1078,12 @@ class ReplayedSignature(Duplicate):
     message = "重复的设备请求"
 
     def __init__(self, device_id: int, refused: bool = False, recorded: dict[str, int] | None = None):
-        message = "该请求已被拒绝过，签名已失效：请重新签名后再提交" if refused else "重复的设备请求：该请求已处理"
+        if refused:
+            message = "该请求已被拒绝过，签名已失效：请重新签名后再提交"
+        elif recorded:  # what the bin can show the resident who is still standing at it
+            message = f"这笔投递已经记录（编号 {recorded['deposit_id']}，{recorded['points']} 积分），无需重复提交"
+        else:
+            message = "重复的设备请求：该请求已处理"
         super().__init__(message, details={"refused": refused} | (recorded or {}))
         self.device_id = device_id
 

@@ -661,7 +661,7 @@ def test_replaying_a_signed_request_is_duplicate(api, world):
     # the first try went through, and this is what it recorded: what the bin shows the resident
     made = first.get_json()
     assert replay["details"] == {"refused": False, "deposit_id": made["id"], "points": made["points"]}
-    assert "已处理" in replay["message"]
+    assert replay["message"] == f"这笔投递已经记录（编号 {made['id']}，{made['points']} 积分），无需重复提交"
     assert balance(api, world["resident"]) == 10
     assert count(Deposit) == 1
     assert count(DeviceSignature) == 1
