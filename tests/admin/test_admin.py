@@ -498,11 +498,14 @@ def test_every_page_renders_for_admin(as_admin, scenery, path, expected):
 
 def test_worker_menu_and_dashboard_are_scoped(as_worker, api):
     api.resident(community_code="hengkang")
+    frozen = api.resident(community_code="hengkang")
+    people.set_resident_status(SYSTEM, frozen.id, "frozen", "测试冻结")
     api.resident(community_code="xinhaiwan")
     api.resident(community_code="xinhaiwan")
     body = text(as_worker.get("/admin/"))
     assert "恒康社区" in body
-    assert dashboard_cards(as_worker)["居民"] == "1"
+    assert dashboard_cards(as_worker)["居民"] == "2"
+    assert "本社区，其中已冻结 1 人" in body
     assert "账本校验" not in body
     assert "居民" in body
     assert 'href="/admin/organizations"' in body  # every staff member reads the alliance members
