@@ -1657,6 +1657,25 @@ def test_a_verification_the_page_cannot_keep_is_shown_all_the_same(api, as_admin
     assert "校验通过" in body
 
 
+def test_a_ledger_too_large_to_check_within_a_request_is_sent_to_the_cli_not_to_a_502(api, as_admin, monkeypatch):
+    """At a year's volume a check outlasts gunicorn's timeout: the worker would be killed and nothing kept."""
+    import admin.ledger_pages
+    from app.ledger.models import LedgerCheck
+
+    resident = api.resident(community_code="hengkang")
+    ledger.adjust(SYSTEM, resident.id, 12, "测试")
+    ledger.adjust(SYSTEM, resident.id, 3, "测试")
+    monkeypatch.setattr(admin.ledger_pages, "WEB_VERIFY_MAX_ENTRIES", 1)
+    response = as_admin.post("/admin/verify")
+    assert response.status_code == 303
+    said = "账本共有 2 条记录，在网页中校验会超时：请由运维执行 flask ledger verify"
+    assert said in text(as_admin.get("/admin/verify"))
+    assert count(LedgerCheck) == 0
+    monkeypatch.setattr(admin.ledger_pages, "WEB_VERIFY_MAX_ENTRIES", 2)
+    assert as_admin.post("/admin/verify").status_code == 303
+    assert count(LedgerCheck) == 1
+
+
 def test_verify_page_passes_with_its_notices_apart(api, as_admin, monkeypatch):
     for _ in range(3):
         ledger.adjust(SYSTEM, api.resident(community_code="hengkang").id, 12, "测试")
