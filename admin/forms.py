@@ -94,6 +94,16 @@ def invalid(context, name: str) -> Markup:
     return Markup(' aria-invalid="true"') if name in fields else Markup("")
 
 
+def said_by_fields(error: AppError) -> bool:
+    """Whether the error's message only repeats what its fields' list says: a single field's sentence, or the first
+    field named as the API's `message` names it (`原因：…`)."""
+    from app.i18n import readable
+
+    fields = (error.details or {}).get("fields") or {}
+    listed = [message for _, message in field_messages(error)]
+    return bool(fields) and (listed == [error.message] or error.message == readable(fields))
+
+
 def field_messages(error: AppError | None, labels: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """(field, message) pairs from an error's details, flattened for display; `labels` names fields as the page's
     form does where it differs from the usual name."""

@@ -46,7 +46,10 @@ def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None
         page=page,
         deposits=deposits,
         checkins=checkins,
-        collectors=people.staff_names([d.collector_id for d in deposits["items"] if d.collector_id]),
+        # Weighed at any community's point: a worker sees other communities' collectors by display name only.
+        collectors=people.staff_names(
+            [d.collector_id for d in deposits["items"] if d.collector_id], usernames=current_admin_actor().is_admin
+        ),
         device_codes=sorting.device_codes([d.device_id for d in deposits["items"] if d.device_id]),
         failed_entry=entry_id if error and on_row else None,
         row_error=error if on_row else None,

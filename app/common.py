@@ -278,7 +278,8 @@ class ErrorBodySchema(ResponseSchema):
     request_id = fields.String(
         metadata={
             "example": "5f2c0d9a8b7e4c1d",
-            "description": "this request's X-Request-Id: shown with the message, it lets support find the refusal in "
+            "description": "this request's X-Request-Id (a replayed refusal, Idempotent-Replayed: true, keeps the "
+            "first request's, whose log line says why): shown with the message, it lets support find the refusal in "
             "the logs",
         }
     )

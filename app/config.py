@@ -77,7 +77,8 @@ API_CONVENTIONS = (
     '每个 4xx/5xx 应答都是 {"error": {"code", "message", "details", "request_id"}}，code 稳定可判断，'
     "message 为可直接展示的中文（422 的 message 指明第一个需要修改的字段，全部字段见 details.fields）。"
     "每个应答带 X-Request-Id（请求可自带 8 到 64 位的 [A-Za-z0-9._-]），"
-    "错误应答的 request_id 与之相同（500 的 details.request_id 亦然），可随提示一并显示，报障时请附上。"
+    "错误应答的 request_id 与之相同（500 的 details.request_id 亦然；幂等重放的错误应答保留首次请求的编号），"
+    "可随提示一并显示，报障时请附上。"
     "列表按游标分页：?limit= 与上一页的 next 作为 ?cursor=，next 为 null 即最后一页。"
     "声明了 Idempotency-Key 请求头的写操作（积分与库存相关）可带它安全重试，"
     "重放的应答带 Idempotent-Replayed: true；其他接口忽略该请求头。429 与 503 带 Retry-After（秒）。"

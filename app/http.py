@@ -76,12 +76,20 @@ def note(**ids: int) -> None:
         g.setdefault("noted", {}).update(ids)
 
 
+_LOGGED_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}\Z")
+_LOGGED_FIELDS = 8
+
+
 def _log_refusal(status: int, code: str, details: dict | None) -> None:
     actor = g.get("actor")
     about = [f"{name}={value}" for name, value in g.get("noted", {}).items()]
     for name, value in (details or {}).items():
         if name == "fields":  # the field names; their messages are the resident's to read
-            about.append("fields=" + ",".join(map(str, value)))
+            names = [str(key) for key in value]
+            # Client-chosen: bounded, and never a token of their own (`x resident=42`) or a value sent as a name.
+            shown = [n if _LOGGED_FIELD.fullmatch(n) else "?" for n in names[:_LOGGED_FIELDS]]
+            more = f",+{len(names) - _LOGGED_FIELDS}" if len(names) > _LOGGED_FIELDS else ""
+            about.append("fields=" + ",".join(shown) + more)
         elif isinstance(value, str | int | float | bool) and name != "string_to_sign":
             about.append(f"{name}={value}")
     by = actor.identity if actor is not None else "-"

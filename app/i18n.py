@@ -85,8 +85,9 @@ def readable(fields: dict) -> str | None:
         return None
     path, text = leaves[0]
     names = []
-    for part in path:
-        if part.isdecimal():
+    for index, part in enumerate(path):
+        # A list's item under a named field only (an unknown top-level "0" is no item), and a number int() reads.
+        if index and part.isascii() and part.isdecimal() and len(part) <= 6:
             names.append(f"第 {int(part) + 1} 项")
         elif part in FIELD_LABELS:
             names.append(FIELD_LABELS[part])

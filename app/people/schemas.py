@@ -86,7 +86,12 @@ class MeSchema(ResponseSchema):
     id = Integer()
     nickname = fields.String()
     community_id = Integer(allow_none=True)
-    status = fields.String(metadata={"description": "active or frozen, as in the login's resident"})
+    status = fields.String(
+        metadata={
+            "description": "as in the login's resident; always active here, since a frozen resident's requests are "
+            "refused with 403 account_frozen"
+        }
+    )
     created_at = fields.AwareDateTime()
     balance = Integer()
     co2e_g = Integer(

@@ -193,12 +193,13 @@ def get_staff(actor: Actor, staff_id: int) -> Staff:
     return staff
 
 
-def staff_names(staff_ids: list[int]) -> dict[int, str]:
-    """How these staff members are shown beside what they recorded: display name, else username."""
+def staff_names(staff_ids: list[int], usernames: bool = True) -> dict[int, str]:
+    """How these staff members are shown beside what they recorded: display name, else username (half a login, so
+    only to those who may see it: else an empty name)."""
     rows = db.session.execute(
         sa.select(Staff.id, Staff.display_name, Staff.username).where(Staff.id.in_(set(staff_ids)))
     )
-    return {row.id: row.display_name or row.username for row in rows}
+    return {row.id: row.display_name or (row.username if usernames else "") for row in rows}
 
 
 def can_manage_staff(actor: Actor, staff: Staff) -> bool:

@@ -783,6 +783,17 @@ def test_a_worker_who_finds_no_resident_is_told_where_one_with_no_community_is_f
     assert "没有符合条件的居民。这里只列出本社区的居民：尚未在小程序中选择社区的居民，请经发办查询" in page
 
 
+def test_a_refused_character_is_said_once_not_twice(api, as_worker):
+    """The refusal's message names the field (原因：…) as the list below it does: the box says it once."""
+    mine = api.resident(community_code="hengkang")
+    response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": "多次\x00违规"})
+    assert response.status_code == 422
+    alert = re.search(r'<div class="alert error" role="alert">(.*?)</div>', text(response), re.S)[1]
+    assert alert.count("不能包含空字符") == 1
+    db.session.expire_all()
+    assert db.session.get(Resident, mine.id).status == "active"
+
+
 def test_worker_freezes_and_unfreezes_own_resident_with_a_reason(api, worker, as_worker):
     mine = api.resident(community_code="hengkang")
     response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": "多次违规投放"})
@@ -1330,7 +1341,7 @@ def test_a_residents_page_shows_what_was_weighed_where_and_by_whom_and_where_the
 
     monkeypatch.setattr(admin.ledger_pages, "ACTIVITY_PAGE_SIZE", 1)
     mine, theirs = make_point("恒康一号站"), make_point("鑫海湾一号站", "xinhaiwan")
-    collector = api.staff("collector", collection_point_ids=[theirs.id])
+    collector = api.staff("collector", collection_point_ids=[theirs.id], display_name="鑫海湾回收员老周")
     bin_ = sorting.register_device(SYSTEM, {"code": "bin-xh-001", "collection_point_id": theirs.id})
     resident = api.resident(community_code="hengkang")
     body = {"member_code": api.member_code(resident), "collection_point_id": theirs.id,
@@ -1361,7 +1372,8 @@ def test_a_residents_page_shows_what_was_weighed_where_and_by_whom_and_where_the
     deposits = more[more.index('<h2 id="deposits">') : more.index('<h2 id="checkins">')]
     assert f"#{first['id']}" in deposits
     assert "塑料 12500 克、玻璃 150 克" in deposits
-    assert f"回收员 {username_of(collector)}" in deposits
+    assert "回收员 鑫海湾回收员老周" in deposits  # by the name it shows; its login, half of it, not to a worker
+    assert username_of(collector) not in more
     assert "鑫海湾一号站" in more[more.index('<h2 id="checkins">') :]  # the other list kept its place
     later = re.search(r'href="([^"]+checkins_cursor=[^"]+)">更早的打卡', more).group(1).replace("&amp;", "&")
     assert "deposits_cursor=" in later  # paging check-ins keeps the deposits' page

@@ -462,6 +462,45 @@ def test_a_refused_body_says_which_field_to_fix_in_the_message_a_client_shows(ap
     assert error["message"] == "每页条数：必须在 1 到 100 之间"  # not 必须大于或等于 1 且小于或等于 100
 
 
+def test_a_field_name_of_digits_is_no_list_item_and_no_500(app, api):
+    """Only a list's item under a named field is 第 N 项; a name of 5,000 digits was int()ed, past what Python reads."""
+    resident = api.resident()
+    error = assert_error(api.patch("/me", as_=resident, json={"0": 1}), 422, "validation_error")
+    assert error["message"] == "提交的内容有误"  # not 第 1 项：不支持的字段
+    body = json.dumps({"9" * 5000: "\u0000"})  # refused before any login or schema, for the character
+    response = api.client.post("/api/v1/auth/login", data=body, content_type="application/json")
+    assert_error(response, 422, "validation_error")
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: a failing handler is a 500
+    try:
+        response = api.client.patch("/api/v1/me", headers=resident.auth, json={"9" * 5000: 1})
+    finally:
+        app.config["PROPAGATE_EXCEPTIONS"] = None
+    assert_error(response, 422, "validation_error")
+
+
+def _refusal_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+
+
+def test_the_field_names_a_refusal_logs_are_bounded_and_cannot_forge_what_support_searches_for(api, caplog):
+    """The names are the client's: 1,200 of them made a 56,000-character line, `x resident=42` a false token, and a
+    position sent as a parameter's name (a client that left out near=) a position in the log."""
+    resident = api.resident()
+    body = {f"k{i:05d}" + "x" * 40: 1 for i in range(1200)}
+    assert_error(api.patch("/me", as_=resident, json=body), 422, "validation_error")
+    [line] = _refusal_lines(caplog)
+    assert len(line) < 600
+    assert line.endswith(",+1192")
+    caplog.clear()
+    assert_error(api.patch("/me", as_=resident, json={"x resident=42 point=7": 1}), 422, "validation_error")
+    [line] = _refusal_lines(caplog)
+    assert line == f"refused PATCH /api/v1/me 422 validation_error by=resident:{resident.id} fields=?"
+    caplog.clear()
+    assert_error(api.get("/collection-points?31.2304,121.4737", as_=resident), 422, "validation_error")
+    [line] = _refusal_lines(caplog)
+    assert "31.2304" not in line
+
+
 def test_service_errors_use_the_envelope(bare):
     error = assert_envelope(bare.post("/auth/wechat", json={"code": "no-stub-prefix"}), 401, "invalid_credentials")
     assert error["details"] == {}

@@ -1010,6 +1010,19 @@ def test_a_deposit_its_entry_and_its_cap_count_share_one_moment_across_local_mid
 # --- idempotency ---------------------------------------------------------------------------------------------------
 
 
+def test_a_replayed_refusal_names_the_request_that_was_refused(api, world, caplog):
+    """The first body, whole: its request_id is the first request's, whose log line says why; the replay logs none."""
+    headers = {"Idempotency-Key": "dep-refused"}
+    first = deposit(api, world, lines(("paper", 1000)), code="not a member code", headers=headers)
+    assert_error(first, 422, "invalid_qr")
+    caplog.clear()
+    again = deposit(api, world, lines(("paper", 1000)), code="not a member code", headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert again.get_json()["error"]["request_id"] == first.headers["X-Request-Id"] != again.headers["X-Request-Id"]
+    assert not [r for r in caplog.records if r.getMessage().startswith("refused ")]
+
+
 def test_idempotent_deposit_replays_and_credits_once(api, clock, world):
     code = api.member_code(world["resident"])
     items = lines(("paper", 1250), ("plastic", 730), ("glass", 400))
