@@ -178,7 +178,7 @@ def update_point(actor: Actor, point_id: int, data: dict[str, Any]) -> Collectio
     if point.geofence_m is not None and point.lat is None:
         if "geofence_m" in data:
             raise field_error("geofence_m", "设置电子围栏需要先提供回收点位置")
-        raise field_error("lat", "该回收点设有电子围栏：清除位置前请先取消围栏（geofence_m 设为 null）")
+        raise field_error("lat", "该回收点设有电子围栏：清除位置前请先清空「电子围栏半径」")
     if name_key_changed:  # the index refuses a name taken since the check
         flush_unique(_name_taken(point.name))
     if data:
