@@ -357,7 +357,7 @@ def test_patch_is_scoped_and_validated(api, admin, worker):
     error = assert_error(
         api.patch(f"/collection-points/{fenced['id']}", as_=admin, json=unplace), 422, "validation_error"
     )
-    assert "清空「电子围栏半径」" in error["details"]["fields"]["lat"][0]  # what to do first, on what the worker changed
+    assert "清空「电子围栏半径」" in error["details"]["fields"]["lat"][0]  # what to do first
     assert api.get(f"/collection-points/{fenced['id']}").get_json()["lat"] == 31.0
     # half a position would leave distances undefined for ?near= and the geofence
     for half in ({"lat": 31.0, "lng": None}, {"lat": None, "lng": 121.0}):
