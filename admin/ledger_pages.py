@@ -16,6 +16,7 @@ from app.ledger.verify import keep_check, latest_check, verify_ledger
 from app.people import service as people
 from app.people.models import Resident
 from app.sorting import service as sorting
+from app.sorting.schemas import DepositCorrectionSchema
 
 PAGE_SIZE = 50
 ACTIVITY_PAGE_SIZE = 10  # a resident's deposits and check-ins, below the ledger: what support asks about is recent
@@ -30,15 +31,24 @@ def _resident_in_scope(resident_id: int) -> Resident:
     return people.get_resident(current_admin_actor(), resident_id)
 
 
-def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None) -> str:
+def _correction_lines(deposit, typed: bool) -> list[tuple[str, str]]:
+    """The correction form's lines: what was typed, on a refused form; else the deposit's own, and one blank to add."""
+    if typed:
+        return list(zip(request.form.getlist("category"), request.form.getlist("weight_g"), strict=False))
+    return [(line.category, str(line.weight_g)) for line in deposit.items] + [("", "")]
+
+
+def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None, deposit_id: int | None = None) -> str:
     resident = _resident_in_scope(resident_id)
     landed = isinstance(error, Duplicate)
     page = ledger.ledger_page(resident_id, request.args.get("cursor") or None, PAGE_SIZE)
     # A reversal's refusal shows on its row; for an entry not on this page (or not this resident's), above the rows.
-    on_row = entry_id is not None and any(e.id == entry_id for e in page["items"])
     # What was weighed, where and by whom, and where the resident checked in: the ledger's lines say only the points.
     deposits = sorting.my_deposits(resident_id, None, request.args.get("deposits_cursor") or None, ACTIVITY_PAGE_SIZE)
     checkins = sorting.my_checkins(resident_id, None, request.args.get("checkins_cursor") or None, ACTIVITY_PAGE_SIZE)
+    on_row = (entry_id is not None and any(e.id == entry_id for e in page["items"])) or (
+        deposit_id is not None and any(d.id == deposit_id for d in deposits["items"])
+    )
     return render_template(
         "admin/resident.html",
         resident=resident,
@@ -52,13 +62,15 @@ def _resident_page(error=None, resident_id: int = 0, entry_id: int | None = None
         ),
         device_codes=sorting.device_codes([d.device_id for d in deposits["items"] if d.device_id]),
         failed_entry=entry_id if error and on_row else None,
+        failed_deposit=deposit_id if error and on_row else None,
+        correction_lines={d.id: _correction_lines(d, bool(error) and d.id == deposit_id) for d in deposits["items"]},
         row_error=error if on_row else None,
         reversed_ids=ledger.reversed_among([e.id for e in page["items"]]),
         status_history=people.status_history(current_admin_actor(), resident_id),
         # After a duplicate the adjustment it repeats has landed (the entries above show it): the form starts afresh,
         # with a reference of its own, rather than resending the same one for ever.
-        form={} if landed or entry_id else request.form,
-        row_form=request.form if entry_id else {},
+        form={} if landed or entry_id or deposit_id else request.form,
+        row_form=request.form if entry_id or deposit_id else {},
         reference=(not landed and request.form.get("reference")) or uuid.uuid4().hex,
         error=None if on_row else error,
     )
@@ -93,6 +105,28 @@ def reverse(resident_id: int, entry_id: int):
     entry = ledger.reverse_entry(current_admin_actor(), entry_id, data["reason"], of_resident=resident_id)
     flash(f"已冲正 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
     return redirect(url_for("admin.resident", resident_id=resident_id))
+
+
+@bp.post("/residents/<page_id:resident_id>/deposits/<page_id:deposit_id>/correction")
+@only("admin")
+@rerender_on_error(_resident_page)
+def correct_deposit(resident_id: int, deposit_id: int):
+    """Record one of this resident's deposits again with the right items (a mistyped weight, a wrong category)."""
+    _resident_in_scope(resident_id)
+    typed = zip(request.form.getlist("category"), request.form.getlist("weight_g"), strict=False)
+    # The lines' schema is the API's JSON one (a number, not its digits): digits are read here, anything else refused.
+    items = [
+        {"category": category, "weight_g": int(grams) if grams.isascii() and grams.isdecimal() else grams}
+        for category, grams in ((c, w.strip()) for c, w in typed)
+        if grams
+    ]
+    data = load(DepositCorrectionSchema(), {"items": items, **present("reason")})
+    if request.form.get("confirm") != "yes":
+        raise field_error("confirm", "请勾选确认：原投递的积分将被冲正，并按新的品类与重量重新记录")
+    made = sorting.correct_deposit(current_admin_actor(), deposit_id, data, of_resident=resident_id)
+    flash(f"已更正第 {deposit_id} 笔投递：按 {made['weight_g']} 克重新记录为第 {made['id']} 笔，{made['points']} 积分",
+          "success")  # fmt: skip
+    return redirect(url_for("admin.resident", resident_id=resident_id, _anchor="deposits"))
 
 
 @bp.route("/verify", methods=["GET", "POST"])

@@ -76,6 +76,8 @@ EXPECTED = [
     # Admin: adjust points, publish a rule version, freeze, log out
     ("POST", "/api/v1/auth/login", 200),
     ("POST", "/api/v1/residents/1/adjustments", 201),
+    ("GET", "/api/v1/collection-points/2/deposits", 200),
+    ("POST", "/api/v1/deposits/1/correction", 201),  # the collector's deposit, recorded again
     ("POST", "/api/v1/rules", 201),
     ("PATCH", "/api/v1/residents/2", 200),
     ("POST", "/api/v1/auth/logout", 204),
@@ -143,6 +145,7 @@ def test_the_walkthrough_answers_what_the_readme_says(served):
     assert '{"error":{"code":"too_far",' in out
     # 3200 g CO2e -> 32 points, rounded once
     assert '"points":32,"co2e_g":3200,"points_over_cap":0,"weight_g":1980,' in out
+    assert '"points":27,"co2e_g":2707,"points_over_cap":0,"weight_g":1620,' in out  # corrected: 2706.9 g
     assert '"store_ids": [\n    1\n  ]' in out  # store_ids: [1]
     assert "OK: every chain, balance and year's points verify" in out  # flask ledger verify, after every step
     by_category = re.findall(r'^\{\n  "name": "([^"]+)",\n  "distance_m": \d+\n\}$', out, flags=re.M)

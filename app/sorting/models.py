@@ -146,6 +146,8 @@ class Deposit(db.Model):
     # services fill these in.
     entry_id = None
     reversal_entry_id = None
+    corrects_id = None  # the deposit this one was recorded in place of (deposit_corrections)
+    corrected_by_id = None
 
 
 class DepositItem(db.Model):
@@ -159,3 +161,16 @@ class DepositItem(db.Model):
     co2e_g: Mapped[int]
     points: Mapped[int]
     rule_id: Mapped[int] = mapped_column(sa.ForeignKey("rules.id"))
+
+
+class DepositCorrection(db.Model):
+    """A deposit recorded again with the right items (a mistyped weight, a wrong category): its credit reversed and a
+    new deposit in its place, in one transaction. One correction per deposit is the primary key."""
+
+    __tablename__ = "deposit_corrections"
+
+    deposit_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("deposits.id"), primary_key=True)
+    correction_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("deposits.id"), unique=True)
+    reason: Mapped[str] = mapped_column(sa.String(200))
+    staff_id: Mapped[int] = mapped_column(sa.ForeignKey("staff.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

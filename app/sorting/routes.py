@@ -14,6 +14,7 @@ from app.errors import (
     CapReached,
     Duplicate,
     Forbidden,
+    InsufficientPoints,
     InvalidQr,
     InvalidState,
     NotFound,
@@ -31,6 +32,7 @@ from app.sorting.schemas import (
     CollectionPointCreateSchema,
     CollectionPointSchema,
     CollectionPointUpdateSchema,
+    DepositCorrectionSchema,
     DepositCreateSchema,
     DepositQuerySchema,
     DepositSchema,
@@ -234,6 +236,22 @@ def create_deposit(body):
     Over a daily cap the deposit is refused whole (409 cap_reached), unless `fit_to_caps` asks to record it whole
     and credit what the caps still take."""
     return service.record_deposit(current_actor(), body)
+
+
+@blp.route(f"/deposits/<int(max={MAX_BIG_ID}):deposit_id>/correction", methods=["POST"])
+@login_required("admin")
+@idempotent
+@error_docs(NotFound, Forbidden, CapReached, AccountFrozen, InvalidState, InsufficientPoints)
+@blp.arguments(DepositCorrectionSchema)
+@blp.response(201, DepositSchema)
+def correct_deposit(body, deposit_id):
+    """Correct a deposit recorded with the wrong items: a mistyped weight, a wrong category (admins).
+
+    Its credit is reversed and the right items are recorded as a new deposit in its place (`corrects_id`), with the
+    same resident, point and collector or bin, priced by the rules in force now and counted against today's caps. Once
+    per deposit: 409 invalid_state names the correction (`details.deposit_id`), which can itself be corrected. The
+    points already spent: 409 insufficient_points, nothing changed; record the right items and adjust by hand."""
+    return service.correct_deposit(current_actor(), deposit_id, body)
 
 
 @blp.route("/collection-points/<int:point_id>/deposits", methods=["GET"])

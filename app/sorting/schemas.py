@@ -319,8 +319,35 @@ class DepositSchema(ResponseSchema):
             "description": "the entry that reversed this deposit's credit (its points were taken back); else null"
         },
     )
+    corrects_id = Integer(
+        allow_none=True,
+        metadata={"description": "the deposit an admin corrected by recording this one in its place; else null"},
+    )
+    corrected_by_id = Integer(
+        allow_none=True,
+        metadata={
+            "description": "the deposit that corrected this one (its credit was reversed and the right items recorded "
+            "there); else null"
+        },
+    )
     items = fields.List(fields.Nested(DepositItemSchema))
     created_at = fields.AwareDateTime()
+
+
+class DepositCorrectionSchema(StrictSchema):
+    items = fields.List(
+        fields.Nested(DepositLineSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_LINES, error=f"每次投递 1 到 {MAX_LINES} 行"),
+        metadata={"description": "the items as they should have been recorded, whole (not a difference)"},
+    )
+    reason = Text(
+        multiline=True,
+        required=True,
+        validate=validate.Length(min=2, max=200),
+        metadata={"description": "why, kept with the correction; the resident reads it on the reversal"},
+    )
+    fit_to_caps = Boolean(load_default=False, metadata={"description": "as for POST /deposits"})
 
 
 class DeviceCreateSchema(StrictSchema):

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from flask import current_app
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.exc import IntegrityError
 
 from app import qr
 from app.audit import service as audit
@@ -67,6 +68,7 @@ from app.sorting.models import (
     Checkin,
     CollectionPoint,
     Deposit,
+    DepositCorrection,
     DepositItem,
     Device,
     DeviceSignature,
@@ -738,13 +740,21 @@ def _refuse_categories_not_taken(point: PointRow, lines: list[dict[str, Any]]) -
     raise ValidationError(f"该回收点不收：{'、'.join(names.values())}", details={"fields": {"items": by_line}})
 
 
-def _record_deposit(point: PointRow, data: dict[str, Any], recorder: Actor) -> dict[str, Any]:
-    """`recorder` is the collector (staff) or the smart bin (device) that weighed the items."""
+def _record_deposit(
+    point: PointRow, data: dict[str, Any], recorder: Actor, correcting: Deposit | None = None
+) -> dict[str, Any]:
+    """`recorder` is the collector (staff) or the smart bin (device) that weighed the items, or the admin correcting
+    the deposit `correcting`: then the resident is that deposit's, and so are who weighed and the point. The caller
+    commits."""
     if not point.active:
         raise _retired_for_deposits()
     now = utcnow()
-    shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
-    resident_id, nonce, _ = _shown_member_code(data["member_code"], point.id, shown_at)
+    if correcting is None:
+        shown_at = now if recorder.signed_at is None else _when_a_bin_scanned(recorder.signed_at, now)
+        resident_id, nonce, _ = _shown_member_code(data["member_code"], point.id, shown_at)
+    else:  # in place of a member code: one per corrected deposit, as the correction itself is
+        resident_id, nonce = correcting.resident_id, f"correction-{correcting.id}"
+    memo = f"{point.name} 回收投递" + (f"（更正第 {correcting.id} 笔）" if correcting else "")
     _refuse_categories_not_taken(point, data["items"])
     rules = [carbon.require_rule(f"sorting:{line['category']}", "items", now) for line in data["items"]]
     kilograms = [Decimal(line["weight_g"]) / 1000 for line in data["items"]]
@@ -758,6 +768,8 @@ def _record_deposit(point: PointRow, data: dict[str, Any], recorder: Actor) -> d
         "collector_id": recorder.id if recorder.kind == "staff" else None,
         "device_id": recorder.id if recorder.kind == "device" else None,
     }  # fmt: skip
+    if correcting is not None:  # who weighed stays who weighed; the admin is the ledger entry's actor
+        deposit |= {"collector_id": correcting.collector_id, "device_id": correcting.device_id}
     items = [
         {"category": line["category"], "weight_g": line["weight_g"], "co2e_g": cg, "points": lp, "rule_id": rule.id}
         for line, rule, lp, cg in zip(data["items"], rules, priced.line_points, priced.line_grams, strict=True)
@@ -771,7 +783,7 @@ def _record_deposit(point: PointRow, data: dict[str, Any], recorder: Actor) -> d
             resident_id, sum(line_points), kind="earn", source="sorting",
             activity=single.activity if single else "sorting", rule_id=single.id if single else None,
             co2e_g=priced.co2e_g, ref_type="deposit", ref_id=ref_id, claim=claim, actor_type=recorder.kind,
-            actor_id=recorder.id, memo=f"{point.name} 回收投递",
+            actor_id=recorder.id, memo=memo,
             caps=carbon.cap_charges(list(zip(rules, line_points, strict=True)), now), at=now,
         )  # fmt: skip
 
@@ -795,13 +807,14 @@ def _record_deposit(point: PointRow, data: dict[str, Any], recorder: Actor) -> d
         raise _holder_refusal(resident_id) from None
     except CapReached as refusal:  # what the collector (or the bin) can do about it
         raise CapReached(f"{refusal.message}。{_cap_guidance(refusal.details)}", details=refusal.details) from None
-    commit()
     return deposit | {
         "id": deposit_id,
         "collection_point_name": point.name,
         "items": items,
         "entry_id": entry.id if entry else None,
         "reversal_entry_id": None,
+        "corrects_id": correcting.id if correcting else None,
+        "corrected_by_id": None,
     }
 
 
@@ -828,14 +841,62 @@ def record_deposit(actor: Actor, data: dict[str, Any]) -> dict[str, Any]:
     if point is None:
         raise field_error("collection_point_id", "回收点不存在")
     actor.require_collection_point(point.id)
-    return _record_deposit(point, data, actor)
+    recorded = _record_deposit(point, data, actor)
+    commit()
+    return recorded
 
 
 def record_device_deposit(device: Actor, data: dict[str, Any]) -> dict[str, Any]:
     """`device` is the smart bin authenticated by authenticate_device; it records only for its own point."""
     if data["collection_point_id"] not in device.collection_point_ids:
         raise Forbidden("设备只能为其所在的回收点记录投递")
-    return _record_deposit(_deposit_point(data), data, device)
+    recorded = _record_deposit(_deposit_point(data), data, device)
+    commit()
+    return recorded
+
+
+def correct_deposit(
+    actor: Actor, deposit_id: int, data: dict[str, Any], of_resident: int | None = None
+) -> dict[str, Any]:
+    """Record a deposit again with the right items (a mistyped weight, a wrong category), admins only, in one
+    transaction: its credit is reversed (unless it was already) and a new deposit takes its place, with the same
+    resident, point and weigher, priced by the rules in force now and charged to today's caps, as a deposit made now
+    would be; the ledger names the admin. Once per deposit (the corrections' primary key); a correction can itself
+    be corrected."""
+    actor.require_role("admin")
+    # Locked: a second correction of it waits for the first, then is told of it (not of a member code, or an entry).
+    original = db.session.scalar(
+        sa.select(Deposit).where(Deposit.id == deposit_id).with_for_update().execution_options(populate_existing=True)
+    )
+    if original is None or of_resident not in (None, original.resident_id):  # a page about one resident
+        raise NotFound("投递记录不存在")
+    note(point=original.collection_point_id, resident=original.resident_id)
+    done = db.session.get(DepositCorrection, original.id)
+    if done is not None:
+        raise InvalidState(
+            f"这笔投递已经更正过，更正后为第 {done.correction_id} 笔：如仍有误，请更正那一笔",
+            details={"deposit_id": done.correction_id},
+        )
+    _with_entry_ids([original])
+    if original.entry_id is not None and original.reversal_entry_id is None:
+        entry = db.session.get(LedgerEntry, original.entry_id)
+        try:
+            with db.session.begin_nested():
+                ledger.reverse(
+                    entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
+                    actor_id=actor.id, memo=f"更正投递：{data['reason']}",
+                )  # fmt: skip
+        except IntegrityError as exc:  # a reversal or correction of the same deposit won the race
+            raise InvalidState("这笔投递刚被冲正或更正，请刷新后再看") from exc
+    point = _deposit_point({"collection_point_id": original.collection_point_id, "items": data["items"]})
+    recorded = _record_deposit(point, data, actor, correcting=original)
+    db.session.add(DepositCorrection(deposit_id=original.id, correction_id=recorded["id"], reason=data["reason"],
+                                     staff_id=actor.id))  # fmt: skip
+    flush_unique("这笔投递刚被更正，请刷新后再看")
+    audit.record(actor, "deposit.correct", "deposit", original.id,
+                 {"reason": data["reason"], "correction_id": recorded["id"]})  # fmt: skip
+    commit()
+    return recorded
 
 
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
@@ -883,7 +944,15 @@ def _with_entry_ids(deposits: list[Deposit]) -> None:
             )
         )
         entries = {(account_id, ref_id): (entry_id, undone) for account_id, ref_id, entry_id, undone in found}
+    ids = [d.id for d in deposits]
+    links = db.session.execute(
+        sa.select(DepositCorrection.deposit_id, DepositCorrection.correction_id).where(
+            DepositCorrection.deposit_id.in_(ids) | DepositCorrection.correction_id.in_(ids)
+        )
+    ).all()
+    corrected_by, corrects = dict(links), {new: old for old, new in links}
     for deposit in deposits:
+        deposit.corrected_by_id, deposit.corrects_id = corrected_by.get(deposit.id), corrects.get(deposit.id)
         key = (accounts.get(deposit.resident_id), str(deposit.id))
         deposit.entry_id, deposit.reversal_entry_id = entries.get(key, (None, None))
 

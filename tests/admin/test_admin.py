@@ -26,7 +26,7 @@ from app.ledger.models import Account, LedgerEntry
 from app.people import service as people
 from app.people.models import Community, Organization, Resident, Staff
 from app.sorting import service as sorting
-from app.sorting.models import CollectionPoint, Device
+from app.sorting.models import CollectionPoint, DepositCorrection, Device
 from tests.conftest import ROOT, SHANGHAI, assert_error, community_id, count, without_append_only_guard
 
 PASSWORD = "password-123"
@@ -1378,6 +1378,58 @@ def test_a_residents_page_shows_what_was_weighed_where_and_by_whom_and_where_the
     later = re.search(r'href="([^"]+checkins_cursor=[^"]+)">更早的打卡', more).group(1).replace("&amp;", "&")
     assert "deposits_cursor=" in later  # paging check-ins keeps the deposits' page
     assert "恒康一号站" in text(as_worker.get(later)).split('<h2 id="checkins">')[1]
+
+
+def test_an_admin_corrects_a_mistyped_weight_from_the_residents_page(api, as_admin):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident, other = api.resident(community_code="hengkang"), api.resident(community_code="hengkang")
+    made = {}
+    for who in (resident, other):
+        body = {"member_code": api.member_code(who), "collection_point_id": point.id,
+                "items": [{"category": "plastic", "weight_g": 12_500}]}  # fmt: skip
+        made[who.id] = api.post("/deposits", as_=collector, json=body).get_json()
+    wrong = made[resident.id]
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    assert "<summary>更正品类或重量</summary>" in page
+    assert 'value="12500"' in page  # the form starts from what was recorded
+    path = f"/admin/residents/{resident.id}/deposits/{wrong['id']}/correction"
+    typed = {"category": ["plastic", "glass"], "weight_g": ["1250", "300"], "reason": "回收员多打了一个 0"}
+    refused = as_admin.post(path, typed)  # no confirm tick
+    assert refused.status_code == 422
+    row = re.search(rf'<tr id="deposit-{wrong["id"]}">(.*?)</tr>', text(refused), re.S)[1]
+    assert "请勾选确认" in row
+    assert 'value="1250"' in row  # what was typed stays
+    assert 'value="300"' in row
+    kilograms = as_admin.post(path, {**typed, "weight_g": ["1.25", "300"], "confirm": "yes"})
+    assert kilograms.status_code == 422
+    assert "重量以克为单位" in re.search(rf'<tr id="deposit-{wrong["id"]}">(.*?)</tr>', text(kilograms), re.S)[1]
+    assert count(DepositCorrection) == 0
+    response = as_admin.post(path, {**typed, "confirm": "yes"})
+    assert response.status_code == 302
+    page = text(as_admin.get(response.headers["Location"]))
+    assert "已更正第" in page
+    assert "已更正为第" in page
+    assert "塑料 1250 克、玻璃 300 克" in page
+    assert ledger.profile(resident.id)["balance"] == 17 + 1  # 1712.5 g and 78 g: 17.905 → 18
+    # another resident's deposit is not this page's to correct
+    elsewhere = f"/admin/residents/{resident.id}/deposits/{made[other.id]['id']}/correction"
+    assert as_admin.post(elsewhere, {**typed, "confirm": "yes"}).status_code == 404
+    assert count(DepositCorrection) == 1
+
+
+def test_a_worker_sees_no_correction_form_and_cannot_post_one(api, as_worker):
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
+            "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
+    deposit = api.post("/deposits", as_=collector, json=body).get_json()
+    assert "更正品类或重量" not in text(as_worker.get(f"/admin/residents/{resident.id}"))
+    path = f"/admin/residents/{resident.id}/deposits/{deposit['id']}/correction"
+    response = as_worker.post(path, {"category": "paper", "weight_g": "100", "reason": "试试", "confirm": "yes"})
+    assert response.status_code == 403
+    assert count(DepositCorrection) == 0
 
 
 def test_a_workers_point_page_shows_who_checked_in_newest_first_in_pages(api, as_worker, clock, monkeypatch):

@@ -17,13 +17,14 @@ import zxingcpp
 from PIL import Image
 
 from app import clock as app_clock
+from app.audit.models import AuditEvent
 from app.carbon.models import Rule
 from app.clock import local_day, utcnow
 from app.db import db
 from app.ledger.models import Account, DailyEarning, LedgerEntry
 from app.ledger.verify import verify_ledger
 from app.people.models import Resident
-from app.sorting.models import Deposit, DepositItem
+from app.sorting.models import Deposit, DepositCorrection, DepositItem
 from app.sorting.service import clear_point_cache
 from tests.conftest import (
     SHANGHAI,
@@ -1272,3 +1273,125 @@ def test_a_deposit_refused_for_an_account_that_is_active_by_now_says_to_send_it_
     assert isinstance(_holder_refusal(me.id), AccountFrozen)
     db.session.rollback()
     assert isinstance(_holder_refusal(987654), InvalidQr)  # no such account
+
+
+# --- corrections ---------------------------------------------------------------------------------------------------
+
+
+def correct(api, world, deposit_id, items, reason="回收员误录重量", headers=None, as_=None):
+    body = {"items": items, "reason": reason}
+    return api.post(f"/deposits/{deposit_id}/correction", as_=as_ or world["admin"], json=body, headers=headers)
+
+
+def test_a_mistyped_weight_is_corrected_whole_points_co2e_and_lifetime(api, world):
+    """12 500 g typed for 1 250 g: the credit is taken back and the right load recorded in its place, so that /me
+    counts the CO₂e and lifetime points of what was weighed, which an adjustment would not."""
+    wrong = deposit_ok(api, world, lines(("plastic", 12_500)))
+    assert wrong["points"] == 171
+    answer = correct(api, world, wrong["id"], lines(("plastic", 1250)))
+    assert answer.status_code == 201, answer.get_json()
+    right = answer.get_json()
+    assert (right["points"], right["co2e_g"], right["weight_g"]) == (17, 1713, 1250)  # 1712.5 g, rounded once
+    assert right["corrects_id"] == wrong["id"]
+    assert right["collector_id"] == world["collector"].id  # who weighed; the ledger names the admin
+    assert right["collection_point_id"] == world["a"]
+    profile = me(api, world["resident"])
+    assert (profile["balance"], profile["co2e_g"], profile["lifetime_earned"]) == (17, 1713, 17)
+    before = api.get(f"/deposits/{wrong['id']}", as_=world["admin"]).get_json()
+    assert before["corrected_by_id"] == right["id"]
+    assert before["reversal_entry_id"] is not None
+    mine = api.get("/me/deposits", as_=world["resident"]).get_json()["items"]
+    assert [(d["id"], d["corrects_id"], d["corrected_by_id"]) for d in mine] == [
+        (right["id"], wrong["id"], None), (wrong["id"], None, right["id"]),
+    ]  # fmt: skip
+    entries = api.get("/me/ledger", as_=world["resident"]).get_json()["items"]
+    assert [(e["kind"], e["delta"]) for e in entries] == [("earn", 17), ("reverse", -171), ("earn", 171)]
+    assert entries[1]["memo"] == "更正投递：回收员误录重量"
+    assert entries[0]["memo"].endswith(f"回收投递（更正第 {wrong['id']} 笔）")
+    event = db.session.scalar(sa.select(AuditEvent).filter_by(action="deposit.correct"))
+    assert event.details == {"reason": "回收员误录重量", "correction_id": right["id"]}
+    assert verify_ledger().ok
+
+
+def test_a_deposit_is_corrected_once_and_the_correction_can_be_corrected(api, world):
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    first = correct(api, world, wrong["id"], lines(("paper", 1000))).get_json()
+    error = assert_error(correct(api, world, wrong["id"], lines(("paper", 2000))), 409, "invalid_state")
+    assert error["details"] == {"deposit_id": first["id"]}
+    assert count(DepositCorrection) == 1
+    again = correct(api, world, first["id"], lines(("paper", 2000)), reason="再次核对为 2 千克").get_json()
+    assert again["corrects_id"] == first["id"]
+    assert me(api, world["resident"])["balance"] == again["points"] == 35
+    assert verify_ledger().ok
+
+
+def test_only_an_admin_corrects_a_deposit_and_a_refusal_writes_nothing(api, world):
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    worker = api.staff("worker", community_id=community_id("hengkang"))
+    for caller in (world["collector"], worker, world["resident"]):
+        assert_error(correct(api, world, wrong["id"], lines(("paper", 1000)), as_=caller), 403, "forbidden")
+    assert_error(correct(api, world, 999_999, lines(("paper", 1000))), 404, "not_found")
+    for bad in (
+        {"items": [], "reason": "核对"},
+        {"items": lines(("paper", 1000))},
+        {"items": lines(("wood", 1)), "reason": "核对"},
+    ):
+        response = api.post(f"/deposits/{wrong['id']}/correction", as_=world["admin"], json=bad)
+        assert_error(response, 422, "validation_error")
+    assert (count(Deposit), count(DepositCorrection), count(LedgerEntry)) == (1, 0, 1)
+    assert me(api, world["resident"])["balance"] == 176
+
+
+def test_points_already_spent_cannot_be_taken_back_by_a_correction(api, world):
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    spent = api.post(f"/residents/{world['resident'].id}/adjustments", as_=world["admin"],
+                     json={"delta": -170, "reason": "兑换后人工扣减"})  # fmt: skip
+    assert spent.status_code == 201
+    error = assert_error(correct(api, world, wrong["id"], lines(("paper", 1000))), 409, "insufficient_points")
+    assert error["message"]
+    assert (count(Deposit), count(DepositCorrection), count(LedgerEntry)) == (1, 0, 2)
+    assert me(api, world["resident"])["balance"] == 6
+
+
+def test_a_deposit_worth_nothing_or_reversed_already_is_corrected_without_a_second_reversal(api, world):
+    nothing = deposit_ok(api, world, lines(("glass", 10)))  # 2.6 g: 0 points, no entry
+    assert nothing["entry_id"] is None
+    assert correct(api, world, nothing["id"], lines(("glass", 1000))).get_json()["points"] == 3
+    reversed_ = deposit_ok(api, world, lines(("paper", 1000)))
+    assert api.post(f"/ledger/entries/{reversed_['entry_id']}/reverse", as_=world["admin"],
+                    json={"reason": "称重错误"}).status_code in (200, 201)  # fmt: skip
+    assert correct(api, world, reversed_["id"], lines(("paper", 2000))).get_json()["points"] == 35
+    kinds = [e["kind"] for e in api.get("/me/ledger", as_=world["resident"]).get_json()["items"]]
+    assert kinds.count("reverse") == 1
+    assert me(api, world["resident"])["balance"] == 3 + 35
+    assert verify_ledger().ok
+
+
+def test_a_correction_retried_with_its_key_is_answered_again_not_made_twice(api, world):
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    headers = {"Idempotency-Key": "fix-1"}
+    first = correct(api, world, wrong["id"], lines(("paper", 1000)), headers=headers)
+    again = correct(api, world, wrong["id"], lines(("paper", 1000)), headers=headers)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    assert count(DepositCorrection) == 1
+
+
+@pg_concurrency
+def test_parallel_corrections_of_one_deposit_make_one(api, app, world):
+    """Two admins correcting the same deposit at once: one correction, one reversal; the other is told it was."""
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    zero = deposit_ok(api, world, lines(("glass", 10)))  # no credit to reverse: the corrections' key decides
+    for target, attempts in ((wrong, 6), (zero, 6)):
+        body = {"items": lines(("paper", 1000)), "reason": "并发更正"}
+        path = f"/api/v1/deposits/{target['id']}/correction"
+        post = lambda client, i, path=path, body=body: client.post(path, json=body, headers=world["admin"].auth)  # noqa: E731
+        responses = race(app, post, attempts)
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [201] + [409] * (attempts - 1), [r.get_json() for r in responses]
+        refused = [r.get_json()["error"] for r in responses if r.status_code == 409]
+        assert {(e["code"], e["message"][:9]) for e in refused} == {("invalid_state", "这笔投递已经更正过")}
+    assert count(DepositCorrection) == 2
+    assert me(api, world["resident"])["balance"] == 18 + 18
+    report = verify_ledger()
+    assert report.ok, report.problems
