@@ -395,7 +395,14 @@ _RELEASE = (
 )
 
 
-def _release_caps(entry: LedgerEntry) -> None:
+def lock_account(resident_id: int) -> None:
+    """Hold the resident's account until the transaction ends, as post() does: a use case that reads the account's
+    entries before it posts (a deposit's correction) takes it first, so that nothing is posted in between."""
+    _lock_account(resident_id)
+
+
+def release_caps(entry: LedgerEntry) -> None:
+    """Give back what a credit counted against its day's caps (a reversal does, unless told its caller did)."""
     charges_of = _CAP_CHARGES_OF.get(entry.ref_type)
     if entry.kind != "earn" or entry.delta <= 0 or charges_of is None:
         return
@@ -409,8 +416,9 @@ def _resident_of(entry: LedgerEntry) -> int:
 
 
 def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_type: str,
-            actor_id: int | None, memo: str) -> LedgerEntry:  # fmt: skip
-    """Undo an entry with its exact opposite. One reversal per entry is a unique constraint."""
+            actor_id: int | None, memo: str, caps_released: bool = False) -> LedgerEntry:  # fmt: skip
+    """Undo an entry with its exact opposite. One reversal per entry is a unique constraint. `caps_released`: the
+    caller gave back the entry's caps already (release_caps), to make room for what replaces it."""
     if entry.kind in ("reverse", "refund", "expire"):
         raise InvalidState("该记录不能被冲正")
     resident_id = _resident_of(entry)
@@ -435,7 +443,8 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
         lifetime_delta=-entry.delta if entry.kind == "earn" else 0,
         lot=(credit_year, -entry.delta) if entry.delta > 0 else (credit_year, 0),
     )  # fmt: skip
-    _release_caps(entry)
+    if not caps_released:
+        release_caps(entry)
     return reversal
 
 

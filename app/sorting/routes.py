@@ -249,8 +249,9 @@ def correct_deposit(body, deposit_id):
 
     Its credit is reversed and the right items are recorded as a new deposit in its place (`corrects_id`), with the
     same resident, point and collector or bin, priced by the rules in force now and counted against today's caps. Once
-    per deposit: 409 invalid_state names the correction (`details.deposit_id`), which can itself be corrected. The
-    points already spent: 409 insufficient_points, nothing changed; record the right items and adjust by hand."""
+    per deposit: 409 invalid_state names the correction (`details.deposit_id`), which can itself be corrected; and 409
+    invalid_state at a retired point. The right load is credited before the old is taken back, so only a correction
+    taking back more than the resident has left is 409 insufficient_points, with nothing changed."""
     return service.correct_deposit(current_actor(), deposit_id, body)
 
 

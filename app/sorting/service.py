@@ -88,6 +88,7 @@ _SCAN_REFUSALS = {
 RETIRED_FOR_DEPOSITS = "该回收点已停用，不能记录投递：请联系社区工作者"
 CHECKED_IN_TODAY = "今天已在该回收点打卡，明天再来吧"
 CAP_GUIDANCE = "本次未记录，会员码仍可使用：{}，或选择按上限记录（超出部分不计积分）"
+CORRECTION_CAP_GUIDANCE = "本次未更正，原投递不变：可选择按上限记录（超出部分不计积分），或明天再更正"
 EARTH_RADIUS_M = 6_371_000
 
 
@@ -806,7 +807,8 @@ def _record_deposit(
     except NotFound:  # no account to lock: the code names no resident who can take points
         raise _holder_refusal(resident_id) from None
     except CapReached as refusal:  # what the collector (or the bin) can do about it
-        raise CapReached(f"{refusal.message}。{_cap_guidance(refusal.details)}", details=refusal.details) from None
+        guidance = CORRECTION_CAP_GUIDANCE if correcting else _cap_guidance(refusal.details)
+        raise CapReached(f"{refusal.message}。{guidance}", details=refusal.details) from None
     return deposit | {
         "id": deposit_id,
         "collection_point_name": point.name,
@@ -864,6 +866,8 @@ def correct_deposit(
     would be; the ledger names the admin. Once per deposit (the corrections' primary key); a correction can itself
     be corrected."""
     actor.require_role("admin")
+    if not fits_key(deposit_id, Deposit.id.type):  # an admin page's id, which no converter bounded
+        raise NotFound("投递记录不存在")
     # Locked: a second correction of it waits for the first, then is told of it (not of a member code, or an entry).
     original = db.session.scalar(
         sa.select(Deposit).where(Deposit.id == deposit_id).with_for_update().execution_options(populate_existing=True)
@@ -877,19 +881,29 @@ def correct_deposit(
             f"这笔投递已经更正过，更正后为第 {done.correction_id} 笔：如仍有误，请更正那一笔",
             details={"deposit_id": done.correction_id},
         )
+    point = _deposit_point({"collection_point_id": original.collection_point_id, "items": data["items"]})
+    if not point.active:  # a deposit's refusal would name its collection_point_id, which a correction has not
+        raise InvalidState("该回收点已停用：请先重新启用回收点，再更正这笔投递")
+    # The account first, then what it holds: a reversal or a deposit posted meanwhile is seen, and none comes between.
+    ledger.lock_account(original.resident_id)
     _with_entry_ids([original])
+    entry = None
     if original.entry_id is not None and original.reversal_entry_id is None:
         entry = db.session.get(LedgerEntry, original.entry_id)
+        ledger.release_caps(entry)  # today's room is counted without the credit being replaced
+    try:
+        recorded = _record_deposit(point, data, actor, correcting=original)
+    except AccountFrozen:
+        raise AccountFrozen("该居民账户已冻结，不能按新重量记录：可先冲正这笔积分，解冻后再更正") from None
+    if entry is not None:  # after the new credit: only a correction that takes back more than is left is refused
         try:
             with db.session.begin_nested():
                 ledger.reverse(
                     entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
-                    actor_id=actor.id, memo=f"更正投递：{data['reason']}",
+                    actor_id=actor.id, memo=f"更正投递：{data['reason']}", caps_released=True,
                 )  # fmt: skip
-        except IntegrityError as exc:  # a reversal or correction of the same deposit won the race
+        except IntegrityError as exc:  # a reversal of the same entry won the race
             raise InvalidState("这笔投递刚被冲正或更正，请刷新后再看") from exc
-    point = _deposit_point({"collection_point_id": original.collection_point_id, "items": data["items"]})
-    recorded = _record_deposit(point, data, actor, correcting=original)
     db.session.add(DepositCorrection(deposit_id=original.id, correction_id=recorded["id"], reason=data["reason"],
                                      staff_id=actor.id))  # fmt: skip
     flush_unique("这笔投递刚被更正，请刷新后再看")

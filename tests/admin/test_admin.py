@@ -1412,9 +1412,17 @@ def test_an_admin_corrects_a_mistyped_weight_from_the_residents_page(api, as_adm
     assert "已更正为第" in page
     assert "塑料 1250 克、玻璃 300 克" in page
     assert ledger.profile(resident.id)["balance"] == 17 + 1  # 1712.5 g and 78 g: 17.905 → 18
-    # another resident's deposit is not this page's to correct
+    # sent again (a double click, another admin's tab): the row says why nothing happened
+    again = as_admin.post(path, {**typed, "confirm": "yes"})
+    assert again.status_code == 409
+    assert "这笔投递已经更正过" in re.search(rf'<tr id="deposit-{wrong["id"]}">(.*?)</tr>', text(again), re.S)[1]
+    # the day's weight on the dashboard counts the load as corrected, once
+    assert dashboard_cards(as_admin)["今日回收"] == f"{(1250 + 300 + 12_500) / 1000:,.1f} kg"  # not the 12.5 replaced
+    # another resident's deposit is not this page's to correct, nor an id no deposit can have
     elsewhere = f"/admin/residents/{resident.id}/deposits/{made[other.id]['id']}/correction"
     assert as_admin.post(elsewhere, {**typed, "confirm": "yes"}).status_code == 404
+    beyond = f"/admin/residents/{resident.id}/deposits/{2**63}/correction"
+    assert as_admin.post(beyond, {**typed, "confirm": "yes"}).status_code == 404
     assert count(DepositCorrection) == 1
 
 

@@ -1305,9 +1305,10 @@ def test_a_mistyped_weight_is_corrected_whole_points_co2e_and_lifetime(api, worl
         (right["id"], wrong["id"], None), (wrong["id"], None, right["id"]),
     ]  # fmt: skip
     entries = api.get("/me/ledger", as_=world["resident"]).get_json()["items"]
-    assert [(e["kind"], e["delta"]) for e in entries] == [("earn", 17), ("reverse", -171), ("earn", 171)]
-    assert entries[1]["memo"] == "更正投递：回收员误录重量"
-    assert entries[0]["memo"].endswith(f"回收投递（更正第 {wrong['id']} 笔）")
+    # the right load credited first, then the wrong one taken back: only a net below zero could be refused
+    assert [(e["kind"], e["delta"]) for e in entries] == [("reverse", -171), ("earn", 17), ("earn", 171)]
+    assert entries[0]["memo"] == "更正投递：回收员误录重量"
+    assert entries[1]["memo"].endswith(f"回收投递（更正第 {wrong['id']} 笔）")
     event = db.session.scalar(sa.select(AuditEvent).filter_by(action="deposit.correct"))
     assert event.details == {"reason": "回收员误录重量", "correction_id": right["id"]}
     assert verify_ledger().ok
@@ -1340,6 +1341,61 @@ def test_only_an_admin_corrects_a_deposit_and_a_refusal_writes_nothing(api, worl
         assert_error(response, 422, "validation_error")
     assert (count(Deposit), count(DepositCorrection), count(LedgerEntry)) == (1, 0, 1)
     assert me(api, world["resident"])["balance"] == 176
+
+
+def test_a_correction_is_refused_only_if_it_takes_back_more_than_is_left(api, world):
+    """370 g typed for 730 g, the 5 points spent: the resident is owed more, and gets it."""
+    wrong = deposit_ok(api, world, lines(("plastic", 370)))
+    spent = api.post(f"/residents/{world['resident'].id}/adjustments", as_=world["admin"],
+                     json={"delta": -wrong["points"], "reason": "兑换"})  # fmt: skip
+    assert spent.status_code == 201
+    right = correct(api, world, wrong["id"], lines(("plastic", 730))).get_json()
+    assert right["points"] == 10
+    assert me(api, world["resident"])["balance"] == 10 - 5  # the 5 spent stay spent
+    assert verify_ledger().ok
+
+
+def test_a_correction_counts_against_todays_caps_without_the_credit_it_replaces(api, clock, world):
+    """190 points of paper corrected to 195 on the same day: the cap of 200 holds the right load, not both."""
+    wrong = deposit_ok(api, world, lines(("paper", 10_800)))
+    assert wrong["points"] == 190
+    right = correct(api, world, wrong["id"], lines(("paper", 11_100))).get_json()
+    assert right["points"] == 195
+    caps = {c["activity"]: c["used"] for c in api.get("/me/caps", as_=world["resident"]).get_json()["items"]}
+    assert caps["sorting:paper"] == 195
+    # a day later, over what is left today: refused whole, in words for the admin, not the collector's
+    old = deposit_ok(api, world, lines(("plastic", 1000)))
+    clock.advance(days=1)
+    deposit_ok(api, world, lines(("paper", 11_300)), code=api.member_code(world["resident"]))  # 199 today
+    error = assert_error(correct(api, world, old["id"], lines(("paper", 1000))), 409, "cap_reached")
+    assert error["message"].endswith("本次未更正，原投递不变：可选择按上限记录（超出部分不计积分），或明天再更正")
+    fitted = api.post(f"/deposits/{old['id']}/correction", as_=world["admin"],
+                      json={"items": lines(("paper", 1000)), "reason": "核对", "fit_to_caps": True})  # fmt: skip
+    assert fitted.get_json()["points"] == 1
+    assert verify_ledger().ok
+
+
+def test_a_correction_is_refused_in_words_for_the_admin_at_a_retired_point_or_a_frozen_account(api, world):
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    assert api.patch(f"/collection-points/{world['a']}", as_=world["admin"], json={"active": False}).status_code == 200
+    error = assert_error(correct(api, world, wrong["id"], lines(("paper", 1000))), 409, "invalid_state")
+    assert error["message"] == "该回收点已停用：请先重新启用回收点，再更正这笔投递"
+    assert api.patch(f"/collection-points/{world['a']}", as_=world["admin"], json={"active": True}).status_code == 200
+    assert api.patch(f"/residents/{world['resident'].id}", as_=world["admin"],
+                     json={"status": "frozen", "reason": "异常刷分"}).status_code == 200  # fmt: skip
+    error = assert_error(correct(api, world, wrong["id"], lines(("paper", 1000))), 403, "account_frozen")
+    assert error["message"] == "该居民账户已冻结，不能按新重量记录：可先冲正这笔积分，解冻后再更正"
+    assert (count(Deposit), count(DepositCorrection), count(LedgerEntry)) == (1, 0, 1)
+
+
+def test_a_long_reason_fits_the_reversals_memo_and_an_id_out_of_range_is_not_found(api, world):
+    wrong = deposit_ok(api, world, lines(("paper", 10_000)))
+    too_long = correct(api, world, wrong["id"], lines(("paper", 1000)), reason="称" * 196)
+    assert "reason" in assert_error(too_long, 422, "validation_error")["details"]["fields"]
+    assert correct(api, world, wrong["id"], lines(("paper", 1000)), reason="称" * 195).status_code == 201
+    entries = api.get("/me/ledger", as_=world["resident"]).get_json()["items"]
+    assert entries[0]["memo"] == "更正投递：" + "称" * 195  # 200 characters, what the ledger holds
+    assert_error(correct(api, world, 2**63 - 1, lines(("paper", 1))), 404, "not_found")
 
 
 def test_points_already_spent_cannot_be_taken_back_by_a_correction(api, world):
