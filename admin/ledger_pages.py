@@ -120,7 +120,10 @@ def correct_deposit(resident_id: int, deposit_id: int):
         for category, grams in ((c, w.strip()) for c, w in typed)
         if grams
     ]
-    data = load(DepositCorrectionSchema(), {"items": items, **present("reason")})
+    fit = request.form.get("fit_to_caps")  # a checkbox: there ("true") or not
+    if fit not in (None, "true"):
+        raise field_error("fit_to_caps", "取值无效，请刷新页面后重试")
+    data = load(DepositCorrectionSchema(), {"items": items, "fit_to_caps": fit == "true", **present("reason")})
     if request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：原投递的积分将被冲正，并按新的品类与重量重新记录")
     made = sorting.correct_deposit(current_admin_actor(), deposit_id, data, of_resident=resident_id)

@@ -1418,12 +1418,23 @@ def test_an_admin_corrects_a_mistyped_weight_from_the_residents_page(api, as_adm
     assert "这笔投递已经更正过" in re.search(rf'<tr id="deposit-{wrong["id"]}">(.*?)</tr>', text(again), re.S)[1]
     # the day's weight on the dashboard counts the load as corrected, once
     assert dashboard_cards(as_admin)["今日回收"] == f"{(1250 + 300 + 12_500) / 1000:,.1f} kg"  # not the 12.5 replaced
+    # over today's cap: refused, the way out offered on the form, and taken
+    deposit_id = api.post("/deposits", as_=collector, json={"member_code": api.member_code(resident),
+                          "collection_point_id": point.id, "items": [{"category": "paper", "weight_g": 11_000}]},
+                          ).get_json()["id"]  # fmt: skip
+    capped = f"/admin/residents/{resident.id}/deposits/{deposit_id}/correction"
+    over = {"category": "paper", "weight_g": "12000", "reason": "称重核对", "confirm": "yes"}
+    refused = as_admin.post(capped, over)
+    assert refused.status_code == 409
+    assert "超出今日上限时按上限记录" in re.search(rf'<tr id="deposit-{deposit_id}">(.*?)</tr>', text(refused), re.S)[1]
+    assert as_admin.post(capped, {**over, "fit_to_caps": "true"}).status_code == 302
+    assert count(DepositCorrection) == 2
     # another resident's deposit is not this page's to correct, nor an id no deposit can have
     elsewhere = f"/admin/residents/{resident.id}/deposits/{made[other.id]['id']}/correction"
     assert as_admin.post(elsewhere, {**typed, "confirm": "yes"}).status_code == 404
     beyond = f"/admin/residents/{resident.id}/deposits/{2**63}/correction"
     assert as_admin.post(beyond, {**typed, "confirm": "yes"}).status_code == 404
-    assert count(DepositCorrection) == 1
+    assert count(DepositCorrection) == 2
 
 
 def test_a_worker_sees_no_correction_form_and_cannot_post_one(api, as_worker):
