@@ -106,6 +106,15 @@ def make_point(name: str = "恒康一号站", community: str = "hengkang") -> Co
     return sorting.create_point(SYSTEM, {"name": name, "community_id": community_id(community), "kind": "station"})
 
 
+def weighed(api, collector, point_id: int, resident, *lines: tuple[str, int]) -> dict:
+    """A collector's deposit of these (category, grams) lines for the resident, as answered."""
+    body = {"member_code": api.member_code(resident), "collection_point_id": point_id,
+            "items": [{"category": category, "weight_g": grams} for category, grams in lines]}  # fmt: skip
+    response = api.post("/deposits", as_=collector, json=body)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
 def dashboard_cards(browser) -> dict[str, str]:
     """The dashboard's cards, label to value."""
     page = text(browser.get("/admin/"))
@@ -1384,11 +1393,7 @@ def test_an_admin_corrects_a_mistyped_weight_from_the_residents_page(api, as_adm
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])
     resident, other = api.resident(community_code="hengkang"), api.resident(community_code="hengkang")
-    made = {}
-    for who in (resident, other):
-        body = {"member_code": api.member_code(who), "collection_point_id": point.id,
-                "items": [{"category": "plastic", "weight_g": 12_500}]}  # fmt: skip
-        made[who.id] = api.post("/deposits", as_=collector, json=body).get_json()
+    made = {who.id: weighed(api, collector, point.id, who, ("plastic", 12_500)) for who in (resident, other)}
     wrong = made[resident.id]
     page = text(as_admin.get(f"/admin/residents/{resident.id}"))
     assert "<summary>更正品类或重量</summary>" in page
@@ -1419,9 +1424,7 @@ def test_an_admin_corrects_a_mistyped_weight_from_the_residents_page(api, as_adm
     # the day's weight on the dashboard counts the load as corrected, once
     assert dashboard_cards(as_admin)["今日回收"] == f"{(1250 + 300 + 12_500) / 1000:,.1f} kg"  # not the 12.5 replaced
     # over today's cap: refused, the way out offered on the form, and taken
-    deposit_id = api.post("/deposits", as_=collector, json={"member_code": api.member_code(resident),
-                          "collection_point_id": point.id, "items": [{"category": "paper", "weight_g": 11_000}]},
-                          ).get_json()["id"]  # fmt: skip
+    deposit_id = weighed(api, collector, point.id, resident, ("paper", 11_000))["id"]
     capped = f"/admin/residents/{resident.id}/deposits/{deposit_id}/correction"
     over = {"category": "paper", "weight_g": "12000", "reason": "称重核对", "confirm": "yes"}
     refused = as_admin.post(capped, over)
@@ -1441,9 +1444,7 @@ def test_a_worker_sees_no_correction_form_and_cannot_post_one(api, as_worker):
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])
     resident = api.resident(community_code="hengkang")
-    body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
-            "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
-    deposit = api.post("/deposits", as_=collector, json=body).get_json()
+    deposit = weighed(api, collector, point.id, resident, ("paper", 1000))
     assert "更正品类或重量" not in text(as_worker.get(f"/admin/residents/{resident.id}"))
     path = f"/admin/residents/{resident.id}/deposits/{deposit['id']}/correction"
     response = as_worker.post(path, {"category": "paper", "weight_g": "100", "reason": "试试", "confirm": "yes"})
@@ -1872,9 +1873,7 @@ def test_an_admin_reverses_a_residents_entry_from_its_page_once_and_with_a_reaso
     point = make_point()
     collector = api.staff("collector", collection_point_ids=[point.id])
     resident = api.resident(community_code="hengkang")
-    body = {"member_code": api.member_code(resident), "collection_point_id": point.id,
-            "items": [{"category": "paper", "weight_g": 1000}]}  # fmt: skip
-    made = api.post("/deposits", as_=collector, json=body).get_json()
+    made = weighed(api, collector, point.id, resident, ("paper", 1000))
     path = f"/admin/residents/{resident.id}/entries/{made['entry_id']}/reverse"
     assert path in text(as_admin.get(f"/admin/residents/{resident.id}"))
 
