@@ -15,7 +15,7 @@ from jinja2 import pass_context
 from markupsafe import Markup
 
 from app.db import db, fits_key
-from app.errors import AppError, ValidationError, field_error
+from app.errors import AppError, field_error, fields_error
 from app.idempotency.service import run_once
 
 FORM_KEY = "form_key"
@@ -46,8 +46,7 @@ def load(schema: ma.Schema, data: dict[str, Any]) -> dict[str, Any]:
     try:
         return schema.load(data)
     except ma.ValidationError as exc:
-        # The form names each field beside its message: the first of them would only be said twice above them.
-        raise ValidationError(details={"fields": exc.normalized_messages()}) from exc
+        raise fields_error(exc.normalized_messages()) from exc
 
 
 def switch(name: str) -> bool:

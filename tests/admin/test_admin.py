@@ -2253,6 +2253,8 @@ def test_the_rules_page_gives_a_long_source_in_full_on_hover_and_the_form_names_
         "/admin/rules/publish", {"activity": "sorting:paper", "co2e_g_per_unit": "x", "source": "改"}
     )
     assert "减排量（克 CO₂e / 千克）：" in text(refused)
+    alert = re.search(r'<div class="alert error" role="alert">(.*?)</div>', text(refused), re.S)[1]
+    assert alert.count("必须是数字") == 1  # said once, beside its field, not again above as the API's message
 
 
 def test_pages_carry_their_own_icon_so_browsers_ask_for_no_favicon(as_worker):
