@@ -11,7 +11,8 @@ from app.clock import local_day, local_midnight, utcnow
 from app.db import db
 from app.ledger.models import Account
 from app.people.models import Resident, Staff
-from app.sorting.models import Checkin, CollectionPoint, Deposit, DepositCorrection
+from app.sorting import service as sorting
+from app.sorting.models import Checkin, CollectionPoint, Deposit
 
 
 def _scalar(stmt) -> int:
@@ -54,7 +55,7 @@ def _counts(actor) -> list[tuple[str, str, str]]:
     checkins = sa.select(sa.func.count()).select_from(Checkin).where(Checkin.day == today)
     deposits = sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(Deposit.weight_g), 0)).where(
         Deposit.created_at >= since,
-        ~Deposit.id.in_(sa.select(DepositCorrection.deposit_id)),  # a deposit recorded again counts once, as corrected
+        sorting.not_corrected(),
     )
     if community is not None:
         in_scope = sa.select(CollectionPoint.id).where(CollectionPoint.community_id == community)

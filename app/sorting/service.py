@@ -886,7 +886,7 @@ def correct_deposit(
         raise InvalidState("该回收点已停用：请先重新启用回收点，再更正这笔投递")
     # The account first, then what it holds: a reversal or a deposit posted meanwhile is seen, and none comes between.
     ledger.lock_account(original.resident_id)
-    _with_entry_ids([original])
+    _with_links([original])
     entry = None
     if original.entry_id is not None and original.reversal_entry_id is None:
         entry = db.session.get(LedgerEntry, original.entry_id)
@@ -913,12 +913,18 @@ def correct_deposit(
     return recorded
 
 
+def not_corrected() -> sa.ColumnElement[bool]:
+    """The deposits that stand: a deposit recorded again counts once, as corrected (weights and counts summed over
+    deposits, such as the day's on the dashboard)."""
+    return ~Deposit.id.in_(sa.select(DepositCorrection.deposit_id))
+
+
 def get_deposit(actor: Actor, deposit_id: int) -> Deposit:
     deposit = get_or_404(Deposit, deposit_id, "投递记录不存在")
     # Out of scope reads as missing, for staff as for residents: ids are sequential, and another's are not to count.
     if not _sees_deposit(actor, deposit):
         raise NotFound("投递记录不存在")
-    _with_entry_ids([deposit])
+    _with_links([deposit])
     return deposit
 
 
@@ -932,11 +938,12 @@ def _sees_deposit(actor: Actor, deposit: Deposit) -> bool:
     return True
 
 
-def _with_entry_ids(deposits: list[Deposit]) -> None:
-    """Fill in each deposit's ledger entry (none for a deposit worth 0 points) and the entry that reversed it, if
-    any. The entry is found by its whole (account, kind, ref_type, ref_id) key, each deposit's pair named exactly, so
-    that each is one probe of that unique index: an IN list of residents beside another of ids made PostgreSQL read
-    every deposit entry of every resident on the page. Its reversal, through the unique reverses_id."""
+def _with_links(deposits: list[Deposit]) -> None:
+    """Fill in each deposit's ledger entry (none for a deposit worth 0 points), the entry that reversed it, and the
+    deposits it corrected or was corrected by, if any. The entry is found by its whole (account, kind, ref_type,
+    ref_id) key, each deposit's pair named exactly, so that each is one probe of that unique index: an IN list of
+    residents beside another of ids made PostgreSQL read every deposit entry of every resident on the page. Its
+    reversal, through the unique reverses_id."""
     if not deposits:
         return
     accounts = dict(
@@ -980,7 +987,7 @@ def _deposit_page(stmt: sa.Select, day: date | None, cursor: str | None, limit: 
             Deposit.created_at >= local_midnight(day, tz), Deposit.created_at < local_midnight(day + timedelta(1), tz)
         )
     page = keyset_page(stmt, Deposit.id, cursor, limit)
-    _with_entry_ids(page["items"])
+    _with_links(page["items"])
     return page
 
 
