@@ -4,7 +4,7 @@ from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy import DDL, event
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, column_property, mapped_column
 
 from app.clock import utcnow
 from app.db import db
@@ -32,8 +32,22 @@ class Account(db.Model):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class EntryReason(db.Model):
+    """Why an admin moved points, as they typed it: it may name a person, whose personal data is erased when they
+    close their account (PIPL). So it is kept beside the chain, which holds only its salted digest
+    (`LedgerEntry.reason_digest`): erasing the text (`text` NULL) leaves a chain that verifies, while any other change
+    to it, or its row removed, fails `ledger verify`. Erasure takes the salt too, so the digest tells nothing."""
+
+    __tablename__ = "ledger_entry_reasons"
+
+    entry_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("ledger_entries.id"), primary_key=True)
+    salt: Mapped[str | None] = mapped_column(sa.String(32))
+    text: Mapped[str | None] = mapped_column(sa.String(200))
+
+
 class LedgerEntry(db.Model):
-    """Append-only. Never updated or deleted; a correction is a reversing entry."""
+    """Append-only. Never updated or deleted; a correction is a reversing entry. Its memo is written by the system
+    (a point's name, 人工调整); what an admin types is its reason (EntryReason)."""
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
@@ -62,6 +76,15 @@ class LedgerEntry(db.Model):
     reverses_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("ledger_entries.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     hash: Mapped[str] = mapped_column(sa.String(64))
+    reason_digest: Mapped[str | None] = mapped_column(sa.String(64))
+    reason: Mapped[str | None] = column_property(
+        sa.select(EntryReason.text).where(EntryReason.entry_id == id).scalar_subquery()
+    )
+
+    @property
+    def note(self) -> str | None:
+        """What the resident and staff read: the memo, and the reason unless it was erased."""
+        return f"{self.memo}：{self.reason}" if self.reason else self.memo
 
 
 class DailyEarning(db.Model):

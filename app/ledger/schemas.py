@@ -44,7 +44,11 @@ class EntrySchema(ResponseSchema):
     ref_id = fields.String(
         metadata={"description": 'the id of what ref_type names, always as text: deposit 12 is "12"'}
     )
-    memo = fields.String(allow_none=True)
+    memo = fields.String(
+        attribute="note",
+        allow_none=True,
+        metadata={"description": "what the entry is for: the system's words, then an admin's reason after a colon"},
+    )
     created_at = fields.AwareDateTime()
 
 

@@ -31,8 +31,8 @@ from app.errors import (
     ServiceUnavailable,
     field_error,
 )
-from app.ledger.chain import TOKEN, canonical, link, micros
-from app.ledger.models import Account, DailyEarning, LedgerEntry, PointLot
+from app.ledger.chain import TOKEN, canonical, link, micros, new_salt, reason_digest
+from app.ledger.models import Account, DailyEarning, EntryReason, LedgerEntry, PointLot
 from app.people.models import Resident
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _lock_account(resident_id: int, claim: Claim | None = None):
 
 _ENTRY_COLUMNS = (
     "account_id", "seq", "delta", "balance_after", "kind", "source", "activity", "rule_id", "co2e_g", "ref_type",
-    "ref_id", "memo", "actor_type", "actor_id", "reverses_id", "created_at", "hash",
+    "ref_id", "memo", "actor_type", "actor_id", "reverses_id", "created_at", "hash", "reason_digest",
 )  # fmt: skip
 
 
@@ -312,6 +312,7 @@ def post(
     rule_id: int | None = None,
     co2e_g: int = 0,
     memo: str | None = None,
+    reason: str | None = None,
     reverses_id: int | None = None,
     caps: Sequence[CapCharge] = (),
     lifetime_delta: int | None = None,
@@ -324,7 +325,8 @@ def post(
     by default a credit goes to this year's lot and a debit to none (debits consume the oldest lots first). `at` is
     the use case's moment when it has dated something already (a check-in's day): the entry, its caps' day and its
     lot take that moment too, never one a few microseconds later across a local midnight (or the last entry's
-    moment, on the same day, see `_dated`)."""
+    moment, on the same day, see `_dated`). `memo` is the system's words; `reason`, an admin's, is kept beside the
+    chain (EntryReason)."""
     if (ref_id is None) == (claim is None):
         raise ValueError("a posting refers to a ref_id or to a claimed slot, exactly one")
     ref_id = None if claim is not None else str(ref_id)  # a claimed slot's id is known after the lock
@@ -348,15 +350,17 @@ def post(
     if any(c.limit is not None and c.amount > c.limit for c in caps):
         _refuse(account.id, today, caps)  # with every other counter that today's count leaves no room for
     seq, balance_after = account.last_seq + 1, account.balance + delta
+    salt = new_salt() if reason else None
+    digest = reason_digest(salt, reason) if reason else None
     values = {
         "account_id": account.id, "seq": seq, "delta": delta, "balance_after": balance_after, "kind": kind,
         "source": source, "activity": activity, "rule_id": rule_id, "co2e_g": co2e_g, "ref_type": ref_type,
         "ref_id": ref_id, "memo": memo, "actor_type": actor_type, "actor_id": actor_id, "reverses_id": reverses_id,
-        "created_at": now,
+        "created_at": now, "reason_digest": digest,
         "hash": link(
             account.last_hash,
             canonical(account.id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g,
-                      ref_type, ref_id, actor_type, actor_id, reverses_id, micros(now), memo),
+                      ref_type, ref_id, actor_type, actor_id, reverses_id, micros(now), memo, digest),
         ),
     }  # fmt: skip
     lifetime = lifetime_delta if lifetime_delta is not None else delta if kind == "earn" else 0
@@ -366,7 +370,9 @@ def post(
     entry_id, counted = _apply(params, caps)
     if entry_id is None:
         _refuse(account.id, today, caps, {c.key for c in caps if c.key not in counted})
-    return LedgerEntry(id=entry_id, **values)
+    if reason:
+        run(sa.insert(EntryReason), {"entry_id": entry_id, "salt": salt, "text": reason})
+    return LedgerEntry(id=entry_id, reason=reason, **values)
 
 
 # How to find the cap charges an earn entry made, by its ref_type, registered by the use cases that post them: a
@@ -416,7 +422,8 @@ def _resident_of(entry: LedgerEntry) -> int:
 
 
 def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_type: str,
-            actor_id: int | None, memo: str, caps_released: bool = False) -> LedgerEntry:  # fmt: skip
+            actor_id: int | None, memo: str, reason: str | None = None,
+            caps_released: bool = False) -> LedgerEntry:  # fmt: skip
     """Undo an entry with its exact opposite. One reversal per entry is a unique constraint. `caps_released`: the
     caller gave back the entry's caps already (release_caps), to make room for what replaces it."""
     if entry.kind in ("reverse", "refund", "expire"):
@@ -439,7 +446,7 @@ def reverse(entry: LedgerEntry, *, kind: str, ref_type: str, ref_id: Any, actor_
     reversal = post(
         resident_id, -entry.delta, kind=kind, source=entry.source, ref_type=ref_type, ref_id=ref_id,
         actor_type=actor_type, actor_id=actor_id, activity=entry.activity, rule_id=entry.rule_id,
-        co2e_g=-entry.co2e_g, memo=memo, reverses_id=entry.id,
+        co2e_g=-entry.co2e_g, memo=memo, reason=reason, reverses_id=entry.id,
         lifetime_delta=-entry.delta if entry.kind == "earn" else 0,
         lot=(credit_year, -entry.delta) if entry.delta > 0 else (credit_year, 0),
     )  # fmt: skip
@@ -475,7 +482,7 @@ def adjust(actor, resident_id: int, delta: int, reason: str, reference: str | No
         with db.session.begin_nested():
             entry = post(
                 resident_id, delta, kind="adjust", source="admin", ref_type="adjustment", ref_id=ref,
-                actor_type=actor.kind, actor_id=actor.id, memo=reason,
+                actor_type=actor.kind, actor_id=actor.id, memo="人工调整", reason=reason,
             )  # fmt: skip
     except IntegrityError as exc:
         raise Duplicate("这笔调整已经提交过了") from exc
@@ -494,7 +501,7 @@ def reverse_entry(actor, entry_id: int, reason: str, of_resident: int | None = N
         with db.session.begin_nested():
             result = reverse(
                 entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
-                actor_id=actor.id, memo=reason,
+                actor_id=actor.id, memo="冲正", reason=reason,
             )  # fmt: skip
     except IntegrityError as exc:  # a concurrent reversal of the same entry won the race
         raise InvalidState("该记录已被冲正") from exc

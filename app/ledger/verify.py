@@ -14,12 +14,12 @@ from flask import current_app
 
 from app.clock import local_midnight, utcnow
 from app.db import commit, db
-from app.ledger.chain import canonical, link, micros
+from app.ledger.chain import canonical, link, micros, reason_digest
 from app.ledger.models import GENESIS_HASH, LedgerCheck
 
 ENTRY_COLUMNS = (
     "id, account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type, ref_id, "
-    "actor_type, actor_id, reverses_id, created_at, memo, hash"
+    "actor_type, actor_id, reverses_id, created_at, memo, hash, reason_digest"
 )
 
 
@@ -123,9 +123,9 @@ def _close(chain: _Chain, accounts: dict[int, tuple], lots: dict[int, dict[int, 
         )
 
 
-def _check(chain: _Chain, row, year_of: Callable[[datetime], int], report: Report) -> None:
+def _check(chain: _Chain, row, year_of: Callable[[datetime], int], reasons: dict, report: Report) -> None:
     (entry_id, account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type,
-     ref_id, actor_type, actor_id, reverses_id, created_at, memo, stored_hash) = row  # fmt: skip
+     ref_id, actor_type, actor_id, reverses_id, created_at, memo, stored_hash, digest) = row  # fmt: skip
     where = f"entry {entry_id} (account {account_id}, seq {seq})"
     if seq != chain.seq + 1:
         report.fail(f"{where}: sequence gap after {chain.seq}", entry_id)
@@ -134,12 +134,19 @@ def _check(chain: _Chain, row, year_of: Callable[[datetime], int], report: Repor
     expected = link(
         chain.hash,
         canonical(account_id, seq, delta, balance_after, kind, source, activity, rule_id, co2e_g, ref_type,
-                  ref_id, actor_type, actor_id, reverses_id, micros(created_at), memo),
+                  ref_id, actor_type, actor_id, reverses_id, micros(created_at), memo, digest),
     )  # fmt: skip
     if chain.last_at is not None and created_at < chain.last_at:
         report.note(f"{where}: dated {created_at}, before the entry it follows ({chain.last_at})")
     if expected != stored_hash:
         report.fail(f"{where}: hash mismatch, the entry or its predecessor was altered", entry_id)
+    kept = reasons.pop(entry_id, None)
+    if digest is not None and kept is None:
+        report.fail(f"{where}: its reason was removed", entry_id)
+    elif digest is not None and kept[1] is not None and reason_digest(kept[0] or "", kept[1]) != digest:
+        report.fail(f"{where}: its reason was altered", entry_id)  # an erased one (text NULL) verifies
+    elif digest is None and kept is not None:
+        report.fail(f"{where}: a reason it never had was added", entry_id)
     if kind == "spend" and (delta >= 0 or ref_type != "redemption"):
         report.fail(f"{where}: a spend must be negative and reference its redemption", entry_id)
     target = chain.deltas.get(reverses_id) if reverses_id is not None else None
@@ -195,13 +202,20 @@ def verify_ledger(chunk: int = 20000) -> Report:
             sa.text("SELECT account_id, year, credited FROM point_lots")
         ):
             lots.setdefault(account_id, {})[year] = credited
+        # Only admins' actions have reasons: few enough to hold while the entries stream past.
+        reasons = {
+            entry_id: (salt, text)
+            for entry_id, salt, text in connection.execute(
+                sa.text("SELECT entry_id, salt, text FROM ledger_entry_reasons")
+            )
+        }
         for row in connection.execute(entries):
             count += 1
             if chain is None or row[1] != chain.account_id:
                 if chain is not None:
                     _close(chain, accounts, lots, report)
                 chain = _Chain(row[1])
-            _check(chain, row, year_of, report)
+            _check(chain, row, year_of, reasons, report)
     if chain is not None:
         _close(chain, accounts, lots, report)
     for account_id, (balance, earned, co2e_g, last_seq, last_hash, last_at) in accounts.items():

@@ -334,10 +334,6 @@ class DepositSchema(ResponseSchema):
     created_at = fields.AwareDateTime()
 
 
-# The reversal's memo is 更正投递：and the reason, in the ledger's 200 characters.
-REASON_MAX = 200 - len("更正投递：")
-
-
 class DepositCorrectionSchema(StrictSchema):
     items = fields.List(
         fields.Nested(DepositLineSchema),
@@ -348,7 +344,7 @@ class DepositCorrectionSchema(StrictSchema):
     reason = Text(
         multiline=True,
         required=True,
-        validate=validate.Length(min=2, max=REASON_MAX),
+        validate=validate.Length(min=2, max=200),
         metadata={"description": "why, kept with the correction; the resident reads it on the reversal"},
     )
     fit_to_caps = Boolean(load_default=False, metadata={"description": "as for POST /deposits"})

@@ -900,7 +900,7 @@ def correct_deposit(
             with db.session.begin_nested():
                 ledger.reverse(
                     entry, kind="reverse", ref_type="entry", ref_id=entry.id, actor_type=actor.kind,
-                    actor_id=actor.id, memo=f"更正投递：{data['reason']}", caps_released=True,
+                    actor_id=actor.id, memo="更正投递", reason=data["reason"], caps_released=True,
                 )  # fmt: skip
         except IntegrityError as exc:  # a reversal of the same entry won the race
             raise InvalidState("这笔投递刚被冲正或更正，请刷新后再看") from exc

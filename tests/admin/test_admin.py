@@ -915,7 +915,7 @@ def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as
     reason: a second tap adjusted twice. The forms refuse the refill; each answers at its own place on a phone."""
     resident = api.resident(community_code="hengkang")
     as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "30", "reason": "活动补发"})
-    entry_id = db.session.scalar(sa.select(LedgerEntry.id).where(LedgerEntry.memo == "活动补发"))
+    entry_id = db.session.scalar(sa.select(LedgerEntry.id).where(LedgerEntry.kind == "adjust"))
     page = text(as_admin.get(f"/admin/residents/{resident.id}"))
     adjust = re.search(r'<form method="post" action="([^"]+/adjustments[^"]*)"[^>]*>', page)
     assert adjust.group(1).endswith("#adjust")

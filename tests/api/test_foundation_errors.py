@@ -265,7 +265,7 @@ def test_a_reason_may_span_lines(api):
     body = {"delta": 5, "reason": "活动补发\n见 11 月台账"}
     response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json=body)
     assert response.status_code == 201, response.get_json()
-    assert response.get_json()["memo"] == "活动补发\n见 11 月台账"
+    assert response.get_json()["memo"] == "人工调整：活动补发\n见 11 月台账"
 
 
 def test_a_nul_character_anywhere_is_the_fields_validation_error_not_a_database_error(api):

@@ -100,7 +100,7 @@ def test_admin_adjustment_is_an_audited_entry(api):
     response = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 40, "reason": "活动补发"})
     assert response.status_code == 201, response.get_json()
     body = response.get_json()
-    assert (body["kind"], body["source"], body["delta"], body["memo"]) == ("adjust", "admin", 40, "活动补发")
+    assert (body["kind"], body["source"], body["delta"], body["memo"]) == ("adjust", "admin", 40, "人工调整：活动补发")
     event = db.session.scalar(sa.select(AuditEvent).filter_by(action="ledger.adjust"))
     assert event.actor_id == admin.id
     assert event.details["reason"] == "活动补发"
@@ -664,6 +664,46 @@ def test_verify_names_the_altered_entry(api, app):
     bad = runner.invoke(args=["ledger", "verify"])
     assert bad.exit_code == 1
     assert f"first bad entry {target.id}" in bad.output
+
+
+def test_an_admins_reason_is_kept_beside_the_chain_so_that_it_can_be_erased(api):
+    """What an admin types may name a person, and a resident who closes their account has their personal data erased
+    (PIPL): the reason is kept outside the hashed entry, which holds only its salted digest, so the text can be
+    erased and the chain still verifies, while any other change to it fails the check."""
+    from app.ledger.models import EntryReason
+
+    me, admin = api.resident(), api.staff("admin")
+    reason = "代张三（13800000000）补发 6 月投递积分"
+    adjusted = api.post(f"/residents/{me.id}/adjustments", as_=admin, json={"delta": 40, "reason": reason})
+    assert adjusted.status_code == 201, adjusted.get_json()
+    assert adjusted.get_json()["memo"] == f"人工调整：{reason}"
+    entry = db.session.get(LedgerEntry, adjusted.get_json()["id"])
+    assert (entry.memo, entry.reason) == ("人工调整", reason)
+    assert reason not in "".join(str(value) for value in db.session.execute(
+        sa.select(LedgerEntry.__table__).where(LedgerEntry.id == entry.id)).one())  # fmt: skip
+    reversed_ = api.post(f"/ledger/entries/{entry.id}/reverse", as_=admin, json={"reason": "张三本人已领取"})
+    assert reversed_.get_json()["memo"] == "冲正：张三本人已领取"
+    memos = [item["memo"] for item in api.get("/me/ledger", as_=me).get_json()["items"]]
+    assert memos == ["冲正：张三本人已领取", f"人工调整：{reason}"]
+    assert verify_ledger().ok
+
+    kept = db.session.get(EntryReason, entry.id)
+    kept.text = "另一个理由"
+    db.session.commit()
+    report = verify_ledger()
+    assert report.first_bad_entry == entry.id
+    assert "reason" in report.problems[0]
+
+    kept.text = None  # erased, as closing an account will: the entry stands, and says only what kind it is
+    db.session.commit()
+    assert verify_ledger().ok
+    db.session.expire_all()  # as a new request's session would read it
+    assert api.get("/me/ledger", as_=me).get_json()["items"][1]["memo"] == "人工调整"
+
+    db.session.delete(kept)  # a reason removed, not erased
+    db.session.commit()
+    report = verify_ledger()
+    assert report.first_bad_entry == entry.id
 
 
 def test_each_verification_is_kept_with_its_result(api, app, clock):

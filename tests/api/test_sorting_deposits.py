@@ -1388,13 +1388,16 @@ def test_a_correction_is_refused_in_words_for_the_admin_at_a_retired_point_or_a_
     assert (count(Deposit), count(DepositCorrection), count(LedgerEntry)) == (1, 0, 1)
 
 
-def test_a_long_reason_fits_the_reversals_memo_and_an_id_out_of_range_is_not_found(api, world):
+def test_a_long_reason_is_kept_whole_and_an_id_out_of_range_is_not_found(api, world):
+    """The reason is kept beside the ledger's chain (an adjustment's is too), in its own 200 characters: the
+    reversal's memo is the system's 更正投递."""
     wrong = deposit_ok(api, world, lines(("paper", 10_000)))
-    too_long = correct(api, world, wrong["id"], lines(("paper", 1000)), reason="称" * 196)
+    too_long = correct(api, world, wrong["id"], lines(("paper", 1000)), reason="称" * 201)
     assert "reason" in assert_error(too_long, 422, "validation_error")["details"]["fields"]
-    assert correct(api, world, wrong["id"], lines(("paper", 1000)), reason="称" * 195).status_code == 201
+    assert correct(api, world, wrong["id"], lines(("paper", 1000)), reason="称" * 200).status_code == 201
     entries = api.get("/me/ledger", as_=world["resident"]).get_json()["items"]
-    assert entries[0]["memo"] == "更正投递：" + "称" * 195  # 200 characters, what the ledger holds
+    assert entries[0]["memo"] == "更正投递：" + "称" * 200
+    assert verify_ledger().ok
     assert_error(correct(api, world, 2**63 - 1, lines(("paper", 1))), 404, "not_found")
 
 
