@@ -59,7 +59,8 @@ def _point_name(point_id: sa.Column) -> sa.ScalarSelect:
 
 
 class Checkin(db.Model):
-    """A sorting check-in: once per resident, point and local day, enforced by the database."""
+    """A sorting check-in: once per resident, point and local day, enforced by the database. Where the resident stood
+    only answers the point's geofence: it is not kept (PIPL's minimum necessary)."""
 
     __tablename__ = "checkins"
     __table_args__ = (
@@ -75,8 +76,6 @@ class Checkin(db.Model):
     resident_id: Mapped[int] = mapped_column(sa.ForeignKey("residents.id"))
     collection_point_id: Mapped[int] = mapped_column(sa.ForeignKey("collection_points.id"))
     day: Mapped[date] = mapped_column(index=True)  # today's check-ins, on the dashboard
-    lat: Mapped[float | None]
-    lng: Mapped[float | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     collection_point_name: Mapped[str] = column_property(_point_name(collection_point_id))
 

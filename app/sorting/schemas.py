@@ -184,7 +184,11 @@ class ScanSchema(StrictSchema):
             "or the bare token"
         },
     )
-    lat = _latitude("the resident's ", "with lng; required at a point with a geofence (422)", load_default=None)
+    lat = _latitude(
+        "the resident's ",
+        "with lng; required at a point with a geofence (422); read to answer the fence, not kept",
+        load_default=None,
+    )
     lng = _longitude("the resident's ", load_default=None)
 
     @validates_schema
@@ -216,8 +220,8 @@ class ScanResultSchema(ResponseSchema):
 
 
 class CheckinSchema(ResponseSchema):
-    """Who checked in at a point, and when; not where they stood (a resident's position is kept for the geofence
-    alone)."""
+    """Who checked in at a point, and when; not where they stood (a scan's position answers the geofence and is not
+    kept)."""
 
     id = Integer()
     resident_id = Integer()

@@ -457,7 +457,7 @@ def clear_point_cache() -> None:
     _points.clear()
 
 
-_CHECKIN_COLUMNS = ("resident_id", "collection_point_id", "day", "lat", "lng", "created_at")
+_CHECKIN_COLUMNS = ("resident_id", "collection_point_id", "day", "created_at")
 
 
 def _holder_active(param: str) -> sa.Exists:
@@ -584,8 +584,7 @@ def scan(actor: Actor, token: str, lat: float | None, lng: float | None) -> dict
     rule = carbon.require_rule(CHECKIN_ACTIVITY, "token", now)
     priced = price([(rule, Decimal(1))], _config("POINTS_PER_KG_CO2E"))  # one visit
     points, co2e_g = priced.points, priced.co2e_g
-    checkin = {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "lat": lat, "lng": lng,
-               "created_at": now}  # fmt: skip
+    checkin = {"resident_id": actor.id, "collection_point_id": point.id, "day": day, "created_at": now}
     claim = ledger.Claim(
         _checkin_claim(dialect_name()),
         {f"claim_{name}": value for name, value in checkin.items()} | {"claim_point_secret": point.qr_secret},

@@ -556,6 +556,21 @@ def test_a_fenced_point_checked_in_today_says_so_before_asking_for_a_position_or
     assert count(Checkin) == 1
 
 
+def test_where_a_resident_stood_answers_the_fence_and_is_not_kept(api, world):
+    """A position is personal information (PIPL: collect what the purpose needs): it is read to answer the geofence,
+    and nothing stores it, at a fenced point or elsewhere."""
+    fenced = make_point(api, world["admin"], "围栏站", lat=31.2304, lng=121.4737, geofence_m=100)
+    open_point = make_point(api, world["admin"], "无围栏站")
+    resident = api.resident()
+    scan_ok(api, resident, poster(api, world["admin"], fenced)["token"], lat=31.23051, lng=121.47372)
+    scan_ok(api, resident, poster(api, world["admin"], open_point)["token"], lat=31.98765, lng=121.12345)
+    rows = db.session.execute(sa.select(Checkin.__table__)).all()
+    assert len(rows) == 2
+    stored = " ".join(str(value) for row in rows for value in row)
+    for figure in ("31.2305", "121.4737", "31.9876", "121.1234"):
+        assert figure not in stored
+
+
 def test_a_refused_scan_is_one_log_line_naming_the_resident_the_point_and_why(api, world, caplog):
     """ "I scanned and got nothing": support finds the refusal by the request id the app showed, or by the resident."""
     fenced = make_point(api, world["admin"], "围栏站", lat=31.2304, lng=121.4737, geofence_m=100)
