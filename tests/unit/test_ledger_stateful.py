@@ -29,6 +29,9 @@ from app.ledger.verify import verify_ledger
 from app.people.service import resident_for_openid
 from tests.conftest import SHANGHAI
 
+# What an admin may type (the API refuses NUL and lone surrogates first).
+REASONS = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20)
+
 
 class LedgerMachine(RuleBasedStateMachine):
     """A model of one resident's points next to the real ledger."""
@@ -82,7 +85,7 @@ class LedgerMachine(RuleBasedStateMachine):
         try:
             ledger.reverse(
                 earn_entry, kind="reverse", ref_type="ledger_entry", ref_id=entry_id, actor_type="system",
-                actor_id=None, memo="误发冲正",
+                actor_id=None, memo="冲正", reason="误发",
             )  # fmt: skip
         except AppError as exc:
             db.session.rollback()
@@ -119,9 +122,9 @@ class LedgerMachine(RuleBasedStateMachine):
         db.session.commit()
         self.expected_balance += self.spends.pop(entry_id)
 
-    @rule(delta=st.integers(min_value=-300, max_value=300).filter(bool))
-    def adjust(self, delta):
-        self._post(delta, "adjust", source="admin", ref_type="adjustment", memo="人工调整")
+    @rule(delta=st.integers(min_value=-300, max_value=300).filter(bool), reason=REASONS)
+    def adjust(self, delta, reason):
+        self._post(delta, "adjust", source="admin", ref_type="adjustment", memo="人工调整", reason=reason or None)
 
     @rule(days=st.integers(min_value=1, max_value=400))
     def time_passes(self, days):
