@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -118,22 +119,30 @@ def served(tmp_path_factory):
         yield bind, access_log, env
 
 
+def answered(access_log: Path, since: int = 0) -> list[tuple[str, str, int]]:
+    """The requests logged after the first `since` (the start-up's health checks left out)."""
+    lines = map(_REQUEST.search, access_log.read_text().splitlines())
+    return [(m["method"], m["path"], int(m["status"])) for m in lines if m and m["path"] != "/healthz"][since:]
+
+
+def logged(access_log: Path, since: int, expected: int) -> list[tuple[str, str, int]]:
+    """The requests logged after the first `since`, once there are `expected` of them (or after 10 s): gunicorn logs a
+    request after answering it, so the last may trail the client. The tests share one server and its log."""
+    deadline = time.monotonic() + 10
+    while len(answered(access_log, since)) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return answered(access_log, since)
+
+
 def test_the_walkthrough_answers_what_the_readme_says(served):
     bind, access_log, env = served
+    before = len(answered(access_log))
     script = walkthrough_script((ROOT / "README.md").read_text(encoding="utf-8"), f"http://{bind}")
     done = subprocess.run(
         ["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0, f"the walkthrough stopped: {done.stderr[-3000:]}\n{done.stdout[-3000:]}"
-
-    def answered() -> list[tuple[str, str, int]]:  # the start-up's health checks are not the walkthrough's
-        lines = map(_REQUEST.search, access_log.read_text().splitlines())
-        return [(m["method"], m["path"], int(m["status"])) for m in lines if m and m["path"] != "/healthz"]
-
-    deadline = time.monotonic() + 10  # gunicorn logs a request after answering it, so the last may trail the client
-    while len(answered()) < len(EXPECTED) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    got = answered()
+    got = logged(access_log, before, len(EXPECTED))
     assert sorted(got) == sorted(EXPECTED)  # every step, each answered as the README says
     # `make run` serves with threads, and each logs its request after answering it: the walkthrough's next request,
     # answered by another thread, can be logged first. The order holds up to such neighbours.
@@ -181,8 +190,10 @@ def _login(bind: str, username: str, password: str) -> int:
 def test_five_wrong_passwords_lock_the_username_for_the_whole_server(served):
     """API.md's five failed logins per username hold under `make run` as it starts, not once per worker process:
     each try is a new connection, which any process of the server may take."""
-    bind, _, _ = served
+    bind, access_log, _ = served
+    before = len(answered(access_log))
     tries = [_login(bind, "alliance.kx", f"wrong-{n}") for n in range(6)]
     assert tries == [401] * 5 + [429]
     assert _login(bind, "alliance.kx", "alliance-demo-2025") == 429  # locked, even with the right password
     assert _login(bind, "worker.hk", "worker-demo-2025") == 200  # another username is not
+    assert len(logged(access_log, before, 8)) == 8  # all in the log before the next test reads it

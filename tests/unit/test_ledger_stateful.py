@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import pairwise
 
 import pytest
@@ -211,7 +211,7 @@ def test_ledger_state_machine(db_session):
         settings=settings(
             max_examples=25,
             stateful_step_count=25,
-            deadline=timedelta(seconds=5),
+            deadline=None,  # a step's time on a busy 2-core runner says nothing about the ledger
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         ),
     )
