@@ -2331,3 +2331,38 @@ def test_a_points_name_opens_its_page(as_worker):
     """On a phone the last column, once the only link, is off screen."""
     point = make_point()
     assert f'<a href="/admin/points/{point.id}">{point.name}</a>' in text(as_worker.get("/admin/points"))
+
+
+# Accessibility (WCAG 2.1 AA, GB/T 37668): what a screen reader, a keyboard or weak eyes need of the pages.
+
+
+def css(page: str, selector: str) -> str:
+    """The declarations of the first rule for exactly `selector` in the page's style block."""
+    style = re.search(r"<style>(.*?)</style>", page, re.S)[1]
+    return re.search(rf"(?:^|[}}\s]){re.escape(selector)} \{{([^}}]*)\}}", style, re.M)[1]
+
+
+def contrast(one: str, other: str) -> float:
+    """WCAG's contrast ratio of two #rrggbb colours."""
+
+    def luminance(colour: str) -> float:
+        r, g_, b = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+        r, g_, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g_, b))
+        return 0.2126 * r + 0.7152 * g_ + 0.0722 * b
+
+    light, dark = sorted((luminance(one), luminance(other)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_the_headers_links_and_the_fields_borders_stand_out_enough(as_admin):
+    """Menu links were #e8f3ec on the green (4.4:1, under 4.5:1 for text); field borders #c5d1c9 on white (1.6:1,
+    under 3:1 for what shows a control's extent), so a field's edge was barely seen."""
+    page = text(as_admin.get("/admin/"))
+    colours = dict(re.findall(r"--([\w-]+): (#[0-9a-f]{6})", page), fff="#ffffff")
+    header = colours[re.search(r"background: var\(--([\w-]+)\)", css(page, "header.top"))[1]]
+    for selector in ("header.top nav a", "header.top .who a"):
+        colour = re.search(r"(?:^|[ ;])color: #([0-9a-f]{3,6})", css(page, selector))[1]
+        assert contrast(colours.get(colour, f"#{colour}"), header) >= 4.5, selector
+    border = re.search(r"border: 1px solid (#[0-9a-f]{6})", css(page, "input, select, textarea"))[1]
+    assert contrast(border, "#ffffff") >= 3
+    assert contrast(border, colours["bg"]) >= 3  # a filter form stands on the page's own background
