@@ -2366,3 +2366,25 @@ def test_the_headers_links_and_the_fields_borders_stand_out_enough(as_admin):
     border = re.search(r"border: 1px solid (#[0-9a-f]{6})", css(page, "input, select, textarea"))[1]
     assert contrast(border, "#ffffff") >= 3
     assert contrast(border, colours["bg"]) >= 3  # a filter form stands on the page's own background
+
+
+def test_the_menu_is_named_says_where_one_is_and_can_be_skipped(api, as_admin):
+    """A screen reader says which menu and which page in it is open; a keyboard passes its eight links in one stop."""
+    resident = api.resident(community_code="hengkang")
+    for path in ("/admin/residents", f"/admin/residents/{resident.id}"):  # a resident's page is under 居民
+        page = text(as_admin.get(path))
+        nav = re.search(r'<nav aria-label="主导航">(.*?)</nav>', page, re.S)[1]
+        assert re.findall(r'<a href="([^"]+)"[^>]* aria-current="page"', nav) == ["/admin/residents"]
+        assert page.index('<a class="skip" href="#top">跳到主要内容</a>') < page.index("<header")
+        assert '<main id="top">' in page
+    assert "top: -" in css(page, ".skip")  # out of sight until it has the focus
+    assert "top: -" not in css(page, ".skip:focus")
+
+
+def test_a_tables_action_column_has_a_heading(api, as_admin):
+    """An empty <th> leaves a screen reader's column announcement blank."""
+    make_point()
+    for path in ("/admin/points", "/admin/rules"):
+        page = text(as_admin.get(path))
+        assert "<th></th>" not in page, path
+        assert "<th>操作</th>" in page, path
