@@ -2245,10 +2245,12 @@ def test_correcting_a_version_not_yet_in_force_starts_from_it(api, as_admin, clo
     assert ">待生效的复核值</textarea>" in page
 
 
-def test_the_rules_page_gives_a_long_source_in_full_on_hover_and_the_form_names_its_fields_as_shown(as_admin):
+def test_the_rules_page_gives_a_long_source_in_full_and_the_form_names_its_fields_as_shown(as_admin):
+    """The source was cut at 60 characters, the rest in a title only a mouse's hover shows."""
     rules = text(as_admin.get("/admin/rules"))
     full = "中国家电回收行业协会（China household appliance recycling association），2023 年：每吨回收物 4.7 吨 CO₂e"
-    assert f'title="{full}"' in rules
+    assert f'<td class="muted" data-label="依据">{full}</td>' in rules
+    assert "title=" not in rules
     refused = as_admin.post(
         "/admin/rules/publish", {"activity": "sorting:paper", "co2e_g_per_unit": "x", "source": "改"}
     )
@@ -2388,3 +2390,23 @@ def test_a_tables_action_column_has_a_heading(api, as_admin):
         page = text(as_admin.get(path))
         assert "<th></th>" not in page, path
         assert "<th>操作</th>" in page, path
+
+
+def test_an_alliance_member_finds_its_own_organisation_by_words_not_by_colour_only(api, browser):
+    orgs = list(db.session.scalars(sa.select(Organization).order_by(Organization.id).limit(2)))
+    browser.login(username_of(api.staff("alliance", organization_id=orgs[0].id)))
+    page = text(browser.get("/admin/organizations"))
+    assert f"<td>{html.escape(orgs[0].name)}（本单位）</td>" in page
+    assert f"<td>{html.escape(orgs[1].name)}</td>" in page
+
+
+def test_a_codes_format_is_said_beside_its_field_not_in_a_hover_title_only(as_admin):
+    """A title shows on a mouse's hover: not on a phone, nor to a keyboard, nor (reliably) to a screen reader."""
+    point = make_point()
+    for path, name in (
+        ("/admin/staff", "username"),
+        (f"/admin/points/{point.id}", "code"),
+        ("/admin/communities", "code"),
+    ):
+        shown = re.search(rf'<label>([^<]*)<input name="{name}"[^>]* pattern=', text(as_admin.get(path)))[1]
+        assert "字母、数字" in shown, path
