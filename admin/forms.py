@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import wraps
 from typing import Any
 
 import marshmallow as ma
-from flask import flash, make_response, redirect, request, session
+from flask import flash, get_flashed_messages, make_response, redirect, request, session
 from jinja2 import pass_context
 from markupsafe import Markup
 
@@ -125,6 +125,23 @@ def field_messages(error: AppError | None, labels: dict[str, str] | None = None)
             found.append((names.get(prefix, ""), str(value)))
 
     walk("", (error.details or {}).get("fields", {}))
+    return found
+
+
+def flash_at(message: str, place: str) -> None:
+    """A success message shown at `place`, the id of the section the redirect's anchor opens the page at: at the
+    top of the page it would be out of sight (a resident's deposits are below fifty ledger lines)."""
+    flash(message, f"success@{place}")
+
+
+def flashed(place: str | None, placed: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """This request's (category, message) pairs for `place`; for None (the top of the page), those for no place
+    and those for a place not among the page's `placed`, which are never lost."""
+    found = []
+    for category, message in get_flashed_messages(with_categories=True):
+        kind, _, at = category.partition("@")
+        if (at == place) if place else (at not in placed):
+            found.append((kind, message))
     return found
 
 

@@ -7,7 +7,7 @@ import uuid
 from flask import flash, redirect, render_template, request, url_for
 
 from admin.blueprint import bp
-from admin.forms import load, present, rerender_on_error
+from admin.forms import flash_at, load, present, rerender_on_error
 from admin.security import current_admin_actor, only
 from app.errors import Duplicate, field_error
 from app.ledger import service as ledger
@@ -89,7 +89,7 @@ def adjust(resident_id: int):
     data = load(AdjustmentSchema(), present("delta", "reason"))
     reference = request.form.get("reference") or None
     entry = ledger.adjust(current_admin_actor(), resident_id, data["delta"], data["reason"], reference=reference)
-    flash(f"已调整 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "success")
+    flash_at(f"已调整 {entry.delta:+d} 积分，当前余额 {entry.balance_after}", "entries")
     return redirect(url_for("admin.resident", resident_id=resident_id, _anchor="entries"))  # the new entry, on top
 
 
@@ -127,8 +127,8 @@ def correct_deposit(resident_id: int, deposit_id: int):
     if request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：原投递的积分将被冲正，并按新的品类与重量重新记录")
     made = sorting.correct_deposit(current_admin_actor(), deposit_id, data, of_resident=resident_id)
-    flash(f"已更正第 {deposit_id} 笔投递：按 {made['weight_g']} 克重新记录为第 {made['id']} 笔，{made['points']} 积分",
-          "success")  # fmt: skip
+    redone = f"按 {made['weight_g']} 克重新记录为第 {made['id']} 笔，{made['points']} 积分"
+    flash_at(f"已更正第 {deposit_id} 笔投递：{redone}", "deposits")
     return redirect(url_for("admin.resident", resident_id=resident_id, _anchor="deposits"))
 
 

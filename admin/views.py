@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from admin import labels, security
 from admin.blueprint import bp
-from admin.forms import field_messages, form_key_field, invalid, said_by_fields
+from admin.forms import field_messages, flashed, form_key_field, invalid, said_by_fields
 from app.db import db
 from app.errors import AppError, NotFound
 from app.http import note_outage, refuse_unstorable_query_and_form
@@ -91,6 +91,7 @@ def _template_helpers():
         "organization_names": organization_names,
         "field_messages": field_messages,
         "said_by_fields": said_by_fields,
+        "flashed": flashed,
         "invalid": invalid,
     }
 

@@ -2410,3 +2410,35 @@ def test_a_codes_format_is_said_beside_its_field_not_in_a_hover_title_only(as_ad
     ):
         shown = re.search(rf'<label>([^<]*)<input name="{name}"[^>]* pattern=', text(as_admin.get(path)))[1]
         assert "字母、数字" in shown, path
+
+
+def test_a_success_is_announced_and_shown_where_the_page_opens(api, as_admin):
+    """After a correction the page opens at #deposits, below fifty ledger lines: the message at the top of the page
+    was out of sight. role="status" has a screen reader read it."""
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    deposit = weighed(api, collector, point.id, resident, ("plastic", 12_500))
+    path = f"/admin/residents/{resident.id}/deposits/{deposit['id']}/correction"
+    done = as_admin.post(path, {"category": "plastic", "weight_g": "1250", "reason": "多打了一个 0", "confirm": "yes"})
+    assert done.headers["Location"].endswith("#deposits")
+    page = text(as_admin.get(done.headers["Location"]))
+    assert re.search(r'<h2 id="deposits">回收投递</h2>\s*<div class="flash success" role="status">已更正第', page)
+    assert page.count('class="flash') == 1  # not at the top as well
+    done = as_admin.post(f"/admin/residents/{resident.id}/adjustments", {"delta": "5", "reason": "活动补发"})
+    assert done.headers["Location"].endswith("#entries")
+    page = text(as_admin.get(done.headers["Location"]))
+    assert re.search(r'<h2 id="entries">积分记录</h2>\s*<div class="flash success" role="status">已调整 \+5', page)
+    # elsewhere a message stays at the top of the page
+    assert as_admin.post("/admin/communities", {"code": "xinqiao", "name": "新桥社区"}).status_code == 302
+    page = text(as_admin.get("/admin/communities"))
+    assert re.search(r'<main id="top">\s*<div class="flash success" role="status">已创建社区', page)
+
+
+def test_a_message_for_a_place_another_page_lacks_is_shown_at_its_top(app, as_admin):
+    from admin.forms import flash_at, flashed
+
+    with app.test_request_context("/admin/"):
+        flash_at("已调整 +5 积分", "entries")
+        assert flashed("deposits", ("entries", "deposits")) == []
+        assert flashed(None, ("deposits",)) == [("success", "已调整 +5 积分")]
