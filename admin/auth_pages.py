@@ -22,7 +22,11 @@ from app.people import service as people
 
 def _login_page(error: str | None = None, status: int = 200):
     return render_template(
-        "admin/login.html", error=error, username=text("username"), next=request.values.get("next")
+        "admin/login.html",
+        error=error,
+        refused=error is not None,
+        username=text("username"),
+        next=request.values.get("next"),
     ), status
 
 

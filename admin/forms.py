@@ -10,7 +10,7 @@ from functools import wraps
 from typing import Any
 
 import marshmallow as ma
-from flask import flash, get_flashed_messages, make_response, redirect, request, session
+from flask import flash, g, get_flashed_messages, make_response, redirect, request, session
 from jinja2 import pass_context
 from markupsafe import Markup
 
@@ -84,13 +84,45 @@ def int_arg(name: str) -> int | None:
     return value if fits_key(value) else None
 
 
+FOCUSED = "admin_focused"  # g: a field of the refused form has taken the focus
+REFUSED = "admin_refused"  # g: the page shows a refused form (its title says 错误：)
+BOX_FOCUS = Markup(" data-focus-unless-a-field")  # in the error box; settle_focus() makes it autofocus or nothing
+
+
 @pass_context
-def invalid(context, name: str) -> Markup:
-    """` aria-invalid="true"` on a field the page's refusal (`error`) names: screen readers say so, and the field is
-    marked where the error box above the form only lists it."""
-    error = context.get("error")
-    fields = ((error.details or {}).get("fields") or {}) if isinstance(error, AppError) else {}
-    return Markup(' aria-invalid="true"') if name in fields else Markup("")
+def invalid(context, name: str, error: AppError | None = None) -> Markup:
+    """` aria-invalid="true"` on a field the page's refusal (`error`, or a row's refusal given) names: screen readers
+    say so, and the field is marked where the error box above the form only lists it. `aria-describedby` reads it its
+    message in the box (`form_error` gives it the id), and the first such field on the page takes the focus, so the
+    keyboard starts where the fix is. `name` is a path for a field in a list (`items.2.weight_g`)."""
+    error = error if error is not None else context.get("error")
+    found: Any = ((error.details or {}).get("fields") or {}) if isinstance(error, AppError) else {}
+    for part in name.split("."):
+        found = found.get(part, found.get(int(part)) if part.isdigit() else None) if isinstance(found, dict) else None
+    if not found:
+        return Markup("")
+    attributes = Markup(' aria-invalid="true" aria-describedby="{}"').format(error_id(name.split(".")))
+    if not g.get(FOCUSED):
+        setattr(g, FOCUSED, True)
+        attributes += Markup(" autofocus")
+    return attributes
+
+
+def error_id(path: list[str] | tuple[str, ...]) -> str:
+    return "err-" + "-".join(path)
+
+
+def settle_focus(response):
+    """The error box comes before the fields it lists, so whether one of them took the focus is known only once the
+    page is rendered: if none did (a refusal naming no field, or none this page has), the box takes it."""
+    focused = g.pop(FOCUSED, False)  # g can outlive the request (a test's app context)
+    if response.mimetype != "text/html" or response.is_streamed:
+        return response
+    body = response.get_data(as_text=True)
+    if BOX_FOCUS in body:
+        body = body.replace(BOX_FOCUS, "" if focused else " autofocus", 1).replace(BOX_FOCUS, "")
+        response.set_data(body)
+    return response
 
 
 def said_by_fields(error: AppError) -> bool:
@@ -99,32 +131,44 @@ def said_by_fields(error: AppError) -> bool:
     from app.i18n import readable
 
     fields = (error.details or {}).get("fields") or {}
-    listed = [message for _, message in field_messages(error)]
+    listed = [message for _, _, message in field_messages(error)]
     return bool(fields) and (listed == [error.message] or error.message == readable(fields))
 
 
-def field_messages(error: AppError | None, labels: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """(field, message) pairs from an error's details, flattened for display; `labels` names fields as the page's
-    form does where it differs from the usual name."""
+def field_messages(error: AppError | None, labels: dict[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(id, field, message) triples from an error's details, flattened for display: the id (on a field's first
+    message) is what `invalid` points the field's aria-describedby at; a field in a list is named with its line
+    (回收物第 3 项品类); `labels` names fields as the page's form does where it differs from the usual name."""
     from admin.labels import FIELDS
 
     if error is None:
         return []
     names = FIELDS | (labels or {})
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, str]] = []
 
-    def walk(prefix: str, value: Any) -> None:
+    def name(path: tuple[str, ...]) -> str:
+        parts = []
+        for index, part in enumerate(path):
+            if index and part.isdigit():
+                parts.append(f"第 {int(part) + 1} 项")
+            elif part in names:
+                parts.append(names[part])
+            else:  # a field the page has no input for (active, reference, _schema): the message alone, never its name
+                return ""
+        return "".join(parts)
+
+    def walk(path: tuple[str, ...], value: Any) -> None:
         if isinstance(value, dict):
             for key, inner in value.items():
-                walk(prefix or str(key), inner)
+                walk((*path, str(key)), inner)
         elif isinstance(value, list | tuple):
             for inner in value:
-                walk(prefix, inner)
+                walk(path, inner)
         else:
-            # A field the page has no input for (active, reference, _schema): the message alone, never the raw name.
-            found.append((names.get(prefix, ""), str(value)))
+            first = not any(shown[0] == error_id(path) for shown in found)
+            found.append((error_id(path) if first else "", name(path), str(value)))
 
-    walk("", (error.details or {}).get("fields", {}))
+    walk((), (error.details or {}).get("fields", {}))
     return found
 
 
@@ -157,9 +201,12 @@ def rerender_on_error(page: Callable[..., str]):
             except AppError as error:
                 db.session.rollback()
                 try:
+                    setattr(g, REFUSED, True)
                     body = page(error=error, **kwargs)
                 except AppError:
                     raise error from None
+                finally:
+                    setattr(g, REFUSED, False)
                 return body, error.status, dict(error.headers)
 
         return wrapper

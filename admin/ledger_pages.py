@@ -9,7 +9,7 @@ from flask import flash, redirect, render_template, request, url_for
 from admin.blueprint import bp
 from admin.forms import flash_at, load, present, rerender_on_error
 from admin.security import current_admin_actor, only
-from app.errors import Duplicate, field_error
+from app.errors import AppError, Duplicate, field_error, fields_error
 from app.ledger import service as ledger
 from app.ledger.schemas import AdjustmentSchema, ReversalSchema
 from app.ledger.verify import keep_check, latest_check, verify_ledger
@@ -113,23 +113,42 @@ def reverse(resident_id: int, entry_id: int):
 def correct_deposit(resident_id: int, deposit_id: int):
     """Record one of this resident's deposits again with the right items (a mistyped weight, a wrong category)."""
     _resident_in_scope(resident_id)
-    typed = zip(request.form.getlist("category"), request.form.getlist("weight_g"), strict=False)
+    categories, weights = request.form.getlist("category"), request.form.getlist("weight_g")
+    typed = [(category, grams.strip()) for category, grams in zip(categories, weights, strict=False)]
+    sent = [line for line, (_, grams) in enumerate(typed) if grams]  # a line left without a weight is no line
     # The lines' schema is the API's JSON one (a number, not its digits): digits are read here, anything else refused.
     items = [
         {"category": category, "weight_g": int(grams) if grams.isascii() and grams.isdecimal() else grams}
-        for category, grams in ((c, w.strip()) for c, w in typed)
-        if grams
+        for category, grams in (typed[line] for line in sent)
     ]
     fit = request.form.get("fit_to_caps")  # a checkbox: there ("true") or not
     if fit not in (None, "true"):
         raise field_error("fit_to_caps", "取值无效，请刷新页面后重试")
-    data = load(DepositCorrectionSchema(), {"items": items, "fit_to_caps": fit == "true", **present("reason")})
+    try:
+        data = load(DepositCorrectionSchema(), {"items": items, "fit_to_caps": fit == "true", **present("reason")})
+    except AppError as error:
+        raise _by_form_line(error, sent) from None
     if request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：原投递的积分将被冲正，并按新的品类与重量重新记录")
     made = sorting.correct_deposit(current_admin_actor(), deposit_id, data, of_resident=resident_id)
     redone = f"按 {made['weight_g']} 克重新记录为第 {made['id']} 笔，{made['points']} 积分"
     flash_at(f"已更正第 {deposit_id} 笔投递：{redone}", "deposits")
     return redirect(url_for("admin.resident", resident_id=resident_id, _anchor="deposits"))
+
+
+def _by_form_line(error: AppError, sent: list[int]) -> AppError:
+    """A refusal of the correction's items as the form shows them: each line named by its place on the form (a line
+    without a weight is not sent, so the schema counts differently), and a category told 请选择品类, where the API's
+    message lists every code with its name, for a collector's app."""
+    fields = dict((error.details or {}).get("fields") or {})
+    lines = fields.get("items")
+    if not isinstance(lines, dict):
+        return error
+    fields["items"] = {
+        sent[index]: {**problems, "category": ["请选择品类"]} if "category" in problems else problems
+        for index, problems in lines.items()
+    }
+    return fields_error(fields)
 
 
 @bp.route("/verify", methods=["GET", "POST"])

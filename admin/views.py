@@ -12,7 +12,16 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from admin import labels, security
 from admin.blueprint import bp
-from admin.forms import field_messages, flashed, form_key_field, invalid, said_by_fields
+from admin.forms import (
+    BOX_FOCUS,
+    REFUSED,
+    field_messages,
+    flashed,
+    form_key_field,
+    invalid,
+    said_by_fields,
+    settle_focus,
+)
 from app.db import db
 from app.errors import AppError, NotFound
 from app.http import note_outage, refuse_unstorable_query_and_form
@@ -46,6 +55,7 @@ bp.record_once(lambda state: security.configure_cookies(state.app))
 bp.before_request(security.before_request)
 bp.before_request(refuse_unstorable_query_and_form)  # after the sign-in is known: the error page keeps the menu
 bp.after_request(security.after_request)
+bp.after_request(settle_focus)
 
 
 def local_time(moment: datetime | None, fmt: str = "%Y-%m-%d %H:%M") -> str:
@@ -93,6 +103,8 @@ def _template_helpers():
         "said_by_fields": said_by_fields,
         "flashed": flashed,
         "invalid": invalid,
+        "box_focus": BOX_FOCUS,
+        "refused": g.get(REFUSED, False),
     }
 
 
