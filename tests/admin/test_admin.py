@@ -1396,7 +1396,7 @@ def test_an_admin_corrects_a_mistyped_weight_from_the_residents_page(api, as_adm
     made = {who.id: weighed(api, collector, point.id, who, ("plastic", 12_500)) for who in (resident, other)}
     wrong = made[resident.id]
     page = text(as_admin.get(f"/admin/residents/{resident.id}"))
-    assert "<summary>更正品类或重量</summary>" in page
+    assert '<summary>更正品类或重量<span class="vh">' in page
     assert 'value="12500"' in page  # the form starts from what was recorded
     path = f"/admin/residents/{resident.id}/deposits/{wrong['id']}/correction"
     typed = {"category": ["plastic", "glass"], "weight_g": ["1250", "300"], "reason": "回收员多打了一个 0"}
@@ -2511,3 +2511,65 @@ def test_a_rows_refusal_marks_its_fields_and_a_correction_names_the_line_not_the
     assert not re.search(r'<input name="reason" aria-invalid', row)
     assert len(autofocused(page)) == 1
     assert sorting.my_deposits(resident.id, None, None, 10)["items"][0].id == deposit["id"]  # nothing corrected
+
+
+def controls_without_a_label(page: str) -> list[str]:
+    """The page's fields that no <label> around them names (a placeholder or aria-label was no visible label)."""
+    unlabelled = re.sub(r"<label[^>]*>.*?</label>", "", page, flags=re.S)
+    return re.findall(r'<(?:select|textarea|input(?![^>]*type="hidden"))[^>]*>', unlabelled)
+
+
+def test_every_field_has_a_visible_label(api, as_admin):
+    """The correction's lines, its reason, a reversal's reason, a freeze's reason and a password reset had only a
+    placeholder (gone once typed in) or an aria-label (never seen) to say what they were."""
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    weighed(api, collector, point.id, resident, ("plastic", 1_250), ("glass", 300))
+    for path in (f"/admin/residents/{resident.id}", "/admin/residents", "/admin/staff", f"/admin/points/{point.id}"):
+        page = text(as_admin.get(path))
+        assert controls_without_a_label(page) == [], path
+        assert "placeholder=" not in page, path
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    lines = re.findall(r'<fieldset class="line"><legend>(.*?)</legend>(.*?)</fieldset>', page, re.S)
+    assert [legend for legend, _ in lines] == ["第 1 项", "第 2 项", "第 3 项（可留空）"]
+    assert re.search(
+        r'<label><span class="vh">第 2 项</span>重量（克）<input name="weight_g"[^>]* value="300"', lines[1][1]
+    )
+    assert "<label>更正原因（居民可见）" in page
+    assert "<label>冲正原因（居民可见）" in page
+
+
+def names(page: str, tag: str) -> list[tuple[str, str]]:
+    """(accessible name, href) of the page's links or buttons: an aria-label, else the text, hidden words too."""
+    found = []
+    for attributes, inner in re.findall(rf"<{tag}\b([^>]*)>(.*?)</{tag}>", page, re.S):
+        label = re.search(r'aria-label="([^"]*)"', attributes)
+        name = label[1] if label else re.sub(r"\s+", " ", re.sub(r"<[^>]*>", "", inner)).strip()
+        found.append((html.unescape(name), (re.search(r'href="([^"]*)"', attributes) or [None, ""])[1]))
+    return found
+
+
+def test_a_rows_links_and_buttons_say_whose_they_are(api, as_admin):
+    """积分, 冻结, 冲正, 停用, 海报与设备, 发布新版本 in every row: a screen reader's list of links or buttons gave
+    no clue which row each was for."""
+    point = make_point()
+    make_point("恒康二号站")
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    residents = [api.resident(community_code="hengkang") for _ in range(2)]
+    for resident in residents:
+        weighed(api, collector, point.id, resident, ("plastic", 1_250))
+    as_admin.post(f"/admin/residents/{residents[0].id}/adjustments", {"delta": "5", "reason": "补发"})
+    api.staff("worker", community_id=community_id("hengkang"))
+    pages = ["/admin/residents", "/admin/points", "/admin/rules", "/admin/staff", f"/admin/residents/{residents[0].id}"]
+    for path in pages:
+        page = text(as_admin.get(path)).split('<main id="top">')[1]
+        links, buttons = names(page, "a"), names(page, "button")
+        for name in {name for name, _ in links}:
+            assert len({href for n, href in links if n == name}) == 1, (path, name)  # one name, one place
+        row_buttons = [name for name, _ in buttons if name not in ("筛选", "创建", "创建账号", "确认调整")]
+        assert len(row_buttons) == len(set(row_buttons)), (path, row_buttons)
+    page = text(as_admin.get("/admin/residents"))
+    nickname = db.session.get(Resident, residents[0].id).nickname or f"居民{residents[0].id}"
+    assert f'aria-label="{nickname} 的积分">积分</a>' in page
+    assert f'冻结<span class="vh"> {nickname}</span></button>' in page
