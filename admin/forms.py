@@ -87,6 +87,9 @@ def int_arg(name: str) -> int | None:
 FOCUSED = "admin_focused"  # g: a field of the refused form has taken the focus
 REFUSED = "admin_refused"  # g: the page shows a refused form (its title says 错误：)
 BOX_FOCUS = Markup(" data-focus-unless-a-field")  # in the error box; settle_focus() makes it autofocus or nothing
+# The id of what a refused page focuses, and the anchor of a form lower down its page: a browser ignores autofocus
+# on a page opened at a fragment (the row's #deposit-N) but focuses the fragment's element, and scrolls to it.
+FIX = "fix"
 
 
 @pass_context
@@ -104,7 +107,7 @@ def invalid(context, name: str, error: AppError | None = None) -> Markup:
     attributes = Markup(' aria-invalid="true" aria-describedby="{}"').format(error_id(name.split(".")))
     if not g.get(FOCUSED):
         setattr(g, FOCUSED, True)
-        attributes += Markup(" autofocus")
+        attributes += Markup(' id="{}" autofocus').format(FIX)
     return attributes
 
 
@@ -120,7 +123,7 @@ def settle_focus(response):
         return response
     body = response.get_data(as_text=True)
     if BOX_FOCUS in body:
-        body = body.replace(BOX_FOCUS, "" if focused else " autofocus", 1).replace(BOX_FOCUS, "")
+        body = body.replace(BOX_FOCUS, "" if focused else f' id="{FIX}" autofocus', 1).replace(BOX_FOCUS, "")
         response.set_data(body)
     return response
 

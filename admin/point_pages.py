@@ -121,7 +121,7 @@ def update_point(point_id: int):
             **nullable("lat", "lng", "geofence_m"), "categories": many("categories")}  # fmt: skip
     point = sorting.update_point(current_admin_actor(), point_id, load(CollectionPointUpdateSchema(), data))
     flash(f"已保存回收点「{point.name}」", "success")
-    # To the message: without a fragment of its own the browser keeps the form's #edit, far below it.
+    # To the message: without a fragment of its own the browser keeps the form's (#fix).
     return redirect(url_for("admin.point", point_id=point_id, _anchor="top"))
 
 

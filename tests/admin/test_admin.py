@@ -770,7 +770,8 @@ def test_a_points_lists_and_the_rules_show_each_row_as_labelled_lines_on_a_phone
 
 
 def test_a_refused_freeze_says_why_in_the_row_the_page_returns_to(api, as_worker):
-    """The form posts to #resident-N: with a long list, a message above the table was screens away from it."""
+    """The page returns to the row (the form posts to #fix, its field): a message above a long table was screens
+    away from it."""
     mine, other = api.resident(community_code="hengkang"), api.resident(community_code="hengkang")
     response = as_worker.post(f"/admin/residents/{mine.id}/status", {"status": "frozen", "reason": " x "})
     assert response.status_code == 422
@@ -918,10 +919,10 @@ def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as
     entry_id = db.session.scalar(sa.select(LedgerEntry.id).where(LedgerEntry.kind == "adjust"))
     page = text(as_admin.get(f"/admin/residents/{resident.id}"))
     adjust = re.search(r'<form method="post" action="([^"]+/adjustments[^"]*)"[^>]*>', page)
-    assert adjust.group(1).endswith("#adjust")
+    assert adjust.group(1).endswith("#fix")  # a refusal's field or message
     assert 'autocomplete="off"' in adjust.group(0)
     reverse = re.search(rf'<form method="post" action="([^"]+/entries/{entry_id}/reverse[^"]*)"[^>]*>', page)
-    assert reverse.group(1).endswith(f"#entry-{entry_id}")
+    assert reverse.group(1).endswith("#fix")
     assert 'autocomplete="off"' in reverse.group(0)
     assert f'<tr id="entry-{entry_id}">' in page
     assert 'id="adjust"' in page
@@ -929,7 +930,7 @@ def test_money_forms_are_not_refilled_by_back_and_land_where_they_answer(api, as
     assert done.headers["Location"].endswith(f"/admin/residents/{resident.id}#entries")  # the new entry, on top
     listing = text(as_admin.get("/admin/residents"))
     assert f'<tr id="resident-{resident.id}">' in listing
-    assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#resident-{resident.id}"', listing)
+    assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#fix"', listing)
 
 
 def test_the_daily_lists_stack_their_rows_on_a_phone_each_value_named(api, as_admin):
@@ -954,13 +955,13 @@ def test_a_points_edit_form_answers_where_it_is(as_admin):
     """Its fields sit far down a phone's page: its refusal shows above them, and the form sends the page there."""
     point = make_point()
     page = text(as_admin.get(f"/admin/points/{point.id}"))
-    assert re.search(rf'<div class="panel" id="edit">.*?action="/admin/points/{point.id}#edit"', page, re.S)
+    assert re.search(rf'<div class="panel" id="edit">.*?action="/admin/points/{point.id}#fix"', page, re.S)
     form = {"form": "edit", "name": point.name, "kind": point.kind, "lat": "300", "lng": "121.5"}
     refused = text(as_admin.post(f"/admin/points/{point.id}", form))
     edit_panel = refused.split('id="edit"', 1)[1].split("</form>", 1)[0]
     assert "纬度" in edit_panel.split('<div class="alert error"', 1)[1].split("</div>", 1)[0]
     assert refused.count('<div class="alert error"') == 1  # not at the top of the page as well
-    assert re.search(r'<input name="lat" aria-invalid="true"', edit_panel)
+    assert re.search(r'<input name="lat" aria-invalid="true" aria-describedby="err-lat" id="fix" autofocus', edit_panel)
 
 
 def test_a_refused_form_marks_the_fields_it_names(as_admin):
@@ -1204,7 +1205,7 @@ def test_a_point_is_edited_from_its_page(as_worker):
             "lat": "30.8705", "lng": "121.5852", "geofence_m": "150", "categories": ["paper", "glass"]}  # fmt: skip
     response = as_worker.post(f"/admin/points/{point.id}", form)
     assert response.status_code == 302
-    # to the message at the top: the browser would keep the form's #edit, the message a screen above it
+    # to the message at the top: the browser would keep the form's #fix
     assert response.headers["Location"] == f"/admin/points/{point.id}#top"
     assert '<main id="top">' in text(as_worker.get(response.headers["Location"]))
     db.session.expire_all()
@@ -2111,7 +2112,7 @@ def test_a_bin_code_refused_is_named_as_the_form_names_it(as_admin):
 def test_deactivating_staff_asks_for_the_box_before_sending_and_answers_at_the_row(api, as_admin):
     worker = api.staff("worker", community_id=community_id("hengkang"))
     page = text(as_admin.get("/admin/staff"))
-    form = re.search(rf'<form[^>]*action="/admin/staff/{worker.id}/active#staff-{worker.id}".*?</form>', page, re.S)
+    form = re.search(rf'<form[^>]*action="/admin/staff/{worker.id}/active#fix".*?</form>', page, re.S)
     assert form is not None  # the answer opens at the row, where its message is shown
     assert re.search(r'name="confirm" value="yes" required', form[0])
     assert f'id="staff-{worker.id}"' in page
@@ -2457,7 +2458,7 @@ def test_a_refused_field_points_to_its_message_and_takes_the_focus(as_admin):
     page = text(response)
     assert "<title>错误：发布规则新版本 · 湾区绿色积分</title>" in page
     first = re.search(r'<input name="co2e_g_per_unit"([^>]*)>', page)[1]
-    assert 'aria-invalid="true" aria-describedby="err-co2e_g_per_unit" autofocus' in first
+    assert 'aria-invalid="true" aria-describedby="err-co2e_g_per_unit" id="fix" autofocus' in first
     assert re.search(r'<li id="err-co2e_g_per_unit">减排量（克 CO₂e / 千克）：必须是数字</li>', page)
     second = re.search(r'<textarea name="source"([^>]*)>', page)[1]
     assert 'aria-invalid="true" aria-describedby="err-source"' in second
@@ -2472,7 +2473,7 @@ def test_a_refused_field_points_to_its_message_and_takes_the_focus(as_admin):
 def test_a_refusal_naming_no_field_focuses_its_message(as_admin):
     assert as_admin.post("/admin/communities", {"code": "xinqiao", "name": "新桥社区"}).status_code == 302
     page = text(as_admin.post("/admin/communities", {"code": "xinqiao", "name": "另一个"}))
-    assert autofocused(page) == ['<div class="alert error" role="alert" tabindex="-1" autofocus>']
+    assert autofocused(page) == ['<div class="alert error" role="alert" tabindex="-1" id="fix" autofocus>']
     assert "<title>错误：社区 · 湾区绿色积分</title>" in page
 
 
@@ -2494,7 +2495,7 @@ def test_a_rows_refusal_marks_its_fields_and_a_correction_names_the_line_not_the
     assert "必须是以下之一" not in row
     selects = re.findall(r"<select name=\"category\"([^>]*)>", row)
     assert len(selects) == 3
-    assert 'aria-invalid="true" aria-describedby="err-items-2-category" autofocus' in selects[2]
+    assert 'aria-invalid="true" aria-describedby="err-items-2-category" id="fix" autofocus' in selects[2]
     assert "aria-invalid" not in selects[0] + selects[1]
     assert "<title>错误：" in page
     # a weight refused on the third line is said on it too
@@ -2507,7 +2508,9 @@ def test_a_rows_refusal_marks_its_fields_and_a_correction_names_the_line_not_the
     entry = deposit["entry_id"]
     page = text(as_admin.post(f"/admin/residents/{resident.id}/entries/{entry}/reverse", {"reason": "称重错误"}))
     row = re.search(rf'<tr id="entry-{entry}">(.*?)</tr>', page, re.S)[1]
-    assert re.search(r'name="confirm" value="yes" aria-invalid="true" aria-describedby="err-confirm" autofocus', row)
+    assert re.search(
+        r'name="confirm" value="yes" aria-invalid="true" aria-describedby="err-confirm" id="fix" autofocus', row
+    )
     assert not re.search(r'<input name="reason" aria-invalid', row)
     assert len(autofocused(page)) == 1
     assert sorting.my_deposits(resident.id, None, None, 10)["items"][0].id == deposit["id"]  # nothing corrected
@@ -2573,3 +2576,19 @@ def test_a_rows_links_and_buttons_say_whose_they_are(api, as_admin):
     nickname = db.session.get(Resident, residents[0].id).nickname or f"居民{residents[0].id}"
     assert f'aria-label="{nickname} 的积分">积分</a>' in page
     assert f'冻结<span class="vh"> {nickname}</span></button>' in page
+
+
+def test_a_row_form_sends_its_page_to_the_field_to_fix(api, as_admin):
+    """A browser skips autofocus on a page opened at a fragment (the row's #deposit-N was): the lower forms post to
+    #fix, the id of the refused field (or the message), which the browser scrolls to and focuses."""
+    resident = api.resident(community_code="hengkang")
+    page = text(as_admin.get("/admin/residents"))
+    assert re.search(rf'action="[^"]+/residents/{resident.id}/status[^"]*#fix"', page)
+    refused = text(as_admin.post(f"/admin/residents/{resident.id}/status", {"status": "frozen", "reason": "x"}))
+    row = re.search(rf'<tr id="resident-{resident.id}">(.*?)</tr>', refused, re.S)[1]
+    assert re.search(
+        r'<input name="reason"[^>]* aria-invalid="true" aria-describedby="err-reason" id="fix" autofocus', row
+    )
+    assert refused.count('id="fix"') == 1
+    done = as_admin.post(f"/admin/residents/{resident.id}/status", {"status": "frozen", "reason": "多次违规"})
+    assert 'id="fix"' not in text(as_admin.get(done.headers["Location"]))  # a success opens at its top, the message
