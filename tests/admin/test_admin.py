@@ -2397,8 +2397,8 @@ def test_an_alliance_member_finds_its_own_organisation_by_words_not_by_colour_on
     orgs = list(db.session.scalars(sa.select(Organization).order_by(Organization.id).limit(2)))
     browser.login(username_of(api.staff("alliance", organization_id=orgs[0].id)))
     page = text(browser.get("/admin/organizations"))
-    assert f"<td>{html.escape(orgs[0].name)}（本单位）</td>" in page
-    assert f"<td>{html.escape(orgs[1].name)}</td>" in page
+    assert f'<td data-label="单位名称">{html.escape(orgs[0].name)}（本单位）</td>' in page
+    assert f'<td data-label="单位名称">{html.escape(orgs[1].name)}</td>' in page
 
 
 def test_a_codes_format_is_said_beside_its_field_not_in_a_hover_title_only(as_admin):
@@ -2592,3 +2592,12 @@ def test_a_row_form_sends_its_page_to_the_field_to_fix(api, as_admin):
     assert refused.count('id="fix"') == 1
     done = as_admin.post(f"/admin/residents/{resident.id}/status", {"status": "frozen", "reason": "多次违规"})
     assert 'id="fix"' not in text(as_admin.get(done.headers["Location"]))  # a success opens at its top, the message
+
+
+def test_the_organisations_stack_on_a_phone_rather_than_scroll_where_a_keyboard_cannot(as_admin):
+    """As a plain table on a phone the list scrolled sideways in a box no key could reach (axe: scrollable-region-
+    focusable)."""
+    page = text(as_admin.get("/admin/organizations"))
+    assert '<table class="stack">' in page
+    for row in re.findall(r"<tr>\s*(<td.*?)</tr>", page, re.S):
+        assert all("data-label" in cell for cell in re.findall(r"<td([^>]*)>", row)), row[:120]
