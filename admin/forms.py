@@ -86,7 +86,9 @@ def int_arg(name: str) -> int | None:
 
 FOCUSED = "admin_focused"  # g: a field of the refused form has taken the focus
 REFUSED = "admin_refused"  # g: the page shows a refused form (its title says 错误：)
-BOX_FOCUS = Markup(" data-focus-unless-a-field")  # in the error box; settle_focus() makes it autofocus or nothing
+# In the error box; settle_focus() makes it autofocus or nothing. Its quotes are escaped wherever a page shows what
+# someone typed (a nickname in the title, before the box), so only the box's tag can hold it.
+BOX_FOCUS = Markup(' data-focus="unless-a-field"')
 # The id of what a refused page focuses, and the anchor of a form lower down its page: a browser ignores autofocus
 # on a page opened at a fragment (the row's #deposit-N) but focuses the fragment's element, and scrolls to it.
 FIX = "fix"

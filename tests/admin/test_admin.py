@@ -2601,3 +2601,19 @@ def test_the_organisations_stack_on_a_phone_rather_than_scroll_where_a_keyboard_
     assert '<table class="stack">' in page
     for row in re.findall(r"<tr>\s*(<td.*?)</tr>", page, re.S):
         assert all("data-label" in cell for cell in re.findall(r"<td([^>]*)>", row)), row[:120]
+
+
+def test_what_a_person_typed_cannot_take_the_focus_marker(api, as_admin):
+    """The error box's focus is settled after the page is rendered, by a marker in its tag: a nickname spelling the
+    marker, shown in the page's title before the box, must not be taken for it (quotes are escaped in a page's text)."""
+    from admin.forms import BOX_FOCUS
+
+    resident = api.resident(community_code="hengkang")
+    nickname = "小李" + str(BOX_FOCUS)
+    assert api.patch("/me", as_=resident, json={"nickname": nickname}).status_code == 200
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    form = {"delta": "30", "reason": "活动补发",
+            "reference": re.search(r'name="reference" value="([0-9a-f]{32})"', page).group(1)}  # fmt: skip
+    assert as_admin.post(f"/admin/residents/{resident.id}/adjustments", dict(form)).status_code == 302
+    again = text(as_admin.post(f"/admin/residents/{resident.id}/adjustments", dict(form)))
+    assert autofocused(again) == ['<div class="alert error" role="alert" tabindex="-1" id="fix" autofocus>']
