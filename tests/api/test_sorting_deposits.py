@@ -18,12 +18,15 @@ from PIL import Image
 
 from app import clock as app_clock
 from app.audit.models import AuditEvent
+from app.auth.guards import Actor
 from app.carbon.models import Rule
 from app.clock import local_day, utcnow
 from app.db import db
+from app.errors import Forbidden, NotFound
 from app.ledger.models import Account, DailyEarning, LedgerEntry
 from app.ledger.verify import verify_ledger
 from app.people.models import Resident
+from app.sorting import service as sorting
 from app.sorting.models import Deposit, DepositCorrection, DepositItem
 from app.sorting.service import clear_point_cache
 from tests.conftest import (
@@ -1454,3 +1457,26 @@ def test_parallel_corrections_of_one_deposit_make_one(api, app, world):
     assert me(api, world["resident"])["balance"] == 18 + 18
     report = verify_ledger()
     assert report.ok, report.problems
+
+
+def test_the_correction_service_keeps_its_own_rules_whoever_calls_it(api, world):
+    """The route and the admin page check the role, the id and the page's resident first; the service checks them
+    again, for any other caller (a CLI, a new page): a worker or collector never rewrites a resident's credit, an
+    id past the column is not found (not a driver's overflow), and a page about resident B never corrects A's."""
+    made = deposit_ok(api, world, lines(("plastic", 12_500)))
+    entries = count(LedgerEntry)
+    fix = {"items": lines(("plastic", 1250)), "reason": "误录"}
+    for role in ("worker", "collector"):
+        actor = Actor(kind="staff", id=world["admin"].id, role=role, community_id=community_id("hengkang"),
+                      collection_point_ids=frozenset({world["a"]}))  # fmt: skip
+        with pytest.raises(Forbidden):
+            sorting.correct_deposit(actor, made["id"], fix)
+        db.session.rollback()
+    admin = Actor(kind="staff", id=world["admin"].id, role="admin")
+    with pytest.raises(NotFound):
+        sorting.correct_deposit(admin, 2**63, fix)
+    db.session.rollback()
+    with pytest.raises(NotFound):
+        sorting.correct_deposit(admin, made["id"], fix, of_resident=api.resident().id)
+    db.session.rollback()
+    assert (count(Deposit), count(DepositCorrection), count(LedgerEntry)) == (1, 0, entries)

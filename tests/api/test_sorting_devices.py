@@ -1053,3 +1053,35 @@ def test_the_bin_key_services_refuse_a_worker_whoever_calls_them(api, world):
     assert count(Device) == 1
     assert db.session.get(Device, device["id"]).secret == device["secret"]
     assert [action for action, _ in device_audit(device["id"])] == ["device.register"]
+
+
+def test_a_replayed_400_marks_the_new_signature_refused_too(api, world):
+    """A bin that signs anew under the same Idempotency-Key gets its stored 400 back; resending that newer signature
+    without the key must still hear refused (false would read as handled: a load that never counted)."""
+    now = int(utcnow().timestamp())
+    first = signed(world["device"], b"{not json", timestamp=now)
+    first["headers"]["Idempotency-Key"] = "bin-a-bad-1"
+    assert api.post(PATH, **first).status_code == 400
+    again = signed(world["device"], b"{not json", timestamp=now + 1)
+    again["headers"]["Idempotency-Key"] = "bin-a-bad-1"
+    replayed = api.post(PATH, **again)
+    assert replayed.status_code == 400
+    assert replayed.headers.get("Idempotent-Replayed")
+    del again["headers"]["Idempotency-Key"]
+    assert assert_error(api.post(PATH, **again), 409, "duplicate")["details"] == {"refused": True}
+
+
+def test_a_bad_signature_header_alone_is_named_without_the_timestamp_advice(api, world):
+    """Only a wrong X-Timestamp brings the server's clock and the seconds-not-milliseconds advice."""
+    kwargs = signed(world["device"], b"{}")
+    kwargs["headers"]["X-Signature"] = "not-hex"
+    details = assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]
+    assert details == {"reason": "bad_headers", "headers": ["X-Signature"]}
+
+
+def test_a_forged_request_dated_ahead_keeps_no_signature_row(api, world):
+    """A request dated ahead has its signature kept (refused) only when the bin's secret signed it: anyone knowing a
+    bin's id could otherwise write a row per request, kept a day, with no secret at all."""
+    kwargs = signed(world["device"], b"{}", timestamp=int(utcnow().timestamp()) + 3600, secret="not-the-bins-secret")
+    assert assert_error(api.post(PATH, **kwargs), 401, "unauthorized")["details"]["reason"] == "stale_timestamp"
+    assert count(DeviceSignature) == 0

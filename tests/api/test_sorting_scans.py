@@ -860,3 +860,12 @@ def test_a_point_being_edited_does_not_hold_up_its_check_ins(api, app, world):
     scanner.join(timeout=10)
     assert finished
     assert answer["response"].status_code == 201
+
+
+def test_a_device_kind_token_naming_a_real_point_is_not_a_poster(api, world):
+    """Another kind's well-formed token that names a real point is not a poster: not a "replaced" poster either,
+    which would send staff to reprint one."""
+    token = world["tokens"]["a"].replace("p1.", "d1.", 1)
+    error = assert_error(scan(api, api.resident(), token), 422, "invalid_qr")
+    assert error["details"] == {"reason": "not_a_poster"}
+    assert count(Checkin) == 0

@@ -71,3 +71,10 @@ def test_allocate_gives_a_tied_spare_unit_to_the_earlier_line():
     # lines (and the category caps they charge) do not depend on anything but their order.
     assert allocate(5, [Decimal("2.6"), Decimal("2.6")]) == [3, 2]
     assert allocate(1, [Decimal(1), Decimal(1), Decimal(1)]) == [1, 0, 0]
+
+
+def test_the_spare_points_go_to_the_largest_remainders_not_the_largest_lines():
+    """A deposit's lines share its rounded points by largest remainder: 1.4 and 0.6 of 2 are 1 and 1, not 2 and 0
+    (the property test's |share - exact| < 1 holds for either), or a category's cap is charged the wrong points."""
+    assert allocate(2, [Decimal("1.4"), Decimal("0.6")]) == [1, 1]
+    assert allocate(10, [Decimal("7.2"), Decimal("1.4"), Decimal("1.4")]) == [7, 2, 1]

@@ -566,3 +566,9 @@ def test_render_rejects_bad_arguments() -> None:
         to_png("x", box_size=0)
     with pytest.raises(ValueError, match="border"):
         to_svg("x", border=-1)
+
+
+def test_a_link_that_is_only_the_q_path_still_yields_its_token() -> None:
+    """A scanner that hands over the path alone (/q/<token>, the marker at the very start) still gives the token."""
+    token = static_token(POINT, 42, derive_key("k" * 32, "point", "s"))
+    assert extract_token(f"/q/{token}") == token
