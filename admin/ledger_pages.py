@@ -9,7 +9,7 @@ from flask import flash, redirect, render_template, request, url_for
 from admin.blueprint import bp
 from admin.forms import flash_at, load, present, rerender_on_error
 from admin.security import current_admin_actor, only
-from app.errors import AppError, Duplicate, field_error, fields_error
+from app.errors import AppError, Duplicate, ValidationError, field_error, fields_error
 from app.ledger import service as ledger
 from app.ledger.schemas import AdjustmentSchema, ReversalSchema
 from app.ledger.verify import keep_check, latest_check, verify_ledger
@@ -127,28 +127,34 @@ def correct_deposit(resident_id: int, deposit_id: int):
     try:
         data = load(DepositCorrectionSchema(), {"items": items, "fit_to_caps": fit == "true", **present("reason")})
     except AppError as error:
-        raise _by_form_line(error, sent) from None
+        raise _by_form_line(error, sent, unpicked="请选择品类") from None
     if request.form.get("confirm") != "yes":
         raise field_error("confirm", "请勾选确认：原投递的积分将被冲正，并按新的品类与重量重新记录")
-    made = sorting.correct_deposit(current_admin_actor(), deposit_id, data, of_resident=resident_id)
+    try:
+        made = sorting.correct_deposit(current_admin_actor(), deposit_id, data, of_resident=resident_id)
+    except AppError as error:  # a line the point does not take, say: numbered as sent, too
+        raise _by_form_line(error, sent) from None
     redone = f"按 {made['weight_g']} 克重新记录为第 {made['id']} 笔，{made['points']} 积分"
     flash_at(f"已更正第 {deposit_id} 笔投递：{redone}", "deposits")
     return redirect(url_for("admin.resident", resident_id=resident_id, _anchor="deposits"))
 
 
-def _by_form_line(error: AppError, sent: list[int]) -> AppError:
+def _by_form_line(error: AppError, sent: list[int], unpicked: str | None = None) -> AppError:
     """A refusal of the correction's items as the form shows them: each line named by its place on the form (a line
-    without a weight is not sent, so the schema counts differently), and a category told 请选择品类, where the API's
-    message lists every code with its name, for a collector's app."""
+    without a weight is not sent, so the schema and the service count differently). `unpicked` replaces the schema's
+    category message, which lists every code with its name for a collector's app; the service's own (该回收点不收…)
+    stands."""
     fields = dict((error.details or {}).get("fields") or {})
     lines = fields.get("items")
     if not isinstance(lines, dict):
         return error
     fields["items"] = {
-        sent[index]: {**problems, "category": ["请选择品类"]} if "category" in problems else problems
+        sent[int(index)]: {**problems, "category": [unpicked]} if unpicked and "category" in problems else problems
         for index, problems in lines.items()
     }
-    return fields_error(fields)
+    if unpicked:
+        return fields_error(fields)
+    return ValidationError(error.message, details={**(error.details or {}), "fields": fields})
 
 
 @bp.route("/verify", methods=["GET", "POST"])

@@ -2617,3 +2617,47 @@ def test_what_a_person_typed_cannot_take_the_focus_marker(api, as_admin):
     assert as_admin.post(f"/admin/residents/{resident.id}/adjustments", dict(form)).status_code == 302
     again = text(as_admin.post(f"/admin/residents/{resident.id}/adjustments", dict(form)))
     assert autofocused(again) == ['<div class="alert error" role="alert" tabindex="-1" id="fix" autofocus>']
+
+
+def test_a_correction_the_point_refuses_names_and_marks_the_line_as_the_form_numbers_it(api, as_admin):
+    """A line left without a weight is not sent, so the service's line numbers (a category the point does not take)
+    are the sent lines', not the form's: the refusal is told and marked on the form's line, in the service's words."""
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    deposit = weighed(api, collector, point.id, resident, ("plastic", 1_000), ("paper", 2_000))
+    sorting.update_point(SYSTEM, point.id, {"categories": ["plastic", "paper"]})
+    db.session.commit()
+    path = f"/admin/residents/{resident.id}/deposits/{deposit['id']}/correction"
+    form = {"category": ["plastic", "paper", "glass"], "weight_g": ["", "2000", "300"], "reason": "称重有误",
+            "confirm": "yes"}  # fmt: skip
+    refused = as_admin.post(path, form)
+    assert refused.status_code == 422
+    row = re.search(rf'<tr id="deposit-{deposit["id"]}">(.*?)</tr>', text(refused), re.S)[1]
+    assert re.search(r'<li id="err-items-2-category">第 3 项品类：该回收点不收[^<]+</li>', row)
+    selects = re.findall(r'<select name="category"([^>]*)>', row)
+    assert "aria-invalid" not in selects[1]
+    assert 'aria-invalid="true" aria-describedby="err-items-2-category" id="fix" autofocus' in selects[2]
+
+
+def test_a_correction_refused_on_a_later_page_of_deposits_is_shown_on_its_row(api, as_admin):
+    """The form keeps the page of deposits it was sent from: re-rendered on the first page, the refusal missed its
+    row and fell to the page, where the adjustment form's reason took it (and the focus)."""
+    point = make_point()
+    collector = api.staff("collector", collection_point_ids=[point.id])
+    resident = api.resident(community_code="hengkang")
+    first = weighed(api, collector, point.id, resident, ("paper", 100))
+    for _ in range(10):
+        weighed(api, collector, point.id, resident, ("paper", 100))
+    page = text(as_admin.get(f"/admin/residents/{resident.id}"))
+    assert f'id="deposit-{first["id"]}"' not in page
+    cursor = re.search(r'deposits_cursor=([^&"#]+)', page)[1]
+    later = text(as_admin.get(f"/admin/residents/{resident.id}?deposits_cursor={cursor}"))
+    action = re.search(rf'action="([^"]*/deposits/{first["id"]}/correction[^"]*)"', later)[1].replace("&amp;", "&")
+    refused = as_admin.post(action.split("#")[0], {"category": "paper", "weight_g": "50", "reason": "x",
+                                                    "confirm": "yes"})  # fmt: skip
+    assert refused.status_code == 422
+    body = text(refused)
+    row = re.search(rf'<tr id="deposit-{first["id"]}">(.*?)</tr>', body, re.S)[1]
+    assert 'id="fix" autofocus' in row
+    assert autofocused(body) == re.findall(r"<[^<>]* autofocus[ >](?:[^<>]*>)?", row)
