@@ -205,6 +205,7 @@ def _baseline_select(chunk: int = 20000) -> tuple[int, float]:
             _created_at,
             _memo,
             _hash,
+            _reason_digest,
         ) = row
         count += 1
     return count, time.perf_counter() - started

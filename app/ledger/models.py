@@ -84,7 +84,7 @@ class LedgerEntry(db.Model):
     @property
     def note(self) -> str | None:
         """What the resident and staff read: the memo, and the reason unless it was erased."""
-        return f"{self.memo}：{self.reason}" if self.reason else self.memo
+        return "：".join(part for part in (self.memo, self.reason) if part) or None
 
 
 class DailyEarning(db.Model):

@@ -105,6 +105,9 @@ _ENTRY_COLUMNS = (
 )  # fmt: skip
 
 
+_REASON = sa.insert(EntryReason)  # built once: run() caches a statement's compiled form by the statement
+
+
 def _counter_upsert(insert_stmt):
     """A counter only moves while it stays within its cap; a row that would not is not returned."""
     table = DailyEarning.__table__
@@ -371,7 +374,7 @@ def post(
     if entry_id is None:
         _refuse(account.id, today, caps, {c.key for c in caps if c.key not in counted})
     if reason:
-        run(sa.insert(EntryReason), {"entry_id": entry_id, "salt": salt, "text": reason})
+        run(_REASON, {"entry_id": entry_id, "salt": salt, "text": reason})
     return LedgerEntry(id=entry_id, reason=reason, **values)
 
 

@@ -143,8 +143,10 @@ def _check(chain: _Chain, row, year_of: Callable[[datetime], int], reasons: dict
     kept = reasons.pop(entry_id, None)
     if digest is not None and kept is None:
         report.fail(f"{where}: its reason was removed", entry_id)
+    elif digest is not None and kept[1] is None and kept[0] is not None:
+        report.fail(f"{where}: its reason was blanked but its salt kept (the digest could be guessed)", entry_id)
     elif digest is not None and kept[1] is not None and reason_digest(kept[0] or "", kept[1]) != digest:
-        report.fail(f"{where}: its reason was altered", entry_id)  # an erased one (text NULL) verifies
+        report.fail(f"{where}: its reason was altered", entry_id)  # an erased one (text and salt NULL) verifies
     elif digest is None and kept is not None:
         report.fail(f"{where}: a reason it never had was added", entry_id)
     if kind == "spend" and (delta >= 0 or ref_type != "redemption"):

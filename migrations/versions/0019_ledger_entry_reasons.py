@@ -33,5 +33,9 @@ def upgrade():
 
 
 def downgrade():
+    # The digest is part of those entries' hashes: dropping it would break their chains for good.
+    kept = op.get_bind().execute(sa.text("SELECT count(*) FROM ledger_entries WHERE reason_digest IS NOT NULL"))
+    if kept.scalar():
+        raise RuntimeError("entries hash their reasons' digests; downgrading past 0019 would break their chains")
     op.drop_table("ledger_entry_reasons")
     op.drop_column("ledger_entries", "reason_digest")

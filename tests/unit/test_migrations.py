@@ -325,3 +325,31 @@ def test_revision_0014_dates_each_account_by_its_last_entry(empty_database, cloc
         assert verify_ledger().ok
         db.session.remove()
         db.engine.dispose()
+
+
+def test_revision_0019_is_not_undone_once_entries_hash_a_reason(empty_database, clock, capfd):
+    """An entry's hash covers its reason's digest: a downgrade dropping the column would break the chain for good,
+    so it stops, and the ledger still verifies."""
+    from app.auth.guards import Actor
+    from app.ledger import service as ledger
+    from app.ledger.verify import verify_ledger
+    from app.people.service import resident_for_openid
+
+    app = create_app({"SQLALCHEMY_DATABASE_URI": empty_database, "TESTING": True})
+    with app.app_context():
+        upgrade()
+        who = resident_for_openid("o-reason", None)
+        db.session.commit()
+        ledger.adjust(Actor(kind="staff", id=None, role="admin"), who.id, 5, "活动补发")
+        db.session.remove()
+        with pytest.raises(SystemExit):  # flask-migrate logs the error and exits
+            downgrade(revision="0018")
+        assert "downgrading past 0019 would break their chains" in capfd.readouterr().err
+        with db.engine.connect() as conn:
+            # PostgreSQL undoes the whole downgrade; SQLite keeps 0020's, which went first, in a transaction of its own
+            assert conn.scalar(sa.text("SELECT version_num FROM alembic_version")) in ("0019", "0020")
+        columns = {c["name"] for c in sa.inspect(db.engine).get_columns("ledger_entries")}
+        assert "reason_digest" in columns
+        assert verify_ledger().ok
+        db.session.remove()
+        db.engine.dispose()
