@@ -103,7 +103,10 @@ def invalid(context, name: str, error: AppError | None = None) -> Markup:
     error = error if error is not None else context.get("error")
     found: Any = ((error.details or {}).get("fields") or {}) if isinstance(error, AppError) else {}
     for part in name.split("."):
-        found = found.get(part, found.get(int(part)) if part.isdigit() else None) if isinstance(found, dict) else None
+        if not isinstance(found, dict):
+            return Markup("")
+        # A line's errors are keyed by its index: a number from the schema, its digits from a service.
+        found = found.get(part) if part in found else found.get(int(part)) if part.isdigit() else None
     if not found:
         return Markup("")
     attributes = Markup(' aria-invalid="true" aria-describedby="{}"').format(error_id(name.split(".")))
