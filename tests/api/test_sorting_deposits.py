@@ -733,6 +733,19 @@ def test_fit_to_caps_records_the_whole_load_and_credits_only_what_the_caps_still
     assert verify_ledger().ok
 
 
+def test_fit_to_caps_records_a_one_point_load_worth_nothing_when_the_cap_is_full(api, world):
+    """The smallest load that earns anything is fitted too: at the cap, one point's worth is recorded as weighed and
+    credits nothing, rather than being refused for want of room."""
+    assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
+    assert deposit_ok(api, world, lines(("paper", 1364)))["points"] == 24  # exactly 200
+    answer = fitted(api, world, lines(("paper", 30)))  # 52.8 g → 1 point
+    assert (answer["points"], answer["points_over_cap"], answer["entry_id"]) == (0, 1, None)
+    assert [i["points"] for i in answer["items"]] == [0]
+    assert me(api, world["resident"])["balance"] == 200
+    assert count(Deposit) == 3
+    assert verify_ledger().ok
+
+
 def test_fit_to_caps_fills_the_lines_in_order_under_the_daily_total(api, world):
     assert deposit_ok(api, world, lines(("paper", 10_000)))["points"] == 176
     assert deposit_ok(api, world, lines(("cardboard", 6000)))["points"] == 190
