@@ -31,10 +31,16 @@ def _resident_in_scope(resident_id: int) -> Resident:
     return people.get_resident(current_admin_actor(), resident_id)
 
 
+def _typed_lines() -> list[tuple[str, str]]:
+    """The correction form's lines as typed: (category, weight's text), in the form's order."""
+    categories, weights = request.form.getlist("category"), request.form.getlist("weight_g")
+    return [(category, grams.strip()) for category, grams in zip(categories, weights, strict=False)]
+
+
 def _correction_lines(deposit, typed: bool) -> list[tuple[str, str]]:
     """The correction form's lines: what was typed, on a refused form; else the deposit's own, and one blank to add."""
     if typed:
-        return list(zip(request.form.getlist("category"), request.form.getlist("weight_g"), strict=False))
+        return _typed_lines()
     return [(line.category, str(line.weight_g)) for line in deposit.items] + [("", "")]
 
 
@@ -113,8 +119,7 @@ def reverse(resident_id: int, entry_id: int):
 def correct_deposit(resident_id: int, deposit_id: int):
     """Record one of this resident's deposits again with the right items (a mistyped weight, a wrong category)."""
     _resident_in_scope(resident_id)
-    categories, weights = request.form.getlist("category"), request.form.getlist("weight_g")
-    typed = [(category, grams.strip()) for category, grams in zip(categories, weights, strict=False)]
+    typed = _typed_lines()
     sent = [line for line, (_, grams) in enumerate(typed) if grams]  # a line left without a weight is no line
     # The lines' schema is the API's JSON one (a number, not its digits): digits are read here, anything else refused.
     items = [

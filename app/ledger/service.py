@@ -354,7 +354,7 @@ def post(
         _refuse(account.id, today, caps)  # with every other counter that today's count leaves no room for
     seq, balance_after = account.last_seq + 1, account.balance + delta
     salt = new_salt() if reason else None
-    digest = reason_digest(salt, reason) if reason else None
+    digest = reason_digest(salt, reason) if salt else None
     values = {
         "account_id": account.id, "seq": seq, "delta": delta, "balance_after": balance_after, "kind": kind,
         "source": source, "activity": activity, "rule_id": rule_id, "co2e_g": co2e_g, "ref_type": ref_type,
